@@ -1,0 +1,243 @@
+"""Settings from `areion.yaml` and the environment.
+
+`${VAR}` anywhere in a string value is replaced by the environment variable; an
+unset variable is an error unless a default is given as `${VAR:-default}`. Secrets
+(API keys) are kept as `SecretStr`, so they never show in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from areion.errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "AuthKey",
+    "BreakerConfig",
+    "Config",
+    "ModelConfig",
+    "PriceConfig",
+    "RetryConfig",
+    "ServerConfig",
+    "default_config",
+    "load_config",
+]
+
+ProviderKind = Literal["openai", "anthropic", "sim", "replay"]
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(_Strict):
+    """USD per one million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
+class ModelConfig(_Strict):
+    """One deployment of a model group; a repeated `name` adds deployments to the group."""
+
+    name: str = Field(min_length=1)
+    provider: ProviderKind
+    model: str | None = None
+    id: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    price: PriceConfig | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Timeouts in seconds: TCP connect, first byte of the answer, whole call.
+    connect_timeout: float = Field(default=5.0, gt=0)
+    first_byte_timeout: float = Field(default=60.0, gt=0)
+    total_timeout: float = Field(default=600.0, gt=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    # A vLLM-style Prometheus endpoint with running/waiting/KV-cache gauges.
+    load_metrics_url: str | None = None
+    # sim: profile name (defaults to `model`); replay: CSV file or folder.
+    profile: str | None = None
+    data: str | None = None
+    time_scale: float = Field(default=1.0, gt=0)
+    anthropic_version: str = "2023-06-01"
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> ModelConfig:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("provider 'openai' needs base_url (for example http://host:port/v1)")
+        if self.provider == "replay" and not self.data:
+            raise ValueError(
+                "provider 'replay' needs data: a RouterBench-format CSV file or folder"
+            )
+        if self.first_byte_timeout > self.total_timeout:
+            raise ValueError("first_byte_timeout must not exceed total_timeout")
+        return self
+
+
+class AuthKey(_Strict):
+    """An API key and the tenant it belongs to."""
+
+    key: SecretStr
+    tenant: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> AuthKey:
+        if not self.key.get_secret_value():
+            raise ValueError("key is empty")
+        return self
+
+
+class AuthConfig(_Strict):
+    """Absent or with no keys: the server is open and every call is tenant `default`."""
+
+    keys: list[AuthKey] = Field(default_factory=list)
+
+
+class RetryConfig(_Strict):
+    """Retries within a model group, before falling back to the next group."""
+
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    backoff_base: float = Field(default=0.05, ge=0)
+    backoff_max: float = Field(default=2.0, ge=0)
+    # A Retry-After longer than this moves on to another deployment instead of waiting.
+    max_retry_after: float = Field(default=5.0, ge=0)
+
+
+class BreakerConfig(_Strict):
+    """Per-deployment circuit breaker."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    reset_timeout: float = Field(default=10.0, gt=0)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    access_log: bool = False
+
+
+class Config(_Strict):
+    """The whole configuration."""
+
+    models: list[ModelConfig] = Field(min_length=1)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    store: str = "sqlite:///areion.db"
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Config:
+        groups = {model.name for model in self.models}
+        for group, targets in self.fallbacks.items():
+            if group not in groups:
+                raise ValueError(f"fallbacks: '{group}' is not a model name")
+            for target in targets:
+                if target not in groups:
+                    raise ValueError(f"fallbacks.{group}: '{target}' is not a model name")
+                if target == group:
+                    raise ValueError(f"fallbacks.{group}: a group cannot fall back to itself")
+        ids = [model.id for model in self.models if model.id]
+        if len(ids) != len(set(ids)):
+            raise ValueError("models: deployment ids must be unique")
+        if not self.store.startswith("sqlite://"):
+            raise ValueError(
+                f"store: '{self.store}' is not supported yet; use sqlite:///path.db"
+            )
+        return self
+
+
+def _interpolate(value: Any, path: str) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None:
+                return found
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{path}: environment variable {name} is not set "
+                f"(export it, or write ${{{name}:-default}} to allow a default)",
+                param=path,
+            )
+
+        return _ENV_PATTERN.sub(replace, value)
+    if isinstance(value, dict):
+        return {key: _interpolate(item, f"{path}.{key}" if path else str(key))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    return value
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "config"
+
+
+def parse_config(data: Any, *, source: str = "config") -> Config:
+    """Validate a config mapping; a problem raises `ConfigError` naming the field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
+    data = _interpolate(data, "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = _location(tuple(item["loc"]))
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
+        raise ConfigError(f"{source}: invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {file}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+    return parse_config(data, source=str(file))
+
+
+def default_config() -> Config:
+    """The embedded default: built-in sim models, SQLite state, no keys."""
+    return parse_config(
+        {
+            "models": [
+                {"name": "fast", "provider": "sim", "model": "sim-fast"},
+                {"name": "strong", "provider": "sim", "model": "sim-strong"},
+            ],
+            "fallbacks": {"fast": ["strong"]},
+        },
+        source="default config",
+    )

@@ -1,0 +1,155 @@
+"""Every error Areion raises derives from `AreionError`.
+
+The tree splits "you configured or called it wrong" from "the world failed"::
+
+    AreionError
+    ├── ConfigError                 the configuration is invalid (raised at start)
+    ├── RequestError                the caller asked for something wrong        400
+    │   ├── AuthenticationError     missing or unknown API key                   401
+    │   ├── UnknownModelError       no model group or route of that name         404
+    │   └── ReplayMissError         the replay recording has no such prompt      404
+    └── UpstreamError               a provider failed                            502
+        ├── RateLimitedError        throttled; carries `retry_after`             429
+        ├── ProviderUnavailableError no deployment can take the call            503
+        ├── ProviderTimeoutError    connect, first-byte or total timeout         504
+        └── StreamInterruptedError  a stream broke after its first byte         502
+
+Each class carries the HTTP `status`, the OpenAI error `type` and a short `code`,
+so the server maps any of them to an OpenAI-shaped error body without a table.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AreionError",
+    "AuthenticationError",
+    "ConfigError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "RateLimitedError",
+    "ReplayMissError",
+    "RequestError",
+    "StreamInterruptedError",
+    "UnknownModelError",
+    "UpstreamError",
+]
+
+
+class AreionError(Exception):
+    """Root of every error Areion raises."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ConfigError(AreionError):
+    """The configuration is invalid; the message names the field and the fix."""
+
+    code = "invalid_config"
+
+
+class RequestError(AreionError):
+    """The request is malformed or asks for something impossible."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationError(RequestError):
+    """The API key is missing or unknown."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+class UnknownModelError(RequestError):
+    """No model group or route has the requested name."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class ReplayMissError(RequestError):
+    """A replay provider was asked a prompt its recording does not hold."""
+
+    status = 404
+    code = "replay_prompt_not_found"
+
+
+class UpstreamError(AreionError):
+    """A provider failed to answer."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    retryable: bool = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        upstream_status: int | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.upstream_status = upstream_status
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class RateLimitedError(UpstreamError):
+    """The provider (or Areion) throttled the call."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        upstream_status: int | None = 429,
+    ) -> None:
+        super().__init__(message, upstream_status=upstream_status)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailableError(UpstreamError):
+    """No deployment of the group (or its fallbacks) could take the call."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message, upstream_status=upstream_status)
+        self.retry_after = retry_after
+
+
+class ProviderTimeoutError(UpstreamError):
+    """The provider did not connect, start or finish in time."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class StreamInterruptedError(UpstreamError):
+    """A stream failed after its first byte reached the client; it cannot be retried."""
+
+    code = "stream_interrupted"
+    retryable = False

@@ -1,0 +1,237 @@
+"""Any server that speaks OpenAI chat completions: OpenAI, vLLM, Ollama, llama.cpp, sim."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from areion.config import ModelConfig
+from areion.errors import UpstreamError
+from areion.providers.base import (
+    error_from_status,
+    error_from_transport,
+    http_client,
+    parse_retry_after,
+)
+from areion.types import (
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    Message,
+    StreamChunk,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+__all__ = ["OpenAIProvider", "parse_usage", "request_body"]
+
+
+def request_body(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+    """The OpenAI wire body for `request`, addressed to upstream `model`."""
+    body: dict[str, Any] = dict(request.extra)
+    body["model"] = model
+    body["messages"] = [message.to_openai() for message in request.messages]
+    if request.max_tokens is not None and "max_completion_tokens" not in body:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop is not None:
+        body["stop"] = request.stop
+    if request.tools is not None:
+        body["tools"] = request.tools
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
+    if request.user is not None:
+        body["user"] = request.user
+    if stream:
+        body["stream"] = True
+        # Ask for usage on the last chunk: without it a stream's cost is a guess.
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    else:
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+    return body
+
+
+def parse_usage(data: dict[str, Any] | None) -> Usage | None:
+    """Usage from an OpenAI `usage` object."""
+    if not data:
+        return None
+    prompt_details = data.get("prompt_tokens_details") or {}
+    completion_details = data.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+def _tool_calls(raw: list[dict[str, Any]] | None) -> list[ToolCall] | None:
+    if not raw:
+        return None
+    calls = []
+    for item in raw:
+        function = item.get("function") or {}
+        calls.append(
+            ToolCall(
+                id=str(item.get("id") or ""),
+                name=str(function.get("name") or ""),
+                arguments=str(function.get("arguments") or ""),
+            )
+        )
+    return calls
+
+
+def _message(raw: dict[str, Any]) -> Message:
+    return Message(
+        role=raw.get("role") or "assistant",
+        content=raw.get("content"),
+        tool_calls=_tool_calls(raw.get("tool_calls")),
+    )
+
+
+def _detail(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return str(data["error"].get("message") or data["error"])
+    return body.decode("utf-8", "replace")
+
+
+class OpenAIProvider:
+    """Chat completions over HTTP to one OpenAI-compatible deployment."""
+
+    def __init__(self, config: ModelConfig, *, deployment: str) -> None:
+        self.deployment = deployment
+        self.model = config.upstream_model
+        self._url = (config.base_url or "").rstrip("/") + "/chat/completions"
+        self._headers = {"content-type": "application/json", **config.headers}
+        if config.api_key is not None and config.api_key.get_secret_value():
+            self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        self._client = http_client(config)
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        body = orjson.dumps(request_body(request, self.model, stream=False))
+        try:
+            response = await self._client.post(self._url, content=body, headers=self._headers)
+        except httpx.HTTPError as error:
+            raise error_from_transport(error, deployment=self.deployment) from None
+        if response.status_code != 200:
+            raise error_from_status(
+                response.status_code,
+                _detail(response.content),
+                deployment=self.deployment,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        try:
+            data = orjson.loads(response.content)
+            choices = [
+                Choice(
+                    index=int(item.get("index") or 0),
+                    message=_message(item.get("message") or {}),
+                    finish_reason=item.get("finish_reason"),
+                )
+                for item in data["choices"]
+            ]
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise UpstreamError(
+                f"deployment {self.deployment} sent an answer that is not a chat completion "
+                f"({type(error).__name__})"
+            ) from None
+        return ChatResponse(
+            id=str(data.get("id") or ""),
+            model=str(data.get("model") or self.model),
+            created=int(data.get("created") or time.time()),
+            choices=choices,
+            usage=parse_usage(data.get("usage")),
+            system_fingerprint=data.get("system_fingerprint"),
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        body = orjson.dumps(request_body(request, self.model, stream=True))
+        try:
+            async with self._client.stream(
+                "POST", self._url, content=body, headers=self._headers
+            ) as response:
+                if response.status_code != 200:
+                    raise error_from_status(
+                        response.status_code,
+                        _detail(await response.aread()),
+                        deployment=self.deployment,
+                        retry_after=parse_retry_after(response.headers.get("retry-after")),
+                    )
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    for chunk in self._chunks(payload):
+                        yield chunk
+        except httpx.HTTPError as error:
+            raise error_from_transport(error, deployment=self.deployment) from None
+
+    def _chunks(self, payload: str) -> list[StreamChunk]:
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                f"deployment {self.deployment} sent a stream event that is not JSON",
+                retryable=False,
+            ) from None
+        if "error" in data and "choices" not in data:
+            raise UpstreamError(
+                f"deployment {self.deployment} reported an error mid-stream: "
+                f"{_detail(payload.encode())}"
+            )
+        common_id = str(data.get("id") or "")
+        model = str(data.get("model") or self.model)
+        created = int(data.get("created") or 0)
+        chunks = []
+        for item in data.get("choices") or ():
+            delta = item.get("delta") or {}
+            raw_calls = delta.get("tool_calls")
+            chunks.append(
+                StreamChunk(
+                    id=common_id,
+                    model=model,
+                    created=created,
+                    index=int(item.get("index") or 0),
+                    role=delta.get("role"),
+                    content=delta.get("content"),
+                    tool_calls=[
+                        ToolCallDelta(
+                            index=int(call.get("index") or 0),
+                            id=call.get("id"),
+                            name=(call.get("function") or {}).get("name"),
+                            arguments=(call.get("function") or {}).get("arguments") or "",
+                        )
+                        for call in raw_calls
+                    ]
+                    if raw_calls
+                    else None,
+                    finish_reason=item.get("finish_reason"),
+                )
+            )
+        usage = parse_usage(data.get("usage"))
+        if usage is not None:
+            if chunks:
+                chunks[-1].usage = usage
+            else:
+                chunks.append(StreamChunk(id=common_id, model=model, created=created, usage=usage))
+        return chunks
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

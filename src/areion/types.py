@@ -1,0 +1,286 @@
+"""The data that flows through the request path, in the OpenAI chat shape.
+
+Messages keep the OpenAI wire shape because that is what every client speaks and
+what most providers accept; providers with another shape (Anthropic) translate at
+their own boundary. Parameters Areion does not interpret travel in `extra` and are
+passed to the provider untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "Choice",
+    "Message",
+    "Role",
+    "StreamChunk",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+]
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+@dataclass(slots=True, kw_only=True)
+class ToolCall:
+    """A function call the model asked for."""
+
+    id: str
+    """Provider-assigned call id; a tool result refers back to it."""
+    name: str
+    """Name of the function."""
+    arguments: str
+    """JSON-encoded arguments, exactly as the model produced them."""
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(slots=True, kw_only=True)
+class Message:
+    """One chat message."""
+
+    role: Role
+    """Who wrote it."""
+    content: str | list[dict[str, Any]] | None = None
+    """Text, or a list of OpenAI content parts (text, image_url...)."""
+    name: str | None = None
+    """Optional participant name."""
+    tool_calls: list[ToolCall] | None = None
+    """Calls an assistant message asks for."""
+    tool_call_id: str | None = None
+    """For role `tool`: the call this message answers."""
+
+    def text(self) -> str:
+        """The textual content, with content parts joined."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(
+            str(part.get("text", "")) for part in self.content if part.get("type") == "text"
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [call.to_openai() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+@dataclass(slots=True, kw_only=True)
+class Usage:
+    """Tokens a call consumed."""
+
+    prompt_tokens: int = 0
+    """Input tokens, cached ones included."""
+    completion_tokens: int = 0
+    """Output tokens, reasoning tokens included."""
+    cached_tokens: int = 0
+    """Part of `prompt_tokens` served from the provider's prompt cache."""
+    reasoning_tokens: int = 0
+    """Part of `completion_tokens` spent on hidden reasoning."""
+    estimated: bool = False
+    """True when the provider reported no usage and Areion counted the tokens itself."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
+
+
+@dataclass(slots=True, kw_only=True)
+class ChatRequest:
+    """A chat completion request, as a client sent it."""
+
+    model: str
+    """The model group (or route) the client asked for."""
+    messages: list[Message]
+    """The conversation so far."""
+    stream: bool = False
+    """Answer as a stream of chunks."""
+    max_tokens: int | None = None
+    """Cap on output tokens (`max_tokens` or `max_completion_tokens`)."""
+    temperature: float | None = None
+    """Sampling temperature."""
+    top_p: float | None = None
+    """Nucleus sampling."""
+    stop: list[str] | None = None
+    """Stop sequences."""
+    tools: list[dict[str, Any]] | None = None
+    """Tools offered, in the OpenAI `{"type": "function", ...}` shape."""
+    tool_choice: str | dict[str, Any] | None = None
+    """`auto`, `none`, `required` or a named function."""
+    user: str | None = None
+    """End-user id, passed through."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other OpenAI parameters (seed, response_format, n, ...), passed through untouched."""
+
+    def prompt_text(self) -> str:
+        """All message text, for token estimates."""
+        return "\n".join(message.text() for message in self.messages)
+
+
+@dataclass(slots=True, kw_only=True)
+class Choice:
+    """One completion choice."""
+
+    index: int = 0
+    """Position among the choices."""
+    message: Message
+    """The assistant message."""
+    finish_reason: str | None = None
+    """`stop`, `length`, `tool_calls` or `content_filter`."""
+
+
+@dataclass(slots=True, kw_only=True)
+class ChatResponse:
+    """A complete (non-streamed) answer."""
+
+    id: str
+    """Completion id."""
+    model: str
+    """Upstream model id that produced it."""
+    created: int
+    """Unix time of creation."""
+    choices: list[Choice]
+    """The completions (one unless the client asked for `n`)."""
+    usage: Usage | None = None
+    """Tokens consumed; None until accounting counts them when the provider did not."""
+    deployment: str = ""
+    """The deployment that answered (set by the gateway)."""
+    cost_usd: float | None = None
+    """Cost of the call; a provider that knows its exact cost (replay) sets it."""
+    system_fingerprint: str | None = None
+    """Passed through from the provider."""
+
+    @property
+    def message(self) -> Message:
+        """The first choice's message."""
+        return self.choices[0].message
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": choice.index,
+                    "message": choice.message.to_openai(),
+                    "finish_reason": choice.finish_reason,
+                    "logprobs": None,
+                }
+                for choice in self.choices
+            ],
+        }
+        if self.usage is not None:
+            out["usage"] = self.usage.to_openai()
+        if self.system_fingerprint is not None:
+            out["system_fingerprint"] = self.system_fingerprint
+        return out
+
+
+@dataclass(slots=True, kw_only=True)
+class ToolCallDelta:
+    """A fragment of a streamed tool call; fragments with the same index concatenate."""
+
+    index: int
+    """Which tool call of the message this fragment belongs to."""
+    id: str | None = None
+    """Call id, on the first fragment."""
+    name: str | None = None
+    """Function name, on the first fragment."""
+    arguments: str = ""
+    """A piece of the JSON arguments."""
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            out["id"] = self.id
+            out["type"] = "function"
+        function: dict[str, Any] = {"arguments": self.arguments}
+        if self.name is not None:
+            function["name"] = self.name
+        out["function"] = function
+        return out
+
+
+@dataclass(slots=True, kw_only=True)
+class StreamChunk:
+    """One streamed delta of one choice; the last chunk of a stream may carry only usage."""
+
+    id: str
+    """Completion id, the same on every chunk of a stream."""
+    model: str
+    """Upstream model id."""
+    created: int
+    """Unix time of creation."""
+    index: int = 0
+    """Choice index."""
+    role: str | None = None
+    """Set on the first chunk of a choice."""
+    content: str | None = None
+    """A piece of the text."""
+    tool_calls: list[ToolCallDelta] | None = None
+    """Pieces of tool calls."""
+    finish_reason: str | None = None
+    """Set on the last chunk of a choice."""
+    usage: Usage | None = None
+    """Usage of the whole call, on the final chunk."""
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+        if self.role is None and self.content is None and self.tool_calls is None and (
+            self.finish_reason is None and self.usage is not None
+        ):
+            out["choices"] = []
+        else:
+            delta: dict[str, Any] = {}
+            if self.role is not None:
+                delta["role"] = self.role
+            if self.content is not None:
+                delta["content"] = self.content
+            if self.tool_calls is not None:
+                delta["tool_calls"] = [call.to_openai() for call in self.tool_calls]
+            out["choices"] = [
+                {
+                    "index": self.index,
+                    "delta": delta,
+                    "finish_reason": self.finish_reason,
+                    "logprobs": None,
+                }
+            ]
+        if self.usage is not None:
+            out["usage"] = self.usage.to_openai()
+        return out
