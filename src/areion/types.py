@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 __all__ = [
     "ChatRequest",
+    "LedgerEntry",
     "ChatResponse",
     "Choice",
     "Message",
@@ -284,3 +285,33 @@ class StreamChunk:
         if self.usage is not None:
             out["usage"] = self.usage.to_openai()
         return out
+
+
+@dataclass(slots=True, kw_only=True)
+class LedgerEntry:
+    """One model call's spend, as written to the ledger."""
+
+    request_id: str
+    """Areion's id of the request."""
+    tenant: str
+    """Who paid."""
+    model: str
+    """The model group the client asked for."""
+    deployment: str
+    """The deployment that answered."""
+    upstream_model: str
+    """The provider's model id."""
+    prompt_tokens: int
+    """Input tokens."""
+    completion_tokens: int
+    """Output tokens."""
+    cached_tokens: int
+    """Input tokens served from the provider's cache."""
+    cost_usd: float
+    """What the call cost."""
+    estimated: bool
+    """True when tokens were counted by Areion, not reported by the provider."""
+    latency_s: float
+    """End-to-end seconds."""
+    created: float
+    """Unix time the call finished."""

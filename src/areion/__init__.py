@@ -1,0 +1,62 @@
+"""Areion: the agent runtime environment.
+
+    from areion import Runtime, ChatRequest, Message
+
+    async with Runtime() as rt:
+        answer = await rt.chat(ChatRequest(model="fast", messages=[Message(role="user", content="Hi")]))
+"""
+
+from areion._version import __version__
+from areion.config import Config, load_config
+from areion.errors import (
+    AreionError,
+    AuthenticationError,
+    ConfigError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    ReplayMissError,
+    RequestError,
+    StreamInterruptedError,
+    UnknownModelError,
+    UpstreamError,
+)
+from areion.runtime import Runtime
+from areion.streaming import ChatStream
+from areion.types import (
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    Message,
+    StreamChunk,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+__all__ = [
+    "AreionError",
+    "AuthenticationError",
+    "ChatRequest",
+    "ChatResponse",
+    "ChatStream",
+    "Choice",
+    "Config",
+    "ConfigError",
+    "Message",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "RateLimitedError",
+    "ReplayMissError",
+    "RequestError",
+    "Runtime",
+    "StreamChunk",
+    "StreamInterruptedError",
+    "ToolCall",
+    "ToolCallDelta",
+    "UnknownModelError",
+    "UpstreamError",
+    "Usage",
+    "__version__",
+    "load_config",
+]

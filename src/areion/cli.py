@@ -1,0 +1,117 @@
+"""The `areion` command: serve, sim, --version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from areion._version import __version__
+from areion.config import Config, default_config, load_config
+from areion.errors import ConfigError
+
+__all__ = ["main"]
+
+_DEFAULT_CONFIG = "areion.yaml"
+
+
+def _config(path: str | None) -> tuple[Config, str]:
+    if path:
+        return load_config(path), path
+    if Path(_DEFAULT_CONFIG).exists():
+        return load_config(_DEFAULT_CONFIG), _DEFAULT_CONFIG
+    return default_config(), "the embedded default (sim models, SQLite)"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from areion.runtime import Runtime
+    from areion.server import create_app
+
+    config, source = _config(args.config)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    runtime = Runtime(config)
+    model = runtime.models[0]
+    url = f"http://{host}:{port}"
+    print(f"Areion {__version__} serving {url} with {source}", flush=True)
+    print(f"models: {', '.join(runtime.models)}", flush=True)
+    print("try:", flush=True)
+    print(
+        f"  curl {url}/v1/chat/completions -H 'content-type: application/json' "
+        f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
+        f"\"content\": \"Hello!\"}}]}}'",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(runtime),
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        access_log=config.server.access_log,
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from areion.sim.server import run_sim
+
+    print(f"areion sim serving http://{args.host}:{args.port} (time scale {args.time_scale})",
+          flush=True)
+    run_sim(
+        args.host,
+        args.port,
+        profiles_file=args.profiles,
+        time_scale=args.time_scale,
+        seed=args.seed,
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="areion", description="Areion: the agent runtime environment."
+    )
+    parser.add_argument("--version", action="version", version=f"areion {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible server")
+    serve.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG} if present)")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--log-level", default=os.environ.get("AREION_LOG_LEVEL", "info"),
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(run=_serve)
+
+    sim = commands.add_parser("sim", help="run the simulated model server")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9001)
+    sim.add_argument("--profiles", help="YAML file of extra model profiles")
+    sim.add_argument("--time-scale", type=float, default=1.0,
+                     help="multiply every simulated delay (0.01 = 100x faster)")
+    sim.add_argument("--seed", type=int, help="seed for fault injection")
+    sim.set_defaults(run=_sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except ConfigError as error:
+        print(f"areion: {error.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Deployments, model groups, and the choice of a deployment for a call."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from areion.config import Config, ModelConfig
+from areion.gateway.load import RemoteLoad
+from areion.gateway.resilience import CircuitBreaker
+from areion.pricing import Price, default_price
+from areion.providers import Provider, build_provider
+from areion.telemetry.metrics import DeploymentMetrics, Metrics
+
+__all__ = ["Deployment", "ModelGroup", "build_groups", "pick_deployment"]
+
+# A deployment at or above this KV-cache use is about to queue or preempt.
+_KV_SATURATED = 0.95
+
+
+@dataclass(slots=True, kw_only=True)
+class Deployment:
+    """One endpoint serving a model group."""
+
+    id: str
+    """Unique name, reported in `x-areion-model`."""
+    group: str
+    """The model group it serves."""
+    config: ModelConfig
+    """Its configuration."""
+    provider: Provider
+    """How to call it."""
+    price: Price
+    """What its tokens cost."""
+    breaker: CircuitBreaker
+    """Its circuit breaker."""
+    metrics: DeploymentMetrics
+    """Its metric children."""
+    outstanding: int = 0
+    """Calls in flight from this process."""
+    cooldown_until: float = 0.0
+    """`time.monotonic()` before which a 429's Retry-After asks us to stay away."""
+    remote_load: RemoteLoad | None = None
+    """The last load the deployment reported (polled), if it reports any."""
+    live_load: Callable[[], RemoteLoad] | None = None
+    """A direct reading of load, for in-process providers."""
+
+    def load_score(self) -> float:
+        """Lower is better: calls in flight, the deployment's own queue, a full KV cache."""
+        score = float(self.outstanding)
+        load = self.live_load() if self.live_load is not None else self.remote_load
+        if load is not None:
+            score = max(score, load.running) + 2.0 * load.waiting
+            if load.kv_cache_usage >= _KV_SATURATED:
+                score += 8.0
+        limit = self.config.max_concurrency
+        if limit is not None and self.outstanding >= limit:
+            score += 1000.0
+        return score
+
+
+@dataclass(slots=True, kw_only=True)
+class ModelGroup:
+    """The deployments that answer to one model name."""
+
+    name: str
+    """The name clients ask for."""
+    deployments: list[Deployment] = field(default_factory=list)
+    """Its deployments, in config order."""
+
+
+def pick_deployment(
+    group: ModelGroup, now: float, rng: random.Random, exclude: Iterable[Deployment] = ()
+) -> Deployment | None:
+    """The least-loaded deployment whose breaker lets a call through, or None.
+
+    Deployments in `exclude` (already failed for this call) or cooling down after
+    a 429 are passed over while another one is available.
+    """
+    excluded = set(map(id, exclude))
+    best: list[Deployment] = []
+    best_score = 0.0
+    fallback: list[Deployment] = []
+    for deployment in group.deployments:
+        if not deployment.breaker.available(now):
+            continue
+        if id(deployment) in excluded or deployment.cooldown_until > now:
+            fallback.append(deployment)
+            continue
+        score = deployment.load_score()
+        if not best or score < best_score:
+            best, best_score = [deployment], score
+        elif score == best_score:
+            best.append(deployment)
+    if not best:
+        return None
+    choice = best[0] if len(best) == 1 else rng.choice(best)
+    return choice
+
+
+def _deployment_ids(models: list[ModelConfig]) -> list[str]:
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for model in models:
+        if model.id:
+            ids.append(model.id)
+            continue
+        base = f"{model.name}/{model.upstream_model}"
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return ids
+
+
+def build_groups(config: Config, metrics: Metrics) -> dict[str, ModelGroup]:
+    """Model groups with their deployments and providers, from the configuration."""
+    groups: dict[str, ModelGroup] = {}
+    for deployment_id, model in zip(_deployment_ids(config.models), config.models, strict=True):
+        price = (
+            Price(
+                input=model.price.input,
+                output=model.price.output,
+                cached_input=model.price.cached_input,
+            )
+            if model.price is not None
+            else default_price(model.upstream_model)
+        )
+        provider = build_provider(model, deployment=deployment_id)
+        deployment = Deployment(
+            id=deployment_id,
+            group=model.name,
+            config=model,
+            provider=provider,
+            price=price,
+            breaker=CircuitBreaker(
+                failure_threshold=config.breaker.failure_threshold,
+                reset_timeout=config.breaker.reset_timeout,
+            ),
+            metrics=metrics.for_deployment(model.name, deployment_id),
+            live_load=getattr(provider, "load", None),
+        )
+        groups.setdefault(model.name, ModelGroup(name=model.name)).deployments.append(deployment)
+    return groups

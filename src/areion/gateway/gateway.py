@@ -1,0 +1,260 @@
+"""The gateway: one call to a model group, made to succeed if any deployment can.
+
+For each group in order (the one asked for, then its fallbacks) it picks the
+least-loaded available deployment, and retries failures on another deployment,
+or after a backoff, up to `retry.max_attempts` per group. A streamed call is
+retried or failed over only until its first chunk arrives; after that the client
+has seen output, and a failure is reported, never silently retried or truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from areion.config import Config
+from areion.errors import (
+    AreionError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    RequestError,
+    StreamInterruptedError,
+    UpstreamError,
+)
+from areion.gateway.deployments import Deployment, ModelGroup, pick_deployment
+from areion.gateway.resilience import backoff_delay
+from areion.streaming import ChatStream
+from areion.telemetry.metrics import Metrics
+from areion.types import ChatRequest, ChatResponse, StreamChunk
+
+__all__ = ["Gateway"]
+
+T = TypeVar("T")
+
+
+def _kind(error: AreionError) -> str:
+    return error.code
+
+
+class Gateway:
+    """Sends calls to deployments with balancing, retries, breakers and fallbacks."""
+
+    def __init__(self, config: Config, groups: dict[str, ModelGroup], metrics: Metrics) -> None:
+        self.groups = groups
+        self.fallbacks = {group: list(targets) for group, targets in config.fallbacks.items()}
+        self.retry = config.retry
+        self.metrics = metrics
+        self.deployments: dict[str, Deployment] = {
+            deployment.id: deployment
+            for group in groups.values()
+            for deployment in group.deployments
+        }
+        self._rng = random.Random()
+
+    def _plan(self, model: str) -> list[ModelGroup]:
+        plan = [self.groups[model]]
+        for name in self.fallbacks.get(model, ()):
+            plan.append(self.groups[name])
+        return plan
+
+    async def _attempts(
+        self, request: ChatRequest, call: Callable[[Deployment], Awaitable[T]]
+    ) -> tuple[Deployment, T]:
+        last_error: AreionError | None = None
+        plan = self._plan(request.model)
+        for position, group in enumerate(plan):
+            if position:
+                self.metrics.fallbacks.labels(request.model, group.name).inc()
+            tried: list[Deployment] = []
+            for attempt in range(self.retry.max_attempts):
+                now = time.monotonic()
+                deployment = pick_deployment(group, now, self._rng, tried)
+                if deployment is None:
+                    break
+                if not deployment.breaker.acquire(now):
+                    # Another call took the half-open probe between the pick and now.
+                    tried.append(deployment)
+                    continue
+                if attempt:
+                    deployment.metrics.retries.inc()
+                deployment.outstanding += 1
+                try:
+                    result = await call(deployment)
+                except RequestError:
+                    deployment.breaker.release()
+                    raise
+                except UpstreamError as error:
+                    deployment.metrics.error(_kind(error))
+                    last_error = error
+                    if isinstance(error, RateLimitedError):
+                        # Throttling says nothing about health: honour it, don't trip the breaker.
+                        deployment.breaker.release()
+                        wait = error.retry_after or 0.0
+                        deployment.cooldown_until = time.monotonic() + wait
+                    else:
+                        deployment.breaker.record_failure(time.monotonic())
+                        wait = 0.0
+                    if not error.retryable:
+                        break
+                    tried.append(deployment)
+                    if attempt + 1 < self.retry.max_attempts:
+                        if not await self._pause(group, tried, attempt, wait):
+                            break
+                    continue
+                except BaseException:
+                    deployment.breaker.release()
+                    raise
+                finally:
+                    deployment.outstanding -= 1
+                deployment.breaker.record_success()
+                return deployment, result
+        raise self._final_error(request.model, plan, last_error)
+
+    async def _pause(
+        self, group: ModelGroup, tried: list[Deployment], attempt: int, retry_after: float
+    ) -> bool:
+        """Wait before the next attempt in `group`; False if the group should be left."""
+        now = time.monotonic()
+        untried = any(
+            d not in tried and d.breaker.available(now) and d.cooldown_until <= now
+            for d in group.deployments
+        )
+        if untried and not retry_after:
+            return True
+        if retry_after > self.retry.max_retry_after:
+            return False
+        delay = backoff_delay(
+            attempt, base=self.retry.backoff_base, cap=self.retry.backoff_max, rng=self._rng
+        )
+        if not untried:
+            delay = max(delay, retry_after)
+        if delay:
+            await asyncio.sleep(delay)
+        return True
+
+    def _final_error(
+        self, model: str, plan: list[ModelGroup], last: AreionError | None
+    ) -> AreionError:
+        if isinstance(last, RateLimitedError):
+            return last
+        now = time.monotonic()
+        waits = [
+            max(d.breaker.retry_in(now), d.cooldown_until - now)
+            for group in plan
+            for d in group.deployments
+        ]
+        retry_after = max(0.0, min(waits)) if waits else None
+        if last is None:
+            return ProviderUnavailableError(
+                f"no deployment of '{model}' (or its fallbacks) is available: "
+                "circuit breakers are open",
+                retry_after=retry_after,
+            )
+        if isinstance(last, ProviderTimeoutError):
+            return last
+        if isinstance(last, UpstreamError) and last.upstream_status in (None, 502, 503):
+            return ProviderUnavailableError(
+                f"every deployment of '{model}' (and its fallbacks) failed; last error: "
+                f"{last.message}",
+                retry_after=retry_after,
+                upstream_status=last.upstream_status,
+            )
+        return last
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """The answer from the first deployment that gives one."""
+
+        async def call(deployment: Deployment) -> ChatResponse:
+            try:
+                async with asyncio.timeout(deployment.config.total_timeout):
+                    return await deployment.provider.complete(request)
+            except TimeoutError:
+                raise ProviderTimeoutError(
+                    f"deployment {deployment.id} did not answer within its total timeout "
+                    f"({deployment.config.total_timeout}s)"
+                ) from None
+
+        deployment, response = await self._attempts(request, call)
+        response.deployment = deployment.id
+        return response
+
+    async def stream(self, request: ChatRequest, *, request_id: str, started: float) -> ChatStream:
+        """A stream whose first chunk has arrived; failures before it were retried."""
+
+        async def call(deployment: Deployment) -> tuple[AsyncIterator[StreamChunk], StreamChunk]:
+            iterator = deployment.provider.stream(request).__aiter__()
+            try:
+                async with asyncio.timeout(deployment.config.first_byte_timeout):
+                    first = await anext(iterator)
+            except TimeoutError:
+                await _close(iterator)
+                raise ProviderTimeoutError(
+                    f"deployment {deployment.id} sent no first chunk within "
+                    f"{deployment.config.first_byte_timeout}s"
+                ) from None
+            except StopAsyncIteration:
+                raise UpstreamError(f"deployment {deployment.id} sent an empty stream") from None
+            except BaseException:
+                await _close(iterator)
+                raise
+            return iterator, first
+
+        deployment, (iterator, first) = await self._attempts(request, call)
+        deployment.outstanding += 1
+        deadline = asyncio.get_running_loop().time() + deployment.config.total_timeout - (
+            time.perf_counter() - started
+        )
+        return ChatStream(
+            self._rest(deployment, iterator, first, deadline),
+            model=request.model,
+            deployment=deployment.id,
+            upstream_model=deployment.config.upstream_model,
+            request_id=request_id,
+            started=started,
+            first_chunk_at=time.perf_counter(),
+        )
+
+    async def _rest(
+        self,
+        deployment: Deployment,
+        iterator: AsyncIterator[StreamChunk],
+        first: StreamChunk,
+        deadline: float,
+    ) -> AsyncIterator[StreamChunk]:
+        try:
+            yield first
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        except TimeoutError:
+            deployment.metrics.error("upstream_timeout")
+            raise StreamInterruptedError(
+                f"deployment {deployment.id} exceeded its total timeout mid-stream"
+            ) from None
+        except AreionError as error:
+            deployment.metrics.error(_kind(error))
+            deployment.breaker.record_failure(time.monotonic())
+            raise StreamInterruptedError(
+                f"deployment {deployment.id} failed mid-stream: {error.message}"
+            ) from error
+        finally:
+            deployment.outstanding -= 1
+            await _close(iterator)
+
+    async def aclose(self) -> None:
+        for deployment in self.deployments.values():
+            await deployment.provider.aclose()
+
+
+async def _close(iterator: AsyncIterator[StreamChunk]) -> None:
+    closer = getattr(iterator, "aclose", None)
+    if closer is not None:
+        await closer()

@@ -1,0 +1,93 @@
+"""Retry timing and the per-deployment circuit breaker."""
+
+from __future__ import annotations
+
+import random
+from enum import Enum
+
+__all__ = ["BreakerState", "CircuitBreaker", "backoff_delay"]
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog, 2015).
+
+    Full jitter spreads retries of many clients that failed together, so they do
+    not hit the recovering deployment in lockstep.
+    """
+    return rng.uniform(0.0, min(cap, base * (2**attempt)))
+
+
+class BreakerState(Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Stops sending calls to a deployment that keeps failing, then probes it.
+
+    closed -> open after `failure_threshold` consecutive failures; open -> half-open
+    once `reset_timeout` has passed, letting exactly one probe call through; the
+    probe's success closes the breaker, its failure opens it for another period.
+    """
+
+    __slots__ = ("_failures", "_opened_at", "_probe_in_flight", "reset_timeout", "state",
+                 "threshold")
+
+    def __init__(self, *, failure_threshold: int, reset_timeout: float) -> None:
+        self.threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+
+    def available(self, now: float) -> bool:
+        """Whether a call may be sent now (without claiming the half-open probe)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            return now >= self._opened_at + self.reset_timeout
+        return not self._probe_in_flight
+
+    def acquire(self, now: float) -> bool:
+        """Claim the right to send one call; in half-open only one caller gets it."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            if now < self._opened_at + self.reset_timeout:
+                return False
+            self.state = BreakerState.HALF_OPEN
+            self._probe_in_flight = False
+        if self._probe_in_flight:
+            return False
+        self._probe_in_flight = True
+        return True
+
+    def release(self) -> None:
+        """Give back a probe that ended without a verdict (cancelled, or a caller error)."""
+        self._probe_in_flight = False
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._probe_in_flight = False
+        self.state = BreakerState.CLOSED
+
+    def record_failure(self, now: float) -> None:
+        self._probe_in_flight = False
+        if self.state is BreakerState.HALF_OPEN:
+            self._open(now)
+            return
+        self._failures += 1
+        if self._failures >= self.threshold:
+            self._open(now)
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until the breaker lets a probe through (0 when it does now)."""
+        if self.state is BreakerState.OPEN:
+            return max(0.0, self._opened_at + self.reset_timeout - now)
+        return 0.0
+
+    def _open(self, now: float) -> None:
+        self.state = BreakerState.OPEN
+        self._opened_at = now

@@ -1,0 +1,216 @@
+"""The HTTP face: an OpenAI-compatible API over a `Runtime`.
+
+The handlers are thin: authenticate, validate, call the runtime, serialize. Every
+error leaves as an OpenAI-shaped body with the right status; nothing a client
+sends can produce a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from areion.errors import (
+    AreionError,
+    AuthenticationError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    StreamInterruptedError,
+)
+from areion.runtime import Runtime, new_request_id
+from areion.server.schema import parse_chat_request
+from areion.streaming import ChatStream
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("areion.server")
+
+_JSON = "application/json"
+
+
+def _key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def error_body(
+    message: str, *, type: str, code: str | None, param: str | None = None
+) -> dict[str, object]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(error: AreionError) -> Response:
+    headers = {}
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(error, RateLimitedError | ProviderUnavailableError):
+        # Always tell a throttled client when to come back, even if upstream did not.
+        headers["retry-after"] = str(max(1, round(retry_after or 1)))
+    elif retry_after:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    body = error_body(error.message, type=error.type, code=error.code, param=error.param)
+    return Response(orjson.dumps(body), status_code=error.status, media_type=_JSON,
+                    headers=headers)
+
+
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=_JSON, headers=headers)
+
+
+class _Api:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._tenants = {
+            _key_hash(entry.key.get_secret_value()): entry.tenant
+            for entry in runtime.config.auth.keys
+        }
+
+    def tenant(self, request: Request) -> str:
+        if not self._tenants:
+            return "default"
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise AuthenticationError(
+                "missing API key: send 'Authorization: Bearer <key>'"
+            )
+        tenant = self._tenants.get(_key_hash(key.strip()))
+        if tenant is None:
+            raise AuthenticationError("invalid API key")
+        return tenant
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            tenant = self.tenant(request)
+            chat, include_usage = parse_chat_request(await request.body())
+            request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
+            if chat.stream:
+                stream = await self.runtime.chat_stream(chat, tenant=tenant,
+                                                        request_id=request_id)
+                return StreamingResponse(
+                    _sse(stream, include_usage),
+                    media_type="text/event-stream",
+                    headers={
+                        "x-areion-model": stream.deployment,
+                        "x-request-id": stream.request_id,
+                        "cache-control": "no-cache",
+                    },
+                )
+            response = await self.runtime.chat(chat, tenant=tenant, request_id=request_id)
+        except AreionError as error:
+            return error_response(error)
+        return Response(
+            orjson.dumps(response.to_openai()),
+            media_type=_JSON,
+            headers={
+                "x-areion-model": response.deployment,
+                "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
+                "x-request-id": request_id,
+            },
+        )
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self.tenant(request)
+        except AreionError as error:
+            return error_response(error)
+        return _json(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "areion"}
+                    for name in self.runtime.models
+                ],
+            }
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        deployments = {
+            deployment.id: deployment.breaker.state.value
+            for deployment in self.runtime.gateway.deployments.values()
+        }
+        return _json({"status": "ok", "deployments": deployments})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(
+            self.runtime.metrics.exposition(),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+
+async def _sse(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
+    try:
+        async for data in _events(stream, include_usage):
+            yield data
+    finally:
+        # A client that hangs up mid-stream must not leave the upstream call running.
+        await stream.aclose()
+
+
+async def _events(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            if chunk.usage is not None and not include_usage:
+                # The client did not ask for usage: OpenAI sends none, and neither do we.
+                if chunk.content is None and chunk.role is None and chunk.finish_reason is None \
+                        and chunk.tool_calls is None:
+                    continue
+                chunk.usage = None
+            yield b"data: " + orjson.dumps(chunk.to_openai()) + b"\n\n"
+    except StreamInterruptedError as error:
+        # After the first byte the status is sent: say so explicitly in the stream.
+        body = error_body(error.message, type=error.type, code=error.code)
+        yield b"data: " + orjson.dumps(body) + b"\n\n"
+        return
+    if stream.cost_usd is not None:
+        yield f": x-areion-cost-usd={stream.cost_usd:.10f}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}"
+        return _json(error_body(message, type="invalid_request_error", code="not_found"), 404)
+    if exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        return _json(
+            error_body(message, type="invalid_request_error", code="method_not_allowed"), 405
+        )
+    return _json(
+        error_body(str(exc.detail), type="invalid_request_error", code=None), exc.status_code
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _json(error_body("internal error", type="server_error", code="internal_error"), 500)
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    """The ASGI app serving `runtime`; it closes the runtime on shutdown."""
+    api = _Api(runtime)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await runtime.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+            Route("/chat/completions", api.chat_completions, methods=["POST"]),
+            Route("/v1/models", api.models, methods=["GET"]),
+            Route("/healthz", api.healthz, methods=["GET"]),
+            Route("/metrics", api.metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,114 @@
+"""`ChatStream`: an answer that arrives as chunks, with its accounting attached."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from areion.errors import AreionError, StreamInterruptedError
+from areion.types import StreamChunk, Usage
+
+__all__ = ["ChatStream"]
+
+Finisher = Callable[["ChatStream", BaseException | None], None]
+
+
+class ChatStream:
+    """A streamed answer. Iterate it once; `usage` and `cost_usd` are set when it ends.
+
+    By the time a caller holds a `ChatStream` the first chunk has already arrived,
+    so every failure that could still be retried or failed over has been; a failure
+    while iterating raises `StreamInterruptedError`.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[StreamChunk],
+        *,
+        model: str,
+        deployment: str,
+        upstream_model: str,
+        request_id: str,
+        started: float,
+        first_chunk_at: float | None = None,
+    ) -> None:
+        self.model = model
+        """The model group the client asked for."""
+        self.deployment = deployment
+        """The deployment that answers."""
+        self.upstream_model = upstream_model
+        """The provider's model id."""
+        self.request_id = request_id
+        """Areion's id of the request."""
+        self.started = started
+        """`time.perf_counter()` when the request arrived."""
+        self.first_chunk_at = first_chunk_at if first_chunk_at is not None else started
+        """`time.perf_counter()` when the first chunk arrived."""
+        self.usage: Usage | None = None
+        """Usage reported by the provider (or estimated once the stream ends)."""
+        self.cost_usd: float | None = None
+        """Cost, set by accounting when the stream ends."""
+        self.text_parts: list[str] = []
+        """The content seen so far, kept to count tokens when the provider reports none."""
+        self.finish_reason: str | None = None
+        """The finish reason of the first choice."""
+        self.info: dict[str, Any] = {}
+        """Stage-specific annotations (for example what a cache saved)."""
+        self._chunks = chunks
+        self._finishers: list[Finisher] = []
+        self._finished = False
+
+    @property
+    def ttft_s(self) -> float:
+        """Seconds from the request to the first chunk."""
+        return self.first_chunk_at - self.started
+
+    def on_finish(self, finisher: Finisher) -> None:
+        """Call `finisher(stream, error)` once, when the stream ends, fails or is closed."""
+        self._finishers.append(finisher)
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        for finisher in self._finishers:
+            finisher(self, error)
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        error: BaseException | None = None
+        try:
+            async for chunk in self._chunks:
+                if chunk.content:
+                    self.text_parts.append(chunk.content)
+                if chunk.tool_calls:
+                    for call in chunk.tool_calls:
+                        if call.arguments:
+                            self.text_parts.append(call.arguments)
+                if chunk.finish_reason is not None and chunk.index == 0:
+                    self.finish_reason = chunk.finish_reason
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                yield chunk
+        except StreamInterruptedError as failure:
+            error = failure
+            raise
+        except AreionError as failure:
+            error = StreamInterruptedError(f"the stream broke after it started: {failure}")
+            raise error from failure
+        except BaseException as failure:
+            error = failure
+            raise
+        finally:
+            self._finish(error)
+
+    async def aclose(self) -> None:
+        """Stop early; the upstream connection is released."""
+        closer = getattr(self._chunks, "aclose", None)
+        if closer is not None:
+            await closer()
+        self._finish(None)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
