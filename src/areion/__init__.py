@@ -1,9 +1,9 @@
 """Areion: the agent runtime environment.
 
-    from areion import Runtime, ChatRequest, Message
+from areion import Runtime, ChatRequest, Message
 
-    async with Runtime() as rt:
-        answer = await rt.chat(ChatRequest(model="fast", messages=[Message(role="user", content="Hi")]))
+async with Runtime() as rt:
+    answer = await rt.chat(ChatRequest(model="fast", messages=[Message(role="user", content="Hi")]))
 """
 
 from areion._version import __version__

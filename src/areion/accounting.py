@@ -63,10 +63,17 @@ class Accounting:
             # No usage chunk (the provider did not send one, or the stream broke):
             # count what was generated, so a broken stream is still paid for.
             usage = stream.usage = estimate_usage(call.request, "".join(stream.text_parts))
-        stream.cost_usd = cost(usage, deployment.price)
+        if stream.cost_usd is None:
+            stream.cost_usd = cost(usage, deployment.price)
         deployment.metrics.ttft.observe(stream.ttft_s)
-        self._book(call, deployment, usage, stream.cost_usd, time.perf_counter() - call.started,
-                   ok=error is None)
+        self._book(
+            call,
+            deployment,
+            usage,
+            stream.cost_usd,
+            time.perf_counter() - call.started,
+            ok=error is None,
+        )
 
     def _book(
         self,

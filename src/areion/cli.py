@@ -43,8 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
     print("try:", flush=True)
     print(
         f"  curl {url}/v1/chat/completions -H 'content-type: application/json' "
-        f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
-        f"\"content\": \"Hello!\"}}]}}'",
+        f'-d \'{{"model": "{model}", "messages": [{{"role": "user", '
+        f'"content": "Hello!"}}]}}\'',
         flush=True,
     )
     uvicorn.run(
@@ -63,8 +63,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _sim(args: argparse.Namespace) -> int:
     from areion.sim.server import run_sim
 
-    print(f"areion sim serving http://{args.host}:{args.port} (time scale {args.time_scale})",
-          flush=True)
+    print(
+        f"areion sim serving http://{args.host}:{args.port} (time scale {args.time_scale})",
+        flush=True,
+    )
     run_sim(
         args.host,
         args.port,
@@ -86,16 +88,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG} if present)")
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
-    serve.add_argument("--log-level", default=os.environ.get("AREION_LOG_LEVEL", "info"),
-                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--log-level",
+        default=os.environ.get("AREION_LOG_LEVEL", "info"),
+        choices=["critical", "error", "warning", "info", "debug"],
+    )
     serve.set_defaults(run=_serve)
 
     sim = commands.add_parser("sim", help="run the simulated model server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=9001)
     sim.add_argument("--profiles", help="YAML file of extra model profiles")
-    sim.add_argument("--time-scale", type=float, default=1.0,
-                     help="multiply every simulated delay (0.01 = 100x faster)")
+    sim.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply every simulated delay (0.01 = 100x faster)",
+    )
     sim.add_argument("--seed", type=int, help="seed for fault injection")
     sim.set_defaults(run=_sim)
     return parser

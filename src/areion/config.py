@@ -156,9 +156,7 @@ class Config(_Strict):
         if len(ids) != len(set(ids)):
             raise ValueError("models: deployment ids must be unique")
         if not self.store.startswith("sqlite://"):
-            raise ValueError(
-                f"store: '{self.store}' is not supported yet; use sqlite:///path.db"
-            )
+            raise ValueError(f"store: '{self.store}' is not supported yet; use sqlite:///path.db")
         return self
 
 
@@ -180,8 +178,10 @@ def _interpolate(value: Any, path: str) -> Any:
 
         return _ENV_PATTERN.sub(replace, value)
     if isinstance(value, dict):
-        return {key: _interpolate(item, f"{path}.{key}" if path else str(key))
-                for key, item in value.items()}
+        return {
+            key: _interpolate(item, f"{path}.{key}" if path else str(key))
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [_interpolate(item, f"{path}[{index}]") for index, item in enumerate(value)]
     return value

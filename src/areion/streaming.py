@@ -89,6 +89,8 @@ class ChatStream:
                     self.finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
                     self.usage = chunk.usage
+                if chunk.cost_usd is not None:
+                    self.cost_usd = chunk.cost_usd
                 yield chunk
         except StreamInterruptedError as failure:
             error = failure

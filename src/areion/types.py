@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 __all__ = [
     "ChatRequest",
-    "LedgerEntry",
     "ChatResponse",
     "Choice",
+    "LedgerEntry",
     "Message",
     "Role",
     "StreamChunk",
@@ -254,6 +254,8 @@ class StreamChunk:
     """Set on the last chunk of a choice."""
     usage: Usage | None = None
     """Usage of the whole call, on the final chunk."""
+    cost_usd: float | None = None
+    """Exact cost of the whole call, from a provider that knows it (replay); not sent."""
 
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -262,8 +264,11 @@ class StreamChunk:
             "created": self.created,
             "model": self.model,
         }
-        if self.role is None and self.content is None and self.tool_calls is None and (
-            self.finish_reason is None and self.usage is not None
+        if (
+            self.role is None
+            and self.content is None
+            and self.tool_calls is None
+            and (self.finish_reason is None and self.usage is not None)
         ):
             out["choices"] = []
         else:

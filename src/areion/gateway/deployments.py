@@ -76,7 +76,8 @@ def pick_deployment(
     """The least-loaded deployment whose breaker lets a call through, or None.
 
     Deployments in `exclude` (already failed for this call) or cooling down after
-    a 429 are passed over while another one is available.
+    a 429 are passed over while another one is available; when none is, the one
+    free soonest is returned, so a single-deployment group can still be retried.
     """
     excluded = set(map(id, exclude))
     best: list[Deployment] = []
@@ -94,9 +95,12 @@ def pick_deployment(
         elif score == best_score:
             best.append(deployment)
     if not best:
-        return None
-    choice = best[0] if len(best) == 1 else rng.choice(best)
-    return choice
+        if not fallback:
+            return None
+        # Everything left has failed this call or asked us to wait: retry the one
+        # free soonest (the caller has already waited out its backoff or Retry-After).
+        return min(fallback, key=lambda d: (d.cooldown_until, d.load_score()))
+    return best[0] if len(best) == 1 else rng.choice(best)
 
 
 def _deployment_ids(models: list[ModelConfig]) -> list[str]:

@@ -101,9 +101,9 @@ class Gateway:
                     if not error.retryable:
                         break
                     tried.append(deployment)
-                    if attempt + 1 < self.retry.max_attempts:
-                        if not await self._pause(group, tried, attempt, wait):
-                            break
+                    last_try = attempt + 1 >= self.retry.max_attempts
+                    if not last_try and not await self._pause(group, tried, attempt, wait):
+                        break
                     continue
                 except BaseException:
                     deployment.breaker.release()
@@ -123,15 +123,14 @@ class Gateway:
             d not in tried and d.breaker.available(now) and d.cooldown_until <= now
             for d in group.deployments
         )
-        if untried and not retry_after:
-            return True
+        if untried:
+            return True  # another deployment can take it now: no reason to wait
         if retry_after > self.retry.max_retry_after:
             return False
         delay = backoff_delay(
             attempt, base=self.retry.backoff_base, cap=self.retry.backoff_max, rng=self._rng
         )
-        if not untried:
-            delay = max(delay, retry_after)
+        delay = max(delay, retry_after)
         if delay:
             await asyncio.sleep(delay)
         return True
@@ -205,8 +204,10 @@ class Gateway:
 
         deployment, (iterator, first) = await self._attempts(request, call)
         deployment.outstanding += 1
-        deadline = asyncio.get_running_loop().time() + deployment.config.total_timeout - (
-            time.perf_counter() - started
+        deadline = (
+            asyncio.get_running_loop().time()
+            + deployment.config.total_timeout
+            - (time.perf_counter() - started)
         )
         return ChatStream(
             self._rest(deployment, iterator, first, deadline),

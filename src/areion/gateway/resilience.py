@@ -31,8 +31,14 @@ class CircuitBreaker:
     probe's success closes the breaker, its failure opens it for another period.
     """
 
-    __slots__ = ("_failures", "_opened_at", "_probe_in_flight", "reset_timeout", "state",
-                 "threshold")
+    __slots__ = (
+        "_failures",
+        "_opened_at",
+        "_probe_in_flight",
+        "reset_timeout",
+        "state",
+        "threshold",
+    )
 
     def __init__(self, *, failure_threshold: int, reset_timeout: float) -> None:
         self.threshold = failure_threshold

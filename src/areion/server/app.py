@@ -56,8 +56,7 @@ def error_response(error: AreionError) -> Response:
     elif retry_after:
         headers["retry-after"] = str(max(1, round(retry_after)))
     body = error_body(error.message, type=error.type, code=error.code, param=error.param)
-    return Response(orjson.dumps(body), status_code=error.status, media_type=_JSON,
-                    headers=headers)
+    return Response(orjson.dumps(body), status_code=error.status, media_type=_JSON, headers=headers)
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -78,9 +77,7 @@ class _Api:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise AuthenticationError(
-                "missing API key: send 'Authorization: Bearer <key>'"
-            )
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
         tenant = self._tenants.get(_key_hash(key.strip()))
         if tenant is None:
             raise AuthenticationError("invalid API key")
@@ -92,8 +89,7 @@ class _Api:
             chat, include_usage = parse_chat_request(await request.body())
             request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
             if chat.stream:
-                stream = await self.runtime.chat_stream(chat, tenant=tenant,
-                                                        request_id=request_id)
+                stream = await self.runtime.chat_stream(chat, tenant=tenant, request_id=request_id)
                 return StreamingResponse(
                     _sse(stream, include_usage),
                     media_type="text/event-stream",
@@ -159,8 +155,12 @@ async def _events(stream: ChatStream, include_usage: bool) -> AsyncIterator[byte
         async for chunk in stream:
             if chunk.usage is not None and not include_usage:
                 # The client did not ask for usage: OpenAI sends none, and neither do we.
-                if chunk.content is None and chunk.role is None and chunk.finish_reason is None \
-                        and chunk.tool_calls is None:
+                if (
+                    chunk.content is None
+                    and chunk.role is None
+                    and chunk.finish_reason is None
+                    and chunk.tool_calls is None
+                ):
                     continue
                 chunk.usage = None
             yield b"data: " + orjson.dumps(chunk.to_openai()) + b"\n\n"

@@ -88,9 +88,18 @@ class SQLiteStore:
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> None:
         rows = [
             (
-                e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
-                e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
-                int(e.estimated), e.latency_s, e.created,
+                e.request_id,
+                e.tenant,
+                e.model,
+                e.deployment,
+                e.upstream_model,
+                e.prompt_tokens,
+                e.completion_tokens,
+                e.cached_tokens,
+                e.cost_usd,
+                int(e.estimated),
+                e.latency_s,
+                e.created,
             )
             for e in entries
         ]
@@ -98,8 +107,10 @@ class SQLiteStore:
         def write(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN")
-                db.executemany(f"INSERT INTO ledger ({_COLUMNS}) VALUES "
-                               "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.executemany(
+                    f"INSERT INTO ledger ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
 
         await self._run(write)
 
@@ -123,10 +134,18 @@ class SQLiteStore:
         def read(db: sqlite3.Connection) -> list[LedgerEntry]:
             return [
                 LedgerEntry(
-                    request_id=row[0], tenant=row[1], model=row[2], deployment=row[3],
-                    upstream_model=row[4], prompt_tokens=row[5], completion_tokens=row[6],
-                    cached_tokens=row[7], cost_usd=row[8], estimated=bool(row[9]),
-                    latency_s=row[10], created=row[11],
+                    request_id=row[0],
+                    tenant=row[1],
+                    model=row[2],
+                    deployment=row[3],
+                    upstream_model=row[4],
+                    prompt_tokens=row[5],
+                    completion_tokens=row[6],
+                    cached_tokens=row[7],
+                    cost_usd=row[8],
+                    estimated=bool(row[9]),
+                    latency_s=row[10],
+                    created=row[11],
                 )
                 for row in db.execute(sql, args)
             ]

@@ -8,6 +8,7 @@ transaction every `interval` seconds (or sooner when it fills). `flush()` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from areion.store.base import Store
@@ -39,10 +40,8 @@ class Ledger:
 
     async def _run(self) -> None:
         while not self._closing:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.flush()
 

@@ -13,7 +13,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 __all__ = ["DeploymentMetrics", "Metrics"]
 
 _LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
 )
 
 
@@ -24,45 +37,66 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         labels = ("model", "deployment")
         self.requests = Counter(
-            "areion_requests", "Model calls answered, by outcome.",
-            (*labels, "outcome"), registry=self.registry,
+            "areion_requests",
+            "Model calls answered, by outcome.",
+            (*labels, "outcome"),
+            registry=self.registry,
         )
         self.duration = Histogram(
             "gen_ai_client_operation_duration_seconds",
             "End-to-end duration of a model call through Areion.",
-            labels, buckets=_LATENCY_BUCKETS, registry=self.registry,
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.ttft = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
             "Time from the request to the first streamed chunk.",
-            labels, buckets=_LATENCY_BUCKETS, registry=self.registry,
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.tokens = Counter(
-            "areion_tokens", "Tokens consumed, by type (input, output, cached_input).",
-            (*labels, "type"), registry=self.registry,
+            "areion_tokens",
+            "Tokens consumed, by type (input, output, cached_input).",
+            (*labels, "type"),
+            registry=self.registry,
         )
         self.cost = Counter(
-            "areion_cost_usd", "Spend in USD.", (*labels, "tenant"), registry=self.registry,
+            "areion_cost_usd",
+            "Spend in USD.",
+            (*labels, "tenant"),
+            registry=self.registry,
         )
         self.errors = Counter(
-            "areion_errors", "Failed attempts and calls, by kind.",
-            (*labels, "kind"), registry=self.registry,
+            "areion_errors",
+            "Failed attempts and calls, by kind.",
+            (*labels, "kind"),
+            registry=self.registry,
         )
         self.retries = Counter(
-            "areion_retries", "Attempts retried on another try or deployment.",
-            labels, registry=self.registry,
+            "areion_retries",
+            "Attempts retried on another try or deployment.",
+            labels,
+            registry=self.registry,
         )
         self.fallbacks = Counter(
-            "areion_fallbacks", "Calls moved to a fallback model group.",
-            ("model", "fallback"), registry=self.registry,
+            "areion_fallbacks",
+            "Calls moved to a fallback model group.",
+            ("model", "fallback"),
+            registry=self.registry,
         )
         self.outstanding = Gauge(
-            "areion_deployment_outstanding", "Calls in flight per deployment.",
-            labels, registry=self.registry,
+            "areion_deployment_outstanding",
+            "Calls in flight per deployment.",
+            labels,
+            registry=self.registry,
         )
         self.breaker_open = Gauge(
-            "areion_circuit_open", "1 while a deployment's circuit breaker is open.",
-            labels, registry=self.registry,
+            "areion_circuit_open",
+            "1 while a deployment's circuit breaker is open.",
+            labels,
+            registry=self.registry,
         )
 
     def for_deployment(self, model: str, deployment: str) -> DeploymentMetrics:
@@ -79,8 +113,19 @@ class DeploymentMetrics:
     """Label children bound to one deployment of one model group."""
 
     __slots__ = (
-        "cached_tokens", "duration", "errors_by_kind", "input_tokens", "ok", "outstanding",
-        "output_tokens", "breaker_open", "retries", "ttft", "_metrics", "_cost", "_labels",
+        "_cost",
+        "_labels",
+        "_metrics",
+        "breaker_open",
+        "cached_tokens",
+        "duration",
+        "errors_by_kind",
+        "input_tokens",
+        "ok",
+        "output_tokens",
+        "outstanding",
+        "retries",
+        "ttft",
     )
 
     def __init__(self, metrics: Metrics, model: str, deployment: str) -> None:
