@@ -42,9 +42,11 @@ class ScriptedUpstream:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.times: list[float] = []
-        self.app = Starlette(routes=[
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            ]
+        )
 
     def then(self, *behaviours: Behaviour) -> ScriptedUpstream:
         self.script.extend(behaviours)
@@ -64,20 +66,30 @@ class ScriptedUpstream:
             await asyncio.sleep(behaviour.delay)
         if behaviour.status != 200:
             headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
-            error = {"error": {"message": f"{self.name} says {behaviour.status}",
-                               "type": "server_error", "code": None}}
-            return Response(orjson.dumps(error), status_code=behaviour.status,
-                            headers=headers, media_type="application/json")
+            error = {
+                "error": {
+                    "message": f"{self.name} says {behaviour.status}",
+                    "type": "server_error",
+                    "code": None,
+                }
+            }
+            return Response(
+                orjson.dumps(error),
+                status_code=behaviour.status,
+                headers=headers,
+                media_type="application/json",
+            )
         if body.get("stream"):
-            return StreamingResponse(self._stream(body, behaviour),
-                                     media_type="text/event-stream")
+            return StreamingResponse(self._stream(body, behaviour), media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": behaviour.text}
         finish = "stop"
         if behaviour.tool_calls:
             message = {"role": "assistant", "content": None, "tool_calls": behaviour.tool_calls}
             finish = "tool_calls"
         data: dict[str, Any] = {
-            "id": "chatcmpl-test", "object": "chat.completion", "created": 1,
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 1,
             "model": body["model"],
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         }
@@ -87,23 +99,59 @@ class ScriptedUpstream:
 
     async def _stream(self, body: dict[str, Any], behaviour: Behaviour):  # type: ignore[no-untyped-def]
         def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-            data: dict[str, Any] = {"id": "chatcmpl-test", "object": "chat.completion.chunk",
-                                    "created": 1, "model": body["model"], "choices": choices}
+            data: dict[str, Any] = {
+                "id": "chatcmpl-test",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": body["model"],
+                "choices": choices,
+            }
             if usage is not None:
                 data["usage"] = usage
             return b"data: " + orjson.dumps(data) + b"\n\n"
 
-        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                      "finish_reason": None}])
+        yield event(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
         if behaviour.tool_calls:
             for i, call in enumerate(behaviour.tool_calls):
-                yield event([{"index": 0, "delta": {"tool_calls": [{
-                    "index": i, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}]},
-                    "finish_reason": None}])
-                yield event([{"index": 0, "delta": {"tool_calls": [{
-                    "index": i, "function": {"arguments": call["function"]["arguments"]}}]},
-                    "finish_reason": None}])
+                yield event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": i,
+                                        "id": call["id"],
+                                        "type": "function",
+                                        "function": {
+                                            "name": call["function"]["name"],
+                                            "arguments": "",
+                                        },
+                                    }
+                                ]
+                            },
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+                yield event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": i,
+                                        "function": {"arguments": call["function"]["arguments"]},
+                                    }
+                                ]
+                            },
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             finish = "tool_calls"
         else:
             words = behaviour.text.split(" ")
@@ -112,8 +160,15 @@ class ScriptedUpstream:
                     raise RuntimeError("scripted upstream breaks the stream")
                 if behaviour.chunk_delay:
                     await asyncio.sleep(behaviour.chunk_delay)
-                yield event([{"index": 0, "delta": {"content": word if i == 0 else " " + word},
-                              "finish_reason": None}])
+                yield event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"content": word if i == 0 else " " + word},
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             finish = "stop"
         yield event([{"index": 0, "delta": {}, "finish_reason": finish}])
         if (body.get("stream_options") or {}).get("include_usage") and behaviour.usage:
