@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from areion.config import Config, ModelConfig
 from areion.gateway.load import RemoteLoad
-from areion.gateway.resilience import CircuitBreaker
+from areion.gateway.resilience import BreakerState, CircuitBreaker
 from areion.pricing import Price, default_price
 from areion.providers import Provider, build_provider
 from areion.telemetry.metrics import DeploymentMetrics, Metrics
@@ -103,6 +103,15 @@ def pick_deployment(
     return best[0] if len(best) == 1 else rng.choice(best)
 
 
+def _export_state(metrics: Metrics, deployment: Deployment) -> None:
+    # Read at scrape time, so the hot path pays nothing to keep these gauges current.
+    labels = (deployment.group, deployment.id)
+    metrics.outstanding.labels(*labels).set_function(lambda: deployment.outstanding)
+    metrics.breaker_open.labels(*labels).set_function(
+        lambda: float(deployment.breaker.state is BreakerState.OPEN)
+    )
+
+
 def _deployment_ids(models: list[ModelConfig]) -> list[str]:
     ids: list[str] = []
     seen: dict[str, int] = {}
@@ -143,5 +152,6 @@ def build_groups(config: Config, metrics: Metrics) -> dict[str, ModelGroup]:
             metrics=metrics.for_deployment(model.name, deployment_id),
             live_load=getattr(provider, "load", None),
         )
+        _export_state(metrics, deployment)
         groups.setdefault(model.name, ModelGroup(name=model.name)).deployments.append(deployment)
     return groups

@@ -116,14 +116,12 @@ class DeploymentMetrics:
         "_cost",
         "_labels",
         "_metrics",
-        "breaker_open",
         "cached_tokens",
         "duration",
         "errors_by_kind",
         "input_tokens",
         "ok",
         "output_tokens",
-        "outstanding",
         "retries",
         "ttft",
     )
@@ -138,8 +136,6 @@ class DeploymentMetrics:
         self.output_tokens = metrics.tokens.labels(model, deployment, "output")
         self.cached_tokens = metrics.tokens.labels(model, deployment, "cached_input")
         self.retries = metrics.retries.labels(model, deployment)
-        self.outstanding = metrics.outstanding.labels(model, deployment)
-        self.breaker_open = metrics.breaker_open.labels(model, deployment)
         self.errors_by_kind: dict[str, Counter] = {}
         self._cost: dict[str, Counter] = {}
 
