@@ -160,31 +160,50 @@ class Config(_Strict):
         return self
 
 
-def _interpolate(value: Any, path: str) -> Any:
+_PLACEHOLDER = re.compile(r"__areion_env_(\d+)__")
+
+
+def _resolve(name: str, default: str | None, path: str) -> str:
+    found = os.environ.get(name)
+    if found is not None:
+        return found
+    if default is not None:
+        return default
+    raise ConfigError(
+        f"{path}: environment variable {name} is not set "
+        f"(export it, or write ${{{name}:-default}} to allow a default)",
+        param=path,
+    )
+
+
+def _interpolate(value: Any, path: str, table: list[tuple[str, str | None]]) -> Any:
     if isinstance(value, str):
-
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            found = os.environ.get(name)
-            if found is not None:
-                return found
-            if default is not None:
-                return default
-            raise ConfigError(
-                f"{path}: environment variable {name} is not set "
-                f"(export it, or write ${{{name}:-default}} to allow a default)",
-                param=path,
-            )
-
-        return _ENV_PATTERN.sub(replace, value)
+        value = _PLACEHOLDER.sub(lambda m: _resolve(*table[int(m.group(1))], path), value)
+        return _ENV_PATTERN.sub(lambda m: _resolve(m.group(1), m.group(2), path), value)
     if isinstance(value, dict):
         return {
-            key: _interpolate(item, f"{path}.{key}" if path else str(key))
+            key: _interpolate(item, f"{path}.{key}" if path else str(key), table)
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [_interpolate(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        return [_interpolate(item, f"{path}[{i}]", table) for i, item in enumerate(value)]
     return value
+
+
+def _protect(text: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """Replace each `${VAR}` with a plain token before YAML parsing.
+
+    `{key: ${ACME_KEY}}` is not valid YAML (the `{` of `${` opens a mapping), and a
+    value substituted into the text could inject YAML; a token parses as a plain
+    scalar, and the value replaces it after parsing, inside the string only.
+    """
+    table: list[tuple[str, str | None]] = []
+
+    def token(match: re.Match[str]) -> str:
+        table.append((match.group(1), match.group(2)))
+        return f"__areion_env_{len(table) - 1}__"
+
+    return _ENV_PATTERN.sub(token, text), table
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -197,13 +216,15 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "config"
 
 
-def parse_config(data: Any, *, source: str = "config") -> Config:
+def parse_config(
+    data: Any, *, source: str = "config", _env: list[tuple[str, str | None]] | None = None
+) -> Config:
     """Validate a config mapping; a problem raises `ConfigError` naming the field."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
-    data = _interpolate(data, "")
+    data = _interpolate(data, "", _env or [])
     try:
         return Config.model_validate(data)
     except ValidationError as error:
@@ -222,11 +243,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read config file {file}: {error.strerror}") from None
+    text, table = _protect(text)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{file}: not valid YAML: {error}") from None
-    return parse_config(data, source=str(file))
+    return parse_config(data, source=str(file), _env=table)
 
 
 def default_config() -> Config:

@@ -29,8 +29,14 @@ def ask(model: str = "fast", text: str = "hi", **kwargs: Any) -> ChatRequest:
 
 
 def deployment(name: str, url: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "provider": "openai", "model": f"m-{name}", "base_url": url + "/v1",
-            "price": {"input": 1.0, "output": 2.0, "cached_input": 0.5}, **extra}
+    return {
+        "name": name,
+        "provider": "openai",
+        "model": f"m-{name}",
+        "base_url": url + "/v1",
+        "price": {"input": 1.0, "output": 2.0, "cached_input": 0.5},
+        **extra,
+    }
 
 
 def runtime(models: list[dict[str, Any]], **extra: Any) -> Runtime:
@@ -68,8 +74,10 @@ async def test_breaker_opens_then_probes_and_closes(upstream: Any) -> None:
     up, url = upstream
     up.then(*[Behaviour(status=500)] * 3)
     models = [deployment("fast", url, id="only")]
-    config = {"breaker": {"failure_threshold": 3, "reset_timeout": 0.3},
-              "retry": {"max_attempts": 1}}
+    config = {
+        "breaker": {"failure_threshold": 3, "reset_timeout": 0.3},
+        "retry": {"max_attempts": 1},
+    }
     async with runtime(models, **config) as rt:
         for _ in range(3):
             with pytest.raises(Exception):
@@ -206,16 +214,32 @@ async def test_stream_total_timeout_mid_stream(upstream: Any) -> None:
 
 async def test_tool_calls_pass_through(upstream: Any) -> None:
     up, url = upstream
-    calls = [{"id": "call_1", "type": "function",
-              "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    calls = [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ]
     up.default = Behaviour(tool_calls=calls)
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     async with runtime([deployment("fast", url)]) as rt:
         answer = await rt.chat(ask(tools=tools, tool_choice="auto"))
         assert answer.choices[0].finish_reason == "tool_calls"
         [call] = answer.message.tool_calls or []
-        assert (call.id, call.name, call.arguments) == ("call_1", "get_weather", '{"city": "Paris"}')
+        assert (call.id, call.name, call.arguments) == (
+            "call_1",
+            "get_weather",
+            '{"city": "Paris"}',
+        )
         assert up.requests[0]["tools"] == tools and up.requests[0]["tool_choice"] == "auto"
         stream = await rt.chat_stream(ask(tools=tools))
         pieces = [c async for c in stream]
@@ -227,9 +251,14 @@ async def test_tool_calls_pass_through(upstream: Any) -> None:
 
 async def test_cost_uses_cached_tokens_and_reaches_the_ledger(upstream: Any) -> None:
     up, url = upstream
-    up.default = Behaviour(usage={"prompt_tokens": 1000, "completion_tokens": 200,
-                                  "total_tokens": 1200,
-                                  "prompt_tokens_details": {"cached_tokens": 400}})
+    up.default = Behaviour(
+        usage={
+            "prompt_tokens": 1000,
+            "completion_tokens": 200,
+            "total_tokens": 1200,
+            "prompt_tokens_details": {"cached_tokens": 400},
+        }
+    )
     async with runtime([deployment("fast", url)]) as rt:
         answer = await rt.chat(ask(), tenant="acme", request_id="req-1")
         expected = (600 * 1.0 + 400 * 0.5 + 200 * 2.0) / 1e6
@@ -249,9 +278,7 @@ async def test_missing_usage_is_counted_with_the_tokenizer(upstream: Any) -> Non
         assert answer.usage is not None and answer.usage.estimated
         assert answer.usage.completion_tokens == 2  # "hello world" in cl100k_base
         assert answer.usage.prompt_tokens > 2
-        assert answer.cost_usd == pytest.approx(
-            (answer.usage.prompt_tokens * 1.0 + 2 * 2.0) / 1e6
-        )
+        assert answer.cost_usd == pytest.approx((answer.usage.prompt_tokens * 1.0 + 2 * 2.0) / 1e6)
 
 
 async def test_least_outstanding_spreads_concurrent_calls(upstream: Any, second: Any) -> None:

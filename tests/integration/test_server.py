@@ -31,10 +31,20 @@ def upstream() -> Iterator[tuple[ScriptedUpstream, str]]:
 def areion_config(url: str, **extra: Any) -> dict[str, Any]:
     return {
         "models": [
-            {"name": "fast", "provider": "openai", "model": "gpt-test", "base_url": url + "/v1",
-             "api_key": UPSTREAM_KEY, "price": {"input": 0.15, "output": 0.60}},
-            {"name": "dead", "provider": "openai", "model": "x",
-             "base_url": f"http://127.0.0.1:{free_port()}/v1"},
+            {
+                "name": "fast",
+                "provider": "openai",
+                "model": "gpt-test",
+                "base_url": url + "/v1",
+                "api_key": UPSTREAM_KEY,
+                "price": {"input": 0.15, "output": 0.60},
+            },
+            {
+                "name": "dead",
+                "provider": "openai",
+                "model": "x",
+                "base_url": f"http://127.0.0.1:{free_port()}/v1",
+            },
         ],
         "store": "sqlite:///:memory:",
         "retry": {"max_attempts": 2, "backoff_base": 0.01},
@@ -72,7 +82,9 @@ async def test_chat_completion_through_the_sdk(server: Any) -> None:
 async def test_streaming_through_the_sdk(server: Any) -> None:
     _, url = server
     stream = await client(url).chat.completions.create(
-        model="fast", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="fast",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [chunk async for chunk in stream]
@@ -106,10 +118,25 @@ async def test_stream_broken_mid_way_ends_with_an_error_event(server: Any) -> No
 
 async def test_tool_calls_pass_through_the_server(server: Any) -> None:
     up, url = server
-    up.default = Behaviour(tool_calls=[{"id": "call_9", "type": "function", "function": {
-        "name": "lookup", "arguments": '{"q": "x"}'}}])
-    tools: Any = [{"type": "function", "function": {"name": "lookup", "description": "Find.",
-                   "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+    up.default = Behaviour(
+        tool_calls=[
+            {
+                "id": "call_9",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+            }
+        ]
+    )
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Find.",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ]
     completion = await client(url).chat.completions.create(
         model="fast", messages=[{"role": "user", "content": "find x"}], tools=tools
     )
@@ -117,14 +144,30 @@ async def test_tool_calls_pass_through_the_server(server: Any) -> None:
     assert call.id == "call_9" and call.function.name == "lookup"  # type: ignore[union-attr]
     assert up.requests[0]["tools"] == tools
     # The tool result goes back upstream in the next turn.
-    await client(url).chat.completions.create(model="fast", messages=[
-        {"role": "user", "content": "find x"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_9", "type": "function",
-         "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]},
-        {"role": "tool", "tool_call_id": "call_9", "content": "found"},
-    ], tools=tools)
-    assert up.requests[1]["messages"][2] == {"role": "tool", "content": "found",
-                                             "tool_call_id": "call_9"}
+    await client(url).chat.completions.create(
+        model="fast",
+        messages=[
+            {"role": "user", "content": "find x"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_9",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_9", "content": "found"},
+        ],
+        tools=tools,
+    )
+    assert up.requests[1]["messages"][2] == {
+        "role": "tool",
+        "content": "found",
+        "tool_call_id": "call_9",
+    }
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
@@ -140,8 +183,15 @@ async def test_error_statuses(server: Any) -> None:
     async with httpx.AsyncClient(base_url=url) as http:
         r = await http.post("/v1/chat/completions", content=b"{not json", headers=auth)
         assert r.status_code == 400 and "not valid JSON" in error_of(r)["message"]
-        r = await http.post("/v1/chat/completions", headers=auth, json={
-            "model": "fast", "messages": [{"role": "user", "content": "x"}], "temperature": 5})
+        r = await http.post(
+            "/v1/chat/completions",
+            headers=auth,
+            json={
+                "model": "fast",
+                "messages": [{"role": "user", "content": "x"}],
+                "temperature": 5,
+            },
+        )
         assert r.status_code == 400 and error_of(r)["param"] == "temperature"
         r = await http.post("/v1/chat/completions", headers=auth, json={"model": "fast"})
         assert r.status_code == 400 and error_of(r)["param"] == "messages"
@@ -150,8 +200,9 @@ async def test_error_statuses(server: Any) -> None:
         body = {"model": "fast", "messages": [{"role": "user", "content": "x"}]}
         r = await http.post("/v1/chat/completions", json=body)
         assert r.status_code == 401 and error_of(r)["code"] == "invalid_api_key"
-        r = await http.post("/v1/chat/completions", json=body,
-                            headers={"authorization": "Bearer wrong"})
+        r = await http.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer wrong"}
+        )
         assert r.status_code == 401
         r = await http.post("/v1/chat/completions", headers=auth, json={**body, "model": "nope"})
         assert r.status_code == 404 and "fast" in error_of(r)["message"]
@@ -179,8 +230,10 @@ async def test_upstream_timeout_is_504(upstream: Any) -> None:
     config["retry"] = {"max_attempts": 1}
     with serve_app(create_app(Runtime(parse_config(config)))) as areion_url:
         async with httpx.AsyncClient(base_url=areion_url) as http:
-            r = await http.post("/v1/chat/completions", json={
-                "model": "fast", "messages": [{"role": "user", "content": "x"}]})
+            r = await http.post(
+                "/v1/chat/completions",
+                json={"model": "fast", "messages": [{"role": "user", "content": "x"}]},
+            )
             assert r.status_code == 504 and error_of(r)["type"] == "timeout_error"
 
 
@@ -189,21 +242,25 @@ async def test_models_health_and_metrics(server: Any) -> None:
     models = await client(url).models.list()
     assert sorted(m.id for m in models.data) == ["dead", "fast"]
     await client(url).chat.completions.create(
-        model="fast", messages=[{"role": "user", "content": "hi"}])
+        model="fast", messages=[{"role": "user", "content": "hi"}]
+    )
     async with httpx.AsyncClient(base_url=url) as http:
         health = (await http.get("/healthz")).json()
         assert health["status"] == "ok" and "fast/gpt-test" in health["deployments"]
         text = (await http.get("/metrics")).text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
     labels = (("deployment", "fast/gpt-test"), ("model", "fast"))
     assert samples[("areion_requests_total", (*labels, ("outcome", "ok")))] == 1
     assert samples[("gen_ai_client_operation_duration_seconds_count", labels)] == 1
     assert samples[("areion_tokens_total", (*labels, ("type", "output")))] == 7
-    cost_key = ("areion_cost_usd_total", (("deployment", "fast/gpt-test"), ("model", "fast"),
-                                          ("tenant", "acme")))
+    cost_key = (
+        "areion_cost_usd_total",
+        (("deployment", "fast/gpt-test"), ("model", "fast"), ("tenant", "acme")),
+    )
     assert samples[cost_key] == pytest.approx((11 * 0.15 + 7 * 0.6) / 1e6)
 
 
@@ -216,16 +273,19 @@ async def test_keys_never_appear_in_logs(upstream: Any, caplog: pytest.LogCaptur
         ok = client(areion_url)
         await ok.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x"}])
         stream = await ok.chat.completions.create(
-            model="fast", messages=[{"role": "user", "content": "x"}], stream=True)
+            model="fast", messages=[{"role": "user", "content": "x"}], stream=True
+        )
         async for _ in stream:
             pass
         with pytest.raises(openai.AuthenticationError):
             await client(areion_url, key=USER_KEY + "x").chat.completions.create(
-                model="fast", messages=[{"role": "user", "content": "x"}])
+                model="fast", messages=[{"role": "user", "content": "x"}]
+            )
         up.default = Behaviour(status=401)
         with pytest.raises(openai.APIStatusError):
             await ok.chat.completions.create(
-                model="fast", messages=[{"role": "user", "content": "x"}])
+                model="fast", messages=[{"role": "user", "content": "x"}]
+            )
         async with httpx.AsyncClient(base_url=areion_url) as http:
             exposed = (await http.get("/metrics")).text + (await http.get("/healthz")).text
     logged = caplog.text + repr(config) + str(config)

@@ -1,0 +1,213 @@
+"""The real commands: `areion sim` and `areion serve` as processes, an OpenAI SDK client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.support import free_port, wait_for_port
+
+AREION = [sys.executable, "-m", "areion.cli"]
+
+
+def start(args: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        AREION + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_ready(process: subprocess.Popen[bytes], port: int) -> None:
+    try:
+        wait_for_port(port)
+    except RuntimeError:
+        raise RuntimeError(f"process did not start:\n{stop(process)}") from None
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    try:
+        out, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[str]:
+    port = free_port()
+    process = start(["sim", "--port", str(port), "--time-scale", "0.05"])
+    try:
+        wait_ready(process, port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def areion(sim: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("serve")
+    config = folder / "areion.yaml"
+    config.write_text(f"""
+models:
+  - name: fast
+    provider: openai
+    model: sim-fast
+    base_url: {sim}/v1
+    api_key: ${{SIM_KEY}}
+    load_metrics_url: {sim}/metrics
+  - name: fast
+    provider: openai
+    model: sim-fast
+    base_url: {sim}/v1
+    load_metrics_url: {sim}/metrics
+  - name: claude
+    provider: anthropic
+    model: sim-strong
+    base_url: {sim}
+    api_key: ${{SIM_KEY}}
+fallbacks:
+  fast: [claude]
+auth:
+  keys:
+    - {{key: ${{ACME_KEY}}, tenant: acme}}
+store: sqlite:///{folder / "areion.db"}
+""")
+    port = free_port()
+    process = start(
+        ["serve", "--config", str(config), "--port", str(port)],
+        env={"SIM_KEY": "sim-secret", "ACME_KEY": "acme-secret"},
+    )
+    try:
+        wait_ready(process, port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        output = stop(process)
+        assert "sim-secret" not in output and "acme-secret" not in output
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="acme-secret", max_retries=0)
+
+
+def test_openai_and_anthropic_deployments_answer(areion: str) -> None:
+    for model in ("fast", "claude"):
+        raw = client(areion).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "Say something."}], max_tokens=20
+        )
+        completion = raw.parse()
+        assert completion.choices[0].message.content
+        assert completion.usage is not None and completion.usage.completion_tokens <= 20
+        assert float(raw.headers["x-areion-cost-usd"]) > 0
+        assert raw.headers["x-areion-model"].startswith(model + "/")
+
+
+def test_streams_through_both_apis(areion: str) -> None:
+    for model in ("fast", "claude"):
+        stream = client(areion).chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Stream please."}],
+            max_tokens=30,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_tool_call_through_anthropic_translation(areion: str) -> None:
+    tools: list = [
+        {
+            "type": "function",
+            "function": {  # type: ignore[type-arg]
+                "name": "get_weather",
+                "description": "Weather for a city.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    completion = client(areion).chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert '"city"' in call.function.arguments  # type: ignore[union-attr]
+
+
+def test_ledger_and_metrics_after_calls(areion: str) -> None:
+    client(areion).chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "count me"}], max_tokens=5
+    )
+    metrics = httpx.get(areion + "/metrics").text
+    assert 'areion_cost_usd_total{deployment="fast/sim-fast",model="fast",tenant="acme"}' in metrics
+    assert "gen_ai_server_time_to_first_token_seconds_bucket" in metrics
+
+
+def test_invalid_config_fails_at_start_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "models:\n  - name: fast\n    provider: openai\n    model: x\n"
+        "    base_url: http://127.0.0.1:1/v1\n    price: {input: -1, output: 1}\n"
+    )
+    result = subprocess.run(
+        AREION + ["serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "models[0].price.input" in result.stderr
+    assert "greater than or equal to 0" in result.stderr
+
+
+def test_version() -> None:
+    from areion import __version__
+
+    result = subprocess.run(AREION + ["--version"], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == f"areion {__version__}"
+
+
+def test_sim_reports_load_while_busy(sim: str) -> None:
+    import threading
+
+    def call() -> None:
+        httpx.post(
+            sim + "/v1/chat/completions",
+            timeout=30,
+            json={
+                "model": "sim-strong",
+                "max_tokens": 200,
+                "messages": [{"role": "user", "content": "long answer"}],
+            },
+        )
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    text = httpx.get(sim + "/metrics").text
+    for thread in threads:
+        thread.join()
+    assert 'vllm:num_requests_running{model_name="sim-strong"}' in text
+    running = [
+        line
+        for line in text.splitlines()
+        if line.startswith('vllm:num_requests_running{model_name="sim-strong"}')
+    ]
+    assert float(running[0].split()[-1]) >= 1
