@@ -57,7 +57,7 @@ class ModelConfig(_Strict):
     base_url: str | None = None
     api_key: SecretStr | None = None
     price: PriceConfig | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
     # Timeouts in seconds: TCP connect, first byte of the answer, whole call.
     connect_timeout: float = Field(default=5.0, gt=0)
     first_byte_timeout: float = Field(default=60.0, gt=0)
@@ -155,7 +155,7 @@ class Config(_Strict):
         ids = [model.id for model in self.models if model.id]
         if len(ids) != len(set(ids)):
             raise ValueError("models: deployment ids must be unique")
-        if not self.store.startswith("sqlite://"):
+        if not self.store.startswith("sqlite:///"):
             raise ValueError(f"store: '{self.store}' is not supported yet; use sqlite:///path.db")
         return self
 
@@ -165,7 +165,8 @@ _PLACEHOLDER = re.compile(r"__areion_env_(\d+)__")
 
 def _resolve(name: str, default: str | None, path: str) -> str:
     found = os.environ.get(name)
-    if found is not None:
+    # Shell semantics: `${VAR:-default}` takes the default when VAR is unset or empty.
+    if found or (found is not None and default is None):
         return found
     if default is not None:
         return default

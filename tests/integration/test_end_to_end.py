@@ -169,7 +169,7 @@ def test_invalid_config_fails_at_start_naming_the_field(tmp_path: Path) -> None:
         "    base_url: http://127.0.0.1:1/v1\n    price: {input: -1, output: 1}\n"
     )
     result = subprocess.run(
-        AREION + ["serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+        [*AREION, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert "models[0].price.input" in result.stderr
@@ -179,7 +179,7 @@ def test_invalid_config_fails_at_start_naming_the_field(tmp_path: Path) -> None:
 def test_version() -> None:
     from areion import __version__
 
-    result = subprocess.run(AREION + ["--version"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*AREION, "--version"], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == f"areion {__version__}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from areion import (
     RequestError,
     Runtime,
     StreamInterruptedError,
+    UpstreamError,
 )
 from areion.config import parse_config
 from areion.gateway import BreakerState
@@ -80,7 +82,7 @@ async def test_breaker_opens_then_probes_and_closes(upstream: Any) -> None:
     }
     async with runtime(models, **config) as rt:
         for _ in range(3):
-            with pytest.raises(Exception):
+            with pytest.raises(UpstreamError):
                 await rt.chat(ask())
         assert rt.gateway.deployments["only"].breaker.state is BreakerState.OPEN
         # While open, calls are refused without reaching the upstream.
@@ -88,7 +90,7 @@ async def test_breaker_opens_then_probes_and_closes(upstream: Any) -> None:
             await rt.chat(ask())
         assert up.calls == 3
         assert refused.value.retry_after is not None and refused.value.retry_after <= 0.3
-        time.sleep(0.35)
+        await asyncio.sleep(0.35)
         answer = await rt.chat(ask())  # the half-open probe succeeds
         assert answer.message.content == "Hello from upstream."
         assert rt.gateway.deployments["only"].breaker.state is BreakerState.CLOSED
@@ -120,7 +122,7 @@ async def test_long_retry_after_is_reported_not_waited(upstream: Any) -> None:
 
 
 async def test_rate_limited_deployment_is_passed_over(upstream: Any, second: Any) -> None:
-    (a, url_a), (b, url_b) = upstream, second
+    (a, url_a), (_, url_b) = upstream, second
     a.default = Behaviour(status=429, retry_after="20")
     models = [deployment("fast", url_a, id="a"), deployment("fast", url_b, id="b")]
     async with runtime(models) as rt:
@@ -282,8 +284,6 @@ async def test_missing_usage_is_counted_with_the_tokenizer(upstream: Any) -> Non
 
 
 async def test_least_outstanding_spreads_concurrent_calls(upstream: Any, second: Any) -> None:
-    import asyncio
-
     (a, url_a), (b, url_b) = upstream, second
     a.default = Behaviour(delay=0.2)
     b.default = Behaviour(delay=0.2)

@@ -113,15 +113,19 @@ def _export_state(metrics: Metrics, deployment: Deployment) -> None:
 
 
 def _deployment_ids(models: list[ModelConfig]) -> list[str]:
+    taken = {model.id for model in models if model.id}
     ids: list[str] = []
-    seen: dict[str, int] = {}
     for model in models:
         if model.id:
             ids.append(model.id)
             continue
         base = f"{model.name}/{model.upstream_model}"
-        seen[base] = seen.get(base, 0) + 1
-        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}#{n}"
+        taken.add(candidate)
+        ids.append(candidate)
     return ids
 
 

@@ -350,7 +350,7 @@ class AnthropicProvider:
         self._headers = {
             "content-type": "application/json",
             "anthropic-version": config.anthropic_version,
-            **config.headers,
+            **{name: value.get_secret_value() for name, value in config.headers.items()},
         }
         if config.api_key is not None and config.api_key.get_secret_value():
             self._headers["x-api-key"] = config.api_key.get_secret_value()

@@ -117,7 +117,10 @@ class OpenAIProvider:
         self.deployment = deployment
         self.model = config.upstream_model
         self._url = (config.base_url or "").rstrip("/") + "/chat/completions"
-        self._headers = {"content-type": "application/json", **config.headers}
+        self._headers = {
+            "content-type": "application/json",
+            **{name: value.get_secret_value() for name, value in config.headers.items()},
+        }
         if config.api_key is not None and config.api_key.get_secret_value():
             self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         self._client = http_client(config)

@@ -1,0 +1,151 @@
+"""The buffered spend ledger, writing to a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from areion.store import SQLiteStore
+from areion.telemetry import Ledger
+from areion.types import LedgerEntry
+
+
+def _entry(number: int, tenant: str = "team-a") -> LedgerEntry:
+    return LedgerEntry(
+        request_id=f"req-{number}",
+        tenant=tenant,
+        model="fast",
+        deployment="fast/sim-fast",
+        upstream_model="sim-fast",
+        prompt_tokens=100 + number,
+        completion_tokens=20,
+        cached_tokens=0,
+        cost_usd=0.000_027,
+        estimated=False,
+        latency_s=0.05,
+        created=1_000.0 + number,
+    )
+
+
+class FlakyStore(SQLiteStore):
+    """A real SQLite store whose next `failures` writes fail, as a locked disk would."""
+
+    def __init__(self, path: str, *, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.writes: list[int] = []
+
+    async def append_ledger(self, entries: Sequence[LedgerEntry]) -> None:
+        self.writes.append(len(entries))
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk I/O error")
+        await super().append_ledger(entries)
+
+
+async def _count(path: Path) -> int:
+    store = SQLiteStore(str(path))
+    try:
+        return len(await store.ledger(limit=1_000_000))
+    finally:
+        await store.aclose()
+
+
+async def test_close_writes_everything_pending(tmp_path: Path) -> None:
+    path = tmp_path / "areion.db"
+    store = SQLiteStore(str(path))
+    # a long interval: nothing is written by the timer during the test
+    ledger = Ledger(store, interval=60.0, batch=512)
+    for number in range(1_000):
+        ledger.record(_entry(number))
+    await ledger.aclose()
+    await store.aclose()
+
+    assert await _count(path) == 1_000
+    reopened = SQLiteStore(str(path))
+    try:
+        newest = await reopened.ledger(limit=1)
+        assert newest == [_entry(999)]
+    finally:
+        await reopened.aclose()
+
+
+async def test_record_does_not_write_on_the_call_path(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "areion.db"), failures=0)
+    ledger = Ledger(store, interval=60.0, batch=512)
+    for number in range(10):
+        ledger.record(_entry(number))
+    assert store.writes == []
+    await ledger.aclose()
+    assert store.writes == [10]  # one transaction for the whole buffer
+    await store.aclose()
+
+
+async def test_writes_in_batches_in_the_background(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "areion.db"), failures=0)
+    ledger = Ledger(store, interval=60.0, batch=100)
+    try:
+        for number in range(250):
+            ledger.record(_entry(number))
+            if number % 50 == 49:
+                await asyncio.sleep(0)  # let the writer run, as a live server would
+        for _ in range(100):
+            if len(await store.ledger(limit=10_000)) >= 200:
+                break
+            await asyncio.sleep(0.005)
+        # full batches are written without waiting for the 60 s interval
+        assert len(await store.ledger(limit=10_000)) >= 200
+    finally:
+        await ledger.aclose()
+    assert len(await store.ledger(limit=10_000)) == 250
+    await store.aclose()
+
+
+async def test_timer_writes_without_a_close(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "areion.db"))
+    ledger = Ledger(store, interval=0.01)
+    ledger.record(_entry(1, tenant="team-b"))
+    try:
+        for _ in range(200):
+            if await store.ledger(tenant="team-b"):
+                break
+            await asyncio.sleep(0.005)
+        assert [e.request_id for e in await store.ledger(tenant="team-b")] == ["req-1"]
+    finally:
+        await ledger.aclose()
+        await store.aclose()
+
+
+async def test_failed_write_keeps_entries_for_a_retry(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "areion.db"), failures=1)
+    ledger = Ledger(store, interval=60.0)
+    for number in range(5):
+        ledger.record(_entry(number))
+
+    await ledger.flush()  # fails
+    assert await store.ledger() == []
+
+    ledger.record(_entry(5))  # recorded while the store was down
+    await ledger.flush()  # succeeds
+    written = await store.ledger()
+    assert sorted(e.request_id for e in written) == [f"req-{n}" for n in range(6)]
+    await ledger.aclose()
+    assert len(await store.ledger()) == 6  # nothing written twice
+    await store.aclose()
+
+
+async def test_background_failure_is_retried_before_close(tmp_path: Path) -> None:
+    path = tmp_path / "areion.db"
+    store = FlakyStore(str(path), failures=2)
+    ledger = Ledger(store, interval=0.005)
+    for number in range(50):
+        ledger.record(_entry(number))
+    for _ in range(200):
+        if len(store.writes) >= 3:
+            break
+        await asyncio.sleep(0.005)
+    assert len(store.writes) >= 3  # failed twice, then retried on its own
+    await ledger.aclose()
+    await store.aclose()
+    assert await _count(path) == 50

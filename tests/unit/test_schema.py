@@ -1,0 +1,278 @@
+"""Parsing and validating an OpenAI chat-completions request body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from areion.errors import RequestError
+from areion.server.schema import parse_chat_request
+from areion.types import ToolCall
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+        "strict": True,
+    },
+}
+
+FULL_BODY: dict[str, Any] = {
+    "model": "fast",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is the weather in Paris? "},
+                {"type": "image_url", "image_url": {"url": "https://example.com/sky.png"}},
+                {"type": "text", "text": "And here?"},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc", "content": '{"temp_c": 14}'},
+        {"role": "user", "name": "ana", "content": "Thanks."},
+    ],
+    "tools": [WEATHER_TOOL],
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "stop": "\n\n",
+    "max_completion_tokens": 256,
+    "n": 2,
+    "user": "user-42",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "seed": 7,
+    "response_format": {"type": "json_object"},
+    "parallel_tool_calls": False,
+    "logit_bias": {"50256": -100},
+}
+
+
+def _parse(body: Any) -> Any:
+    return parse_chat_request(json.dumps(body).encode())
+
+
+def _minimal(**fields: Any) -> dict[str, Any]:
+    return {"model": "fast", "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+def _rejected(raw: bytes | dict[str, Any]) -> RequestError:
+    data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+    with pytest.raises(RequestError) as caught:
+        parse_chat_request(data)
+    assert caught.value.status == 400
+    return caught.value
+
+
+# --- accepted -------------------------------------------------------------------------
+
+
+def test_full_openai_body() -> None:
+    request, include_usage = _parse(FULL_BODY)
+
+    assert request.model == "fast"
+    assert request.stream is True
+    assert include_usage is True
+    assert request.temperature == 0.2
+    assert request.top_p == 0.9
+    assert request.stop == ["\n\n"]
+    assert request.max_tokens == 256
+    assert request.user == "user-42"
+    assert request.tools == [WEATHER_TOOL]
+    assert request.tool_choice == {"type": "function", "function": {"name": "get_weather"}}
+    assert request.extra == {
+        "seed": 7,
+        "response_format": {"type": "json_object"},
+        "parallel_tool_calls": False,
+        "logit_bias": {"50256": -100},
+        "n": 2,
+        "max_completion_tokens": 256,
+    }
+
+    system, user, assistant, tool, named = request.messages
+    assert (system.role, system.content) == ("system", "You are terse.")
+    assert user.content == FULL_BODY["messages"][1]["content"]
+    assert user.text() == "What is the weather in Paris? And here?"
+    assert assistant.content is None
+    assert assistant.tool_calls == [
+        ToolCall(id="call_abc", name="get_weather", arguments='{"city": "Paris"}')
+    ]
+    assert (tool.role, tool.tool_call_id, tool.content) == ("tool", "call_abc", '{"temp_c": 14}')
+    assert named.name == "ana"
+
+
+def test_history_round_trips_to_the_openai_shape() -> None:
+    request, _ = _parse(FULL_BODY)
+    assert [m.to_openai() for m in request.messages] == FULL_BODY["messages"]
+
+
+def test_minimal_body_defaults() -> None:
+    request, include_usage = _parse(_minimal())
+    assert request.stream is False
+    assert include_usage is False
+    assert request.max_tokens is None
+    assert request.stop is None
+    assert request.tools is None
+    assert request.tool_choice is None
+    assert request.extra == {}
+
+
+def test_stop_list_is_kept() -> None:
+    request, _ = _parse(_minimal(stop=["END", "###"]))
+    assert request.stop == ["END", "###"]
+
+
+def test_max_tokens_wins_over_max_completion_tokens() -> None:
+    request, _ = _parse(_minimal(max_tokens=50, max_completion_tokens=100))
+    assert request.max_tokens == 50
+
+
+@pytest.mark.parametrize("choice", ["auto", "none", "required"])
+def test_tool_choice_strings(choice: str) -> None:
+    request, _ = _parse(_minimal(tools=[WEATHER_TOOL], tool_choice=choice))
+    assert request.tool_choice == choice
+
+
+def test_developer_role_is_accepted() -> None:
+    request, _ = _parse(
+        {"model": "o3-mini", "messages": [{"role": "developer", "content": "Be brief."}]}
+    )
+    assert request.messages[0].role == "developer"
+
+
+def test_unicode_and_whitespace_around_the_body() -> None:
+    raw = b"\n  " + json.dumps(_minimal(), ensure_ascii=False).encode() + b"\n"
+    request, _ = parse_chat_request(raw.replace(b'"hi"', '"héllo 🌍"'.encode()))
+    assert request.messages[0].content == "héllo 🌍"
+
+
+# --- rejected -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"", b"   \n\t "])
+def test_empty_body(raw: bytes) -> None:
+    error = _rejected(raw)
+    assert "empty" in error.message
+    assert error.param is None
+
+
+def test_body_that_is_not_json() -> None:
+    error = _rejected(b"model=fast&messages=hi")
+    assert "not valid JSON" in error.message
+    assert error.param is None
+
+
+def test_truncated_json() -> None:
+    error = _rejected(json.dumps(_minimal()).encode()[:-5])
+    assert "not valid JSON" in error.message
+
+
+def test_json_array() -> None:
+    error = _rejected(b'[{"model": "fast"}]')
+    assert "JSON object" in error.message
+    assert error.param is None
+
+
+def test_missing_model() -> None:
+    error = _rejected({"messages": [{"role": "user", "content": "hi"}]})
+    assert error.param == "model"
+    assert "'model'" in error.message
+
+
+def test_empty_model() -> None:
+    error = _rejected(_minimal(model=""))
+    assert error.param == "model"
+
+
+def test_empty_messages() -> None:
+    error = _rejected({"model": "fast", "messages": []})
+    assert error.param == "messages"
+    assert "'messages'" in error.message
+    assert "at least 1" in error.message
+
+
+def test_bad_role() -> None:
+    body = {"model": "fast", "messages": [{"role": "user", "content": "a"}, {"role": "bot"}]}
+    error = _rejected(body)
+    assert error.param == "messages[1].role"
+    assert "'messages[1].role'" in error.message
+    assert "'assistant'" in error.message
+
+
+def test_temperature_out_of_range() -> None:
+    error = _rejected(_minimal(temperature=3))
+    assert error.param == "temperature"
+    assert "less than or equal to 2" in error.message
+
+
+def test_max_tokens_zero() -> None:
+    error = _rejected(_minimal(max_tokens=0))
+    assert error.param == "max_tokens"
+    assert "greater than or equal to 1" in error.message
+
+
+def test_tool_with_wrong_type() -> None:
+    tool = {"type": "retrieval", "function": {"name": "search"}}
+    error = _rejected(_minimal(tools=[WEATHER_TOOL, tool]))
+    assert error.param == "tools[1].type"
+    assert "'function'" in error.message
+
+
+def test_tools_not_a_list() -> None:
+    error = _rejected(_minimal(tools=WEATHER_TOOL))
+    assert error.param == "tools"
+
+
+def test_tool_without_a_name() -> None:
+    error = _rejected(_minimal(tools=[{"type": "function", "function": {"name": ""}}]))
+    assert error.param == "tools[0].function.name"
+
+
+def test_content_of_wrong_type_names_the_message() -> None:
+    error = _rejected({"model": "fast", "messages": [{"role": "user", "content": 42}]})
+    assert error.param == "messages[0].content"
+
+
+def test_bad_tool_choice_names_only_the_field() -> None:
+    error = _rejected(_minimal(tool_choice="sometimes"))
+    assert error.param == "tool_choice"
+    assert "'auto'" in error.message
+
+
+def test_stream_that_is_not_a_bool() -> None:
+    error = _rejected(_minimal(stream="please"))
+    assert error.param == "stream"
+
+
+def test_tool_call_without_arguments() -> None:
+    body = {
+        "model": "fast",
+        "messages": [
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}],
+            }
+        ],
+    }
+    error = _rejected(body)
+    assert error.param == "messages[0].tool_calls[0].function.arguments"

@@ -1,0 +1,144 @@
+"""The embedded SQLite store, on a real database file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from areion.errors import ConfigError
+from areion.store import SQLiteStore, Store, open_store
+from areion.store.sqlite import sqlite_path
+from areion.types import LedgerEntry
+
+
+def _entry(request_id: str, tenant: str = "team-a", created: float = 1.0, **fields: Any) -> Any:
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "tenant": tenant,
+        "model": "fast",
+        "deployment": "fast/sim-fast",
+        "upstream_model": "sim-fast",
+        "prompt_tokens": 1_200,
+        "completion_tokens": 340,
+        "cached_tokens": 1_024,
+        "cost_usd": 0.000_281_4,
+        "estimated": False,
+        "latency_s": 0.8125,
+        "created": created,
+    }
+    values.update(fields)
+    return LedgerEntry(**values)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(str(tmp_path / "state" / "areion.db"))
+    yield store
+    await store.aclose()
+
+
+async def test_is_a_store(store: SQLiteStore) -> None:
+    assert isinstance(store, Store)
+
+
+async def test_entry_round_trips_every_field(store: SQLiteStore) -> None:
+    entry = _entry("req-1", estimated=True, created=1_732_000_000.123456)
+    await store.append_ledger([entry])
+    assert await store.ledger() == [entry]
+
+
+async def test_creates_the_parent_folder(tmp_path: Path, store: SQLiteStore) -> None:
+    await store.append_ledger([_entry("r")])
+    assert (tmp_path / "state" / "areion.db").is_file()
+
+
+async def test_newest_first_and_limit(store: SQLiteStore) -> None:
+    await store.append_ledger([_entry("old", created=100.0), _entry("new", created=300.0)])
+    await store.append_ledger([_entry("mid", created=200.0)])
+    assert [e.request_id for e in await store.ledger()] == ["new", "mid", "old"]
+    assert [e.request_id for e in await store.ledger(limit=2)] == ["new", "mid"]
+
+
+async def test_filter_by_tenant_and_request(store: SQLiteStore) -> None:
+    await store.append_ledger(
+        [
+            _entry("r1", tenant="team-a", created=1.0),
+            _entry("r2", tenant="team-b", created=2.0),
+            _entry("r3", tenant="team-a", created=3.0),
+            # the same request id under another tenant: the two filters combine with AND
+            _entry("r1", tenant="team-b", created=4.0, deployment="fast/sim-fast#2"),
+        ]
+    )
+    team_a = await store.ledger(tenant="team-a")
+    assert [(e.request_id, e.tenant) for e in team_a] == [("r3", "team-a"), ("r1", "team-a")]
+    r1 = await store.ledger(request_id="r1")
+    assert [e.deployment for e in r1] == ["fast/sim-fast#2", "fast/sim-fast"]
+    both = await store.ledger(tenant="team-b", request_id="r1")
+    assert [(e.request_id, e.tenant, e.created) for e in both] == [("r1", "team-b", 4.0)]
+    assert await store.ledger(tenant="nobody") == []
+
+
+async def test_filter_values_are_not_sql(store: SQLiteStore) -> None:
+    await store.append_ledger([_entry("r1")])
+    assert await store.ledger(tenant="x' OR '1'='1") == []
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = str(tmp_path / "areion.db")
+    first = SQLiteStore(path)
+    await first.append_ledger([_entry(f"r{i}", created=float(i)) for i in range(5)])
+    await first.aclose()
+
+    second = SQLiteStore(path)
+    try:
+        assert len(await second.ledger()) == 5
+    finally:
+        await second.aclose()
+    # and another program can read it
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM ledger").fetchone() == (5,)
+
+
+async def test_a_batch_lands_whole_or_not_at_all(store: SQLiteStore) -> None:
+    good = _entry("good")
+    bad = _entry("bad", tenant=None)  # type: ignore[arg-type]  # NOT NULL, after a valid row
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.append_ledger([good, bad])
+    assert await store.ledger() == []
+    await store.append_ledger([good])  # the store is still usable
+    assert await store.ledger() == [good]
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "a.db"))
+    await store.append_ledger([_entry("r")])
+    await store.aclose()
+    await store.aclose()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.ledger()
+
+
+async def test_memory_store() -> None:
+    store = open_store("sqlite:///:memory:")
+    try:
+        await store.append_ledger([_entry("r")])
+        assert [e.request_id for e in await store.ledger()] == ["r"]
+    finally:
+        await store.aclose()
+
+
+def test_sqlite_urls() -> None:
+    assert sqlite_path("sqlite:///areion.db") == "areion.db"
+    assert sqlite_path("sqlite:////var/lib/areion.db") == "/var/lib/areion.db"
+    assert sqlite_path("sqlite:///") == ":memory:"
+    with pytest.raises(ConfigError, match="sqlite:///"):
+        sqlite_path("sqlite://areion.db")
+
+
+def test_unsupported_store_url() -> None:
+    with pytest.raises(ConfigError, match="redis://localhost"):
+        open_store("redis://localhost")

@@ -1,0 +1,93 @@
+"""Offline token counts (cl100k_base) for calls whose provider reported no usage."""
+
+from __future__ import annotations
+
+import threading
+
+from areion.tokenizer import count_tokens, estimate_usage
+from areion.types import ChatRequest, Message, ToolCall
+
+
+def _request(*contents: str) -> ChatRequest:
+    return ChatRequest(
+        model="fast", messages=[Message(role="user", content=text) for text in contents]
+    )
+
+
+def test_known_counts() -> None:
+    assert count_tokens("") == 0
+    assert count_tokens("hello world") == 2
+    assert count_tokens("The quick brown fox jumps over the lazy dog.") == 10
+
+
+def test_special_token_text_is_counted_not_rejected() -> None:
+    # A user can type "<|endoftext|>"; it is ordinary text, not a control token.
+    assert count_tokens("<|endoftext|>") > 1
+
+
+def test_count_is_deterministic_across_threads() -> None:
+    text = "Ünïcödé and emoji 🚀 with code: def f(x): return x**2\n" * 20
+    expected = count_tokens(text)
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(count_tokens(text))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 8
+
+
+def test_estimate_is_marked_estimated() -> None:
+    usage = estimate_usage(_request("hello world"), "hello world")
+    assert usage.estimated is True
+    assert usage.completion_tokens == 2
+    # OpenAI's chat framing: 3 per message + 3 to prime the reply
+    assert usage.prompt_tokens == 3 + 2 + 3
+    assert usage.cached_tokens == 0
+
+
+def test_longer_prompt_counts_more_tokens() -> None:
+    short = estimate_usage(_request("Summarise this."), "")
+    long = estimate_usage(_request("Summarise this. " + "Lorem ipsum dolor sit amet. " * 50), "")
+    assert long.prompt_tokens > short.prompt_tokens + 200
+    assert short.completion_tokens == long.completion_tokens == 0
+
+
+def test_every_message_counts() -> None:
+    one = estimate_usage(_request("hello world"), "")
+    two = estimate_usage(_request("hello world", "hello world"), "")
+    assert two.prompt_tokens - one.prompt_tokens == 3 + 2
+
+
+def test_content_parts_are_counted_by_their_text() -> None:
+    parts = ChatRequest(
+        model="fast",
+        messages=[
+            Message(
+                role="user",
+                content=[
+                    {"type": "text", "text": "hello"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    {"type": "text", "text": " world"},
+                ],
+            )
+        ],
+    )
+    assert (
+        estimate_usage(parts, "").prompt_tokens
+        == estimate_usage(_request("hello world"), "").prompt_tokens
+    )
+
+
+def test_tool_calls_in_history_count() -> None:
+    call = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+    with_call = ChatRequest(
+        model="fast",
+        messages=[Message(role="assistant", content=None, tool_calls=[call])],
+    )
+    without = ChatRequest(model="fast", messages=[Message(role="assistant", content=None)])
+    extra = estimate_usage(with_call, "").prompt_tokens - estimate_usage(without, "").prompt_tokens
+    assert extra == count_tokens("get_weather") + count_tokens('{"city": "Paris"}')
+    assert extra > 0
