@@ -42,10 +42,10 @@ class Runtime:
         self.ledger = Ledger(self.store)
         groups = build_groups(self.config, self.metrics)
         self.gateway = Gateway(self.config, groups, self.metrics)
-        self._load_probe = LoadProbe()
+        self.load_probe = LoadProbe()
         for deployment in self.gateway.deployments.values():
             if deployment.config.load_metrics_url:
-                self._load_probe.watch(
+                self.load_probe.watch(
                     deployment.config.load_metrics_url,
                     model=deployment.config.upstream_model,
                     apply=_setter(deployment),
@@ -68,7 +68,7 @@ class Runtime:
     def _begin(self, request: ChatRequest, tenant: str, request_id: str | None) -> Call:
         if not self._started:
             self._started = True
-            self._load_probe.start()
+            self.load_probe.start()
         if request.model not in self.gateway.groups:
             raise UnknownModelError(
                 f"model '{request.model}' does not exist; available: "
@@ -117,7 +117,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
-        await self._load_probe.aclose()
+        await self.load_probe.aclose()
         await self.ledger.aclose()
         await self.gateway.aclose()
         await self.store.aclose()
