@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -292,3 +293,39 @@ async def test_least_outstanding_spreads_concurrent_calls(upstream: Any, second:
         answers = await asyncio.gather(*(rt.chat(ask()) for _ in range(20)))
         assert sorted(x.deployment for x in answers).count("a") == 10
         assert a.calls == 10 and b.calls == 10
+
+
+async def test_connect_timeout_fails_over(upstream: Any) -> None:
+    import socket
+
+    _up, url = upstream
+    # A listener whose accept queue is full: the kernel drops new SYNs, so connect hangs.
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    port = stuck.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        models = [
+            deployment("fast", f"http://127.0.0.1:{port}", id="stuck", connect_timeout=0.2),
+            deployment("fast", url, id="ok"),
+        ]
+        async with runtime(models, breaker={"failure_threshold": 1, "reset_timeout": 60}) as rt:
+            alone = runtime([models[0]], retry={"max_attempts": 1})
+            started = time.monotonic()
+            with pytest.raises(ProviderTimeoutError, match="connect"):
+                await alone.chat(ask())
+            assert time.monotonic() - started < 1.0
+            await alone.aclose()
+            answers = [await rt.chat(ask()) for _ in range(4)]
+            assert {a.deployment for a in answers} == {"ok"}
+    finally:
+        for filler in fillers:
+            filler.close()
+        stuck.close()
