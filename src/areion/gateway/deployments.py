@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from areion.config import Config, ModelConfig
-from areion.gateway.load import RemoteLoad
+from areion.gateway.load import LoadReading, RemoteLoad
 from areion.gateway.resilience import BreakerState, CircuitBreaker
 from areion.pricing import Price, default_price
 from areion.providers import Provider, build_provider
@@ -43,13 +43,15 @@ class Deployment:
     """`time.monotonic()` before which a 429's Retry-After asks us to stay away."""
     remote_load: RemoteLoad | None = None
     """The last load the deployment reported (polled), if it reports any."""
-    live_load: Callable[[], RemoteLoad] | None = None
+    live_load: Callable[[], LoadReading] | None = None
     """A direct reading of load, for in-process providers."""
 
     def load_score(self) -> float:
         """Lower is better: calls in flight, the deployment's own queue, a full KV cache."""
         score = float(self.outstanding)
-        load = self.live_load() if self.live_load is not None else self.remote_load
+        load: LoadReading | None = (
+            self.live_load() if self.live_load is not None else self.remote_load
+        )
         if load is not None:
             score = max(score, load.running) + 2.0 * load.waiting
             if load.kv_cache_usage >= _KV_SATURATED:

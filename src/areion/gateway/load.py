@@ -13,13 +13,25 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["LoadProbe", "RemoteLoad", "parse_vllm_metrics"]
+__all__ = ["LoadProbe", "LoadReading", "RemoteLoad", "parse_vllm_metrics"]
 
 log = logging.getLogger("areion.gateway.load")
+
+
+class LoadReading(Protocol):
+    """What balancing reads of a deployment's load (a `RemoteLoad`, or an in-process one)."""
+
+    @property
+    def running(self) -> float: ...
+    @property
+    def waiting(self) -> float: ...
+    @property
+    def kv_cache_usage(self) -> float: ...
 
 
 @dataclass(slots=True, kw_only=True)
