@@ -1,0 +1,236 @@
+"""Shared helpers for the benchmarks: statistics, child processes, tables, reports."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+
+# Every benchmark connection is to loopback: never let a proxy setting reroute it.
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0..100) of `values`, linearly interpolated."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(slots=True)
+class Summary:
+    """Latency figures of one sample, in milliseconds."""
+
+    n: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Summary:
+        ms = [value * 1000.0 for value in seconds]
+        return cls(
+            n=len(ms),
+            p50=percentile(ms, 50),
+            p90=percentile(ms, 90),
+            p99=percentile(ms, 99),
+            mean=sum(ms) / len(ms) if ms else math.nan,
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def iqr_half_width(values: Sequence[float]) -> float:
+    """Half the interquartile range: a robust "plus or minus" for a set of estimates."""
+    if len(values) < 2:
+        return math.nan
+    return (percentile(values, 75) - percentile(values, 25)) / 2.0
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_ok(url: str, timeout: float) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class ChildProcess:
+    """A server started for the benchmark, its output kept in a log file."""
+
+    def __init__(self, name: str, command: list[str], log_path: Path) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, url: str, *, timeout: float = 30.0) -> None:
+        """Poll `url` until it answers 200; raise with the log tail if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if _get_ok(url, timeout=1.0):
+                return
+            time.sleep(0.1)
+        self.stop()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{self.name} did not become ready at {url}; its output:\n{tail}")
+
+    def cpu_seconds(self) -> float | None:
+        """User plus system CPU time the process has used so far (Linux only)."""
+        return process_cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit within 10 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) of `pid` from /proc, or None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@contextlib.contextmanager
+def upstream(
+    workdir: Path,
+    *,
+    latency_ms: float,
+    chunks: int = 8,
+    chunk_interval_ms: float = 0.0,
+    jitter_ms: float = 0.0,
+) -> Iterator[tuple[ChildProcess, str]]:
+    """Run `bench/upstream.py` on a free loopback port; yields it and its `/v1` base URL."""
+    port = free_port()
+    command = [
+        sys.executable,
+        str(BENCH_DIR / "upstream.py"),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--latency-ms",
+        str(latency_ms),
+        "--chunks",
+        str(chunks),
+        "--chunk-interval-ms",
+        str(chunk_interval_ms),
+        "--latency-jitter-ms",
+        str(jitter_ms),
+    ]
+    child = ChildProcess("upstream", command, workdir / "upstream.log")
+    try:
+        child.wait_ready(f"http://{LOOPBACK}:{port}/healthz")
+        yield child, f"http://{LOOPBACK}:{port}/v1"
+    finally:
+        child.stop()
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    packages = ["areion", "httpx", "uvicorn", "uvloop", "httptools", "orjson", *extra_packages]
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "packages": {name: package_version(name) for name in packages},
+    }
+
+
+def describe_environment(info: dict[str, Any]) -> str:
+    packages = ", ".join(f"{name} {version}" for name, version in info["packages"].items())
+    return f"{info['cpus']} CPUs, Python {info['python']}, {info['platform']}; {packages}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table, numbers right-aligned."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [len(header) for header in headers]
+    for row in cells:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+
+    out = [line(list(headers)), "  ".join("-" * width for width in widths)]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    print(f"results written to {path}")
