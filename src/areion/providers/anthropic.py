@@ -13,17 +13,11 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 
 from areion.config import ModelConfig
 from areion.errors import RequestError, UpstreamError
-from areion.providers.base import (
-    error_from_status,
-    error_from_transport,
-    http_client,
-    parse_retry_after,
-)
+from areion.providers.base import HttpTransport
 from areion.types import (
     ChatRequest,
     ChatResponse,
@@ -309,16 +303,6 @@ def parse_response(data: dict[str, Any], *, model: str) -> ChatResponse:
     )
 
 
-def _detail(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return str(data["error"].get("message") or data["error"])
-    return body.decode("utf-8", "replace")
-
-
 @dataclass(slots=True, kw_only=True)
 class _StreamState:
     """What a stream has told so far."""
@@ -354,23 +338,13 @@ class AnthropicProvider:
         }
         if config.api_key is not None and config.api_key.get_secret_value():
             self._headers["x-api-key"] = config.api_key.get_secret_value()
-        self._client = http_client(config)
+        self._http = HttpTransport(config, deployment=deployment)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         body = orjson.dumps(request_body(request, self.model, stream=False))
+        content = await self._http.post(self._url, body, self._headers)
         try:
-            response = await self._client.post(self._url, content=body, headers=self._headers)
-        except httpx.HTTPError as error:
-            raise error_from_transport(error, deployment=self.deployment) from None
-        if response.status_code != 200:
-            raise error_from_status(
-                response.status_code,
-                _detail(response.content),
-                deployment=self.deployment,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-            )
-        try:
-            return parse_response(orjson.loads(response.content), model=self.model)
+            return parse_response(orjson.loads(content), model=self.model)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise UpstreamError(
                 f"deployment {self.deployment} sent an answer that is not an Anthropic "
@@ -380,34 +354,22 @@ class AnthropicProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         body = orjson.dumps(request_body(request, self.model, stream=True))
         state = _StreamState(model=self.model, created=int(time.time()))
-        try:
-            async with self._client.stream(
-                "POST", self._url, content=body, headers=self._headers
-            ) as response:
-                if response.status_code != 200:
-                    raise error_from_status(
-                        response.status_code,
-                        _detail(await response.aread()),
-                        deployment=self.deployment,
-                        retry_after=parse_retry_after(response.headers.get("retry-after")),
-                    )
-                data_lines: list[str] = []
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        data_lines.append(line[5:].strip())
-                        continue
-                    if line or not data_lines:
-                        continue  # `event:` lines repeat the type the data carries
-                    payload, data_lines = "\n".join(data_lines), []
-                    for chunk in self._chunks(payload, state):
-                        yield chunk
-                    if state.done:
-                        return
-                if data_lines:
-                    for chunk in self._chunks("\n".join(data_lines), state):
-                        yield chunk
-        except httpx.HTTPError as error:
-            raise error_from_transport(error, deployment=self.deployment) from None
+        data_lines: list[str] = []
+        async for raw in self._http.post_lines(self._url, body, self._headers):
+            if state.done:
+                continue  # read to the end, so the connection is reused
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if line.startswith("data:"):
+                data_lines.append(line[5:].strip())
+                continue
+            if line or not data_lines:
+                continue  # `event:` lines repeat the type the data carries
+            payload, data_lines = "\n".join(data_lines), []
+            for chunk in self._chunks(payload, state):
+                yield chunk
+        if data_lines and not state.done:
+            for chunk in self._chunks("\n".join(data_lines), state):
+                yield chunk
         if not state.done:
             raise UpstreamError(
                 f"deployment {self.deployment} ended the stream before message_stop"
@@ -472,4 +434,4 @@ class AnthropicProvider:
         return []  # ping, content_block_stop and event types added later
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()

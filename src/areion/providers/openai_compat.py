@@ -6,17 +6,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from areion.config import ModelConfig
 from areion.errors import UpstreamError
-from areion.providers.base import (
-    error_from_status,
-    error_from_transport,
-    http_client,
-    parse_retry_after,
-)
+from areion.providers.base import HttpTransport, error_detail
 from areion.types import (
     ChatRequest,
     ChatResponse,
@@ -100,16 +94,6 @@ def _message(raw: dict[str, Any]) -> Message:
     )
 
 
-def _detail(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return str(data["error"].get("message") or data["error"])
-    return body.decode("utf-8", "replace")
-
-
 class OpenAIProvider:
     """Chat completions over HTTP to one OpenAI-compatible deployment."""
 
@@ -123,23 +107,13 @@ class OpenAIProvider:
         }
         if config.api_key is not None and config.api_key.get_secret_value():
             self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self._client = http_client(config)
+        self._http = HttpTransport(config, deployment=deployment)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         body = orjson.dumps(request_body(request, self.model, stream=False))
+        content = await self._http.post(self._url, body, self._headers)
         try:
-            response = await self._client.post(self._url, content=body, headers=self._headers)
-        except httpx.HTTPError as error:
-            raise error_from_transport(error, deployment=self.deployment) from None
-        if response.status_code != 200:
-            raise error_from_status(
-                response.status_code,
-                _detail(response.content),
-                deployment=self.deployment,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-            )
-        try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(content)
             choices = [
                 Choice(
                     index=int(item.get("index") or 0),
@@ -164,29 +138,18 @@ class OpenAIProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         body = orjson.dumps(request_body(request, self.model, stream=True))
-        try:
-            async with self._client.stream(
-                "POST", self._url, content=body, headers=self._headers
-            ) as response:
-                if response.status_code != 200:
-                    raise error_from_status(
-                        response.status_code,
-                        _detail(await response.aread()),
-                        deployment=self.deployment,
-                        retry_after=parse_retry_after(response.headers.get("retry-after")),
-                    )
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    for chunk in self._chunks(payload):
-                        yield chunk
-        except httpx.HTTPError as error:
-            raise error_from_transport(error, deployment=self.deployment) from None
+        done = False
+        async for line in self._http.post_lines(self._url, body, self._headers):
+            if done or not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True  # keep reading to the end, so the connection is reused
+                continue
+            for chunk in self._chunks(payload):
+                yield chunk
 
-    def _chunks(self, payload: str) -> list[StreamChunk]:
+    def _chunks(self, payload: bytes) -> list[StreamChunk]:
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -197,7 +160,7 @@ class OpenAIProvider:
         if "error" in data and "choices" not in data:
             raise UpstreamError(
                 f"deployment {self.deployment} reported an error mid-stream: "
-                f"{_detail(payload.encode())}"
+                f"{error_detail(payload)}"
             )
         common_id = str(data.get("id") or "")
         model = str(data.get("model") or self.model)
@@ -237,4 +200,4 @@ class OpenAIProvider:
         return chunks
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
