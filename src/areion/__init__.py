@@ -7,6 +7,7 @@ async with Runtime() as rt:
 """
 
 from areion._version import __version__
+from areion.agent import Agent, RunResult, Tool, ToolContext, tool
 from areion.config import Config, load_config
 from areion.errors import (
     AreionError,
@@ -35,6 +36,7 @@ from areion.types import (
 )
 
 __all__ = [
+    "Agent",
     "AreionError",
     "AuthenticationError",
     "ChatRequest",
@@ -49,14 +51,18 @@ __all__ = [
     "RateLimitedError",
     "ReplayMissError",
     "RequestError",
+    "RunResult",
     "Runtime",
     "StreamChunk",
     "StreamInterruptedError",
+    "Tool",
     "ToolCall",
     "ToolCallDelta",
+    "ToolContext",
     "UnknownModelError",
     "UpstreamError",
     "Usage",
     "__version__",
     "load_config",
+    "tool",
 ]

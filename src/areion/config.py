@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from areion.errors import ConfigError
 
 __all__ = [
+    "AgentConfig",
     "AuthConfig",
     "AuthKey",
     "BreakerConfig",
     "Config",
+    "MemoryConfig",
     "ModelConfig",
     "PriceConfig",
     "RetryConfig",
@@ -124,6 +126,21 @@ class BreakerConfig(_Strict):
     reset_timeout: float = Field(default=10.0, gt=0)
 
 
+class MemoryConfig(_Strict):
+    """Session memory of agents."""
+
+    budget_tokens: int = Field(default=2000, ge=100)
+    # The model group that folds old turns into summaries; default: the first model.
+    summary_model: str | None = None
+
+
+class AgentConfig(_Strict):
+    """An agent the server can run, by the import path of an `Agent` object."""
+
+    name: str = Field(min_length=1)
+    path: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -140,6 +157,8 @@ class Config(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    agents: list[AgentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_references(self) -> Config:
@@ -152,6 +171,11 @@ class Config(_Strict):
                     raise ValueError(f"fallbacks.{group}: '{target}' is not a model name")
                 if target == group:
                     raise ValueError(f"fallbacks.{group}: a group cannot fall back to itself")
+        if self.memory.summary_model is not None and self.memory.summary_model not in groups:
+            raise ValueError(f"memory.summary_model: '{self.memory.summary_model}' is not a model")
+        names = [agent.name for agent in self.agents]
+        if len(names) != len(set(names)):
+            raise ValueError("agents: names must be unique")
         ids = [model.id for model in self.models if model.id]
         if len(ids) != len(set(ids)):
             raise ValueError("models: deployment ids must be unique")

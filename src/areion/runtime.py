@@ -5,10 +5,15 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 
 from areion.accounting import Accounting
+from areion.agent.agent import Agent
+from areion.agent.events import Event
+from areion.agent.loop import RunResult
+from areion.agent.memory import SessionMemory
+from areion.agent.runner import AgentRunner
 from areion.config import Config, default_config, load_config
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
@@ -16,9 +21,10 @@ from areion.gateway.deployments import Deployment
 from areion.gateway.load import RemoteLoad
 from areion.pipeline import Call, Result, Stage, compose
 from areion.store import Store, open_store
+from areion.store.records import SessionTurn
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
-from areion.types import ChatRequest, ChatResponse
+from areion.types import ChatRequest, ChatResponse, Message
 
 __all__ = ["Runtime"]
 
@@ -57,6 +63,14 @@ class Runtime:
                     model=deployment.config.upstream_model,
                     apply=_setter(deployment),
                 )
+        self.memory = SessionMemory(
+            self.store,
+            budget_tokens=self.config.memory.budget_tokens,
+            summarizer=self._summarize,
+        )
+        self.agents = AgentRunner(
+            self, self.store, context=self.memory.context, remember=self.memory.remember
+        )
         stages: list[Stage] = [Accounting(self.gateway.deployments, self.ledger, self.metrics)]
         self._handler = compose(stages, self._terminal)
         self._started = False
@@ -118,6 +132,87 @@ class Runtime:
         result = await self._handler(call)
         assert isinstance(result, ChatStream)
         return result
+
+    # -- agents -------------------------------------------------------------------
+
+    async def run(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        session: str | None = None,
+        run_id: str | None = None,
+        tenant: str = "default",
+    ) -> RunResult:
+        """Run `agent` on `input` until it finishes, pauses or fails; checkpointed."""
+        return await self.agents.run(agent, input, session=session, run_id=run_id, tenant=tenant)
+
+    def stream(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        session: str | None = None,
+        run_id: str | None = None,
+        tenant: str = "default",
+    ) -> AsyncIterator[Event]:
+        """The events of a new run as they happen (model text streams as deltas)."""
+        return self.agents.stream(agent, input, session=session, run_id=run_id, tenant=tenant)
+
+    async def resume(
+        self,
+        run_id: str,
+        *,
+        agent: Agent,
+        tenant: str = "default",
+        max_steps: int | None = None,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
+    ) -> RunResult:
+        """Continue a paused or interrupted run from its last checkpoint.
+
+        The limits, when given, raise the agent's for this run (a run paused at a
+        limit goes on).
+        """
+        limits = {"max_steps": max_steps, "max_cost_usd": max_cost_usd, "max_tokens": max_tokens}
+        return await self.agents.resume(
+            run_id,
+            agent=agent,
+            tenant=tenant,
+            limits={k: v for k, v in limits.items() if v is not None},
+        )
+
+    async def approve(self, run_id: str, call_id: str, *, tenant: str = "default") -> None:
+        """Approve a tool call a paused run waits for; then `resume` the run."""
+        await self.agents.approve(run_id, call_id, tenant=tenant)
+
+    async def reject(
+        self, run_id: str, call_id: str, reason: str, *, tenant: str = "default"
+    ) -> None:
+        """Reject a tool call a paused run waits for; then `resume` the run."""
+        await self.agents.reject(run_id, call_id, reason, tenant=tenant)
+
+    def cognitive_error(self, agent: str, kind: str) -> None:
+        """Count a mistake of an agent's model (unknown tool, bad arguments, ...)."""
+        self.metrics.cognitive_errors.labels(agent, kind).inc()
+
+    async def _summarize(self, turns: Sequence[SessionTurn], previous: str | None) -> str:
+        model = self.config.memory.summary_model or self.models[0]
+        transcript = "\n".join(f"{turn.role}: {turn.content}" for turn in turns)
+        prompt = (
+            "Summarize this part of a conversation in a few sentences. Keep names, numbers, "
+            "decisions and open questions.\n\n"
+        )
+        if previous:
+            prompt += f"Summary of what came before:\n{previous}\n\n"
+        request = ChatRequest(
+            model=model,
+            messages=[Message(role="user", content=prompt + "Conversation:\n" + transcript)],
+            max_tokens=300,
+            temperature=0,
+        )
+        response = await self.chat(request, tenant="areion-memory")
+        return response.message.text()
 
     async def aclose(self) -> None:
         """Stop background work, write pending ledger records, close connections."""

@@ -14,6 +14,7 @@ import areion
 # The documented public API. Changing it is a release-note event: update this list
 # only together with the docs and the changelog.
 PUBLIC_API = [
+    "Agent",
     "AreionError",
     "AuthenticationError",
     "ChatRequest",
@@ -28,16 +29,20 @@ PUBLIC_API = [
     "RateLimitedError",
     "ReplayMissError",
     "RequestError",
+    "RunResult",
     "Runtime",
     "StreamChunk",
     "StreamInterruptedError",
+    "Tool",
     "ToolCall",
     "ToolCallDelta",
+    "ToolContext",
     "UnknownModelError",
     "UpstreamError",
     "Usage",
     "__version__",
     "load_config",
+    "tool",
 ]
 
 MODULES = sorted(

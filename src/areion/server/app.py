@@ -27,6 +27,7 @@ from areion.errors import (
     StreamInterruptedError,
 )
 from areion.runtime import Runtime, new_request_id
+from areion.server.runs import RunsApi
 from areion.server.schema import parse_chat_request
 from areion.streaming import ChatStream
 
@@ -197,10 +198,12 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(runtime: Runtime) -> Starlette:
     """The ASGI app serving `runtime`; it closes the runtime on shutdown."""
     api = _Api(runtime)
+    runs = RunsApi(runtime, api.tenant, error_response)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await runs.aclose()
         await runtime.aclose()
 
     return Starlette(
@@ -210,6 +213,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/models", api.models, methods=["GET"]),
             Route("/healthz", api.healthz, methods=["GET"]),
             Route("/metrics", api.metrics, methods=["GET"]),
+            *runs.routes(),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

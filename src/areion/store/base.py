@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from areion.store.records import (
+    Checkpoint,
+    RunRecord,
+    RunSnapshot,
+    SessionSummary,
+    SessionTurn,
+    ToolCallRecord,
+)
 from areion.types import LedgerEntry
 
 __all__ = ["Store"]
@@ -22,6 +30,60 @@ class Store(Protocol):
         self, *, tenant: str | None = None, request_id: str | None = None, limit: int = 1000
     ) -> list[LedgerEntry]:
         """Recent spend records, newest first, filtered by tenant or request."""
+        ...
+
+    # -- agent runs -------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord, messages: Sequence[dict[str, Any]]) -> None:
+        """Insert a new run with its first messages; a duplicate run id is an error."""
+        ...
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Apply one step's delta atomically: all of it lands, or none."""
+        ...
+
+    async def record_tool_call(self, record: ToolCallRecord) -> None:
+        """Insert or replace one tool-call record now (before a side effect runs)."""
+        ...
+
+    async def load_run(self, run_id: str, *, tenant: str | None = None) -> RunSnapshot | None:
+        """A run with its transcript and tool calls; None if absent or another tenant's."""
+        ...
+
+    async def run_events(
+        self, run_id: str, *, after: int = -1, tenant: str | None = None
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """Stored events of a run with sequence numbers greater than `after`."""
+        ...
+
+    # -- sessions ---------------------------------------------------------------
+
+    async def session_turns(
+        self, tenant: str, session: str, *, after: int = -1
+    ) -> list[SessionTurn]:
+        """A session's turns with sequence numbers greater than `after`, in order."""
+        ...
+
+    async def append_turns(self, tenant: str, session: str, turns: Sequence[SessionTurn]) -> None:
+        """Add turns to a session."""
+        ...
+
+    async def session_summaries(self, tenant: str, session: str) -> list[SessionSummary]:
+        """A session's summaries, oldest first."""
+        ...
+
+    async def add_summary(self, tenant: str, session: str, summary: SessionSummary) -> None:
+        """Store a summary of turns `first_seq..last_seq`."""
+        ...
+
+    # -- memoized tool results ----------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """A cached value that has not expired, or None."""
+        ...
+
+    async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
+        """Cache a value for `ttl` seconds."""
         ...
 
     async def aclose(self) -> None:

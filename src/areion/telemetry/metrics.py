@@ -86,6 +86,13 @@ class Metrics:
             ("model", "fallback"),
             registry=self.registry,
         )
+        self.cognitive_errors = Counter(
+            "areion_agent_cognitive_errors",
+            "Mistakes of agents' models: unknown_tool, invalid_arguments, repeated_call, "
+            "unparsable_output.",
+            ("agent", "kind"),
+            registry=self.registry,
+        )
         self.outstanding = Gauge(
             "areion_deployment_outstanding",
             "Calls in flight per deployment.",

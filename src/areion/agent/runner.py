@@ -1,0 +1,222 @@
+"""Starting, streaming, resuming and approving agent runs: the runtime's agent API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from areion.agent.agent import Agent
+from areion.agent.events import Event, RunFailed, RunFinished, RunPaused
+from areion.agent.loop import ModelHost, RunDriver, RunResult
+from areion.errors import RequestError
+from areion.store.base import Store
+from areion.store.records import RunRecord, RunSnapshot, ToolCallRecord
+from areion.types import Message
+
+__all__ = ["AgentRunner", "RunNotFoundError", "new_run_id"]
+
+_LIMIT_KEYS = ("max_steps", "max_cost_usd", "max_tokens")
+
+
+def new_run_id() -> str:
+    """A new, unique run id."""
+    return "run_" + uuid.uuid4().hex
+
+
+class RunNotFoundError(RequestError):
+    """No run of that id belongs to the caller."""
+
+    status = 404
+    code = "run_not_found"
+
+
+ContextLoader = Callable[[str, str, str], Awaitable[list[Message]]]
+TurnRecorder = Callable[[str, str, Sequence[tuple[str, str]]], Awaitable[None]]
+
+
+class AgentRunner:
+    """Runs agents over a model host and a store; one per runtime."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        store: Store,
+        *,
+        context: ContextLoader | None = None,
+        remember: TurnRecorder | None = None,
+    ) -> None:
+        self._host = host
+        self._store = store
+        self._context = context
+        self._remember = remember
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tool_cache: dict[str, tuple[float, str]] = {}
+
+    def _lock(self, run_id: str) -> asyncio.Lock:
+        lock = self._locks.get(run_id)
+        if lock is None:
+            lock = self._locks[run_id] = asyncio.Lock()
+        return lock
+
+    async def run(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        session: str | None = None,
+        run_id: str | None = None,
+        tenant: str = "default",
+        emit: Callable[[Event], None] | None = None,
+        stream: bool = False,
+    ) -> RunResult:
+        """Run `agent` on `input` until it finishes, pauses or fails.
+
+        Given the id of a run that already exists (a retry after a crash), it resumes
+        that run instead of starting another.
+        """
+        if run_id is not None:
+            existing = await self._store.load_run(run_id, tenant=tenant)
+            if existing is not None:
+                return await self.resume(
+                    run_id, agent=agent, tenant=tenant, emit=emit, stream=stream
+                )
+        run_id = run_id or new_run_id()
+        messages: list[dict[str, Any]] = []
+        if session is not None and self._context is not None:
+            context = await self._context(tenant, session, input)
+            messages.extend(message.to_openai() for message in context)
+        messages.append({"role": "user", "content": input})
+        now = time.time()
+        run = RunRecord(
+            run_id=run_id, tenant=tenant, agent=agent.name, session=session, input=input,
+            message_count=len(messages), created=now, updated=now,
+        )  # fmt: skip
+        async with self._lock(run_id):
+            await self._store.create_run(run, messages)
+            snapshot = RunSnapshot(run=run, messages=messages, tool_calls={})
+            return await self._drive(agent, snapshot, emit, stream, resumed=False)
+
+    async def resume(
+        self,
+        run_id: str,
+        *,
+        agent: Agent,
+        tenant: str = "default",
+        emit: Callable[[Event], None] | None = None,
+        stream: bool = False,
+        limits: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Continue a run from its last checkpoint, in this process or any other.
+
+        `limits` (`max_steps`, `max_cost_usd`, `max_tokens`) raise the agent's limits
+        for this run, so a run paused at a limit can go on.
+        """
+        limits = limits or {}
+        unknown = set(limits) - set(_LIMIT_KEYS)
+        if unknown:
+            raise RequestError(f"unknown limits {sorted(unknown)}; use {list(_LIMIT_KEYS)}")
+        async with self._lock(run_id):
+            snapshot = await self._store.load_run(run_id, tenant=tenant)
+            if snapshot is None:
+                raise RunNotFoundError(f"no run '{run_id}'", param="run_id")
+            if snapshot.run.agent != agent.name:
+                raise RequestError(
+                    f"run '{run_id}' belongs to agent '{snapshot.run.agent}', not '{agent.name}'"
+                )
+            if snapshot.run.status in ("finished", "failed"):
+                return RunResult.of(snapshot.run)
+            snapshot.run.limits.update({k: v for k, v in limits.items() if v is not None})
+            return await self._drive(agent, snapshot, emit, stream, resumed=True)
+
+    async def _drive(
+        self,
+        agent: Agent,
+        snapshot: RunSnapshot,
+        emit: Callable[[Event], None] | None,
+        stream: bool,
+        *,
+        resumed: bool,
+    ) -> RunResult:
+        driver = RunDriver(
+            host=self._host,
+            store=self._store,
+            agent=agent,
+            snapshot=snapshot,
+            emit=emit,
+            stream=stream,
+            tool_cache=self._tool_cache,
+            on_finish=self._finished,
+        )
+        return await driver.drive(resumed=resumed)
+
+    async def _finished(self, run: RunRecord) -> None:
+        if run.session is not None and self._remember is not None and run.output is not None:
+            await self._remember(
+                run.tenant, run.session, [("user", run.input), ("assistant", run.output)]
+            )
+
+    async def stream(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        session: str | None = None,
+        run_id: str | None = None,
+        tenant: str = "default",
+    ) -> AsyncIterator[Event]:
+        """The run's events as they happen; the last one is finished, paused or failed."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        task = asyncio.create_task(
+            self.run(agent, input, session=session, run_id=run_id, tenant=tenant,
+                     emit=queue.put_nowait, stream=True)
+        )  # fmt: skip
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield event
+                if isinstance(event, RunFinished | RunPaused | RunFailed):
+                    break
+            await task  # surfaces an unexpected error of the run itself
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _pending(self, run_id: str, call_id: str, tenant: str) -> ToolCallRecord:
+        snapshot = await self._store.load_run(run_id, tenant=tenant)
+        if snapshot is None:
+            raise RunNotFoundError(f"no run '{run_id}'", param="run_id")
+        record = snapshot.tool_calls.get(call_id)
+        if record is None or record.status != "pending_approval":
+            waiting = [c for c, r in snapshot.tool_calls.items() if r.status == "pending_approval"]
+            raise RequestError(
+                f"run '{run_id}' has no call '{call_id}' waiting for approval; waiting: {waiting}",
+                param="call_id",
+            )
+        return record
+
+    async def approve(self, run_id: str, call_id: str, *, tenant: str = "default") -> None:
+        """Let a paused call run when the run resumes."""
+        record = await self._pending(run_id, call_id, tenant)
+        record.status = "approved"
+        record.updated = time.time()
+        await self._store.record_tool_call(record)
+
+    async def reject(
+        self, run_id: str, call_id: str, reason: str, *, tenant: str = "default"
+    ) -> None:
+        """Refuse a paused call; the model reads the reason when the run resumes."""
+        record = await self._pending(run_id, call_id, tenant)
+        record.status = "rejected"
+        record.reason = reason
+        record.updated = time.time()
+        await self._store.record_tool_call(record)
+
+    async def get(self, run_id: str, *, tenant: str = "default") -> RunSnapshot | None:
+        """A run's state, if it belongs to `tenant`."""
+        return await self._store.load_run(run_id, tenant=tenant)

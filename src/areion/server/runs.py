@@ -1,0 +1,288 @@
+"""The runs API: start, inspect, follow, approve, reject and resume agent runs.
+
+Runs belong to the tenant whose key created them; any other tenant gets a 404.
+Events are read back from the store, so any replica can serve them for a run
+another replica drives; model text deltas are not stored and not replayed here
+(`Runtime.stream()` in-process has them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from areion.agent import Agent
+from areion.agent.runner import RunNotFoundError, new_run_id
+from areion.config import AgentConfig
+from areion.errors import AreionError, ConfigError, RequestError
+from areion.runtime import Runtime
+from areion.store.records import RunSnapshot
+
+__all__ = ["RunsApi", "load_agents"]
+
+_TERMINAL = {"finished", "failed", "paused"}
+
+
+def load_agents(configs: list[AgentConfig]) -> dict[str, Agent]:
+    """Import the agents the config names; a bad path fails at start."""
+    agents: dict[str, Agent] = {}
+    for index, entry in enumerate(configs):
+        module_name, _, attribute = entry.path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ConfigError(
+                f"agents[{index}].path: cannot import module '{module_name}': {error}"
+            ) from None
+        agent = getattr(module, attribute, None)
+        if callable(agent) and not isinstance(agent, Agent):
+            agent = agent()
+        if not isinstance(agent, Agent):
+            raise ConfigError(
+                f"agents[{index}].path: '{entry.path}' is not an Agent (or a function "
+                "returning one)"
+            )
+        agents[entry.name] = agent
+    return agents
+
+
+class _StartBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    session: str | None = Field(default=None, min_length=1, max_length=200)
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    wait: bool = False
+
+
+class _DecisionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(min_length=1)
+    reason: str = "rejected"
+
+
+class _ResumeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    wait: bool = False
+
+
+def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
+    run = snapshot.run
+    return {
+        "id": run.run_id,
+        "object": "run",
+        "agent": run.agent,
+        "session": run.session,
+        "status": run.status,
+        "output": run.output,
+        "error": run.error,
+        "pause_reason": run.pause_reason,
+        "pending_calls": [
+            {"call_id": r.call_id, "name": r.name, "arguments": r.arguments}
+            for r in snapshot.tool_calls.values()
+            if r.status == "pending_approval"
+        ],
+        "steps": run.steps,
+        "usage": {
+            "prompt_tokens": run.prompt_tokens,
+            "completion_tokens": run.completion_tokens,
+            "total_tokens": run.prompt_tokens + run.completion_tokens,
+        },
+        "cost_usd": run.cost_usd,
+        "created": run.created,
+        "updated": run.updated,
+    }
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> Any:
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"].startswith("json"):
+            raise RequestError(f"the request body is not valid JSON: {first['msg']}") from None
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise RequestError(f"invalid parameter '{param}': {first['msg']}", param=param) from None
+
+
+class RunsApi:
+    """Handlers of /v1/runs, given how to authenticate and how to answer errors."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        tenant_of: Callable[[Request], str],
+        error_response: Callable[[AreionError], Response],
+    ) -> None:
+        self.runtime = runtime
+        self.agents = load_agents(runtime.config.agents)
+        self._tenant_of = tenant_of
+        self._error = error_response
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/runs", self.start, methods=["POST"]),
+            Route("/v1/runs/{run_id}", self.get, methods=["GET"]),
+            Route("/v1/runs/{run_id}/events", self.events, methods=["GET"]),
+            Route("/v1/runs/{run_id}/approve", self.approve, methods=["POST"]),
+            Route("/v1/runs/{run_id}/reject", self.reject, methods=["POST"]),
+            Route("/v1/runs/{run_id}/resume", self.resume, methods=["POST"]),
+        ]
+
+    def _agent(self, name: str) -> Agent:
+        agent = self.agents.get(name)
+        if agent is None:
+            known = ", ".join(sorted(self.agents)) or "none configured"
+            raise RequestError(f"no agent '{name}'; available: {known}", param="agent")
+        return agent
+
+    async def _snapshot(self, run_id: str, tenant: str) -> RunSnapshot:
+        snapshot = await self.runtime.agents.get(run_id, tenant=tenant)
+        if snapshot is None:
+            raise RunNotFoundError(f"no run '{run_id}'", param="run_id")
+        return snapshot
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _started(self, run_id: str, tenant: str) -> RunSnapshot:
+        # A background run creates its row on its first await; wait for it briefly.
+        for _ in range(200):
+            snapshot = await self.runtime.agents.get(run_id, tenant=tenant)
+            if snapshot is not None:
+                return snapshot
+            await asyncio.sleep(0.005)
+        raise RunNotFoundError(f"run '{run_id}' did not start")
+
+    async def start(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            body: _StartBody = _parse(_StartBody, await request.body())
+            agent = self._agent(body.agent)
+            run_id = body.run_id or None
+            if body.wait:
+                result = await self.runtime.run(
+                    agent, body.input, session=body.session, run_id=run_id, tenant=tenant
+                )
+                return _json(run_json(await self._snapshot(result.run_id, tenant)), 200)
+            run_id = run_id or new_run_id()
+            self._background(
+                self.runtime.run(
+                    agent, body.input, session=body.session, run_id=run_id, tenant=tenant
+                )
+            )
+            return _json(run_json(await self._started(run_id, tenant)), 202)
+        except AreionError as error:
+            return self._error(error)
+
+    async def get(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            snapshot = await self._snapshot(request.path_params["run_id"], tenant)
+        except AreionError as error:
+            return self._error(error)
+        return _json(run_json(snapshot), 200)
+
+    async def approve(self, request: Request) -> Response:
+        return await self._decide(request, approve=True)
+
+    async def reject(self, request: Request) -> Response:
+        return await self._decide(request, approve=False)
+
+    async def _decide(self, request: Request, *, approve: bool) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            run_id = request.path_params["run_id"]
+            body: _DecisionBody = _parse(_DecisionBody, await request.body())
+            if approve:
+                await self.runtime.approve(run_id, body.call_id, tenant=tenant)
+            else:
+                await self.runtime.reject(run_id, body.call_id, body.reason, tenant=tenant)
+            snapshot = await self._snapshot(run_id, tenant)
+        except AreionError as error:
+            return self._error(error)
+        return _json(run_json(snapshot), 200)
+
+    async def resume(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            run_id = request.path_params["run_id"]
+            body: _ResumeBody = _parse(_ResumeBody, await request.body())
+            snapshot = await self._snapshot(run_id, tenant)
+            agent = self._agent(snapshot.run.agent)
+            work = self.runtime.resume(
+                run_id,
+                agent=agent,
+                tenant=tenant,
+                max_steps=body.max_steps,
+                max_cost_usd=body.max_cost_usd,
+                max_tokens=body.max_tokens,
+            )
+            if body.wait:
+                await work
+                return _json(run_json(await self._snapshot(run_id, tenant)), 200)
+            self._background(work)
+        except AreionError as error:
+            return self._error(error)
+        return _json(run_json(snapshot), 202)
+
+    async def events(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            run_id = request.path_params["run_id"]
+            await self._snapshot(run_id, tenant)
+            after = int(
+                request.headers.get("last-event-id") or request.query_params.get("after", "-1")
+            )
+        except ValueError:
+            return self._error(RequestError("after must be an integer", param="after"))
+        except AreionError as error:
+            return self._error(error)
+        return StreamingResponse(
+            self._follow(run_id, tenant, after),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache"},
+        )
+
+    async def _follow(self, run_id: str, tenant: str, after: int) -> AsyncIterator[bytes]:
+        """Stored events after `after`, then new ones as they land, until the run stops."""
+        while True:
+            events = await self.runtime.store.run_events(run_id, after=after, tenant=tenant)
+            for seq, event in events:
+                after = seq
+                yield (
+                    f"id: {seq}\nevent: {event.get('kind')}\n".encode()
+                    + b"data: "
+                    + orjson.dumps(event)
+                    + b"\n\n"
+                )
+                if event.get("kind") in _TERMINAL:
+                    return
+            await asyncio.sleep(0.1)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _json(data: object, status: int) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")

@@ -1,0 +1,144 @@
+"""The durable records of agent runs and sessions, as the store keeps them.
+
+A run is checkpointed as deltas: each step appends its new messages and events
+and updates the run's counters in one transaction (`Checkpoint`), so the cost of
+a checkpoint does not grow with the length of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Checkpoint",
+    "RunRecord",
+    "RunSnapshot",
+    "RunStatus",
+    "SessionSummary",
+    "SessionTurn",
+    "ToolCallRecord",
+    "ToolCallStatus",
+]
+
+RunStatus = Literal["running", "paused", "finished", "failed"]
+ToolCallStatus = Literal["pending_approval", "approved", "rejected", "started", "done"]
+
+
+@dataclass(slots=True, kw_only=True)
+class RunRecord:
+    """The summary row of one agent run."""
+
+    run_id: str
+    """Unique id of the run."""
+    tenant: str
+    """Who owns the run; no other tenant can see it."""
+    agent: str
+    """Name of the agent."""
+    session: str | None = None
+    """Session whose memory the run reads and extends."""
+    status: RunStatus = "running"
+    """Where the run is."""
+    input: str = ""
+    """The task the run was given."""
+    output: str | None = None
+    """The final answer, once finished."""
+    error: str | None = None
+    """Why the run failed."""
+    pause_reason: str | None = None
+    """Why the run is paused (a limit, or an approval it waits for)."""
+    steps: int = 0
+    """Model calls made so far."""
+    prompt_tokens: int = 0
+    """Input tokens used so far."""
+    completion_tokens: int = 0
+    """Output tokens used so far."""
+    cost_usd: float = 0.0
+    """Spend so far."""
+    message_count: int = 0
+    """Messages in the run's transcript (the next message's sequence number)."""
+    limits: dict[str, Any] = field(default_factory=dict)
+    """Limits raised for this run on resume (max_steps, max_cost_usd, max_tokens)."""
+    created: float = 0.0
+    """Unix time the run started."""
+    updated: float = 0.0
+    """Unix time of the last checkpoint."""
+
+
+@dataclass(slots=True, kw_only=True)
+class ToolCallRecord:
+    """What is known about one tool call of a run: the ledger of side effects."""
+
+    run_id: str
+    """The run that made the call."""
+    call_id: str
+    """The model's id of the call."""
+    name: str
+    """Tool name."""
+    arguments: str
+    """JSON arguments."""
+    status: ToolCallStatus
+    """`started` is written before a side-effecting tool runs, `done` after it."""
+    idempotency_key: str = ""
+    """Passed to side-effecting tools so the world can refuse a duplicate."""
+    result: str | None = None
+    """The result, once done."""
+    reason: str | None = None
+    """A rejection's reason."""
+    updated: float = 0.0
+    """Unix time of the last change."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Checkpoint:
+    """One step's changes to a run, written in one transaction."""
+
+    run: RunRecord
+    """The run's row after the step (replaces the stored row)."""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """Messages the step added, in the OpenAI wire shape; they get sequence numbers
+    `run.message_count - len(messages)` onwards."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Events the step emitted (model deltas excluded), for replay to late readers."""
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    """Tool-call records to insert or replace."""
+
+
+@dataclass(slots=True, kw_only=True)
+class RunSnapshot:
+    """Everything needed to resume a run."""
+
+    run: RunRecord
+    """The run's row."""
+    messages: list[dict[str, Any]]
+    """The whole transcript, in order."""
+    tool_calls: dict[str, ToolCallRecord]
+    """Tool-call records by call id."""
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionTurn:
+    """One message of a session's conversation, kept across runs."""
+
+    seq: int
+    """Position in the session (0-based, increasing)."""
+    role: str
+    """`user` or `assistant`."""
+    content: str
+    """The text."""
+    tokens: int
+    """Its token count, for the context budget."""
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionSummary:
+    """Older turns of a session, folded into a summary by a cheap model."""
+
+    first_seq: int
+    """First turn it covers."""
+    last_seq: int
+    """Last turn it covers."""
+    text: str
+    """The summary."""
+    tokens: int
+    """Its token count."""
