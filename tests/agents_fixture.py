@@ -1,0 +1,30 @@
+"""Agents the runs-API tests name by import path in their config."""
+
+from __future__ import annotations
+
+from areion import Agent, ToolContext, tool
+
+REFUNDS: list[str] = []
+
+
+@tool
+def lookup(order_id: str) -> str:
+    """Find an order."""
+    return f"order {order_id}: 2 items, 30 EUR"
+
+
+@tool(idempotent=False, requires_approval=True)
+def refund(order_id: str, amount: float, context: ToolContext) -> str:
+    """Refund an order."""
+    REFUNDS.append(context.idempotency_key)
+    return f"refunded {amount} on {order_id}"
+
+
+support = Agent(name="support", model="fast", instructions="Help.", tools=[lookup, refund])
+
+
+def make_echo() -> Agent:
+    return Agent(name="echo", model="fast")
+
+
+not_an_agent = 42
