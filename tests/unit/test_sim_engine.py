@@ -342,3 +342,18 @@ def test_sim_provider_uses_profile_and_rejects_unknown() -> None:
     assert SimProvider(config, deployment="d").load().model == "sim-fast"
     with pytest.raises(ConfigError, match="sim-fast"):
         SimProvider(ModelConfig(name="g", provider="sim", model="gpt-x"), deployment="d")
+
+
+async def test_tool_rounds_sets_how_many_turns_call_tools() -> None:
+    sim = engine(SimProfile(name="sim-3", ttft_ms=10, output_tokens=5, tool_rounds=2))
+    messages = [Message(role="user", content="plan a trip")]
+    names = []
+    for _ in range(3):
+        request = ChatRequest(model="sim-3", messages=list(messages), tools=[WEATHER, SEARCH])
+        message = (await sim.complete(request)).choices[0].message
+        messages.append(message)
+        for call in message.tool_calls or ():
+            names.append(call.name)
+            messages.append(Message(role="tool", tool_call_id=call.id, content="ok"))
+    assert names == ["get_weather", "search"]  # two rounds, then text
+    assert messages[-1].tool_calls is None and messages[-1].content

@@ -212,7 +212,7 @@ class SimEngine:
         scale = self.time_scale * slow
         prompt = request.prompt_text()
         digest = hashlib.sha256(f"{profile.name}\0{prompt}".encode()).digest()
-        tool = _chosen_tool(request)
+        tool = _chosen_tool(request, profile.tool_rounds)
         pieces: list[str] = []
         call: ToolCall | None = None
         if tool is not None:
@@ -343,8 +343,12 @@ def _split(arguments: str) -> list[str]:
     return [arguments[index : index + size] for index in range(0, len(arguments), size)]
 
 
-def _chosen_tool(request: ChatRequest) -> dict[str, Any] | None:
-    """The function the answer calls, or None for a text answer."""
+def _chosen_tool(request: ChatRequest, rounds: int) -> dict[str, Any] | None:
+    """The function the answer calls, or None for a text answer.
+
+    The model calls tools for `rounds` turns after the user's last message, then
+    answers in text, so agent loops against the sim terminate.
+    """
     functions: list[dict[str, Any]] = [
         tool["function"]
         for tool in request.tools or ()
@@ -356,7 +360,15 @@ def _chosen_tool(request: ChatRequest) -> dict[str, Any] | None:
     choice = request.tool_choice
     if not functions or choice == "none":
         return None
-    chosen = functions[0]
+    done = 0
+    for message in reversed(request.messages):
+        if message.role == "user":
+            break
+        if message.role == "assistant" and message.tool_calls:
+            done += 1
+    if done >= rounds:
+        return None
+    chosen = functions[done % len(functions)]
     if isinstance(choice, dict):
         wanted = (choice.get("function") or {}).get("name")
         named = [function for function in functions if function["name"] == wanted]
@@ -366,9 +378,6 @@ def _chosen_tool(request: ChatRequest) -> dict[str, Any] | None:
                 param="tool_choice",
             )
         chosen = named[0]
-    # After a tool result the model answers in text, so agent loops terminate.
-    if not request.messages or request.messages[-1].role != "user":
-        return None
     return chosen
 
 

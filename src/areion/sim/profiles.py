@@ -48,13 +48,15 @@ class SimProfile:
     """Requests generated at once; more wait in a queue."""
     kv_cache_tokens: int = 262_144
     """KV-cache capacity in tokens; usage is the tokens of running requests over this."""
+    tool_rounds: int = 1
+    """Rounds of tool calls (when tools are offered) before the model answers in text."""
 
     def __post_init__(self) -> None:
         _check(self)
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(SimProfile))
-_INT_FIELDS = {"output_tokens", "max_running", "kv_cache_tokens"}
+_INT_FIELDS = {"output_tokens", "max_running", "kv_cache_tokens", "tool_rounds"}
 _PROBABILITIES = {"error_rate", "rate_limit_rate", "slow_tail_prob"}
 _POSITIVE = {"tokens_per_s", "output_tokens", "max_running", "kv_cache_tokens"}
 
