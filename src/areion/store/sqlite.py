@@ -1,53 +1,59 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-sqlite3 blocks, so every statement runs on one dedicated thread: the event loop
-never waits on the disk, and a single writer needs no locking of its own.
+sqlite3 blocks, so statements run on dedicated threads, never on the event loop:
+every write on one writer thread (`sqlite_writer`), which needs no locking of its
+own and group-commits (writes that arrive while a transaction is in progress
+share the next one), and reads on a reader thread with its own connection
+(`sqlite_reader`), which WAL mode lets run while the writer commits. Records are
+turned into JSON here, on the event loop, with orjson; the writer only hands the
+JSON to SQLite, which unpacks it into rows in C (`sqlite_schema`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
 from areion.errors import ConfigError
+from areion.store.records import (
+    Checkpoint,
+    RunRecord,
+    RunSnapshot,
+    SessionSummary,
+    SessionTurn,
+    ToolCallRecord,
+)
+from areion.store.sqlite_reader import Reader
+from areion.store.sqlite_schema import (
+    CACHE,
+    CACHE_GET,
+    EVENTS,
+    LEDGER,
+    LEDGER_COLUMNS,
+    LOAD_RUN,
+    LOAD_TOOL_CALLS,
+    MESSAGES,
+    NEW_RUNS,
+    RUN_EVENTS,
+    RUNS,
+    SESSION_SUMMARIES,
+    SESSION_TURNS,
+    SUMMARIES,
+    TOOL_CALLS,
+    TURNS,
+    UNKNOWN_RUN,
+)
+from areion.store.sqlite_thread import Part
+from areion.store.sqlite_writer import Writer
 from areion.types import LedgerEntry
 
 __all__ = ["SQLiteStore", "sqlite_path"]
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-    request_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    model TEXT NOT NULL,
-    deployment TEXT NOT NULL,
-    upstream_model TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    estimated INTEGER NOT NULL,
-    latency_s REAL NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, created);
-CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
-"""
-
-_COLUMNS = (
-    "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
-    "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created"
-)
-
-_BATCH_VALUES = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(12))
-_INSERT_BATCH = f"INSERT INTO ledger ({_COLUMNS}) SELECT {_BATCH_VALUES} FROM json_each(?)"
 
 
 def sqlite_path(url: str) -> str:
@@ -62,37 +68,37 @@ class SQLiteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="areion-sqlite")
-        self._db: sqlite3.Connection | None = None
+        self._writer = Writer(path)
+        # An in-memory database exists only on the writer's connection.
+        self._reader = Reader(path) if path != ":memory:" else None
+        self._schema_ready = False
         self._closed = False
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
         return cls(sqlite_path(url))
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a process crash; only an OS crash can lose
-            # the last transactions, which is the trade every WAL deployment makes.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, parts: Sequence[Part], size: int) -> None:
         if self._closed:
             raise RuntimeError("the store is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: work(self._connect()))
+        await self._writer.write(parts, size)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        if self._reader is None:
+            return await self._writer.read(work)
+        if not self._schema_ready:
+            # The writer creates the file and its tables; the reader only opens them.
+            await self._writer.read(_nothing)
+            self._schema_ready = True
+        return await self._reader.read(work)
+
+    # -- ledger ---------------------------------------------------------------------
 
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        # One statement for the whole batch: the writer thread holds the GIL for one
-        # call instead of one per row, which kept stealing it from the event loop.
+        if not entries:
+            return
         rows = orjson.dumps(
             [
                 (
@@ -102,12 +108,9 @@ class SQLiteStore:
                 )
                 for e in entries
             ]
-        )  # fmt: skip
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(_INSERT_BATCH, (rows,))
-
-        await self._run(write)
+        )[1:-1]  # fmt: skip
+        # The entries are one write: one statement inserts them all, or none.
+        await self._write([(LEDGER, rows)], len(rows))
 
     async def ledger(
         self, *, tenant: str | None = None, request_id: str | None = None, limit: int = 1000
@@ -120,42 +123,227 @@ class SQLiteStore:
         if request_id is not None:
             where.append("request_id = ?")
             args.append(request_id)
-        sql = f"SELECT {_COLUMNS} FROM ledger"
+        sql = f"SELECT {LEDGER_COLUMNS} FROM ledger"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created DESC LIMIT ?"
         args.append(limit)
 
-        def read(db: sqlite3.Connection) -> list[LedgerEntry]:
-            return [
-                LedgerEntry(
-                    request_id=row[0],
-                    tenant=row[1],
-                    model=row[2],
-                    deployment=row[3],
-                    upstream_model=row[4],
-                    prompt_tokens=row[5],
-                    completion_tokens=row[6],
-                    cached_tokens=row[7],
-                    cost_usd=row[8],
-                    estimated=bool(row[9]),
-                    latency_s=row[10],
-                    created=row[11],
-                )
-                for row in db.execute(sql, args)
-            ]
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(sql, args).fetchall()
 
-        return await self._run(read)
+        return [
+            LedgerEntry(
+                request_id=row[0],
+                tenant=row[1],
+                model=row[2],
+                deployment=row[3],
+                upstream_model=row[4],
+                prompt_tokens=row[5],
+                completion_tokens=row[6],
+                cached_tokens=row[7],
+                cost_usd=row[8],
+                estimated=bool(row[9]),
+                latency_s=row[10],
+                created=row[11],
+            )
+            for row in await self._read(read)
+        ]
+
+    # -- agent runs -------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord, messages: Sequence[dict[str, Any]]) -> None:
+        parts: list[Part] = [(NEW_RUNS, orjson.dumps(_run_row(run)))]
+        if messages:
+            parts.append((MESSAGES, orjson.dumps((run.run_id, 0, list(messages)))))
+        try:
+            await self._write(parts, _size(parts))
+        except sqlite3.IntegrityError as exc:
+            if "runs.run_id" in str(exc):
+                raise ValueError(f"run {run.run_id!r} already exists") from exc
+            raise
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        run = checkpoint.run
+        first = run.message_count - len(checkpoint.messages)
+        if first < 0:
+            raise ValueError(
+                f"checkpoint of run {run.run_id!r}: message_count {run.message_count} "
+                f"is less than the {len(checkpoint.messages)} messages it adds"
+            )
+        parts: list[Part] = [(RUNS, orjson.dumps(_run_row(run)))]
+        if checkpoint.messages:
+            parts.append((MESSAGES, orjson.dumps((run.run_id, first, checkpoint.messages))))
+        if checkpoint.events:
+            parts.append((EVENTS, orjson.dumps((run.run_id, checkpoint.events))))
+        if checkpoint.tool_calls:
+            rows = orjson.dumps([_tool_row(call) for call in checkpoint.tool_calls])
+            parts.append((TOOL_CALLS, rows[1:-1]))
+        try:
+            await self._write(parts, _size(parts))
+        except sqlite3.IntegrityError as exc:
+            if UNKNOWN_RUN in str(exc):
+                raise ValueError(
+                    f"checkpoint: no run {run.run_id!r} of tenant {run.tenant!r}"
+                ) from exc
+            if "run_messages" in str(exc):
+                raise ValueError(
+                    f"checkpoint of run {run.run_id!r}: messages from seq {first} on are "
+                    "already stored (message_count is stale)"
+                ) from exc
+            raise
+
+    async def record_tool_call(self, record: ToolCallRecord) -> None:
+        row = orjson.dumps(_tool_row(record))
+        await self._write([(TOOL_CALLS, row)], len(row))
+
+    async def load_run(self, run_id: str, *, tenant: str | None = None) -> RunSnapshot | None:
+        def read(db: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
+            row = db.execute(LOAD_RUN, (run_id, tenant)).fetchone()
+            if row is None:
+                return None
+            return row, db.execute(LOAD_TOOL_CALLS, (run_id,)).fetchall()
+
+        found = await self._read(read)
+        if found is None:
+            return None
+        row, calls = found
+        return RunSnapshot(
+            run=RunRecord(
+                run_id=row[0],
+                tenant=row[1],
+                agent=row[2],
+                session=row[3],
+                status=row[4],
+                input=row[5],
+                output=row[6],
+                error=row[7],
+                pause_reason=row[8],
+                steps=row[9],
+                prompt_tokens=row[10],
+                completion_tokens=row[11],
+                cost_usd=row[12],
+                message_count=row[13],
+                limits=orjson.loads(row[14]),
+                created=row[15],
+                updated=row[16],
+            ),
+            messages=orjson.loads(row[17]) if row[17] is not None else [],
+            tool_calls={
+                call[1]: ToolCallRecord(
+                    run_id=call[0],
+                    call_id=call[1],
+                    name=call[2],
+                    arguments=call[3],
+                    status=call[4],
+                    idempotency_key=call[5],
+                    result=call[6],
+                    reason=call[7],
+                    updated=call[8],
+                )
+                for call in calls
+            },
+        )
+
+    async def run_events(
+        self, run_id: str, *, after: int = -1, tenant: str | None = None
+    ) -> list[tuple[int, dict[str, Any]]]:
+        text = await self._read(_scalar(RUN_EVENTS, (run_id, after, tenant)))
+        if text is None:
+            return []
+        return [(seq, event) for seq, event in orjson.loads(text)]
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def session_turns(
+        self, tenant: str, session: str, *, after: int = -1
+    ) -> list[SessionTurn]:
+        text = await self._read(_scalar(SESSION_TURNS, (tenant, session, after)))
+        if text is None:
+            return []
+        return [
+            SessionTurn(seq=seq, role=role, content=content, tokens=tokens)
+            for seq, role, content, tokens in orjson.loads(text)
+        ]
+
+    async def append_turns(self, tenant: str, session: str, turns: Sequence[SessionTurn]) -> None:
+        if not turns:
+            return
+        rows = orjson.dumps([(tenant, session, t.seq, t.role, t.content, t.tokens) for t in turns])[
+            1:-1
+        ]
+        try:
+            await self._write([(TURNS, rows)], len(rows))
+        except sqlite3.IntegrityError as exc:
+            if "session_turns" in str(exc):
+                seqs = [t.seq for t in turns]
+                raise ValueError(
+                    f"session {session!r} of tenant {tenant!r} already has a turn among seqs {seqs}"
+                ) from exc
+            raise
+
+    async def session_summaries(self, tenant: str, session: str) -> list[SessionSummary]:
+        text = await self._read(_scalar(SESSION_SUMMARIES, (tenant, session)))
+        if text is None:
+            return []
+        return [
+            SessionSummary(first_seq=first, last_seq=last, text=summary, tokens=tokens)
+            for first, last, summary, tokens in orjson.loads(text)
+        ]
+
+    async def add_summary(self, tenant: str, session: str, summary: SessionSummary) -> None:
+        row = orjson.dumps(
+            (tenant, session, summary.first_seq, summary.last_seq, summary.text, summary.tokens)
+        )
+        await self._write([(SUMMARIES, row)], len(row))
+
+    # -- memoized tool results ----------------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._read(_scalar(CACHE_GET, (key, time.time())))
+        return value
+
+    async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
+        await self._write([(CACHE, (key, bytes(value), time.time() + ttl))], len(value))
 
     async def aclose(self) -> None:
         if self._closed:
             return
-
-        def close(db: sqlite3.Connection) -> None:
-            db.close()
-
-        if self._db is not None:
-            await self._run(close)
-            self._db = None
         self._closed = True
-        self._executor.shutdown(wait=True)
+        if self._reader is not None:
+            await self._reader.stop()
+        # Last: closing the last connection checkpoints the WAL into the file.
+        await self._writer.stop()
+
+
+def _run_row(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        run.run_id, run.tenant, run.agent, run.session, run.status, run.input, run.output,
+        run.error, run.pause_reason, run.steps, run.prompt_tokens, run.completion_tokens,
+        run.cost_usd, run.message_count, run.limits, run.created, run.updated,
+    )  # fmt: skip
+
+
+def _tool_row(call: ToolCallRecord) -> tuple[Any, ...]:
+    return (
+        call.run_id, call.call_id, call.name, call.arguments, call.status,
+        call.idempotency_key, call.result, call.reason, call.updated,
+    )  # fmt: skip
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    del db
+
+
+def _size(parts: Sequence[Part]) -> int:
+    return sum(len(payload) for _, payload in parts)
+
+
+def _scalar(sql: str, args: tuple[Any, ...]) -> Callable[[sqlite3.Connection], Any]:
+    """A read of the first column of a query's one row."""
+
+    def read(db: sqlite3.Connection) -> Any:
+        row = db.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    return read

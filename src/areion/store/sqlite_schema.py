@@ -1,0 +1,307 @@
+"""The SQLite store's tables, and the one statement that writes a whole batch.
+
+Every write (a checkpoint, a ledger batch, a cache entry...) is a few JSON
+fragments, one per kind of row. The writer thread joins the fragments of every
+write waiting in its queue into one JSON array per kind and inserts them all with
+ONE statement: an INSERT into a temporary view whose INSTEAD OF trigger fans the
+arrays out into the tables with `json_each`. One statement is one
+`sqlite3_step`, so the writer thread gives up and takes back the GIL once per
+batch instead of once per row or per table, and SQLite does the rest in C
+without the GIL. A statement is atomic on its own, so in autocommit mode that
+single statement is also the batch's whole transaction.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BATCH_VIEW",
+    "CACHE",
+    "CACHE_GET",
+    "EVENTS",
+    "JSON_KINDS",
+    "LEDGER",
+    "LEDGER_COLUMNS",
+    "LOAD_RUN",
+    "LOAD_TOOL_CALLS",
+    "MESSAGES",
+    "NEW_RUNS",
+    "RUNS",
+    "RUN_EVENTS",
+    "SESSION_SUMMARIES",
+    "SESSION_TURNS",
+    "SUMMARIES",
+    "TABLES",
+    "TOOL_CALLS",
+    "TURNS",
+    "UNKNOWN_RUN",
+    "WRITE_BATCH",
+]
+
+# Kinds of fragment a write is made of; each is one column of the batch view.
+NEW_RUNS = 0  # [run row]                     create_run: plain INSERT, duplicates fail
+RUNS = 1  # [run row]                         checkpoint: the run must exist for its tenant
+MESSAGES = 2  # [run_id, first_seq, [message, ...]]
+EVENTS = 3  # [run_id, [event, ...]]          seqs assigned here, after the run's last
+TOOL_CALLS = 4  # [tool call row]             insert or replace
+TURNS = 5  # [tenant, session, seq, role, content, tokens]
+SUMMARIES = 6  # [tenant, session, first_seq, last_seq, text, tokens]
+LEDGER = 7  # [ledger row]
+JSON_KINDS = 8
+CACHE = 8  # (key, value, expires): merged by the writer, values go as one BLOB
+
+UNKNOWN_RUN = "areion: checkpoint of a run that does not exist for its tenant"
+
+_RUN_COLUMNS = (
+    "run_id",
+    "tenant",
+    "agent",
+    "session",
+    "status",
+    "input",
+    "output",
+    "error",
+    "pause_reason",
+    "steps",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "message_count",
+    "limits",
+    "created",
+    "updated",
+)
+# Columns a checkpoint never changes stay out of the UPDATE, so the tenant index
+# is not rewritten on every step.
+_RUN_FIXED = ("run_id", "tenant", "created")
+
+_TOOL_COLUMNS = (
+    "run_id",
+    "call_id",
+    "name",
+    "arguments",
+    "status",
+    "idempotency_key",
+    "result",
+    "reason",
+    "updated",
+)
+
+LEDGER_COLUMNS = (
+    "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created"
+)
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS ledger (
+    request_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    upstream_model TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    estimated INTEGER NOT NULL,
+    latency_s REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, created);
+CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT NOT NULL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    session TEXT,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    pause_reason TEXT,
+    steps INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    message_count INTEGER NOT NULL,
+    limits TEXT NOT NULL,          -- JSON object
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_tenant ON runs (tenant, created);
+
+CREATE TABLE IF NOT EXISTS run_messages (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message TEXT NOT NULL,         -- JSON object, OpenAI wire shape
+    PRIMARY KEY (run_id, seq)
+);
+
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL,           -- JSON object
+    PRIMARY KEY (run_id, seq)
+);
+
+CREATE TABLE IF NOT EXISTS tool_calls (
+    run_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    status TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    result TEXT,
+    reason TEXT,
+    updated REAL NOT NULL,
+    PRIMARY KEY (run_id, call_id)
+);
+
+CREATE TABLE IF NOT EXISTS session_turns (
+    tenant TEXT NOT NULL,
+    session TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    PRIMARY KEY (tenant, session, seq)
+);
+
+CREATE TABLE IF NOT EXISTS session_summaries (
+    tenant TEXT NOT NULL,
+    session TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    tokens INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS session_summaries_order
+    ON session_summaries (tenant, session, first_seq);
+
+CREATE TABLE IF NOT EXISTS tool_cache (
+    key TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tool_cache_expires ON tool_cache (expires);
+"""
+
+
+def _fields(source: str, count: int) -> str:
+    return ", ".join(f"json_extract({source}, '$[{i}]')" for i in range(count))
+
+
+def _upsert(
+    table: str, columns: tuple[str, ...], key: tuple[str, ...], fixed: tuple[str, ...]
+) -> str:
+    # `WHERE true` keeps the parser from reading ON CONFLICT as a join constraint.
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in fixed)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"SELECT {_fields('value', len(columns))} FROM json_each(NEW.{table}) WHERE true "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates};"
+    )
+
+
+# The batch view lives in the connection's temp schema: nothing of it is stored
+# in the file, and other programs reading the database never see it.
+BATCH_VIEW = f"""
+CREATE TEMP VIEW IF NOT EXISTS areion_batch
+    (new_runs, runs, messages, events, tool_calls, turns, summaries, ledger,
+     cache, cache_blob, now)
+AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
+
+CREATE TEMP TRIGGER IF NOT EXISTS areion_batch_write INSTEAD OF INSERT ON areion_batch
+BEGIN
+    INSERT INTO runs ({", ".join(_RUN_COLUMNS)})
+    SELECT {_fields("value", len(_RUN_COLUMNS))} FROM json_each(NEW.new_runs);
+
+    -- A checkpoint may not create a run nor move it to another tenant.
+    SELECT RAISE(ABORT, '{UNKNOWN_RUN}')
+    FROM json_each(NEW.runs) AS c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM runs
+        WHERE run_id = json_extract(c.value, '$[0]') AND tenant = json_extract(c.value, '$[1]')
+    );
+
+    {_upsert("runs", _RUN_COLUMNS, ("run_id",), _RUN_FIXED)}
+
+    INSERT INTO run_messages (run_id, seq, message)
+    SELECT json_extract(b.value, '$[0]'), json_extract(b.value, '$[1]') + m.key, m.value
+    FROM json_each(NEW.messages) AS b, json_each(b.value, '$[2]') AS m;
+
+    -- Event seqs continue after the run's last stored event; numbering by position
+    -- in the batch keeps two checkpoints of one run in one batch in order. SQLite
+    -- evaluates the whole SELECT before inserting, since it reads run_events.
+    INSERT INTO run_events (run_id, seq, event)
+    SELECT r, COALESCE((SELECT MAX(seq) FROM run_events AS x WHERE x.run_id = r), -1)
+              + ROW_NUMBER() OVER (PARTITION BY r ORDER BY bk, ek), e
+    FROM (
+        SELECT json_extract(b.value, '$[0]') AS r, b.key AS bk, v.key AS ek, v.value AS e
+        FROM json_each(NEW.events) AS b, json_each(b.value, '$[1]') AS v
+    );
+
+    {_upsert("tool_calls", _TOOL_COLUMNS, ("run_id", "call_id"), ("run_id", "call_id"))}
+
+    INSERT INTO session_turns (tenant, session, seq, role, content, tokens)
+    SELECT {_fields("value", 6)} FROM json_each(NEW.turns);
+
+    INSERT INTO session_summaries (tenant, session, first_seq, last_seq, text, tokens)
+    SELECT {_fields("value", 6)} FROM json_each(NEW.summaries);
+
+    INSERT INTO ledger ({LEDGER_COLUMNS})
+    SELECT {_fields("value", 12)} FROM json_each(NEW.ledger);
+
+    -- Cache values travel as one BLOB; each row says where its bytes are.
+    INSERT INTO tool_cache (key, value, expires)
+    SELECT json_extract(value, '$[0]'),
+           CASE json_extract(value, '$[2]') WHEN 0 THEN x'' ELSE
+               substr(NEW.cache_blob, json_extract(value, '$[1]'), json_extract(value, '$[2]'))
+           END,
+           json_extract(value, '$[3]')
+    FROM json_each(NEW.cache) WHERE true
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires;
+
+    -- Expired entries are swept lazily, by the batches that put new ones.
+    DELETE FROM tool_cache WHERE NEW.cache IS NOT NULL AND expires <= NEW.now;
+END;
+"""
+
+# JSON arrives as UTF-8 bytes from orjson; CAST makes it TEXT, since SQLite 3.45+
+# may read a BLOB argument of a JSON function as its binary JSONB format.
+WRITE_BATCH = (
+    "INSERT INTO areion_batch VALUES ("
+    + ", ".join(f"CAST(?{i + 1} AS TEXT)" for i in range(JSON_KINDS))
+    + f", CAST(?{JSON_KINDS + 1} AS TEXT), ?{JSON_KINDS + 2}, ?{JSON_KINDS + 3})"
+)
+
+# Reads build their JSON in SQL, so a whole transcript comes back as one value:
+# one step of the statement (one GIL hand-off) instead of one per row.
+LOAD_RUN = f"""
+SELECT {", ".join(_RUN_COLUMNS)},
+    (SELECT '[' || group_concat(message, ',') || ']'
+     FROM (SELECT message FROM run_messages WHERE run_id = ?1 ORDER BY seq))
+FROM runs WHERE run_id = ?1 AND (?2 IS NULL OR tenant = ?2)
+"""
+
+LOAD_TOOL_CALLS = f"SELECT {', '.join(_TOOL_COLUMNS)} FROM tool_calls WHERE run_id = ?"
+
+RUN_EVENTS = """
+SELECT '[' || group_concat('[' || seq || ',' || event || ']', ',') || ']'
+FROM (SELECT seq, event FROM run_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq)
+WHERE ?3 IS NULL OR EXISTS (SELECT 1 FROM runs WHERE run_id = ?1 AND tenant = ?3)
+"""
+
+SESSION_TURNS = """
+SELECT '[' || group_concat(json_array(seq, role, content, tokens), ',') || ']'
+FROM (SELECT seq, role, content, tokens FROM session_turns
+      WHERE tenant = ?1 AND session = ?2 AND seq > ?3 ORDER BY seq)
+"""
+
+SESSION_SUMMARIES = """
+SELECT '[' || group_concat(json_array(first_seq, last_seq, text, tokens), ',') || ']'
+FROM (SELECT first_seq, last_seq, text, tokens FROM session_summaries
+      WHERE tenant = ?1 AND session = ?2 ORDER BY first_seq, rowid)
+"""
+
+CACHE_GET = "SELECT value FROM tool_cache WHERE key = ? AND expires > ?"

@@ -1,0 +1,153 @@
+"""The SQLite store's writer thread: group commit.
+
+Writes that arrive while a transaction is in progress wait in the queue and all
+go into the next one. A batch is applied as one statement (see `sqlite_schema`);
+if that fails, the batch is replayed one write at a time, each in its own
+SAVEPOINT inside one transaction, so only the faulty write's caller gets the
+error and the others still commit. Reads queued here (the schema check before
+the first read, an in-memory database's reads) run after the batch commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from areion.store.sqlite_checkpointer import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
+from areion.store.sqlite_schema import BATCH_VIEW, CACHE, JSON_KINDS, TABLES, WRITE_BATCH
+from areion.store.sqlite_thread import DbThread, Job, Part
+
+__all__ = ["Writer"]
+
+
+class Writer(DbThread):
+    """Owns the read-write connection, the schema and the WAL's checkpointer."""
+
+    name = "areion-sqlite-writer"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._checkpointer: Checkpointer | None = None
+
+    async def write(self, parts: Sequence[Part], size: int) -> None:
+        """Commit one write; returns once it is durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._submit(Job(loop, future, parts=parts, size=size))
+        await future
+
+    # -- the thread -----------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9): a commit is in
+            # the OS's page cache when it returns. Only an OS crash or power loss can
+            # lose the last transactions, the trade every WAL deployment makes; FULL
+            # would fsync on every commit.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            # Event numbering sorts, and a batch that reads a table it inserts into
+            # is materialized first: both stay in memory. A larger page cache keeps
+            # the indexes of many live runs hot.
+            db.execute("PRAGMA temp_store=MEMORY")
+            db.execute("PRAGMA cache_size=-65536")
+            db.executescript(TABLES + BATCH_VIEW)
+            if self.path != ":memory:":
+                db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
+                self._checkpointer = Checkpointer(self.path)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        super()._close()
+
+    def _handle(self, jobs: list[Job]) -> None:
+        writes = [job for job in jobs if job.read is None]
+        if writes:
+            self._commit(writes)
+        reads = [job for job in jobs if job.read is not None]
+        if reads:
+            super()._handle(reads)
+
+    def _commit(self, writes: list[Job]) -> None:
+        try:
+            db = self._connect()
+            # One statement, in autocommit mode: the batch's whole transaction.
+            db.execute(WRITE_BATCH, _merge(writes))
+        except Exception as exc:
+            if len(writes) == 1:
+                writes[0].error = exc
+            else:
+                self._commit_one_by_one(writes)
+            return
+        self._written()
+
+    def _commit_one_by_one(self, writes: list[Job]) -> None:
+        """Replay a failed batch with a SAVEPOINT per write: only bad writes fail."""
+        try:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for job in writes:
+                    db.execute("SAVEPOINT one_write")
+                    try:
+                        db.execute(WRITE_BATCH, _merge([job]))
+                    except Exception as exc:
+                        db.execute("ROLLBACK TO one_write")
+                        job.error = exc
+                    db.execute("RELEASE one_write")
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            # The transaction itself failed (disk full, a lock held past busy_timeout):
+            # nothing of the batch landed, and every caller hears why.
+            for job in writes:
+                job.error = exc
+            return
+        self._written()
+
+    def _written(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.written()
+
+
+def _merge(writes: Sequence[Job]) -> list[Any]:
+    """The WRITE_BATCH parameters of some writes: one JSON array per kind."""
+    buckets: list[list[bytes]] = [[] for _ in range(JSON_KINDS)]
+    cache_rows: list[tuple[str, int, int, float]] = []
+    blobs: list[bytes] = []
+    offset = 1  # substr() counts from 1
+    for job in writes:
+        for kind, payload in job.parts:
+            if kind == CACHE:
+                key, value, expires = payload
+                cache_rows.append((key, offset, len(value), expires))
+                blobs.append(value)
+                offset += len(value)
+            else:
+                buckets[kind].append(payload)
+    params: list[Any] = [b"[" + b",".join(b) + b"]" if b else None for b in buckets]
+    if cache_rows:
+        params += [orjson.dumps(cache_rows), b"".join(blobs), time.time()]
+    else:
+        params += [None, None, None]
+    return params
