@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -47,8 +48,15 @@ def _serve(args: argparse.Namespace) -> int:
         f'"content": "Hello!"}}]}}\'',
         flush=True,
     )
+    app = create_app(runtime)
+    # This process is the server's own: everything built so far lives as long as it
+    # does. Freezing it keeps collections to per-request garbage, and collecting young
+    # objects less often cuts pauses (p99 latency) at a small cost in memory.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     uvicorn.run(
-        create_app(runtime),
+        app,
         host=host,
         port=port,
         log_level=args.log_level,
