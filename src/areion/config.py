@@ -22,7 +22,9 @@ __all__ = [
     "AuthConfig",
     "AuthKey",
     "BreakerConfig",
+    "CacheConfig",
     "Config",
+    "ExactCacheConfig",
     "MemoryConfig",
     "ModelConfig",
     "PriceConfig",
@@ -134,6 +136,19 @@ class MemoryConfig(_Strict):
     summary_model: str | None = None
 
 
+class ExactCacheConfig(_Strict):
+    """L1: the exact response cache."""
+
+    enabled: bool = True
+    ttl_s: float = Field(default=3600.0, gt=0)
+    # Cache every request, not only temperature 0: for clients that accept a repeat.
+    any_temperature: bool = False
+
+
+class CacheConfig(_Strict):
+    exact: ExactCacheConfig = Field(default_factory=ExactCacheConfig)
+
+
 class AgentConfig(_Strict):
     """An agent the server can run, by the import path of an `Agent` object."""
 
@@ -158,6 +173,7 @@ class Config(_Strict):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from areion.agent.events import Event
 from areion.agent.loop import RunResult
 from areion.agent.memory import SessionMemory
 from areion.agent.runner import AgentRunner
+from areion.cache.exact import ExactCache
 from areion.config import Config, default_config, load_config
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
@@ -71,7 +72,18 @@ class Runtime:
         self.agents = AgentRunner(
             self, self.store, context=self.memory.context, remember=self.memory.remember
         )
-        stages: list[Stage] = [Accounting(self.gateway.deployments, self.ledger, self.metrics)]
+        stages: list[Stage] = []
+        self.exact_cache: ExactCache | None = None
+        if self.config.cache.exact.enabled:
+            self.exact_cache = ExactCache(
+                self.store,
+                self.metrics,
+                ttl_s=self.config.cache.exact.ttl_s,
+                any_temperature=self.config.cache.exact.any_temperature,
+            )
+            stages.append(self.exact_cache)
+        # Accounting sits inside the cache: a hit costs nothing and books a saving.
+        stages.append(Accounting(self.gateway.deployments, self.ledger, self.metrics))
         self._handler = compose(stages, self._terminal)
         self._started = False
         self._closed = False
@@ -86,7 +98,9 @@ class Runtime:
         """The model names clients can ask for."""
         return list(self.gateway.groups)
 
-    def _begin(self, request: ChatRequest, tenant: str, request_id: str | None) -> Call:
+    def _begin(
+        self, request: ChatRequest, tenant: str, request_id: str | None, cache: str | None
+    ) -> Call:
         if not self._started:
             self._started = True
             self.load_probe.start()
@@ -98,12 +112,20 @@ class Runtime:
             )
         if not request.messages:
             raise RequestError("messages must not be empty", param="messages")
-        return Call(
+        call = Call(
             request=request,
             tenant=tenant,
             request_id=request_id or new_request_id(),
             started=time.perf_counter(),
         )
+        if cache is not None:
+            if cache not in ("no-store", "refresh"):
+                raise RequestError(
+                    f"cache control '{cache}' is not one of: no-store, refresh",
+                    param="x-areion-cache",
+                )
+            call.annotations["cache_control"] = cache
+        return call
 
     async def _terminal(self, call: Call) -> Result:
         if call.request.stream:
@@ -113,22 +135,35 @@ class Runtime:
         return await self.gateway.complete(call.request)
 
     async def chat(
-        self, request: ChatRequest, *, tenant: str = "default", request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+        cache: str | None = None,
     ) -> ChatResponse:
-        """The whole answer to `request` (whose `stream` flag is ignored)."""
+        """The whole answer to `request` (whose `stream` flag is ignored).
+
+        `cache` controls the response cache for this call: `no-store` or `refresh`.
+        """
         if request.stream:
             request.stream = False
-        call = self._begin(request, tenant, request_id)
+        call = self._begin(request, tenant, request_id, cache)
         result = await self._handler(call)
         assert isinstance(result, ChatResponse)
         return result
 
     async def chat_stream(
-        self, request: ChatRequest, *, tenant: str = "default", request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+        cache: str | None = None,
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived."""
         request.stream = True
-        call = self._begin(request, tenant, request_id)
+        call = self._begin(request, tenant, request_id, cache)
         result = await self._handler(call)
         assert isinstance(result, ChatStream)
         return result
@@ -220,6 +255,8 @@ class Runtime:
             return
         self._closed = True
         await self.load_probe.aclose()
+        if self.exact_cache is not None:
+            await self.exact_cache.drain()
         await self.ledger.aclose()
         await self.gateway.aclose()
         await self.store.aclose()

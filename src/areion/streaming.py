@@ -57,12 +57,17 @@ class ChatStream:
         """Stage-specific annotations (for example what a cache saved)."""
         self._chunks = chunks
         self._finishers: list[Finisher] = []
+        self._taps: list[Callable[[StreamChunk], None]] = []
         self._finished = False
 
     @property
     def ttft_s(self) -> float:
         """Seconds from the request to the first chunk."""
         return self.first_chunk_at - self.started
+
+    def tap(self, observer: Callable[[StreamChunk], None]) -> None:
+        """Call `observer(chunk)` for every chunk as it passes (a cache recording it)."""
+        self._taps.append(observer)
 
     def on_finish(self, finisher: Finisher) -> None:
         """Call `finisher(stream, error)` once, when the stream ends, fails or is closed."""
@@ -87,6 +92,8 @@ class ChatStream:
                             self.text_parts.append(call.arguments)
                 if chunk.finish_reason is not None and chunk.index == 0:
                     self.finish_reason = chunk.finish_reason
+                for observer in self._taps:
+                    observer(chunk)
                 if chunk.usage is not None:
                     self.usage = chunk.usage
                 if chunk.cost_usd is not None:

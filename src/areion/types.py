@@ -71,6 +71,27 @@ class Message:
             str(part.get("text", "")) for part in self.content if part.get("type") == "text"
         )
 
+    @classmethod
+    def from_openai(cls, raw: dict[str, Any]) -> Message:
+        """A message from its OpenAI wire shape."""
+        calls = raw.get("tool_calls")
+        return cls(
+            role=raw.get("role") or "assistant",
+            content=raw.get("content"),
+            name=raw.get("name"),
+            tool_calls=[
+                ToolCall(
+                    id=str(c.get("id") or ""),
+                    name=str((c.get("function") or {}).get("name") or ""),
+                    arguments=str((c.get("function") or {}).get("arguments") or ""),
+                )
+                for c in calls
+            ]
+            if calls
+            else None,
+            tool_call_id=raw.get("tool_call_id"),
+        )
+
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.name is not None:
@@ -178,6 +199,8 @@ class ChatResponse:
     """Cost of the call; a provider that knows its exact cost (replay) sets it."""
     system_fingerprint: str | None = None
     """Passed through from the provider."""
+    cache: str | None = None
+    """`hit-exact`, `hit-semantic` or `miss` when a cache looked the request up."""
 
     @property
     def message(self) -> Message:

@@ -89,18 +89,24 @@ class _Api:
             tenant = self.tenant(request)
             chat, include_usage = parse_chat_request(await request.body())
             request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
+            cache = request.headers.get("x-areion-cache")
             if chat.stream:
-                stream = await self.runtime.chat_stream(chat, tenant=tenant, request_id=request_id)
+                stream = await self.runtime.chat_stream(
+                    chat, tenant=tenant, request_id=request_id, cache=cache
+                )
                 return StreamingResponse(
                     _sse(stream, include_usage),
                     media_type="text/event-stream",
                     headers={
                         "x-areion-model": stream.deployment,
+                        "x-areion-cache": str(stream.info.get("cache", "miss")),
                         "x-request-id": stream.request_id,
                         "cache-control": "no-cache",
                     },
                 )
-            response = await self.runtime.chat(chat, tenant=tenant, request_id=request_id)
+            response = await self.runtime.chat(
+                chat, tenant=tenant, request_id=request_id, cache=cache
+            )
         except AreionError as error:
             return error_response(error)
         return Response(
@@ -109,6 +115,7 @@ class _Api:
             headers={
                 "x-areion-model": response.deployment,
                 "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
+                "x-areion-cache": response.cache or "miss",
                 "x-request-id": request_id,
             },
         )

@@ -93,6 +93,24 @@ class Metrics:
             ("agent", "kind"),
             registry=self.registry,
         )
+        self.cache_requests = Counter(
+            "areion_cache_requests",
+            "Cache lookups, by tier (exact, semantic) and result (hit, miss).",
+            ("tier", "result"),
+            registry=self.registry,
+        )
+        self.cache_saved_usd = Counter(
+            "areion_cache_saved_usd",
+            "Spend avoided by cache hits (what the cached answer cost when it was made).",
+            ("tier",),
+            registry=self.registry,
+        )
+        self.cache_saved_seconds = Counter(
+            "areion_cache_saved_seconds",
+            "Latency avoided by cache hits (how long the cached answer took to make).",
+            ("tier",),
+            registry=self.registry,
+        )
         self.outstanding = Gauge(
             "areion_deployment_outstanding",
             "Calls in flight per deployment.",
