@@ -78,6 +78,7 @@ class Runtime:
             self.exact_cache = ExactCache(
                 self.store,
                 self.metrics,
+                self.ledger,
                 ttl_s=self.config.cache.exact.ttl_s,
                 any_temperature=self.config.cache.exact.any_temperature,
             )

@@ -343,3 +343,9 @@ class LedgerEntry:
     """End-to-end seconds."""
     created: float
     """Unix time the call finished."""
+    cache: str = ""
+    """Empty for a model call; the cache tier (`exact`, `semantic`) that answered instead."""
+    saved_usd: float = 0.0
+    """For a cache hit: what the answer cost when it was made."""
+    saved_s: float = 0.0
+    """For a cache hit: how long the answer took when it was made."""

@@ -152,3 +152,37 @@ def test_a_broken_stream_is_not_cached(server: Any) -> None:
         list(stream)
     upstream.default = Behaviour()
     assert ask(url).headers["x-areion-cache"] == "miss"
+
+
+async def test_hits_are_booked_in_the_ledger_with_their_saving(tmp_path: Path) -> None:
+    from areion import ChatRequest, Message
+
+    upstream = ScriptedUpstream()
+    with serve_app(upstream.app) as url:
+        config = parse_config(
+            {
+                "models": [
+                    {
+                        "name": "fast",
+                        "provider": "openai",
+                        "model": "m",
+                        "base_url": url + "/v1",
+                        "price": {"input": 1.0, "output": 2.0},
+                    }
+                ],
+                "store": f"sqlite:///{tmp_path / 'ledger.db'}",
+            }
+        )
+        async with Runtime(config) as rt:
+            request = ChatRequest(
+                model="fast", temperature=0, messages=[Message(role="user", content="hi")]
+            )
+            await rt.chat(request, request_id="first")
+            hit = await rt.chat(request, request_id="second")
+            assert hit.cache == "hit-exact" and hit.cost_usd == 0
+            await rt.ledger.flush()
+            [first] = await rt.store.ledger(request_id="first")
+            [second] = await rt.store.ledger(request_id="second")
+    assert first.cache == "" and first.cost_usd == pytest.approx(25e-6)
+    assert second.cache == "exact" and second.cost_usd == 0
+    assert second.saved_usd == pytest.approx(25e-6) and second.saved_s > 0

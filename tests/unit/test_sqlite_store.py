@@ -142,3 +142,28 @@ def test_sqlite_urls() -> None:
 def test_unsupported_store_url() -> None:
     with pytest.raises(ConfigError, match="redis://localhost"):
         open_store("redis://localhost")
+
+
+async def test_a_ledger_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE ledger (request_id TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL,"
+        " deployment TEXT NOT NULL, upstream_model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,"
+        " completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,"
+        " cost_usd REAL NOT NULL, estimated INTEGER NOT NULL, latency_s REAL NOT NULL,"
+        " created REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO ledger VALUES ('old', 't', 'm', 'd', 'u', 1, 2, 0, 0.5, 0, 0.1, 1.0)")
+    old.commit()
+    old.close()
+    store = SQLiteStore(str(path))
+    try:
+        await store.append_ledger([_entry("new", cache="exact", saved_usd=0.25)])
+        rows = {e.request_id: e for e in await store.ledger()}
+    finally:
+        await store.aclose()
+    assert rows["old"].cost_usd == 0.5 and rows["old"].cache == ""
+    assert rows["new"].cache == "exact" and rows["new"].saved_usd == 0.25

@@ -24,11 +24,13 @@ import orjson
 from areion.pipeline import Call, Handler, Result
 from areion.store.base import Store
 from areion.streaming import ChatStream
+from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
 from areion.types import (
     ChatRequest,
     ChatResponse,
     Choice,
+    LedgerEntry,
     Message,
     StreamChunk,
     ToolCallDelta,
@@ -77,6 +79,7 @@ class ExactCache:
         self,
         store: Store,
         metrics: Metrics,
+        ledger: Ledger,
         *,
         ttl_s: float = 3600.0,
         any_temperature: bool = False,
@@ -84,6 +87,7 @@ class ExactCache:
     ) -> None:
         self._store = store
         self._metrics = metrics
+        self._ledger = ledger
         self.ttl_s = ttl_s
         self.any_temperature = any_temperature
         self._local: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
@@ -198,8 +202,10 @@ class ExactCache:
     # -- serving a hit ----------------------------------------------------------------
 
     def _serve(self, entry: dict[str, Any], call: Call) -> Result:
-        self._saved_usd.inc(float(entry.get("cost_usd") or 0.0))
-        self._saved_s.inc(float(entry.get("latency_s") or 0.0))
+        saved_usd = float(entry.get("cost_usd") or 0.0)
+        saved_s = float(entry.get("latency_s") or 0.0)
+        self._saved_usd.inc(saved_usd)
+        self._saved_s.inc(saved_s)
         data = entry["response"]
         usage_data = data.get("usage") or {}
         usage = Usage(
@@ -214,6 +220,25 @@ class ExactCache:
             )
             for item in data["choices"]
         ]
+        self._ledger.record(
+            LedgerEntry(
+                request_id=call.request_id,
+                tenant=call.tenant,
+                model=call.request.model,
+                deployment="cache:exact",
+                upstream_model=str(data.get("model") or ""),
+                prompt_tokens=0,
+                completion_tokens=0,
+                cached_tokens=0,
+                cost_usd=0.0,
+                estimated=False,
+                latency_s=time.perf_counter() - call.started,
+                created=time.time(),
+                cache="exact",
+                saved_usd=saved_usd,
+                saved_s=saved_s,
+            )
+        )
         response = ChatResponse(
             id="chatcmpl-" + call.request_id,
             model=str(data.get("model") or ""),

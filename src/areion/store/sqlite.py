@@ -104,7 +104,7 @@ class SQLiteStore:
                 (
                     e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
                     e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
-                    int(e.estimated), e.latency_s, e.created,
+                    int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
                 )
                 for e in entries
             ]
@@ -146,6 +146,9 @@ class SQLiteStore:
                 estimated=bool(row[9]),
                 latency_s=row[10],
                 created=row[11],
+                cache=row[12],
+                saved_usd=row[13],
+                saved_s=row[14],
             )
             for row in await self._read(read)
         ]

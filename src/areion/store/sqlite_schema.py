@@ -13,6 +13,8 @@ single statement is also the batch's whole transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BATCH_VIEW",
     "CACHE",
@@ -35,6 +37,7 @@ __all__ = [
     "TURNS",
     "UNKNOWN_RUN",
     "WRITE_BATCH",
+    "migrate",
 ]
 
 # Kinds of fragment a write is made of; each is one column of the batch view.
@@ -88,7 +91,16 @@ _TOOL_COLUMNS = (
 
 LEDGER_COLUMNS = (
     "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
-    "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created"
+    "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created, "
+    "cache, saved_usd, saved_s"
+)
+
+# Columns added after the first release of the ledger table: (name, declaration).
+# A database made before them gets them on open (see `migrate`).
+LEDGER_ADDED = (
+    ("cache", "TEXT NOT NULL DEFAULT ''"),
+    ("saved_usd", "REAL NOT NULL DEFAULT 0"),
+    ("saved_s", "REAL NOT NULL DEFAULT 0"),
 )
 
 TABLES = """
@@ -104,7 +116,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     cost_usd REAL NOT NULL,
     estimated INTEGER NOT NULL,
     latency_s REAL NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    cache TEXT NOT NULL DEFAULT '',      -- '' for a model call, else the cache tier that answered
+    saved_usd REAL NOT NULL DEFAULT 0,   -- what a cache hit saved
+    saved_s REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, created);
 CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
@@ -187,6 +202,14 @@ CREATE INDEX IF NOT EXISTS tool_cache_expires ON tool_cache (expires);
 """
 
 
+def migrate(db: Any) -> None:
+    """Bring a database made by an earlier version up to this schema."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
+    for name, declaration in LEDGER_ADDED:
+        if name not in present:
+            db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {declaration}")
+
+
 def _fields(source: str, count: int) -> str:
     return ", ".join(f"json_extract({source}, '$[{i}]')" for i in range(count))
 
@@ -250,7 +273,7 @@ BEGIN
     SELECT {_fields("value", 6)} FROM json_each(NEW.summaries);
 
     INSERT INTO ledger ({LEDGER_COLUMNS})
-    SELECT {_fields("value", 12)} FROM json_each(NEW.ledger);
+    SELECT {_fields("value", 15)} FROM json_each(NEW.ledger);
 
     -- Cache values travel as one BLOB; each row says where its bytes are.
     INSERT INTO tool_cache (key, value, expires)

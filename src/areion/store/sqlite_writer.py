@@ -21,7 +21,14 @@ from typing import Any
 import orjson
 
 from areion.store.sqlite_checkpointer import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
-from areion.store.sqlite_schema import BATCH_VIEW, CACHE, JSON_KINDS, TABLES, WRITE_BATCH
+from areion.store.sqlite_schema import (
+    BATCH_VIEW,
+    CACHE,
+    JSON_KINDS,
+    TABLES,
+    WRITE_BATCH,
+    migrate,
+)
 from areion.store.sqlite_thread import DbThread, Job, Part
 
 __all__ = ["Writer"]
@@ -62,7 +69,11 @@ class Writer(DbThread):
             # the indexes of many live runs hot.
             db.execute("PRAGMA temp_store=MEMORY")
             db.execute("PRAGMA cache_size=-65536")
-            db.executescript(TABLES + BATCH_VIEW)
+            # The ledger table must have its newer columns before the batch view's
+            # trigger, which names them, is created.
+            db.executescript(TABLES)
+            migrate(db)
+            db.executescript(BATCH_VIEW)
             if self.path != ":memory:":
                 db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
                 self._checkpointer = Checkpointer(self.path)
