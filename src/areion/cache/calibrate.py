@@ -1,0 +1,508 @@
+"""Train and calibrate the semantic-cache verifier on labelled question pairs.
+
+    python -m areion.cache.calibrate --pairs ../shared/data/cache/quora_pairs_val.csv \\
+        --out src/areion/cache/data/verifier.json [--folds 5] [--embeddings /tmp/emb.npz]
+
+The pairs file is a CSV with `question1`, `question2` and `is_duplicate` (0/1). Each
+pair is (query = question2, candidate = question1, their cosine); the model learns
+whether the candidate's answer would be right for the query.
+
+Honesty of the figures: pairs are split into folds by connected groups of their
+normalized texts (a question that repeats across pairs, on either side, never sits
+in two folds). The calibration table is built from out-of-fold scores, and the
+figures printed for each wrong-hit rate come from nested cross-validation: for each
+held-out fold, the model *and* its threshold are chosen from the other folds alone.
+
+`evaluate_pairs()` is the product's protocol (`areion eval cache`): cache every
+question1, look up every question2, judge the nearest entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from areion.cache.embedding import Embedder
+from areion.cache.index_base import VectorIndex
+from areion.cache.verifier import (
+    DEFAULT_MAX_WRONG_HIT_RATE,
+    FEATURES,
+    SemanticVerifier,
+    design_row,
+    guards,
+    raw_features,
+)
+
+__all__ = [
+    "Pair",
+    "evaluate_pairs",
+    "fit_logistic",
+    "group_folds",
+    "main",
+    "normalize",
+    "read_pairs",
+    "train",
+]
+
+Floats = npt.NDArray[np.float64]
+Vectors = npt.NDArray[np.float32]
+
+# Wrong-hit rates reported; the default's row is marked.
+_REPORT_RATES = (0.02, 0.05, 0.08, 0.10, 0.15, 0.20)
+# Rows of the calibration table: enough resolution where thresholds are chosen,
+# few enough that the JSON stays a few KB.
+_TABLE_ROWS = 160
+_L2 = 0.01
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class Pair:
+    """One labelled pair: does question1's answer answer question2?"""
+
+    question1: str
+    """The cached question (the candidate)."""
+    question2: str
+    """The new question (the query)."""
+    duplicate: bool
+    """Human label: the two ask the same thing."""
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    """The pairs of a CSV with columns question1, question2, is_duplicate."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"question1", "question2", "is_duplicate"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+        return [
+            Pair(
+                question1=row["question1"],
+                question2=row["question2"],
+                duplicate=row["is_duplicate"].strip() == "1",
+            )
+            for row in reader
+        ]
+
+
+def normalize(text: str) -> str:
+    """A question's identity: lowercase words, punctuation and spacing dropped."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def group_folds(pairs: Sequence[Pair], folds: int, *, seed: int = 0) -> npt.NDArray[np.int64]:
+    """A fold number per pair; pairs sharing a normalized text (either side) share a fold."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for pair in pairs:
+        a, b = root(normalize(pair.question1)), root(normalize(pair.question2))
+        parent[a] = b
+    groups: dict[str, int] = {}
+    ids = [groups.setdefault(root(normalize(p.question1)), len(groups)) for p in pairs]
+    order = np.random.default_rng(seed).permutation(len(groups))
+    return np.asarray(order[ids] % folds, dtype=np.int64)
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class _Logistic:
+    mean: Floats
+    scale: Floats
+    weights: Floats
+    bias: float
+
+    def predict(self, rows: Floats) -> Floats:
+        z = (rows - self.mean) / self.scale @ self.weights + self.bias
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), dtype=np.float64)
+
+
+def fit_logistic(rows: Floats, labels: Floats, *, l2: float = _L2) -> _Logistic:
+    """L2-regularized logistic regression on standardized columns, by Newton's method."""
+    mean = rows.mean(axis=0)
+    scale = rows.std(axis=0)
+    scale[scale < 1e-9] = 1.0  # a constant column: leave it unscaled (its weight -> 0)
+    z = np.c_[(rows - mean) / scale, np.ones(len(rows))]
+    w = np.zeros(z.shape[1])
+    penalty = np.full(len(w), l2)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50, 50)))
+        gradient = z.T @ (p - labels) / len(labels) + penalty * w
+        hessian = (z * (p * (1 - p))[:, None]).T @ z / len(labels) + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return _Logistic(mean=mean, scale=scale, weights=w[:-1], bias=float(w[-1]))
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class _Data:
+    rows: Floats  # design rows
+    labels: Floats
+    vetoed: npt.NDArray[np.bool_]
+    cosines: Floats
+
+
+def _data(pairs: Sequence[Pair], cosines: Floats) -> _Data:
+    rows = [
+        design_row(raw_features(p.question2, p.question1, float(c)))
+        for p, c in zip(pairs, cosines, strict=True)
+    ]
+    return _Data(
+        rows=np.asarray(rows, dtype=np.float64),
+        labels=np.asarray([p.duplicate for p in pairs], dtype=np.float64),
+        vetoed=np.asarray([bool(guards(p.question2, p.question1)) for p in pairs]),
+        cosines=np.asarray(cosines, dtype=np.float64),
+    )
+
+
+def _fit(data: _Data, mask: npt.NDArray[np.bool_]) -> _Logistic:
+    # Vetoed pairs are never scored by the model, so it learns from the others only.
+    keep = mask & ~data.vetoed
+    return fit_logistic(data.rows[keep], data.labels[keep])
+
+
+def _scores(model: _Logistic, data: _Data, mask: npt.NDArray[np.bool_]) -> Floats:
+    return np.where(data.vetoed[mask], 0.0, model.predict(data.rows[mask]))
+
+
+def _out_of_fold(data: _Data, folds: npt.NDArray[np.int64]) -> Floats:
+    scores = np.zeros(len(data.labels))
+    for k in np.unique(folds):
+        held = folds == k
+        scores[held] = _scores(_fit(data, ~held), data, held)
+    return scores
+
+
+def _table(scores: Floats, labels: Floats) -> dict[str, Any]:
+    """Hits and wrong hits at thresholds spaced evenly in recall (quantiles of the
+    duplicates' scores): recall is what a stricter threshold trades away."""
+    positive = labels > 0.5
+    live = scores[positive & (scores > 0)]
+    grid = np.unique(np.round(np.quantile(live, np.linspace(0.0, 1.0, _TABLE_ROWS)), 4))
+    return {
+        "thresholds": [float(t) for t in grid],
+        "true_hits": [int(np.sum((scores >= t) & positive)) for t in grid],
+        "wrong_hits": [int(np.sum((scores >= t) & ~positive)) for t in grid],
+        "duplicates": int(positive.sum()),
+        "non_duplicates": int((~positive).sum()),
+    }
+
+
+def _params(model: _Logistic, table: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "features": list(FEATURES),
+        "model": {
+            "mean": [round(float(v), 6) for v in model.mean],
+            "scale": [round(float(v), 6) for v in model.scale],
+            "weights": [round(float(v), 6) for v in model.weights],
+            "bias": round(model.bias, 6),
+        },
+        "calibration": table,
+        "meta": meta,
+    }
+
+
+def _verifier(model: _Logistic, table: dict[str, Any]) -> SemanticVerifier:
+    return SemanticVerifier(_params(model, table, {}))
+
+
+def _precision_recall(hits: npt.NDArray[np.bool_], labels: Floats) -> tuple[float, float, int]:
+    true_hits = int(np.sum(hits & (labels > 0.5)))
+    n = int(hits.sum())
+    return (true_hits / n if n else 1.0), true_hits / max(int(np.sum(labels > 0.5)), 1), n
+
+
+def _nested(
+    data: _Data, folds: npt.NDArray[np.int64], rates: Sequence[float]
+) -> dict[float, dict[str, Any]]:
+    """Per rate: precision and recall on held-out folds, model and threshold chosen
+    on the other folds only (their own inner cross-validation)."""
+    hits = {rate: np.zeros(len(data.labels), dtype=bool) for rate in rates}
+    worst = dict.fromkeys(rates, 1.0)
+    for k in np.unique(folds):
+        held = folds == k
+        model = _fit(data, ~held)
+        inner = _out_of_fold(_subset(data, ~held), folds[~held])
+        verifier = _verifier(model, _table(inner, data.labels[~held]))
+        scores = _scores(model, data, held)
+        for rate in rates:
+            chosen = scores >= verifier.threshold_for(rate)
+            hits[rate][held] = chosen
+            precision, _, n = _precision_recall(chosen, data.labels[held])
+            if n:
+                worst[rate] = min(worst[rate], precision)
+    out: dict[float, dict[str, Any]] = {}
+    for rate in rates:
+        precision, recall, n = _precision_recall(hits[rate], data.labels)
+        out[rate] = {"precision": precision, "recall": recall, "hits": n, "worst_fold": worst[rate]}
+    return out
+
+
+def _subset(data: _Data, mask: npt.NDArray[np.bool_]) -> _Data:
+    return _Data(
+        rows=data.rows[mask],
+        labels=data.labels[mask],
+        vetoed=data.vetoed[mask],
+        cosines=data.cosines[mask],
+    )
+
+
+def train(
+    pairs: Sequence[Pair], cosines: Floats, *, folds: int = 5, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the verifier's parameters, a report of cross-validated figures)."""
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    data = _data(pairs, cosines)
+    fold_of = group_folds(pairs, folds, seed=seed)
+    table = _table(_out_of_fold(data, fold_of), data.labels)
+    nested = _nested(data, fold_of, _REPORT_RATES)
+    baseline = {
+        t: _precision_recall(data.cosines >= t, data.labels)[:2] for t in (0.90, 0.95, 0.98)
+    }
+    default = nested[DEFAULT_MAX_WRONG_HIT_RATE]
+    meta = {
+        "pairs": len(pairs),
+        "duplicates": int(data.labels.sum()),
+        "folds": folds,
+        "seed": seed,
+        "default_max_wrong_hit_rate": DEFAULT_MAX_WRONG_HIT_RATE,
+        "nested_cv_at_default": {
+            k: v if isinstance(v, int) else round(float(v), 4) for k, v in default.items()
+        },
+    }
+    params = _params(_fit(data, np.ones(len(pairs), dtype=bool)), table, meta)
+    report = {"nested": nested, "baseline": baseline, "vetoed": int(data.vetoed.sum())}
+    return params, report
+
+
+def _embed(embedder: Embedder, texts: Sequence[str]) -> Vectors:
+    run = getattr(embedder, "embed_sync", None)
+    if callable(run):
+        return np.asarray(run(list(texts)), dtype=np.float32)
+    return np.asarray(asyncio.run(embedder.embed(list(texts))), dtype=np.float32)
+
+
+def _embed_texts(embedder: Embedder, texts: Sequence[str], cache: Path | None) -> Vectors:
+    """Embeddings of `texts`, reused from `cache` (an .npz) when it holds exactly them."""
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as stored:
+            if list(stored["texts"]) == list(texts):
+                return np.asarray(stored["vectors"], dtype=np.float32)
+    vectors = _embed(embedder, texts)
+    if cache is not None:
+        np.savez(cache, texts=np.asarray(texts, dtype=str), vectors=vectors)
+    return vectors
+
+
+def _pair_cosines(pairs: Sequence[Pair], vectors: Vectors, texts: Sequence[str]) -> Floats:
+    at = {text: i for i, text in enumerate(texts)}
+    q = vectors[[at[p.question2] for p in pairs]]
+    c = vectors[[at[p.question1] for p in pairs]]
+    return np.asarray(np.sum(q * c, axis=1), dtype=np.float64)
+
+
+def _texts(pairs: Sequence[Pair]) -> list[str]:
+    return sorted({p.question1 for p in pairs} | {p.question2 for p in pairs})
+
+
+def evaluate_pairs(
+    path: Path,
+    verifier: SemanticVerifier | None,
+    embedder: Embedder,
+    *,
+    index: VectorIndex | None = None,
+    threshold: float | None = None,
+    protocol: Literal["cache", "pair"] = "cache",
+    embeddings: Path | None = None,
+) -> dict[str, Any]:
+    """Serve a pairs file through the cache's decision and count the outcome.
+
+    protocol "cache": every question1 is cached (identical normalized texts are one
+    entry), every question2 is looked up, and the nearest entry by cosine (from
+    `index` if given, else an exact scan) is judged by the verifier. A hit is correct
+    when that entry is the pair's own question1 and the pair is a duplicate; any
+    other hit is wrong, even one whose entry has the query's very text (counted apart
+    as `same_text_wrong_hits`). protocol "pair": the candidate is the pair's own
+    question1, so only the verifier's judgement is measured.
+
+    `verifier=None` judges by plain cosine >= `threshold` (the baseline); otherwise
+    `threshold` defaults to the verifier's default. `embeddings`: an .npz cache file.
+    Returns precision (share of hits that are correct), recall (correct hits over
+    duplicate pairs), hits, wrong_hits, pairs and same_text_wrong_hits.
+    """
+    pairs = read_pairs(path)
+    if threshold is not None:
+        limit = threshold
+    elif verifier is not None:
+        limit = verifier.default_threshold
+    else:
+        raise ValueError("evaluate_pairs: give a verifier or a cosine threshold")
+    texts = _texts(pairs)
+    vectors = _embed_texts(embedder, texts, embeddings)
+    at = {text: i for i, text in enumerate(texts)}
+
+    entries: dict[str, str] = {}  # normalized text -> the first raw text cached for it
+    for pair in pairs:
+        entries.setdefault(normalize(pair.question1), pair.question1)
+    keys = list(entries)
+    queries = vectors[[at[p.question2] for p in pairs]]
+    if protocol == "pair":
+        nearest = [normalize(p.question1) for p in pairs]
+        cosines = _pair_cosines(pairs, vectors, texts).tolist()
+        candidates = [p.question1 for p in pairs]
+    else:
+        found = _nearest(keys, [entries[k] for k in keys], vectors, at, queries, index)
+        nearest = [keys[i] for i, _ in found]
+        cosines = [c for _, c in found]
+        candidates = [entries[k] for k in nearest]
+
+    hits = wrong = same_text = correct = 0
+    for pair, key, candidate, cosine in zip(pairs, nearest, candidates, cosines, strict=True):
+        if verifier is None:
+            accepted = cosine >= limit
+        else:
+            accepted = verifier.score(pair.question2, candidate, cosine) >= limit
+        if not accepted:
+            continue
+        hits += 1
+        if pair.duplicate and key == normalize(pair.question1):
+            correct += 1
+        else:
+            wrong += 1
+            same_text += key == normalize(pair.question2)
+    duplicates = sum(p.duplicate for p in pairs)
+    return {
+        "precision": correct / hits if hits else 1.0,
+        "recall": correct / duplicates if duplicates else 0.0,
+        "hits": hits,
+        "wrong_hits": wrong,
+        "pairs": len(pairs),
+        "same_text_wrong_hits": same_text,
+    }
+
+
+def _nearest(
+    keys: Sequence[str],
+    texts: Sequence[str],
+    vectors: Vectors,
+    at: dict[str, int],
+    queries: Vectors,
+    index: VectorIndex | None,
+) -> list[tuple[int, float]]:
+    """(entry number, cosine) of the nearest cached entry to each query."""
+    cached = vectors[[at[t] for t in texts]]
+    if index is None:
+        out: list[tuple[int, float]] = []
+        for start in range(0, len(queries), 1024):  # bounded memory: 1024 x entries
+            similarity = queries[start : start + 1024] @ cached.T
+            best = similarity.argmax(axis=1)
+            rows = np.arange(len(best))
+            out.extend(zip(best.tolist(), similarity[rows, best].tolist(), strict=True))
+        return out
+    index.add_many(np.arange(len(keys), dtype=np.int64), cached)
+    results = []
+    for query in queries:
+        found = index.search(query, 1)
+        results.append(found[0] if found else (-1, -math.inf))
+    return results
+
+
+def _print_report(report: dict[str, Any], params: dict[str, Any]) -> None:
+    print(
+        f"pairs: {params['meta']['pairs']} ({params['meta']['duplicates']} duplicates), "
+        f"{report['vetoed']} vetoed by the hard guards"
+    )
+    print("plain cosine (in-sample, no model):")
+    for t, (precision, recall) in report["baseline"].items():
+        print(f"  cosine >= {t:.2f}: precision {precision:.3f} recall {recall:.3f}")
+    print(f"nested {params['meta']['folds']}-fold cross-validation (grouped), verifier:")
+    for rate, row in report["nested"].items():
+        mark = "  <- default" if rate == DEFAULT_MAX_WRONG_HIT_RATE else ""
+        print(
+            f"  max wrong-hit rate {rate:.2f}: precision {row['precision']:.3f} "
+            f"(worst fold {row['worst_fold']:.3f}) recall {row['recall']:.3f} "
+            f"hits {row['hits']}{mark}"
+        )
+
+
+def _print_eval(name: str, result: dict[str, Any]) -> None:
+    print(
+        f"  {name}: precision {result['precision']:.3f} recall {result['recall']:.3f} "
+        f"hits {result['hits']} wrong {result['wrong_hits']} "
+        f"(same text as the query: {result['same_text_wrong_hits']})"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m areion.cache.calibrate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--pairs", type=Path, required=True, help="labelled pairs CSV")
+    parser.add_argument("--out", type=Path, required=True, help="where to write verifier.json")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
+    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed (0)")
+    parser.add_argument(
+        "--embeddings", type=Path, help="an .npz to keep the pairs' embeddings in (reruns)"
+    )
+    parser.add_argument(
+        "--eval", action="store_true", help="then run evaluate_pairs on the same file"
+    )
+    args = parser.parse_args(argv)
+
+    from areion.cache.embedding import MiniLMEmbedder
+
+    embedder = MiniLMEmbedder()
+    pairs = read_pairs(args.pairs)
+    texts = _texts(pairs)
+    vectors = _embed_texts(embedder, texts, args.embeddings)
+    params, report = train(
+        pairs, _pair_cosines(pairs, vectors, texts), folds=args.folds, seed=args.seed
+    )
+    params["meta"]["trained_on"] = args.pairs.name
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(params, separators=(",", ":")) + "\n", encoding="utf-8")
+    _print_report(report, params)
+    print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
+    if args.eval:
+        verifier = SemanticVerifier.load(args.out)
+        print(f"evaluate_pairs on {args.pairs.name} (IN-SAMPLE: the model was fit on it):")
+        for protocol in ("cache", "pair"):
+            for name, judge, limit in (
+                ("verifier (default)", verifier, None),
+                ("cosine >= 0.90", None, 0.90),
+                ("cosine >= 0.95", None, 0.95),
+            ):
+                result = evaluate_pairs(
+                    args.pairs,
+                    judge,
+                    embedder,
+                    threshold=limit,
+                    protocol=protocol,
+                    embeddings=args.embeddings,
+                )
+                _print_eval(f"{protocol:5} {name}", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

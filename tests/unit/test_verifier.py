@@ -1,0 +1,405 @@
+"""The semantic cache's verifier: guards, the shipped model, thresholds, per-entry adaptation,
+and the calibration tool's protocol (on small made-up data: no model, no ../shared)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from areion.cache.calibrate import (
+    Pair,
+    evaluate_pairs,
+    fit_logistic,
+    group_folds,
+    normalize,
+    read_pairs,
+    train,
+)
+from areion.cache.verifier import (
+    DEFAULT_MAX_WRONG_HIT_RATE,
+    FEATURES,
+    AdaptiveThreshold,
+    SemanticVerifier,
+    design_row,
+    guards,
+    raw_features,
+    wilson_bounds,
+)
+
+
+@pytest.fixture(scope="module")
+def verifier() -> SemanticVerifier:
+    return SemanticVerifier.load()
+
+
+# --- hard guards -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "candidate", "guard"),
+    [
+        ("How do I convert 5 km to miles?", "How do I convert 10 km to miles?", "numbers"),
+        ("Best phones under $300 in 2016?", "Best phones under $300 in 2017?", "numbers"),
+        ("Who are the three greatest players?", "Who are the five greatest players?", "numbers"),
+        ("Is coffee good for you?", "Is coffee not good for you?", "negation"),
+        ("Why can't I sleep at night?", "Why can I sleep at night?", "negation"),
+        ("What is the capital of France?", "What is the capital of Germany?", "entities"),
+        (
+            "Gun safety rules of the NRA in Montana?",
+            "Gun safety rules of the NRA in Ohio?",
+            "entities",
+        ),
+    ],
+)
+def test_guards_fire_on_known_false_hits(
+    verifier: SemanticVerifier, query: str, candidate: str, guard: str
+) -> None:
+    assert guard in guards(query, candidate)
+    # A veto: no cosine and no threshold, however loose, lets the pair through.
+    assert verifier.score(query, candidate, 0.97) == 0.0
+    assert not verifier.accept(query, candidate, 0.97, threshold=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("query", "candidate"),
+    [
+        ("How do I learn Python quickly?", "How can I learn python fast?"),
+        ("Is India a rich country?", "Is India really a rich country?"),
+        ("Why don't cats like water?", "Why do cats not like water?"),  # both negated
+        ("What is the best laptop under 25,000?", "Which laptop is best under 25000?"),
+        ("What do people in India think of Nepal?", "What do Indians think about Nepal?"),
+    ],
+)
+def test_guards_stay_quiet_on_rewordings(query: str, candidate: str) -> None:
+    assert guards(query, candidate) == ()
+
+
+# --- the shipped model -------------------------------------------------------------------
+
+
+def test_shipped_parameters_load(verifier: SemanticVerifier) -> None:
+    table = verifier.calibration
+    assert list(table.thresholds) == sorted(table.thresholds)
+    # A stricter threshold can only drop hits.
+    assert all(a >= b for a, b in zip(table.true_hits, table.true_hits[1:], strict=False))
+    assert all(a >= b for a, b in zip(table.wrong_hits, table.wrong_hits[1:], strict=False))
+    assert table.duplicates > 0 and table.non_duplicates > 0
+    assert verifier.meta["folds"] >= 2
+    assert 0.0 < verifier.default_threshold < 1.0
+
+
+def test_near_identical_questions_are_served(verifier: SemanticVerifier) -> None:
+    pairs = [
+        ("What is the best way to lose weight?", "what is the best way to lose weight", 0.995),
+        ("How do I learn Python quickly?", "How do I learn Python quickly ?", 0.999),
+    ]
+    for query, candidate, cosine in pairs:
+        assert verifier.accept(query, candidate, cosine), (query, candidate)
+
+
+def test_paraphrase_scores_above_guarded_pair_and_low_cosine(verifier: SemanticVerifier) -> None:
+    query, paraphrase = "How do I learn Python quickly?", "How can I learn Python fast?"
+    assert verifier.accept(query, paraphrase, 0.95, threshold=verifier.threshold_for(0.2))
+    assert verifier.score(query, paraphrase, 0.95) > verifier.score(query, paraphrase, 0.75)
+    assert not verifier.accept(query, "How do I learn Java quickly?", 0.80)
+
+
+def test_score_grows_with_cosine(verifier: SemanticVerifier) -> None:
+    query, candidate = "How can I improve my writing?", "How do I get better at writing?"
+    scores = [verifier.score(query, candidate, c) for c in (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)]
+    assert scores == sorted(scores)
+    assert all(0.0 < s < 1.0 for s in scores)
+
+
+def test_threshold_for_is_monotonic(verifier: SemanticVerifier) -> None:
+    rates = [0.01, 0.03, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5]
+    thresholds = [verifier.threshold_for(r) for r in rates]
+    assert thresholds == sorted(thresholds, reverse=True)
+    assert verifier.threshold_for(DEFAULT_MAX_WRONG_HIT_RATE) == verifier.default_threshold
+    # More true duplicates in the traffic: the same rate allows a looser threshold.
+    assert verifier.threshold_for(0.15, duplicate_share=0.6) <= verifier.threshold_for(0.15)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 2.0])
+def test_threshold_for_rejects_impossible_rates(verifier: SemanticVerifier, rate: float) -> None:
+    with pytest.raises(ValueError, match="max_wrong_hit_rate"):
+        verifier.threshold_for(rate)
+
+
+def test_features_have_fixed_width() -> None:
+    raw = raw_features("How do I cook rice?", "How should I cook rice?", 0.93)
+    assert len(raw) == len(FEATURES)
+    assert raw[0] == 0.93
+    assert len(design_row(raw)) > len(raw)
+
+
+# --- thresholds from a made-up calibration table -----------------------------------------
+
+
+def _params(table: dict[str, Any]) -> dict[str, Any]:
+    width = len(design_row([0.0] * len(FEATURES)))
+    weights = [0.0] * width
+    weights[0] = 10.0  # cosine only
+    return {
+        "features": list(FEATURES),
+        "model": {"mean": [0.0] * width, "scale": [1.0] * width, "weights": weights, "bias": -9},
+        "calibration": table,
+    }
+
+
+def test_threshold_for_keeps_a_confidence_margin() -> None:
+    table = {
+        "thresholds": [0.2, 0.5, 0.8],
+        "true_hits": [1000, 900, 400],
+        "wrong_hits": [500, 30, 0],
+        "duplicates": 1000,
+        "non_duplicates": 1000,
+    }
+    verifier = SemanticVerifier(_params(table))
+    # 900 / 930 = 0.968 measured; its lower bound (0.957) still clears 0.95 ...
+    assert verifier.threshold_for(0.05) == 0.5
+    # ... but not 0.965, although the measured precision does: the margin holds it back.
+    assert verifier.threshold_for(0.035) == 0.8
+    # 400 of 400 vouch for 0.99 (lower bound 0.993), not for 0.995: nothing is.
+    assert verifier.threshold_for(0.01) == 0.8
+    assert verifier.threshold_for(0.005) == math.inf
+    assert not verifier.accept("a b", "a b", 1.0, threshold=verifier.threshold_for(0.005))
+
+
+def test_mismatched_parameters_are_refused() -> None:
+    params = _params(
+        {"thresholds": [0.5], "true_hits": [1], "wrong_hits": [0], "duplicates": 1}
+        | {"non_duplicates": 1}
+    )
+    params["features"] = ["cosine"]
+    with pytest.raises(ValueError, match="calibrate"):
+        SemanticVerifier(params)
+
+
+def test_wilson_bounds() -> None:
+    low, high = wilson_bounds(95, 100)
+    assert low < 0.95 < high
+    assert wilson_bounds(0, 0) == (0.0, 1.0)
+    assert wilson_bounds(10, 10)[1] == 1.0
+
+
+# --- per-entry adaptive thresholds --------------------------------------------------------
+
+
+def test_wrong_hit_raises_only_that_entry() -> None:
+    adaptive = AdaptiveThreshold(0.8, max_wrong_hit_rate=0.1)
+    assert adaptive.threshold(7) == 0.8
+    raised = adaptive.observe(7, 0.9, correct=False)
+    assert raised > 0.9
+    assert adaptive.threshold(7) == raised
+    assert adaptive.threshold(8) == 0.8
+    # A second, higher wrong hit lifts it further.
+    assert adaptive.observe(7, 0.95, correct=False) > 0.95
+
+
+def test_correct_hits_never_go_below_global() -> None:
+    adaptive = AdaptiveThreshold(0.8, max_wrong_hit_rate=0.1)
+    for score in (0.81, 0.99, 0.85, 0.9):
+        assert adaptive.observe(1, score, correct=True) == 0.8
+    assert adaptive.threshold(1) == 0.8
+
+
+def test_entry_relaxes_once_proven_reliable() -> None:
+    adaptive = AdaptiveThreshold(0.8, max_wrong_hit_rate=0.1)
+    adaptive.observe(1, 0.85, correct=False)
+    history = [adaptive.observe(1, 0.95, correct=True) for _ in range(100)]
+    assert history[0] > 0.85  # one correct hit proves nothing yet
+    assert history[-1] == 0.8  # a hundred do, at 1 wrong in 101
+    assert history == sorted(history, reverse=True)
+    stats = adaptive.stats(1)
+    assert stats is not None and stats.wrong == 1
+
+
+def test_unreliable_entry_stays_high() -> None:
+    adaptive = AdaptiveThreshold(0.8, max_wrong_hit_rate=0.05)
+    for _ in range(20):
+        adaptive.observe(3, 0.97, correct=True)
+        adaptive.observe(3, 0.97, correct=False)
+    assert adaptive.threshold(3) > 0.97
+
+
+def test_forget_and_ageing() -> None:
+    adaptive = AdaptiveThreshold(0.8, max_wrong_hit_rate=0.1, max_observations=3)
+    adaptive.observe(5, 0.9, correct=False)
+    for _ in range(3):
+        adaptive.observe(5, 0.95, correct=True)
+    assert adaptive.threshold(5) == 0.8  # the wrong hit aged out
+    adaptive.observe(6, 0.9, correct=False)
+    adaptive.forget(6)
+    assert adaptive.threshold(6) == 0.8 and adaptive.stats(6) is None
+
+
+def test_adaptive_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="max_wrong_hit_rate"):
+        AdaptiveThreshold(0.8, max_wrong_hit_rate=0.0)
+    with pytest.raises(ValueError, match="confidence"):
+        AdaptiveThreshold(0.8, confidence=1.0)
+
+
+# --- calibration tool ---------------------------------------------------------------------
+
+
+def test_normalize_and_grouping_keep_repeats_together() -> None:
+    assert normalize("What is  AI ?") == normalize("what is ai")
+    pairs = [
+        Pair(question1="What is AI?", question2="Define AI", duplicate=True),
+        Pair(question1="what is ai", question2="Explain AI", duplicate=True),
+        Pair(question1="Explain AI", question2="Tell me about AI", duplicate=True),
+        *(Pair(question1=f"q{i}", question2=f"r{i}", duplicate=False) for i in range(30)),
+    ]
+    folds = group_folds(pairs, 5, seed=1)
+    assert folds[0] == folds[1] == folds[2]  # linked through repeated texts
+    assert set(folds.tolist()) == set(range(5))
+
+
+def test_fit_logistic_learns_a_direction() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 2))
+    y = (x[:, 0] + 0.1 * rng.normal(size=500) > 0).astype(np.float64)
+    model = fit_logistic(x, y)
+    assert model.weights[0] > 2 * abs(model.weights[1])
+    assert model.predict(np.array([[2.0, 0.0]]))[0] > 0.9
+
+
+def _synthetic(n: int) -> tuple[list[Pair], np.ndarray]:
+    """Duplicates with high cosines, non-duplicates lower, and number-swapped negatives."""
+    rng = np.random.default_rng(3)
+    pairs, cosines = [], []
+    for i in range(n):
+        if i % 3 == 0:
+            pairs.append(
+                Pair(
+                    question1=f"How do I fix item{i}?", question2=f"Fix item{i} how", duplicate=True
+                )
+            )
+            cosines.append(rng.uniform(0.85, 1.0))
+        elif i % 3 == 1:
+            pairs.append(
+                Pair(
+                    question1=f"Can I sell item{i}?",
+                    question2=f"Can I buy item{i}?",
+                    duplicate=False,
+                )
+            )
+            cosines.append(rng.uniform(0.6, 0.9))
+        else:
+            pairs.append(
+                Pair(
+                    question1=f"Top {i} item{i}?",
+                    question2=f"Top {i + 1} item{i}?",
+                    duplicate=False,
+                )
+            )
+            cosines.append(rng.uniform(0.9, 1.0))
+    return pairs, np.asarray(cosines)
+
+
+def test_train_writes_parameters_the_verifier_loads() -> None:
+    pairs, cosines = _synthetic(300)
+    params, report = train(pairs, cosines, folds=3)
+    verifier = SemanticVerifier(params)
+    assert report["vetoed"] == 100  # every number-swapped pair
+    assert verifier.meta["pairs"] == 300
+    assert set(report["nested"]) >= {DEFAULT_MAX_WRONG_HIT_RATE}
+    # Separable data: the cross-validated default serves duplicates and nothing else.
+    assert report["nested"][0.05]["precision"] == 1.0
+    assert report["nested"][0.05]["recall"] > 0.5
+    assert verifier.score("How do I fix item3?", "Fix item3 how", 0.97) > 0.9
+    assert verifier.score("Top 2 item2?", "Top 3 item2?", 0.99) == 0.0
+
+
+class _TableEmbedder:
+    """Vectors from a fixed table (tests need known neighbours, not a model)."""
+
+    def __init__(self, table: dict[str, Sequence[float]]) -> None:
+        self._table = {
+            k: np.asarray(v, dtype=np.float32) / np.linalg.norm(v) for k, v in table.items()
+        }
+
+    @property
+    def dim(self) -> int:
+        return 3
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        await asyncio.sleep(0)
+        return np.stack([self._table[t] for t in texts])
+
+
+def _write(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    lines = ["question1,question2,is_duplicate"] + [f'"{a}","{b}",{y}' for a, b, y in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_evaluate_pairs_counts_by_the_cache_protocol(tmp_path: Path) -> None:
+    rows = [
+        ("How do I fix a bike?", "How can I fix a bike?", 1),  # own entry found: correct
+        ("how do I fix a bike", "How to repair a bike?", 1),  # same entry as row 1: correct
+        ("How do I sell a car?", "How do I sell a house?", 0),  # a non-duplicate hit: wrong
+        ("What is rust?", "What is a bike?", 1),  # nearest is another entry: wrong
+        ("What is go?", "How do I sell a car?", 0),  # the query is itself cached: wrong
+    ]
+    embedder = _TableEmbedder(
+        {
+            "How do I fix a bike?": [1, 0, 0],
+            "how do I fix a bike": [1, 0, 0.01],
+            "How can I fix a bike?": [1, 0.02, 0],
+            "How to repair a bike?": [1, 0.03, 0],
+            "How do I sell a car?": [0, 1, 0],
+            "How do I sell a house?": [0, 1, 0.05],
+            "What is rust?": [0, 0, 1],
+            "What is a bike?": [1, 0.04, 0],
+            "What is go?": [0.3, 0.3, 1],
+        }
+    )
+    path = _write(tmp_path / "pairs.csv", rows)
+    assert len(read_pairs(path)) == 5
+    result = evaluate_pairs(path, None, embedder, threshold=0.9)
+    assert result == {
+        "precision": 2 / 5,
+        "recall": 2 / 3,
+        "hits": 5,
+        "wrong_hits": 3,
+        "pairs": 5,
+        "same_text_wrong_hits": 1,
+    }
+    strict = evaluate_pairs(path, None, embedder, threshold=0.9999)
+    assert strict["hits"] == 1 and strict["wrong_hits"] == 1  # only the identical text
+    pair_only = evaluate_pairs(path, None, embedder, threshold=0.9, protocol="pair")
+    assert pair_only["hits"] == 3 and pair_only["wrong_hits"] == 1
+    assert pair_only["recall"] == 2 / 3
+
+
+def test_evaluate_pairs_with_the_verifier_and_an_index(
+    tmp_path: Path, verifier: SemanticVerifier
+) -> None:
+    from areion.cache.index import ExactIndex
+
+    rows = [
+        ("How do I convert 5 km to miles?", "How do I convert 10 km to miles?", 0),
+        ("What is the best way to lose weight?", "what is the best way to lose weight", 1),
+    ]
+    embedder = _TableEmbedder(
+        {
+            "How do I convert 5 km to miles?": [1, 0, 0],
+            "How do I convert 10 km to miles?": [1, 0.05, 0],
+            "What is the best way to lose weight?": [0, 1, 0],
+            "what is the best way to lose weight": [0, 1, 0.01],
+        }
+    )
+    path = _write(tmp_path / "pairs.csv", rows)
+    result = evaluate_pairs(path, verifier, embedder, index=ExactIndex(3))
+    assert result["hits"] == 1 and result["wrong_hits"] == 0 and result["recall"] == 1.0
+    with pytest.raises(ValueError, match="threshold"):
+        evaluate_pairs(path, None, embedder)
