@@ -85,6 +85,39 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_cache(args: argparse.Namespace) -> int:
+    import json
+
+    from areion.cache.calibrate import evaluate_pairs
+    from areion.cache.embedding import MiniLMEmbedder
+    from areion.cache.verifier import SemanticVerifier
+
+    pairs = Path(args.pairs)
+    if not pairs.is_file():
+        raise ConfigError(f"--pairs: no file {pairs}")
+    verifier = SemanticVerifier.load()
+    threshold = (
+        verifier.threshold_for(args.max_wrong_hit_rate)
+        if args.max_wrong_hit_rate is not None
+        else None
+    )
+    embedder = MiniLMEmbedder()
+    try:
+        result = evaluate_pairs(pairs, verifier, embedder, threshold=threshold)
+    finally:
+        embedder.close()
+    summary = {key: result[key] for key in ("precision", "recall", "hits", "wrong_hits", "pairs")}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"pairs {summary['pairs']}: hits {summary['hits']}, wrong hits "
+            f"{summary['wrong_hits']}, precision {summary['precision']:.3f}, recall "
+            f"{summary['recall']:.3f}"
+        )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="areion", description="Areion: the agent runtime environment."
@@ -115,6 +148,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--seed", type=int, help="seed for fault injection")
     sim.set_defaults(run=_sim)
+
+    evaluate = commands.add_parser("eval", help="measure a component on labelled data")
+    targets = evaluate.add_subparsers(dest="target", required=True)
+    cache = targets.add_parser(
+        "cache", help="semantic cache precision and recall on question pairs"
+    )
+    cache.add_argument(
+        "--pairs", required=True, help="CSV with question1,question2,is_duplicate columns"
+    )
+    cache.add_argument(
+        "--max-wrong-hit-rate",
+        type=float,
+        help="the setting to measure (default: the configured default)",
+    )
+    cache.add_argument("--json", action="store_true", help="print one JSON object")
+    cache.set_defaults(run=_eval_cache)
     return parser
 
 

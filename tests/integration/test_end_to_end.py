@@ -217,3 +217,26 @@ def test_sim_reports_load_while_busy(sim: str) -> None:
         if line.startswith('vllm:num_requests_running{model_name="sim-strong"}')
     ]
     assert float(running[0].split()[-1]) >= 1
+
+
+def test_eval_cache_prints_the_figures(tmp_path: Path) -> None:
+    import json
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(
+        "question1,question2,is_duplicate\n"
+        '"How do I learn Python quickly?","How do I learn Python quickly?",1\n'
+        '"What is the capital of France?","What is the capital of Germany?",0\n'
+        '"How do I convert 5 km to miles?","How do I convert 10 km to miles?",0\n'
+    )
+    result = subprocess.run(
+        [*AREION, "eval", "cache", "--pairs", str(pairs), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["pairs"] == 3
+    assert figures["hits"] == 1 and figures["wrong_hits"] == 0
+    assert figures["precision"] == 1.0 and figures["recall"] == 1.0
