@@ -22,7 +22,7 @@ top 100 principal components hold ~70% of the variance, as in MiniLM's output.
 Random pairs land at cosine ~0.05 (1st-99th percentile -0.23..0.33), members of a
 topic at ~0.3-0.6, paraphrases at 0.9.
 
-    .venv/bin/python bench/vector_index.py                          # about 10 minutes
+    .venv/bin/python bench/vector_index.py                          # ~6.5 min on 2 cores
     .venv/bin/python bench/vector_index.py --sizes 10k,100k --json out.json
     .venv/bin/python bench/vector_index.py --sizes 100k --ef-search 48,96,192 --no-crossover
 

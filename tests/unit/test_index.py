@@ -223,7 +223,8 @@ def test_vectors_are_normalized_and_validated() -> None:
 
 
 def test_approximate_recall_on_clustered_data() -> None:
-    corpus = Corpus(7)
+    # ~17 entries a topic: with fewer, larger topics every query is easy (recall 1.0).
+    corpus = Corpus(7, centers=300)
     vectors = corpus.sample(5000)
     keys = list(range(5000))
     index = ApproximateIndex(params=HnswParams(threads=2))
@@ -475,3 +476,50 @@ def test_partitions_build_in_the_background() -> None:
         assert other is not None and other.is_exact
     finally:
         index.close()
+
+
+# ---------------------------------------------------------------- churn
+
+
+@pytest.mark.parametrize("kind", ["approximate", "adaptive"])
+def test_random_churn_matches_a_dict(kind: str) -> None:
+    """Adds, replacements, removals and comebacks in random order: the index never
+    loses an entry, never returns a removed one, and each entry finds itself."""
+    corpus = Corpus(18)
+    pool = corpus.sample(2000)
+    rng = np.random.default_rng(18)
+    executor = ManualExecutor()
+    index: ApproximateIndex | AdaptiveIndex = (
+        ApproximateIndex(capacity=1024)
+        if kind == "approximate"
+        else AdaptiveIndex(threshold=300, executor=executor)
+    )
+    model: dict[int, int] = {}  # key -> row of `pool`
+    for step in range(3000):
+        roll = rng.random()
+        key = int(rng.integers(0, 800))
+        if roll < 0.55 or not model:
+            row = int(rng.integers(0, len(pool)))
+            index.add(key, pool[row])
+            model[key] = row
+        elif key in model:
+            index.remove(key)
+            del model[key]
+        else:
+            with pytest.raises(KeyError):
+                index.remove(key)
+        if step % 400 == 399:
+            executor.run_all()
+    if isinstance(index, AdaptiveIndex):
+        executor.run_all()  # settle() waits on the future: it must be able to finish
+        index.settle()
+        assert not index.is_exact
+    assert len(index) == len(model)
+    assert sorted(index.snapshot()[0].tolist()) == sorted(model)
+    removed = [key for key in range(800) if key not in model]
+    assert all(key not in index for key in removed)
+    for key, row in list(model.items())[:200]:
+        hits = index.search(pool[row], 10)
+        assert all(found in model for found, _ in hits)
+        assert key in [found for found, _ in hits]
+        assert hits[0][1] == pytest.approx(1.0, abs=1e-5)

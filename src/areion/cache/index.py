@@ -6,11 +6,13 @@
 
 `AdaptiveIndex` starts as an `ExactIndex` and, past `threshold` entries, becomes an
 `ApproximateIndex` (HNSW) holding the same entries. Below the threshold every result
-is exact. The default threshold sits where HNSW search becomes faster than a full
-scan (about 4-5k entries on a 2-core Xeon; `bench/vector_index.py` prints the
-crossover), with headroom so a partition hovering there does not build a graph it
-barely needs: exact search of 10k entries takes ~0.3 ms, next to ~2.5 ms to embed
-the query.
+is exact. The default threshold is where HNSW search (single-threaded, ~0.2 ms at
+that size with the default parameters) becomes faster than a full scan, measured
+on a 2-core Xeon by `bench/vector_index.py` (which prints the crossover): between
+5k and 7.5k entries when BLAS has both cores to itself, 3-4k when it runs on one.
+The scan's matrix-vector product is multi-threaded in OpenBLAS, and when the other
+core is busy its helper thread can wait a scheduler tick, so its p99 jumps to
+~8 ms from about 5k entries on; the lower end of the range avoids most of that.
 
 Building the graph for `threshold` entries takes seconds of CPU, far too long to
 hold the event loop. Given an executor (`PartitionedIndex` makes one), the build
@@ -64,7 +66,7 @@ __all__ = [
 
 log = logging.getLogger("areion.cache.index")
 
-DEFAULT_THRESHOLD = 10_000
+DEFAULT_THRESHOLD = 5_000
 
 # A journal this short is replayed on the loop thread at the switch: each change is
 # one HNSW insert (~0.2 ms). A longer one goes back to the worker for another round.
