@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import json
@@ -11,10 +12,11 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,3 +236,17 @@ def fmt(value: float | None, digits: int = 2) -> str:
 def write_json(path: str, data: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     print(f"results written to {path}")
+
+
+def run_main(run: Callable[[Any, Path], Awaitable[int]], args: Any) -> int:
+    """Run a benchmark's `run(args, workdir)` in a temporary directory, on uvloop if asked."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if args.uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with (
+        tempfile.TemporaryDirectory(prefix="areion-bench-") as tmp,
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+    ):
+        return runner.run(run(args, Path(tmp)))

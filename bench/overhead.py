@@ -31,10 +31,8 @@ import logging
 import os
 import pstats
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from _common import (
     environment,
     fmt,
     iqr_half_width,
+    run_main,
     table,
     upstream,
     write_json,
@@ -721,17 +720,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def main() -> int:
-    args = parse_args()
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if args.uvloop:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with (
-        tempfile.TemporaryDirectory(prefix="areion-bench-") as tmp,
-        asyncio.Runner(loop_factory=loop_factory) as runner,
-    ):
-        return runner.run(run(args, Path(tmp)))
+    return run_main(run, parse_args())
 
 
 if __name__ == "__main__":

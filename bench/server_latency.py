@@ -21,9 +21,7 @@ import asyncio
 import importlib.util
 import math
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from _common import (
     environment,
     fmt,
     free_port,
+    run_main,
     table,
     upstream,
     write_json,
@@ -507,17 +506,7 @@ def _delta(before: float | None, after: float | None) -> float | None:
 
 
 def main() -> int:
-    args = parse_args()
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if args.uvloop:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with (
-        tempfile.TemporaryDirectory(prefix="areion-bench-") as tmp,
-        asyncio.Runner(loop_factory=loop_factory) as runner,
-    ):
-        return runner.run(run(args, Path(tmp)))
+    return run_main(run, parse_args())
 
 
 if __name__ == "__main__":

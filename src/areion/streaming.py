@@ -9,7 +9,7 @@ from typing import Any
 from areion.errors import AreionError, StreamInterruptedError
 from areion.types import StreamChunk, Usage
 
-__all__ = ["ChatStream"]
+__all__ = ["ChatStream", "MessageAssembler"]
 
 Finisher = Callable[["ChatStream", BaseException | None], None]
 
@@ -121,3 +121,34 @@ class ChatStream:
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
+
+
+class MessageAssembler:
+    """Puts the first choice of a stream back together as an OpenAI assistant message."""
+
+    def __init__(self) -> None:
+        self._content: list[str] = []
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: StreamChunk) -> None:
+        if chunk.index != 0:
+            return
+        if chunk.content:
+            self._content.append(chunk.content)
+        for delta in chunk.tool_calls or ():
+            call = self._calls.setdefault(
+                delta.index,
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            if delta.id:
+                call["id"] = delta.id
+            if delta.name:
+                call["function"]["name"] += delta.name
+            call["function"]["arguments"] += delta.arguments
+
+    def message(self) -> dict[str, Any]:
+        """The assembled message, in the OpenAI wire shape."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self._content) or None}
+        if self._calls:
+            message["tool_calls"] = [self._calls[index] for index in sorted(self._calls)]
+        return message

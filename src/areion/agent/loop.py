@@ -36,7 +36,7 @@ from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_res
 from areion.errors import AreionError
 from areion.store.base import Store
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
-from areion.streaming import ChatStream
+from areion.streaming import ChatStream, MessageAssembler
 from areion.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
 
 __all__ = ["ModelHost", "RunDriver", "RunResult"]
@@ -157,7 +157,7 @@ class RunDriver:
         self._prompt = (
             [Message(role="system", content=agent.instructions)] if (agent.instructions) else []
         )
-        self._prompt.extend(_message(m) for m in self.transcript)
+        self._prompt.extend(Message.from_openai(m) for m in self.transcript)
 
     # -- events and checkpoints ---------------------------------------------------
 
@@ -171,7 +171,7 @@ class RunDriver:
         self, messages: list[dict[str, Any]], records: Sequence[ToolCallRecord] = ()
     ) -> None:
         self.transcript.extend(messages)
-        self._prompt.extend(_message(m) for m in messages)
+        self._prompt.extend(Message.from_openai(m) for m in messages)
         self.run.message_count = len(self.transcript)
         self.run.updated = time.time()
         events, self._events = self._events, []
@@ -317,27 +317,12 @@ class RunDriver:
         self, request: ChatRequest, request_id: str, step: int
     ) -> tuple[dict[str, Any], Usage, float]:
         stream = await self.host.chat_stream(request, tenant=self.run.tenant, request_id=request_id)
-        content: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
+        assembler = MessageAssembler()
         async for chunk in stream:
-            if chunk.index != 0:
-                continue
-            if chunk.content:
-                content.append(chunk.content)
+            assembler.add(chunk)
+            if chunk.index == 0 and chunk.content:
                 self.emit(ModelDelta(run_id=self.run.run_id, step=step, content=chunk.content))
-            for delta in chunk.tool_calls or ():
-                call = calls.setdefault(
-                    delta.index,
-                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                if delta.id:
-                    call["id"] = delta.id
-                if delta.name:
-                    call["function"]["name"] += delta.name
-                call["function"]["arguments"] += delta.arguments
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
-        if calls:
-            message["tool_calls"] = [calls[index] for index in sorted(calls)]
+        message = assembler.message()
         return message, stream.usage or Usage(), stream.cost_usd or 0.0
 
     def _output_problem(self, text: str) -> str | None:
@@ -586,23 +571,3 @@ class RunDriver:
         self.emit(RunFailed(run_id=self.run.run_id, error=error))
         await self.checkpoint([])
         return RunResult.of(self.run)
-
-
-def _message(raw: dict[str, Any]) -> Message:
-    calls = raw.get("tool_calls")
-    return Message(
-        role=raw["role"],
-        content=raw.get("content"),
-        name=raw.get("name"),
-        tool_calls=[
-            ToolCall(
-                id=str(c["id"]),
-                name=str(c["function"]["name"]),
-                arguments=str(c["function"].get("arguments") or ""),
-            )
-            for c in calls
-        ]
-        if calls
-        else None,
-        tool_call_id=raw.get("tool_call_id"),
-    )

@@ -23,7 +23,7 @@ import orjson
 
 from areion.pipeline import Call, Handler, Result
 from areion.store.base import Store
-from areion.streaming import ChatStream
+from areion.streaming import ChatStream, MessageAssembler
 from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
 from areion.types import (
@@ -159,31 +159,12 @@ class ExactCache:
             await asyncio.gather(*self._writes, return_exceptions=True)
 
     def _record_stream(self, key: str, stream: ChatStream, call: Call) -> None:
-        content: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
-
-        def observe(chunk: StreamChunk) -> None:
-            if chunk.index != 0:
-                return
-            if chunk.content:
-                content.append(chunk.content)
-            for delta in chunk.tool_calls or ():
-                item = calls.setdefault(
-                    delta.index,
-                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                if delta.id:
-                    item["id"] = delta.id
-                if delta.name:
-                    item["function"]["name"] += delta.name
-                item["function"]["arguments"] += delta.arguments
+        assembler = MessageAssembler()
 
         def finished(done: ChatStream, error: BaseException | None) -> None:
             if error is not None or done.finish_reason is None:
                 return  # a broken or abandoned stream is never cached
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
-            if calls:
-                message["tool_calls"] = [calls[i] for i in sorted(calls)]
+            message = assembler.message()
             response = ChatResponse(
                 id=done.request_id,
                 model=done.upstream_model,
@@ -196,7 +177,7 @@ class ExactCache:
             )  # fmt: skip
             self._put(key, _entry(response, time.perf_counter() - call.started))
 
-        stream.tap(observe)
+        stream.tap(assembler.add)
         stream.on_finish(finished)
 
     # -- serving a hit ----------------------------------------------------------------

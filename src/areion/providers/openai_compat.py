@@ -17,7 +17,6 @@ from areion.types import (
     Choice,
     Message,
     StreamChunk,
-    ToolCall,
     ToolCallDelta,
     Usage,
 )
@@ -70,30 +69,6 @@ def parse_usage(data: dict[str, Any] | None) -> Usage | None:
     )
 
 
-def _tool_calls(raw: list[dict[str, Any]] | None) -> list[ToolCall] | None:
-    if not raw:
-        return None
-    calls = []
-    for item in raw:
-        function = item.get("function") or {}
-        calls.append(
-            ToolCall(
-                id=str(item.get("id") or ""),
-                name=str(function.get("name") or ""),
-                arguments=str(function.get("arguments") or ""),
-            )
-        )
-    return calls
-
-
-def _message(raw: dict[str, Any]) -> Message:
-    return Message(
-        role=raw.get("role") or "assistant",
-        content=raw.get("content"),
-        tool_calls=_tool_calls(raw.get("tool_calls")),
-    )
-
-
 class OpenAIProvider:
     """Chat completions over HTTP to one OpenAI-compatible deployment."""
 
@@ -117,7 +92,7 @@ class OpenAIProvider:
             choices = [
                 Choice(
                     index=int(item.get("index") or 0),
-                    message=_message(item.get("message") or {}),
+                    message=Message.from_openai(item.get("message") or {}),
                     finish_reason=item.get("finish_reason"),
                 )
                 for item in data["choices"]
