@@ -145,8 +145,24 @@ class ExactCacheConfig(_Strict):
     any_temperature: bool = False
 
 
+class SemanticCacheConfig(_Strict):
+    """L2: the semantic cache (needs the `semantic` extra and the embedding model)."""
+
+    # Off by default: a wrong hit is a wrong answer, so serving paraphrases is a choice.
+    enabled: bool = False
+    ttl_s: float = Field(default=86_400.0, gt=0)
+    # The share of semantic hits allowed to be wrong, on traffic as hard as the
+    # calibration pairs; default: the verifier's (0.10).
+    max_wrong_hit_rate: float | None = Field(default=None, gt=0, lt=1)
+    any_temperature: bool = False
+    max_entries: int = Field(default=100_000, ge=1)
+    # Longer questions are not looked up: the embedding model reads 256 tokens at most.
+    max_chars: int = Field(default=1000, ge=1, le=4000)
+
+
 class CacheConfig(_Strict):
     exact: ExactCacheConfig = Field(default_factory=ExactCacheConfig)
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
 
 
 class AgentConfig(_Strict):

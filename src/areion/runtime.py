@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from areion.accounting import Accounting
 from areion.agent.agent import Agent
@@ -26,6 +27,10 @@ from areion.store.records import SessionTurn
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
 from areion.types import ChatRequest, ChatResponse, Message
+
+if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
+    from areion.cache.embedding import Embedder
+    from areion.cache.semantic import SemanticCache
 
 __all__ = ["Runtime"]
 
@@ -51,6 +56,7 @@ class Runtime:
 
     def __init__(self, config: Config | None = None, *, store: Store | None = None) -> None:
         self.config = config or default_config()
+        self._embedder: Embedder | None = None
         self.metrics = Metrics()
         self.store = store or open_store(self.config.store)
         self.ledger = Ledger(self.store)
@@ -83,11 +89,37 @@ class Runtime:
                 any_temperature=self.config.cache.exact.any_temperature,
             )
             stages.append(self.exact_cache)
-        # Accounting sits inside the cache: a hit costs nothing and books a saving.
+        self.semantic_cache: SemanticCache | None = None
+        semantic = self.config.cache.semantic
+        if semantic.enabled:
+            from areion.cache.semantic import SemanticCache
+            from areion.cache.verifier import DEFAULT_MAX_WRONG_HIT_RATE
+
+            self.semantic_cache = SemanticCache(
+                self.metrics,
+                self.ledger,
+                self.embedder,
+                max_wrong_hit_rate=semantic.max_wrong_hit_rate or DEFAULT_MAX_WRONG_HIT_RATE,
+                ttl_s=semantic.ttl_s,
+                any_temperature=semantic.any_temperature,
+                max_entries=semantic.max_entries,
+                max_chars=semantic.max_chars,
+            )
+            stages.append(self.semantic_cache)
+        # Accounting sits inside the caches: a hit costs nothing and books a saving.
         stages.append(Accounting(self.gateway.deployments, self.ledger, self.metrics))
         self._handler = compose(stages, self._terminal)
         self._started = False
         self._closed = False
+
+    @property
+    def embedder(self) -> Embedder:
+        """The sentence embedder the semantic tiers share, loaded on first use."""
+        if self._embedder is None:
+            from areion.cache.embedding import MiniLMEmbedder
+
+            self._embedder = MiniLMEmbedder()
+        return self._embedder
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str]) -> Runtime:
@@ -261,6 +293,12 @@ class Runtime:
         await self.ledger.aclose()
         await self.gateway.aclose()
         await self.store.aclose()
+        if self.semantic_cache is not None:
+            self.semantic_cache.close()
+        elif self._embedder is not None:
+            close = getattr(self._embedder, "close", None)
+            if callable(close):
+                close()
 
     async def __aenter__(self) -> Runtime:
         return self

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -27,6 +28,7 @@ from areion.errors import (
     StreamInterruptedError,
 )
 from areion.runtime import Runtime, new_request_id
+from areion.server.cache import CacheApi
 from areion.server.runs import RunsApi
 from areion.server.schema import parse_chat_request
 from areion.streaming import ChatStream
@@ -102,6 +104,7 @@ class _Api:
                         "x-areion-cache": str(stream.info.get("cache", "miss")),
                         "x-request-id": stream.request_id,
                         "cache-control": "no-cache",
+                        **_hit_headers(stream.info),
                     },
                 )
             response = await self.runtime.chat(
@@ -117,6 +120,7 @@ class _Api:
                 "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
                 "x-areion-cache": response.cache or "miss",
                 "x-request-id": request_id,
+                **_hit_headers(response.cache_info),
             },
         )
 
@@ -147,6 +151,13 @@ class _Api:
             self.runtime.metrics.exposition(),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
+
+
+def _hit_headers(info: dict[str, Any]) -> dict[str, str]:
+    """Which semantic entry answered, and how sure the verifier was."""
+    if "entry" not in info:
+        return {}
+    return {"x-areion-cache-entry": str(info["entry"]), "x-areion-cache-score": str(info["score"])}
 
 
 async def _sse(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
@@ -206,6 +217,7 @@ def create_app(runtime: Runtime) -> Starlette:
     """The ASGI app serving `runtime`; it closes the runtime on shutdown."""
     api = _Api(runtime)
     runs = RunsApi(runtime, api.tenant, error_response)
+    cache = CacheApi(runtime, api.tenant, error_response)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -221,6 +233,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/healthz", api.healthz, methods=["GET"]),
             Route("/metrics", api.metrics, methods=["GET"]),
             *runs.routes(),
+            *cache.routes(),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

@@ -108,7 +108,8 @@ def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
     }
 
 
-def _parse(model: type[BaseModel], raw: bytes) -> Any:
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    """`raw` parsed as `model`, or a RequestError naming the bad parameter."""
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as error:
@@ -174,7 +175,7 @@ class RunsApi:
     async def start(self, request: Request) -> Response:
         try:
             tenant = self._tenant_of(request)
-            body: _StartBody = _parse(_StartBody, await request.body())
+            body: _StartBody = parse_body(_StartBody, await request.body())
             agent = self._agent(body.agent)
             run_id = body.run_id or None
             if body.wait:
@@ -210,7 +211,7 @@ class RunsApi:
         try:
             tenant = self._tenant_of(request)
             run_id = request.path_params["run_id"]
-            body: _DecisionBody = _parse(_DecisionBody, await request.body())
+            body: _DecisionBody = parse_body(_DecisionBody, await request.body())
             if approve:
                 await self.runtime.approve(run_id, body.call_id, tenant=tenant)
             else:
@@ -224,7 +225,7 @@ class RunsApi:
         try:
             tenant = self._tenant_of(request)
             run_id = request.path_params["run_id"]
-            body: _ResumeBody = _parse(_ResumeBody, await request.body())
+            body: _ResumeBody = parse_body(_ResumeBody, await request.body())
             snapshot = await self._snapshot(run_id, tenant)
             agent = self._agent(snapshot.run.agent)
             work = self.runtime.resume(

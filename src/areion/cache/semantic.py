@@ -1,0 +1,329 @@
+"""L2, the semantic cache: a paraphrase of a question already answered, answered again.
+
+A request is looked up when its answer is deterministic enough (temperature 0, or
+the config's opt-in), it offers no tools, and its last message is a user question
+short enough to embed whole. The question is embedded (MiniLM on ONNX Runtime,
+micro-batched under concurrency) and searched among the entries that share
+
+- the tenant: one tenant never receives another's answer;
+- the model group;
+- the conversation context: a hash of the system prompt, the previous turn (the two
+  messages before the question) and every parameter that can change the answer. "And
+  in Python?" after a question on sorting in Go is a different question from the
+  same words after one on string formatting.
+
+The nearest few entries by cosine are candidates; `SemanticVerifier` scores each,
+vetoing different numbers, negation and swapped entities, and the best one whose
+score reaches its threshold is served. The threshold comes from the configured
+maximum wrong-hit rate through the verifier's calibration table, and per entry from
+`AdaptiveThreshold`: feedback that a hit was wrong lifts that entry's threshold
+above the score it was served at (vCache, arXiv 2502.03771).
+
+Entries live in this process (index and answers), bounded in number, with a TTL;
+`invalidate()` drops them by tenant, model group, age or entry id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from areion.cache.embedding import Embedder
+from areion.cache.exact import output_params
+from areion.cache.index import PartitionedIndex
+from areion.cache.serving import HitServer, entry_of, on_stream_complete
+from areion.cache.verifier import DEFAULT_MAX_WRONG_HIT_RATE, AdaptiveThreshold, SemanticVerifier
+from areion.errors import ConfigError
+from areion.pipeline import Call, Handler, Result
+from areion.telemetry.ledger import Ledger
+from areion.telemetry.metrics import Metrics
+from areion.types import ChatRequest, ChatResponse
+
+__all__ = ["SemanticCache", "SemanticHit", "context_key", "question_of"]
+
+log = logging.getLogger(__name__)
+
+# Candidates below this cosine are not worth the verifier's time: on the calibration
+# pairs no duplicate scored under it.
+_MIN_COSINE = 0.5
+_RECENT_HITS = 10_000  # hits remembered for feedback, by request id
+
+
+def question_of(request: ChatRequest, max_chars: int) -> str | None:
+    """The text to look `request` up by: its last message, when that is a user's plain
+    text of at most `max_chars`; else None (not looked up)."""
+    if not request.messages:
+        return None
+    last = request.messages[-1]
+    if last.role != "user":
+        return None
+    content = last.content
+    if isinstance(content, list) and any(part.get("type") != "text" for part in content):
+        return None  # images, audio, files: the text alone is not the question
+    text = last.text().strip()
+    if not text or len(text) > max_chars:
+        return None
+    return text
+
+
+def context_key(request: ChatRequest) -> str:
+    """A hash of what, besides the question, decides the answer: the model group, the
+    system prompt, the previous turn and the output parameters."""
+    system = [m.to_openai() for m in request.messages[:-1] if m.role in ("system", "developer")]
+    turn = [m.to_openai() for m in request.messages[:-1] if m.role not in ("system", "developer")]
+    canonical = orjson.dumps(
+        [request.model, system, turn[-2:], output_params(request)],
+        option=orjson.OPT_SORT_KEYS,
+        default=str,
+    )
+    return request.model + "\x1f" + hashlib.sha256(canonical).hexdigest()[:32]
+
+
+@dataclass(slots=True, kw_only=True)
+class _Entry:
+    id: int
+    tenant: str
+    model: str
+    partition: str
+    question: str
+    created: float
+    expires: float
+    answer: bytes  # orjson of serving.entry_of()
+
+
+@dataclass(slots=True, frozen=True)
+class SemanticHit:
+    """A semantic hit, remembered for feedback on it."""
+
+    tenant: str
+    entry: int
+    score: float
+
+
+class SemanticCache:
+    """The L2 stage: answers paraphrases of cached questions without a model call."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        ledger: Ledger,
+        embedder: Embedder | Callable[[], Embedder],
+        *,
+        verifier: SemanticVerifier | None = None,
+        max_wrong_hit_rate: float = DEFAULT_MAX_WRONG_HIT_RATE,
+        ttl_s: float = 86_400.0,
+        any_temperature: bool = False,
+        max_entries: int = 100_000,
+        max_chars: int = 1000,
+        candidates: int = 4,
+    ) -> None:
+        self._embedder_or_factory = embedder
+        self._embedder: Embedder | None = None if callable(embedder) else embedder
+        self.verifier = verifier or SemanticVerifier.load()
+        threshold = self.verifier.threshold_for(max_wrong_hit_rate)
+        if math.isinf(threshold):
+            raise ConfigError(
+                f"cache.semantic.max_wrong_hit_rate: {max_wrong_hit_rate} is stricter than the"
+                " verifier's calibration can vouch for; raise it (default"
+                f" {DEFAULT_MAX_WRONG_HIT_RATE}) or recalibrate the verifier"
+            )
+        self.threshold = threshold
+        self.thresholds = AdaptiveThreshold(threshold, max_wrong_hit_rate=max_wrong_hit_rate)
+        self.ttl_s = ttl_s
+        self.any_temperature = any_temperature
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self.candidates = candidates
+        self._index = PartitionedIndex()
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
+        self._by_text: dict[tuple[str, str, str], int] = {}
+        self._next_id = 1
+        self._recent: OrderedDict[str, SemanticHit] = OrderedDict()
+        self._hit_server = HitServer("semantic", metrics, ledger)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder, made on first use when given as a factory."""
+        if self._embedder is None:
+            factory = self._embedder_or_factory
+            assert callable(factory)
+            self._embedder = factory()
+        return self._embedder
+
+    def close(self) -> None:
+        self._index.close()
+        close = getattr(self._embedder, "close", None)
+        if callable(close):
+            close()
+
+    def eligible(self, request: ChatRequest) -> bool:
+        return (
+            (self.any_temperature or request.temperature == 0)
+            and not request.tools
+            and request.extra.get("n", 1) == 1
+        )
+
+    # -- the stage --------------------------------------------------------------------
+
+    async def handle(self, call: Call, call_next: Handler) -> Result:
+        control = call.annotations.get("cache_control")
+        request = call.request
+        if control == "no-store" or not self.eligible(request):
+            return await call_next(call)
+        question = question_of(request, self.max_chars)
+        if question is None:
+            return await call_next(call)
+        try:
+            vector = (await self.embedder.embed([question]))[0]
+        except Exception:  # the cache must never fail a request it could pass on
+            log.exception("semantic cache: embedding failed; passing the request on")
+            return await call_next(call)
+        partition = context_key(request)
+        if control != "refresh":
+            found = self._lookup(call.tenant, partition, question, vector)
+            if found is not None:
+                entry, score = found
+                self._remember_hit(call.request_id, SemanticHit(call.tenant, entry.id, score))
+                return self._hit_server.serve(
+                    orjson.loads(entry.answer), call, {"entry": entry.id, "score": score}
+                )
+        self._hit_server.miss()
+        result = await call_next(call)
+
+        def store(answer: dict[str, Any]) -> None:
+            if _cacheable(answer["response"]):
+                self._insert(call.tenant, request.model, partition, question, vector, answer)
+
+        if isinstance(result, ChatResponse):
+            if result.cache in (None, "miss"):
+                store(entry_of(result, time.perf_counter() - call.started))
+        elif result.info.get("cache", "miss") == "miss":
+            on_stream_complete(result, call, store)
+        return result
+
+    def _lookup(
+        self, tenant: str, partition: str, question: str, vector: Any
+    ) -> tuple[_Entry, float] | None:
+        now = time.time()
+        best: tuple[_Entry, float] | None = None
+        for entry_id, cosine in self._index.search(tenant, partition, vector, self.candidates):
+            if cosine < _MIN_COSINE:
+                break
+            entry = self._entries.get(entry_id)
+            if entry is None:
+                continue
+            if entry.expires <= now:
+                self._drop(entry)
+                continue
+            score = self.verifier.score(question, entry.question, cosine)
+            if score >= self.thresholds.threshold(entry.id) and (best is None or score > best[1]):
+                best = (entry, score)
+        if best is not None:
+            self._entries.move_to_end(best[0].id)
+        return best
+
+    def _insert(
+        self,
+        tenant: str,
+        model: str,
+        partition: str,
+        question: str,
+        vector: Any,
+        answer: dict[str, Any],
+    ) -> None:
+        now = time.time()
+        text_key = (tenant, partition, question)
+        old = self._by_text.get(text_key)
+        if old is not None and old in self._entries:
+            self._drop(self._entries[old])  # a refresh, or two misses racing: newest wins
+        entry = _Entry(
+            id=self._next_id,
+            tenant=tenant,
+            model=model,
+            partition=partition,
+            question=question,
+            created=now,
+            expires=now + self.ttl_s,
+            answer=orjson.dumps(answer),
+        )
+        self._next_id += 1
+        self._index.add(tenant, partition, entry.id, np.asarray(vector, dtype=np.float32))
+        self._entries[entry.id] = entry
+        self._by_text[text_key] = entry.id
+        while len(self._entries) > self.max_entries:
+            self._drop(next(iter(self._entries.values())))
+
+    def _drop(self, entry: _Entry) -> None:
+        if self._entries.pop(entry.id, None) is None:
+            return
+        self._index.remove(entry.tenant, entry.partition, entry.id)
+        key = (entry.tenant, entry.partition, entry.question)
+        if self._by_text.get(key) == entry.id:
+            del self._by_text[key]
+        self.thresholds.forget(entry.id)
+
+    # -- management -------------------------------------------------------------------
+
+    def invalidate(
+        self,
+        tenant: str,
+        *,
+        model: str | None = None,
+        older_than_s: float | None = None,
+        entry: int | None = None,
+    ) -> int:
+        """Drop `tenant`'s entries, narrowed to a model group, an age or one entry id;
+        returns how many were dropped."""
+        cutoff = None if older_than_s is None else time.time() - older_than_s
+        doomed = [
+            e
+            for e in self._entries.values()
+            if e.tenant == tenant
+            and (model is None or e.model == model)
+            and (cutoff is None or e.created <= cutoff)
+            and (entry is None or e.id == entry)
+        ]
+        for e in doomed:
+            self._drop(e)
+        return len(doomed)
+
+    def _remember_hit(self, request_id: str, hit: SemanticHit) -> None:
+        self._recent[request_id] = hit
+        while len(self._recent) > _RECENT_HITS:
+            self._recent.popitem(last=False)
+
+    def feedback(self, tenant: str, request_id: str, correct: bool) -> SemanticHit | None:
+        """Judge the semantic hit that answered `request_id`: a wrong one lifts its
+        entry's threshold above the hit's score. None if no such recent hit of `tenant`."""
+        hit = self._recent.get(request_id)
+        if hit is None or hit.tenant != tenant:
+            return None
+        if hit.entry in self._entries:
+            self.thresholds.observe(hit.entry, hit.score, correct)
+        return hit
+
+
+def _cacheable(response: dict[str, Any]) -> bool:
+    """A complete text answer (OpenAI shape): not cut off, not a tool call, not empty."""
+    choices = response.get("choices") or []
+    if len(choices) != 1:
+        return False
+    message = choices[0].get("message") or {}
+    return (
+        choices[0].get("finish_reason") == "stop"
+        and not message.get("tool_calls")
+        and isinstance(message.get("content"), str)
+        and bool(message["content"].strip())
+    )

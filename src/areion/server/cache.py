@@ -1,0 +1,141 @@
+"""/v1/cache/semantic: invalidating the semantic cache and judging its hits.
+
+    DELETE /v1/cache/semantic?model=M&older_than_s=S   drop the caller's entries
+    DELETE /v1/cache/semantic/{entry}                  drop one entry
+    POST   /v1/cache/semantic/feedback                 {"request_id": ..., "correct": false}
+
+Every call is scoped to the caller's tenant: a key can neither see nor drop another
+tenant's entries. Feedback on a wrong hit lifts the threshold of the entry that was
+served, so the same look-alike question is not answered from it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from areion.errors import AreionError, RequestError
+from areion.runtime import Runtime
+from areion.server.runs import parse_body
+
+if TYPE_CHECKING:  # numpy and the embedder: only when the tier is on
+    from areion.cache.semantic import SemanticCache
+
+__all__ = ["CacheApi", "CacheNotFoundError"]
+
+
+class CacheNotFoundError(RequestError):
+    """No such cache entry or hit for the caller, or the tier is off."""
+
+    status = 404
+    code = "not_found"
+
+
+class _FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128)
+    correct: bool
+
+
+def _json(data: object) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+def _float(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(
+            f"'{name}' must be a number of seconds, got '{raw}'", param=name
+        ) from None
+    if not value >= 0:  # also rejects nan
+        raise RequestError(f"'{name}' must be >= 0, got '{raw}'", param=name)
+    return value
+
+
+class CacheApi:
+    """Handlers of /v1/cache/semantic."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        tenant_of: Callable[[Request], str],
+        error_response: Callable[[AreionError], Response],
+    ) -> None:
+        self.runtime = runtime
+        self._tenant_of = tenant_of
+        self._error = error_response
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/cache/semantic", self.invalidate, methods=["DELETE"]),
+            Route("/v1/cache/semantic/feedback", self.feedback, methods=["POST"]),
+            Route("/v1/cache/semantic/{entry}", self.drop, methods=["DELETE"]),
+        ]
+
+    def _cache(self) -> SemanticCache:
+        cache = self.runtime.semantic_cache
+        if cache is None:
+            raise CacheNotFoundError(
+                "the semantic cache is not enabled; set cache.semantic.enabled: true"
+            )
+        return cache
+
+    async def invalidate(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            cache = self._cache()
+            model = request.query_params.get("model") or None
+            deleted = cache.invalidate(
+                tenant, model=model, older_than_s=_float(request, "older_than_s")
+            )
+        except AreionError as error:
+            return self._error(error)
+        return _json({"object": "cache.invalidation", "tier": "semantic", "deleted": deleted})
+
+    async def drop(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            cache = self._cache()
+            raw = request.path_params["entry"]
+            if not raw.isdigit():
+                raise RequestError(
+                    f"entry must be an entry id (digits), got '{raw}'", param="entry"
+                )
+            if cache.invalidate(tenant, entry=int(raw)) == 0:
+                raise CacheNotFoundError(f"no semantic cache entry {raw}", param="entry")
+        except AreionError as error:
+            return self._error(error)
+        return _json({"object": "cache.invalidation", "tier": "semantic", "deleted": 1})
+
+    async def feedback(self, request: Request) -> Response:
+        try:
+            tenant = self._tenant_of(request)
+            cache = self._cache()
+            body = parse_body(_FeedbackBody, await request.body())
+            hit = cache.feedback(tenant, body.request_id, body.correct)
+            if hit is None:
+                raise CacheNotFoundError(
+                    f"no recent semantic hit answered request '{body.request_id}'",
+                    param="request_id",
+                )
+        except AreionError as error:
+            return self._error(error)
+        return _json(
+            {
+                "object": "cache.feedback",
+                "entry": hit.entry,
+                "correct": body.correct,
+                "threshold": cache.thresholds.threshold(hit.entry),
+            }
+        )
