@@ -160,9 +160,20 @@ class SemanticCacheConfig(_Strict):
     max_chars: int = Field(default=1000, ge=1, le=4000)
 
 
+class PlanCacheConfig(_Strict):
+    """L3: plans of agents created with `plan_cache` (needs the `semantic` extra)."""
+
+    ttl_s: float = Field(default=604_800.0, gt=0)
+    # Looser than the answer cache's: a plan is advice the model adapts, not an answer.
+    max_wrong_hit_rate: float = Field(default=0.2, gt=0, lt=1)
+    max_entries: int = Field(default=10_000, ge=1)
+    max_chars: int = Field(default=2000, ge=1, le=4000)
+
+
 class CacheConfig(_Strict):
     exact: ExactCacheConfig = Field(default_factory=ExactCacheConfig)
     semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
+    plans: PlanCacheConfig = Field(default_factory=PlanCacheConfig)
 
 
 class AgentConfig(_Strict):

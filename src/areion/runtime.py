@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -16,6 +17,7 @@ from areion.agent.loop import RunResult
 from areion.agent.memory import SessionMemory
 from areion.agent.runner import AgentRunner
 from areion.cache.exact import ExactCache
+from areion.cache.plans import PlanCache
 from areion.config import Config, default_config, load_config
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
@@ -57,6 +59,7 @@ class Runtime:
     def __init__(self, config: Config | None = None, *, store: Store | None = None) -> None:
         self.config = config or default_config()
         self._embedder: Embedder | None = None
+        self._embedder_lock = threading.Lock()
         self.metrics = Metrics()
         self.store = store or open_store(self.config.store)
         self.ledger = Ledger(self.store)
@@ -76,7 +79,11 @@ class Runtime:
             summarizer=self._summarize,
         )
         self.agents = AgentRunner(
-            self, self.store, context=self.memory.context, remember=self.memory.remember
+            self,
+            self.store,
+            context=self.memory.context,
+            remember=self.memory.remember,
+            plans=self._make_plan_cache,  # called when an agent with plan_cache first runs
         )
         stages: list[Stage] = []
         self.exact_cache: ExactCache | None = None
@@ -114,12 +121,25 @@ class Runtime:
 
     @property
     def embedder(self) -> Embedder:
-        """The sentence embedder the semantic tiers share, loaded on first use."""
-        if self._embedder is None:
-            from areion.cache.embedding import MiniLMEmbedder
+        """The sentence embedder the semantic tiers share, loaded on first use.
 
-            self._embedder = MiniLMEmbedder()
-        return self._embedder
+        Thread-safe: the plan cache loads it from a worker thread."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                from areion.cache.embedding import MiniLMEmbedder
+
+                self._embedder = MiniLMEmbedder()
+            return self._embedder
+
+    def _make_plan_cache(self) -> PlanCache:
+        plans = self.config.cache.plans
+        return PlanCache(
+            lambda: self.embedder,  # shared with L2; the plan cache does not close it
+            ttl_s=plans.ttl_s,
+            max_wrong_hit_rate=plans.max_wrong_hit_rate,
+            max_entries=plans.max_entries,
+            max_chars=plans.max_chars,
+        )
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str]) -> Runtime:
@@ -293,6 +313,8 @@ class Runtime:
         await self.ledger.aclose()
         await self.gateway.aclose()
         await self.store.aclose()
+        if self.agents.plans is not None:
+            self.agents.plans.close()
         if self.semantic_cache is not None:
             self.semantic_cache.close()
         elif self._embedder is not None:

@@ -37,6 +37,10 @@ class Agent:
     """If set, the final answer must be JSON of this shape (one repair attempt, then fail)."""
     temperature: float | None = None
     """Sampling temperature for the agent's model calls."""
+    plan_cache: bool | float = False
+    """Plan caching (L3): a finished run's plan (its tool calls, without their results)
+    is kept, and a run on a similar task of the same tenant is offered it. True keeps
+    plans for the cache's TTL; a number, for that many seconds."""
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
@@ -50,6 +54,18 @@ class Agent:
                 )
         if self.max_steps < 1:
             raise ConfigError(f"agent {self.name}: max_steps must be at least 1")
+        if not isinstance(self.plan_cache, bool) and not self.plan_cache > 0:
+            raise ConfigError(
+                f"agent {self.name}: plan_cache must be True, False or a TTL in seconds > 0,"
+                f" not {self.plan_cache!r}"
+            )
+
+    @property
+    def plan_ttl_s(self) -> float | None:
+        """How long this agent's plans are kept; None: the plan cache's default."""
+        if isinstance(self.plan_cache, bool):
+            return None
+        return float(self.plan_cache)
 
     def tool(self, name: str) -> Tool | None:
         for item in self.tools:

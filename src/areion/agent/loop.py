@@ -33,6 +33,7 @@ from areion.agent.events import (
     event_to_dict,
 )
 from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_result
+from areion.cache.plans import PlanHit, offered_plan
 from areion.errors import AreionError
 from areion.store.base import Store
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
@@ -82,9 +83,13 @@ class RunResult:
     """Why it failed."""
     pending_calls: list[str] = field(default_factory=list)
     """Tool calls waiting for approval."""
+    plan_hit: PlanHit | None = None
+    """The plan of a similar earlier task this run was offered (`Agent(plan_cache=...)`)."""
 
     @classmethod
-    def of(cls, run: RunRecord, pending: Sequence[str] = ()) -> RunResult:
+    def of(
+        cls, run: RunRecord, pending: Sequence[str] = (), *, plan_hit: PlanHit | None = None
+    ) -> RunResult:
         return cls(
             run_id=run.run_id,
             status=run.status,
@@ -95,6 +100,7 @@ class RunResult:
             pause_reason=run.pause_reason,
             error=run.error,
             pending_calls=list(pending),
+            plan_hit=plan_hit,
         )
 
 
@@ -158,6 +164,8 @@ class RunDriver:
             [Message(role="system", content=agent.instructions)] if (agent.instructions) else []
         )
         self._prompt.extend(Message.from_openai(m) for m in self.transcript)
+        # Read from the transcript, so a resumed run reports the plan it was offered.
+        self.plan_hit = offered_plan(self.transcript)
 
     # -- events and checkpoints ---------------------------------------------------
 
@@ -554,7 +562,7 @@ class RunDriver:
         self.run.pause_reason = reason
         self.emit(RunPaused(run_id=self.run.run_id, reason=reason, pending_calls=pending))
         await self.checkpoint([])
-        return RunResult.of(self.run, pending)
+        return RunResult.of(self.run, pending, plan_hit=self.plan_hit)
 
     async def _finish(self, output: str) -> RunResult:
         self.run.status = "finished"
@@ -563,11 +571,11 @@ class RunDriver:
         await self.checkpoint([])
         if self._on_finish is not None:
             await self._on_finish(self.run)
-        return RunResult.of(self.run)
+        return RunResult.of(self.run, plan_hit=self.plan_hit)
 
     async def _fail(self, error: str) -> RunResult:
         self.run.status = "failed"
         self.run.error = error
         self.emit(RunFailed(run_id=self.run.run_id, error=error))
         await self.checkpoint([])
-        return RunResult.of(self.run)
+        return RunResult.of(self.run, plan_hit=self.plan_hit)

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from areion.agent.agent import Agent
 from areion.agent.events import Event, RunFailed, RunFinished, RunPaused
 from areion.agent.loop import ModelHost, RunDriver, RunResult
-from areion.errors import RequestError
+from areion.cache.plans import Plan, offered_plan
+from areion.errors import ConfigError, RequestError
 from areion.store.base import Store
 from areion.store.records import RunRecord, RunSnapshot, ToolCallRecord
 from areion.types import Message
 
+if TYPE_CHECKING:
+    from areion.cache.plans import PlanCache
+
 __all__ = ["AgentRunner", "RunNotFoundError", "new_run_id"]
+
+log = logging.getLogger(__name__)
 
 _LIMIT_KEYS = ("max_steps", "max_cost_usd", "max_tokens")
 
@@ -38,7 +45,12 @@ TurnRecorder = Callable[[str, str, Sequence[tuple[str, str]]], Awaitable[None]]
 
 
 class AgentRunner:
-    """Runs agents over a model host and a store; one per runtime."""
+    """Runs agents over a model host and a store; one per runtime.
+
+    `plans`: the plan cache of agents with `plan_cache` set, or a factory called when
+    the first such agent runs; by default a `PlanCache()` made then. Agents that do
+    not opt in never make one (it loads an embedding model).
+    """
 
     def __init__(
         self,
@@ -47,6 +59,7 @@ class AgentRunner:
         *,
         context: ContextLoader | None = None,
         remember: TurnRecorder | None = None,
+        plans: PlanCache | Callable[[], PlanCache] | None = None,
     ) -> None:
         self._host = host
         self._store = store
@@ -54,6 +67,24 @@ class AgentRunner:
         self._remember = remember
         self._locks: dict[str, asyncio.Lock] = {}
         self._tool_cache: dict[str, tuple[float, str]] = {}
+        self._plans_factory = plans if callable(plans) else None
+        self._plans: PlanCache | None = None if callable(plans) else plans
+
+    @property
+    def plans(self) -> PlanCache | None:
+        """The plan cache, once made (an agent with `plan_cache` has run, or one was given)."""
+        return self._plans
+
+    def plan_cache(self) -> PlanCache:
+        """The plan cache, made now if it was not yet."""
+        if self._plans is None:
+            if self._plans_factory is not None:
+                self._plans = self._plans_factory()
+            else:
+                from areion.cache.plans import PlanCache
+
+                self._plans = PlanCache()
+        return self._plans
 
     def _lock(self, run_id: str) -> asyncio.Lock:
         lock = self._locks.get(run_id)
@@ -88,6 +119,11 @@ class AgentRunner:
         if session is not None and self._context is not None:
             context = await self._context(tenant, session, input)
             messages.extend(message.to_openai() for message in context)
+        if agent.plan_cache:
+            # In the first messages, so a resume replays it instead of looking up again.
+            plan = await self._offer_plan(agent, tenant, input)
+            if plan is not None:
+                messages.append(plan)
         messages.append({"role": "user", "content": input})
         now = time.time()
         run = RunRecord(
@@ -127,7 +163,7 @@ class AgentRunner:
                     f"run '{run_id}' belongs to agent '{snapshot.run.agent}', not '{agent.name}'"
                 )
             if snapshot.run.status in ("finished", "failed"):
-                return RunResult.of(snapshot.run)
+                return RunResult.of(snapshot.run, plan_hit=offered_plan(snapshot.messages))
             snapshot.run.limits.update({k: v for k, v in limits.items() if v is not None})
             return await self._drive(agent, snapshot, emit, stream, resumed=True)
 
@@ -150,7 +186,40 @@ class AgentRunner:
             tool_cache=self._tool_cache,
             on_finish=self._finished,
         )
-        return await driver.drive(resumed=resumed)
+        result = await driver.drive(resumed=resumed)
+        if result.status == "finished" and agent.plan_cache:
+            await self._keep_plan(agent, snapshot)
+        return result
+
+    async def _offer_plan(self, agent: Agent, tenant: str, task: str) -> dict[str, Any] | None:
+        """The system message offering a cached plan for `task`, if one is found."""
+        plans = self.plan_cache()
+        try:
+            match = await plans.lookup(
+                tenant, agent.name, task, tools=[item.name for item in agent.tools]
+            )
+        except ConfigError:
+            raise  # the embedding model is missing: the message says how to install it
+        except Exception:  # a cache must never fail the run it could only speed up
+            log.exception(
+                "plan cache: lookup failed for agent %s; running without a plan", agent.name
+            )
+            return None
+        return None if match is None else match.message()
+
+    async def _keep_plan(self, agent: Agent, snapshot: RunSnapshot) -> None:
+        run = snapshot.run
+        plan = Plan.of_run(run.input, snapshot.messages, run.output or "")
+        if plan is None:
+            return
+        offered = offered_plan(snapshot.messages)
+        try:
+            await self.plan_cache().remember(
+                run.tenant, agent.name, run.input, plan, ttl_s=agent.plan_ttl_s,
+                source=None if offered is None else offered.entry,
+            )  # fmt: skip
+        except Exception:  # the run is finished either way
+            log.exception("plan cache: keeping the plan of run %s failed", run.run_id)
 
     async def _finished(self, run: RunRecord) -> None:
         if run.session is not None and self._remember is not None and run.output is not None:

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from areion.agent import Agent
 from areion.agent.runner import RunNotFoundError, new_run_id
+from areion.cache.plans import offered_plan
 from areion.config import AgentConfig
 from areion.errors import AreionError, ConfigError, RequestError
 from areion.runtime import Runtime
@@ -82,6 +83,7 @@ class _ResumeBody(BaseModel):
 
 def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
     run = snapshot.run
+    plan = offered_plan(snapshot.messages)
     return {
         "id": run.run_id,
         "object": "run",
@@ -103,6 +105,9 @@ def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
             "total_tokens": run.prompt_tokens + run.completion_tokens,
         },
         "cost_usd": run.cost_usd,
+        "plan_hit": None
+        if plan is None
+        else {"entry": plan.entry, "task": plan.task, "score": plan.score},
         "created": run.created,
         "updated": run.updated,
     }
