@@ -135,7 +135,7 @@ def test_context_other_question_and_parameters_are_misses(server: Any) -> None:
 
 
 def test_invalidation_by_model_and_by_entry_is_per_tenant(server: Any) -> None:
-    upstream, url = server
+    _, url = server
     ask(url, QUESTION, tenant="acme")
     ask(url, QUESTION, tenant="globex")
     acme = {"authorization": "Bearer acme-key"}
@@ -157,7 +157,7 @@ def test_invalidation_by_model_and_by_entry_is_per_tenant(server: Any) -> None:
 
 
 def test_feedback_on_a_wrong_hit_stops_that_hit(server: Any) -> None:
-    upstream, url = server
+    _, url = server
     ask(url, QUESTION)
     hit = ask(url, PARAPHRASE)
     assert hit.headers["x-areion-cache"] == "hit-semantic"

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import csv
 import json
-import math
 import re
 import sys
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from areion.cache.index_base import VectorIndex
 from areion.cache.verifier import (
     DEFAULT_MAX_WRONG_HIT_RATE,
     FEATURES,
+    MIN_COSINE,
     SemanticVerifier,
     design_row,
     guards,
@@ -334,21 +334,25 @@ def evaluate_pairs(
     threshold: float | None = None,
     protocol: Literal["cache", "pair"] = "cache",
     embeddings: Path | None = None,
+    candidates: int = 4,
 ) -> dict[str, Any]:
     """Serve a pairs file through the cache's decision and count the outcome.
 
     protocol "cache": every question1 is cached (identical normalized texts are one
     entry), every question2 is looked up, and the nearest entry by cosine (from
     `index` if given, else an exact scan) is judged by the verifier. A hit is correct
-    when that entry is the pair's own question1 and the pair is a duplicate; any
-    other hit is wrong, even one whose entry has the query's very text (counted apart
-    as `same_text_wrong_hits`). protocol "pair": the candidate is the pair's own
-    question1, so only the verifier's judgement is measured.
+    when that entry is the pair's own question1 and the pair is a duplicate, or when
+    the entry is the query's very question (same normalized text: it was cached from
+    another pair, and its answer answers the query by definition; counted in
+    `same_text_hits`). Any other hit is wrong, including hits on another pair's
+    question that might well be a duplicate: nobody labelled it, so it counts against
+    precision. protocol "pair": the candidate is the pair's own question1, so only
+    the verifier's judgement is measured.
 
     `verifier=None` judges by plain cosine >= `threshold` (the baseline); otherwise
     `threshold` defaults to the verifier's default. `embeddings`: an .npz cache file.
-    Returns precision (share of hits that are correct), recall (correct hits over
-    duplicate pairs), hits, wrong_hits, pairs and same_text_wrong_hits.
+    Returns precision (share of hits that are correct), recall (correct hits on
+    duplicate pairs over duplicate pairs), hits, wrong_hits, pairs and same_text_hits.
     """
     pairs = read_pairs(path)
     if threshold is not None:
@@ -366,38 +370,49 @@ def evaluate_pairs(
         entries.setdefault(normalize(pair.question1), pair.question1)
     keys = list(entries)
     queries = vectors[[at[p.question2] for p in pairs]]
+    # Per query: the candidates (entry key, cosine), nearest first.
     if protocol == "pair":
-        nearest = [normalize(p.question1) for p in pairs]
         cosines = _pair_cosines(pairs, vectors, texts).tolist()
-        candidates = [p.question1 for p in pairs]
+        found = [[(normalize(p.question1), c)] for p, c in zip(pairs, cosines, strict=True)]
     else:
-        found = _nearest(keys, [entries[k] for k in keys], vectors, at, queries, index)
-        nearest = [keys[i] for i, _ in found]
-        cosines = [c for _, c in found]
-        candidates = [entries[k] for k in nearest]
+        k = 1 if verifier is None else candidates
+        near = _nearest(keys, [entries[k] for k in keys], vectors, at, queries, index, k)
+        found = [[(keys[i], c) for i, c in row] for row in near]
 
-    hits = wrong = same_text = correct = 0
-    for pair, key, candidate, cosine in zip(pairs, nearest, candidates, cosines, strict=True):
-        if verifier is None:
-            accepted = cosine >= limit
-        else:
-            accepted = verifier.score(pair.question2, candidate, cosine) >= limit
-        if not accepted:
+    hits = wrong = same_text = correct = correct_duplicates = 0
+    for pair, options in zip(pairs, found, strict=True):
+        # As the cache decides: the best-scoring candidate that reaches the threshold.
+        best: tuple[float, str] | None = None
+        for key, cosine in options:
+            if verifier is None:
+                score = cosine
+            else:
+                if cosine < MIN_COSINE:
+                    break
+                score = verifier.score(pair.question2, entries.get(key, pair.question1), cosine)
+            if score >= limit and (best is None or score > best[0]):
+                best = (score, key)
+        if best is None:
             continue
+        key = best[1]
         hits += 1
-        if pair.duplicate and key == normalize(pair.question1):
+        if key == normalize(pair.question2):
+            same_text += 1
             correct += 1
+            correct_duplicates += pair.duplicate
+        elif pair.duplicate and key == normalize(pair.question1):
+            correct += 1
+            correct_duplicates += 1
         else:
             wrong += 1
-            same_text += key == normalize(pair.question2)
     duplicates = sum(p.duplicate for p in pairs)
     return {
         "precision": correct / hits if hits else 1.0,
-        "recall": correct / duplicates if duplicates else 0.0,
+        "recall": correct_duplicates / duplicates if duplicates else 0.0,
         "hits": hits,
         "wrong_hits": wrong,
         "pairs": len(pairs),
-        "same_text_wrong_hits": same_text,
+        "same_text_hits": same_text,
     }
 
 
@@ -408,23 +423,22 @@ def _nearest(
     at: dict[str, int],
     queries: Vectors,
     index: VectorIndex | None,
-) -> list[tuple[int, float]]:
-    """(entry number, cosine) of the nearest cached entry to each query."""
+    k: int = 1,
+) -> list[list[tuple[int, float]]]:
+    """The `k` nearest cached entries (entry number, cosine) to each query, best first."""
     cached = vectors[[at[t] for t in texts]]
     if index is None:
-        out: list[tuple[int, float]] = []
+        out: list[list[tuple[int, float]]] = []
+        k = min(k, len(keys))
         for start in range(0, len(queries), 1024):  # bounded memory: 1024 x entries
             similarity = queries[start : start + 1024] @ cached.T
-            best = similarity.argmax(axis=1)
-            rows = np.arange(len(best))
-            out.extend(zip(best.tolist(), similarity[rows, best].tolist(), strict=True))
+            top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            for row, ids in enumerate(top):
+                ranked = sorted(ids.tolist(), key=lambda i: -similarity[row, i])
+                out.append([(i, float(similarity[row, i])) for i in ranked])
         return out
     index.add_many(np.arange(len(keys), dtype=np.int64), cached)
-    results = []
-    for query in queries:
-        found = index.search(query, 1)
-        results.append(found[0] if found else (-1, -math.inf))
-    return results
+    return [index.search(query, k) for query in queries]
 
 
 def _print_report(report: dict[str, Any], params: dict[str, Any]) -> None:

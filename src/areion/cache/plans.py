@@ -82,8 +82,6 @@ LONG_TEXT = "<text written for the task>"
 # Longer string arguments are written for the task (a message body, a query with
 # details): the plan keeps that such a text goes there, not the text itself.
 _MAX_LITERAL = 60
-# Candidates below this cosine are not worth the verifier's time (as in the L2 cache).
-_MIN_COSINE = 0.5
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 
 
@@ -383,11 +381,13 @@ class PlanCache:
         if self._index is None or self._index.partition(tenant, agent) is None:
             self.misses += 1  # nothing to find: no need to embed the task
             return None
+        from areion.cache.verifier import MIN_COSINE  # loaded by now, with the verifier
+
         vectors = await embedder.embed([task])
         now = time.time()
         best: tuple[_Entry, float, float] | None = None
         for entry_id, cosine in self._index.search(tenant, agent, vectors[0], self.candidates):
-            if cosine < _MIN_COSINE:
+            if cosine < MIN_COSINE:
                 break
             entry = self._entries.get(entry_id)
             if entry is None:

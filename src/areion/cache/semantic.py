@@ -41,7 +41,12 @@ from areion.cache.embedding import Embedder
 from areion.cache.exact import output_params
 from areion.cache.index import PartitionedIndex
 from areion.cache.serving import HitServer, entry_of, on_stream_complete
-from areion.cache.verifier import DEFAULT_MAX_WRONG_HIT_RATE, AdaptiveThreshold, SemanticVerifier
+from areion.cache.verifier import (
+    DEFAULT_MAX_WRONG_HIT_RATE,
+    MIN_COSINE,
+    AdaptiveThreshold,
+    SemanticVerifier,
+)
 from areion.errors import ConfigError
 from areion.pipeline import Call, Handler, Result
 from areion.telemetry.ledger import Ledger
@@ -52,9 +57,6 @@ __all__ = ["SemanticCache", "SemanticHit", "context_key", "question_of"]
 
 log = logging.getLogger(__name__)
 
-# Candidates below this cosine are not worth the verifier's time: on the calibration
-# pairs no duplicate scored under it.
-_MIN_COSINE = 0.5
 _RECENT_HITS = 10_000  # hits remembered for feedback, by request id
 
 
@@ -219,7 +221,7 @@ class SemanticCache:
         now = time.time()
         best: tuple[_Entry, float] | None = None
         for entry_id, cosine in self._index.search(tenant, partition, vector, self.candidates):
-            if cosine < _MIN_COSINE:
+            if cosine < MIN_COSINE:
                 break
             entry = self._entries.get(entry_id)
             if entry is None:

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_WRONG_HIT_RATE",
     "FEATURES",
     "GUARDS",
+    "MIN_COSINE",
     "AdaptiveThreshold",
     "Calibration",
     "EntryStats",
@@ -54,6 +55,10 @@ __all__ = [
 # even textually identical questions are labelled "different" 8% of the time. Their
 # negatives are hard ones, so traffic with fewer look-alikes sees fewer wrong hits.
 DEFAULT_MAX_WRONG_HIT_RATE = 0.10
+
+# Candidates below this cosine are not worth scoring: on the calibration pairs no
+# duplicate scored under it. The caches search their nearest few and stop here.
+MIN_COSINE = 0.5
 
 # One-sided 95%: the margin between a measured precision and the one promised.
 _Z = 1.645
