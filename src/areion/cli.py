@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -96,11 +97,17 @@ def _eval_cache(args: argparse.Namespace) -> int:
     if not pairs.is_file():
         raise ConfigError(f"--pairs: no file {pairs}")
     verifier = SemanticVerifier.load()
-    threshold = (
-        verifier.threshold_for(args.max_wrong_hit_rate)
-        if args.max_wrong_hit_rate is not None
-        else None
-    )
+    rate = args.max_wrong_hit_rate
+    if rate is None:  # the configured setting, if a config sets one
+        config, _ = _config(args.config)
+        rate = config.cache.semantic.max_wrong_hit_rate
+    if rate is not None and not 0 < rate < 1:
+        raise ConfigError(f"--max-wrong-hit-rate must be between 0 and 1, got {rate}")
+    threshold = verifier.threshold_for(rate) if rate is not None else None
+    if threshold is not None and math.isinf(threshold):
+        raise ConfigError(
+            f"max wrong-hit rate {rate}: stricter than the verifier's calibration vouches for"
+        )
     embedder = MiniLMEmbedder()
     try:
         result = evaluate_pairs(pairs, verifier, embedder, threshold=threshold)
@@ -160,8 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument(
         "--max-wrong-hit-rate",
         type=float,
-        help="the setting to measure (default: the configured default)",
+        help="the setting to measure (default: cache.semantic.max_wrong_hit_rate of the "
+        "config, else the verifier's default)",
     )
+    cache.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG} if present)")
     cache.add_argument("--json", action="store_true", help="print one JSON object")
     cache.set_defaults(run=_eval_cache)
     return parser

@@ -240,3 +240,32 @@ def test_eval_cache_prints_the_figures(tmp_path: Path) -> None:
     assert figures["pairs"] == 3
     assert figures["hits"] == 1 and figures["wrong_hits"] == 0
     assert figures["precision"] == 1.0 and figures["recall"] == 1.0
+
+
+def test_eval_cache_measures_the_configured_setting(tmp_path: Path) -> None:
+    import json
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(
+        "question1,question2,is_duplicate\n"
+        '"How can I improve my English speaking skills?",'
+        '"What can I do to improve my spoken English?",1\n'
+    )
+    config = tmp_path / "areion.yaml"
+
+    def run(rate: float, *extra: str) -> subprocess.CompletedProcess[str]:
+        config.write_text(
+            "models: [{name: fast, provider: sim, model: sim-fast}]\n"
+            f"cache: {{semantic: {{max_wrong_hit_rate: {rate}}}}}\n"
+        )
+        command = [*AREION, "eval", "cache", "--pairs", str(pairs), "--json", *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    # The looser the configured rate, the more paraphrases are served.
+    strict, loose = run(0.1, "--config", str(config)), run(0.5, "--config", str(config))
+    assert strict.returncode == 0 and loose.returncode == 0, strict.stderr + loose.stderr
+    assert json.loads(strict.stdout)["hits"] == 0
+    assert json.loads(loose.stdout)["hits"] == 1
+    bad = run(0.1, "--config", str(config), "--max-wrong-hit-rate", "1.5")
+    assert bad.returncode != 0
+    assert "--max-wrong-hit-rate" in bad.stderr
