@@ -74,6 +74,9 @@ class ModelConfig(_Strict):
     data: str | None = None
     time_scale: float = Field(default=1.0, gt=0)
     anthropic_version: str = "2023-06-01"
+    # A reasoning model: routes set its reasoning effort (OpenAI `reasoning_effort`,
+    # Anthropic thinking budget) from the prompt's difficulty.
+    reasoning: bool = False
 
     @property
     def upstream_model(self) -> str:
@@ -176,6 +179,63 @@ class CacheConfig(_Strict):
     plans: PlanCacheConfig = Field(default_factory=PlanCacheConfig)
 
 
+CascadeCheck = Literal["schema", "agreement"]
+_CASCADE_CHECKS: tuple[CascadeCheck, ...] = ("schema", "agreement")
+
+
+class RuleMatch(_Strict):
+    """When a routing rule applies; every condition given must hold."""
+
+    tier: str | None = None  # the x-areion-tier header (interactive, batch, critical...)
+    tag: str | None = None  # one of the x-areion-tags header's comma-separated tags
+    tools: bool | None = None  # the request offers tools
+    response_format: bool | None = None  # the request asks for JSON / a schema
+    min_prompt_chars: int | None = Field(default=None, ge=0)
+    max_prompt_chars: int | None = Field(default=None, ge=0)
+
+
+class RouteRule(_Strict):
+    when: RuleMatch = Field(default_factory=RuleMatch)
+    model: str = Field(min_length=1)
+
+
+class RouteConfig(_Strict):
+    """A virtual model: clients ask for `name`, the route picks one of `candidates`."""
+
+    name: str = Field(min_length=1)
+    policy: Literal["rules", "learned", "cascade"] = "rules"
+    # Model groups, cheapest (and fastest) first.
+    candidates: list[str] = Field(min_length=1)
+    # learned, cascade: keep this share of the best candidate's quality, at least cost.
+    target_quality: float = Field(default=0.95, gt=0, le=1)
+    # rules: first match wins; no match -> the last (strongest) candidate.
+    rules: list[RouteRule] = Field(default_factory=list)
+    # learned: the router file made by `areion train router`.
+    router: str | None = None
+    # cascade: what must pass for a cheaper answer to be accepted.
+    checks: list[CascadeCheck] = Field(default_factory=lambda: list(_CASCADE_CHECKS))
+    # Exact computations (arithmetic, units, dates) answered without a model.
+    solver: bool = True
+    # Degraded mode: when the route's rolling p95 latency exceeds this, traffic that is
+    # not `critical` goes to `degraded_model` (default: the first candidate) until the
+    # p95 is back under `recover_ratio` x the objective.
+    latency_objective_s: float | None = Field(default=None, gt=0)
+    degraded_model: str | None = None
+    recover_ratio: float = Field(default=0.8, gt=0, le=1)
+    window: int = Field(default=200, ge=20)
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> RouteConfig:
+        if self.policy == "learned" and not self.router:
+            raise ValueError(
+                f"routes.{self.name}: policy learned needs `router:`, a file made by "
+                "`areion train router`"
+            )
+        if self.policy == "cascade" and len(self.candidates) < 2:
+            raise ValueError(f"routes.{self.name}: a cascade needs at least two candidates")
+        return self
+
+
 class AgentConfig(_Strict):
     """An agent the server can run, by the import path of an `Agent` object."""
 
@@ -201,6 +261,7 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    routes: list[RouteConfig] = Field(default_factory=list)
     agents: list[AgentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -222,6 +283,26 @@ class Config(_Strict):
         ids = [model.id for model in self.models if model.id]
         if len(ids) != len(set(ids)):
             raise ValueError("models: deployment ids must be unique")
+        route_names: set[str] = set()
+        for route in self.routes:
+            where = f"routes.{route.name}"
+            if route.name in groups:
+                raise ValueError(f"{where}: a route cannot have a model group's name")
+            if route.name in route_names:
+                raise ValueError(f"{where}: route names must be unique")
+            route_names.add(route.name)
+            for name in route.candidates:
+                if name not in groups:
+                    raise ValueError(f"{where}.candidates: '{name}' is not a model name")
+            for i, rule in enumerate(route.rules):
+                if rule.model not in route.candidates:
+                    raise ValueError(
+                        f"{where}.rules[{i}].model: '{rule.model}' is not one of the candidates"
+                    )
+            if route.degraded_model is not None and route.degraded_model not in route.candidates:
+                raise ValueError(
+                    f"{where}.degraded_model: '{route.degraded_model}' is not one of the candidates"
+                )
         if not self.store.startswith("sqlite:///"):
             raise ValueError(f"store: '{self.store}' is not supported yet; use sqlite:///path.db")
         return self

@@ -18,12 +18,13 @@ from areion.agent.memory import SessionMemory
 from areion.agent.runner import AgentRunner
 from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
-from areion.config import Config, default_config, load_config
+from areion.config import Config, RouteConfig, default_config, load_config
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
 from areion.gateway.load import RemoteLoad
 from areion.pipeline import Call, Result, Stage, compose
+from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.records import SessionTurn
 from areion.streaming import ChatStream
@@ -113,7 +114,18 @@ class Runtime:
                 max_chars=semantic.max_chars,
             )
             stages.append(self.semantic_cache)
-        # Accounting sits inside the caches: a hit costs nothing and books a saving.
+        self.router: Router | None = None
+        if self.config.routes:
+            self.router = Router(
+                self.config.routes,
+                self.config.models,
+                self.metrics,
+                self.ledger,
+                learned=self._learned_policy,
+                solver=self._solver(),
+            )
+            stages.append(self.router)
+        # Accounting sits inside the caches and the router: a hit costs nothing and books a saving.
         stages.append(Accounting(self.gateway.deployments, self.ledger, self.metrics))
         self._handler = compose(stages, self._terminal)
         self._started = False
@@ -148,19 +160,37 @@ class Runtime:
 
     @property
     def models(self) -> list[str]:
-        """The model names clients can ask for."""
-        return list(self.gateway.groups)
+        """The model names clients can ask for: model groups, then routes."""
+        return [*self.gateway.groups, *(route.name for route in self.config.routes)]
+
+    def _learned_policy(self, route: RouteConfig) -> Policy:
+        return LearnedPolicy.load(route, lambda: self.embedder)
+
+    def _solver(self) -> SolverFn | None:
+        if not any(route.solver for route in self.config.routes):
+            return None
+        from areion.routing.solver import solve_request
+
+        return solve_request
 
     def _begin(
-        self, request: ChatRequest, tenant: str, request_id: str | None, cache: str | None
+        self,
+        request: ChatRequest,
+        tenant: str,
+        request_id: str | None,
+        cache: str | None,
+        tier: str | None = None,
+        tags: Sequence[str] = (),
     ) -> Call:
         if not self._started:
             self._started = True
             self.load_probe.start()
-        if request.model not in self.gateway.groups:
+        if request.model not in self.gateway.groups and (
+            self.router is None or request.model not in self.router
+        ):
             raise UnknownModelError(
                 f"model '{request.model}' does not exist; available: "
-                + ", ".join(sorted(self.gateway.groups)),
+                + ", ".join(sorted(self.models)),
                 param="model",
             )
         if not request.messages:
@@ -178,6 +208,10 @@ class Runtime:
                     param="x-areion-cache",
                 )
             call.annotations["cache_control"] = cache
+        if tier is not None:
+            call.annotations["tier"] = tier
+        if tags:
+            call.annotations["tags"] = tuple(tags)
         return call
 
     async def _terminal(self, call: Call) -> Result:
@@ -194,14 +228,18 @@ class Runtime:
         tenant: str = "default",
         request_id: str | None = None,
         cache: str | None = None,
+        tier: str | None = None,
+        tags: Sequence[str] = (),
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
         `cache` controls the response cache for this call: `no-store` or `refresh`.
+        `tier` (interactive, batch, critical...) and `tags` are what routing rules
+        match on; `critical` traffic is never moved by a route's degraded mode.
         """
         if request.stream:
             request.stream = False
-        call = self._begin(request, tenant, request_id, cache)
+        call = self._begin(request, tenant, request_id, cache, tier, tags)
         result = await self._handler(call)
         assert isinstance(result, ChatResponse)
         return result
@@ -213,10 +251,12 @@ class Runtime:
         tenant: str = "default",
         request_id: str | None = None,
         cache: str | None = None,
+        tier: str | None = None,
+        tags: Sequence[str] = (),
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived."""
         request.stream = True
-        call = self._begin(request, tenant, request_id, cache)
+        call = self._begin(request, tenant, request_id, cache, tier, tags)
         result = await self._handler(call)
         assert isinstance(result, ChatStream)
         return result

@@ -201,8 +201,8 @@ class ChatResponse:
     """Passed through from the provider."""
     cache: str | None = None
     """`hit-exact`, `hit-semantic` or `miss` when a cache looked the request up."""
-    cache_info: dict[str, Any] = field(default_factory=dict)
-    """About a cache hit, for response headers: the semantic entry and its score."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the request path noted for the response headers (cache entry, route...)."""
 
     @property
     def message(self) -> Message:

@@ -315,3 +315,22 @@ def test_usage_counts_cache_reads_and_writes_as_prompt() -> None:
     assert usage.completion_tokens == 40
     assert usage.total_tokens == 1340
     assert parse_usage(None) is None
+
+
+@pytest.mark.parametrize(("effort", "budget"), [("none", None), ("low", 1024), ("high", 16384)])
+def test_reasoning_effort_becomes_a_thinking_budget(effort: str, budget: int | None) -> None:
+    request = ChatRequest(
+        model="group",
+        messages=[Message(role="user", content="Prove it.")],
+        max_tokens=500,
+        temperature=0,
+        extra={"reasoning_effort": effort},
+    )
+    body = request_body(request, "claude-x", stream=False)
+    assert "reasoning_effort" not in body
+    if budget is None:
+        assert "thinking" not in body and body["max_tokens"] == 500 and body["temperature"] == 0
+    else:
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": budget}
+        assert body["max_tokens"] == 500 + budget  # the answer keeps its own budget
+        assert "temperature" not in body  # thinking takes no sampling parameters

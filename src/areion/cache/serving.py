@@ -25,7 +25,7 @@ from areion.types import (
     Usage,
 )
 
-__all__ = ["HitServer", "entry_of", "on_stream_complete"]
+__all__ = ["HitServer", "entry_of", "on_stream_complete", "replay"]
 
 _PIECE = 64  # characters per replayed chunk
 
@@ -135,12 +135,12 @@ class HitServer:
             deployment=self.deployment,
             cost_usd=0.0,
             cache=self.label,
-            cache_info=info,
+            info=info,
         )
         if not call.request.stream:
             return response
         stream = ChatStream(
-            _replay(response),
+            replay(response),
             model=call.request.model,
             deployment=self.deployment,
             upstream_model=upstream_model,
@@ -153,7 +153,7 @@ class HitServer:
         return stream
 
 
-async def _replay(response: ChatResponse) -> AsyncIterator[StreamChunk]:
+async def replay(response: ChatResponse) -> AsyncIterator[StreamChunk]:
     """A cached answer in the chunks a stream would have brought it in."""
 
     def chunk(**fields: Any) -> StreamChunk:

@@ -60,6 +60,8 @@ _FINISH_REASONS = {
 # Anthropic-native parameters a client may send through `extra`; every other
 # OpenAI extra (seed, response_format, logprobs...) would be rejected upstream.
 _NATIVE_EXTRAS = ("top_k", "thinking", "service_tier")
+# OpenAI's `reasoning_effort` as an Anthropic thinking budget (none: no thinking).
+_THINKING_BUDGET = {"low": 1024, "medium": 4096, "high": 16384}
 
 
 def messages_url(base_url: str | None) -> str:
@@ -246,6 +248,13 @@ def request_body(request: ChatRequest, model: str, *, stream: bool) -> dict[str,
     for key in _NATIVE_EXTRAS:
         if key in request.extra:
             body[key] = request.extra[key]
+    budget = _THINKING_BUDGET.get(str(request.extra.get("reasoning_effort")))
+    if budget and "thinking" not in body:
+        # Thinking counts against max_tokens, and takes no sampling parameters.
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        body["max_tokens"] += budget
+        body.pop("temperature", None)
+        body.pop("top_p", None)
     if stream:
         body["stream"] = True
     return body

@@ -92,9 +92,12 @@ class _Api:
             chat, include_usage = parse_chat_request(await request.body())
             request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
             cache = request.headers.get("x-areion-cache")
+            tier = request.headers.get("x-areion-tier") or None
+            tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
+            tags = [t for t in tags if t]
             if chat.stream:
                 stream = await self.runtime.chat_stream(
-                    chat, tenant=tenant, request_id=request_id, cache=cache
+                    chat, tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags
                 )
                 return StreamingResponse(
                     _sse(stream, include_usage),
@@ -104,11 +107,11 @@ class _Api:
                         "x-areion-cache": str(stream.info.get("cache", "miss")),
                         "x-request-id": stream.request_id,
                         "cache-control": "no-cache",
-                        **_hit_headers(stream.info),
+                        **_info_headers(stream.info),
                     },
                 )
             response = await self.runtime.chat(
-                chat, tenant=tenant, request_id=request_id, cache=cache
+                chat, tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags
             )
         except AreionError as error:
             return error_response(error)
@@ -120,7 +123,7 @@ class _Api:
                 "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
                 "x-areion-cache": response.cache or "miss",
                 "x-request-id": request_id,
-                **_hit_headers(response.cache_info),
+                **_info_headers(response.info),
             },
         )
 
@@ -153,11 +156,17 @@ class _Api:
         )
 
 
-def _hit_headers(info: dict[str, Any]) -> dict[str, str]:
-    """Which semantic entry answered, and how sure the verifier was."""
-    if "entry" not in info:
-        return {}
-    return {"x-areion-cache-entry": str(info["entry"]), "x-areion-cache-score": str(info["score"])}
+_INFO_HEADERS = {
+    "entry": "x-areion-cache-entry",  # the semantic cache entry that answered
+    "score": "x-areion-cache-score",  # and how sure its verifier was
+    "route": "x-areion-route",  # the route asked for
+    "route_reason": "x-areion-route-reason",  # why it picked the model it did
+}
+
+
+def _info_headers(info: dict[str, Any]) -> dict[str, str]:
+    """Response headers for what the request path noted about the call."""
+    return {header: str(info[key]) for key, header in _INFO_HEADERS.items() if key in info}
 
 
 async def _sse(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:

@@ -111,6 +111,25 @@ class Metrics:
             ("tier",),
             registry=self.registry,
         )
+        self.route_decisions = Counter(
+            "areion_route_decisions",
+            "Routing decisions, by route, chosen model and reason (rule, default, learned, "
+            "cascade_accept, cascade_escalate, degraded, solver).",
+            ("route", "model", "reason"),
+            registry=self.registry,
+        )
+        self.route_degraded = Gauge(
+            "areion_route_degraded",
+            "1 while a route is in degraded mode (its p95 latency broke its objective).",
+            ("route",),
+            registry=self.registry,
+        )
+        self.route_mode_changes = Counter(
+            "areion_route_mode_changes",
+            "Switches of a route into (degraded) and out of (normal) degraded mode.",
+            ("route", "mode"),
+            registry=self.registry,
+        )
         self.outstanding = Gauge(
             "areion_deployment_outstanding",
             "Calls in flight per deployment.",
