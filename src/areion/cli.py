@@ -1,4 +1,4 @@
-"""The `areion` command: serve, sim, --version."""
+"""The `areion` command: serve, sim, eval, train, --version."""
 
 from __future__ import annotations
 
@@ -125,6 +125,78 @@ def _eval_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_router(args: argparse.Namespace) -> int:
+    from areion.cache.embedding import MiniLMEmbedder
+    from areion.routing.data import load_outcomes
+    from areion.routing.learned import embed_prompts, train_router
+
+    table = load_outcomes(args.data)
+    candidates = _candidates(args.candidates)
+    embedder = MiniLMEmbedder()
+    try:
+        router = train_router(table, embed_prompts(table.prompts, embedder), candidates=candidates)
+    finally:
+        embedder.close()
+    out = Path(args.out)
+    if out.parent and not out.parent.is_dir():
+        raise ConfigError(f"--out: no folder {out.parent}")
+    router.save(out)
+    accuracy = router.metadata["accuracy"]
+    print(
+        f"router for {', '.join(router.candidates)} trained on {router.metadata['prompts']} "
+        f"prompts -> {out} ({out.stat().st_size // 1024} KiB)"
+    )
+    print("training accuracy: " + ", ".join(f"{m} {a:.3f}" for m, a in accuracy.items()))
+    return 0
+
+
+def _candidates(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if len(names) < 2:
+        raise ConfigError(f"--candidates needs at least two models, got {text!r}")
+    return names
+
+
+def _eval_routing(args: argparse.Namespace) -> int:
+    import json
+
+    from areion.routing.data import load_outcomes
+    from areion.routing.evaluate import evaluate_routing, plot_curve
+
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError(
+                "--plot needs matplotlib, which is not installed: pip install matplotlib"
+            )
+    train = load_outcomes(args.train)
+    data = load_outcomes(args.data)
+    embedder = None
+    if args.policy == "learned":
+        from areion.cache.embedding import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    try:
+        report = evaluate_routing(
+            train,
+            data,
+            policy=args.policy,
+            target_quality=args.target_quality,
+            candidates=_candidates(args.candidates),
+            embedder=embedder,
+        )
+    finally:
+        if embedder is not None:
+            embedder.close()
+    if args.plot:
+        plot_curve(report, args.plot)
+    print(json.dumps(report.to_json()) if args.json else report.text())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="areion", description="Areion: the agent runtime environment."
@@ -173,6 +245,32 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG} if present)")
     cache.add_argument("--json", action="store_true", help="print one JSON object")
     cache.set_defaults(run=_eval_cache)
+
+    routing = targets.add_parser(
+        "routing", help="replay a routing policy against recorded model outcomes"
+    )
+    routing.add_argument(
+        "--train", required=True, action="append", help="outcome CSV file or folder to fit on"
+    )
+    routing.add_argument(
+        "--data", required=True, action="append", help="outcome CSV file or folder to replay"
+    )
+    routing.add_argument("--target-quality", type=float, default=0.95)
+    routing.add_argument("--policy", choices=["learned", "cascade"], default="learned")
+    routing.add_argument("--candidates", help="comma-separated models (default: all; cascade: 3)")
+    routing.add_argument("--json", action="store_true", help="print one JSON object")
+    routing.add_argument("--plot", help="write the cost/quality curve to this PNG file")
+    routing.set_defaults(run=_eval_routing)
+
+    train = commands.add_parser("train", help="train a component on recorded data")
+    trainables = train.add_subparsers(dest="target", required=True)
+    router = trainables.add_parser("router", help="the learned routing policy's router file")
+    router.add_argument(
+        "--data", required=True, action="append", help="outcome CSV file or folder (repeatable)"
+    )
+    router.add_argument("--out", required=True, help="router file to write (JSON)")
+    router.add_argument("--candidates", help="comma-separated models (default: every model)")
+    router.set_defaults(run=_train_router)
     return parser
 
 

@@ -231,3 +231,61 @@ def test_exact_computations_are_solved_without_a_model(fleet: Fleet) -> None:
     # A question with numbers that is not a computation goes to a model.
     assert fleet.ask(content="Who won the 1998 World Cup?").headers["x-areion-model"] != "solver"
     assert fleet.calls() == {"small": 0, "medium": 0, "strong": 1}
+
+
+@pytest.fixture(scope="module")
+def router_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A router trained by the CLI on recordings where the cheap model fails hard prompts."""
+    pytest.importorskip("onnxruntime", reason="needs the semantic extra: pip install -e '.[dev]'")
+    from areion.cli import main
+    from tests.integration.test_routing_eval import _write
+
+    folder = tmp_path_factory.mktemp("router")
+    data = _write(folder / "recorded.csv", 240, seed=3)
+    out = folder / "router.json"
+    assert main(["train", "router", "--data", str(data), "--out", str(out)]) == 0
+    return out
+
+
+def test_learned_route_sends_easy_prompts_cheap_and_hard_ones_strong(
+    tmp_path: Path, router_file: Path
+) -> None:
+    upstreams = {name: ScriptedUpstream(name) for name in ("small", "strong")}
+    with ExitStack() as stack:
+        models = [
+            {
+                "name": name,
+                "provider": "openai",
+                "model": f"{name}-model",
+                "base_url": stack.enter_context(serve_app(upstream.app)) + "/v1",
+                "reasoning": name == "strong",
+            }
+            for name, upstream in upstreams.items()
+        ]
+        config = parse_config(
+            {
+                "models": models,
+                # The router was trained on two recorded models, cheapest first.
+                "routes": [
+                    {
+                        "name": "auto",
+                        "policy": "learned",
+                        "candidates": ["small", "strong"],
+                        "router": str(router_file),
+                    }
+                ],
+                "store": f"sqlite:///{tmp_path / 'learned.db'}",
+                "auth": {"keys": [{"key": KEY, "tenant": "acme"}]},
+            }
+        )
+        fleet = Fleet(stack.enter_context(serve_app(create_app(Runtime(config)))), upstreams)
+        easy = fleet.ask(content="Say hello to Carol.")
+        assert easy.headers["x-areion-model"].startswith("small/")
+        assert easy.headers["x-areion-route-reason"] == "learned"
+        hard = fleet.ask(
+            content="Implement a function to invert a binary tree and return its height."
+        )
+        assert hard.headers["x-areion-model"].startswith("strong/")
+        # The strong model is a reasoning model: the route set its effort.
+        assert upstreams["strong"].requests[-1]["reasoning_effort"] in ("low", "medium", "high")
+        assert "reasoning_effort" not in upstreams["small"].requests[-1]

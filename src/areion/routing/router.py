@@ -127,7 +127,7 @@ class LearnedPolicy:
 
     The router file's candidates (the models of its training data, cheapest first)
     map to the route's candidates by name when the names match, else by position.
-    Difficulty, for reasoning effort, is the chance that even the best candidate fails.
+    Difficulty, for reasoning effort, is the chance that the cheapest candidate fails.
     """
 
     def __init__(
@@ -156,7 +156,7 @@ class LearnedPolicy:
 
     async def choose(self, call: Call, text: str) -> Pick:
         name, scores = await self.router.route(text, self._embedder(), self.target_quality)
-        difficulty = 1.0 - max(scores.values(), default=0.0)
+        difficulty = 1.0 - scores.get(self.router.candidates[0], 0.0)
         return Pick(self.mapping[name], "learned", difficulty)
 
 

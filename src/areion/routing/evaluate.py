@@ -1,0 +1,426 @@
+"""Replay evaluation of a routing policy against recorded outcomes (`areion eval routing`).
+
+Every prompt of the evaluation table is routed by the policy; the chosen model's
+recorded score and cost are what the policy got. Beside it:
+
+- each single model, and the best one (highest accuracy, the cheaper on a tie);
+- random routing at equal cost: the best accuracy a router that ignores the prompt
+  reaches for the policy's cost, i.e. a random mix of two models on the upper convex
+  hull of the single models' (cost, accuracy) points, as an expected value;
+- the oracle: per prompt the cheapest model with the best recorded score.
+
+Policies: `learned` (`areion.routing.learned`, fitted on the training table) and
+`cascade`: candidates cheapest first, an answer accepted when it agrees with the
+next candidate's (a verifier that needs nothing but the recorded answers), every
+attempt paid for; the last candidate's answer is taken as it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from areion.errors import ConfigError
+from areion.routing.data import OutcomeTable
+
+if TYPE_CHECKING:
+    from areion.cache.embedding import MiniLMEmbedder
+    from areion.routing.learned import LearnedRouter
+
+__all__ = [
+    "CURVE_TARGETS",
+    "CurvePoint",
+    "ModelResult",
+    "RoutingReport",
+    "cascade_candidates",
+    "evaluate_routing",
+    "final_answer",
+    "oracle",
+    "plot_curve",
+    "random_at_cost",
+    "replay_cascade",
+    "single_models",
+]
+
+Policy = Literal["learned", "cascade"]
+Indices = npt.NDArray[np.int64]
+
+CURVE_TARGETS = (0.80, 0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class ModelResult:
+    """Accuracy and total cost of always calling one model."""
+
+    model: str
+    """The model."""
+    accuracy: float
+    """Mean recorded score."""
+    cost_usd: float
+    """Total cost over the evaluated prompts."""
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class CurvePoint:
+    """The policy at one target quality."""
+
+    target_quality: float
+    """The target asked for."""
+    accuracy: float
+    """Mean recorded score of the chosen models."""
+    cost_usd: float
+    """Total cost of the chosen models."""
+    share: dict[str, float]
+    """Fraction of prompts sent to each candidate."""
+
+
+@dataclass(slots=True, kw_only=True)
+class RoutingReport:
+    """What `areion eval routing` prints."""
+
+    policy: str
+    """`learned` or `cascade`."""
+    target_quality: float
+    """The target the policy was run at."""
+    prompts: int
+    """Prompts evaluated."""
+    candidates: list[str]
+    """The models the policy chose among."""
+    accuracy: float
+    """The policy's mean recorded score."""
+    cost_usd: float
+    """The policy's total cost (every cascade attempt included)."""
+    share: dict[str, float]
+    """Fraction of prompts answered by each candidate."""
+    singles: list[ModelResult]
+    """Every candidate alone."""
+    best_single: ModelResult
+    """The most accurate candidate."""
+    random: ModelResult
+    """Random routing at the policy's cost (expected value; `model` names the mix)."""
+    oracle: ModelResult
+    """The cheapest model with the best score, per prompt."""
+    curve: list[CurvePoint] = field(default_factory=list)
+    """The policy over `CURVE_TARGETS` (learned only)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` document."""
+        best = self.best_single
+        return {
+            "policy": {
+                "name": self.policy,
+                "target_quality": self.target_quality,
+                "accuracy": self.accuracy,
+                "cost_usd": self.cost_usd,
+                "share": self.share,
+            },
+            "best_single": {
+                "model": best.model,
+                "accuracy": best.accuracy,
+                "cost_usd": best.cost_usd,
+            },
+            "oracle": {"accuracy": self.oracle.accuracy, "cost_usd": self.oracle.cost_usd},
+            "random": {"accuracy": self.random.accuracy, "cost_usd": self.random.cost_usd},
+            "singles": {
+                s.model: {"accuracy": s.accuracy, "cost_usd": s.cost_usd} for s in self.singles
+            },
+            "prompts": self.prompts,
+            "curve": [
+                {
+                    "target_quality": p.target_quality,
+                    "accuracy": p.accuracy,
+                    "cost_usd": p.cost_usd,
+                    "share": p.share,
+                }
+                for p in self.curve
+            ],
+        }
+
+    def text(self) -> str:
+        """A table for people."""
+        best = self.best_single
+        lines = [
+            f"{self.prompts} prompts; policy {self.policy} at target quality "
+            f"{self.target_quality:g}",
+            f"{'':34} {'accuracy':>9} {'cost USD':>10} {'vs best':>8} {'cost vs best':>13}",
+        ]
+
+        def row(name: str, accuracy: float, cost: float) -> str:
+            quality = accuracy / best.accuracy if best.accuracy else float("nan")
+            spend = cost / best.cost_usd if best.cost_usd else float("nan")
+            return f"{name[:34]:34} {accuracy:9.4f} {cost:10.4f} {quality:8.1%} {spend:13.1%}"
+
+        lines.append(row(f"policy ({self.policy})", self.accuracy, self.cost_usd))
+        lines.append(row("random at equal cost", self.random.accuracy, self.random.cost_usd))
+        lines.append(row("oracle", self.oracle.accuracy, self.oracle.cost_usd))
+        for single in sorted(self.singles, key=lambda s: s.cost_usd):
+            mark = " *" if single.model == best.model else ""
+            lines.append(row(single.model + mark, single.accuracy, single.cost_usd))
+        lines.append("share: " + ", ".join(f"{m} {s:.1%}" for m, s in self.share.items() if s))
+        if self.curve:
+            lines.append("curve (target: accuracy vs best, cost vs best, share of best):")
+            for p in self.curve:
+                lines.append(
+                    f"  {p.target_quality:.2f}: {p.accuracy / best.accuracy:6.1%} "
+                    f"{p.cost_usd / best.cost_usd:6.1%} {p.share.get(best.model, 0.0):6.1%}"
+                )
+        return "\n".join(lines)
+
+
+def single_models(table: OutcomeTable) -> list[ModelResult]:
+    """Accuracy and cost of each model of `table` alone."""
+    return [
+        ModelResult(
+            model=model,
+            accuracy=float(table.scores[:, j].mean()),
+            cost_usd=float(table.costs[:, j].sum()),
+        )
+        for j, model in enumerate(table.models)
+    ]
+
+
+def _best(singles: Sequence[ModelResult]) -> ModelResult:
+    return max(singles, key=lambda s: (s.accuracy, -s.cost_usd))
+
+
+def oracle(table: OutcomeTable) -> ModelResult:
+    """Per prompt the cheapest model with the best recorded score."""
+    rows = np.arange(len(table))
+    top = table.scores.max(axis=1, keepdims=True)
+    cost = np.where(table.scores >= top - 1e-12, table.costs, np.inf)
+    chosen = np.argmin(cost, axis=1)
+    return ModelResult(
+        model="oracle",
+        accuracy=float(table.scores[rows, chosen].mean()),
+        cost_usd=float(table.costs[rows, chosen].sum()),
+    )
+
+
+def random_at_cost(singles: Sequence[ModelResult], cost_usd: float) -> ModelResult:
+    """The expected accuracy of the best prompt-blind random mix of models costing `cost_usd`.
+
+    Below the cheapest model's cost there is no mix: the cheapest model is returned.
+    Above the dearest, the most accurate.
+    """
+    points = sorted({(s.cost_usd, s.accuracy, s.model) for s in singles})
+    hull: list[tuple[float, float, str]] = []
+    for point in points:
+        if hull and point[1] <= hull[-1][1]:
+            continue  # dearer but no better: never on the upper hull
+        while len(hull) >= 2 and _turn(hull[-2], hull[-1], point) >= 0:
+            hull.pop()
+        hull.append(point)
+    if cost_usd <= hull[0][0]:
+        cost, accuracy, model = hull[0]
+        return ModelResult(model=model, accuracy=accuracy, cost_usd=cost)
+    for low, high in itertools.pairwise(hull):
+        if cost_usd <= high[0]:
+            weight = (cost_usd - low[0]) / (high[0] - low[0])
+            accuracy = low[1] + weight * (high[1] - low[1])
+            return ModelResult(
+                model=f"{1 - weight:.0%} {low[2]} + {weight:.0%} {high[2]}",
+                accuracy=accuracy,
+                cost_usd=cost_usd,
+            )
+    cost, accuracy, model = hull[-1]
+    return ModelResult(model=model, accuracy=accuracy, cost_usd=cost)
+
+
+def _turn(
+    a: tuple[float, float, str], b: tuple[float, float, str], c: tuple[float, float, str]
+) -> float:
+    # > 0: a -> b -> c turns left (b lies under the chord a-c, so it leaves the upper hull).
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+
+_LETTER = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-Ea-e])\b(?:[\).:]|\s|$)")
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\(?([A-E])\b")
+
+
+def final_answer(text: str) -> str:
+    """What a recorded answer concludes: its choice letter when it starts with or
+    states one, else the whole text with whitespace and case normalized."""
+    stripped = text.strip()
+    match = _LETTER.match(stripped) or _ANSWER_IS.search(stripped)
+    if match:
+        return match.group(1).upper()
+    return " ".join(stripped.lower().split())
+
+
+def cascade_candidates(table: OutcomeTable, *, size: int = 3) -> list[str]:
+    """Default cascade: the most accurate model, below it the models of the cost/accuracy
+    frontier that keep at least 80% of its accuracy (else the cheapest frontier model),
+    cheapest first, `size` at most."""
+    singles = sorted(single_models(table), key=lambda s: s.cost_usd)
+    best = _best(singles)
+    frontier: list[ModelResult] = []
+    for single in singles:
+        if not frontier or single.accuracy > frontier[-1].accuracy:
+            frontier.append(single)
+    below = [s for s in frontier if s.model != best.model]
+    able = [s for s in below if s.accuracy >= 0.8 * best.accuracy] or below[:1]
+    return [s.model for s in able[: size - 1]] + [best.model]
+
+
+def replay_cascade(table: OutcomeTable, order: Sequence[int]) -> tuple[Indices, Any]:
+    """Per prompt, the answering column and the total cost of the cascade over columns
+    `order` (cheapest first): column k's answer is taken when it agrees with column k+1's."""
+    if table.responses is None:
+        raise ConfigError(
+            "the cascade policy needs the models' recorded answers (RouterBench "
+            "'|model_response' or RouteLLM '<model>_response' columns); this data has none"
+        )
+    if len(order) < 2:
+        raise ConfigError("the cascade policy needs at least two candidates")
+    answered = np.empty(len(table), dtype=np.int64)
+    spent = np.zeros(len(table))
+    for i, answers in enumerate(table.responses):
+        spent[i] = table.costs[i, order[0]]
+        chosen = order[-1]
+        for k in range(len(order) - 1):
+            spent[i] += table.costs[i, order[k + 1]]
+            if final_answer(answers[order[k]]) == final_answer(answers[order[k + 1]]):
+                chosen = order[k]
+                break
+        answered[i] = chosen
+    return answered, spent
+
+
+def _share(models: Sequence[str], chosen: Indices) -> dict[str, float]:
+    counts = np.bincount(chosen, minlength=len(models))
+    total = max(len(chosen), 1)
+    return {m: float(c) / total for m, c in zip(models, counts, strict=True)}
+
+
+def evaluate_routing(
+    train: OutcomeTable,
+    data: OutcomeTable,
+    *,
+    policy: Policy = "learned",
+    target_quality: float = 0.95,
+    candidates: Sequence[str] | None = None,
+    embedder: MiniLMEmbedder | None = None,
+    router: LearnedRouter | None = None,
+) -> RoutingReport:
+    """Fit `policy` on `train`, replay every prompt of `data` through it.
+
+    Prompts of `data` lacking a score or cost for a candidate are left out.
+    `router`: a trained router to use instead of fitting one (learned only).
+    """
+    if not 0 < target_quality <= 1:
+        raise ConfigError(f"--target-quality must be in (0, 1], got {target_quality}")
+    if policy == "learned":
+        names = list(router.candidates) if router else list(candidates or train.models)
+    else:
+        names = list(candidates) if candidates else cascade_candidates(train.complete())
+    names = [data.models[data.model_index(n)] for n in names]
+    table = data.complete(names)
+    if not len(table):
+        raise ConfigError("no evaluation prompt has outcomes for every candidate")
+    rows = np.arange(len(table))
+    curve: list[CurvePoint] = []
+    if policy == "learned":
+        from areion.routing.learned import embed_prompts, train_router
+
+        if embedder is None:
+            from areion.cache.embedding import MiniLMEmbedder
+
+            embedder = MiniLMEmbedder()
+        if router is None:
+            router = train_router(train, embed_prompts(train.prompts, embedder), candidates=names)
+        columns = [table.model_index(c) for c in router.candidates]
+        table = table.select(rows, [table.models[c] for c in columns])
+        features = router.features(table.prompts, embed_prompts(table.prompts, embedder))
+        for q in sorted({*CURVE_TARGETS, target_quality}):
+            picked = router.choose_many(features, q)
+            curve.append(
+                CurvePoint(
+                    target_quality=q,
+                    accuracy=float(table.scores[rows, picked].mean()),
+                    cost_usd=float(table.costs[rows, picked].sum()),
+                    share=_share(table.models, picked),
+                )
+            )
+        chosen = router.choose_many(features, target_quality)
+        accuracy = float(table.scores[rows, chosen].mean())
+        cost = float(table.costs[rows, chosen].sum())
+    elif policy == "cascade":
+        order = np.argsort(
+            [float(np.mean(train.complete(names).costs[:, i])) for i in range(len(names))]
+        )
+        table = table.select(rows, [names[int(i)] for i in order])
+        chosen, spent = replay_cascade(table, list(range(len(names))))
+        accuracy = float(table.scores[rows, chosen].mean())
+        cost = float(spent.sum())
+    else:
+        raise ConfigError(f"unknown routing policy {policy!r}: use learned or cascade")
+    singles = single_models(table)
+    return RoutingReport(
+        policy=policy,
+        target_quality=target_quality,
+        prompts=len(table),
+        candidates=list(table.models),
+        accuracy=accuracy,
+        cost_usd=cost,
+        share=_share(table.models, chosen),
+        singles=singles,
+        best_single=_best(singles),
+        random=random_at_cost(singles, cost),
+        oracle=oracle(table),
+        curve=curve,
+    )
+
+
+def plot_curve(report: RoutingReport, path: str | Path) -> None:
+    """A PNG of the policy's cost/quality curve beside single models, random and oracle."""
+    import importlib
+
+    try:
+        # Imported by name: matplotlib is optional and has no type stubs here.
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        raise ConfigError(
+            "--plot needs matplotlib, which is not installed: pip install matplotlib"
+        ) from None
+    figure, axes = plt.subplots(figsize=(7, 5))
+    singles = sorted(report.singles, key=lambda s: s.cost_usd)
+    axes.scatter([s.cost_usd for s in singles], [s.accuracy for s in singles], color="gray")
+    for single in singles:
+        axes.annotate(
+            single.model.rsplit("/", 1)[-1], (single.cost_usd, single.accuracy), fontsize=7
+        )
+    if report.curve:
+        axes.plot(
+            [p.cost_usd for p in report.curve],
+            [p.accuracy for p in report.curve],
+            marker="o",
+            label=f"{report.policy} (target quality {report.curve[0].target_quality:g}"
+            f"-{report.curve[-1].target_quality:g})",
+        )
+    axes.scatter([report.cost_usd], [report.accuracy], marker="*", s=150, label="policy")
+    axes.scatter([report.oracle.cost_usd], [report.oracle.accuracy], marker="^", label="oracle")
+    costs = np.linspace(singles[0].cost_usd, singles[-1].cost_usd, 50)
+    axes.plot(
+        costs,
+        [random_at_cost(report.singles, float(c)).accuracy for c in costs],
+        linestyle="--",
+        color="gray",
+        label="random routing",
+    )
+    axes.set_xscale("log")
+    axes.set_xlabel("total cost (USD)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"Routing on {report.prompts} prompts")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(str(path), dpi=120)
+    plt.close(figure)
