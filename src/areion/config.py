@@ -7,6 +7,7 @@ unset variable is an error unless a default is given as `${VAR:-default}`. Secre
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -25,11 +26,14 @@ __all__ = [
     "CacheConfig",
     "Config",
     "ExactCacheConfig",
+    "LimitsConfig",
     "MemoryConfig",
     "ModelConfig",
+    "ModelLimit",
     "PriceConfig",
     "RetryConfig",
     "ServerConfig",
+    "TenantConfig",
     "default_config",
     "load_config",
 ]
@@ -95,11 +99,29 @@ class ModelConfig(_Strict):
         return self
 
 
+Priority = Literal["critical", "interactive", "batch"]
+
+
 class AuthKey(_Strict):
-    """An API key and the tenant it belongs to."""
+    """An API key, the tenant it belongs to, and its own limits."""
 
     key: SecretStr
     tenant: str = Field(min_length=1)
+    # How limits and errors name the key; default: a digest prefix of the key.
+    name: str | None = Field(default=None, min_length=1)
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1)  # tokens (prompt + output) per minute
+    # Stored for admission lanes; not acted on yet.
+    priority: Priority | None = None
+    # The model names (groups or routes) the key may ask for; absent = all.
+    models: list[str] | None = None
+
+    @property
+    def label(self) -> str:
+        """The key's name, or `key-` and a digest prefix: safe to log and to show."""
+        if self.name:
+            return self.name
+        return "key-" + hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()[:8]
 
     @model_validator(mode="after")
     def _non_empty(self) -> AuthKey:
@@ -108,10 +130,43 @@ class AuthKey(_Strict):
         return self
 
 
+class TenantConfig(_Strict):
+    """Limits and budgets of one tenant, over all its keys (and its agent runs)."""
+
+    name: str = Field(min_length=1)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    # Dollars per UTC calendar day and month: a call whose estimated cost does not fit
+    # what is left (minus what calls in flight reserved) is refused.
+    budget_usd_per_day: float | None = Field(default=None, gt=0)
+    budget_usd_per_month: float | None = Field(default=None, gt=0)
+    # Caps on one call's estimate (prompt + max_tokens, at the model's price).
+    max_usd_per_request: float | None = Field(default=None, gt=0)
+    max_tokens_per_request: int | None = Field(default=None, ge=1)
+
+
 class AuthConfig(_Strict):
     """Absent or with no keys: the server is open and every call is tenant `default`."""
 
     keys: list[AuthKey] = Field(default_factory=list)
+    tenants: list[TenantConfig] = Field(default_factory=list)
+
+
+class ModelLimit(_Strict):
+    """Rate limits of one model name (a group or a route) over every tenant."""
+
+    model: str = Field(min_length=1)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class LimitsConfig(_Strict):
+    """Model-wide rate limits and how a call's tokens are estimated at admission."""
+
+    models: list[ModelLimit] = Field(default_factory=list)
+    # The output-token estimate of a request that sets no max_tokens: reserved at
+    # admission, reconciled with the real count when the call ends.
+    default_max_tokens: int = Field(default=1024, ge=1)
 
 
 class RetryConfig(_Strict):
@@ -255,6 +310,7 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: str = "sqlite:///areion.db"
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -302,6 +358,24 @@ class Config(_Strict):
             if route.degraded_model is not None and route.degraded_model not in route.candidates:
                 raise ValueError(
                     f"{where}.degraded_model: '{route.degraded_model}' is not one of the candidates"
+                )
+        known = groups | route_names
+        tenants = [tenant.name for tenant in self.auth.tenants]
+        if len(tenants) != len(set(tenants)):
+            raise ValueError("auth.tenants: names must be unique")
+        names = [key.name for key in self.auth.keys if key.name]
+        if len(names) != len(set(names)):
+            raise ValueError("auth.keys: names must be unique")
+        for i, key in enumerate(self.auth.keys):
+            for name in key.models or ():
+                if name not in known:
+                    raise ValueError(
+                        f"auth.keys[{i}].models: '{name}' is not a model or route name"
+                    )
+        for i, limit in enumerate(self.limits.models):
+            if limit.model not in known:
+                raise ValueError(
+                    f"limits.models[{i}].model: '{limit.model}' is not a model or route name"
                 )
         if not self.store.startswith("sqlite:///"):
             raise ValueError(f"store: '{self.store}' is not supported yet; use sqlite:///path.db")

@@ -6,8 +6,12 @@ The tree splits "you configured or called it wrong" from "the world failed"::
     ├── ConfigError                 the configuration is invalid (raised at start)
     ├── RequestError                the caller asked for something wrong        400
     │   ├── AuthenticationError     missing or unknown API key                   401
+    │   ├── ModelNotAllowedError    the API key may not use that model            403
     │   ├── UnknownModelError       no model group or route of that name         404
     │   └── ReplayMissError         the replay recording has no such prompt      404
+    ├── LimitError                  Areion's own limits refused the call
+    │   ├── RateLimitExceededError  a key, tenant or model rate limit; `retry_after` 429
+    │   └── BudgetExceededError     the call's estimated cost does not fit a budget 402
     └── UpstreamError               a provider failed                            502
         ├── RateLimitedError        throttled; carries `retry_after`             429
         ├── ProviderUnavailableError no deployment can take the call            503
@@ -23,9 +27,13 @@ from __future__ import annotations
 __all__ = [
     "AreionError",
     "AuthenticationError",
+    "BudgetExceededError",
     "ConfigError",
+    "LimitError",
+    "ModelNotAllowedError",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
+    "RateLimitExceededError",
     "RateLimitedError",
     "ReplayMissError",
     "RequestError",
@@ -76,11 +84,65 @@ class UnknownModelError(RequestError):
     code = "model_not_found"
 
 
+class ModelNotAllowedError(RequestError):
+    """The API key is not allowed to use the model it asked for (its `models` list)."""
+
+    status = 403
+    code = "model_not_allowed"
+
+
 class ReplayMissError(RequestError):
     """A replay provider was asked a prompt its recording does not hold."""
 
     status = 404
     code = "replay_prompt_not_found"
+
+
+class LimitError(AreionError):
+    """A limit configured in Areion refused the call before any model was asked."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds after which the same call may fit (None: not before a limit changes)."""
+        self.headers = headers or {}
+        """Response headers that describe the limit (`x-ratelimit-*`)."""
+
+
+class RateLimitExceededError(LimitError):
+    """A requests- or tokens-per-minute limit of a key, tenant or model is used up."""
+
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceededError(LimitError):
+    """The call's estimated cost does not fit a budget (per request, day or month)."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, headers=headers)
+        self.budget = budget
+        """Which budget: `request`, `day` or `month`."""
 
 
 class UpstreamError(AreionError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from areion.store.counters import Counters
 from areion.store.records import (
     Checkpoint,
     RunRecord,
@@ -30,6 +31,17 @@ class Store(Protocol):
         self, *, tenant: str | None = None, request_id: str | None = None, limit: int = 1000
     ) -> list[LedgerEntry]:
         """Recent spend records, newest first, filtered by tenant or request."""
+        ...
+
+    async def spend_by_tenant(self, *, since: float) -> dict[str, float]:
+        """Each tenant's total recorded cost since `since` (Unix time)."""
+        ...
+
+    # -- limits and budgets -------------------------------------------------------
+
+    @property
+    def counters(self) -> Counters:
+        """The atomic rate-limit buckets and budget windows of this backend."""
         ...
 
     # -- agent runs -------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import orjson
 
 from areion.errors import ConfigError
+from areion.store.counters import Counters, MemoryCounters
 from areion.store.records import (
     Checkpoint,
     RunRecord,
@@ -73,6 +74,13 @@ class SQLiteStore:
         self._reader = Reader(path) if path != ":memory:" else None
         self._schema_ready = False
         self._closed = False
+        # One process owns an embedded store, so its buckets and budgets live in memory;
+        # budget spend is durable through the ledger (`spend_by_tenant`).
+        self._counters = MemoryCounters()
+
+    @property
+    def counters(self) -> Counters:
+        return self._counters
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -152,6 +160,15 @@ class SQLiteStore:
             )
             for row in await self._read(read)
         ]
+
+    async def spend_by_tenant(self, *, since: float) -> dict[str, float]:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                "SELECT tenant, SUM(cost_usd) FROM ledger WHERE created >= ? GROUP BY tenant",
+                (since,),
+            ).fetchall()
+
+        return {tenant: float(total or 0.0) for tenant, total in await self._read(read)}
 
     # -- agent runs -------------------------------------------------------------------
 

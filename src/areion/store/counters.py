@@ -1,0 +1,173 @@
+"""Counters: the atomic operations behind rate limits and budgets.
+
+Every operation is one atomic step over the counters it names: it checks and
+updates all of them, or none. `MemoryCounters` is the embedded implementation:
+atomic because its methods never await between the check and the update, so no
+other task can run in between. A shared backend (Redis) implements the same
+protocol with one Lua script per operation, so replicas share one set of
+buckets and budgets instead of each enforcing the limit on its own.
+
+Token buckets hold `burst` tokens and refill at `rate` tokens per second; a take
+that does not fit takes nothing and says how long until it would fit. A budget
+window counts what was spent and what calls in flight have reserved; a
+reservation fits only if spent + reserved + amount stays within the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "BucketState",
+    "BudgetState",
+    "Counters",
+    "MemoryCounters",
+    "Reservation",
+    "Take",
+]
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Take:
+    """Take `amount` tokens from the bucket `key`."""
+
+    key: str
+    """The bucket (for example `rpm:tenant:acme`)."""
+    amount: float
+    """Tokens to take."""
+    rate: float
+    """Refill, tokens per second."""
+    burst: float
+    """Capacity: a bucket starts full."""
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class BucketState:
+    """A bucket right after a take (or a refused take)."""
+
+    remaining: float
+    """Tokens left (negative: a debt from usage beyond a reservation)."""
+    retry_after: float
+    """Seconds until the take would fit; 0 when it was taken."""
+    reset: float
+    """Seconds until the bucket is full again."""
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Reservation:
+    """Reserve `amount` of the budget window `key`, whose limit is `limit`."""
+
+    key: str
+    """The budget window (for example `usd:day:acme:2025-01-31`)."""
+    amount: float
+    """What the call may cost, at most (the estimate)."""
+    limit: float
+    """The window's limit."""
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class BudgetState:
+    """A budget window as a reservation found it."""
+
+    spent: float
+    """Settled spend in the window."""
+    reserved: float
+    """Held by calls in flight (including this one, if it fit)."""
+
+
+@runtime_checkable
+class Counters(Protocol):
+    """Atomic token buckets and budget windows, shared by every replica of a backend."""
+
+    async def take(self, takes: Sequence[Take], now: float) -> tuple[bool, list[BucketState]]:
+        """Take from every bucket, or (if one lacks tokens) from none; states in order."""
+        ...
+
+    async def give(self, take: Take, amount: float, now: float) -> None:
+        """Return `amount` tokens to a bucket (negative: take them even into debt)."""
+        ...
+
+    async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
+        """Reserve in every window, or (if one would exceed its limit) in none."""
+        ...
+
+    async def settle(self, key: str, reserved: float, spent: float) -> None:
+        """Release a reservation of a window and add what the call really cost."""
+        ...
+
+    async def seed(self, key: str, spent: float) -> None:
+        """Start a window's spend at `spent` (from the ledger) unless it is already known."""
+        ...
+
+
+def _level(bucket: list[float], take: Take, now: float) -> float:
+    tokens, updated = bucket
+    if now > updated:
+        tokens = min(take.burst, tokens + (now - updated) * take.rate)
+    return tokens
+
+
+class MemoryCounters:
+    """`Counters` in this process's memory (the embedded mode)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, list[float]] = {}  # key -> [tokens, updated]
+        self._budgets: dict[str, list[float]] = {}  # key -> [spent, reserved]
+
+    def _bucket(self, take: Take, now: float) -> list[float]:
+        bucket = self._buckets.get(take.key)
+        if bucket is None:
+            bucket = self._buckets[take.key] = [take.burst, now]
+        return bucket
+
+    async def take(self, takes: Sequence[Take], now: float) -> tuple[bool, list[BucketState]]:
+        # No await in here: the check and the update are one step for the event loop.
+        levels = [_level(self._bucket(take, now), take, now) for take in takes]
+        ok = all(level >= take.amount for level, take in zip(levels, takes, strict=True))
+        states: list[BucketState] = []
+        for level, take in zip(levels, takes, strict=True):
+            if ok:
+                level -= take.amount
+                self._buckets[take.key] = [level, now]
+                wait = 0.0
+            else:
+                wait = max(0.0, (take.amount - level) / take.rate)
+            states.append(
+                BucketState(
+                    remaining=level, retry_after=wait, reset=(take.burst - level) / take.rate
+                )
+            )
+        return ok, states
+
+    async def give(self, take: Take, amount: float, now: float) -> None:
+        bucket = self._bucket(take, now)
+        level = _level(bucket, take, now)
+        bucket[0] = min(take.burst, level + amount)
+        bucket[1] = now
+
+    async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
+        windows = [self._budgets.setdefault(r.key, [0.0, 0.0]) for r in reservations]
+        ok = all(
+            spent + reserved + r.amount <= r.limit
+            for (spent, reserved), r in zip(windows, reservations, strict=True)
+        )
+        states: list[BudgetState] = []
+        for window, r in zip(windows, reservations, strict=True):
+            if ok:
+                window[1] += r.amount
+            states.append(BudgetState(spent=window[0], reserved=window[1]))
+        return ok, states
+
+    async def settle(self, key: str, reserved: float, spent: float) -> None:
+        window = self._budgets.setdefault(key, [0.0, 0.0])
+        window[1] = max(0.0, window[1] - reserved)
+        window[0] += spent
+
+    async def seed(self, key: str, spent: float) -> None:
+        self._budgets.setdefault(key, [spent, 0.0])
+
+    def spent(self, key: str) -> float:
+        """Settled spend of a window (for tests and reports)."""
+        return self._budgets.get(key, [0.0, 0.0])[0]
