@@ -19,6 +19,7 @@ from areion.agent.runner import AgentRunner
 from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
 from areion.config import Config, RouteConfig, default_config, load_config
+from areion.control import Admission, PriceBound, price_bound
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
@@ -87,6 +88,18 @@ class Runtime:
             plans=self._make_plan_cache,  # called when an agent with plan_cache first runs
         )
         stages: list[Stage] = []
+        # Admission first: a cache hit still counts as a request and is reconciled to 0.
+        self.admission: Admission | None = None
+        if self._has_limits():
+            self.admission = Admission(
+                self.store.counters,
+                keys=self.config.auth.keys,
+                tenants=self.config.auth.tenants,
+                limits=self.config.limits,
+                prices=self._price_bounds(),
+                spend_since=lambda since: self.store.spend_by_tenant(since=since),
+            )
+            stages.append(self.admission)
         self.exact_cache: ExactCache | None = None
         if self.config.cache.exact.enabled:
             self.exact_cache = ExactCache(
@@ -130,6 +143,26 @@ class Runtime:
         self._handler = compose(stages, self._terminal)
         self._started = False
         self._closed = False
+
+    def _has_limits(self) -> bool:
+        auth, limits = self.config.auth, self.config.limits
+        return bool(auth.tenants or limits.models) or any(
+            k.rpm or k.tpm or k.models is not None for k in auth.keys
+        )
+
+    def _price_bounds(self) -> dict[str, PriceBound]:
+        """The dearest price each model name can bill: a group's deployments, a route's
+        candidates' (a fallback's higher price is reconciled after the call)."""
+        bounds = {
+            name: price_bound(d.price for d in group.deployments)
+            for name, group in self.gateway.groups.items()
+        }
+        for route in self.config.routes:
+            bounds[route.name] = PriceBound(
+                max(bounds[c].input for c in route.candidates),
+                max(bounds[c].output for c in route.candidates),
+            )
+        return bounds
 
     @property
     def embedder(self) -> Embedder:
@@ -181,6 +214,7 @@ class Runtime:
         cache: str | None,
         tier: str | None = None,
         tags: Sequence[str] = (),
+        key: str | None = None,
     ) -> Call:
         if not self._started:
             self._started = True
@@ -212,6 +246,8 @@ class Runtime:
             call.annotations["tier"] = tier
         if tags:
             call.annotations["tags"] = tuple(tags)
+        if key is not None:
+            call.annotations["key"] = key
         return call
 
     async def _terminal(self, call: Call) -> Result:
@@ -230,16 +266,19 @@ class Runtime:
         cache: str | None = None,
         tier: str | None = None,
         tags: Sequence[str] = (),
+        key: str | None = None,
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
         `cache` controls the response cache for this call: `no-store` or `refresh`.
         `tier` (interactive, batch, critical...) and `tags` are what routing rules
         match on; `critical` traffic is never moved by a route's degraded mode.
+        `key` is the label of the API key that asks (`AuthKey.label`): its rate limits
+        and model list apply.
         """
         if request.stream:
             request.stream = False
-        call = self._begin(request, tenant, request_id, cache, tier, tags)
+        call = self._begin(request, tenant, request_id, cache, tier, tags, key)
         result = await self._handler(call)
         assert isinstance(result, ChatResponse)
         return result
@@ -253,10 +292,11 @@ class Runtime:
         cache: str | None = None,
         tier: str | None = None,
         tags: Sequence[str] = (),
+        key: str | None = None,
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived."""
         request.stream = True
-        call = self._begin(request, tenant, request_id, cache, tier, tags)
+        call = self._begin(request, tenant, request_id, cache, tier, tags, key)
         result = await self._handler(call)
         assert isinstance(result, ChatStream)
         return result
@@ -348,6 +388,8 @@ class Runtime:
             return
         self._closed = True
         await self.load_probe.aclose()
+        if self.admission is not None:
+            await self.admission.drain()
         if self.exact_cache is not None:
             await self.exact_cache.drain()
         await self.ledger.aclose()

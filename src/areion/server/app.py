@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,9 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from areion.control.limits import RateReport
 from areion.errors import (
     AreionError,
     AuthenticationError,
+    LimitError,
     ProviderUnavailableError,
     RateLimitedError,
     StreamInterruptedError,
@@ -51,9 +54,14 @@ def error_body(
 
 
 def error_response(error: AreionError) -> Response:
-    headers = {}
+    headers: dict[str, str] = {}
     retry_after = getattr(error, "retry_after", None)
-    if isinstance(error, RateLimitedError | ProviderUnavailableError):
+    if isinstance(error, LimitError):
+        headers.update(error.headers)
+        if retry_after is not None:
+            # Rounded up: a client that waits this long finds room.
+            headers.setdefault("retry-after", str(max(1, math.ceil(retry_after))))
+    elif isinstance(error, RateLimitedError | ProviderUnavailableError):
         # Always tell a throttled client when to come back, even if upstream did not.
         headers["retry-after"] = str(max(1, round(retry_after or 1)))
     elif retry_after:
@@ -69,26 +77,30 @@ def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
 class _Api:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._tenants = {
-            _key_hash(entry.key.get_secret_value()): entry.tenant
+        self._keys = {
+            _key_hash(entry.key.get_secret_value()): (entry.tenant, entry.label)
             for entry in runtime.config.auth.keys
         }
 
-    def tenant(self, request: Request) -> str:
-        if not self._tenants:
-            return "default"
+    def identity(self, request: Request) -> tuple[str, str | None]:
+        """The tenant and the key label of a request (open server: `default`, no key)."""
+        if not self._keys:
+            return "default", None
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        tenant = self._tenants.get(_key_hash(key.strip()))
-        if tenant is None:
+        found = self._keys.get(_key_hash(key.strip()))
+        if found is None:
             raise AuthenticationError("invalid API key")
-        return tenant
+        return found
+
+    def tenant(self, request: Request) -> str:
+        return self.identity(request)[0]
 
     async def chat_completions(self, request: Request) -> Response:
         try:
-            tenant = self.tenant(request)
+            tenant, key = self.identity(request)
             chat, include_usage = parse_chat_request(await request.body())
             request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
             cache = request.headers.get("x-areion-cache")
@@ -97,7 +109,13 @@ class _Api:
             tags = [t for t in tags if t]
             if chat.stream:
                 stream = await self.runtime.chat_stream(
-                    chat, tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags
+                    chat,
+                    tenant=tenant,
+                    request_id=request_id,
+                    cache=cache,
+                    tier=tier,
+                    tags=tags,
+                    key=key,
                 )
                 return StreamingResponse(
                     _sse(stream, include_usage),
@@ -111,7 +129,13 @@ class _Api:
                     },
                 )
             response = await self.runtime.chat(
-                chat, tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags
+                chat,
+                tenant=tenant,
+                request_id=request_id,
+                cache=cache,
+                tier=tier,
+                tags=tags,
+                key=key,
             )
         except AreionError as error:
             return error_response(error)
@@ -166,7 +190,11 @@ _INFO_HEADERS = {
 
 def _info_headers(info: dict[str, Any]) -> dict[str, str]:
     """Response headers for what the request path noted about the call."""
-    return {header: str(info[key]) for key, header in _INFO_HEADERS.items() if key in info}
+    headers = {header: str(info[key]) for key, header in _INFO_HEADERS.items() if key in info}
+    report = info.get("ratelimit")
+    if isinstance(report, RateReport):
+        headers.update(report.headers())
+    return headers
 
 
 async def _sse(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:

@@ -1,0 +1,248 @@
+"""The admission stage: rate limits and budgets, first in the request path.
+
+For each call: the key's model list -> an estimate (prompt tokens counted with
+the tokenizer + `max_tokens` or the default cap; its cost at the dearest price
+the model name can bill) -> per-request caps -> one atomic take from every
+requests and tokens bucket of the key, tenant and model -> one atomic reservation
+in the tenant's day and month budgets -> the call -> reconciliation: the real
+tokens and cost replace the estimate (a stream's when it ends; a cache hit's are
+0; a failed call's are 0). A refusal takes nothing: what was taken is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from areion.config import AuthKey, LimitsConfig, TenantConfig
+from areion.control.budgets import BudgetWindow, PriceBound, Windows, exceeded
+from areion.control.limits import RateLimit, RateReport, refusal
+from areion.errors import BudgetExceededError, ModelNotAllowedError, RequestError
+from areion.pipeline import Call, Handler, Result
+from areion.store.counters import Counters, Take
+from areion.streaming import ChatStream
+from areion.tokenizer import estimate_usage
+from areion.types import Usage
+
+__all__ = ["Admission", "Policy"]
+
+SpendSince = Callable[[float], Awaitable[dict[str, float]]]
+"""Each tenant's recorded spend since a Unix time (`Store.spend_by_tenant`)."""
+Clock = Callable[[], float]
+
+_FREE = PriceBound(0.0, 0.0)
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Policy:
+    """Everything admission applies to one (key, tenant, model)."""
+
+    models: frozenset[str] | None
+    """What the key may ask for; None: anything."""
+    key: str | None
+    """The key's label, for errors."""
+    limits: tuple[RateLimit, ...]
+    """Its rate limits, key first, then tenant, then model."""
+    max_usd: float | None
+    max_tokens: int | None
+    price: PriceBound
+
+
+@dataclass(slots=True)
+class _Admitted:
+    """What one admitted call holds until it is reconciled."""
+
+    takes: list[Take]
+    """The tokens-per-minute takes, to be corrected by the real count."""
+    tokens: int
+    windows: tuple[BudgetWindow, ...]
+    usd: float
+
+
+class Admission:
+    """Admits, refuses and reconciles calls against rate limits and budgets."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        *,
+        keys: Iterable[AuthKey],
+        tenants: Iterable[TenantConfig],
+        limits: LimitsConfig,
+        prices: Mapping[str, PriceBound],
+        spend_since: SpendSince | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self._counters = counters
+        self._keys = {key.label: key for key in keys}
+        self._tenants = {tenant.name: tenant for tenant in tenants}
+        self._models = {limit.model: limit for limit in limits.models}
+        self._default_max_tokens = limits.default_max_tokens
+        self._prices = dict(prices)
+        self._windows = Windows(self._tenants.values())
+        self._spend_since = spend_since
+        self._clock = clock
+        self._policies: dict[tuple[str | None, str, str], Policy] = {}
+        self._seeded = not self._windows or spend_since is None
+        self._seeding = asyncio.Lock()
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def policy(self, key: str | None, tenant: str, model: str) -> Policy:
+        """What applies to a call by `key` of `tenant` for `model` (cached)."""
+        found = self._policies.get((key, tenant, model))
+        if found is not None:
+            return found
+        limits: list[RateLimit] = []
+        entry = self._keys.get(key) if key is not None else None
+        scopes: list[tuple[str, str, int | None, int | None]] = []
+        if entry is not None:
+            scopes.append((f"key '{entry.label}'", f"key:{entry.label}", entry.rpm, entry.tpm))
+        config = self._tenants.get(tenant)
+        if config is not None:
+            scopes.append((f"tenant '{tenant}'", f"tenant:{tenant}", config.rpm, config.tpm))
+        model_limit = self._models.get(model)
+        if model_limit is not None:
+            scopes.append((f"model '{model}'", f"model:{model}", model_limit.rpm, model_limit.tpm))
+        for scope, bucket, rpm, tpm in scopes:
+            if rpm is not None:
+                limits.append(
+                    RateLimit(scope=scope, kind="requests", per_minute=rpm, bucket="rpm:" + bucket)
+                )
+            if tpm is not None:
+                limits.append(
+                    RateLimit(scope=scope, kind="tokens", per_minute=tpm, bucket="tpm:" + bucket)
+                )
+        policy = Policy(
+            models=frozenset(entry.models)
+            if entry is not None and entry.models is not None
+            else None,
+            key=entry.label if entry is not None else key,
+            limits=tuple(limits),
+            max_usd=config.max_usd_per_request if config is not None else None,
+            max_tokens=config.max_tokens_per_request if config is not None else None,
+            price=self._prices.get(model, _FREE),
+        )
+        self._policies[(key, tenant, model)] = policy
+        return policy
+
+    async def handle(self, call: Call, call_next: Handler) -> Result:
+        request = call.request
+        policy = self.policy(call.annotations.get("key"), call.tenant, request.model)
+        if policy.models is not None and request.model not in policy.models:
+            raise ModelNotAllowedError(
+                f"key '{policy.key}' may not use model '{request.model}'; it may use: "
+                + ", ".join(sorted(policy.models)),
+                param="model",
+            )
+        if not self._seeded:
+            await self._seed()
+        prompt = estimate_usage(request, "").prompt_tokens
+        output = request.max_tokens or self._default_max_tokens
+        tokens = prompt + output
+        usd = policy.price.cost(prompt, output)
+        self._check_request_caps(policy, call.tenant, tokens, usd)
+        now = self._clock()
+        takes: list[Take] = []
+        report: RateReport | None = None
+        if policy.limits:
+            takes = [
+                limit.take(1 if limit.kind == "requests" else tokens) for limit in policy.limits
+            ]
+            for limit, take in zip(policy.limits, takes, strict=True):
+                if take.amount > limit.per_minute:
+                    raise RequestError(
+                        f"this request needs an estimated {tokens} tokens ({prompt} prompt + "
+                        f"{output} max_tokens), more than the {limit.per_minute} tokens per "
+                        f"minute of {limit.scope}; lower max_tokens",
+                        param="max_tokens",
+                    )
+            ok, states = await self._counters.take(takes, now)
+            report = RateReport(policy.limits, states)
+            if not ok:
+                raise refusal(report, [take.amount for take in takes])
+        windows = self._windows.of(call.tenant, now)
+        if windows:
+            ok, budgets = await self._counters.reserve([w.reservation(usd) for w in windows])
+            if not ok:
+                for take in takes:  # a refused call costs nothing
+                    await self._counters.give(take, take.amount, now)
+                raise exceeded(windows, budgets, usd, now)
+        admitted = _Admitted(
+            takes=[t for t, lim in zip(takes, policy.limits, strict=False) if lim.kind == "tokens"],
+            tokens=tokens,
+            windows=windows,
+            usd=usd,
+        )
+        try:
+            result = await call_next(call)
+        except BaseException:
+            await self._settle(admitted, 0, 0.0)
+            raise
+        if report is not None:
+            result.info["ratelimit"] = report
+        if isinstance(result, ChatStream):
+            result.on_finish(lambda stream, error: self._settle_later(admitted, stream))
+        else:
+            tokens_used, cost = _real(result.usage, result.cost_usd, result.cache)
+            await self._settle(admitted, tokens_used, cost)
+        return result
+
+    def _check_request_caps(self, policy: Policy, tenant: str, tokens: int, usd: float) -> None:
+        if policy.max_tokens is not None and tokens > policy.max_tokens:
+            raise BudgetExceededError(
+                f"Budget exceeded: tenant '{tenant}' allows {policy.max_tokens} tokens per "
+                f"request (max_tokens_per_request) and this one may use {tokens}; lower "
+                "max_tokens or shorten the prompt",
+                budget="request",
+            )
+        if policy.max_usd is not None and usd > policy.max_usd:
+            raise BudgetExceededError(
+                f"Budget exceeded: tenant '{tenant}' allows ${policy.max_usd:.6f} per request "
+                f"(max_usd_per_request) and this one may cost ${usd:.6f}; lower max_tokens "
+                "or use a cheaper model",
+                budget="request",
+            )
+
+    async def _settle(self, admitted: _Admitted, tokens: int, usd: float) -> None:
+        now = self._clock()
+        for take in admitted.takes:
+            await self._counters.give(take, admitted.tokens - tokens, now)
+        for window in admitted.windows:
+            await self._counters.settle(window.key, admitted.usd, usd)
+
+    def _settle_later(self, admitted: _Admitted, stream: ChatStream) -> None:
+        # Runs after accounting's finisher (registered first), so usage and cost are final.
+        tokens, usd = _real(stream.usage, stream.cost_usd, stream.info.get("cache"))
+        task = asyncio.get_running_loop().create_task(self._settle(admitted, tokens, usd))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _seed(self) -> None:
+        """Start this month's and today's spend of each budgeted tenant from the ledger."""
+        async with self._seeding:
+            if self._seeded or self._spend_since is None:
+                return
+            now = self._clock()
+            windows = [w for tenant in self._windows.tenants for w in self._windows.of(tenant, now)]
+            spent: dict[float, dict[str, float]] = {}
+            for window in windows:
+                start = Windows.start(window)
+                if start not in spent:
+                    spent[start] = await self._spend_since(start)
+                await self._counters.seed(window.key, spent[start].get(window.tenant, 0.0))
+            self._seeded = True
+
+    async def drain(self) -> None:
+        """Wait for the reconciliation of streams that have ended."""
+        while self._settling:
+            await asyncio.gather(*self._settling)
+
+
+def _real(usage: Usage | None, cost: float | None, cache: object) -> tuple[int, float]:
+    """Tokens and dollars a call really used; a cache hit used none."""
+    if isinstance(cache, str) and cache.startswith("hit"):
+        return 0, 0.0
+    tokens = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
+    return tokens, cost or 0.0

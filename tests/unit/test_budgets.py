@@ -1,0 +1,144 @@
+"""Budget windows, reservations (`MemoryCounters.reserve/settle/seed`) and admission."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+
+import pytest
+
+from areion.config import LimitsConfig, TenantConfig
+from areion.control import Admission, PriceBound
+from areion.control.budgets import Windows, price_bound
+from areion.errors import BudgetExceededError
+from areion.pipeline import Call, Result
+from areion.pricing import Price
+from areion.store.counters import MemoryCounters, Reservation
+from areion.types import ChatRequest, ChatResponse, Choice, Message, Usage
+
+ACME = TenantConfig(name="acme", budget_usd_per_day=1.0, budget_usd_per_month=20.0)
+JAN_31_NOON = calendar.timegm((2025, 1, 31, 12, 0, 0))
+
+
+def test_windows_are_utc_days_and_months() -> None:
+    day, month = Windows([ACME]).of("acme", JAN_31_NOON)
+    assert (day.key, day.ends) == (
+        "usd:day:acme:2025-01-31",
+        calendar.timegm((2025, 2, 1, 0, 0, 0)),
+    )
+    assert (month.key, month.ends) == ("usd:month:acme:2025-01", day.ends)
+    assert Windows.start(month) == calendar.timegm((2025, 1, 1, 0, 0, 0))
+    assert Windows.start(day) == calendar.timegm((2025, 1, 31, 0, 0, 0))
+    december = Windows([ACME]).of("acme", calendar.timegm((2024, 12, 31, 23, 0, 0)))[1]
+    assert december.ends == calendar.timegm((2025, 1, 1, 0, 0, 0))
+    assert Windows([ACME]).of("other", JAN_31_NOON) == ()
+
+
+def test_price_bound_takes_the_dearest_input_and_output() -> None:
+    bound = price_bound([Price(input=1.0, output=8.0), Price(input=3.0, output=4.0)])
+    assert bound == PriceBound(3.0, 8.0)
+    assert bound.cost(1000, 500) == pytest.approx((3000 + 4000) / 1e6)
+
+
+async def test_reservations_never_exceed_the_limit_and_settle_to_real_spend() -> None:
+    counters = MemoryCounters()
+    window = Reservation(key="w", amount=0.3, limit=1.0)
+    results = [(await counters.reserve([window]))[0] for _ in range(4)]
+    assert results == [True, True, True, False]
+    await counters.settle("w", 0.3, 0.1)  # a call that cost less than its estimate
+    ok, [state] = await counters.reserve([window])
+    assert ok and state.spent == pytest.approx(0.1) and state.reserved == pytest.approx(0.9)
+
+
+async def test_a_reservation_is_all_or_nothing_over_its_windows() -> None:
+    counters = MemoryCounters()
+    await counters.seed("month", 19.9)
+    ok, _ = await counters.reserve(
+        [
+            Reservation(key="day", amount=0.2, limit=1.0),
+            Reservation(key="month", amount=0.2, limit=20),
+        ]
+    )
+    assert not ok
+    ok, [day] = await counters.reserve([Reservation(key="day", amount=1.0, limit=1.0)])
+    assert ok and day.reserved == 1.0  # the refused reservation held nothing
+    await counters.seed("month", 0.0)  # a known window is not reset by a late seed
+    assert counters.spent("month") == pytest.approx(19.9)
+
+
+async def test_admission_refuses_what_does_not_fit_and_seeds_from_the_ledger() -> None:
+    counters = MemoryCounters()
+    asked: list[float] = []
+
+    async def spend_since(since: float) -> dict[str, float]:
+        asked.append(since)
+        return {"acme": 0.9995}
+
+    admission = Admission(
+        counters,
+        keys=[],
+        tenants=[ACME],
+        limits=LimitsConfig(default_max_tokens=100),
+        prices={"fast": PriceBound(1.0, 2.0)},  # 100 output tokens: $0.0002
+        spend_since=spend_since,
+        clock=lambda: JAN_31_NOON,
+    )
+    calls = 0
+
+    async def answer(call: Call) -> Result:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return ChatResponse(
+            id="x",
+            model="m",
+            created=0,
+            choices=[Choice(message=Message(role="assistant", content="ok"))],
+            usage=Usage(prompt_tokens=10, completion_tokens=10),
+            deployment="fast/m",
+            cost_usd=0.00003,
+        )
+
+    def call() -> Call:
+        request = ChatRequest(model="fast", messages=[Message(role="user", content="hi")])
+        return Call(request=request, tenant="acme", request_id="r", started=0.0)
+
+    outcomes = await asyncio.gather(
+        *(admission.handle(call(), answer) for _ in range(5)), return_exceptions=True
+    )
+    # $0.0005 left today: two reservations of ~$0.0002 fit, the third does not.
+    assert calls == 2
+    refused = [o for o in outcomes if isinstance(o, BudgetExceededError)]
+    assert len(refused) == 3 and refused[0].budget == "day"
+    assert "budget of $1.00 per day (2025-01-31)" in refused[0].message
+    assert counters.spent("usd:day:acme:2025-01-31") == pytest.approx(0.9995 + 0.00006)
+    assert sorted(set(asked)) == [
+        calendar.timegm((2025, 1, 1, 0, 0, 0)),
+        calendar.timegm((2025, 1, 31, 0, 0, 0)),
+    ]
+
+
+async def test_a_per_request_cap_refuses_before_anything_is_taken() -> None:
+    tenant = TenantConfig(name="acme", max_usd_per_request=0.0001, max_tokens_per_request=500)
+    admission = Admission(
+        MemoryCounters(),
+        keys=[],
+        tenants=[tenant],
+        limits=LimitsConfig(),
+        prices={"fast": PriceBound(1.0, 2.0)},
+    )
+    request = ChatRequest(model="fast", messages=[Message(role="user", content="hi")])
+
+    async def never(call: Call) -> Result:
+        raise AssertionError("a refused call must not reach the model")
+
+    with pytest.raises(BudgetExceededError, match="max_tokens_per_request") as caught:
+        await admission.handle(
+            Call(request=request, tenant="acme", request_id="r", started=0), never
+        )
+    assert caught.value.budget == "request" and caught.value.status == 402
+    request.max_tokens = 400
+    with pytest.raises(BudgetExceededError, match="max_usd_per_request"):
+        await admission.handle(
+            Call(request=request, tenant="acme", request_id="r", started=0), never
+        )
