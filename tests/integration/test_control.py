@@ -296,3 +296,44 @@ auth:
         ["fast", "auto"],
     )
     assert cfg.auth.tenants[0].budget_usd_per_month == 500.0
+
+
+async def test_an_agent_run_pauses_when_its_tenant_budget_is_out(tmp_path: Path) -> None:
+    from areion import Agent, tool
+    from tests.agent_upstream import AgentUpstream, call, model_turns
+
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        return f"value-of-{key}"
+
+    def policy(body: dict[str, Any]) -> dict[str, Any]:
+        return call(("lookup", {"key": str(model_turns(body))}))
+
+    upstream = AgentUpstream(policy)  # each call: 100 prompt + 20 output tokens, $0.00014
+    with serve_app(upstream.app) as url:
+        cfg = parse_config(
+            {
+                "models": [
+                    {
+                        "name": "fast",
+                        "provider": "openai",
+                        "model": "m",
+                        "base_url": url + "/v1",
+                        "price": PRICE,
+                    }
+                ],
+                "store": f"sqlite:///{tmp_path / 'areion.db'}",
+                "auth": {"tenants": [{"name": "default", "budget_usd_per_day": 0.0003}]},
+                "limits": {"default_max_tokens": 20},
+            }
+        )
+        agent = Agent(name="a", model="fast", tools=[lookup], max_steps=10)
+        async with Runtime(cfg) as rt:
+            paused = await rt.run(agent, "go")
+            assert paused.status == "paused", paused
+            assert (paused.pause_reason or "").startswith("tenant budget exhausted: Budget")
+            assert "per day" in (paused.pause_reason or "")
+            assert paused.steps == 2 and len(upstream.requests) == 2
+            again = await rt.resume(paused.run_id, agent=agent)
+            assert again.status == "paused" and len(upstream.requests) == 2

@@ -34,7 +34,7 @@ from areion.agent.events import (
 )
 from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_result
 from areion.cache.plans import PlanHit, offered_plan
-from areion.errors import AreionError
+from areion.errors import AreionError, BudgetExceededError
 from areion.store.base import Store
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
 from areion.streaming import ChatStream, MessageAssembler
@@ -213,6 +213,10 @@ class RunDriver:
                     return await self._finish(final)
         except _Failure as failure:
             return await self._fail(str(failure))
+        except BudgetExceededError as error:
+            # The tenant's budget is out, not the run's fault: wait for approval (resume
+            # once the budget renews or is raised), do not fail.
+            return await self._pause(f"tenant budget exhausted: {error.message}", [])
         except AreionError as error:
             return await self._fail(f"{type(error).__name__}: {error.message}")
 
