@@ -111,7 +111,7 @@ class AuthKey(_Strict):
     name: str | None = Field(default=None, min_length=1)
     rpm: int | None = Field(default=None, ge=1)  # requests per minute
     tpm: int | None = Field(default=None, ge=1)  # tokens (prompt + output) per minute
-    # Stored for admission lanes; not acted on yet.
+    # The lane of its requests when they send no x-areion-priority header.
     priority: Priority | None = None
     # The model names (groups or routes) the key may ask for; absent = all.
     models: list[str] | None = None
@@ -143,6 +143,8 @@ class TenantConfig(_Strict):
     # Caps on one call's estimate (prompt + max_tokens, at the model's price).
     max_usd_per_request: float | None = Field(default=None, gt=0)
     max_tokens_per_request: int | None = Field(default=None, ge=1)
+    # Its share of a model group's queue under overload, against other tenants' (lanes).
+    weight: float = Field(default=1.0, gt=0)
 
 
 class AuthConfig(_Strict):
@@ -167,6 +169,32 @@ class LimitsConfig(_Strict):
     # The output-token estimate of a request that sets no max_tokens: reserved at
     # admission, reconciled with the real count when the call ends.
     default_max_tokens: int = Field(default=1024, ge=1)
+
+
+class LaneLimitsConfig(_Strict):
+    """How many calls of one lane may wait for a model group, and for how long."""
+
+    max_queued: int | None = Field(default=None, ge=0)
+    max_wait_s: float | None = Field(default=None, gt=0)
+
+
+class LanesConfig(_Strict):
+    """Priority lanes in front of model groups whose deployments all set max_concurrency.
+
+    Interactive calls are served before batch; within a lane tenants share by weight;
+    over the bounds, batch is shed first (503 with Retry-After)."""
+
+    interactive: LaneLimitsConfig = Field(
+        default_factory=lambda: LaneLimitsConfig(max_queued=1000, max_wait_s=30.0)
+    )
+    batch: LaneLimitsConfig = Field(
+        default_factory=lambda: LaneLimitsConfig(max_queued=10_000, max_wait_s=600.0)
+    )
+    max_queued: int | None = Field(default=None, ge=0)  # both lanes, per group
+    # The share of a group's slots batch may never hold: room for interactive arrivals.
+    interactive_reserve: float = Field(default=0.25, ge=0, lt=1)
+    # 0: strict priority; N: batch gets at least one slot per N interactive grants.
+    batch_every: int = Field(default=0, ge=0)
 
 
 class RetryConfig(_Strict):
@@ -318,6 +346,7 @@ class Config(_Strict):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routes: list[RouteConfig] = Field(default_factory=list)
+    lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

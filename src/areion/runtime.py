@@ -18,8 +18,9 @@ from areion.agent.memory import SessionMemory
 from areion.agent.runner import AgentRunner
 from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
-from areion.config import Config, RouteConfig, default_config, load_config
+from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config, load_config
 from areion.control import Admission, PriceBound, price_bound
+from areion.control.lanes import LaneLimits, Lanes, lane_of
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
@@ -140,6 +141,11 @@ class Runtime:
             stages.append(self.router)
         # Accounting sits inside the caches and the router: a hit costs nothing and books a saving.
         stages.append(Accounting(self.gateway.deployments, self.ledger, self.metrics))
+        self.lanes = self._make_lanes()
+        if self.lanes is not None:
+            # Last: hits and routing take no slot, and the gateway's retries hold one.
+            stages.append(self.lanes)
+        self._key_priority = {k.label: k.priority for k in self.config.auth.keys if k.priority}
         self._handler = compose(stages, self._terminal)
         self._started = False
         self._closed = False
@@ -199,6 +205,31 @@ class Runtime:
     def _learned_policy(self, route: RouteConfig) -> Policy:
         return LearnedPolicy.load(route, lambda: self.embedder)
 
+    def _make_lanes(self) -> Lanes | None:
+        """Lanes for the groups whose every deployment sets max_concurrency, if any."""
+        capacities = {
+            name: sum(d.config.max_concurrency or 0 for d in group.deployments)
+            for name, group in self.gateway.groups.items()
+            if all(d.config.max_concurrency for d in group.deployments)
+        }
+        if not capacities:
+            return None
+        lanes = self.config.lanes
+
+        def limits(config: LaneLimitsConfig) -> LaneLimits:
+            return LaneLimits(max_queued=config.max_queued, max_wait_s=config.max_wait_s)
+
+        return Lanes(
+            capacities,
+            interactive=limits(lanes.interactive),
+            batch=limits(lanes.batch),
+            max_queued=lanes.max_queued,
+            interactive_reserve=lanes.interactive_reserve,
+            batch_every=lanes.batch_every,
+            weights={t.name: t.weight for t in self.config.auth.tenants},
+            registry=self.metrics.registry,
+        )
+
     def _solver(self) -> SolverFn | None:
         if not any(route.solver for route in self.config.routes):
             return None
@@ -215,6 +246,7 @@ class Runtime:
         tier: str | None = None,
         tags: Sequence[str] = (),
         key: str | None = None,
+        priority: str | None = None,
     ) -> Call:
         if not self._started:
             self._started = True
@@ -248,6 +280,12 @@ class Runtime:
             call.annotations["tags"] = tuple(tags)
         if key is not None:
             call.annotations["key"] = key
+        if priority is None and key is not None:
+            priority = self._key_priority.get(key)
+        if priority is not None:
+            call.annotations["priority"] = lane_of(priority)  # a bad value: 400
+            if priority == "critical" and "tier" not in call.annotations:
+                call.annotations["tier"] = "critical"  # never moved by degraded mode
         return call
 
     async def _terminal(self, call: Call) -> Result:
@@ -267,6 +305,7 @@ class Runtime:
         tier: str | None = None,
         tags: Sequence[str] = (),
         key: str | None = None,
+        priority: str | None = None,
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
@@ -278,7 +317,7 @@ class Runtime:
         """
         if request.stream:
             request.stream = False
-        call = self._begin(request, tenant, request_id, cache, tier, tags, key)
+        call = self._begin(request, tenant, request_id, cache, tier, tags, key, priority)
         result = await self._handler(call)
         assert isinstance(result, ChatResponse)
         return result
@@ -293,10 +332,11 @@ class Runtime:
         tier: str | None = None,
         tags: Sequence[str] = (),
         key: str | None = None,
+        priority: str | None = None,
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived."""
         request.stream = True
-        call = self._begin(request, tenant, request_id, cache, tier, tags, key)
+        call = self._begin(request, tenant, request_id, cache, tier, tags, key, priority)
         result = await self._handler(call)
         assert isinstance(result, ChatStream)
         return result

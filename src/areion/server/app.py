@@ -107,6 +107,7 @@ class _Api:
             tier = request.headers.get("x-areion-tier") or None
             tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
             tags = [t for t in tags if t]
+            priority = request.headers.get("x-areion-priority") or None
             if chat.stream:
                 stream = await self.runtime.chat_stream(
                     chat,
@@ -116,6 +117,7 @@ class _Api:
                     tier=tier,
                     tags=tags,
                     key=key,
+                    priority=priority,
                 )
                 return StreamingResponse(
                     _sse(stream, include_usage),
@@ -136,6 +138,7 @@ class _Api:
                 tier=tier,
                 tags=tags,
                 key=key,
+                priority=priority,
             )
         except AreionError as error:
             return error_response(error)
