@@ -1,0 +1,119 @@
+"""The routing issue's acceptance figures, on a split of `../shared/data/routing/` held out here.
+
+- RouterBench (ARC-Challenge, MBPP, Winogrande): 30% of each task's prompts held out
+  at random (`--seed`). Target: the policy keeps >= 95% of the best single model's
+  accuracy at <= 30% of its cost.
+- MMLU: 30% of the subjects held out as whole files, so the router is judged on
+  subjects it never saw. Target: <= 50% of calls to GPT-4 at >= 95% of GPT-4's
+  accuracy. `contaminated_prompts.jsonl` goes with both halves (the loader drops them).
+
+For each, `areion eval routing --json` fits on the training half and replays the held-out
+half; this script prints the figures and the verdicts. Embedding the prompts takes a
+few minutes (MMLU prompts are long).
+
+    .venv/bin/python bench/routing.py                     # ~15 min on 2 cores
+    .venv/bin/python bench/routing.py --target-quality 0.94 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
+GPT4 = "gpt-4-1106-preview"
+
+
+def split(source: Path, out: Path, seed: int) -> list[str]:
+    """Write rb_train, rb_test, mmlu_train, mmlu_test under `out`; returns held-out subjects."""
+    csv.field_size_limit(sys.maxsize)
+    for part in ("rb_train", "rb_test", "mmlu_train", "mmlu_test"):
+        (out / part).mkdir(parents=True)
+    rng = random.Random(seed)
+    for path in sorted((source / "routerbench").glob("*.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            header, *rows = list(csv.reader(handle))
+        held = set(rng.sample(range(len(rows)), round(0.3 * len(rows))))
+        for part, keep in (("rb_train", False), ("rb_test", True)):
+            with (out / part / path.name).open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(header)
+                writer.writerows(row for i, row in enumerate(rows) if (i in held) == keep)
+    subjects = sorted((source / "mmlu").glob("*.csv"))
+    held_subjects = set(rng.sample(subjects, round(0.3 * len(subjects))))
+    for path in subjects:
+        shutil.copy(path, out / ("mmlu_test" if path in held_subjects else "mmlu_train"))
+    contaminated = source / "mmlu" / "contaminated_prompts.jsonl"
+    if contaminated.exists():
+        for part in ("mmlu_train", "mmlu_test"):
+            shutil.copy(contaminated, out / part)
+    return sorted(p.stem for p in held_subjects)
+
+
+def evaluate(train: Path, test: Path, *extra: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "areion.cli", "eval", "routing",
+               "--train", str(train), "--data", str(test), "--json", *extra]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
+    return dict(json.loads(done.stdout))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="the routing data folder")
+    parser.add_argument("--seed", type=int, default=0, help="which prompts/subjects are held out")
+    parser.add_argument("--target-quality", default="0.95")
+    parser.add_argument("--json", metavar="FILE", help="save the results as JSON")
+    args = parser.parse_args()
+    if not (args.data / "routerbench").is_dir() or not (args.data / "mmlu").is_dir():
+        raise SystemExit(f"--data: {args.data} has no routerbench/ and mmlu/ folders")
+    quality = ["--target-quality", args.target_quality]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="areion-routing-") as tmp:
+        out = Path(tmp)
+        held = split(args.data, out, args.seed)
+        print(f"seed {args.seed}; held-out MMLU subjects: {', '.join(held)}")
+
+        rb = evaluate(out / "rb_train", out / "rb_test", *quality)
+        rb_cascade = evaluate(out / "rb_train", out / "rb_test", "--policy", "cascade", *quality)
+        best = rb["best_single"]
+        print(f"\nRouterBench held out: best single {best['model']} accuracy "
+              f"{best['accuracy']:.3f}, cost ${best['cost_usd']:.4f}")  # fmt: skip
+        for name, report in (("learned", rb), ("cascade", rb_cascade)):
+            policy = report["policy"]
+            quality_share = policy["accuracy"] / best["accuracy"]
+            cost_share = policy["cost_usd"] / best["cost_usd"]
+            verdict = "PASS" if quality_share >= 0.95 and cost_share <= 0.30 else "FAIL"
+            print(f"  {name:8s} accuracy {quality_share:6.1%} of best at {cost_share:6.1%} of "
+                  f"its cost (target >= 95% at <= 30%): {verdict}")  # fmt: skip
+            results[f"routerbench_{name}"] = report
+        oracle = rb["oracle"]
+        print(f"  oracle   accuracy {oracle['accuracy'] / best['accuracy']:6.1%} of best at "
+              f"{oracle['cost_usd'] / best['cost_usd']:6.1%} of its cost")  # fmt: skip
+
+        mmlu = evaluate(out / "mmlu_train", out / "mmlu_test", *quality)
+        gpt4 = mmlu["singles"].get(GPT4, mmlu["best_single"])
+        policy = mmlu["policy"]
+        share = policy["share"].get(GPT4, 0.0)
+        quality_share = policy["accuracy"] / gpt4["accuracy"]
+        verdict = "PASS" if share <= 0.50 and quality_share >= 0.95 else "FAIL"
+        print(f"\nMMLU held out (unseen subjects): GPT-4 accuracy {gpt4['accuracy']:.3f}")
+        print(f"  learned  accuracy {quality_share:6.1%} of GPT-4's with {share:6.1%} of calls "
+              f"to GPT-4 (target >= 95% with <= 50%): {verdict}")  # fmt: skip
+        results["mmlu_learned"] = mmlu
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
