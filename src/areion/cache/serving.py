@@ -25,7 +25,7 @@ from areion.types import (
     Usage,
 )
 
-__all__ = ["HitServer", "entry_of", "on_stream_complete", "replay"]
+__all__ = ["HitServer", "as_stream", "entry_of", "free_entry", "on_stream_complete", "replay"]
 
 _PIECE = 64  # characters per replayed chunk
 
@@ -108,19 +108,10 @@ class HitServer:
         ]
         upstream_model = str(data.get("model") or "")
         self._ledger.record(
-            LedgerEntry(
-                request_id=call.request_id,
-                tenant=call.tenant,
-                model=call.request.model,
-                deployment=self.deployment,
-                upstream_model=upstream_model,
-                prompt_tokens=0,
-                completion_tokens=0,
-                cached_tokens=0,
-                cost_usd=0.0,
-                estimated=False,
-                latency_s=time.perf_counter() - call.started,
-                created=time.time(),
+            free_entry(
+                call,
+                self.deployment,
+                upstream_model,
                 cache=self.tier,
                 saved_usd=saved_usd,
                 saved_s=saved_s,
@@ -139,18 +130,45 @@ class HitServer:
         )
         if not call.request.stream:
             return response
-        stream = ChatStream(
-            replay(response),
-            model=call.request.model,
-            deployment=self.deployment,
-            upstream_model=upstream_model,
-            request_id=call.request_id,
-            started=call.started,
-        )
-        stream.cost_usd = 0.0
-        stream.info["cache"] = self.label
-        stream.info.update(info)
-        return stream
+        return as_stream(response, call)
+
+
+def free_entry(call: Call, deployment: str, upstream_model: str, **fields: Any) -> LedgerEntry:
+    """The ledger row of a call answered without a model (cache hit, solver): no tokens,
+    no cost; `fields` add the cache tier and the saving."""
+    return LedgerEntry(
+        request_id=call.request_id,
+        tenant=call.tenant,
+        model=call.request.model,
+        deployment=deployment,
+        upstream_model=upstream_model,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached_tokens=0,
+        cost_usd=0.0,
+        estimated=False,
+        latency_s=time.perf_counter() - call.started,
+        created=time.time(),
+        **fields,
+    )
+
+
+def as_stream(response: ChatResponse, call: Call) -> ChatStream:
+    """A complete answer served as the stream the client asked for."""
+    stream = ChatStream(
+        replay(response),
+        model=call.request.model,
+        deployment=response.deployment,
+        upstream_model=response.model,
+        request_id=call.request_id,
+        started=call.started,
+    )
+    stream.cost_usd = response.cost_usd
+    stream.usage = response.usage
+    if response.cache is not None:
+        stream.info["cache"] = response.cache
+    stream.info.update(response.info)
+    return stream
 
 
 async def replay(response: ChatResponse) -> AsyncIterator[StreamChunk]:

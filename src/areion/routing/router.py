@@ -35,14 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from areion.cache.serving import replay
+from areion.cache.serving import as_stream, free_entry
 from areion.config import ModelConfig, RouteConfig, RouteRule
 from areion.errors import ConfigError
 from areion.pipeline import Call, Handler, Result
-from areion.streaming import ChatStream
 from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
-from areion.types import ChatRequest, ChatResponse, Choice, LedgerEntry, Message, Usage
+from areion.types import ChatRequest, ChatResponse, Choice, Message, Usage
 
 if TYPE_CHECKING:  # numpy and the embedder: only for learned routes
     from areion.cache.embedding import Embedder
@@ -433,49 +432,18 @@ class Router:
         self._watch(route, call, final)
         if not call.request.stream:
             return final
-        return self._as_stream(final, call)
-
-    @staticmethod
-    def _as_stream(response: ChatResponse, call: Call) -> ChatStream:
-        stream = ChatStream(
-            replay(response),
-            model=call.request.model,
-            deployment=response.deployment,
-            upstream_model=response.model,
-            request_id=call.request_id,
-            started=call.started,
-        )
-        stream.cost_usd = response.cost_usd
-        stream.usage = response.usage
-        stream.info.update(response.info)
-        return stream
+        return as_stream(final, call)
 
     # -- solver -------------------------------------------------------------------------
 
     def _solved(self, call: Call, answer: str) -> Result:
         name = str(call.annotations["route"])
         self._metrics.route_decisions.labels(name, "solver", "solver").inc()
-        now = time.time()
-        self._ledger.record(
-            LedgerEntry(
-                request_id=call.request_id,
-                tenant=call.tenant,
-                model=call.request.model,
-                deployment="solver",
-                upstream_model="solver",
-                prompt_tokens=0,
-                completion_tokens=0,
-                cached_tokens=0,
-                cost_usd=0.0,
-                estimated=False,
-                latency_s=time.perf_counter() - call.started,
-                created=now,
-            )
-        )
+        self._ledger.record(free_entry(call, "solver", "solver"))
         response = ChatResponse(
             id="chatcmpl-" + call.request_id,
             model="solver",
-            created=int(now),
+            created=int(time.time()),
             choices=[Choice(message=Message(role="assistant", content=answer),
                             finish_reason="stop")],
             usage=Usage(prompt_tokens=0, completion_tokens=0),
@@ -485,4 +453,4 @@ class Router:
         )  # fmt: skip
         if not call.request.stream:
             return response
-        return self._as_stream(response, call)
+        return as_stream(response, call)
