@@ -179,7 +179,7 @@ class Runtime:
             if self._embedder is None:
                 from areion.cache.embedding import MiniLMEmbedder
 
-                self._embedder = MiniLMEmbedder()
+                self._embedder = MiniLMEmbedder(threads=self.config.cache.semantic.embed_threads)
             return self._embedder
 
     def _make_plan_cache(self) -> PlanCache:
