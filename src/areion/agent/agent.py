@@ -37,6 +37,9 @@ class Agent:
     """If set, the final answer must be JSON of this shape (one repair attempt, then fail)."""
     temperature: float | None = None
     """Sampling temperature for the agent's model calls."""
+    max_steps_per_hour: int | None = None
+    """Loop guard: model calls of this agent per tenant in any hour, over all its runs; a
+    run that would exceed it pauses (resume it later)."""
     plan_cache: bool | float = False
     """Plan caching (L3): a finished run's plan (its tool calls, without their results)
     is kept, and a run on a similar task of the same tenant is offered it. True keeps
@@ -54,6 +57,8 @@ class Agent:
                 )
         if self.max_steps < 1:
             raise ConfigError(f"agent {self.name}: max_steps must be at least 1")
+        if self.max_steps_per_hour is not None and self.max_steps_per_hour < 1:
+            raise ConfigError(f"agent {self.name}: max_steps_per_hour must be at least 1")
         if not isinstance(self.plan_cache, bool) and not self.plan_cache > 0:
             raise ConfigError(
                 f"agent {self.name}: plan_cache must be True, False or a TTL in seconds > 0,"

@@ -36,6 +36,7 @@ from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_res
 from areion.cache.plans import PlanHit, offered_plan
 from areion.errors import AreionError, BudgetExceededError
 from areion.store.base import Store
+from areion.store.counters import Take
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
 from areion.streaming import ChatStream, MessageAssembler
 from areion.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
@@ -205,7 +206,7 @@ class RunDriver:
                             [c.id for c in waiting],
                         )
                     continue
-                limit = self._limit_reached()
+                limit = self._limit_reached() or await self._hourly_guard()
                 if limit is not None:
                     return await self._pause(limit, [])
                 final = await self._model_turn()
@@ -512,6 +513,15 @@ class RunDriver:
             hit = await self._cached(cache_key)
             if hit is not None:
                 return self._outcome(call, step, hit, cached=True)
+        if item.cooldown_s is not None:
+            wait = await self._cooldown(item, arguments)
+            if wait > 0:
+                text = (
+                    f"error: {call.name} was called with these arguments less than "
+                    f"{item.cooldown_s:g}s ago; wait {wait:.0f}s before calling it again"
+                    " with them, or go on without it"
+                )
+                return self._outcome(call, step, text, error="cooldown")
         context = ToolContext(
             run_id=self.run.run_id,
             call_id=call.id,
@@ -539,6 +549,32 @@ class RunDriver:
         elif cache_key is not None and error is None:
             await self._remember(cache_key, text, item.cache_ttl or 0.0)
         return self._outcome(call, step, text, error=error, record=record)
+
+    async def _cooldown(self, item: Tool, arguments: dict[str, Any]) -> float:
+        """Seconds until this tenant may call `item` with `arguments` again; 0: now (and
+        the call is counted). One atomic take from a one-token bucket in the store."""
+        assert item.cooldown_s is not None
+        key = "cooldown:" + self._cache_key(item, arguments).removeprefix("tool:")
+        take = Take(key=key, amount=1.0, rate=1.0 / item.cooldown_s, burst=1.0)
+        ok, states = await self.store.counters.take([take], time.time())
+        return 0.0 if ok else max(states[0].retry_after, 0.001)
+
+    async def _hourly_guard(self) -> str | None:
+        """The loop guard: a pause reason once this agent made `max_steps_per_hour` model
+        calls for this tenant within the hour (over all its runs)."""
+        limit = self.agent.max_steps_per_hour
+        if limit is None:
+            return None
+        key = f"agent-steps:{self.run.tenant}:{self.agent.name}"
+        take = Take(key=key, amount=1.0, rate=limit / 3600.0, burst=float(limit))
+        ok, states = await self.store.counters.take([take], time.time())
+        if ok:
+            return None
+        return (
+            f"loop guard: agent {self.agent.name} made {limit} model calls in the last hour "
+            f"for this tenant; resume in {states[0].retry_after:.0f}s or raise "
+            "max_steps_per_hour"
+        )
 
     def _cache_key(self, item: Tool, arguments: dict[str, Any]) -> str:
         canonical = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS, default=str)

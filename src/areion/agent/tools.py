@@ -93,7 +93,10 @@ class Tool:
         idempotent: bool = True,
         requires_approval: bool = False,
         timeout: float = 30.0,
+        cooldown_s: float | None = None,
     ) -> None:
+        if cooldown_s is not None and not cooldown_s > 0:
+            raise ConfigError(f"tool {fn.__name__}: cooldown_s must be > 0, got {cooldown_s}")
         if cache_ttl is not None and not idempotent:
             raise ConfigError(
                 f"tool {fn.__name__}: cache_ttl needs an idempotent tool; a side effect "
@@ -109,6 +112,7 @@ class Tool:
         self.idempotent = idempotent
         self.requires_approval = requires_approval
         self.timeout = timeout
+        self.cooldown_s = cooldown_s
         self.is_async = inspect.iscoroutinefunction(fn)
         hints = get_type_hints(fn)
         fields: dict[str, Any] = {}
@@ -197,6 +201,7 @@ def tool(
     idempotent: bool = True,
     requires_approval: bool = False,
     timeout: float = 30.0,
+    cooldown_s: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -208,13 +213,15 @@ def tool(
     idempotent: bool = True,
     requires_approval: bool = False,
     timeout: float = 30.0,
+    cooldown_s: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a function an agent tool: `@tool` or `@tool(cache_ttl=60, ...)`.
 
     `cache_ttl` memoizes results per tenant and arguments (pure tools only);
     `idempotent=False` marks a side effect: never cached, recorded before and after
     it runs, and given a stable idempotency key; `requires_approval` pauses the run
-    until a human approves the call.
+    until a human approves the call; `cooldown_s` is the least time between two calls
+    of the same tenant with the same arguments (sooner, the model is told to wait).
     """
 
     def make(function: Callable[..., Any]) -> Tool:
@@ -226,6 +233,7 @@ def tool(
             idempotent=idempotent,
             requires_approval=requires_approval,
             timeout=timeout,
+            cooldown_s=cooldown_s,
         )
 
     if fn is not None:
