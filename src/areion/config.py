@@ -148,10 +148,29 @@ class TenantConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """Absent or with no keys: the server is open and every call is tenant `default`."""
+    """With no keys here, no admin keys and no active key in the store: the server is
+    open and every call is tenant `default`."""
 
     keys: list[AuthKey] = Field(default_factory=list)
     tenants: list[TenantConfig] = Field(default_factory=list)
+    # Keys of the admin API (/v1/admin/keys); none: the admin API is off (404).
+    admin_keys: list[SecretStr] = Field(default_factory=list)
+    # How long a process trusts its lookup of a store key (made by `areion keys create`
+    # or the admin API): a key revoked by another process is refused within this.
+    key_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _admin_keys_apart(self) -> AuthConfig:
+        tenant_keys = {key.key.get_secret_value() for key in self.keys}
+        for i, admin in enumerate(self.admin_keys):
+            if not admin.get_secret_value():
+                raise ValueError(f"admin_keys[{i}]: the key is empty")
+            if admin.get_secret_value() in tenant_keys:
+                raise ValueError(
+                    f"admin_keys[{i}]: the same as a key in auth.keys; an admin key must "
+                    "be one of its own"
+                )
+        return self
 
 
 class ModelLimit(_Strict):

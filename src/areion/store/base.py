@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from areion.store.counters import Counters
 from areion.store.records import (
+    ApiKeyRecord,
     Checkpoint,
     RunRecord,
     RunSnapshot,
@@ -96,6 +97,28 @@ class Store(Protocol):
 
     async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
         """Cache a value for `ttl` seconds."""
+        ...
+
+    # -- API keys -------------------------------------------------------------------
+
+    async def create_key(self, record: ApiKeyRecord) -> None:
+        """Insert a key atomically; ValueError if an active key has its name (or its id
+        or digest exists)."""
+        ...
+
+    async def keys(self, *, tenant: str | None = None) -> list[ApiKeyRecord]:
+        """Every key, revoked ones included, oldest first; only `tenant`'s if given."""
+        ...
+
+    async def key_by_digest(self, digest: bytes) -> ApiKeyRecord | None:
+        """The key whose SHA-256 digest this is, revoked or not; None if none is."""
+        ...
+
+    async def revoke_key(
+        self, name_or_id: str, *, tenant: str | None = None, at: float | None = None
+    ) -> ApiKeyRecord | None:
+        """Revoke the active key with this id (else this name), of `tenant` if given;
+        returns it, or None when no active key matches."""
         ...
 
     async def aclose(self) -> None:

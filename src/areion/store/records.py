@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "ApiKeyRecord",
     "Checkpoint",
     "RunRecord",
     "RunSnapshot",
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 RunStatus = Literal["running", "paused", "finished", "failed"]
+KeyPriority = Literal["critical", "interactive", "batch"]
 ToolCallStatus = Literal["pending_approval", "approved", "rejected", "started", "done"]
 
 
@@ -142,3 +144,33 @@ class SessionSummary:
     """The summary."""
     tokens: int
     """Its token count."""
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class ApiKeyRecord:
+    """An API key made by `areion keys create` or the admin API; never the key itself."""
+
+    key_id: str
+    """Unique id (`key_` and 16 hex digits); safe to show and to log."""
+    digest: bytes
+    """SHA-256 of the key: what a request's bearer key is looked up by."""
+    tenant: str
+    """The tenant the key's calls belong to."""
+    name: str
+    """Unique among active keys; how limits and errors name the key (its label)."""
+    rpm: int | None = None
+    """Requests per minute of this key; None: no limit of its own."""
+    tpm: int | None = None
+    """Tokens (prompt + output) per minute of this key."""
+    priority: KeyPriority | None = None
+    """The lane of its requests when they send no x-areion-priority header."""
+    models: tuple[str, ...] | None = None
+    """The model names (groups or routes) it may ask for; None: all."""
+    created: float = 0.0
+    """Unix time it was made."""
+    revoked_at: float | None = None
+    """Unix time it was revoked; a revoked key is refused."""
+
+    @property
+    def label(self) -> str:
+        return self.name

@@ -21,6 +21,7 @@ import orjson
 from areion.errors import ConfigError
 from areion.store.counters import Counters, MemoryCounters
 from areion.store.records import (
+    ApiKeyRecord,
     Checkpoint,
     RunRecord,
     RunSnapshot,
@@ -30,6 +31,7 @@ from areion.store.records import (
 )
 from areion.store.sqlite_reader import Reader
 from areion.store.sqlite_schema import (
+    API_KEY_COLUMNS,
     CACHE,
     CACHE_GET,
     EVENTS,
@@ -326,6 +328,66 @@ class SQLiteStore:
     async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
         await self._write([(CACHE, (key, bytes(value), time.time() + ttl))], len(value))
 
+    # -- API keys -----------------------------------------------------------------------
+
+    async def create_key(self, record: ApiKeyRecord) -> None:
+        row = _key_row(record)
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row
+            )
+
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        try:
+            await self._writer.apply(insert)
+        except sqlite3.IntegrityError as exc:
+            if "api_keys.name" in str(exc):
+                raise ValueError(f"an active key is already named {record.name!r}") from exc
+            raise ValueError(f"key {record.key_id!r} already exists") from exc
+
+    async def keys(self, *, tenant: str | None = None) -> list[ApiKeyRecord]:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR tenant = ?1 "
+                "ORDER BY created, key_id",
+                (tenant,),
+            ).fetchall()
+
+        return [_key_record(row) for row in await self._read(read)]
+
+    async def key_by_digest(self, digest: bytes) -> ApiKeyRecord | None:
+        def read(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE digest = ?", (digest,)
+            ).fetchone()
+
+        row = await self._read(read)
+        return None if row is None else _key_record(row)
+
+    async def revoke_key(
+        self, name_or_id: str, *, tenant: str | None = None, at: float | None = None
+    ) -> ApiKeyRecord | None:
+        when = time.time() if at is None else at
+
+        def revoke(db: sqlite3.Connection) -> Any:
+            # One statement: two revocations of one key cannot both succeed. An id wins
+            # over a name (names never look like ids: see control.keys).
+            return db.execute(
+                f"UPDATE api_keys SET revoked_at = ?1 WHERE revoked_at IS NULL "
+                "AND (?3 IS NULL OR tenant = ?3) AND key_id = COALESCE("
+                "(SELECT key_id FROM api_keys WHERE key_id = ?2), "
+                "(SELECT key_id FROM api_keys WHERE name = ?2 AND revoked_at IS NULL)) "
+                f"RETURNING {API_KEY_COLUMNS}",
+                (when, name_or_id, tenant),
+            ).fetchone()
+
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        row = await self._writer.apply(revoke)
+        return None if row is None else _key_record(row)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -349,6 +411,29 @@ def _tool_row(call: ToolCallRecord) -> tuple[Any, ...]:
         call.run_id, call.call_id, call.name, call.arguments, call.status,
         call.idempotency_key, call.result, call.reason, call.updated,
     )  # fmt: skip
+
+
+def _key_row(key: ApiKeyRecord) -> tuple[Any, ...]:
+    models = None if key.models is None else orjson.dumps(list(key.models)).decode()
+    return (
+        key.key_id, key.digest, key.tenant, key.name, key.rpm, key.tpm, key.priority,
+        models, key.created, key.revoked_at,
+    )  # fmt: skip
+
+
+def _key_record(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row[0],
+        digest=bytes(row[1]),
+        tenant=row[2],
+        name=row[3],
+        rpm=row[4],
+        tpm=row[5],
+        priority=row[6],
+        models=None if row[7] is None else tuple(orjson.loads(row[7])),
+        created=row[8],
+        revoked_at=row[9],
+    )
 
 
 def _nothing(db: sqlite3.Connection) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "API_KEY_COLUMNS",
     "BATCH_VIEW",
     "CACHE",
     "CACHE_GET",
@@ -199,11 +200,36 @@ CREATE TABLE IF NOT EXISTS tool_cache (
     expires REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tool_cache_expires ON tool_cache (expires);
+
+-- API keys made by `areion keys create` or the admin API. Only the SHA-256 digest of
+-- a key is stored; the key itself is shown once, at creation, and never again.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT NOT NULL PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    rpm INTEGER,
+    tpm INTEGER,
+    priority TEXT,
+    models TEXT,                   -- JSON array, or NULL for every model
+    created REAL NOT NULL,
+    revoked_at REAL
+);
+-- A name labels one active key (its rate-limit buckets and errors); a revoked key's
+-- name can be given to a new one.
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name)
+    WHERE revoked_at IS NULL;
+CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created);
 """
+
+API_KEY_COLUMNS = "key_id, digest, tenant, name, rpm, tpm, priority, models, created, revoked_at"
 
 
 def migrate(db: Any) -> None:
-    """Bring a database made by an earlier version up to this schema."""
+    """Bring a database made by an earlier version up to this schema.
+
+    Tables added later (api_keys) need nothing here: `TABLES` creates whatever is
+    missing on every open; only columns added to an existing table do."""
     present = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
     for name, declaration in LEDGER_ADDED:
         if name not in present:

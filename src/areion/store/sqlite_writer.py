@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -32,6 +32,8 @@ from areion.store.sqlite_schema import (
 from areion.store.sqlite_thread import DbThread, Job, Part
 
 __all__ = ["Writer"]
+
+T = TypeVar("T")
 
 
 class Writer(DbThread):
@@ -49,6 +51,13 @@ class Writer(DbThread):
         future: asyncio.Future[None] = loop.create_future()
         self._submit(Job(loop, future, parts=parts, size=size))
         await future
+
+    async def apply(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the read-write connection, between batches, in autocommit mode.
+
+        For rare writes that need SQL of their own (API keys) rather than the batch
+        view: each statement of `work` is its own transaction."""
+        return await self.read(work)
 
     # -- the thread -----------------------------------------------------------------
 
