@@ -1,4 +1,4 @@
-"""The `areion` command: serve, sim, eval, train, --version."""
+"""The `areion` command: serve, sim, keys, eval, train, --version."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from areion._version import __version__
 from areion.config import Config, default_config, load_config
-from areion.errors import ConfigError
+from areion.errors import ConfigError, RequestError
 
 __all__ = ["main"]
 
@@ -84,6 +85,79 @@ def _sim(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     return 0
+
+
+def _models(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_keys_command(args))
+
+
+async def _keys_command(args: argparse.Namespace) -> int:
+    import json
+
+    from areion.control.keys import create_key, key_json, revoke_key
+    from areion.store import open_store
+
+    config, _ = _config(args.config)
+    store = open_store(config.store)
+    try:
+        if args.action == "create":
+            key, record = await create_key(
+                store,
+                config,
+                tenant=args.tenant,
+                name=args.name,
+                rpm=args.rpm,
+                tpm=args.tpm,
+                priority=args.priority,
+                models=_models(args.models),
+            )
+            if args.json:
+                print(json.dumps({**key_json(record), "key": key}))
+            else:
+                print(key)
+                print(
+                    f"key {record.key_id} '{record.name}' of tenant {record.tenant} created in "
+                    f"{config.store}: this is the only time the key is shown",
+                    file=sys.stderr,
+                )
+        elif args.action == "list":
+            records = await store.keys(tenant=args.tenant)
+            if args.json:
+                print(json.dumps([key_json(record) for record in records]))
+            else:
+                _print_keys(records)
+        else:
+            record = await revoke_key(store, args.key)
+            print(f"revoked key {record.key_id} '{record.name}' of tenant {record.tenant}")
+    finally:
+        await store.aclose()
+    return 0
+
+
+def _print_keys(records: Sequence[Any]) -> None:
+    import time
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+    rows = [("ID", "NAME", "TENANT", "RPM", "TPM", "PRIORITY", "MODELS", "CREATED", "REVOKED")]
+    for r in records:
+        models = "*" if r.models is None else ",".join(r.models)
+        rows.append(
+            (r.key_id, r.name, r.tenant, str(r.rpm or "-"), str(r.tpm or "-"),
+             r.priority or "-", models, when(r.created), when(r.revoked_at))
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _eval_cache(args: argparse.Namespace) -> int:
@@ -228,6 +302,24 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, help="seed for fault injection")
     sim.set_defaults(run=_sim)
 
+    keys = commands.add_parser("keys", help="create, list and revoke API keys in the store")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key; it is printed once, never stored")
+    create.add_argument("--tenant", required=True, help="the tenant its calls belong to")
+    create.add_argument("--name", help="its label in limits and errors (default: its id)")
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--tpm", type=int, help="tokens (prompt + output) per minute")
+    create.add_argument("--priority", help="its default lane: critical, interactive, batch")
+    create.add_argument("--models", help="comma-separated models it may use (default: all)")
+    listing = actions.add_parser("list", help="the keys (never the keys themselves)")
+    listing.add_argument("--tenant", help="only this tenant's")
+    revoke = actions.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("key", metavar="NAME_OR_ID")
+    for action in (create, listing, revoke):
+        action.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG})")
+        action.add_argument("--json", action="store_true", help="print JSON")
+        action.set_defaults(run=_keys)
+
     evaluate = commands.add_parser("eval", help="measure a component on labelled data")
     targets = evaluate.add_subparsers(dest="target", required=True)
     cache = targets.add_parser(
@@ -279,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args))
-    except ConfigError as error:
+    except (ConfigError, RequestError) as error:
         print(f"areion: {error.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

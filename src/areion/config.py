@@ -157,7 +157,7 @@ class AuthConfig(_Strict):
     admin_keys: list[SecretStr] = Field(default_factory=list)
     # How long a process trusts its lookup of a store key (made by `areion keys create`
     # or the admin API): a key revoked by another process is refused within this.
-    key_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
+    key_cache_ttl_s: float = Field(default=5.0, gt=0, le=300)
 
     @model_validator(mode="after")
     def _admin_keys_apart(self) -> AuthConfig:

@@ -20,6 +20,7 @@ from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
 from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config, load_config
 from areion.control import Admission, PriceBound, price_bound
+from areion.control.keys import KeyRing
 from areion.control.lanes import LaneLimits, Lanes, lane_of
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
@@ -88,19 +89,22 @@ class Runtime:
             remember=self.memory.remember,
             plans=self._make_plan_cache,  # called when an agent with plan_cache first runs
         )
+        # API keys of the config and the store (the server authenticates with it).
+        self.keys = KeyRing(self.config.auth, self.store)
         stages: list[Stage] = []
         # Admission first: a cache hit still counts as a request and is reconciled to 0.
-        self.admission: Admission | None = None
-        if self._has_limits():
-            self.admission = Admission(
-                self.store.counters,
-                keys=self.config.auth.keys,
-                tenants=self.config.auth.tenants,
-                limits=self.config.limits,
-                prices=self._price_bounds(),
-                spend_since=lambda since: self.store.spend_by_tenant(since=since),
-            )
-            stages.append(self.admission)
+        # Always there: a key made in the store later may carry limits or a model list
+        # (a call with nothing to check passes straight through).
+        self.admission = Admission(
+            self.store.counters,
+            keys=self.config.auth.keys,
+            lookup=self.keys.limits,
+            tenants=self.config.auth.tenants,
+            limits=self.config.limits,
+            prices=self._price_bounds(),
+            spend_since=lambda since: self.store.spend_by_tenant(since=since),
+        )
+        stages.append(self.admission)
         self.exact_cache: ExactCache | None = None
         if self.config.cache.exact.enabled:
             self.exact_cache = ExactCache(
@@ -145,16 +149,9 @@ class Runtime:
         if self.lanes is not None:
             # Last: hits and routing take no slot, and the gateway's retries hold one.
             stages.append(self.lanes)
-        self._key_priority = {k.label: k.priority for k in self.config.auth.keys if k.priority}
         self._handler = compose(stages, self._terminal)
         self._started = False
         self._closed = False
-
-    def _has_limits(self) -> bool:
-        auth, limits = self.config.auth, self.config.limits
-        return bool(auth.tenants or limits.models) or any(
-            k.rpm or k.tpm or k.models is not None for k in auth.keys
-        )
 
     def _price_bounds(self) -> dict[str, PriceBound]:
         """The dearest price each model name can bill: a group's deployments, a route's
@@ -281,7 +278,8 @@ class Runtime:
         if key is not None:
             call.annotations["key"] = key
         if priority is None and key is not None:
-            priority = self._key_priority.get(key)
+            entry = self.keys.limits(key)
+            priority = entry.priority if entry is not None else None
         if priority is not None:
             call.annotations["priority"] = lane_of(priority)  # a bad value: 400
             if priority == "critical" and "tier" not in call.annotations:
@@ -428,8 +426,7 @@ class Runtime:
             return
         self._closed = True
         await self.load_probe.aclose()
-        if self.admission is not None:
-            await self.admission.drain()
+        await self.admission.drain()
         if self.exact_cache is not None:
             await self.exact_cache.drain()
         await self.ledger.aclose()

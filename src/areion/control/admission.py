@@ -16,8 +16,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from areion.config import AuthKey, LimitsConfig, TenantConfig
+from areion.config import LimitsConfig, TenantConfig
 from areion.control.budgets import BudgetWindow, PriceBound, Windows, exceeded
+from areion.control.keys import KeyLimits
 from areion.control.limits import RateLimit, RateReport, refusal
 from areion.errors import BudgetExceededError, ModelNotAllowedError, RequestError
 from areion.pipeline import Call, Handler, Result
@@ -31,6 +32,8 @@ __all__ = ["Admission", "Policy"]
 SpendSince = Callable[[float], Awaitable[dict[str, float]]]
 """Each tenant's recorded spend since a Unix time (`Store.spend_by_tenant`)."""
 Clock = Callable[[], float]
+KeyLookup = Callable[[str], KeyLimits | None]
+"""The key with a label, for keys known only at run time (the store's: `KeyRing.limits`)."""
 
 _FREE = PriceBound(0.0, 0.0)
 
@@ -48,6 +51,8 @@ class Policy:
     max_usd: float | None
     max_tokens: int | None
     price: PriceBound
+    free: bool = False
+    """Nothing to check or take: no model list, limits, caps nor budget."""
 
 
 @dataclass(slots=True)
@@ -68,7 +73,8 @@ class Admission:
         self,
         counters: Counters,
         *,
-        keys: Iterable[AuthKey],
+        keys: Iterable[KeyLimits],
+        lookup: KeyLookup | None = None,
         tenants: Iterable[TenantConfig],
         limits: LimitsConfig,
         prices: Mapping[str, PriceBound],
@@ -77,6 +83,7 @@ class Admission:
     ) -> None:
         self._counters = counters
         self._keys = {key.label: key for key in keys}
+        self._lookup = lookup
         self._tenants = {tenant.name: tenant for tenant in tenants}
         self._models = {limit.model: limit for limit in limits.models}
         self._default_max_tokens = limits.default_max_tokens
@@ -84,18 +91,19 @@ class Admission:
         self._windows = Windows(self._tenants.values())
         self._spend_since = spend_since
         self._clock = clock
-        self._policies: dict[tuple[str | None, str, str], Policy] = {}
+        self._policies: dict[tuple[str | None, str, str], tuple[KeyLimits | None, Policy]] = {}
         self._seeded = not self._windows or spend_since is None
         self._seeding = asyncio.Lock()
         self._settling: set[asyncio.Task[None]] = set()
 
     def policy(self, key: str | None, tenant: str, model: str) -> Policy:
         """What applies to a call by `key` of `tenant` for `model` (cached)."""
+        entry = self._key(key)
         found = self._policies.get((key, tenant, model))
-        if found is not None:
-            return found
+        # A store key made again under the same name is another entry: recompute.
+        if found is not None and found[0] is entry:
+            return found[1]
         limits: list[RateLimit] = []
-        entry = self._keys.get(key) if key is not None else None
         scopes: list[tuple[str, str, int | None, int | None]] = []
         if entry is not None:
             scopes.append((f"key '{entry.label}'", f"key:{entry.label}", entry.rpm, entry.tpm))
@@ -123,13 +131,28 @@ class Admission:
             max_usd=config.max_usd_per_request if config is not None else None,
             max_tokens=config.max_tokens_per_request if config is not None else None,
             price=self._prices.get(model, _FREE),
+            free=(
+                not limits
+                and (entry is None or entry.models is None)
+                and (config is None or not _has_caps(config))
+            ),
         )
-        self._policies[(key, tenant, model)] = policy
+        self._policies[(key, tenant, model)] = (entry, policy)
         return policy
+
+    def _key(self, label: str | None) -> KeyLimits | None:
+        if label is None:
+            return None
+        found = self._keys.get(label)
+        if found is None and self._lookup is not None:
+            found = self._lookup(label)
+        return found
 
     async def handle(self, call: Call, call_next: Handler) -> Result:
         request = call.request
         policy = self.policy(call.annotations.get("key"), call.tenant, request.model)
+        if policy.free:
+            return await call_next(call)
         if policy.models is not None and request.model not in policy.models:
             raise ModelNotAllowedError(
                 f"key '{policy.key}' may not use model '{request.model}'; it may use: "
@@ -238,6 +261,19 @@ class Admission:
         """Wait for the reconciliation of streams that have ended."""
         while self._settling:
             await asyncio.gather(*self._settling)
+
+
+def _has_caps(tenant: TenantConfig) -> bool:
+    """Whether a tenant has a per-request cap or a budget."""
+    return any(
+        value is not None
+        for value in (
+            tenant.max_usd_per_request,
+            tenant.max_tokens_per_request,
+            tenant.budget_usd_per_day,
+            tenant.budget_usd_per_month,
+        )
+    )
 
 
 def _real(usage: Usage | None, cost: float | None, cache: object) -> tuple[int, float]:

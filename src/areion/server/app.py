@@ -8,7 +8,6 @@ sends can produce a 500.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -17,10 +16,13 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from areion.control.keys import Identity, KeyRing
 from areion.control.limits import RateReport
 from areion.errors import (
     AreionError,
@@ -31,6 +33,7 @@ from areion.errors import (
     StreamInterruptedError,
 )
 from areion.runtime import Runtime, new_request_id
+from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.runs import RunsApi
 from areion.server.schema import parse_chat_request
@@ -41,10 +44,6 @@ __all__ = ["create_app"]
 log = logging.getLogger("areion.server")
 
 _JSON = "application/json"
-
-
-def _key_hash(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 def error_body(
@@ -74,26 +73,47 @@ def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
     return Response(orjson.dumps(data), status_code=status, media_type=_JSON, headers=headers)
 
 
+_IDENTITY = "areion.identity"
+
+
+def _authorization(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return ""
+
+
+class _Authenticate:
+    """Resolves each request's bearer key before routing (a store lookup on a cache
+    miss is async), so handlers read the identity without awaiting. The admin API
+    checks its own keys; a request there is not looked up among tenant keys."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/v1/admin/"):
+            key = bearer_key(_authorization(scope))
+            try:
+                scope[_IDENTITY] = await self.keys.identify(key)
+            except AuthenticationError as error:
+                scope[_IDENTITY] = error
+        await self.app(scope, receive, send)
+
+
 class _Api:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._keys = {
-            _key_hash(entry.key.get_secret_value()): (entry.tenant, entry.label)
-            for entry in runtime.config.auth.keys
-        }
 
     def identity(self, request: Request) -> tuple[str, str | None]:
         """The tenant and the key label of a request (open server: `default`, no key)."""
-        if not self._keys:
-            return "default", None
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        found = request.scope.get(_IDENTITY)
+        if isinstance(found, AuthenticationError):
+            raise found
+        if not isinstance(found, Identity):
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        found = self._keys.get(_key_hash(key.strip()))
-        if found is None:
-            raise AuthenticationError("invalid API key")
-        return found
+        return found.tenant, found.key
 
     def tenant(self, request: Request) -> str:
         return self.identity(request)[0]
@@ -258,6 +278,7 @@ def create_app(runtime: Runtime) -> Starlette:
     api = _Api(runtime)
     runs = RunsApi(runtime, api.tenant, error_response)
     cache = CacheApi(runtime, api.tenant, error_response)
+    admin = AdminApi(runtime, error_response)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -274,7 +295,9 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/metrics", api.metrics, methods=["GET"]),
             *runs.routes(),
             *cache.routes(),
+            *admin.routes(),
         ],
+        middleware=[Middleware(_Authenticate, keys=runtime.keys)],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
