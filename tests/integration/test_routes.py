@@ -276,12 +276,17 @@ def test_learned_route_sends_easy_prompts_cheap_and_hard_ones_strong(
                 ],
                 "store": f"sqlite:///{tmp_path / 'learned.db'}",
                 "auth": {"keys": [{"key": KEY, "tenant": "acme"}]},
+                "cache": {"semantic": {"enabled": True}},
             }
         )
-        fleet = Fleet(stack.enter_context(serve_app(create_app(Runtime(config)))), upstreams)
-        easy = fleet.ask(content="Say hello to Carol.")
+        runtime = Runtime(config)
+        fleet = Fleet(stack.enter_context(serve_app(create_app(runtime))), upstreams)
+        runs = runtime.embedder.runs  # type: ignore[attr-defined]
+        easy = fleet.ask(content="Say hello to Carol.", temperature=0)  # L2 looks it up
         assert easy.headers["x-areion-model"].startswith("small/")
         assert easy.headers["x-areion-route-reason"] == "learned"
+        # The semantic cache's embedding of the question served the router too.
+        assert runtime.embedder.runs == runs + 1  # type: ignore[attr-defined]
         hard = fleet.ask(
             content="Implement a function to invert a binary tree and return its height."
         )

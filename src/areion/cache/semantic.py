@@ -192,6 +192,8 @@ class SemanticCache:
         except Exception:  # the cache must never fail a request it could pass on
             log.exception("semantic cache: embedding failed; passing the request on")
             return await call_next(call)
+        # Later stages embedding the same text with the same model (a learned route) reuse it.
+        call.annotations["embedding"] = (self.embedder, question, vector)
         partition = context_key(request)
         if control != "refresh":
             found = self._lookup(call.tenant, partition, question, vector)

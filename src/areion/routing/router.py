@@ -127,6 +127,8 @@ class LearnedPolicy:
     The router file's candidates (the models of its training data, cheapest first)
     map to the route's candidates by name when the names match, else by position.
     Difficulty, for reasoning effort, is the chance that the cheapest candidate fails.
+    When the semantic cache has just embedded the same text with the same embedder, its
+    vector is reused: one embedding per request.
     """
 
     def __init__(
@@ -154,7 +156,15 @@ class LearnedPolicy:
         return cls(route, LearnedRouter.load(route.router), embedder)
 
     async def choose(self, call: Call, text: str) -> Pick:
-        name, scores = await self.router.route(text, self._embedder(), self.target_quality)
+        from areion.routing.learned import embedding_text
+
+        embedder = self._embedder()
+        known = call.annotations.get("embedding")  # (embedder, text, vector), from L2
+        if known is not None and known[0] is embedder and known[1] == embedding_text(text):
+            row = self.router.features([text], known[2].reshape(1, -1))
+            name, scores = self.router.choose(row, self.target_quality)
+        else:
+            name, scores = await self.router.route(text, embedder, self.target_quality)
         difficulty = 1.0 - scores.get(self.router.candidates[0], 0.0)
         return Pick(self.mapping[name], "learned", difficulty)
 
