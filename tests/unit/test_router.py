@@ -85,3 +85,28 @@ def test_bad_routes_are_config_errors(route: dict[str, Any], message: str) -> No
 
     with pytest.raises(ConfigError, match=message):
         parse_config({"models": MODELS, "routes": [route]})
+
+
+async def test_solver_answers_are_not_stored_by_the_caches(tmp_path: Any) -> None:
+    from areion import Runtime
+
+    models = [
+        {"name": "small", "provider": "sim", "model": "sim-fast"},
+        {"name": "strong", "provider": "sim", "model": "sim-strong"},
+    ]
+    config = parse_config(
+        {
+            "models": models,
+            "routes": [{"name": "auto", "candidates": ["small", "strong"]}],
+            "store": f"sqlite:///{tmp_path / 'solver.db'}",
+        }
+    )
+    request = ChatRequest(
+        model="auto", messages=[Message(role="user", content="what is 2^10 - 1?")], temperature=0
+    )
+    async with Runtime(config) as rt:
+        first = await rt.chat(request)
+        again = await rt.chat(request)
+    assert first.message.text() == again.message.text() == "2^10 - 1 = 1023"
+    assert (first.deployment, again.deployment) == ("solver", "solver")
+    assert again.cache == "miss"  # solved again, not served from the exact cache

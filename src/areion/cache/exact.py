@@ -107,7 +107,7 @@ class ExactCache:
         result = await call_next(call)
         if isinstance(result, ChatResponse):
             result.cache = result.cache or "miss"
-            if result.cache == "miss":
+            if result.cache == "miss" and result.deployment != "solver":  # solving is free
                 self._put(key, entry_of(result, time.perf_counter() - call.started))
         else:
             result.info.setdefault("cache", "miss")

@@ -207,7 +207,7 @@ class SemanticCache:
         result = await call_next(call)
 
         def store(answer: dict[str, Any]) -> None:
-            if _cacheable(answer["response"]):
+            if answer.get("deployment") != "solver" and _cacheable(answer["response"]):
                 self._insert(call.tenant, request.model, partition, question, vector, answer)
 
         if isinstance(result, ChatResponse):
