@@ -4,21 +4,30 @@ The tree splits "you configured or called it wrong" from "the world failed"::
 
     AreionError
     ├── ConfigError                 the configuration is invalid (raised at start)
+    │   └── ModelNotInstalledError  (cache.embedding) the embedding model is missing
     ├── RequestError                the caller asked for something wrong        400
     │   ├── AuthenticationError     missing or unknown API key                   401
     │   ├── ModelNotAllowedError    the API key may not use that model            403
     │   ├── UnknownModelError       no model group or route of that name         404
-    │   └── ReplayMissError         the replay recording has no such prompt      404
+    │   ├── ReplayMissError         the replay recording has no such prompt      404
+    │   ├── RunNotFoundError        (agent.runner) no such run for the caller     404
+    │   ├── CacheNotFoundError      (server.cache) no such entry or hit, tier off 404
+    │   ├── AdminDisabledError      (server.admin) no admin keys configured       404
+    │   ├── AdminOnlyError          (server.admin) a tenant key on the admin API  403
+    │   ├── KeyNotFoundError        (control.keys) no such API key                404
+    │   └── KeyConflictError        (control.keys) the key name is taken          409
     ├── LimitError                  Areion's own limits refused the call
     │   ├── RateLimitExceededError  a key, tenant or model rate limit; `retry_after` 429
-    │   └── BudgetExceededError     the call's estimated cost does not fit a budget 402
+    │   ├── BudgetExceededError     the call's estimated cost does not fit a budget 402
+    │   └── OverloadedError         (control.lanes) shed by a full lane; `retry_after` 503
     └── UpstreamError               a provider failed                            502
         ├── RateLimitedError        throttled; carries `retry_after`             429
         ├── ProviderUnavailableError no deployment can take the call            503
         ├── ProviderTimeoutError    connect, first-byte or total timeout         504
         └── StreamInterruptedError  a stream broke after its first byte         502
 
-Each class carries the HTTP `status`, the OpenAI error `type` and a short `code`,
+The classes in parentheses live next to the code that raises them. Each class carries
+the HTTP `status`, the OpenAI error `type` and a short `code`,
 so the server maps any of them to an OpenAI-shaped error body without a table.
 """
 
