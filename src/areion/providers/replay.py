@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import csv
-import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from areion.config import ModelConfig
+from areion.csvdata import csv_files, csv_header, csv_rows
 from areion.errors import ConfigError, ReplayMissError, UnknownModelError
 from areion.types import ChatRequest, ChatResponse, Choice, Message, StreamChunk
+
+_WHAT = "replay data"
 
 __all__ = [
     "ReplayProvider",
@@ -152,54 +153,25 @@ def _number(text: str | None) -> float | None:
         return None
 
 
-def _csv_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
-        if not files:
-            raise ConfigError(f"replay data folder {path} holds no .csv files")
-        return files
-    if path.is_file():
-        return [path]
-    raise ConfigError(f"replay data {path} does not exist (expected a CSV file or folder)")
-
-
 def _header_models(header: list[str]) -> list[str]:
     return [name[: -len(_RESPONSE_SUFFIX)] for name in header if name.endswith(_RESPONSE_SUFFIX)]
-
-
-def _read_header(file: Path) -> list[str]:
-    try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            return next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ConfigError(f"cannot read replay data {file}: {error}") from None
 
 
 def recorded_models(path: str | Path) -> list[str]:
     """Model columns of a recording, from its headers only (cheap)."""
     models: list[str] = []
-    for file in _csv_files(Path(path)):
-        for model in _header_models(_read_header(file)):
+    for file in csv_files(Path(path), _WHAT):
+        for model in _header_models(csv_header(file, _WHAT)):
             if model not in models:
                 models.append(model)
     return models
 
 
-def _rows(file: Path) -> Iterator[dict[str, str]]:
-    # RouterBench answers (whole programs) exceed csv's default 128 KiB field cap.
-    csv.field_size_limit(sys.maxsize)
-    try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            yield from csv.DictReader(handle)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ConfigError(f"cannot read replay data {file}: {error}") from None
-
-
 def _read_table(path: Path) -> ReplayTable:
-    files = _csv_files(path)
+    files = csv_files(path, _WHAT)
     table = ReplayTable(path=str(path), models=[])
     for file in files:
-        header = _read_header(file)
+        header = csv_header(file, _WHAT)
         if "prompt" not in header:
             raise ConfigError(f"replay data {file} has no 'prompt' column (not RouterBench format)")
         file_models = _header_models(header)
@@ -208,7 +180,7 @@ def _read_table(path: Path) -> ReplayTable:
                 table.models.append(model)
                 # Rows of earlier files have no answer from a model they do not name.
                 table.records[model] = [None] * len(table.prompts)
-        for raw in _rows(file):
+        for raw in csv_rows(file, _WHAT):
             row = len(table.prompts)
             prompt, parts = _decode(raw.get("prompt") or "")
             table.prompts.append(prompt)

@@ -18,10 +18,8 @@ prompts that leaked into its router training data): those prompts are dropped.
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +27,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from areion.csvdata import csv_files, csv_header, csv_rows
 from areion.errors import ConfigError
 from areion.pricing import Price, default_price
 from areion.providers.replay import load_table, normalize_prompt
@@ -57,6 +56,7 @@ _RESPONSE_SUFFIX = "|model_response"
 _COST_SUFFIX = "|total_cost"
 _ROUTELLM_RESPONSE_SUFFIX = "_response"
 _CONTAMINATED = "contaminated_prompts.jsonl"
+_WHAT = "outcome data"
 _BOOLEANS = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
 
 
@@ -141,23 +141,16 @@ def load_outcomes(paths: str | Path | Sequence[str | Path]) -> OutcomeTable:
     excluded: set[str] = set()
     for item in items:
         path = Path(item)
+        files += csv_files(path, _WHAT)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
-            if not found:
-                raise ConfigError(f"outcome data folder {path} holds no .csv files")
-            files += found
             excluded |= _contaminated(path / _CONTAMINATED)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ConfigError(f"outcome data {path} does not exist (expected a CSV file or folder)")
     return _merge([read_outcomes(file) for file in files], excluded)
 
 
 def read_outcomes(file: str | Path) -> OutcomeTable:
     """The outcome table of one CSV file, in whichever format its header shows."""
     path = Path(file)
-    header = _header(path)
+    header = csv_header(path, _WHAT)
     if "prompt" not in header:
         raise ConfigError(
             f"outcome data {path} has no 'prompt' column; expected RouterBench "
@@ -167,23 +160,6 @@ def read_outcomes(file: str | Path) -> OutcomeTable:
     if any(name.endswith((_RESPONSE_SUFFIX, _COST_SUFFIX)) for name in header):
         return _read_routerbench(path)
     return _read_routellm(path, header)
-
-
-def _header(path: Path) -> list[str]:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ConfigError(f"cannot read outcome data {path}: {error}") from None
-
-
-def _rows(path: Path) -> Iterator[dict[str, str]]:
-    csv.field_size_limit(sys.maxsize)  # recorded answers can be whole programs
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            yield from csv.DictReader(handle)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ConfigError(f"cannot read outcome data {path}: {error}") from None
 
 
 def _read_routerbench(path: Path) -> OutcomeTable:
@@ -215,7 +191,7 @@ def _read_routerbench(path: Path) -> OutcomeTable:
 
 
 def _read_routellm(path: Path, header: list[str]) -> OutcomeTable:
-    rows = list(_rows(path))
+    rows = list(csv_rows(path, _WHAT))
     others = [name for name in header if name != "prompt"]
     answer_columns = {
         name[: -len(_ROUTELLM_RESPONSE_SUFFIX)]: name
