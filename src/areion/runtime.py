@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
     from areion.cache.embedding import Embedder
     from areion.cache.semantic import SemanticCache
 
-__all__ = ["Runtime"]
+__all__ = ["CallOptions", "Runtime"]
 
 
 # A random per-process prefix and a counter: unique across replicas and restarts,
@@ -50,6 +51,29 @@ _ID_COUNTER = itertools.count()
 def new_request_id() -> str:
     """A new, unique request id."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class CallOptions:
+    """Who asks for a model call, and how, besides the request itself."""
+
+    tenant: str = "default"
+    """Who pays; whose caches, runs and limits apply."""
+    request_id: str | None = None
+    """Areion's id of the call; a new one by default."""
+    cache: str | None = None
+    """`no-store` (neither read nor write the response caches) or `refresh` (skip the
+    read, write anew)."""
+    tier: str | None = None
+    """interactive, batch, critical...: what routing rules match on; `critical` traffic
+    is never moved by a route's degraded mode."""
+    tags: Sequence[str] = ()
+    """Free-form tags routing rules match on."""
+    key: str | None = None
+    """The label of the API key that asks (`AuthKey.label`): its limits, model list
+    and default priority apply."""
+    priority: str | None = None
+    """The lane: interactive (default) or batch; critical counts as interactive."""
 
 
 class Runtime:
@@ -234,17 +258,7 @@ class Runtime:
 
         return solve_request
 
-    def _begin(
-        self,
-        request: ChatRequest,
-        tenant: str,
-        request_id: str | None,
-        cache: str | None,
-        tier: str | None = None,
-        tags: Sequence[str] = (),
-        key: str | None = None,
-        priority: str | None = None,
-    ) -> Call:
+    def _begin(self, request: ChatRequest, options: CallOptions) -> Call:
         if not self._started:
             self._started = True
             self.load_probe.start()
@@ -260,10 +274,11 @@ class Runtime:
             raise RequestError("messages must not be empty", param="messages")
         call = Call(
             request=request,
-            tenant=tenant,
-            request_id=request_id or new_request_id(),
+            tenant=options.tenant,
+            request_id=options.request_id or new_request_id(),
             started=time.perf_counter(),
         )
+        cache, tier, key, priority = options.cache, options.tier, options.key, options.priority
         if cache is not None:
             if cache not in ("no-store", "refresh"):
                 raise RequestError(
@@ -273,8 +288,8 @@ class Runtime:
             call.annotations["cache_control"] = cache
         if tier is not None:
             call.annotations["tier"] = tier
-        if tags:
-            call.annotations["tags"] = tuple(tags)
+        if options.tags:
+            call.annotations["tags"] = tuple(options.tags)
         if key is not None:
             call.annotations["key"] = key
         if priority is None and key is not None:
@@ -293,6 +308,12 @@ class Runtime:
             )
         return await self.gateway.complete(call.request)
 
+    async def answer(self, request: ChatRequest, options: CallOptions) -> Result:
+        """The answer to `request` in the shape it asks for: a `ChatStream` when
+        `request.stream` is set (returned once its first chunk has arrived), else a
+        `ChatResponse`."""
+        return await self._handler(self._begin(request, options))
+
     async def chat(
         self,
         request: ChatRequest,
@@ -307,16 +328,14 @@ class Runtime:
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
-        `cache` controls the response cache for this call: `no-store` or `refresh`.
-        `tier` (interactive, batch, critical...) and `tags` are what routing rules
-        match on; `critical` traffic is never moved by a route's degraded mode.
-        `key` is the label of the API key that asks (`AuthKey.label`): its rate limits
-        and model list apply.
+        The keyword arguments are those of `CallOptions`.
         """
-        if request.stream:
-            request.stream = False
-        call = self._begin(request, tenant, request_id, cache, tier, tags, key, priority)
-        result = await self._handler(call)
+        request.stream = False
+        options = CallOptions(
+            tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
+            priority=priority,
+        )  # fmt: skip
+        result = await self.answer(request, options)
         assert isinstance(result, ChatResponse)
         return result
 
@@ -332,10 +351,16 @@ class Runtime:
         key: str | None = None,
         priority: str | None = None,
     ) -> ChatStream:
-        """The answer as a `ChatStream`; returns once its first chunk has arrived."""
+        """The answer as a `ChatStream`; returns once its first chunk has arrived.
+
+        The keyword arguments are those of `CallOptions`.
+        """
         request.stream = True
-        call = self._begin(request, tenant, request_id, cache, tier, tags, key, priority)
-        result = await self._handler(call)
+        options = CallOptions(
+            tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
+            priority=priority,
+        )  # fmt: skip
+        result = await self.answer(request, options)
         assert isinstance(result, ChatStream)
         return result
 

@@ -32,7 +32,7 @@ from areion.errors import (
     RateLimitedError,
     StreamInterruptedError,
 )
-from areion.runtime import Runtime, new_request_id
+from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.runs import RunsApi
@@ -123,43 +123,29 @@ class _Api:
             tenant, key = self.identity(request)
             chat, include_usage = parse_chat_request(await request.body())
             request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
-            cache = request.headers.get("x-areion-cache")
-            tier = request.headers.get("x-areion-tier") or None
             tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
-            tags = [t for t in tags if t]
-            priority = request.headers.get("x-areion-priority") or None
-            if chat.stream:
-                stream = await self.runtime.chat_stream(
-                    chat,
-                    tenant=tenant,
-                    request_id=request_id,
-                    cache=cache,
-                    tier=tier,
-                    tags=tags,
-                    key=key,
-                    priority=priority,
-                )
-                return StreamingResponse(
-                    _sse(stream, include_usage),
-                    media_type="text/event-stream",
-                    headers={
-                        "x-areion-model": stream.deployment,
-                        "x-areion-cache": str(stream.info.get("cache", "miss")),
-                        "x-request-id": stream.request_id,
-                        "cache-control": "no-cache",
-                        **_info_headers(stream.info),
-                    },
-                )
-            response = await self.runtime.chat(
-                chat,
+            options = CallOptions(
                 tenant=tenant,
                 request_id=request_id,
-                cache=cache,
-                tier=tier,
-                tags=tags,
+                cache=request.headers.get("x-areion-cache"),
+                tier=request.headers.get("x-areion-tier") or None,
+                tags=[t for t in tags if t],
                 key=key,
-                priority=priority,
+                priority=request.headers.get("x-areion-priority") or None,
             )
+            response = await self.runtime.answer(chat, options)
+            if isinstance(response, ChatStream):
+                return StreamingResponse(
+                    _sse(response, include_usage),
+                    media_type="text/event-stream",
+                    headers={
+                        "x-areion-model": response.deployment,
+                        "x-areion-cache": str(response.info.get("cache", "miss")),
+                        "x-request-id": response.request_id,
+                        "cache-control": "no-cache",
+                        **_info_headers(response.info),
+                    },
+                )
         except AreionError as error:
             return error_response(error)
         return Response(
