@@ -461,10 +461,9 @@ class Runtime:
             self.agents.plans.close()
         if self.semantic_cache is not None:
             self.semantic_cache.close()
-        elif self._embedder is not None:
-            close = getattr(self._embedder, "close", None)
-            if callable(close):
-                close()
+        close = getattr(self._embedder, "close", None)
+        if callable(close):
+            close()
 
     async def __aenter__(self) -> Runtime:
         return self

@@ -38,7 +38,6 @@ from areion.cache.index_base import VectorIndex
 from areion.cache.verifier import (
     DEFAULT_MAX_WRONG_HIT_RATE,
     FEATURES,
-    MIN_COSINE,
     SemanticVerifier,
     design_row,
     guards,
@@ -382,19 +381,16 @@ def evaluate_pairs(
     hits = wrong = same_text = correct = correct_duplicates = 0
     for pair, options in zip(pairs, found, strict=True):
         # As the cache decides: the best-scoring candidate that reaches the threshold.
-        best: tuple[float, str] | None = None
-        for key, cosine in options:
-            if verifier is None:
-                score = cosine
-            else:
-                if cosine < MIN_COSINE:
-                    break
-                score = verifier.score(pair.question2, entries.get(key, pair.question1), cosine)
-            if score >= limit and (best is None or score > best[0]):
-                best = (score, key)
-        if best is None:
-            continue
-        key = best[1]
+        if verifier is None:  # the baseline: the nearest entry, by cosine alone
+            key, cosine = options[0]
+            if cosine < limit:
+                continue
+        else:
+            choices = ((k, entries.get(k, pair.question1), c, limit) for k, c in options)
+            found_best = verifier.best(pair.question2, choices)
+            if found_best is None:
+                continue
+            key = found_best[0]
         hits += 1
         if key == normalize(pair.question2):
             same_text += 1

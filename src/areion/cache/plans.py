@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -378,28 +378,26 @@ class PlanCache:
             self.misses += 1
             return None
         embedder = await self._ready()  # a missing model fails the first run, not silently
-        if self._index is None or self._index.partition(tenant, agent) is None:
+        index = self._index
+        if index is None or index.partition(tenant, agent) is None:
             self.misses += 1  # nothing to find: no need to embed the task
             return None
-        from areion.cache.verifier import MIN_COSINE  # loaded by now, with the verifier
-
         vectors = await embedder.embed([task])
         now = time.time()
-        best: tuple[_Entry, float, float] | None = None
-        for entry_id, cosine in self._index.search(tenant, agent, vectors[0], self.candidates):
-            if cosine < MIN_COSINE:
-                break
-            entry = self._entries.get(entry_id)
-            if entry is None:
-                continue
-            if entry.expires <= now:
-                self._drop(entry)
-                continue
-            if tools is not None and not entry.plan.tools() <= set(tools):
-                continue
-            score = self.verifier.score(task, entry.task, cosine)
-            if score >= self.threshold and (best is None or score > best[2]):
-                best = (entry, cosine, score)
+
+        def candidates() -> Iterator[tuple[_Entry, str, float, float]]:
+            for entry_id, cosine in index.search(tenant, agent, vectors[0], self.candidates):
+                entry = self._entries.get(entry_id)
+                if entry is None:
+                    continue
+                if entry.expires <= now:
+                    self._drop(entry)
+                    continue
+                if tools is not None and not entry.plan.tools() <= set(tools):
+                    continue  # the agent no longer has a tool the plan needs
+                yield entry, entry.task, cosine, self.threshold
+
+        best = self.verifier.best(task, candidates())
         if best is None:
             self.misses += 1
             return None

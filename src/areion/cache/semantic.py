@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,6 @@ from areion.cache.index import PartitionedIndex
 from areion.cache.serving import HitServer, entry_of, on_stream_complete
 from areion.cache.verifier import (
     DEFAULT_MAX_WRONG_HIT_RATE,
-    MIN_COSINE,
     AdaptiveThreshold,
     SemanticVerifier,
 )
@@ -118,7 +117,7 @@ class SemanticCache:
         self,
         metrics: Metrics,
         ledger: Ledger,
-        embedder: Embedder | Callable[[], Embedder],
+        embedder: Embedder,
         *,
         verifier: SemanticVerifier | None = None,
         max_wrong_hit_rate: float = DEFAULT_MAX_WRONG_HIT_RATE,
@@ -128,8 +127,7 @@ class SemanticCache:
         max_chars: int = 1000,
         candidates: int = 4,
     ) -> None:
-        self._embedder_or_factory = embedder
-        self._embedder: Embedder | None = None if callable(embedder) else embedder
+        self.embedder = embedder  # shared: its owner closes it
         self.verifier = verifier or SemanticVerifier.load()
         threshold = self.verifier.threshold_for(max_wrong_hit_rate)
         if math.isinf(threshold):
@@ -138,7 +136,6 @@ class SemanticCache:
                 " verifier's calibration can vouch for; raise it (default"
                 f" {DEFAULT_MAX_WRONG_HIT_RATE}) or recalibrate the verifier"
             )
-        self.threshold = threshold
         self.thresholds = AdaptiveThreshold(threshold, max_wrong_hit_rate=max_wrong_hit_rate)
         self.ttl_s = ttl_s
         self.any_temperature = any_temperature
@@ -155,20 +152,9 @@ class SemanticCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def embedder(self) -> Embedder:
-        """The embedder, made on first use when given as a factory."""
-        if self._embedder is None:
-            factory = self._embedder_or_factory
-            assert callable(factory)
-            self._embedder = factory()
-        return self._embedder
-
     def close(self) -> None:
+        """Stop the index's build thread."""
         self._index.close()
-        close = getattr(self._embedder, "close", None)
-        if callable(close):
-            close()
 
     def eligible(self, request: ChatRequest) -> bool:
         return (
@@ -221,22 +207,23 @@ class SemanticCache:
         self, tenant: str, partition: str, question: str, vector: Any
     ) -> tuple[_Entry, float] | None:
         now = time.time()
-        best: tuple[_Entry, float] | None = None
-        for entry_id, cosine in self._index.search(tenant, partition, vector, self.candidates):
-            if cosine < MIN_COSINE:
-                break
-            entry = self._entries.get(entry_id)
-            if entry is None:
-                continue
-            if entry.expires <= now:
-                self._drop(entry)
-                continue
-            score = self.verifier.score(question, entry.question, cosine)
-            if score >= self.thresholds.threshold(entry.id) and (best is None or score > best[1]):
-                best = (entry, score)
-        if best is not None:
-            self._entries.move_to_end(best[0].id)
-        return best
+
+        def candidates() -> Iterator[tuple[_Entry, str, float, float]]:
+            for entry_id, cosine in self._index.search(tenant, partition, vector, self.candidates):
+                entry = self._entries.get(entry_id)
+                if entry is None:
+                    continue
+                if entry.expires <= now:
+                    self._drop(entry)
+                    continue
+                yield entry, entry.question, cosine, self.thresholds.threshold(entry.id)
+
+        found = self.verifier.best(question, candidates())
+        if found is None:
+            return None
+        entry, _, score = found
+        self._entries.move_to_end(entry.id)
+        return entry, score
 
     def _insert(
         self,

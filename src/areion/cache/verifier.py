@@ -26,11 +26,11 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,8 @@ DEFAULT_MAX_WRONG_HIT_RATE = 0.10
 # Candidates below this cosine are not worth scoring: on the calibration pairs no
 # duplicate scored under it. The caches search their nearest few and stop here.
 MIN_COSINE = 0.5
+
+T = TypeVar("T")
 
 # One-sided 95%: the margin between a measured precision and the one promised.
 _Z = 1.645
@@ -461,6 +463,22 @@ class SemanticVerifier:
         if _guards(q, c):
             return 0.0
         return self._probability(design_row(_raw(q, c, cosine)))
+
+    def best(
+        self, query: str, candidates: Iterable[tuple[T, str, float, float]]
+    ) -> tuple[T, float, float] | None:
+        """The best match for `query` among `candidates`, nearest first, each (item, its
+        text, cosine, threshold): the item scoring highest among those that reach their
+        threshold, with its cosine and score; None if none does. The search stops at the
+        first cosine under `MIN_COSINE`."""
+        best: tuple[T, float, float] | None = None
+        for item, text, cosine, threshold in candidates:
+            if cosine < MIN_COSINE:
+                break
+            score = self.score(query, text, cosine)
+            if score >= threshold and (best is None or score > best[2]):
+                best = (item, cosine, score)
+        return best
 
     def _probability(self, row: list[float]) -> float:
         m = self._model
