@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from areion.cache.serving import HitServer, entry_of, on_stream_complete
+from areion.cache.serving import HitServer, when_complete
 from areion.pipeline import Call, Handler, Result
 from areion.store.base import Store
 from areion.telemetry.ledger import Ledger
@@ -107,12 +107,9 @@ class ExactCache:
         result = await call_next(call)
         if isinstance(result, ChatResponse):
             result.cache = result.cache or "miss"
-            if result.cache == "miss" and result.deployment != "solver":  # solving is free
-                self._put(key, entry_of(result, time.perf_counter() - call.started))
         else:
             result.info.setdefault("cache", "miss")
-            if result.info["cache"] == "miss":
-                on_stream_complete(result, call, lambda entry: self._put(key, entry))
+        when_complete(result, call, lambda entry: self._put(key, entry))
         return result
 
     # -- storage --------------------------------------------------------------------

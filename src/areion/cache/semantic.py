@@ -40,7 +40,7 @@ import orjson
 from areion.cache.embedding import Embedder
 from areion.cache.exact import output_params
 from areion.cache.index import PartitionedIndex
-from areion.cache.serving import HitServer, entry_of, on_stream_complete
+from areion.cache.serving import HitServer, when_complete
 from areion.cache.verifier import (
     DEFAULT_MAX_WRONG_HIT_RATE,
     AdaptiveThreshold,
@@ -50,7 +50,7 @@ from areion.errors import ConfigError
 from areion.pipeline import Call, Handler, Result
 from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
-from areion.types import ChatRequest, ChatResponse
+from areion.types import ChatRequest
 
 __all__ = ["SemanticCache", "SemanticHit", "context_key", "question_of"]
 
@@ -193,14 +193,10 @@ class SemanticCache:
         result = await call_next(call)
 
         def store(answer: dict[str, Any]) -> None:
-            if answer.get("deployment") != "solver" and _cacheable(answer["response"]):
+            if _cacheable(answer["response"]):
                 self._insert(call.tenant, request.model, partition, question, vector, answer)
 
-        if isinstance(result, ChatResponse):
-            if result.cache in (None, "miss"):
-                store(entry_of(result, time.perf_counter() - call.started))
-        elif result.info.get("cache", "miss") == "miss":
-            on_stream_complete(result, call, store)
+        when_complete(result, call, store)
         return result
 
     def _lookup(

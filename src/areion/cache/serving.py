@@ -1,8 +1,9 @@
-"""What the response caches share: recording an answer, and serving it back.
+"""Answers made without a model call, and the response caches' entries.
 
 An entry is the OpenAI-shaped response plus what it cost and how long it took to
 make, so a hit can book the saving. A hit is served in the shape the client asked
-for: a `ChatResponse`, or a `ChatStream` that replays the answer in chunks.
+for: a `ChatResponse`, or a `ChatStream` that replays the answer in chunks. The
+router's solver answers go out the same way (`free_entry`, `as_stream`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from areion.types import (
     Usage,
 )
 
-__all__ = ["HitServer", "as_stream", "entry_of", "free_entry", "on_stream_complete", "replay"]
+__all__ = [
+    "NO_STORE",
+    "HitServer",
+    "as_stream",
+    "entry_of",
+    "free_entry",
+    "on_stream_complete",
+    "replay",
+    "when_complete",
+]
 
 _PIECE = 64  # characters per replayed chunk
 
@@ -38,6 +48,22 @@ def entry_of(response: ChatResponse, latency_s: float) -> dict[str, Any]:
         "latency_s": latency_s,
         "deployment": response.deployment,
     }
+
+
+# An `info` flag: an answer the response caches must not keep (the solver's: making it
+# again costs nothing).
+NO_STORE = "no_store"
+
+
+def when_complete(result: Result, call: Call, store: Callable[[dict[str, Any]], None]) -> None:
+    """Hand a fresh answer to `store` as a cache entry once it is complete: a response at
+    once, a stream when it finishes normally. Never a cache hit, nor an answer marked
+    `NO_STORE`."""
+    if isinstance(result, ChatResponse):
+        if result.cache in (None, "miss") and not result.info.get(NO_STORE):
+            store(entry_of(result, time.perf_counter() - call.started))
+    elif result.info.get("cache", "miss") == "miss" and not result.info.get(NO_STORE):
+        on_stream_complete(result, call, store)
 
 
 def on_stream_complete(

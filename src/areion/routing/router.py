@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from areion.cache.serving import as_stream, free_entry
+from areion.cache.serving import NO_STORE, as_stream, free_entry
 from areion.config import ModelConfig, RouteConfig, RouteRule
 from areion.errors import ConfigError
 from areion.pipeline import Call, Handler, Result
@@ -459,7 +459,7 @@ class Router:
             usage=Usage(prompt_tokens=0, completion_tokens=0),
             deployment="solver",
             cost_usd=0.0,
-            info={"route": name, "route_reason": "solver"},
+            info={"route": name, "route_reason": "solver", NO_STORE: True},
         )  # fmt: skip
         if not call.request.stream:
             return response
