@@ -12,7 +12,6 @@ it cannot call models. The new key is in the answer to POST, and nowhere else ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Literal
 
 import orjson
@@ -22,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from areion.control.keys import KeyRing, create_key, key_json, revoke_key
-from areion.errors import AreionError, AuthenticationError, RequestError
+from areion.errors import AuthenticationError, RequestError
 from areion.runtime import Runtime
 from areion.server.runs import parse_body
 
@@ -71,10 +70,9 @@ def _json(data: object, status: int = 200) -> Response:
 class AdminApi:
     """Handlers of /v1/admin/keys."""
 
-    def __init__(self, runtime: Runtime, error_response: Callable[[AreionError], Response]) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._keys: KeyRing = runtime.keys
-        self._error = error_response
 
     def routes(self) -> list[Route]:
         return [
@@ -100,40 +98,31 @@ class AdminApi:
         raise AdminOnlyError("a tenant key cannot use the admin API; use an admin key")
 
     async def create(self, request: Request) -> Response:
-        try:
-            await self._authorize(request)
-            body = parse_body(_CreateBody, await request.body())
-            key, record = await create_key(
-                self.runtime.store,
-                self.runtime.config,
-                tenant=body.tenant,
-                name=body.name,
-                rpm=body.rpm,
-                tpm=body.tpm,
-                priority=body.priority,
-                models=body.models,
-            )
-        except AreionError as error:
-            return self._error(error)
+        await self._authorize(request)
+        body = parse_body(_CreateBody, await request.body())
+        key, record = await create_key(
+            self.runtime.store,
+            self.runtime.config,
+            tenant=body.tenant,
+            name=body.name,
+            rpm=body.rpm,
+            tpm=body.tpm,
+            priority=body.priority,
+            models=body.models,
+        )
         self._keys.remember(record)
         log.info("API key %s (%s) created for tenant %s", record.key_id, record.name, record.tenant)
         return _json({**key_json(record), "key": key}, 201)
 
     async def list(self, request: Request) -> Response:
-        try:
-            await self._authorize(request)
-        except AreionError as error:
-            return self._error(error)
+        await self._authorize(request)
         tenant = request.query_params.get("tenant") or None
         records = await self.runtime.store.keys(tenant=tenant)
         return _json({"object": "list", "data": [key_json(record) for record in records]})
 
     async def revoke(self, request: Request) -> Response:
-        try:
-            await self._authorize(request)
-            record = await revoke_key(self.runtime.store, request.path_params["key"])
-        except AreionError as error:
-            return self._error(error)
+        await self._authorize(request)
+        record = await revoke_key(self.runtime.store, request.path_params["key"])
         self._keys.forget(record)
         log.info("API key %s (%s) of tenant %s revoked", record.key_id, record.name, record.tenant)
         return _json(key_json(record))

@@ -119,35 +119,32 @@ class _Api:
         return self.identity(request)[0]
 
     async def chat_completions(self, request: Request) -> Response:
-        try:
-            tenant, key = self.identity(request)
-            chat, include_usage = parse_chat_request(await request.body())
-            request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
-            tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
-            options = CallOptions(
-                tenant=tenant,
-                request_id=request_id,
-                cache=request.headers.get("x-areion-cache"),
-                tier=request.headers.get("x-areion-tier") or None,
-                tags=[t for t in tags if t],
-                key=key,
-                priority=request.headers.get("x-areion-priority") or None,
+        tenant, key = self.identity(request)
+        chat, include_usage = parse_chat_request(await request.body())
+        request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
+        tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
+        options = CallOptions(
+            tenant=tenant,
+            request_id=request_id,
+            cache=request.headers.get("x-areion-cache"),
+            tier=request.headers.get("x-areion-tier") or None,
+            tags=[t for t in tags if t],
+            key=key,
+            priority=request.headers.get("x-areion-priority") or None,
+        )
+        response = await self.runtime.answer(chat, options)
+        if isinstance(response, ChatStream):
+            return StreamingResponse(
+                _sse(response, include_usage),
+                media_type="text/event-stream",
+                headers={
+                    "x-areion-model": response.deployment,
+                    "x-areion-cache": str(response.info.get("cache", "miss")),
+                    "x-request-id": response.request_id,
+                    "cache-control": "no-cache",
+                    **_info_headers(response.info),
+                },
             )
-            response = await self.runtime.answer(chat, options)
-            if isinstance(response, ChatStream):
-                return StreamingResponse(
-                    _sse(response, include_usage),
-                    media_type="text/event-stream",
-                    headers={
-                        "x-areion-model": response.deployment,
-                        "x-areion-cache": str(response.info.get("cache", "miss")),
-                        "x-request-id": response.request_id,
-                        "cache-control": "no-cache",
-                        **_info_headers(response.info),
-                    },
-                )
-        except AreionError as error:
-            return error_response(error)
         return Response(
             orjson.dumps(response.to_openai()),
             media_type=_JSON,
@@ -161,10 +158,7 @@ class _Api:
         )
 
     async def models(self, request: Request) -> Response:
-        try:
-            self.tenant(request)
-        except AreionError as error:
-            return error_response(error)
+        self.tenant(request)
         return _json(
             {
                 "object": "list",
@@ -239,6 +233,12 @@ async def _events(stream: ChatStream, include_usage: bool) -> AsyncIterator[byte
     yield b"data: [DONE]\n\n"
 
 
+async def _areion_error(request: Request, exc: Exception) -> Response:
+    """Every `AreionError` a handler raises, as its status and an OpenAI-shaped body."""
+    assert isinstance(exc, AreionError)
+    return error_response(exc)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
@@ -262,9 +262,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(runtime: Runtime) -> Starlette:
     """The ASGI app serving `runtime`; it closes the runtime on shutdown."""
     api = _Api(runtime)
-    runs = RunsApi(runtime, api.tenant, error_response)
-    cache = CacheApi(runtime, api.tenant, error_response)
-    admin = AdminApi(runtime, error_response)
+    runs = RunsApi(runtime, api.tenant)
+    cache = CacheApi(runtime, api.tenant)
+    admin = AdminApi(runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -284,6 +284,10 @@ def create_app(runtime: Runtime) -> Starlette:
             *admin.routes(),
         ],
         middleware=[Middleware(_Authenticate, keys=runtime.keys)],
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={
+            AreionError: _areion_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
         lifespan=lifespan,
     )

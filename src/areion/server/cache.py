@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from areion.errors import AreionError, RequestError
+from areion.errors import RequestError
 from areion.runtime import Runtime
 from areion.server.runs import parse_body
 
@@ -70,11 +70,9 @@ class CacheApi:
         self,
         runtime: Runtime,
         tenant_of: Callable[[Request], str],
-        error_response: Callable[[AreionError], Response],
     ) -> None:
         self.runtime = runtime
         self._tenant_of = tenant_of
-        self._error = error_response
 
     def routes(self) -> list[Route]:
         return [
@@ -92,45 +90,34 @@ class CacheApi:
         return cache
 
     async def invalidate(self, request: Request) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            cache = self._cache()
-            model = request.query_params.get("model") or None
-            deleted = cache.invalidate(
-                tenant, model=model, older_than_s=_float(request, "older_than_s")
-            )
-        except AreionError as error:
-            return self._error(error)
+        tenant = self._tenant_of(request)
+        cache = self._cache()
+        model = request.query_params.get("model") or None
+        deleted = cache.invalidate(
+            tenant, model=model, older_than_s=_float(request, "older_than_s")
+        )
         return _json({"object": "cache.invalidation", "tier": "semantic", "deleted": deleted})
 
     async def drop(self, request: Request) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            cache = self._cache()
-            raw = request.path_params["entry"]
-            if not raw.isdigit():
-                raise RequestError(
-                    f"entry must be an entry id (digits), got '{raw}'", param="entry"
-                )
-            if cache.invalidate(tenant, entry=int(raw)) == 0:
-                raise CacheNotFoundError(f"no semantic cache entry {raw}", param="entry")
-        except AreionError as error:
-            return self._error(error)
+        tenant = self._tenant_of(request)
+        cache = self._cache()
+        raw = request.path_params["entry"]
+        if not raw.isdigit():
+            raise RequestError(f"entry must be an entry id (digits), got '{raw}'", param="entry")
+        if cache.invalidate(tenant, entry=int(raw)) == 0:
+            raise CacheNotFoundError(f"no semantic cache entry {raw}", param="entry")
         return _json({"object": "cache.invalidation", "tier": "semantic", "deleted": 1})
 
     async def feedback(self, request: Request) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            cache = self._cache()
-            body = parse_body(_FeedbackBody, await request.body())
-            hit = cache.feedback(tenant, body.request_id, body.correct)
-            if hit is None:
-                raise CacheNotFoundError(
-                    f"no recent semantic hit answered request '{body.request_id}'",
-                    param="request_id",
-                )
-        except AreionError as error:
-            return self._error(error)
+        tenant = self._tenant_of(request)
+        cache = self._cache()
+        body = parse_body(_FeedbackBody, await request.body())
+        hit = cache.feedback(tenant, body.request_id, body.correct)
+        if hit is None:
+            raise CacheNotFoundError(
+                f"no recent semantic hit answered request '{body.request_id}'",
+                param="request_id",
+            )
         return _json(
             {
                 "object": "cache.feedback",

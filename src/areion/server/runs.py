@@ -23,7 +23,7 @@ from areion.agent import Agent
 from areion.agent.runner import RunNotFoundError, new_run_id
 from areion.cache.plans import offered_plan
 from areion.config import AgentConfig
-from areion.errors import AreionError, ConfigError, RequestError
+from areion.errors import ConfigError, RequestError
 from areion.runtime import Runtime
 from areion.store.records import RunSnapshot
 
@@ -132,12 +132,10 @@ class RunsApi:
         self,
         runtime: Runtime,
         tenant_of: Callable[[Request], str],
-        error_response: Callable[[AreionError], Response],
     ) -> None:
         self.runtime = runtime
         self.agents = load_agents(runtime.config.agents)
         self._tenant_of = tenant_of
-        self._error = error_response
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[Route]:
@@ -178,32 +176,24 @@ class RunsApi:
         raise RunNotFoundError(f"run '{run_id}' did not start")
 
     async def start(self, request: Request) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            body: _StartBody = parse_body(_StartBody, await request.body())
-            agent = self._agent(body.agent)
-            run_id = body.run_id or None
-            if body.wait:
-                result = await self.runtime.run(
-                    agent, body.input, session=body.session, run_id=run_id, tenant=tenant
-                )
-                return _json(run_json(await self._snapshot(result.run_id, tenant)), 200)
-            run_id = run_id or new_run_id()
-            self._background(
-                self.runtime.run(
-                    agent, body.input, session=body.session, run_id=run_id, tenant=tenant
-                )
+        tenant = self._tenant_of(request)
+        body: _StartBody = parse_body(_StartBody, await request.body())
+        agent = self._agent(body.agent)
+        run_id = body.run_id or None
+        if body.wait:
+            result = await self.runtime.run(
+                agent, body.input, session=body.session, run_id=run_id, tenant=tenant
             )
-            return _json(run_json(await self._started(run_id, tenant)), 202)
-        except AreionError as error:
-            return self._error(error)
+            return _json(run_json(await self._snapshot(result.run_id, tenant)), 200)
+        run_id = run_id or new_run_id()
+        self._background(
+            self.runtime.run(agent, body.input, session=body.session, run_id=run_id, tenant=tenant)
+        )
+        return _json(run_json(await self._started(run_id, tenant)), 202)
 
     async def get(self, request: Request) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            snapshot = await self._snapshot(request.path_params["run_id"], tenant)
-        except AreionError as error:
-            return self._error(error)
+        tenant = self._tenant_of(request)
+        snapshot = await self._snapshot(request.path_params["run_id"], tenant)
         return _json(run_json(snapshot), 200)
 
     async def approve(self, request: Request) -> Response:
@@ -213,40 +203,34 @@ class RunsApi:
         return await self._decide(request, approve=False)
 
     async def _decide(self, request: Request, *, approve: bool) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            run_id = request.path_params["run_id"]
-            body: _DecisionBody = parse_body(_DecisionBody, await request.body())
-            if approve:
-                await self.runtime.approve(run_id, body.call_id, tenant=tenant)
-            else:
-                await self.runtime.reject(run_id, body.call_id, body.reason, tenant=tenant)
-            snapshot = await self._snapshot(run_id, tenant)
-        except AreionError as error:
-            return self._error(error)
+        tenant = self._tenant_of(request)
+        run_id = request.path_params["run_id"]
+        body: _DecisionBody = parse_body(_DecisionBody, await request.body())
+        if approve:
+            await self.runtime.approve(run_id, body.call_id, tenant=tenant)
+        else:
+            await self.runtime.reject(run_id, body.call_id, body.reason, tenant=tenant)
+        snapshot = await self._snapshot(run_id, tenant)
         return _json(run_json(snapshot), 200)
 
     async def resume(self, request: Request) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            run_id = request.path_params["run_id"]
-            body: _ResumeBody = parse_body(_ResumeBody, await request.body())
-            snapshot = await self._snapshot(run_id, tenant)
-            agent = self._agent(snapshot.run.agent)
-            work = self.runtime.resume(
-                run_id,
-                agent=agent,
-                tenant=tenant,
-                max_steps=body.max_steps,
-                max_cost_usd=body.max_cost_usd,
-                max_tokens=body.max_tokens,
-            )
-            if body.wait:
-                await work
-                return _json(run_json(await self._snapshot(run_id, tenant)), 200)
-            self._background(work)
-        except AreionError as error:
-            return self._error(error)
+        tenant = self._tenant_of(request)
+        run_id = request.path_params["run_id"]
+        body: _ResumeBody = parse_body(_ResumeBody, await request.body())
+        snapshot = await self._snapshot(run_id, tenant)
+        agent = self._agent(snapshot.run.agent)
+        work = self.runtime.resume(
+            run_id,
+            agent=agent,
+            tenant=tenant,
+            max_steps=body.max_steps,
+            max_cost_usd=body.max_cost_usd,
+            max_tokens=body.max_tokens,
+        )
+        if body.wait:
+            await work
+            return _json(run_json(await self._snapshot(run_id, tenant)), 200)
+        self._background(work)
         return _json(run_json(snapshot), 202)
 
     async def events(self, request: Request) -> Response:
@@ -258,9 +242,7 @@ class RunsApi:
                 request.headers.get("last-event-id") or request.query_params.get("after", "-1")
             )
         except ValueError:
-            return self._error(RequestError("after must be an integer", param="after"))
-        except AreionError as error:
-            return self._error(error)
+            raise RequestError("after must be an integer", param="after") from None
         return StreamingResponse(
             self._follow(run_id, tenant, after),
             media_type="text/event-stream",
