@@ -349,7 +349,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     routing.add_argument("--target-quality", type=float, default=0.95)
     routing.add_argument("--policy", choices=["learned", "cascade"], default="learned")
-    routing.add_argument("--candidates", help="comma-separated models (default: all; cascade: 3)")
+    routing.add_argument(
+        "--candidates",
+        help="comma-separated models (default: all; cascade: first,second,...,strongest)",
+    )
     routing.add_argument("--json", action="store_true", help="print one JSON object")
     routing.add_argument("--plot", help="write the cost/quality curve to this PNG file")
     routing.set_defaults(run=_eval_routing)

@@ -320,6 +320,10 @@ class RouteConfig(_Strict):
     router: str | None = None
     # cascade: what must pass for a cheaper answer to be accepted.
     checks: list[CascadeCheck] = Field(default_factory=lambda: list(_CASCADE_CHECKS))
+    # cascade: the candidate that answers when the two cheap answers cannot be compared
+    # (programs, long prose); default: the strongest. `areion eval routing --policy
+    # cascade` prints the one that fits recorded outcomes.
+    unverified: str | None = None
     # Exact computations (arithmetic, units, dates) answered without a model.
     solver: bool = True
     # Degraded mode: when the route's rolling p95 latency exceeds this, traffic that is
@@ -339,6 +343,11 @@ class RouteConfig(_Strict):
             )
         if self.policy == "cascade" and len(self.candidates) < 2:
             raise ValueError(f"routes.{self.name}: a cascade needs at least two candidates")
+        if self.unverified is not None and self.unverified not in self.candidates:
+            raise ValueError(
+                f"routes.{self.name}: unverified {self.unverified!r} is not one of the "
+                f"candidates {self.candidates}"
+            )
         return self
 
 

@@ -180,6 +180,30 @@ def test_cascade_escalates_an_answer_that_breaks_the_schema_and_streams(fleet: F
     assert fleet.calls() == {"small": 1, "medium": 1, "strong": 1}
 
 
+UNVERIFIED = [{**CASCADE[0], "unverified": "medium"}]
+
+
+@pytest.mark.parametrize("fleet", [UNVERIFIED], indirect=True)
+def test_cascade_answers_uncomparable_programs_with_the_unverified_candidate(
+    fleet: Fleet,
+) -> None:
+    small, medium = fleet.upstreams["small"], fleet.upstreams["medium"]
+    small.then(Behaviour(text="def double(x):\n    return x * 2"))
+    medium.then(Behaviour(text="def double(n):\n    return n + n"))
+    programs = fleet.ask(content="Write a function that doubles a number.")
+    # Two different programs: nothing says whether they agree, so `unverified` answers,
+    # with the answer already paid for, and the strongest is not asked.
+    assert programs.headers["x-areion-route-reason"] == "cascade_unverified"
+    assert programs.headers["x-areion-model"].startswith("medium/")
+    assert programs.parse().choices[0].message.content == "def double(n):\n    return n + n"
+    assert fleet.calls() == {"small": 1, "medium": 1, "strong": 0}
+    # Short answers that can be compared and differ still go to the strongest.
+    small.then(Behaviour(text="The answer is B."))
+    medium.then(Behaviour(text="The answer is C."))
+    assert fleet.ask().headers["x-areion-route-reason"] == "cascade_escalate"
+    assert fleet.calls() == {"small": 2, "medium": 2, "strong": 1}
+
+
 DEGRADING = [
     {
         "name": "auto",

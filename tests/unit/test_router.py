@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from areion.config import parse_config
-from areion.routing.router import LatencyWatch, agree, reasoning_effort, schema_valid
+from areion.routing.router import (
+    LatencyWatch,
+    agree,
+    compare,
+    reasoning_effort,
+    schema_valid,
+    stated_choice,
+)
 from areion.types import ChatRequest, Message
 
 
@@ -24,6 +31,36 @@ from areion.types import ChatRequest, Message
 )
 def test_agree(first: str, second: str, same: bool) -> None:
     assert agree(first, second) is same
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "verdict"),
+    [
+        ("B\n", "The answer is B.", True),  # a bare letter is a choice
+        ("(c) because it is", "Answer: C", True),
+        ("B", "C", False),
+        ("A cat is an animal.", "The answer is A.", False),  # "A" here is a word
+        ("The total is 12.", "I make it 13.", False),
+        ("Paris", "Lyon", False),  # short prose that differs disagrees
+        ("def f(x): return 2 * x", "def g(y): return y + y", None),  # programs
+        ("x" * 400, "y" * 400, None),  # long prose
+        ("def f(x): return x", "def f(x):  return x", True),  # same words
+    ],
+)
+def test_compare_says_when_answers_cannot_be_compared(
+    first: str, second: str, verdict: bool | None
+) -> None:
+    assert compare(first, second) is verdict
+
+
+def test_stated_choice() -> None:
+    assert [stated_choice(t) for t in ("D", " (b) yes", "A. Paris", "After all, option E")] == [
+        "D",
+        "B",
+        "A",
+        "E",
+    ]
+    assert stated_choice("A function that doubles") is None
 
 
 def _request(response_format: Any = None) -> ChatRequest:
@@ -77,6 +114,10 @@ MODELS = [{"name": "small", "provider": "sim"}, {"name": "strong", "provider": "
         ),
         ({"name": "auto", "policy": "learned", "candidates": ["small"]}, "areion train router"),
         ({"name": "auto", "policy": "cascade", "candidates": ["small"]}, "at least two"),
+        (
+            {"name": "auto", "policy": "cascade", "candidates": ["a", "b"], "unverified": "c"},
+            "not one of the candidates",
+        ),
         ({"name": "auto", "candidates": []}, "candidates"),
     ],
 )

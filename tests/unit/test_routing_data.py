@@ -13,8 +13,13 @@ import pytest
 from areion.errors import ConfigError
 from areion.routing.data import DEFAULT_OUTPUT_TOKENS, OutcomeTable, load_outcomes
 from areion.routing.evaluate import (
+    AGREE,
+    DISAGREE,
+    UNCOMPARABLE,
+    Cascade,
     ModelResult,
-    final_answer,
+    cascade_verdicts,
+    fit_cascade,
     oracle,
     random_at_cost,
     replay_cascade,
@@ -187,20 +192,54 @@ def test_random_at_equal_cost_interpolates_the_upper_hull() -> None:
     assert random_at_cost(singles, 20.0).accuracy == 0.9
 
 
-def test_final_answer_extracts_choices() -> None:
-    assert final_answer("B\n") == "B"
-    assert final_answer(" (c) because...") == "C"
-    assert final_answer("After thinking, the answer is D.") == "D"
-    assert final_answer("def f(x):\n    return  x") == "def f(x): return x"
+def _cascade_table() -> OutcomeTable:
+    """Four models (cheap, mid, coder, strong); prompts 0-1 multiple choice, 2 code."""
+    table = OutcomeTable(
+        models=["cheap", "mid", "coder", "strong"],
+        prompts=["p0", "p1", "p2", "p3"],
+        groups=["g"] * 4,
+        scores=np.array([[1, 1, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [1, 0, 0, 0]], float),
+        costs=np.array([[1, 2, 3, 10]] * 4, dtype=np.float64),
+    )
+    table.responses = [
+        ["B\n", "The answer is B.", "B", "B"],
+        ["A", "C", "C", "C"],
+        ["def f(x): return x", "def f(y): return 1 * y", "def f(x): return x + 0", "x"],
+        ["42", "42.0", "41", "42"],
+    ]
+    return table
 
 
-def test_cascade_pays_every_attempt() -> None:
-    table = _table([[1, 1, 1], [0, 1, 1], [0, 0, 1]], [[1, 2, 10]] * 3)
-    table.responses = [["A", "A\n", "A"], ["B", "C", "C"], ["B", "C", "D"]]
-    chosen, spent = replay_cascade(table, [0, 1, 2])
-    # agree at once -> cheap; cheap/mid differ, mid/strong agree -> mid; none agree -> strong
-    assert chosen.tolist() == [0, 1, 2]
-    assert spent.tolist() == [3, 13, 13]
+def test_cascade_verdicts_and_every_attempt_paid() -> None:
+    table = _cascade_table()
+    assert cascade_verdicts(table, 0, 1).tolist() == [AGREE, DISAGREE, UNCOMPARABLE, AGREE]
+    cascade = Cascade(first="cheap", second="mid", unverified="coder", strong="strong")
+    chosen, spent = replay_cascade(table, cascade)
+    # agree -> cheap; disagree -> strong; programs -> coder; agree -> cheap
+    assert chosen.tolist() == [0, 3, 2, 0]
+    assert spent.tolist() == [3, 13, 6, 3]
+    # `unverified` being one of the two asked costs nothing more.
+    _, spent = replay_cascade(
+        table, Cascade(first="cheap", second="mid", unverified="mid", strong="strong")
+    )
+    assert spent.tolist() == [3, 13, 3, 3]
     table.responses = None
     with pytest.raises(ConfigError, match="recorded answers"):
-        replay_cascade(table, [0, 1, 2])
+        replay_cascade(table, cascade)
+
+
+def test_fit_cascade_takes_the_cheapest_that_keeps_the_target() -> None:
+    table = _cascade_table()
+    # strong: 3/4. Target 0.5 is met by cheap+mid with code to the cheapest.
+    cheap = fit_cascade(table, 0.5)
+    assert (cheap.first, cheap.second, cheap.strong) == ("cheap", "mid", "strong")
+    chosen, _ = replay_cascade(table, cheap)
+    assert table.scores[np.arange(4), chosen].mean() >= 0.5 * 0.75
+    # Target 1.0 (plus the margin) cannot be met: the most accurate cascade, which
+    # sends the program to the coder.
+    best = fit_cascade(table, 1.0)
+    chosen, _ = replay_cascade(table, best)
+    assert best.unverified == "coder" and table.scores[np.arange(4), chosen].mean() == 1.0
+    # Given candidates fix first, second and strong.
+    fixed = fit_cascade(table, 0.9, ["mid", "cheap", "coder", "strong"])
+    assert (fixed.first, fixed.second, fixed.strong) == ("mid", "cheap", "strong")

@@ -10,15 +10,17 @@ recorded score and cost are what the policy got. Beside it:
 - the oracle: per prompt the cheapest model with the best recorded score.
 
 Policies: `learned` (`areion.routing.learned`, fitted on the training table) and
-`cascade`: candidates cheapest first, an answer accepted when it agrees with the
-next candidate's (a verifier that needs nothing but the recorded answers), every
-attempt paid for; the last candidate's answer is taken as it is.
+`cascade`, replayed as the runtime runs it: two cheap models answer every prompt, the
+first's answer is kept when the two agree, a third (`unverified`) answers when their
+answers cannot be compared (programs, long prose) and the strongest when they
+disagree; every attempt is paid for. `fit_cascade` picks the four models on the
+training table: the cheapest cascade that keeps the target quality there.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +37,17 @@ if TYPE_CHECKING:
     from areion.routing.learned import LearnedRouter
 
 __all__ = [
+    "AGREE",
     "CURVE_TARGETS",
+    "DISAGREE",
+    "UNCOMPARABLE",
+    "Cascade",
     "CurvePoint",
     "ModelResult",
     "RoutingReport",
-    "cascade_candidates",
+    "cascade_verdicts",
     "evaluate_routing",
-    "final_answer",
+    "fit_cascade",
     "oracle",
     "plot_curve",
     "random_at_cost",
@@ -109,6 +115,8 @@ class RoutingReport:
     """The cheapest model with the best score, per prompt."""
     curve: list[CurvePoint] = field(default_factory=list)
     """The policy over `CURVE_TARGETS` (learned only)."""
+    cascade: Cascade | None = None
+    """The cascade fitted on the training data (cascade only)."""
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` document."""
@@ -132,6 +140,7 @@ class RoutingReport:
                 s.model: {"accuracy": s.accuracy, "cost_usd": s.cost_usd} for s in self.singles
             },
             "prompts": self.prompts,
+            "cascade": self.cascade.to_json() if self.cascade else None,
             "curve": [
                 {
                     "target_quality": p.target_quality,
@@ -163,6 +172,12 @@ class RoutingReport:
         for single in sorted(self.singles, key=lambda s: s.cost_usd):
             mark = " *" if single.model == best.model else ""
             lines.append(row(single.model + mark, single.accuracy, single.cost_usd))
+        if self.cascade:
+            c = self.cascade
+            lines.append(
+                f"cascade: {c.first} and {c.second} answer; agreed -> {c.first}, "
+                f"cannot compare -> {c.unverified}, disagreed -> {c.strong}"
+            )
         lines.append("share: " + ", ".join(f"{m} {s:.1%}" for m, s in self.share.items() if s))
         if self.curve:
             lines.append("curve (target: accuracy vs best, cost vs best, share of best):")
@@ -240,57 +255,133 @@ def _turn(
     return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
 
 
-_LETTER = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-Ea-e])\b(?:[\).:]|\s|$)")
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\(?([A-E])\b")
+# A cascade's verdict on a prompt: the two cheap answers agree, disagree, or cannot be
+# compared (`areion.routing.router.compare`, the check the runtime's cascade makes).
+AGREE, DISAGREE, UNCOMPARABLE = 0, 1, 2
 
 
-def final_answer(text: str) -> str:
-    """What a recorded answer concludes: its choice letter when it starts with or
-    states one, else the whole text with whitespace and case normalized."""
-    stripped = text.strip()
-    match = _LETTER.match(stripped) or _ANSWER_IS.search(stripped)
-    if match:
-        return match.group(1).upper()
-    return " ".join(stripped.lower().split())
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Cascade:
+    """A cascade route: `first` and `second` answer every prompt; `first`'s answer is
+    kept when the two agree, `unverified` answers when they cannot be compared,
+    `strong` when they disagree (the runtime's `policy: cascade` with `candidates:
+    [first, second, ..., strong]` and `unverified:`)."""
+
+    first: str
+    second: str
+    unverified: str
+    strong: str
+
+    def to_json(self) -> dict[str, str]:
+        """The cascade as `--json` prints it."""
+        return {
+            "first": self.first,
+            "second": self.second,
+            "unverified": self.unverified,
+            "strong": self.strong,
+        }
 
 
-def cascade_candidates(table: OutcomeTable, *, size: int = 3) -> list[str]:
-    """Default cascade: the most accurate model, below it the models of the cost/accuracy
-    frontier that keep at least 80% of its accuracy (else the cheapest frontier model),
-    cheapest first, `size` at most."""
-    singles = sorted(single_models(table), key=lambda s: s.cost_usd)
-    best = _best(singles)
-    frontier: list[ModelResult] = []
-    for single in singles:
-        if not frontier or single.accuracy > frontier[-1].accuracy:
-            frontier.append(single)
-    below = [s for s in frontier if s.model != best.model]
-    able = [s for s in below if s.accuracy >= 0.8 * best.accuracy] or below[:1]
-    return [s.model for s in able[: size - 1]] + [best.model]
-
-
-def replay_cascade(table: OutcomeTable, order: Sequence[int]) -> tuple[Indices, Any]:
-    """Per prompt, the answering column and the total cost of the cascade over columns
-    `order` (cheapest first): column k's answer is taken when it agrees with column k+1's."""
+def _responses(table: OutcomeTable) -> list[list[str]]:
     if table.responses is None:
         raise ConfigError(
             "the cascade policy needs the models' recorded answers (RouterBench "
             "'|model_response' or RouteLLM '<model>_response' columns); this data has none"
         )
-    if len(order) < 2:
+    return table.responses
+
+
+def cascade_verdicts(table: OutcomeTable, first: int, second: int) -> Indices:
+    """Per prompt, AGREE, DISAGREE or UNCOMPARABLE for the answers of columns `first`
+    and `second`."""
+    from areion.routing.router import compare
+
+    codes = {True: AGREE, False: DISAGREE, None: UNCOMPARABLE}
+    return np.array(
+        [codes[compare(answers[first], answers[second])] for answers in _responses(table)],
+        dtype=np.int64,
+    )
+
+
+def _replay(
+    table: OutcomeTable, columns: tuple[int, int, int, int], verdicts: Indices
+) -> tuple[Indices, npt.NDArray[np.float64]]:
+    first, second, unverified, strong = columns
+    chosen: Indices = np.select(
+        [verdicts == AGREE, verdicts == UNCOMPARABLE], [first, unverified], default=strong
+    )
+    rows = np.arange(len(table))
+    extra = np.where(np.isin(chosen, (first, second)), 0.0, table.costs[rows, chosen])
+    spent: npt.NDArray[np.float64] = table.costs[:, first] + table.costs[:, second] + extra
+    return chosen, spent
+
+
+def replay_cascade(
+    table: OutcomeTable, cascade: Cascade
+) -> tuple[Indices, npt.NDArray[np.float64]]:
+    """Per prompt, the column whose answer the cascade gives and what every attempt cost:
+    both cheap answers always, plus the answer of `unverified` or `strong` when it is
+    neither of them."""
+    columns = (
+        table.model_index(cascade.first),
+        table.model_index(cascade.second),
+        table.model_index(cascade.unverified),
+        table.model_index(cascade.strong),
+    )
+    return _replay(table, columns, cascade_verdicts(table, columns[0], columns[1]))
+
+
+def fit_cascade(
+    train: OutcomeTable, target_quality: float, candidates: Sequence[str] | None = None
+) -> Cascade:
+    """The cheapest cascade whose replay on `train` keeps `target_quality` of the most
+    accurate candidate's accuracy, with a margin of half a standard error of that
+    accuracy; the most accurate cascade when none does.
+
+    Without a margin, cascades that only just reach the target on the training prompts
+    win on cost and miss it on new ones; with a whole standard error, ones that reach
+    it at a third more cost win. Half was the best of the two over ten random 70/30
+    splits of the RouterBench training files (`bench/routing.py --seeds`).
+
+    `candidates` given: `first`, `second` and `strong` are its first, second and last,
+    and `unverified` is fitted among them. Else `strong` is the most accurate model and
+    the other three are fitted among all models.
+    """
+    table = train.complete(candidates)
+    if len(table) == 0:
+        raise ConfigError("no training prompt has outcomes for every cascade candidate")
+    _responses(table)
+    names = list(candidates) if candidates else list(table.models)
+    columns = [table.model_index(n) for n in names]
+    if len(columns) < 2:
         raise ConfigError("the cascade policy needs at least two candidates")
-    answered = np.empty(len(table), dtype=np.int64)
-    spent = np.zeros(len(table))
-    for i, answers in enumerate(table.responses):
-        spent[i] = table.costs[i, order[0]]
-        chosen = order[-1]
-        for k in range(len(order) - 1):
-            spent[i] += table.costs[i, order[k + 1]]
-            if final_answer(answers[order[k]]) == final_answer(answers[order[k + 1]]):
-                chosen = order[k]
-                break
-        answered[i] = chosen
-    return answered, spent
+    accuracy = table.scores.mean(axis=0)
+    total_cost = table.costs.sum(axis=0)
+    if candidates:
+        strong = columns[-1]
+        pairs = [(columns[0], columns[1])]
+    else:
+        strong = max(columns, key=lambda c: (accuracy[c], -total_cost[c]))
+        cheaper = [c for c in columns if c != strong]
+        pairs = list(itertools.permutations(cheaper, 2)) or [(cheaper[0], strong)]
+    best = float(accuracy[strong])
+    goal = target_quality * best + 0.5 * math.sqrt(best * (1 - best) / len(table))
+    rows = np.arange(len(table))
+    options: list[tuple[float, float, tuple[int, int, int, int]]] = []
+    for first, second in pairs:
+        verdicts = cascade_verdicts(table, first, second)
+        for unverified in columns:
+            plan = (first, second, unverified, strong)
+            chosen, spent = _replay(table, plan, verdicts)
+            options.append((float(table.scores[rows, chosen].mean()), float(spent.sum()), plan))
+    meeting = [o for o in options if o[0] >= goal - 1e-12]
+    _, _, plan = (
+        min(meeting, key=lambda o: (o[1], -o[0]))
+        if meeting
+        else max(options, key=lambda o: (o[0], -o[1]))
+    )
+    model = [table.models[c] for c in plan]
+    return Cascade(first=model[0], second=model[1], unverified=model[2], strong=model[3])
 
 
 def _share(models: Sequence[str], chosen: Indices) -> dict[str, float]:
@@ -316,10 +407,14 @@ def evaluate_routing(
     """
     if not 0 < target_quality <= 1:
         raise ConfigError(f"--target-quality must be in (0, 1], got {target_quality}")
+    cascade: Cascade | None = None
     if policy == "learned":
         names = list(router.candidates) if router else list(candidates or train.models)
+    elif policy == "cascade":
+        cascade = fit_cascade(train, target_quality, candidates)
+        names = list(candidates or train.models)
     else:
-        names = list(candidates) if candidates else cascade_candidates(train.complete())
+        raise ConfigError(f"unknown routing policy {policy!r}: use learned or cascade")
     names = [data.models[data.model_index(n)] for n in names]
     table = data.complete(names)
     if not len(table):
@@ -351,16 +446,11 @@ def evaluate_routing(
         chosen = router.choose_many(features, target_quality)
         accuracy = float(table.scores[rows, chosen].mean())
         cost = float(table.costs[rows, chosen].sum())
-    elif policy == "cascade":
-        order = np.argsort(
-            [float(np.mean(train.complete(names).costs[:, i])) for i in range(len(names))]
-        )
-        table = table.select(rows, [names[int(i)] for i in order])
-        chosen, spent = replay_cascade(table, list(range(len(names))))
+    else:
+        assert cascade is not None
+        chosen, spent = replay_cascade(table, cascade)
         accuracy = float(table.scores[rows, chosen].mean())
         cost = float(spent.sum())
-    else:
-        raise ConfigError(f"unknown routing policy {policy!r}: use learned or cascade")
     singles = single_models(table)
     return RoutingReport(
         policy=policy,
@@ -375,6 +465,7 @@ def evaluate_routing(
         random=random_at_cost(singles, cost),
         oracle=oracle(table),
         curve=curve,
+        cascade=cascade,
     )
 
 

@@ -10,9 +10,10 @@ request to a route it
      length, tools, a response format), else the strongest candidate;
    - `learned`: the difficulty model (`areion train router`) picks the cheapest
      candidate expected to keep `target_quality` of the best one's quality;
-   - `cascade`: the two cheapest candidates answer at once; their answer is kept if
-     it passes the checks (valid JSON for the requested schema, the two agree),
-     else the strongest candidate answers;
+   - `cascade`: the two cheapest candidates answer at once; the cheaper's answer is
+     kept if it passes the checks (valid JSON for the requested schema, the two
+     agree); when the two cannot be compared (programs, long prose) the route's
+     `unverified` candidate answers; else the strongest;
 3. moves non-critical traffic to the fastest candidate while the route is degraded
    (its rolling p95 latency broke `latency_objective_s`), with hysteresis;
 4. sets the reasoning effort of reasoning models from the prompt's difficulty.
@@ -55,9 +56,11 @@ __all__ = [
     "Router",
     "RulesPolicy",
     "agree",
+    "compare",
     "prompt_text",
     "reasoning_effort",
     "schema_valid",
+    "stated_choice",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,30 +221,52 @@ def reasoning_effort(difficulty: float) -> str:
 
 
 _CHOICE = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-E])\)?\b", re.IGNORECASE)
+# A reply that is a choice letter and little else: "B", "(c) because ...", "D. Paris".
+_BARE_CHOICE = re.compile(r"^\W*(?:\(([A-Ea-e])\)|([A-E])(?:[\).:](?:\s|$)|\s*$))")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _CODE = re.compile(r"\bdef |\breturn\b|[{};=]|```")
+# Prose longer than this says too much to be compared by its words or last number.
+_SHORT = 400
 
 
 def _normalized(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def agree(first: str, second: str) -> bool:
-    """Do two answers say the same thing? Same words, else the same stated choice
-    (multiple choice), else, for short prose answers, the same last number. Code agrees
-    only word for word: equal numbers say nothing about two programs."""
+def stated_choice(text: str) -> str | None:
+    """The multiple-choice letter an answer states, if it states one."""
+    found: list[str] = _CHOICE.findall(text)
+    if found:
+        return found[-1].upper()
+    bare = _BARE_CHOICE.match(text)
+    return (bare.group(1) or bare.group(2)).upper() if bare else None
+
+
+def compare(first: str, second: str) -> bool | None:
+    """Do two answers say the same thing? True or False when what they state can be
+    compared: the same words; the same choice (multiple choice); for short prose,
+    the same last number, and any other difference is a disagreement. None when it
+    cannot: two different programs (equal outputs would need running them) or long
+    prose, whose words differ even when the answers agree."""
     if _normalized(first) == _normalized(second):
         return True
-    a: list[str] = _CHOICE.findall(first)
-    b: list[str] = _CHOICE.findall(second)
+    a, b = stated_choice(first), stated_choice(second)
     if a and b:
-        return a[-1].upper() == b[-1].upper()
-    if a or b or _CODE.search(first) or _CODE.search(second):
+        return a == b
+    if _CODE.search(first) or _CODE.search(second):
+        return None
+    if len(first) >= _SHORT or len(second) >= _SHORT:
+        return None
+    if a or b:
         return False
     x: list[str] = _NUMBER.findall(first)
     y: list[str] = _NUMBER.findall(second)
-    short = len(first) < 400 and len(second) < 400
-    return bool(x and y and short and float(x[-1]) == float(y[-1]))
+    return bool(x and y and float(x[-1]) == float(y[-1]))
+
+
+def agree(first: str, second: str) -> bool:
+    """Do two answers demonstrably say the same thing (`compare` is True)?"""
+    return compare(first, second) is True
 
 
 def schema_valid(request: ChatRequest, text: str) -> bool:
@@ -408,8 +433,9 @@ class Router:
     # -- cascade ------------------------------------------------------------------------
 
     async def _cascade(self, route: _Route, call: Call, call_next: Handler) -> Result:
-        """Two cheapest candidates at once; keep the cheaper's answer if the checks pass,
-        else ask the strongest. Every attempt goes through accounting."""
+        """Two cheapest candidates at once; keep the cheaper's answer if the checks pass;
+        if the two answers cannot be compared, the route's `unverified` candidate answers;
+        else the strongest. Every attempt goes through accounting."""
         config = route.config
         first, second, last = config.candidates[0], config.candidates[1], config.candidates[-1]
         checks = set(config.checks)
@@ -423,22 +449,28 @@ class Router:
         spent = sum(r.cost_usd or 0.0 for r in responses)
         cheap = responses[0]
         text = cheap.message.text()
-        accepted = ("schema" not in checks or schema_valid(call.request, text)) and (
-            "agreement" not in checks or agree(text, responses[1].message.text())
-        )
-        if accepted:
-            self._count(route, Pick(first, "cascade_accept"))
-            final, reason = cheap, "cascade_accept"
+        verdict = compare(text, responses[1].message.text()) if "agreement" in checks else True
+        if "schema" in checks and not schema_valid(call.request, text):
+            verdict = False
+        if verdict is True:
+            pick = Pick(first, "cascade_accept")
+        elif verdict is None and config.unverified:
+            pick = Pick(config.unverified, "cascade_unverified")
         else:
-            self._count(route, Pick(last, "cascade_escalate"))
-            escalated = self._retarget(call, Pick(last, "cascade_escalate"), stream=False)
+            pick = Pick(last, "cascade_escalate")
+        self._count(route, pick)
+        asked = [first, second][: len(responses)]
+        if pick.model in asked:  # answered already
+            final = responses[asked.index(pick.model)]
+        else:
+            escalated = self._retarget(call, pick, stream=False)
             escalated.request_id = f"{call.request_id}.{len(attempts) + 1}"
             result = await call_next(escalated)
             assert isinstance(result, ChatResponse)
             spent += result.cost_usd or 0.0
-            final, reason = result, "cascade_escalate"
+            final = result
         final.cost_usd = spent  # the client pays for every attempt
-        self._note(final, route, reason)
+        self._note(final, route, pick.reason)
         self._watch(route, call, final)
         if not call.request.stream:
             return final
