@@ -187,14 +187,16 @@ def _eval_cache(args: argparse.Namespace) -> int:
         result = evaluate_pairs(pairs, verifier, embedder, threshold=threshold)
     finally:
         embedder.close()
-    summary = {key: result[key] for key in ("precision", "recall", "hits", "wrong_hits", "pairs")}
+    keys = ("precision", "recall", "hits", "wrong_hits", "pairs", "unjudged_hits")
+    summary = {key: result[key] for key in keys}
     if args.json:
         print(json.dumps(summary))
     else:
         print(
             f"pairs {summary['pairs']}: hits {summary['hits']}, wrong hits "
             f"{summary['wrong_hits']}, precision {summary['precision']:.3f}, recall "
-            f"{summary['recall']:.3f}"
+            f"{summary['recall']:.3f} ({summary['unjudged_hits']} hits on questions the "
+            "labels say nothing of, as to the query, left out)"
         )
     return 0
 

@@ -257,7 +257,7 @@ class SemanticCacheConfig(_Strict):
     enabled: bool = False
     ttl_s: float = Field(default=86_400.0, gt=0)
     # The share of semantic hits allowed to be wrong, on traffic as hard as the
-    # calibration pairs; default: the verifier's (0.10).
+    # calibration pairs; default: the verifier's (0.15).
     max_wrong_hit_rate: float | None = Field(default=None, gt=0, lt=1)
     any_temperature: bool = False
     max_entries: int = Field(default=100_000, ge=1)

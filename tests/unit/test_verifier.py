@@ -347,7 +347,7 @@ def test_evaluate_pairs_counts_by_the_cache_protocol(tmp_path: Path) -> None:
         ("How do I fix a bike?", "How can I fix a bike?", 1),  # own entry found: correct
         ("how do I fix a bike", "How to repair a bike?", 1),  # same entry as row 1: correct
         ("How do I sell a car?", "How do I sell a house?", 0),  # a non-duplicate hit: wrong
-        ("What is rust?", "What is a bike?", 1),  # nearest is another entry: wrong
+        ("What is rust?", "What is a bike?", 1),  # nearest is another entry: unjudged
         ("What is go?", "How do I sell a car?", 0),  # the query is itself cached: correct
     ]
     embedder = _TableEmbedder(
@@ -367,12 +367,14 @@ def test_evaluate_pairs_counts_by_the_cache_protocol(tmp_path: Path) -> None:
     assert len(read_pairs(path)) == 5
     result = evaluate_pairs(path, None, embedder, threshold=0.9)
     assert result == {
-        "precision": 3 / 5,
+        "precision": 3 / 4,
         "recall": 2 / 3,  # the same-text hit was on a non-duplicate pair: no recall
-        "hits": 5,
-        "wrong_hits": 2,
+        "hits": 4,
+        "wrong_hits": 1,
         "pairs": 5,
         "same_text_hits": 1,
+        # "What is a bike?" found "How do I fix a bike?": no label joins or parts them
+        "unjudged_hits": 1,
     }
     strict = evaluate_pairs(path, None, embedder, threshold=0.9999)
     assert strict["hits"] == 1 and strict["wrong_hits"] == 0  # only the identical text
@@ -403,3 +405,36 @@ def test_evaluate_pairs_with_the_verifier_and_an_index(
     assert result["hits"] == 1 and result["wrong_hits"] == 0 and result["recall"] == 1.0
     with pytest.raises(ValueError, match="threshold"):
         evaluate_pairs(path, None, embedder)
+
+
+def test_evaluate_pairs_judges_other_entries_by_the_labels(tmp_path: Path) -> None:
+    rows = [
+        ("How do I learn French?", "What is the best way to learn French?", 1),
+        ("What is the best way to learn French?", "How can I learn French fast?", 1),
+        ("How do I learn Spanish?", "Is Spanish easy?", 0),
+        ("How can I learn French quickly?", "How can I learn French fast?", 1),
+        ("Is Spanish easy?", "Is Spanish hard to learn?", 1),
+        ("What is Python?", "Is Spanish hard?", 0),
+    ]
+    embedder = _TableEmbedder(
+        {
+            "How do I learn French?": [1, 0, 0],
+            "What is the best way to learn French?": [1, 0.1, 0],
+            "How can I learn French fast?": [1, 0.2, 0],
+            "How can I learn French quickly?": [1, 0.21, 0],
+            "How do I learn Spanish?": [0, 1, 0],
+            "Is Spanish easy?": [0, 1, 0.3],
+            "Is Spanish hard to learn?": [0, 1, 0.05],
+            "What is Python?": [0, 0, 1],
+            "Is Spanish hard?": [0, 1, 0.1],
+        }
+    )
+    result = evaluate_pairs(_write(tmp_path / "p.csv", rows), None, embedder, threshold=0.9)
+    # 1 and 3: the query is itself cached. 2: nearest is "How can I learn French
+    # quickly?", which duplicate labels join to the query (rows 2 and 4): correct. 4: its
+    # own entry. 5: nearest is "How do I learn Spanish?", which a non-duplicate label
+    # (row 3) parts from "Is Spanish easy?", a labelled duplicate of the query: wrong.
+    # 6: nearest is "How do I learn Spanish?" again; no label says anything of it and
+    # "Is Spanish hard?": unjudged.
+    assert (result["hits"], result["wrong_hits"], result["unjudged_hits"]) == (5, 1, 1)
+    assert result["precision"] == 4 / 5 and result["same_text_hits"] == 2

@@ -338,20 +338,27 @@ def evaluate_pairs(
     """Serve a pairs file through the cache's decision and count the outcome.
 
     protocol "cache": every question1 is cached (identical normalized texts are one
-    entry), every question2 is looked up, and the nearest entry by cosine (from
-    `index` if given, else an exact scan) is judged by the verifier. A hit is correct
-    when that entry is the pair's own question1 and the pair is a duplicate, or when
-    the entry is the query's very question (same normalized text: it was cached from
-    another pair, and its answer answers the query by definition; counted in
-    `same_text_hits`). Any other hit is wrong, including hits on another pair's
-    question that might well be a duplicate: nobody labelled it, so it counts against
-    precision. protocol "pair": the candidate is the pair's own question1, so only
-    the verifier's judgement is measured.
+    entry), every question2 is looked up, and the best of the nearest entries by
+    cosine (from `index` if given, else an exact scan) is judged by the verifier.
+    Whether a hit is correct is what the file's labels say of (that entry, the
+    query): the query's very text (cached from another pair: its answer answers the
+    query by definition; counted in `same_text_hits`); the pair's own question1 (its
+    label); else another pair's question, which is correct when the labels join the
+    two through duplicates (a question labelled a duplicate of one labelled a
+    duplicate of the query, ...) and wrong when a non-duplicate label separates their
+    groups. A hit on a question the labels say nothing about, as to this query, is
+    not judged: it is counted in `unjudged_hits` and left out of precision (counting
+    it wrong would call most of them wrong that are not: looked at by hand, most are
+    plain paraphrases, like "How do I learn Sanskrit?" and "What is the best way to
+    learn Sanskrit?", that happen to sit in different pairs). protocol "pair": the
+    candidate is the pair's own question1, so only the verifier's judgement is
+    measured.
 
     `verifier=None` judges by plain cosine >= `threshold` (the baseline); otherwise
     `threshold` defaults to the verifier's default. `embeddings`: an .npz cache file.
-    Returns precision (share of hits that are correct), recall (correct hits on
-    duplicate pairs over duplicate pairs), hits, wrong_hits, pairs and same_text_hits.
+    Returns precision (share of judged hits that are correct), recall (correct hits on
+    duplicate pairs over duplicate pairs), hits (judged), wrong_hits, pairs,
+    same_text_hits and unjudged_hits.
     """
     pairs = read_pairs(path)
     if threshold is not None:
@@ -378,7 +385,8 @@ def evaluate_pairs(
         near = _nearest(keys, [entries[k] for k in keys], vectors, at, queries, index, k)
         found = [[(keys[i], c) for i, c in row] for row in near]
 
-    hits = wrong = same_text = correct = correct_duplicates = 0
+    judge = _Labels(pairs)
+    hits = wrong = same_text = correct = correct_duplicates = unjudged = 0
     for pair, options in zip(pairs, found, strict=True):
         # As the cache decides: the best-scoring candidate that reaches the threshold.
         if verifier is None:  # the baseline: the nearest entry, by cosine alone
@@ -391,14 +399,21 @@ def evaluate_pairs(
             if found_best is None:
                 continue
             key = found_best[0]
-        hits += 1
-        if key == normalize(pair.question2):
+        query = normalize(pair.question2)
+        if key == query:
+            verdict: bool | None = True
             same_text += 1
+        elif key == normalize(pair.question1):
+            verdict = pair.duplicate
+        else:
+            verdict = judge.same(key, query)
+        if verdict is None:
+            unjudged += 1
+            continue
+        hits += 1
+        if verdict:
             correct += 1
             correct_duplicates += pair.duplicate
-        elif pair.duplicate and key == normalize(pair.question1):
-            correct += 1
-            correct_duplicates += 1
         else:
             wrong += 1
     duplicates = sum(p.duplicate for p in pairs)
@@ -409,7 +424,41 @@ def evaluate_pairs(
         "wrong_hits": wrong,
         "pairs": len(pairs),
         "same_text_hits": same_text,
+        "unjudged_hits": unjudged,
     }
+
+
+class _Labels:
+    """What a pairs file's labels say of two questions: groups of questions joined by
+    duplicate labels, and the pairs of groups a non-duplicate label separates."""
+
+    def __init__(self, pairs: Sequence[Pair]) -> None:
+        self._parent: dict[str, str] = {}
+        for pair in pairs:
+            if pair.duplicate:
+                a, b = self._root(normalize(pair.question1)), self._root(normalize(pair.question2))
+                self._parent[a] = b
+        self._apart: set[tuple[str, str]] = set()
+        for pair in pairs:
+            if not pair.duplicate:
+                a, b = self._root(normalize(pair.question1)), self._root(normalize(pair.question2))
+                self._apart.update(((a, b), (b, a)))
+
+    def _root(self, text: str) -> str:
+        parent = self._parent
+        parent.setdefault(text, text)
+        while parent[text] != text:
+            parent[text] = parent[parent[text]]
+            text = parent[text]
+        return text
+
+    def same(self, first: str, second: str) -> bool | None:
+        """True: joined by duplicate labels; False: a non-duplicate label separates
+        them; None: the labels do not say. Both texts normalized."""
+        a, b = self._root(first), self._root(second)
+        if a == b:
+            return True
+        return False if (a, b) in self._apart else None
 
 
 def _nearest(
