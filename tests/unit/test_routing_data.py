@@ -228,7 +228,7 @@ def test_cascade_verdicts_and_every_attempt_paid() -> None:
         replay_cascade(table, cascade)
 
 
-def test_fit_cascade_takes_the_cheapest_that_keeps_the_target() -> None:
+def test_fit_cascade_keeps_the_target() -> None:
     table = _cascade_table()
     # strong: 3/4. Target 0.5 is met by cheap+mid with code to the cheapest.
     cheap = fit_cascade(table, 0.5)
