@@ -14,7 +14,8 @@ Policies: `learned` (`areion.routing.learned`, fitted on the training table) and
 first's answer is kept when the two agree, a third (`unverified`) answers when their
 answers cannot be compared (programs, long prose) and the strongest when they
 disagree; every attempt is paid for. `fit_cascade` picks the four models on the
-training table: the cheapest cascade that keeps the target quality there.
+training table: of the cascades that keep the target quality there, the one with the
+most accuracy less cost.
 """
 
 from __future__ import annotations
