@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +22,7 @@ from starlette.routing import Route
 from areion.control.keys import KeyRing, create_key, key_json, revoke_key
 from areion.errors import AuthenticationError, RequestError
 from areion.runtime import Runtime
-from areion.server.runs import parse_body
+from areion.server.schema import json_response, parse_body
 
 __all__ = ["AdminApi", "AdminDisabledError", "AdminOnlyError", "bearer_key"]
 
@@ -61,10 +60,6 @@ def bearer_key(header: str) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return key.strip() or None
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 class AdminApi:
@@ -112,17 +107,17 @@ class AdminApi:
         )
         self._keys.remember(record)
         log.info("API key %s (%s) created for tenant %s", record.key_id, record.name, record.tenant)
-        return _json({**key_json(record), "key": key}, 201)
+        return json_response({**key_json(record), "key": key}, 201)
 
     async def list(self, request: Request) -> Response:
         await self._authorize(request)
         tenant = request.query_params.get("tenant") or None
         records = await self.runtime.store.keys(tenant=tenant)
-        return _json({"object": "list", "data": [key_json(record) for record in records]})
+        return json_response({"object": "list", "data": [key_json(record) for record in records]})
 
     async def revoke(self, request: Request) -> Response:
         await self._authorize(request)
         record = await revoke_key(self.runtime.store, request.path_params["key"])
         self._keys.forget(record)
         log.info("API key %s (%s) of tenant %s revoked", record.key_id, record.name, record.tenant)
-        return _json(key_json(record))
+        return json_response(key_json(record))

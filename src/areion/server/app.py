@@ -36,14 +36,12 @@ from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.runs import RunsApi
-from areion.server.schema import parse_chat_request
+from areion.server.schema import json_response, parse_chat_request
 from areion.streaming import ChatStream
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("areion.server")
-
-_JSON = "application/json"
 
 
 def error_body(
@@ -66,11 +64,7 @@ def error_response(error: AreionError) -> Response:
     elif retry_after:
         headers["retry-after"] = str(max(1, round(retry_after)))
     body = error_body(error.message, type=error.type, code=error.code, param=error.param)
-    return Response(orjson.dumps(body), status_code=error.status, media_type=_JSON, headers=headers)
-
-
-def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type=_JSON, headers=headers)
+    return json_response(body, error.status, headers)
 
 
 _IDENTITY = "areion.identity"
@@ -145,9 +139,8 @@ class _Api:
                     **_info_headers(response.info),
                 },
             )
-        return Response(
-            orjson.dumps(response.to_openai()),
-            media_type=_JSON,
+        return json_response(
+            response.to_openai(),
             headers={
                 "x-areion-model": response.deployment,
                 "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
@@ -159,7 +152,7 @@ class _Api:
 
     async def models(self, request: Request) -> Response:
         self.tenant(request)
-        return _json(
+        return json_response(
             {
                 "object": "list",
                 "data": [
@@ -174,7 +167,7 @@ class _Api:
             deployment.id: deployment.breaker.state.value
             for deployment in self.runtime.gateway.deployments.values()
         }
-        return _json({"status": "ok", "deployments": deployments})
+        return json_response({"status": "ok", "deployments": deployments})
 
     async def metrics(self, request: Request) -> Response:
         return Response(
@@ -243,20 +236,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
-        return _json(error_body(message, type="invalid_request_error", code="not_found"), 404)
+        return json_response(
+            error_body(message, type="invalid_request_error", code="not_found"), 404
+        )
     if exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
-        return _json(
+        return json_response(
             error_body(message, type="invalid_request_error", code="method_not_allowed"), 405
         )
-    return _json(
+    return json_response(
         error_body(str(exc.detail), type="invalid_request_error", code=None), exc.status_code
     )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _json(error_body("internal error", type="server_error", code="internal_error"), 500)
+    return json_response(
+        error_body("internal error", type="server_error", code="internal_error"), 500
+    )
 
 
 def create_app(runtime: Runtime) -> Starlette:

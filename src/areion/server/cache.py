@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from areion.errors import RequestError
 from areion.runtime import Runtime
-from areion.server.runs import parse_body
+from areion.server.schema import json_response, parse_body
 
 if TYPE_CHECKING:  # numpy and the embedder: only when the tier is on
     from areion.cache.semantic import SemanticCache
@@ -42,10 +41,6 @@ class _FeedbackBody(BaseModel):
 
     request_id: str = Field(min_length=1, max_length=128)
     correct: bool
-
-
-def _json(data: object) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json")
 
 
 def _float(request: Request, name: str) -> float | None:
@@ -96,7 +91,9 @@ class CacheApi:
         deleted = cache.invalidate(
             tenant, model=model, older_than_s=_float(request, "older_than_s")
         )
-        return _json({"object": "cache.invalidation", "tier": "semantic", "deleted": deleted})
+        return json_response(
+            {"object": "cache.invalidation", "tier": "semantic", "deleted": deleted}
+        )
 
     async def drop(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
@@ -106,7 +103,7 @@ class CacheApi:
             raise RequestError(f"entry must be an entry id (digits), got '{raw}'", param="entry")
         if cache.invalidate(tenant, entry=int(raw)) == 0:
             raise CacheNotFoundError(f"no semantic cache entry {raw}", param="entry")
-        return _json({"object": "cache.invalidation", "tier": "semantic", "deleted": 1})
+        return json_response({"object": "cache.invalidation", "tier": "semantic", "deleted": 1})
 
     async def feedback(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
@@ -118,7 +115,7 @@ class CacheApi:
                 f"no recent semantic hit answered request '{body.request_id}'",
                 param="request_id",
             )
-        return _json(
+        return json_response(
             {
                 "object": "cache.feedback",
                 "entry": hit.entry,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -25,6 +25,7 @@ from areion.cache.plans import offered_plan
 from areion.config import AgentConfig
 from areion.errors import ConfigError, RequestError
 from areion.runtime import Runtime
+from areion.server.schema import json_response, parse_body
 from areion.store.records import RunSnapshot
 
 __all__ = ["RunsApi", "load_agents"]
@@ -113,20 +114,8 @@ def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
     }
 
 
-def parse_body(model: type[BaseModel], raw: bytes) -> Any:
-    """`raw` parsed as `model`, or a RequestError naming the bad parameter."""
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as error:
-        first = error.errors()[0]
-        if first["type"].startswith("json"):
-            raise RequestError(f"the request body is not valid JSON: {first['msg']}") from None
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise RequestError(f"invalid parameter '{param}': {first['msg']}", param=param) from None
-
-
 class RunsApi:
-    """Handlers of /v1/runs, given how to authenticate and how to answer errors."""
+    """Handlers of /v1/runs, given how to find the caller's tenant."""
 
     def __init__(
         self,
@@ -184,17 +173,17 @@ class RunsApi:
             result = await self.runtime.run(
                 agent, body.input, session=body.session, run_id=run_id, tenant=tenant
             )
-            return _json(run_json(await self._snapshot(result.run_id, tenant)), 200)
+            return json_response(run_json(await self._snapshot(result.run_id, tenant)), 200)
         run_id = run_id or new_run_id()
         self._background(
             self.runtime.run(agent, body.input, session=body.session, run_id=run_id, tenant=tenant)
         )
-        return _json(run_json(await self._started(run_id, tenant)), 202)
+        return json_response(run_json(await self._started(run_id, tenant)), 202)
 
     async def get(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
         snapshot = await self._snapshot(request.path_params["run_id"], tenant)
-        return _json(run_json(snapshot), 200)
+        return json_response(run_json(snapshot), 200)
 
     async def approve(self, request: Request) -> Response:
         return await self._decide(request, approve=True)
@@ -211,7 +200,7 @@ class RunsApi:
         else:
             await self.runtime.reject(run_id, body.call_id, body.reason, tenant=tenant)
         snapshot = await self._snapshot(run_id, tenant)
-        return _json(run_json(snapshot), 200)
+        return json_response(run_json(snapshot), 200)
 
     async def resume(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
@@ -229,9 +218,9 @@ class RunsApi:
         )
         if body.wait:
             await work
-            return _json(run_json(await self._snapshot(run_id, tenant)), 200)
+            return json_response(run_json(await self._snapshot(run_id, tenant)), 200)
         self._background(work)
-        return _json(run_json(snapshot), 202)
+        return json_response(run_json(snapshot), 202)
 
     async def events(self, request: Request) -> Response:
         try:
@@ -270,7 +259,3 @@ class RunsApi:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _json(data: object, status: int) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")

@@ -1,15 +1,20 @@
-"""The OpenAI chat-completions request body, validated at the HTTP boundary."""
+"""The wire format at the HTTP boundary: request bodies validated in (the OpenAI
+chat-completions body, and the small bodies of the runs, cache and admin APIs), JSON
+responses out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
 
 from areion.errors import RequestError
 from areion.types import ChatRequest, Message, ToolCall
 
-__all__ = ["parse_chat_request"]
+__all__ = ["json_response", "parse_body", "parse_chat_request"]
 
 
 class _FunctionCall(BaseModel):
@@ -78,6 +83,40 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def json_response(
+    data: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """`data` as an application/json response."""
+    return Response(
+        orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _invalid(
+    error: ValidationError, param_of: Callable[[tuple[int | str, ...]], str]
+) -> RequestError:
+    """The RequestError for a body pydantic refused: bad JSON, or the first bad parameter
+    (named by `param_of` from pydantic's location)."""
+    first = error.errors()[0]
+    if first["type"].startswith("json"):
+        return RequestError(f"the request body is not valid JSON: {first['msg']}")
+    param = param_of(tuple(first["loc"])) or None
+    return RequestError(f"invalid parameter '{param}': {first['msg']}", param=param)
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    """`raw` parsed as `model` (an empty body as `{}`), or a RequestError naming the bad
+    parameter."""
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as error:
+        raise _invalid(error, _dotted) from None
+
+
 def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     """A `ChatRequest` from a JSON body, and whether the client asked for stream usage.
 
@@ -88,13 +127,9 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     try:
         body = _Body.model_validate_json(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        if first["type"].startswith("json"):
-            raise RequestError(f"the request body is not valid JSON: {first['msg']}") from None
-        if first["type"] == "model_type":
+        if error.errors()[0]["type"] == "model_type":
             raise RequestError("the request body must be a JSON object") from None
-        param = _param(tuple(first["loc"]))
-        raise RequestError(f"invalid parameter '{param}': {first['msg']}", param=param) from None
+        raise _invalid(error, _param) from None
     extra: dict[str, Any] = dict(body.model_extra or {})
     if body.n is not None:
         extra["n"] = body.n
