@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         LearnedRouter.load(path)  # warm the imports
         loads = _time(lambda _: LearnedRouter.load(path), ["x"] * 20, 1)
 
-    held = [p for i, p in enumerate(table_all.prompts) if i not in set(rows.tolist())]
+    trained = set(rows.tolist())
+    held = [p for i, p in enumerate(table_all.prompts) if i not in trained]
     long = rng.sample(held, min(args.prompts, len(held)))
     questions = _quora(quora / "quora_pairs_val.csv", 4 * args.prompts)
     short = questions[: args.prompts]

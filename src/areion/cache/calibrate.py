@@ -14,7 +14,8 @@ figures printed for each wrong-hit rate come from nested cross-validation: for e
 held-out fold, the model *and* its threshold are chosen from the other folds alone.
 
 `evaluate_pairs()` is the product's protocol (`areion eval cache`): cache every
-question1, look up every question2, judge the nearest entry.
+question1, look up every question2, and judge the entry the cache picks by what the
+file's labels say of it and the query.
 """
 
 from __future__ import annotations
@@ -100,22 +101,31 @@ def normalize(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
+class _Groups:
+    """Texts joined into groups (union-find): `join` two, `root` names a text's group."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def root(self, text: str) -> str:
+        parent = self._parent
+        parent.setdefault(text, text)
+        while parent[text] != text:
+            parent[text] = parent[parent[text]]
+            text = parent[text]
+        return text
+
+    def join(self, first: str, second: str) -> None:
+        self._parent[self.root(first)] = self.root(second)
+
+
 def group_folds(pairs: Sequence[Pair], folds: int, *, seed: int = 0) -> npt.NDArray[np.int64]:
     """A fold number per pair; pairs sharing a normalized text (either side) share a fold."""
-    parent: dict[str, str] = {}
-
-    def root(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    joined = _Groups()
     for pair in pairs:
-        a, b = root(normalize(pair.question1)), root(normalize(pair.question2))
-        parent[a] = b
+        joined.join(normalize(pair.question1), normalize(pair.question2))
     groups: dict[str, int] = {}
-    ids = [groups.setdefault(root(normalize(p.question1)), len(groups)) for p in pairs]
+    ids = [groups.setdefault(joined.root(normalize(p.question1)), len(groups)) for p in pairs]
     order = np.random.default_rng(seed).permutation(len(groups))
     return np.asarray(order[ids] % folds, dtype=np.int64)
 
@@ -433,29 +443,21 @@ class _Labels:
     duplicate labels, and the pairs of groups a non-duplicate label separates."""
 
     def __init__(self, pairs: Sequence[Pair]) -> None:
-        self._parent: dict[str, str] = {}
+        self._duplicates = _Groups()
         for pair in pairs:
             if pair.duplicate:
-                a, b = self._root(normalize(pair.question1)), self._root(normalize(pair.question2))
-                self._parent[a] = b
+                self._duplicates.join(normalize(pair.question1), normalize(pair.question2))
+        root = self._duplicates.root
         self._apart: set[tuple[str, str]] = set()
         for pair in pairs:
             if not pair.duplicate:
-                a, b = self._root(normalize(pair.question1)), self._root(normalize(pair.question2))
+                a, b = root(normalize(pair.question1)), root(normalize(pair.question2))
                 self._apart.update(((a, b), (b, a)))
-
-    def _root(self, text: str) -> str:
-        parent = self._parent
-        parent.setdefault(text, text)
-        while parent[text] != text:
-            parent[text] = parent[parent[text]]
-            text = parent[text]
-        return text
 
     def same(self, first: str, second: str) -> bool | None:
         """True: joined by duplicate labels; False: a non-duplicate label separates
         them; None: the labels do not say. Both texts normalized."""
-        a, b = self._root(first), self._root(second)
+        a, b = self._duplicates.root(first), self._duplicates.root(second)
         if a == b:
             return True
         return False if (a, b) in self._apart else None
