@@ -20,6 +20,7 @@ most accuracy less cost.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -274,15 +275,10 @@ class Cascade:
 
     def to_json(self) -> dict[str, str]:
         """The cascade as `--json` prints it."""
-        return {
-            "first": self.first,
-            "second": self.second,
-            "unverified": self.unverified,
-            "strong": self.strong,
-        }
+        return dataclasses.asdict(self)
 
 
-def _responses(table: OutcomeTable) -> list[list[str]]:
+def _recorded_answers(table: OutcomeTable) -> list[list[str]]:
     if table.responses is None:
         raise ConfigError(
             "the cascade policy needs the models' recorded answers (RouterBench "
@@ -298,7 +294,7 @@ def cascade_verdicts(table: OutcomeTable, first: int, second: int) -> Indices:
 
     codes = {True: AGREE, False: DISAGREE, None: UNCOMPARABLE}
     return np.array(
-        [codes[compare(answers[first], answers[second])] for answers in _responses(table)],
+        [codes[compare(answers[first], answers[second])] for answers in _recorded_answers(table)],
         dtype=np.int64,
     )
 
@@ -353,7 +349,7 @@ def fit_cascade(
     table = train.complete(candidates)
     if len(table) == 0:
         raise ConfigError("no training prompt has outcomes for every cascade candidate")
-    _responses(table)
+    _recorded_answers(table)  # stops here when the data recorded none
     names = list(candidates) if candidates else list(table.models)
     columns = [table.model_index(n) for n in names]
     if len(columns) < 2:
@@ -367,9 +363,9 @@ def fit_cascade(
         strong = max(columns, key=lambda c: (accuracy[c], -total_cost[c]))
         cheaper = [c for c in columns if c != strong]
         pairs = list(itertools.permutations(cheaper, 2)) or [(cheaper[0], strong)]
-    best = float(accuracy[strong]) or 1.0
-    strong_cost = float(total_cost[strong]) or 1.0
+    best = float(accuracy[strong])
     goal = target_quality * best
+    scale_accuracy, scale_cost = best or 1.0, float(total_cost[strong]) or 1.0
     rows = np.arange(len(table))
     options: list[tuple[float, float, tuple[int, int, int, int]]] = []
     for first, second in pairs:
@@ -380,7 +376,7 @@ def fit_cascade(
             options.append((float(table.scores[rows, chosen].mean()), float(spent.sum()), plan))
     meeting = [o for o in options if o[0] >= goal - 1e-12]
     _, _, plan = (
-        max(meeting, key=lambda o: (o[0] / best - o[1] / strong_cost, -o[1]))
+        max(meeting, key=lambda o: (o[0] / scale_accuracy - o[1] / scale_cost, -o[1]))
         if meeting
         else max(options, key=lambda o: (o[0], -o[1]))
     )
