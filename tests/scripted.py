@@ -7,6 +7,7 @@ upstream records what it received, so a test can assert both sides.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,6 +32,13 @@ class Behaviour:
     tool_calls: list[dict[str, Any]] | None = None
     # streaming: break the connection after this many content chunks
     break_after: int | None = None
+    # ...once this is set (by the test, when it has read them), so the chunks sent
+    # before the break reach the client before the broken connection does
+    break_gate: threading.Event | None = None
+    # answer only once this is set: a call held in flight for as long as a test needs
+    gate: threading.Event | None = None
+    # set when a request takes this behaviour: the test knows the call is in flight
+    arrived: threading.Event | None = None
     chunk_delay: float = 0.0
 
 
@@ -62,8 +70,12 @@ class ScriptedUpstream:
         self.headers.append(dict(request.headers))
         self.times.append(time.monotonic())
         behaviour = self.script.popleft() if self.script else self.default
+        if behaviour.arrived is not None:
+            behaviour.arrived.set()
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
+        if behaviour.gate is not None:
+            await asyncio.to_thread(behaviour.gate.wait, 30)
         if behaviour.status != 200:
             headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
             error = {
@@ -86,15 +98,22 @@ class ScriptedUpstream:
         if behaviour.tool_calls:
             message = {"role": "assistant", "content": None, "tool_calls": behaviour.tool_calls}
             finish = "tool_calls"
+        n = body.get("n") or 1  # n answers, each as long and as paid as one
         data: dict[str, Any] = {
             "id": "chatcmpl-test",
             "object": "chat.completion",
             "created": 1,
             "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "choices": [
+                {"index": i, "message": message, "finish_reason": finish} for i in range(n)
+            ],
         }
         if behaviour.usage is not None:
-            data["usage"] = behaviour.usage
+            data["usage"] = {**behaviour.usage}
+            data["usage"]["completion_tokens"] *= n
+            data["usage"]["total_tokens"] = (
+                data["usage"]["prompt_tokens"] + data["usage"]["completion_tokens"]
+            )
         return Response(orjson.dumps(data), media_type="application/json")
 
     async def _stream(self, body: dict[str, Any], behaviour: Behaviour):  # type: ignore[no-untyped-def]
@@ -157,6 +176,8 @@ class ScriptedUpstream:
             words = behaviour.text.split(" ")
             for i, word in enumerate(words):
                 if behaviour.break_after is not None and i >= behaviour.break_after:
+                    if behaviour.break_gate is not None:
+                        await asyncio.to_thread(behaviour.break_gate.wait, 30)
                     raise RuntimeError("scripted upstream breaks the stream")
                 if behaviour.chunk_delay:
                     await asyncio.sleep(behaviour.chunk_delay)

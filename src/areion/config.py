@@ -185,9 +185,13 @@ class LimitsConfig(_Strict):
     """Model-wide rate limits and how a call's tokens are estimated at admission."""
 
     models: list[ModelLimit] = Field(default_factory=list)
-    # The output-token estimate of a request that sets no max_tokens: reserved at
-    # admission, reconciled with the real count when the call ends.
+    # The output-token estimate of a call, per answer, until its model has answered 20
+    # calls; then the 95th percentile of its recent answers' lengths. Either is capped by
+    # the call's max_tokens, reserved at admission and reconciled when the call ends.
     default_max_tokens: int = Field(default=1024, ge=1)
+    # How long a call may wait for budget held only by calls in flight (they settle at
+    # their real cost, usually below their estimate) before it is refused with 402.
+    budget_wait_s: float = Field(default=10.0, ge=0, le=600)
 
 
 class LaneLimitsConfig(_Strict):

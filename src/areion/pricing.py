@@ -7,11 +7,12 @@ at the input rate; every output token, reasoning included, at the output rate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from areion.types import Usage
 
-__all__ = ["Price", "cost", "default_price"]
+__all__ = ["Price", "PriceBound", "cost", "default_price", "price_bound"]
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -58,3 +59,26 @@ def cost(usage: Usage, price: Price) -> float:
         + usage.completion_tokens * price.output
     )
     return total / 1_000_000
+
+
+@dataclass(slots=True, frozen=True)
+class PriceBound:
+    """The highest input and output price (USD per 1M tokens) a model name can bill."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, output_tokens: int) -> float:
+        return (prompt_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+    def __add__(self, other: PriceBound) -> PriceBound:
+        """The bound of a call that may bill both (a cascade's attempts)."""
+        return PriceBound(self.input + other.input, self.output + other.output)
+
+
+def price_bound(prices: Iterable[Price | PriceBound]) -> PriceBound:
+    """An upper bound of `prices`, input and output taken separately (zero if empty)."""
+    listed = list(prices)
+    return PriceBound(
+        max((p.input for p in listed), default=0.0), max((p.output for p in listed), default=0.0)
+    )

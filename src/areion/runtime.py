@@ -6,6 +6,8 @@ import itertools
 import os
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,7 +22,7 @@ from areion.agent.runner import AgentRunner
 from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
 from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config, load_config
-from areion.control import Admission, PriceBound, price_bound
+from areion.control import Admission
 from areion.control.keys import KeyRing
 from areion.control.lanes import LaneLimits, Lanes, lane_of
 from areion.errors import RequestError, UnknownModelError
@@ -28,6 +30,7 @@ from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
 from areion.gateway.load import RemoteLoad
 from areion.pipeline import Call, Result, Stage, compose
+from areion.pricing import PriceBound, price_bound
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.records import SessionTurn
@@ -168,7 +171,9 @@ class Runtime:
             )
             stages.append(self.router)
         # Accounting sits inside the caches and the router: a hit costs nothing and books a saving.
-        stages.append(Accounting(self.gateway.deployments, self.ledger, self.metrics))
+        stages.append(
+            Accounting(self.gateway.deployments, self.ledger, self.metrics, self.admission.outputs)
+        )
         self.lanes = self._make_lanes()
         if self.lanes is not None:
             # Last: hits and routing take no slot, and the gateway's retries hold one.
@@ -176,19 +181,26 @@ class Runtime:
         self._handler = compose(stages, self._terminal)
         self._started = False
         self._closed = False
+        # A runtime nobody closes still gets its buffered ledger rows written, when it is
+        # collected or at exit at the latest (billed rows are written before their
+        # answers leave; what is buffered is free rows and closings of open streams).
+        self._unclosed = weakref.finalize(self, _write_unclosed, self.ledger)
 
     def _price_bounds(self) -> dict[str, PriceBound]:
-        """The dearest price each model name can bill: a group's deployments, a route's
-        candidates' (a fallback's higher price is reconciled after the call)."""
-        bounds = {
-            name: price_bound(d.price for d in group.deployments)
-            for name, group in self.gateway.groups.items()
-        }
+        """The dearest price each model name bills on its first try: its group's dearest
+        deployment; for a route, its dearest candidate, or the sum of what a cascade may
+        call. A fallback to a dearer group covers the difference before it is called
+        (`gateway.spend`)."""
+        bounds = {name: group.dearest() for name, group in self.gateway.groups.items()}
         for route in self.config.routes:
-            bounds[route.name] = PriceBound(
-                max(bounds[c].input for c in route.candidates),
-                max(bounds[c].output for c in route.candidates),
-            )
+            if route.policy == "cascade":
+                # The cheap attempts at once, then at most one more (strongest or unverified).
+                asked = route.candidates[: 2 if "agreement" in route.checks else 1]
+                then = {route.candidates[-1], route.unverified or route.candidates[-1]}
+                bound = price_bound(bounds[c] for c in then - set(asked))
+                bounds[route.name] = sum((bounds[c] for c in asked), bound)
+            else:
+                bounds[route.name] = price_bound(bounds[c] for c in route.candidates)
         return bounds
 
     @property
@@ -302,11 +314,12 @@ class Runtime:
         return call
 
     async def _terminal(self, call: Call) -> Result:
+        hold = call.annotations.get("hold")  # Admission's, when the tenant has a budget
         if call.request.stream:
             return await self.gateway.stream(
-                call.request, request_id=call.request_id, started=call.started
+                call.request, request_id=call.request_id, started=call.started, hold=hold
             )
-        return await self.gateway.complete(call.request)
+        return await self.gateway.complete(call.request, hold=hold)
 
     async def answer(self, request: ChatRequest, options: CallOptions) -> Result:
         """The answer to `request` in the shape it asks for: a `ChatStream` when
@@ -450,6 +463,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        self._unclosed.detach()
         await self.load_probe.aclose()
         await self.admission.drain()
         if self.exact_cache is not None:
@@ -475,6 +489,23 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+_UNCLOSED = (
+    "an areion Runtime was not closed: its pending ledger rows are written now. Use "
+    "`async with Runtime(...) as rt:` or call `await rt.aclose()` when you are done."
+)
+_warned_unclosed = False
+
+
+def _write_unclosed(ledger: Ledger) -> None:
+    """For a runtime collected (or left at exit) without `aclose()`: warn once, and
+    write what its ledger still holds."""
+    global _warned_unclosed
+    if not _warned_unclosed:
+        _warned_unclosed = True
+        warnings.warn(_UNCLOSED, RuntimeWarning, stacklevel=2)
+    ledger.flush_blocking()
 
 
 def _setter(deployment: Deployment) -> Callable[[RemoteLoad], None]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 from typing import Any
 
 from areion.errors import AreionError, StreamInterruptedError
@@ -12,6 +15,23 @@ from areion.types import StreamChunk, Usage
 __all__ = ["ChatStream", "MessageAssembler"]
 
 Finisher = Callable[["ChatStream", BaseException | None], None]
+
+log = logging.getLogger("areion.streaming")
+
+_ABANDONED = (
+    "a ChatStream was dropped before its end without aclose(): it is booked at what it "
+    "had received, but its upstream connection is closed only when it is garbage "
+    "collected. Read streams to the end, or use `async with await rt.chat_stream(...) "
+    "as stream:`, or call `await stream.aclose()` when you stop early."
+)
+_warned = False
+
+
+def _warn_abandoned() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(_ABANDONED, RuntimeWarning, stacklevel=3)
 
 
 class ChatStream:
@@ -55,6 +75,9 @@ class ChatStream:
         """The finish reason of the first choice."""
         self.info: dict[str, Any] = {}
         """Stage-specific annotations (for example what a cache saved)."""
+        self.bound_usd: float | None = None
+        """What the call may cost at most, as its budget hold covered it when it started
+        (None without a budget)."""
         self._chunks = chunks
         self._finishers: list[Finisher] = []
         self._taps: list[Callable[[StreamChunk], None]] = []
@@ -105,6 +128,12 @@ class ChatStream:
         except AreionError as failure:
             error = StreamInterruptedError(f"the stream broke after it started: {failure}")
             raise error from failure
+        except GeneratorExit:
+            # The iteration was abandoned (a `break`, and the iterator collected) before
+            # the stream ended, and without `aclose()`.
+            if not self._finished:
+                _warn_abandoned()
+            raise
         except BaseException as failure:
             error = failure
             raise
@@ -112,11 +141,34 @@ class ChatStream:
             self._finish(error)
 
     async def aclose(self) -> None:
-        """Stop early; the upstream connection is released."""
-        closer = getattr(self._chunks, "aclose", None)
-        if closer is not None:
-            await closer()
-        self._finish(None)
+        """Stop early: the upstream connection is closed and what was received is booked."""
+        try:
+            closer = getattr(self._chunks, "aclose", None)
+            if closer is not None:
+                await closer()
+        finally:
+            self._finish(None)
+
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if self._finished or not self._finishers:
+            return
+        # Never iterated, never closed: book what it had (its first chunk) now.
+        _warn_abandoned()
+        try:
+            self._finish(None)
+        except Exception:
+            log.exception("booking an abandoned stream failed")
 
     @property
     def elapsed_s(self) -> float:

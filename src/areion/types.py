@@ -162,6 +162,13 @@ class ChatRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     """Other OpenAI parameters (seed, response_format, n, ...), passed through untouched."""
 
+    @property
+    def n(self) -> int:
+        """How many answers the request asks for (OpenAI `n`, kept in `extra`); each is
+        paid for."""
+        n = self.extra.get("n")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
     def prompt_text(self) -> str:
         """All message text, for token estimates."""
         return "\n".join(message.text() for message in self.messages)
@@ -351,3 +358,6 @@ class LedgerEntry:
     """For a cache hit: what the answer cost when it was made."""
     saved_s: float = 0.0
     """For a cache hit: how long the answer took when it was made."""
+    open: bool = False
+    """A stream still in progress: its cost is what it may cost at most, until the row is
+    closed with the real figures when the stream ends (a crash leaves it open)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -188,13 +189,16 @@ async def test_stream_retries_before_the_first_byte(upstream: Any) -> None:
 
 async def test_stream_failure_after_first_byte_is_explicit(upstream: Any) -> None:
     up, url = upstream
-    up.default = Behaviour(text="one two three four", break_after=2)
+    gate = threading.Event()
+    up.default = Behaviour(text="one two three four", break_after=2, break_gate=gate)
     async with runtime([deployment("fast", url)]) as rt:
         stream = await rt.chat_stream(ask())
         seen: list[str] = []
         with pytest.raises(StreamInterruptedError):
             async for chunk in stream:
                 seen.append(chunk.content or "")
+                if "".join(seen) == "one two":
+                    gate.set()
         assert "".join(seen) == "one two"
         assert up.calls == 1  # never retried once output was sent
         # The partial output is still paid for, with estimated usage.

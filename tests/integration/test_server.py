@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,7 +106,8 @@ async def test_stream_without_usage_option_has_no_usage_chunk(server: Any) -> No
 
 async def test_stream_broken_mid_way_ends_with_an_error_event(server: Any) -> None:
     up, url = server
-    up.default = Behaviour(text="one two three four", break_after=2)
+    gate = threading.Event()
+    up.default = Behaviour(text="one two three four", break_after=2, break_gate=gate)
     stream = await client(url).chat.completions.create(
         model="fast", messages=[{"role": "user", "content": "hi"}], stream=True
     )
@@ -113,6 +115,8 @@ async def test_stream_broken_mid_way_ends_with_an_error_event(server: Any) -> No
     with pytest.raises(openai.APIError, match="mid-stream"):
         async for chunk in stream:
             seen.append(chunk.choices[0].delta.content or "")
+            if "".join(seen) == "one two":
+                gate.set()
     assert "".join(seen) == "one two"
 
 

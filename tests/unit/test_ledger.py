@@ -36,12 +36,14 @@ class FlakyStore(SQLiteStore):
         self.failures = failures
         self.writes: list[int] = []
 
-    async def append_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        self.writes.append(len(entries))
+    async def append_ledger(
+        self, entries: Sequence[LedgerEntry], *, closing: Sequence[LedgerEntry] = ()
+    ) -> None:
+        self.writes.append(len(entries) + len(closing))
         if self.failures:
             self.failures -= 1
             raise OSError("disk I/O error")
-        await super().append_ledger(entries)
+        await super().append_ledger(entries, closing=closing)
 
 
 async def _count(path: Path) -> int:

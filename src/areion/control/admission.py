@@ -12,17 +12,21 @@ tokens and cost replace the estimate (a stream's when it ends; a cache hit's are
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from areion.config import LimitsConfig, TenantConfig
-from areion.control.budgets import BudgetWindow, PriceBound, Windows, exceeded
+from areion.control.budgets import BudgetWindow, PriceBound, Windows, exceeded, in_flight_only
+from areion.control.estimates import OutputEstimate
+from areion.control.holds import Hold
 from areion.control.keys import KeyLimits
 from areion.control.limits import RateLimit, RateReport, refusal
 from areion.errors import BudgetExceededError, ModelNotAllowedError, RequestError
 from areion.pipeline import Call, Handler, Result
-from areion.store.counters import Counters, Take
+from areion.store.counters import BudgetState, Counters, Take
 from areion.streaming import ChatStream
 from areion.tokenizer import estimate_usage
 from areion.types import Usage
@@ -36,6 +40,9 @@ KeyLookup = Callable[[str], KeyLimits | None]
 """The key with a label, for keys known only at run time (the store's: `KeyRing.limits`)."""
 
 _FREE = PriceBound(0.0, 0.0)
+# How often a call waiting for budget looks again without being told (another
+# replica's calls settle without telling this one).
+_POLL_S = 0.25
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -62,8 +69,13 @@ class _Admitted:
     takes: list[Take]
     """The tokens-per-minute takes, to be corrected by the real count."""
     tokens: int
-    windows: tuple[BudgetWindow, ...]
-    usd: float
+    """The tokens taken from each tokens-per-minute bucket."""
+    hold: Hold | None
+    """Its hold on the tenant's budget windows, if the tenant has a budget."""
+    model: str
+    """The model name it asked for, whose output lengths it teaches the estimate."""
+    n: int
+    """The answers it asked for."""
 
 
 class Admission:
@@ -86,7 +98,9 @@ class Admission:
         self._lookup = lookup
         self._tenants = {tenant.name: tenant for tenant in tenants}
         self._models = {limit.model: limit for limit in limits.models}
-        self._default_max_tokens = limits.default_max_tokens
+        self.outputs = OutputEstimate(limits.default_max_tokens)
+        """The expected output length of each model's calls (what a call reserves)."""
+        self._budget_wait_s = limits.budget_wait_s
         self._prices = dict(prices)
         self._windows = Windows(self._tenants.values())
         self._spend_since = spend_since
@@ -95,6 +109,7 @@ class Admission:
         self._seeded = not self._windows or spend_since is None
         self._seeding = asyncio.Lock()
         self._settling: set[asyncio.Task[None]] = set()
+        self._signal: asyncio.Future[None] | None = None
 
     def policy(self, key: str | None, tenant: str, model: str) -> Policy:
         """What applies to a call by `key` of `tenant` for `model` (cached)."""
@@ -162,7 +177,8 @@ class Admission:
         if not self._seeded:
             await self._seed()
         prompt = estimate_usage(request, "").prompt_tokens
-        output = request.max_tokens or self._default_max_tokens
+        n = request.n
+        output = self.outputs.tokens(request.model, max_tokens=request.max_tokens, n=n)
         tokens = prompt + output
         usd = policy.price.cost(prompt, output)
         self._check_request_caps(policy, call.tenant, tokens, usd)
@@ -177,7 +193,7 @@ class Admission:
                 if take.amount > limit.per_minute:
                     raise RequestError(
                         f"this request needs an estimated {tokens} tokens ({prompt} prompt + "
-                        f"{output} max_tokens), more than the {limit.per_minute} tokens per "
+                        f"{output} output), more than the {limit.per_minute} tokens per "
                         f"minute of {limit.scope}; lower max_tokens",
                         param="max_tokens",
                     )
@@ -185,32 +201,80 @@ class Admission:
             report = RateReport(policy.limits, states)
             if not ok:
                 raise refusal(report, [take.amount for take in takes])
+        hold: Hold | None = None
         windows = self._windows.of(call.tenant, now)
         if windows:
-            ok, budgets = await self._counters.reserve([w.reservation(usd) for w in windows])
-            if not ok:
+            try:
+                ok, budgets = await self._reserve(windows, usd)
+                if not ok:
+                    raise exceeded(windows, budgets, usd, now)
+            except BaseException:
                 for take in takes:  # a refused call costs nothing
-                    await self._counters.give(take, take.amount, now)
-                raise exceeded(windows, budgets, usd, now)
+                    await self._counters.give(take, take.amount, self._clock())
+                raise
+            hold = Hold(
+                self._counters,
+                windows,
+                reserve=functools.partial(self._reserve, windows),
+                reserved=usd,
+                prompt_tokens=prompt,
+                output_tokens=output,
+                max_output_tokens=request.max_tokens * n if request.max_tokens else None,
+                clock=self._clock,
+                notify=self._notify_settled,
+            )
+            call.annotations["hold"] = hold
         admitted = _Admitted(
             takes=[t for t, lim in zip(takes, policy.limits, strict=False) if lim.kind == "tokens"],
             tokens=tokens,
-            windows=windows,
-            usd=usd,
+            hold=hold,
+            model=request.model,
+            n=n,
         )
         try:
             result = await call_next(call)
         except BaseException:
-            await self._settle(admitted, 0, 0.0)
+            await self._settle(admitted, None)
             raise
         if report is not None:
             result.info["ratelimit"] = report
         if isinstance(result, ChatStream):
             result.on_finish(lambda stream, error: self._settle_later(admitted, stream))
         else:
-            tokens_used, cost = _real(result.usage, result.cost_usd, result.cache)
-            await self._settle(admitted, tokens_used, cost)
+            await self._settle(admitted, _real_usage(result.usage, result.cache))
         return result
+
+    async def _reserve(
+        self, windows: tuple[BudgetWindow, ...], usd: float, held: float = 0.0
+    ) -> tuple[bool, list[BudgetState]]:
+        """Reserve `usd` in every window, for a call that already holds `held`. While
+        only other calls in flight stand in the way, wait (up to `budget_wait_s`) for
+        them to settle: most settle below their estimate. Whether it was reserved, and
+        the windows as the last try found them."""
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            ok, states = await self._counters.reserve([w.reservation(usd) for w in windows])
+            if ok or not in_flight_only(windows, states, usd, held=held):
+                return ok, states
+            if deadline is None:
+                deadline = loop.time() + self._budget_wait_s
+            left = deadline - loop.time()
+            if left <= 0:
+                return ok, states
+            # Until a call settles here, or a while has passed (another replica's calls
+            # settle without telling this one).
+            signal = self._signal
+            if signal is None or signal.get_loop() is not loop:
+                signal = self._signal = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, _POLL_S)):
+                    await asyncio.shield(signal)
+
+    def _notify_settled(self) -> None:
+        signal, self._signal = self._signal, None
+        if signal is not None and not signal.done():
+            signal.set_result(None)
 
     def _check_request_caps(self, policy: Policy, tenant: str, tokens: int, usd: float) -> None:
         if policy.max_tokens is not None and tokens > policy.max_tokens:
@@ -228,17 +292,30 @@ class Admission:
                 budget="request",
             )
 
-    async def _settle(self, admitted: _Admitted, tokens: int, usd: float) -> None:
+    async def _settle(
+        self, admitted: _Admitted, usage: Usage | None, *, complete: bool = True
+    ) -> None:
+        """Give back the tokens the call did not use, settle its hold at what accounting
+        booked for it, and learn its output length from a `complete` answer (`usage`
+        None: it failed or was a cache hit)."""
         now = self._clock()
+        used = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
         for take in admitted.takes:
-            await self._counters.give(take, admitted.tokens - tokens, now)
-        for window in admitted.windows:
-            await self._counters.settle(window.key, admitted.usd, usd)
+            await self._counters.give(take, admitted.tokens - used, now)
+        if admitted.hold is not None:
+            await admitted.hold.settle()
+        if usage is not None and complete:
+            self.outputs.observe(admitted.model, usage.completion_tokens, n=admitted.n)
 
     def _settle_later(self, admitted: _Admitted, stream: ChatStream) -> None:
         # Runs after accounting's finisher (registered first), so usage and cost are final.
-        tokens, usd = _real(stream.usage, stream.cost_usd, stream.info.get("cache"))
-        task = asyncio.get_running_loop().create_task(self._settle(admitted, tokens, usd))
+        usage = _real_usage(stream.usage, stream.info.get("cache"))
+        complete = stream.finish_reason is not None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a stream collected after its loop ended: nothing is left to settle
+        task = loop.create_task(self._settle(admitted, usage, complete=complete))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
@@ -276,9 +353,8 @@ def _has_caps(tenant: TenantConfig) -> bool:
     )
 
 
-def _real(usage: Usage | None, cost: float | None, cache: object) -> tuple[int, float]:
-    """Tokens and dollars a call really used; a cache hit used none."""
+def _real_usage(usage: Usage | None, cache: object) -> Usage | None:
+    """What a call really used; None for a cache hit (it used no model)."""
     if isinstance(cache, str) and cache.startswith("hit"):
-        return 0, 0.0
-    tokens = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
-    return tokens, cost or 0.0
+        return None
+    return usage

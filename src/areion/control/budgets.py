@@ -16,31 +16,20 @@ from dataclasses import dataclass
 
 from areion.config import TenantConfig
 from areion.errors import BudgetExceededError
-from areion.pricing import Price
+from areion.pricing import PriceBound, price_bound
 from areion.store.counters import BudgetState, Reservation
 
-__all__ = ["BudgetWindow", "PriceBound", "Windows", "exceeded", "price_bound"]
+__all__ = [
+    "IN_FLIGHT_RETRY_S",
+    "BudgetWindow",
+    "PriceBound",
+    "Windows",
+    "exceeded",
+    "in_flight_only",
+    "price_bound",
+]
 
 _DAY = 86_400
-
-
-@dataclass(slots=True, frozen=True)
-class PriceBound:
-    """The highest input and output price (USD per 1M tokens) a model name can bill."""
-
-    input: float
-    output: float
-
-    def cost(self, prompt_tokens: int, output_tokens: int) -> float:
-        return (prompt_tokens * self.input + output_tokens * self.output) / 1_000_000
-
-
-def price_bound(prices: Iterable[Price]) -> PriceBound:
-    """An upper bound of `prices`, input and output taken separately."""
-    listed = list(prices)
-    return PriceBound(
-        max((p.input for p in listed), default=0.0), max((p.output for p in listed), default=0.0)
-    )
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -128,27 +117,59 @@ class Windows:
         return calendar.timegm((year, month, 1, 0, 0, 0))
 
 
+# When only calls in flight stand in the way, they settle within a call's time.
+IN_FLIGHT_RETRY_S = 1.0
+
+
+def in_flight_only(
+    windows: tuple[BudgetWindow, ...],
+    states: list[BudgetState],
+    amount: float,
+    *,
+    held: float = 0.0,
+) -> bool:
+    """Whether a refused reservation would fit once the other calls in flight settle (at
+    no cost): every window holds its spend, what this call already `held`, and `amount`."""
+    return all(
+        state.spent + held + amount <= window.limit
+        for window, state in zip(windows, states, strict=True)
+    )
+
+
 def exceeded(
     windows: tuple[BudgetWindow, ...],
     states: list[BudgetState],
     amount: float,
     now: float,
+    *,
+    clause: str | None = None,
 ) -> BudgetExceededError:
-    """The error for a refused reservation: it names the window that did not fit."""
+    """The error for a refused reservation: it names the window that did not fit, and
+    says when reservations of calls in flight are all that stands in the way.
+
+    `clause` says what needed `amount` (default: "this call may cost up to $amount")."""
     for window, state in zip(windows, states, strict=True):
         if state.spent + state.reserved + amount > window.limit:
             break
+    clause = clause or f"this call may cost up to ${amount:.6f}"
+    headers = {"x-areion-budget": f"{window.period}:{window.label}"}
+    if state.spent + amount <= window.limit:
+        message = (
+            f"Budget busy: tenant '{window.tenant}' has ${window.limit - state.spent:.6f} "
+            f"left of its ${window.limit:.2f} budget per {window.period} ({window.label}), "
+            f"but ${state.reserved:.6f} of it is reserved by calls in flight, and {clause}. "
+            "Retry when they have settled (they are released at their real cost), or "
+            "lower max_tokens."
+        )
+        return BudgetExceededError(
+            message, budget=window.period, retry_after=IN_FLIGHT_RETRY_S, headers=headers
+        )
     wait = window.ends - now
     message = (
         f"Budget exceeded: tenant '{window.tenant}' has a budget of ${window.limit:.2f} per "
         f"{window.period} ({window.label}); ${state.spent:.6f} is spent and "
-        f"${state.reserved:.6f} reserved by calls in flight, and this call may cost up to "
-        f"${amount:.6f}. The budget renews in {wait / 3600:.1f} h; lower max_tokens or raise "
+        f"${state.reserved:.6f} reserved by calls in flight, and {clause}. The budget "
+        f"renews in {wait / 3600:.1f} h; lower max_tokens or raise "
         f"budget_usd_per_{window.period} to go on now."
     )
-    return BudgetExceededError(
-        message,
-        budget=window.period,
-        retry_after=wait,
-        headers={"x-areion-budget": f"{window.period}:{window.label}"},
-    )
+    return BudgetExceededError(message, budget=window.period, retry_after=wait, headers=headers)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from areion.config import Config, ModelConfig
 from areion.gateway.load import LoadReading, RemoteLoad
 from areion.gateway.resilience import BreakerState, CircuitBreaker
-from areion.pricing import Price, default_price
+from areion.pricing import Price, PriceBound, default_price, price_bound
 from areion.providers import Provider, build_provider
 from areion.telemetry.metrics import DeploymentMetrics, Metrics
 
@@ -70,6 +70,10 @@ class ModelGroup:
     """The name clients ask for."""
     deployments: list[Deployment] = field(default_factory=list)
     """Its deployments, in config order."""
+
+    def dearest(self) -> PriceBound:
+        """The highest input and output prices any of its deployments bills."""
+        return price_bound(d.price for d in self.deployments)
 
 
 def pick_deployment(

@@ -27,6 +27,7 @@ from areion.errors import (
 )
 from areion.gateway.deployments import Deployment, ModelGroup, pick_deployment
 from areion.gateway.resilience import backoff_delay
+from areion.gateway.spend import Claim, OutputGuard, SpendHold
 from areion.streaming import ChatStream
 from areion.telemetry.metrics import Metrics
 from areion.types import ChatRequest, ChatResponse, StreamChunk
@@ -62,11 +63,31 @@ class Gateway:
         return plan
 
     async def _attempts(
-        self, request: ChatRequest, call: Callable[[Deployment], Awaitable[T]]
+        self,
+        request: ChatRequest,
+        call: Callable[[Deployment], Awaitable[T]],
+        claim: Claim | None,
+        hold: SpendHold | None,
     ) -> tuple[Deployment, T]:
         last_error: AreionError | None = None
         plan = self._plan(request.model)
         for position, group in enumerate(plan):
+            if claim is not None and hold is not None:
+                # Cover the group's dearest price before calling it: a fallback to a
+                # dearer group must fit the budget, or it is not made. What the failed
+                # group was covered for goes back first: failures are not billed, and a
+                # call waiting for budget must not hold some.
+                if position:
+                    await claim.release()
+                bound = group.dearest().cost(hold.prompt_tokens, hold.output_tokens)
+                if not await claim.cover(bound):
+                    what = f"calling '{group.name}'"
+                    if last_error is not None:
+                        what = (
+                            f"'{request.model}' failed ({last_error.message}), and falling "
+                            f"back to '{group.name}'"
+                        )
+                    raise claim.refusal(bound, what)
             if position:
                 self.metrics.fallbacks.labels(request.model, group.name).inc()
             tried: list[Deployment] = []
@@ -164,8 +185,11 @@ class Gateway:
             )
         return last
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        """The answer from the first deployment that gives one."""
+    async def complete(
+        self, request: ChatRequest, *, hold: SpendHold | None = None
+    ) -> ChatResponse:
+        """The answer from the first deployment that gives one; with a budget `hold`,
+        each group tried is covered by it first."""
 
         async def call(deployment: Deployment) -> ChatResponse:
             try:
@@ -177,12 +201,23 @@ class Gateway:
                     f"({deployment.config.total_timeout}s)"
                 ) from None
 
-        deployment, response = await self._attempts(request, call)
+        claim = hold.claim() if hold is not None else None
+        deployment, response = await self._attempts(request, call, claim, hold)
         response.deployment = deployment.id
         return response
 
-    async def stream(self, request: ChatRequest, *, request_id: str, started: float) -> ChatStream:
-        """A stream whose first chunk has arrived; failures before it were retried."""
+    async def stream(
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str,
+        started: float,
+        hold: SpendHold | None = None,
+    ) -> ChatStream:
+        """A stream whose first chunk has arrived; failures before it were retried.
+
+        With a budget `hold`, each group tried is covered by it first, and the stream's
+        output must stay covered as it grows (`OutputGuard`), or the stream stops."""
 
         async def call(deployment: Deployment) -> tuple[AsyncIterator[StreamChunk], StreamChunk]:
             iterator = deployment.provider.stream(request).__aiter__()
@@ -202,15 +237,24 @@ class Gateway:
                 raise
             return iterator, first
 
-        deployment, (iterator, first) = await self._attempts(request, call)
+        claim = hold.claim() if hold is not None else None
+        deployment, (iterator, first) = await self._attempts(request, call, claim, hold)
         deployment.outstanding += 1
         deadline = (
             asyncio.get_running_loop().time()
             + deployment.config.total_timeout
             - (time.perf_counter() - started)
         )
-        return ChatStream(
-            self._rest(deployment, iterator, first, deadline),
+        guard: OutputGuard | None = None
+        if claim is not None and hold is not None and deployment.price.output > 0:
+            guard = OutputGuard(
+                claim,
+                deployment.price,
+                prompt_tokens=hold.prompt_tokens,
+                cap=hold.max_output_tokens,
+            )
+        stream = ChatStream(
+            self._rest(deployment, iterator, first, deadline, guard),
             model=request.model,
             deployment=deployment.id,
             upstream_model=deployment.config.upstream_model,
@@ -218,6 +262,9 @@ class Gateway:
             started=started,
             first_chunk_at=time.perf_counter(),
         )
+        if claim is not None:
+            stream.bound_usd = claim.amount
+        return stream
 
     async def _rest(
         self,
@@ -225,6 +272,7 @@ class Gateway:
         iterator: AsyncIterator[StreamChunk],
         first: StreamChunk,
         deadline: float,
+        guard: OutputGuard | None,
     ) -> AsyncIterator[StreamChunk]:
         # The total timeout is checked as each chunk arrives; a stall between chunks
         # is bounded by the provider's read timeout (first_byte_timeout). A timer per
@@ -232,10 +280,17 @@ class Gateway:
         loop = asyncio.get_running_loop()
         try:
             yield first
+            if guard is not None and guard.passes(first) and not await guard.extend():
+                yield self._cut(first, deployment, guard)
+                return
             async for chunk in iterator:
                 if loop.time() > deadline:
                     raise TimeoutError
                 yield chunk
+                # What arrived is paid for; what has not must be covered, or not be read.
+                if guard is not None and guard.passes(chunk) and not await guard.extend():
+                    yield self._cut(chunk, deployment, guard)
+                    return
         except TimeoutError:
             deployment.metrics.error("upstream_timeout")
             raise StreamInterruptedError(
@@ -250,6 +305,14 @@ class Gateway:
         finally:
             deployment.outstanding -= 1
             await _close(iterator)
+
+    def _cut(self, last: StreamChunk, deployment: Deployment, guard: OutputGuard) -> StreamChunk:
+        """The last chunk of a stream stopped before its end (see `OutputGuard`)."""
+        reason = "max_tokens" if guard.past_cap else "budget"
+        self.metrics.stream_stops.labels(deployment.group, deployment.id, reason).inc()
+        return StreamChunk(
+            id=last.id, model=last.model, created=last.created, finish_reason="length"
+        )
 
     async def aclose(self) -> None:
         for deployment in self.deployments.values():

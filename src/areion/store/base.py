@@ -24,8 +24,11 @@ __all__ = ["Store"]
 class Store(Protocol):
     """Durable state shared by every replica that points at the same backend."""
 
-    async def append_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        """Write spend records; all or none of them land."""
+    async def append_ledger(
+        self, entries: Sequence[LedgerEntry], *, closing: Sequence[LedgerEntry] = ()
+    ) -> None:
+        """Write spend records, then give open rows (same request, tenant and deployment)
+        the real figures in `closing`; all or none of it lands."""
         ...
 
     async def ledger(

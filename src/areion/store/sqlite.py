@@ -36,6 +36,7 @@ from areion.store.sqlite_schema import (
     CACHE_GET,
     EVENTS,
     LEDGER,
+    LEDGER_CLOSE,
     LEDGER_COLUMNS,
     LOAD_RUN,
     LOAD_TOOL_CALLS,
@@ -106,21 +107,17 @@ class SQLiteStore:
 
     # -- ledger ---------------------------------------------------------------------
 
-    async def append_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        if not entries:
-            return
-        rows = orjson.dumps(
-            [
-                (
-                    e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
-                    e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
-                    int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
-                )
-                for e in entries
-            ]
-        )[1:-1]  # fmt: skip
-        # The entries are one write: one statement inserts them all, or none.
-        await self._write([(LEDGER, rows)], len(rows))
+    async def append_ledger(
+        self, entries: Sequence[LedgerEntry], *, closing: Sequence[LedgerEntry] = ()
+    ) -> None:
+        parts: list[Part] = []
+        if entries:
+            parts.append((LEDGER, _ledger_rows(entries)))
+        if closing:
+            parts.append((LEDGER_CLOSE, _ledger_rows(closing)))
+        if parts:
+            # One write: one statement inserts and closes them all, or none.
+            await self._write(parts, _size(parts))
 
     async def ledger(
         self, *, tenant: str | None = None, request_id: str | None = None, limit: int = 1000
@@ -159,6 +156,7 @@ class SQLiteStore:
                 cache=row[12],
                 saved_usd=row[13],
                 saved_s=row[14],
+                open=bool(row[15]),
             )
             for row in await self._read(read)
         ]
@@ -396,6 +394,21 @@ class SQLiteStore:
             await self._reader.stop()
         # Last: closing the last connection checkpoints the WAL into the file.
         await self._writer.stop()
+
+
+def _ledger_rows(entries: Sequence[LedgerEntry]) -> bytes:
+    """The rows of `entries` as a JSON fragment (an array without its brackets)."""
+    return orjson.dumps(
+        [
+            (
+                e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
+                e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
+                int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
+                int(e.open),
+            )
+            for e in entries
+        ]
+    )[1:-1]  # fmt: skip
 
 
 def _run_row(run: RunRecord) -> tuple[Any, ...]:

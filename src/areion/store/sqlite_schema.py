@@ -23,6 +23,7 @@ __all__ = [
     "EVENTS",
     "JSON_KINDS",
     "LEDGER",
+    "LEDGER_CLOSE",
     "LEDGER_COLUMNS",
     "LOAD_RUN",
     "LOAD_TOOL_CALLS",
@@ -50,8 +51,9 @@ TOOL_CALLS = 4  # [tool call row]             insert or replace
 TURNS = 5  # [tenant, session, seq, role, content, tokens]
 SUMMARIES = 6  # [tenant, session, first_seq, last_seq, text, tokens]
 LEDGER = 7  # [ledger row]
-JSON_KINDS = 8
-CACHE = 8  # (key, value, expires): merged by the writer, values go as one BLOB
+LEDGER_CLOSE = 8  # [ledger row]               the real figures of an open row
+JSON_KINDS = 9
+CACHE = 9  # (key, value, expires): merged by the writer, values go as one BLOB
 
 UNKNOWN_RUN = "areion: checkpoint of a run that does not exist for its tenant"
 
@@ -93,7 +95,7 @@ _TOOL_COLUMNS = (
 LEDGER_COLUMNS = (
     "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
     "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created, "
-    "cache, saved_usd, saved_s"
+    "cache, saved_usd, saved_s, open"
 )
 
 # Columns added after the first release of the ledger table: (name, declaration).
@@ -102,6 +104,7 @@ LEDGER_ADDED = (
     ("cache", "TEXT NOT NULL DEFAULT ''"),
     ("saved_usd", "REAL NOT NULL DEFAULT 0"),
     ("saved_s", "REAL NOT NULL DEFAULT 0"),
+    ("open", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 TABLES = """
@@ -120,7 +123,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     created REAL NOT NULL,
     cache TEXT NOT NULL DEFAULT '',      -- '' for a model call, else the cache tier that answered
     saved_usd REAL NOT NULL DEFAULT 0,   -- what a cache hit saved
-    saved_s REAL NOT NULL DEFAULT 0
+    saved_s REAL NOT NULL DEFAULT 0,
+    open INTEGER NOT NULL DEFAULT 0       -- 1: a stream in progress, priced at its bound
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, created);
 CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
@@ -234,6 +238,8 @@ def migrate(db: Any) -> None:
     for name, declaration in LEDGER_ADDED:
         if name not in present:
             db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {declaration}")
+    # Only streams in progress are open: a small index, for closing them.
+    db.execute("CREATE INDEX IF NOT EXISTS ledger_open ON ledger (request_id) WHERE open = 1")
 
 
 def _fields(source: str, count: int) -> str:
@@ -257,8 +263,8 @@ def _upsert(
 BATCH_VIEW = f"""
 CREATE TEMP VIEW IF NOT EXISTS areion_batch
     (new_runs, runs, messages, events, tool_calls, turns, summaries, ledger,
-     cache, cache_blob, now)
-AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
+     ledger_close, cache, cache_blob, now)
+AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
 
 CREATE TEMP TRIGGER IF NOT EXISTS areion_batch_write INSTEAD OF INSERT ON areion_batch
 BEGIN
@@ -299,7 +305,23 @@ BEGIN
     SELECT {_fields("value", 6)} FROM json_each(NEW.summaries);
 
     INSERT INTO ledger ({LEDGER_COLUMNS})
-    SELECT {_fields("value", 15)} FROM json_each(NEW.ledger);
+    SELECT {_fields("value", 16)} FROM json_each(NEW.ledger);
+
+    -- After the inserts: a stream that opened and closed within one batch closes too.
+    UPDATE ledger SET
+        prompt_tokens = json_extract(c.value, '$[5]'),
+        completion_tokens = json_extract(c.value, '$[6]'),
+        cached_tokens = json_extract(c.value, '$[7]'),
+        cost_usd = json_extract(c.value, '$[8]'),
+        estimated = json_extract(c.value, '$[9]'),
+        latency_s = json_extract(c.value, '$[10]'),
+        created = json_extract(c.value, '$[11]'),
+        open = 0
+    FROM json_each(NEW.ledger_close) AS c
+    WHERE ledger.open = 1
+      AND ledger.request_id = json_extract(c.value, '$[0]')
+      AND ledger.tenant = json_extract(c.value, '$[1]')
+      AND ledger.deployment = json_extract(c.value, '$[3]');
 
     -- Cache values travel as one BLOB; each row says where its bytes are.
     INSERT INTO tool_cache (key, value, expires)

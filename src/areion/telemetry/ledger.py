@@ -1,15 +1,29 @@
-"""The spend ledger: every call's cost, written to the store off the hot path.
+"""The spend ledger: every call's cost, in the store before its answer leaves.
 
-`record()` only appends to a buffer; a background task writes the buffer in one
-transaction every `interval` seconds (or sooner when it fills). `flush()` and
-`aclose()` write what is pending, so a clean shutdown loses nothing.
+A billed call is written with `write()`, which returns once the row is committed:
+the store group-commits whatever rows arrive while a transaction is in progress, so
+concurrent calls share commits, and a process killed at any moment has every row
+whose answer (or whose stream's first byte) it had sent.
+
+A stream's cost is known only when it ends, so its first byte waits for an *open*
+row, priced at what the call may cost (its budget reservation, or an estimate); when
+the stream ends, `close()` replaces the open row's figures with the real ones. A
+crash in between leaves the open row, which overstates rather than loses the spend.
+
+Rows that book no money (cache hits, solver answers) and the closing of open rows are
+buffered instead: `record()` and `close()` only append, and a background task writes
+the buffer every `interval` seconds (or sooner when it fills). `flush()` and
+`aclose()` write what is pending; a failed write is kept and retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import threading
+from collections.abc import Coroutine
 
 from areion.store.base import Store
 from areion.types import LedgerEntry
@@ -20,45 +34,101 @@ log = logging.getLogger("areion.ledger")
 
 
 class Ledger:
-    """Buffered writer of `LedgerEntry` records."""
+    """The writer of `LedgerEntry` records: durable now, or buffered."""
 
     def __init__(self, store: Store, *, interval: float = 0.05, batch: int = 512) -> None:
         self._store = store
         self._interval = interval
         self._batch = batch
+        # Rows and closings in arrival order: an open row always precedes its closing.
         self._pending: list[LedgerEntry] = []
-        self._wake = asyncio.Event()
+        self._closing: list[LedgerEntry] = []
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._stopping = False
+
+    @property
+    def pending(self) -> int:
+        """Rows and closings not yet written."""
+        return len(self._pending) + len(self._closing)
+
+    async def write(self, entry: LedgerEntry) -> None:
+        """Write a billed call's row now; returns once it is committed.
+
+        If the store fails, the row is kept for a later flush (and the failure logged):
+        the call has been paid for, so its answer still goes out."""
+        if self._pending or self._closing:
+            # Keep the order: earlier rows (an open row this might close) go first.
+            self.record(entry)
+            await self.flush()
+            return
+        try:
+            await self._store.append_ledger([entry])
+        except Exception:
+            log.exception("writing a ledger row failed; it is kept and retried")
+            self.record(entry)
 
     def record(self, entry: LedgerEntry) -> None:
+        """Buffer a row; the background task writes it within `interval` seconds."""
         self._pending.append(entry)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        if len(self._pending) >= self._batch:
+        self._poke()
+
+    def close(self, entry: LedgerEntry) -> None:
+        """Buffer the real figures of an open row (the same request, tenant and
+        deployment), which then stops being open."""
+        self._closing.append(dataclasses.replace(entry, open=False))
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a finalizer at exit): `flush_at_exit` writes it
+        if self._task is None or self._task.get_loop() is not loop or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        if self.pending >= self._batch and self._wake is not None:
             self._wake.set()
 
     async def _run(self) -> None:
-        while not self._closing:
+        wake = self._wake
+        assert wake is not None
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            self._wake.clear()
+                await asyncio.wait_for(wake.wait(), timeout=self._interval)
+            wake.clear()
             await self.flush()
 
     async def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
+        """Write everything pending, in one transaction per batch."""
+        while self._pending or self._closing:
+            rows, self._pending = self._pending, []
+            closing, self._closing = self._closing, []
             try:
-                await self._store.append_ledger(batch)
+                await self._store.append_ledger(rows, closing=closing)
             except Exception:
                 # Keep the records: a later flush retries them rather than losing spend.
-                self._pending[:0] = batch
-                log.exception("writing %d ledger entries failed; will retry", len(batch))
+                self._pending[:0] = rows
+                self._closing[:0] = closing
+                log.exception("writing %d ledger rows failed; will retry", len(rows) + len(closing))
                 return
 
+    def flush_blocking(self) -> None:
+        """Write what is pending from synchronous code (a finalizer, at exit), whether
+        or not an event loop runs in this thread."""
+        rows, closing = self._pending, self._closing
+        self._pending, self._closing = [], []
+        if not rows and not closing:
+            return
+        try:
+            _run_blocking(self._store.append_ledger(rows, closing=closing))
+        except Exception:
+            log.exception("writing %d ledger rows at exit failed", len(rows) + len(closing))
+
     async def aclose(self) -> None:
-        self._closing = True
-        self._wake.set()
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
         if self._task is not None:
             try:
                 await self._task
@@ -66,3 +136,26 @@ class Ledger:
                 log.exception("ledger writer failed")
             self._task = None
         await self.flush()
+
+
+def _run_blocking(work: Coroutine[object, object, None]) -> None:
+    """Run `work` to its end from synchronous code, inside a running loop or not."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(work)
+        return
+    # Called inside async code (a collected runtime): that loop cannot be blocked on.
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(work)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run, name="areion-ledger-flush")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]

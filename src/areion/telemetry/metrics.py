@@ -86,6 +86,13 @@ class Metrics:
             ("model", "fallback"),
             registry=self.registry,
         )
+        self.stream_stops = Counter(
+            "areion_stream_stops",
+            "Streams Areion stopped before their end, by reason: budget (the tenant's "
+            "budget could not cover more output), max_tokens (the upstream ignored it).",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
         self.cognitive_errors = Counter(
             "areion_agent_cognitive_errors",
             "Mistakes of agents' models: unknown_tool, invalid_arguments, repeated_call, "
