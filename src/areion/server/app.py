@@ -13,12 +13,11 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,13 +29,13 @@ from areion.errors import (
     LimitError,
     ProviderUnavailableError,
     RateLimitedError,
-    StreamInterruptedError,
 )
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.runs import RunsApi
 from areion.server.schema import json_response, parse_chat_request
+from areion.server.sse import EventStream, chat_events
 from areion.streaming import ChatStream
 
 __all__ = ["create_app"]
@@ -128,14 +127,13 @@ class _Api:
         )
         response = await self.runtime.answer(chat, options)
         if isinstance(response, ChatStream):
-            return StreamingResponse(
-                _sse(response, include_usage),
-                media_type="text/event-stream",
+            return EventStream(
+                response,
+                chat_events(response, include_usage),
                 headers={
                     "x-areion-model": response.deployment,
                     "x-areion-cache": str(response.info.get("cache", "miss")),
                     "x-request-id": response.request_id,
-                    "cache-control": "no-cache",
                     **_info_headers(response.info),
                 },
             )
@@ -191,39 +189,6 @@ def _info_headers(info: dict[str, Any]) -> dict[str, str]:
     if isinstance(report, RateReport):
         headers.update(report.headers())
     return headers
-
-
-async def _sse(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
-    try:
-        async for data in _events(stream, include_usage):
-            yield data
-    finally:
-        # A client that hangs up mid-stream must not leave the upstream call running.
-        await stream.aclose()
-
-
-async def _events(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in stream:
-            if chunk.usage is not None and not include_usage:
-                # The client did not ask for usage: OpenAI sends none, and neither do we.
-                if (
-                    chunk.content is None
-                    and chunk.role is None
-                    and chunk.finish_reason is None
-                    and chunk.tool_calls is None
-                ):
-                    continue
-                chunk.usage = None
-            yield b"data: " + orjson.dumps(chunk.to_openai()) + b"\n\n"
-    except StreamInterruptedError as error:
-        # After the first byte the status is sent: say so explicitly in the stream.
-        body = error_body(error.message, type=error.type, code=error.code)
-        yield b"data: " + orjson.dumps(body) + b"\n\n"
-        return
-    if stream.cost_usd is not None:
-        yield f": x-areion-cost-usd={stream.cost_usd:.10f}\n\n".encode()
-    yield b"data: [DONE]\n\n"
 
 
 async def _areion_error(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,101 @@
+"""A streamed chat answer as server-sent events, stopped when the client hangs up.
+
+Starlette's `StreamingResponse` learns of a disconnect by cancelling the body's task,
+which takes effect only where that task next waits; an upstream fast enough to keep
+the read buffer full is read to its end, and billed, after the client has gone.
+`EventStream` instead listens for the disconnect beside the sender and checks it
+before and after every event, then closes the stream: the upstream request is
+cancelled and only what was received is booked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from areion.errors import StreamInterruptedError
+from areion.streaming import ChatStream
+
+__all__ = ["EventStream", "chat_events"]
+
+
+class EventStream(Response):
+    """The events of `stream` as a `text/event-stream` response."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, stream: ChatStream, events: AsyncIterator[bytes], headers: Mapping[str, str]
+    ) -> None:
+        self.stream = stream
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", **headers})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        listener = asyncio.get_running_loop().create_task(listen())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for data in self.events:
+                if gone.is_set():
+                    return
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            listener.cancel()
+            # Shielded: a server shutting down must still close the upstream and book it.
+            await asyncio.shield(self._close())
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _close(self) -> None:
+        aclose = getattr(self.events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await self.stream.aclose()
+
+
+async def chat_events(stream: ChatStream, include_usage: bool) -> AsyncIterator[bytes]:
+    """The OpenAI chat-completions SSE events of `stream`, then `[DONE]`; a failure after
+    the first byte is an error event, never a silent truncation."""
+    try:
+        async for chunk in stream:
+            if chunk.usage is not None and not include_usage:
+                # The client did not ask for usage: OpenAI sends none, and neither do we.
+                if (
+                    chunk.content is None
+                    and chunk.role is None
+                    and chunk.finish_reason is None
+                    and chunk.tool_calls is None
+                ):
+                    continue
+                chunk.usage = None
+            yield b"data: " + orjson.dumps(chunk.to_openai()) + b"\n\n"
+    except StreamInterruptedError as error:
+        body = {
+            "error": {
+                "message": error.message,
+                "type": error.type,
+                "param": None,
+                "code": error.code,
+            }
+        }
+        yield b"data: " + orjson.dumps(body) + b"\n\n"
+        return
+    if stream.cost_usd is not None:
+        yield f": x-areion-cost-usd={stream.cost_usd:.10f}\n\n".encode()
+    yield b"data: [DONE]\n\n"
