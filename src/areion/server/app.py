@@ -35,6 +35,7 @@ from areion.errors import (
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
+from areion.server.guard import LimitBody
 from areion.server.runs import RunsApi
 from areion.server.schema import error_body, json_response, parse_chat_request
 from areion.streaming import ChatStream
@@ -302,6 +303,7 @@ def create_app(runtime: Runtime) -> Starlette:
         ],
         middleware=[
             Middleware(_Contain),
+            Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
             Middleware(_Authenticate, keys=runtime.keys),
         ],
         exception_handlers={AreionError: _areion_error, HTTPException: _http_error},
