@@ -183,9 +183,20 @@ def test_a_runs_body_that_is_not_an_object_says_so(url: str, raw: bytes) -> None
     assert "must be a JSON object" in error["message"] and "None" not in error["message"]
 
 
-def test_an_unknown_model_name_is_echoed_clipped(url: str) -> None:
-    response = _post(url, "/v1/chat/completions", {"model": "m" * 1_000_000, "messages": HI})
-    assert response.status_code == 404
+LONG = "m" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/chat/completions", {"model": LONG, "messages": HI}, 404),
+        ("/v1/runs", {"agent": LONG, "input": "hi"}, 400),
+        (f"/v1/runs/{LONG[:50_000]}/approve", {"call_id": "c1"}, 404),
+    ],
+)
+def test_a_huge_name_is_echoed_clipped(url: str, path: str, body: Any, status: int) -> None:
+    response = _post(url, path, body)
+    assert response.status_code == status
     assert len(_error(response)["message"]) < 1000
 
 

@@ -69,7 +69,7 @@ class _StartBody(BaseModel):
 class _DecisionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    call_id: str = Field(min_length=1)
+    call_id: str = Field(min_length=1, max_length=256)  # echoed in errors; ids are short
     reason: str = "rejected"
 
 
@@ -212,6 +212,7 @@ class RunsApi:
         tenant = self._tenant_of(request)
         run_id = request.path_params["run_id"]
         body: _DecisionBody = parse_body(_DecisionBody, await request.body())
+        await self._snapshot(run_id, tenant)  # a 404 that echoes the path's run id clipped
         if approve:
             await self.runtime.approve(run_id, body.call_id, tenant=tenant)
         else:

@@ -181,7 +181,7 @@ def _invalid(
     message = worst["msg"]
     if worst["type"] == "model_type":  # pydantic names our private classes
         message = "Input should be a JSON object"
-    return RequestError(f"invalid parameter '{param}': {message}", param=param)
+    return RequestError(f"invalid parameter '{param}': {message}", param=param or None)
 
 
 def parse_body(model: type[BaseModel], raw: bytes) -> Any:
