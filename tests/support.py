@@ -25,10 +25,13 @@ class _ThreadServer(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def serve_app(app: Any, *, port: int | None = None) -> Iterator[str]:
-    """Serve an ASGI app on 127.0.0.1 in a background thread; yields its base URL."""
+def serve_app(app: Any, *, port: int | None = None, **options: Any) -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1 in a background thread; yields its base URL.
+    `options` go to uvicorn (`http=guarded_protocol(...)`, as `areion serve` runs)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = _ThreadServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

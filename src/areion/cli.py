@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from areion.runtime import Runtime
     from areion.server import create_app
+    from areion.server.guard import guarded_protocol
 
     config, source = _config(args.config)
     host = args.host or config.server.host
@@ -64,7 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=config.server.access_log,
         loop="auto",
-        http="auto",
+        # httptools with deadlines for headers, bodies and idle sockets and a connection cap
+        http=guarded_protocol(config.server),
         timeout_graceful_shutdown=10,
     )
     return 0

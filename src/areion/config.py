@@ -363,9 +363,24 @@ class AgentConfig(_Strict):
 
 
 class ServerConfig(_Strict):
+    """`areion serve`: where it listens and what it takes from a client."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     access_log: bool = False
+    # A larger request body is answered 413 (it bounds the memory and the time one
+    # request may take to parse and count).
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    # From a request's first byte to the end of its headers, and from there to the end
+    # of its body: a client slower than that is disconnected (408), so slow clients cannot
+    # hold the server's sockets.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    # A connection with no request in progress is closed after this long.
+    idle_timeout_s: float = Field(default=5.0, gt=0)
+    # Open client connections at most; one more is answered 503 and closed. Keep it
+    # below the process's open-file limit (`ulimit -n`), which upstream connections share.
+    max_connections: int = Field(default=512, ge=1)
 
 
 class Config(_Strict):

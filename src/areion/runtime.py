@@ -278,7 +278,7 @@ class Runtime:
             self.router is None or request.model not in self.router
         ):
             raise UnknownModelError(
-                f"model '{request.model}' does not exist; available: "
+                f"model '{request.model[:100]}' does not exist; available: "
                 + ", ".join(sorted(self.models)),
                 param="model",
             )

@@ -123,7 +123,7 @@ async def test_a_fallback_to_a_dearer_model_is_covered_by_the_budget_or_refused(
     assert statuses.count(200) == 4, statuses
     assert set(statuses) == {200, 402}
     refused = next(r for r in answers if r.status_code == 402).json()["error"]
-    assert "falling back to 'strong'" in refused["message"]
+    assert "falling back to 'strong'" in refused["message"], refused["message"]
     assert spent(db) <= budget
     assert spent(db) == pytest.approx(4 * 0.0025)
 

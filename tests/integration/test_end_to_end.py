@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -180,6 +181,28 @@ def test_invalid_config_fails_at_start_naming_the_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "models[0].price.input" in result.stderr
     assert "greater than or equal to 0" in result.stderr
+
+
+def test_serve_applies_the_server_deadlines(tmp_path: Path) -> None:
+    config = tmp_path / "areion.yaml"
+    config.write_text(
+        "models:\n  - {name: fast, provider: sim, model: sim-fast}\n"
+        f"store: sqlite:///{tmp_path / 'areion.db'}\n"
+        "server: {header_timeout_s: 0.5}\n"
+    )
+    port = free_port()
+    process = start(["serve", "--config", str(config), "--port", str(port)])
+    try:
+        wait_ready(process, port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: areion\r\n")  # and no more
+            reply = b""
+            while chunk := sock.recv(65536):  # until the server closes it, within 10 s
+                reply += chunk
+    finally:
+        stop(process)
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert b"server.header_timeout_s" in reply
 
 
 def test_version() -> None:

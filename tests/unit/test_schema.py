@@ -276,3 +276,125 @@ def test_tool_call_without_arguments() -> None:
     }
     error = _rejected(body)
     assert error.param == "messages[0].tool_calls[0].function.arguments"
+
+
+# --- numbers no upstream can take --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"seed": 2**64 + 1}, "seed"),
+        ({"max_tokens": 2**64}, "max_tokens"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"logit_bias": {"50256": 2**70}}, "logit_bias.50256"),
+        (
+            {"tools": [{**WEATHER_TOOL, "function": {"name": "f", "parameters": {"max": 2**99}}}]},
+            "tools[0].function.parameters.max",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "a", "w": 2**64}]}
+                ]
+            },
+            "messages[0].content[0].w",
+        ),
+    ],
+)
+def test_integers_beyond_64_bits_name_the_field(fields: dict[str, Any], param: str) -> None:
+    error = _rejected(_minimal(**fields))
+    assert error.param == param
+    assert f"'{param}'" in error.message and "64 bits" in error.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'"seed": NaN', "seed"),
+        (b'"temperature": Infinity', "temperature"),
+        (b'"response_format": {"type": "json_object", "x": [-Infinity]}', "response_format.x[0]"),
+        (b'"top_p": 1e999', "top_p"),
+    ],
+)
+def test_nan_and_infinity_are_refused(raw: bytes, param: str) -> None:
+    body = b'{"model": "fast", "messages": [{"role": "user", "content": "hi"}], ' + raw + b"}"
+    error = _rejected(body)
+    assert error.param == param
+    assert "NaN and Infinity" in error.message
+
+
+def test_a_long_parameter_name_is_echoed_clipped() -> None:
+    error = _rejected(_minimal(**{"x" * 10_000: 2**64}))
+    assert error.param is not None and len(error.param) < 110
+    assert len(error.message) < 300
+
+
+# --- strict types, as OpenAI's API has them --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_completion_tokens": 10.0}, "max_completion_tokens"),
+        ({"n": "2"}, "n"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"temperature": "0.5"}, "temperature"),
+    ],
+)
+def test_values_are_not_coerced(fields: dict[str, Any], param: str) -> None:
+    assert _rejected(_minimal(**fields)).param == param
+
+
+def test_a_message_that_is_not_an_object_is_named() -> None:
+    error = _rejected({"model": "fast", "messages": ["hi"]})
+    assert error.param == "messages[0]"
+    assert "'messages[0]'" in error.message and "JSON object" in error.message
+    assert "_Message" not in error.message
+
+
+def test_content_part_without_a_type() -> None:
+    body = {"model": "fast", "messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    error = _rejected(body)
+    assert error.param == "messages[0].content[0].type"
+    assert "required" in error.message
+
+
+def test_text_part_without_text() -> None:
+    body = {"model": "fast", "messages": [{"role": "user", "content": [{"type": "text"}]}]}
+    assert _rejected(body).param == "messages[0].content[0].text"
+
+
+def _answering(call_id: str | None, *before: dict[str, Any]) -> dict[str, Any]:
+    tool: dict[str, Any] = {"role": "tool", "content": "14C"}
+    if call_id is not None:
+        tool["tool_call_id"] = call_id
+    return {"model": "fast", "messages": [*before, tool]}
+
+
+ASKED = {
+    "role": "assistant",
+    "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ],
+}
+
+
+def test_tool_message_without_tool_call_id() -> None:
+    error = _rejected(_answering(None, {"role": "user", "content": "hi"}, ASKED))
+    assert error.param == "messages[2].tool_call_id"
+
+
+def test_conversation_starting_with_a_tool_message() -> None:
+    error = _rejected(_answering("call_1"))
+    assert error.param == "messages[0].role"
+    assert "'tool_calls'" in error.message
+
+
+def test_tool_message_must_answer_a_call_just_asked() -> None:
+    assert _rejected(_answering("call_2", ASKED)).param == "messages[1].role"
+    later = {"role": "user", "content": "and?"}
+    assert _rejected(_answering("call_1", ASKED, later)).param == "messages[2].role"

@@ -1,9 +1,13 @@
-"""Offline token counts (cl100k_base) for calls whose provider reported no usage."""
+"""Offline token counts (cl100k_base): exact for short texts, bounded work for huge ones."""
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+import pytest
+
+from areion import tokenizer
 from areion.tokenizer import count_tokens, estimate_usage
 from areion.types import ChatRequest, Message, ToolCall
 
@@ -91,3 +95,49 @@ def test_tool_calls_in_history_count() -> None:
     extra = estimate_usage(with_call, "").prompt_tokens - estimate_usage(without, "").prompt_tokens
     assert extra == count_tokens("get_weather") + count_tokens('{"city": "Paris"}')
     assert extra > 0
+
+
+class _Spy:
+    """The real encoding, noting how many characters it was given to encode."""
+
+    def __init__(self, encoding: Any) -> None:
+        self.encoding = encoding
+        self.chars = 0
+
+    def encode(self, text: str, **options: Any) -> Any:
+        self.chars += len(text)
+        return self.encoding.encode(text, **options)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> _Spy:
+    watched = _Spy(tokenizer._encoder())
+    monkeypatch.setattr(tokenizer, "_encoding", watched)
+    return watched
+
+
+def test_a_huge_prompt_costs_a_bounded_count(spy: _Spy) -> None:
+    # Admission counts a prompt on the event loop: 10 MB once stalled the server 12 s.
+    usage = estimate_usage(_request("x" * 10_000_000), "")
+    assert spy.chars <= 64_000
+    assert usage.prompt_tokens > 1_000_000  # tiktoken: 8 x's to a token
+
+
+def test_many_messages_share_the_bound(spy: _Spy) -> None:
+    estimate_usage(_request(*["hello world, " * 200] * 5_000), "")
+    assert spy.chars <= 64_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The quick brown fox jumps over the lazy dog, 42 times. " * 20_000,
+        ("Plain English prose. " * 3_000 + "漢字かな交じり文と数字 1234567 " * 3_000) * 10,
+        "".join(f"def f{i}(x):\n    return x ** {i} + {i * 7}\n\n" for i in range(40_000)),
+    ],
+)
+def test_a_long_text_is_estimated_closely_at_a_bounded_cost(spy: _Spy, text: str) -> None:
+    estimate = count_tokens(text)
+    assert spy.chars <= 64_000
+    exact = len(spy.encoding.encode(text, disallowed_special=()))
+    assert abs(estimate - exact) <= 0.1 * exact

@@ -82,11 +82,11 @@ class Gateway:
                 bound = group.dearest().cost(hold.prompt_tokens, hold.output_tokens)
                 if not await claim.cover(bound):
                     what = f"calling '{group.name}'"
-                    if last_error is not None:
-                        what = (
-                            f"'{request.model}' failed ({last_error.message}), and falling "
-                            f"back to '{group.name}'"
-                        )
+                    if position:
+                        why = "is unavailable" if last_error is None else "failed"
+                        if last_error is not None:
+                            why += f" ({last_error.message})"
+                        what = f"'{request.model}' {why}, and falling back to '{group.name}'"
                     raise claim.refusal(bound, what)
             if position:
                 self.metrics.fallbacks.labels(request.model, group.name).inc()

@@ -16,10 +16,10 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from areion.control.keys import Identity, KeyRing
 from areion.control.limits import RateReport
@@ -33,20 +33,15 @@ from areion.errors import (
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
+from areion.server.guard import LimitBody
 from areion.server.runs import RunsApi
-from areion.server.schema import json_response, parse_chat_request
+from areion.server.schema import error_body, json_response, parse_chat_request
 from areion.server.sse import EventStream, chat_events
 from areion.streaming import ChatStream
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("areion.server")
-
-
-def error_body(
-    message: str, *, type: str, code: str | None, param: str | None = None
-) -> dict[str, object]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def error_response(error: AreionError) -> Response:
@@ -214,11 +209,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return json_response(
-        error_body("internal error", type="server_error", code="internal_error"), 500
-    )
+class _Contain:
+    """The last word on an error no handler took: a logged 500 in OpenAI's shape, on a
+    connection that stays usable. Starlette's own 500 handler re-raises once it has
+    answered, and uvicorn then closes the connection without saying so in a
+    `connection: close` header, so a client's next request on it failed. An error after
+    the answer has started still closes the connection: the answer is cut short."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except ClientDisconnect:
+            return  # the client left (or was timed out) mid-request: nobody to answer
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            body = error_body("internal error", type="server_error", code="internal_error")
+            await json_response(body, 500)(scope, receive, send)
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -245,11 +266,11 @@ def create_app(runtime: Runtime) -> Starlette:
             *cache.routes(),
             *admin.routes(),
         ],
-        middleware=[Middleware(_Authenticate, keys=runtime.keys)],
-        exception_handlers={
-            AreionError: _areion_error,
-            HTTPException: _http_error,
-            Exception: _unexpected,
-        },
+        middleware=[
+            Middleware(_Contain),
+            Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
+            Middleware(_Authenticate, keys=runtime.keys),
+        ],
+        exception_handlers={AreionError: _areion_error, HTTPException: _http_error},
         lifespan=lifespan,
     )

@@ -11,6 +11,7 @@ served, so the same look-alike question is not answered from it again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from starlette.routing import Route
 
 from areion.errors import RequestError
 from areion.runtime import Runtime
-from areion.server.schema import json_response, parse_body
+from areion.server.schema import clip, json_response, parse_body
 
 if TYPE_CHECKING:  # numpy and the embedder: only when the tier is on
     from areion.cache.semantic import SemanticCache
@@ -34,6 +35,9 @@ class CacheNotFoundError(RequestError):
 
     status = 404
     code = "not_found"
+
+
+_ENTRY_ID = re.compile(r"[0-9]{1,18}")  # an id SQLite and the index can hold
 
 
 class _FeedbackBody(BaseModel):
@@ -51,10 +55,10 @@ def _float(request: Request, name: str) -> float | None:
         value = float(raw)
     except ValueError:
         raise RequestError(
-            f"'{name}' must be a number of seconds, got '{raw}'", param=name
+            f"'{name}' must be a number of seconds, got '{clip(raw)}'", param=name
         ) from None
     if not value >= 0:  # also rejects nan
-        raise RequestError(f"'{name}' must be >= 0, got '{raw}'", param=name)
+        raise RequestError(f"'{name}' must be >= 0, got '{clip(raw)}'", param=name)
     return value
 
 
@@ -99,8 +103,11 @@ class CacheApi:
         tenant = self._tenant_of(request)
         cache = self._cache()
         raw = request.path_params["entry"]
-        if not raw.isdigit():
-            raise RequestError(f"entry must be an entry id (digits), got '{raw}'", param="entry")
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if not _ENTRY_ID.fullmatch(raw):
+            raise RequestError(
+                f"entry must be an entry id (up to 18 digits), got '{clip(raw)}'", param="entry"
+            )
         if cache.invalidate(tenant, entry=int(raw)) == 0:
             raise CacheNotFoundError(f"no semantic cache entry {raw}", param="entry")
         return json_response({"object": "cache.invalidation", "tier": "semantic", "deleted": 1})

@@ -25,7 +25,7 @@ from areion.cache.plans import offered_plan
 from areion.config import AgentConfig
 from areion.errors import ConfigError, RequestError
 from areion.runtime import Runtime
-from areion.server.schema import json_response, parse_body
+from areion.server.schema import clip, json_response, parse_body
 from areion.store.records import RunSnapshot
 
 __all__ = ["RunsApi", "load_agents"]
@@ -69,7 +69,7 @@ class _StartBody(BaseModel):
 class _DecisionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    call_id: str = Field(min_length=1)
+    call_id: str = Field(min_length=1, max_length=256)  # echoed in errors; ids are short
     reason: str = "rejected"
 
 
@@ -80,6 +80,23 @@ class _ResumeBody(BaseModel):
     max_cost_usd: float | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, ge=1)
     wait: bool = False
+
+
+def _event_id(raw: str) -> int:
+    """The event to follow from (`after`, or a reconnecting client's Last-Event-ID): -1
+    for the start, else an id the store can hold. Checked before the stream's 200 is
+    sent; after it, a bad value could only cut the stream."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not -1 <= value < 2**63:
+        raise RequestError(
+            f"after (or Last-Event-ID) must be an event id, an integer from -1 to "
+            f"{2**63 - 1}; got '{clip(raw)}'",
+            param="after",
+        )
+    return value
 
 
 def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
@@ -141,13 +158,13 @@ class RunsApi:
         agent = self.agents.get(name)
         if agent is None:
             known = ", ".join(sorted(self.agents)) or "none configured"
-            raise RequestError(f"no agent '{name}'; available: {known}", param="agent")
+            raise RequestError(f"no agent '{clip(name)}'; available: {known}", param="agent")
         return agent
 
     async def _snapshot(self, run_id: str, tenant: str) -> RunSnapshot:
         snapshot = await self.runtime.agents.get(run_id, tenant=tenant)
         if snapshot is None:
-            raise RunNotFoundError(f"no run '{run_id}'", param="run_id")
+            raise RunNotFoundError(f"no run '{clip(run_id)}'", param="run_id")
         return snapshot
 
     def _background(self, work: Any) -> None:
@@ -195,6 +212,7 @@ class RunsApi:
         tenant = self._tenant_of(request)
         run_id = request.path_params["run_id"]
         body: _DecisionBody = parse_body(_DecisionBody, await request.body())
+        await self._snapshot(run_id, tenant)  # a 404 that echoes the path's run id clipped
         if approve:
             await self.runtime.approve(run_id, body.call_id, tenant=tenant)
         else:
@@ -223,15 +241,12 @@ class RunsApi:
         return json_response(run_json(snapshot), 202)
 
     async def events(self, request: Request) -> Response:
-        try:
-            tenant = self._tenant_of(request)
-            run_id = request.path_params["run_id"]
-            await self._snapshot(run_id, tenant)
-            after = int(
-                request.headers.get("last-event-id") or request.query_params.get("after", "-1")
-            )
-        except ValueError:
-            raise RequestError("after must be an integer", param="after") from None
+        tenant = self._tenant_of(request)
+        run_id = request.path_params["run_id"]
+        await self._snapshot(run_id, tenant)
+        after = _event_id(
+            request.headers.get("last-event-id") or request.query_params.get("after", "-1")
+        )
         return StreamingResponse(
             self._follow(run_id, tenant, after),
             media_type="text/event-stream",

@@ -4,55 +4,84 @@ responses out."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 from starlette.responses import Response
 
 from areion.errors import RequestError
 from areion.types import ChatRequest, Message, ToolCall
 
-__all__ = ["json_response", "parse_body", "parse_chat_request"]
+__all__ = ["clip", "error_body", "json_response", "parse_body", "parse_chat_request"]
+
+_INT64 = 2**63
+_ECHO = 100
+
+
+def clip(text: str, limit: int = _ECHO) -> str:
+    """`text` cut to `limit` characters, to echo a caller's input in an error message:
+    a 10 MB model name must not come back whole."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Strict throughout, as OpenAI's API is: "10" is no integer, "yes" no boolean. Numbers
+# are checked before the models see them (`_check_numbers`).
+_STRICT = ConfigDict(strict=True)
+_OPEN = ConfigDict(strict=True, extra="allow")
 
 
 class _FunctionCall(BaseModel):
+    model_config = _STRICT
+
     name: str
     arguments: str
 
 
 class _ToolCall(BaseModel):
+    model_config = _STRICT
+
     id: str
     type: Literal["function"] = "function"
     function: _FunctionCall
 
 
+class _Part(BaseModel):
+    model_config = _OPEN
+
+    type: str = Field(min_length=1)
+    text: str | None = None
+
+
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[_Part] | None = None
     name: str | None = None
     tool_calls: list[_ToolCall] | None = None
     tool_call_id: str | None = None
 
 
 class _Function(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
     name: str = Field(min_length=1, max_length=64)
 
 
 class _Tool(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
     type: Literal["function"]
     function: _Function
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
     model: str = Field(min_length=1)
     messages: list[_Message] = Field(min_length=1)
@@ -76,7 +105,7 @@ def _param(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         elif not out:
             out = part
-        elif part in ("str", "list[dict[str,any]]") or "[" in part or part.startswith("literal"):
+        elif part in ("str", "list[_Part]") or "[" in part or part.startswith("literal"):
             continue  # pydantic's union-member names say nothing to an API user
         else:
             out += f".{part}"
@@ -92,29 +121,108 @@ def json_response(
     )
 
 
+def error_body(
+    message: str, *, type: str, code: str | None, param: str | None = None
+) -> dict[str, object]:
+    """An error in OpenAI's shape."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """`raw` parsed as a JSON object with only numbers an upstream can take."""
+    try:
+        value = pydantic_core.from_json(raw)
+    except ValueError as error:
+        raise RequestError(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise RequestError("the request body must be a JSON object")
+    _check_numbers(value, "")
+    return value
+
+
+def _check_numbers(value: Any, path: str) -> None:
+    """Refuses integers beyond 64 bits (orjson cannot send them upstream, SQLite cannot
+    store them, and OpenAI's API refuses them) and NaN or Infinity (not JSON, though
+    Python's parsers take the literals; orjson would send them on as null)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_numbers(item, f"{path}[{index}]")
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int) and not -_INT64 <= value < _INT64:
+        param = clip(path)
+        raise RequestError(
+            f"invalid parameter '{param}': integers must fit in 64 bits "
+            "(-9223372036854775808 to 9223372036854775807)",
+            param=param,
+        )
+    elif isinstance(value, float) and not math.isfinite(value):
+        param = clip(path)
+        raise RequestError(
+            f"invalid parameter '{param}': NaN and Infinity are not JSON numbers", param=param
+        )
 
 
 def _invalid(
     error: ValidationError, param_of: Callable[[tuple[int | str, ...]], str]
 ) -> RequestError:
-    """The RequestError for a body pydantic refused: bad JSON, or the first bad parameter
-    (named by `param_of` from pydantic's location)."""
-    first = error.errors()[0]
-    if first["type"].startswith("json"):
-        return RequestError(f"the request body is not valid JSON: {first['msg']}")
-    param = param_of(tuple(first["loc"])) or None
-    return RequestError(f"invalid parameter '{param}': {first['msg']}", param=param)
+    """The RequestError for a body pydantic refused, naming the bad parameter (by
+    `param_of` from pydantic's location). Of a union's errors the deepest is the one that
+    says what is wrong: a content part without `type`, rather than "not a string"."""
+    worst: ErrorDetails = max(error.errors(), key=lambda found: len(found["loc"]))
+    param = clip(param_of(tuple(worst["loc"])))
+    message = worst["msg"]
+    if worst["type"] == "model_type":  # pydantic names our private classes
+        message = "Input should be a JSON object"
+    return RequestError(f"invalid parameter '{param}': {message}", param=param or None)
 
 
 def parse_body(model: type[BaseModel], raw: bytes) -> Any:
     """`raw` parsed as `model` (an empty body as `{}`), or a RequestError naming the bad
     parameter."""
+    value = _json_object(raw) if raw.strip() else {}
     try:
-        return model.model_validate_json(raw or b"{}")
+        return model.model_validate(value, strict=True)
     except ValidationError as error:
         raise _invalid(error, _dotted) from None
+
+
+def _check_conversation(messages: list[_Message]) -> None:
+    """What OpenAI checks across messages: a tool message answers a call of the assistant
+    message before it (other tool messages may come between), and a text part has text."""
+    calls: set[str] = set()
+    for index, message in enumerate(messages):
+        parts = message.content if isinstance(message.content, list) else []
+        for number, part in enumerate(parts):
+            if part.type == "text" and part.text is None:
+                param = f"messages[{index}].content[{number}].text"
+                raise RequestError(
+                    f"invalid parameter '{param}': a text part needs text", param=param
+                )
+        if message.role != "tool":
+            calls = {call.id for call in message.tool_calls or ()}
+            continue
+        if message.tool_call_id is None:
+            param = f"messages[{index}].tool_call_id"
+            raise RequestError(
+                f"invalid parameter '{param}': a tool message needs the id of the call it answers",
+                param=param,
+            )
+        if message.tool_call_id not in calls:
+            param = f"messages[{index}].role"
+            raise RequestError(
+                f"invalid parameter '{param}': a tool message must answer a call in the "
+                f"'tool_calls' of the assistant message before it; no call "
+                f"'{clip(message.tool_call_id)}' there",
+                param=param,
+            )
 
 
 def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
@@ -125,11 +233,10 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     if not raw.strip():
         raise RequestError("the request body is empty; send a JSON chat completion request")
     try:
-        body = _Body.model_validate_json(raw)
+        body = _Body.model_validate(_json_object(raw))
     except ValidationError as error:
-        if error.errors()[0]["type"] == "model_type":
-            raise RequestError("the request body must be a JSON object") from None
         raise _invalid(error, _param) from None
+    _check_conversation(body.messages)
     extra: dict[str, Any] = dict(body.model_extra or {})
     if body.n is not None:
         extra["n"] = body.n
@@ -139,7 +246,9 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     messages = [
         Message(
             role=message.role,
-            content=message.content,
+            content=[part.model_dump(exclude_unset=True) for part in message.content]
+            if isinstance(message.content, list)
+            else message.content,
             name=message.name,
             tool_calls=[
                 ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)

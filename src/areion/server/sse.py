@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from areion.errors import StreamInterruptedError
+from areion.server.schema import error_body
 from areion.streaming import ChatStream
 
 __all__ = ["EventStream", "chat_events"]
@@ -86,14 +87,7 @@ async def chat_events(stream: ChatStream, include_usage: bool) -> AsyncIterator[
                 chunk.usage = None
             yield b"data: " + orjson.dumps(chunk.to_openai()) + b"\n\n"
     except StreamInterruptedError as error:
-        body = {
-            "error": {
-                "message": error.message,
-                "type": error.type,
-                "param": None,
-                "code": error.code,
-            }
-        }
+        body = error_body(error.message, type=error.type, code=error.code)
         yield b"data: " + orjson.dumps(body) + b"\n\n"
         return
     if stream.cost_usd is not None:

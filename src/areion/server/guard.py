@@ -1,0 +1,178 @@
+"""What keeps clients from taking the server down.
+
+- `LimitBody`, an ASGI middleware in every app `create_app` builds: a request body
+  past `server.max_body_bytes` is answered 413, whether or not it declares its length.
+- `guarded_protocol`, the HTTP protocol `areion serve` runs: uvicorn's httptools
+  protocol with deadlines for a request's headers and body, an idle timeout from the
+  moment a connection opens, and a cap on open connections. uvicorn alone only times
+  out a connection idle after a response: a socket that never sends a byte, or never
+  finishes its headers or body, would stay open for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from typing import Any, ClassVar, Literal
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from areion.config import ServerConfig
+from areion.errors import RequestError
+from areion.server.schema import error_body
+
+__all__ = ["BodyTooLargeError", "LimitBody", "guarded_protocol"]
+
+
+class BodyTooLargeError(RequestError):
+    """The request body is larger than `server.max_body_bytes`."""
+
+    status = 413
+    code = "request_too_large"
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The body's declared length, if it declares one that reads as a number (if not,
+    its bytes are counted all the same)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class LimitBody:
+    """Refuses a body past `max_bytes` as the handler reads it: at its first read when
+    its content-length says so, else as soon as the bytes read pass the limit (a
+    chunked body declares no length). The refusal is an error the handler raises, so
+    it leaves as every error does, OpenAI-shaped."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        read = 0
+
+        async def capped() -> Message:
+            nonlocal read
+            if declared is not None and declared > self.max_bytes:
+                raise self._too_large()
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, capped, send)
+
+    def _too_large(self) -> BodyTooLargeError:
+        return BodyTooLargeError(
+            f"the request body is larger than this server takes ({self.max_bytes} bytes, "
+            "server.max_body_bytes)"
+        )
+
+
+def guarded_protocol(settings: ServerConfig) -> type[asyncio.Protocol]:
+    """The HTTP protocol class, for uvicorn's `http=`, that applies `settings`' timeouts
+    and connection cap."""
+    return type("GuardedHttpProtocol", (_Guarded,), {"settings": settings})
+
+
+class _Guarded(HttpToolsProtocol):
+    """One connection: a deadline armed at each request's first byte for its headers,
+    then for its body; the idle timer from the moment it opens."""
+
+    settings: ClassVar[ServerConfig]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn types it an int; it only ever reaches loop.call_later.
+        self.timeout_keep_alive = self.settings.idle_timeout_s  # type: ignore[assignment]
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.settings.max_connections:
+            self._reply(503, "the server has too many open connections; retry later")
+            return
+        # uvicorn starts its idle timer only once a response is sent.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm("headers")
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm("body")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the socket is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
+    def _arm(self, part: Literal["headers", "body"]) -> None:
+        self._disarm()
+        seconds = (
+            self.settings.header_timeout_s if part == "headers" else self.settings.body_timeout_s
+        )
+        self._deadline = self.loop.call_later(seconds, self._late, part)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _late(self, part: Literal["headers", "body"]) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if part == "body" and self.pipeline:
+            # Queued behind a request still being answered, the body is not being
+            # read: the server is late, not the client. Its time starts again.
+            self._arm("body")
+            return
+        # Late headers: the cycle is the request before, which may still be answering.
+        # A late body: it is this request's, which may have been answered already.
+        cycle = self.cycle
+        if part == "headers":
+            answering = cycle is not None and not cycle.response_complete
+        else:
+            answering = cycle is not None and cycle.response_started
+        if answering:  # a status line now would corrupt or follow an answer
+            self.transport.close()
+            return
+        setting = "server.header_timeout_s" if part == "headers" else "server.body_timeout_s"
+        self._reply(408, f"the request's {part} took too long to arrive ({setting})")
+
+    def _reply(self, status: int, message: str) -> None:
+        """Answers `status` straight on the socket, outside any request, and closes it."""
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        code = "too_many_connections" if status == 503 else "request_timeout"
+        body = orjson.dumps(error_body(message, type=kind, code=code))
+        head = (
+            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()

@@ -1,0 +1,180 @@
+"""Slow, stalled, oversized and too many clients, over real sockets on loopback.
+
+The deadlines are set short (0.5 s); a test waits for the server to close a socket
+within a generous bound and never asserts that anything took at least some time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from areion import Runtime
+from areion.config import parse_config
+from areion.server import create_app
+from areion.server.guard import guarded_protocol
+from tests.support import serve_app
+
+BOUND_S = 10.0  # far past any deadline below: reaching it means the server never acted
+# Only the deadline a test is about is short: a test never races the others.
+LONG = {"header_timeout_s": 30, "body_timeout_s": 30, "idle_timeout_s": 30}
+CHAT = "/v1/chat/completions"
+
+
+@contextlib.contextmanager
+def _serve(**server: Any) -> Iterator[tuple[str, int]]:
+    """Areion on the protocol `areion serve` runs, with `server:` settings `server`."""
+    config = parse_config(
+        {
+            "models": [
+                {"name": "fast", "provider": "sim", "model": "sim-fast", "time_scale": 0.001}
+            ],
+            "store": "sqlite:///:memory:",
+            "server": server,
+        }
+    )
+    app = create_app(Runtime(config))
+    with serve_app(app, http=guarded_protocol(config.server)) as url:
+        yield url, urlsplit(url).port or 0
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(BOUND_S)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the socket (within BOUND_S)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def _error_of(reply: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return int(head.split()[1]), error
+
+
+def _chat_body(content: str = "hi") -> bytes:
+    return json.dumps(
+        {"model": "fast", "messages": [{"role": "user", "content": content}]}
+    ).encode()
+
+
+# --- timeouts ------------------------------------------------------------------------
+
+
+def test_a_connection_that_never_sends_is_closed() -> None:
+    with _serve(**{**LONG, "idle_timeout_s": 0.5}) as (_, port), _connect(port) as sock:
+        assert _until_closed(sock) == b""
+
+
+def test_unfinished_headers_are_answered_408_and_closed() -> None:
+    with _serve(**{**LONG, "header_timeout_s": 0.5}) as (_, port), _connect(port) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: areion\r\n")
+        status, error = _error_of(_until_closed(sock))
+    assert status == 408 and "server.header_timeout_s" in error["message"]
+
+
+def test_headers_sent_a_byte_at_a_time_still_time_out() -> None:
+    """The deadline is for the whole of the headers: trickling bytes does not extend it."""
+    request = b"GET /healthz HTTP/1.1\r\nhost: areion\r\nx-slow: " + b"a" * 10_000
+    with _serve(**{**LONG, "header_timeout_s": 0.5}) as (_, port), _connect(port) as sock:
+        deadline = time.monotonic() + BOUND_S
+        for byte in request:
+            readable, _, _ = select.select([sock], [], [], 0.02)
+            if readable or time.monotonic() > deadline:
+                break
+            sock.sendall(bytes([byte]))
+        status, _ = _error_of(_until_closed(sock))
+    assert status == 408
+
+
+def test_a_half_sent_body_is_answered_408_and_closed(caplog: pytest.LogCaptureFixture) -> None:
+    body = _chat_body()
+    head = f"POST {CHAT} HTTP/1.1\r\nhost: areion\r\ncontent-type: application/json\r\n"
+    head += f"content-length: {len(body)}\r\n\r\n"
+    with _serve(**{**LONG, "body_timeout_s": 0.5}) as (_, port), _connect(port) as sock:
+        sock.sendall(head.encode() + body[:10])
+        status, error = _error_of(_until_closed(sock))
+    assert status == 408 and "server.body_timeout_s" in error["message"]
+    # The handler waiting for the body learns the client is gone: not a server error.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_requests_in_time_share_one_connection() -> None:
+    with _serve(**LONG) as (_, port):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND_S)
+        for _ in range(3):
+            connection.request("POST", CHAT, body=_chat_body())
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read())["choices"]
+            assert not response.will_close
+        connection.close()
+
+
+# --- the connection cap ------------------------------------------------------------
+
+
+def test_a_connection_past_the_cap_is_answered_503_and_closed() -> None:
+    with _serve(**LONG, max_connections=2) as (_, port):
+        first, second = _connect(port), _connect(port)
+        with first, second, _connect(port) as third:
+            status, error = _error_of(_until_closed(third))
+            assert status == 503 and error["code"] == "too_many_connections"
+            first.sendall(b"GET /healthz HTTP/1.1\r\nhost: areion\r\n\r\n")
+            assert first.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+# --- the body cap ----------------------------------------------------------------------
+
+
+def test_a_10_mb_prompt_is_413_by_default() -> None:
+    with _serve() as (url, _):
+        response = httpx.post(url + CHAT, content=_chat_body("x" * 10_000_000), timeout=BOUND_S)
+    assert response.status_code == 413, response.text[:200]
+    error = response.json()["error"]
+    assert error["code"] == "request_too_large"
+    assert "server.max_body_bytes" in error["message"] and str(8 * 1024 * 1024) in error["message"]
+
+
+def test_a_chunked_body_past_the_cap_is_413() -> None:
+    def chunks() -> Iterator[bytes]:  # no content-length: the server must count
+        yield b'{"model": "fast", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}]}'
+
+    with _serve(max_body_bytes=2000) as (url, _):
+        response = httpx.post(url + CHAT, content=chunks(), timeout=BOUND_S)
+        assert response.status_code == 413, response.text
+        assert "server.max_body_bytes" in response.json()["error"]["message"]
+        assert httpx.post(url + CHAT, content=_chat_body(), timeout=BOUND_S).status_code == 200
+
+
+def test_the_connection_stays_usable_after_a_413() -> None:
+    with _serve(max_body_bytes=2000) as (_, port):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND_S)
+        connection.request("POST", CHAT, body=_chat_body("x" * 100_000))
+        response = connection.getresponse()
+        assert response.status == 413 and json.loads(response.read())["error"]["message"]
+        sock = connection.sock
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200 and connection.sock is sock
+        connection.close()
