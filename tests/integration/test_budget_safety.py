@@ -112,9 +112,10 @@ async def test_a_fallback_to_a_dearer_model_is_covered_by_the_budget_or_refused(
     broken, broken_url, _, working_url = upstreams
     broken.default = Behaviour(status=500)
     db = tmp_path / "areion.db"
-    # A strong call may cost (7 prompt tokens * 100 + 10 * 200) / 1e6 = $0.0027, and books
-    # (11 * 100 + 7 * 200) / 1e6 = $0.0025: three spent and one more covered fit, no more.
-    budget = 0.0104
+    # A strong call may cost (17 prompt tokens, 7 counted and a margin for the upstream's
+    # tokenizer, * 100 + 10 * 200) / 1e6 = $0.0037, and books (11 * 100 + 7 * 200) / 1e6
+    # = $0.0025: three spent and one more covered fit, no more.
+    budget = 0.0113
     models = [model("fast", broken_url, CHEAP), model("strong", working_url, DEAR)]
     with serve(db, models, budget=budget, fallbacks={"fast": ["strong"]}) as url:
         body = {"model": "fast", "messages": HI, "max_tokens": 10, "stream": stream}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,3 +152,59 @@ async def test_background_failure_is_retried_before_close(tmp_path: Path) -> Non
     await ledger.aclose()
     await store.aclose()
     assert await _count(path) == 50
+
+
+def _read(path: Path) -> list[tuple[str, float, int, int]]:
+    """The ledger as another process sees it: its own connection, nothing flushed."""
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        return connection.execute(
+            "SELECT request_id, cost_usd, completion_tokens, open FROM ledger ORDER BY rowid"
+        ).fetchall()
+
+
+async def test_write_returns_once_the_row_is_committed(tmp_path: Path) -> None:
+    path = tmp_path / "areion.db"
+    store = SQLiteStore(str(path))
+    ledger = Ledger(store, interval=60.0)  # no timer: only write() can have written it
+    try:
+        await ledger.write(_entry(1))
+        assert _read(path) == [("req-1", 0.000_027, 20, 0)]
+    finally:
+        await ledger.aclose()
+        await store.aclose()
+
+
+async def test_an_open_row_is_closed_with_the_real_figures(tmp_path: Path) -> None:
+    path = tmp_path / "areion.db"
+    store = SQLiteStore(str(path))
+    ledger = Ledger(store, interval=60.0)
+    try:
+        bound = dataclasses.replace(_entry(1), cost_usd=0.01, completion_tokens=1024, open=True)
+        await ledger.write(bound)
+        assert _read(path) == [("req-1", 0.01, 1024, 1)]  # what a crash would leave
+        ledger.close(_entry(1))
+        await ledger.flush()
+        assert _read(path) == [("req-1", 0.000_027, 20, 0)]
+        # A stream that opened and closed within one batch is closed too.
+        ledger.record(dataclasses.replace(_entry(2), open=True))
+        ledger.close(_entry(2))
+        await ledger.flush()
+        assert _read(path)[1] == ("req-2", 0.000_027, 20, 0)
+    finally:
+        await ledger.aclose()
+        await store.aclose()
+
+
+def test_pending_rows_are_written_without_a_running_loop(tmp_path: Path) -> None:
+    path = tmp_path / "areion.db"
+    store = SQLiteStore(str(path))
+    ledger = Ledger(store, interval=60.0)
+
+    async def record() -> None:
+        ledger.record(_entry(1))
+
+    asyncio.run(record())  # its loop is gone, and the row with it unless flushed
+    ledger.flush_blocking()
+    assert _read(path) == [("req-1", 0.000_027, 20, 0)]

@@ -43,6 +43,10 @@ _FREE = PriceBound(0.0, 0.0)
 # How often a call waiting for budget looks again without being told (another
 # replica's calls settle without telling this one).
 _POLL_S = 0.25
+# Providers count a prompt with their own tokenizers, some a fifth more than cl100k, and
+# frame messages in tokens of their own: a call's money is reserved for the count plus
+# a fifth, plus these.
+_PROMPT_MARGIN = 8
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -180,7 +184,9 @@ class Admission:
         n = request.n
         output = self.outputs.tokens(request.model, max_tokens=request.max_tokens, n=n)
         tokens = prompt + output
-        usd = policy.price.cost(prompt, output)
+        # Money is reserved for what the provider may count: its tokenizer is not ours.
+        billed_prompt = prompt + prompt // 5 + _PROMPT_MARGIN
+        usd = policy.price.cost(billed_prompt, output)
         self._check_request_caps(policy, call.tenant, tokens, usd)
         now = self._clock()
         takes: list[Take] = []
@@ -217,7 +223,7 @@ class Admission:
                 windows,
                 reserve=functools.partial(self._reserve, windows),
                 reserved=usd,
-                prompt_tokens=prompt,
+                prompt_tokens=billed_prompt,
                 output_tokens=output,
                 max_output_tokens=request.max_tokens * n if request.max_tokens else None,
                 clock=self._clock,
