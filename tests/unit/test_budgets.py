@@ -7,7 +7,8 @@ import calendar
 
 import pytest
 
-from areion.config import LimitsConfig, TenantConfig
+from areion import Runtime
+from areion.config import LimitsConfig, TenantConfig, parse_config
 from areion.control import Admission, PriceBound
 from areion.control.admission import SpendSince
 from areion.control.budgets import Windows, price_bound
@@ -17,6 +18,11 @@ from areion.pricing import Price
 from areion.store.counters import MemoryCounters, Reservation
 from areion.types import ChatRequest, ChatResponse, Choice, Message, Usage
 
+CANDIDATES = {
+    "small": {"input": 1.0, "output": 2.0},
+    "medium": {"input": 3.0, "output": 5.0},
+    "strong": {"input": 10.0, "output": 30.0},
+}
 ACME = TenantConfig(name="acme", budget_usd_per_day=1.0, budget_usd_per_month=20.0)
 JAN_31_NOON = calendar.timegm((2025, 1, 31, 12, 0, 0))
 
@@ -202,3 +208,30 @@ async def test_a_per_request_cap_refuses_before_anything_is_taken() -> None:
         await admission.handle(
             Call(request=request, tenant="acme", request_id="r", started=0), never
         )
+
+
+async def test_a_cascade_reserves_every_attempt_it_may_make() -> None:
+    models = [
+        {"name": name, "provider": "sim", "model": "sim-fast", "price": price}
+        for name, price in CANDIDATES.items()
+    ]
+    config = parse_config(
+        {
+            "models": models,
+            "store": "sqlite:///:memory:",
+            "routes": [
+                {
+                    "name": "careful",
+                    "policy": "cascade",
+                    "candidates": ["small", "medium", "strong"],
+                },
+                {"name": "pick", "policy": "rules", "candidates": ["small", "strong"]},
+            ],
+            "auth": {"tenants": [{"name": "acme", "budget_usd_per_day": 1.0}]},
+        }
+    )
+    async with Runtime(config) as runtime:
+        # Small and medium at once, then perhaps strong: all three may be billed.
+        assert runtime.admission.policy(None, "acme", "careful").price == PriceBound(14.0, 37.0)
+        # A route that sends a call to one candidate: the dearest of them.
+        assert runtime.admission.policy(None, "acme", "pick").price == PriceBound(10.0, 30.0)
