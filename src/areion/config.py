@@ -148,28 +148,32 @@ class TenantConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """With no keys here, no admin keys and no active key in the store: the server is
-    open and every call is tenant `default`."""
+    """With no keys here (tenant, admin or metrics keys) and no active key in the store:
+    the server is open and every call is tenant `default`."""
 
     keys: list[AuthKey] = Field(default_factory=list)
     tenants: list[TenantConfig] = Field(default_factory=list)
     # Keys of the admin API (/v1/admin/keys); none: the admin API is off (404).
     admin_keys: list[SecretStr] = Field(default_factory=list)
+    # Keys that may read /metrics (and /healthz's per-deployment detail), besides the
+    # admin keys: for a Prometheus scraper. They call no model and see no run.
+    metrics_keys: list[SecretStr] = Field(default_factory=list)
     # How long a process trusts its lookup of a store key (made by `areion keys create`
     # or the admin API): a key revoked by another process is refused within this.
     key_cache_ttl_s: float = Field(default=5.0, gt=0, le=300)
 
     @model_validator(mode="after")
-    def _admin_keys_apart(self) -> AuthConfig:
+    def _operator_keys_apart(self) -> AuthConfig:
         tenant_keys = {key.key.get_secret_value() for key in self.keys}
-        for i, admin in enumerate(self.admin_keys):
-            if not admin.get_secret_value():
-                raise ValueError(f"admin_keys[{i}]: the key is empty")
-            if admin.get_secret_value() in tenant_keys:
-                raise ValueError(
-                    f"admin_keys[{i}]: the same as a key in auth.keys; an admin key must "
-                    "be one of its own"
-                )
+        for field, keys in (("admin_keys", self.admin_keys), ("metrics_keys", self.metrics_keys)):
+            for i, key in enumerate(keys):
+                if not key.get_secret_value():
+                    raise ValueError(f"{field}[{i}]: the key is empty")
+                if key.get_secret_value() in tenant_keys:
+                    raise ValueError(
+                        f"{field}[{i}]: the same as a key in auth.keys; it must be one of "
+                        "its own"
+                    )
         return self
 
 

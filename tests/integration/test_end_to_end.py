@@ -83,12 +83,13 @@ fallbacks:
 auth:
   keys:
     - {{key: ${{ACME_KEY}}, tenant: acme}}
+  metrics_keys: [${{METRICS_KEY}}]
 store: sqlite:///{folder / "areion.db"}
 """)
     port = free_port()
     process = start(
         ["serve", "--config", str(config), "--port", str(port)],
-        env={"SIM_KEY": "sim-secret", "ACME_KEY": "acme-secret"},
+        env={"SIM_KEY": "sim-secret", "ACME_KEY": "acme-secret", "METRICS_KEY": "scrape-secret"},
     )
     try:
         wait_ready(process, port)
@@ -158,7 +159,7 @@ def test_ledger_and_metrics_after_calls(areion: str) -> None:
     client(areion).chat.completions.create(
         model="fast", messages=[{"role": "user", "content": "count me"}], max_tokens=5
     )
-    metrics = httpx.get(areion + "/metrics").text
+    metrics = httpx.get(areion + "/metrics", headers={"authorization": "Bearer scrape-secret"}).text
     # Either of the two `fast` deployments may have answered.
     assert re.search(
         r'areion_cost_usd_total\{deployment="fast/sim-fast(#2)?",model="fast",tenant="acme"\} '

@@ -42,7 +42,8 @@ def server(tmp_path: Path) -> Iterator[tuple[ScriptedUpstream, str]]:
                     "keys": [
                         {"key": "acme-key", "tenant": "acme"},
                         {"key": "nightly-key", "tenant": "acme", "priority": "batch"},
-                    ]
+                    ],
+                    "metrics_keys": ["metrics-key"],
                 },
                 "store": f"sqlite:///{tmp_path / 'lanes.db'}",
                 "cache": {"exact": {"enabled": False}},
@@ -87,7 +88,7 @@ def test_overload_completes_interactive_and_queues_or_sheds_batch(server: Any) -
         assert int(response.headers["retry-after"]) >= 1
         assert response.json()["error"]["code"] == "overloaded"
     assert upstream.calls == 4 + len(served)
-    metrics = httpx.get(url + "/metrics").text
+    metrics = httpx.get(url + "/metrics", headers={"authorization": "Bearer metrics-key"}).text
     assert 'areion_lane_shed_total{lane="batch",model="fast"' in metrics
     assert 'areion_lane_queue_wait_seconds_count{lane="interactive",model="fast"} 4.0' in metrics
 

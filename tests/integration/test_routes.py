@@ -22,6 +22,8 @@ from tests.scripted import Behaviour, ScriptedUpstream
 from tests.support import serve_app
 
 KEY = "route-key"
+METRICS_KEY = "route-metrics-key"
+SCRAPE = {"authorization": f"Bearer {METRICS_KEY}"}
 PRICES = {"small": (0.1, 0.2), "medium": (1.0, 2.0), "strong": (10.0, 30.0)}
 
 
@@ -67,7 +69,7 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
                 "models": models,
                 "routes": routes,
                 "store": f"sqlite:///{tmp_path / 'routes.db'}",
-                "auth": {"keys": [{"key": KEY, "tenant": "acme"}]},
+                "auth": {"keys": [{"key": KEY, "tenant": "acme"}], "metrics_keys": [METRICS_KEY]},
                 "cache": {"exact": {"enabled": False}},
             }
         )
@@ -113,7 +115,7 @@ def test_rules_route_by_tier_tag_tools_and_length(fleet: Fleet) -> None:
     assert fleet.calls() == {"small": 2, "medium": 1, "strong": 2}
     # Upstreams are asked for their own model, never for the route's name.
     assert {r["model"] for r in fleet.upstreams["small"].requests} == {"small-model"}
-    metrics = httpx.get(fleet.base + "/metrics").text
+    metrics = httpx.get(fleet.base + "/metrics", headers=SCRAPE).text
     assert 'areion_route_decisions_total{model="small",reason="rule",route="auto"} 2.0' in metrics
     listed = httpx.get(fleet.base + "/v1/models", headers={"authorization": f"Bearer {KEY}"})
     assert "auto" in {m["id"] for m in listed.json()["data"]}
@@ -227,13 +229,13 @@ def test_degraded_mode_moves_non_critical_traffic_and_recovers(fleet: Fleet) -> 
     assert moved.headers["x-areion-model"].startswith("small/")
     critical = fleet.ask(headers={"x-areion-tier": "critical"})
     assert critical.headers["x-areion-model"].startswith("strong/")
-    metrics = httpx.get(fleet.base + "/metrics").text
+    metrics = httpx.get(fleet.base + "/metrics", headers=SCRAPE).text
     assert 'areion_route_degraded{route="auto"} 1.0' in metrics
     assert 'areion_route_mode_changes_total{mode="degraded",route="auto"} 1.0' in metrics
     # The fast model's latencies bring the p95 back under 0.8 x the objective.
     reasons = [fleet.ask().headers["x-areion-route-reason"] for _ in range(25)]
     assert reasons[0] == "degraded" and reasons[-1] == "default"
-    metrics = httpx.get(fleet.base + "/metrics").text
+    metrics = httpx.get(fleet.base + "/metrics", headers=SCRAPE).text
     assert 'areion_route_degraded{route="auto"} 0.0' in metrics
     assert 'areion_route_mode_changes_total{mode="normal",route="auto"} 1.0' in metrics
 

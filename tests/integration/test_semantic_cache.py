@@ -42,7 +42,10 @@ def _config(url: str, tmp_path: Path, semantic: bool = True) -> Any:
                 }
             ],
             "store": f"sqlite:///{tmp_path / 'cache.db'}",
-            "auth": {"keys": [{"key": key, "tenant": tenant} for tenant, key in KEYS.items()]},
+            "auth": {
+                "keys": [{"key": key, "tenant": tenant} for tenant, key in KEYS.items()],
+                "metrics_keys": ["metrics-key"],
+            },
             "cache": {"semantic": {"enabled": semantic}},
         }
     )
@@ -82,7 +85,7 @@ def test_paraphrase_is_a_semantic_hit_that_never_reaches_the_upstream(server: An
     assert 0 < float(hit.headers["x-areion-cache-score"]) <= 1
     assert hit.parse().choices[0].message.content == ANSWER
     assert upstream.calls == 1
-    metrics = httpx.get(url + "/metrics").text
+    metrics = httpx.get(url + "/metrics", headers={"authorization": "Bearer metrics-key"}).text
     assert 'areion_cache_requests_total{result="hit",tier="semantic"} 1.0' in metrics
     assert 'areion_cache_saved_usd_total{tier="semantic"} 2.5e-05' in metrics
 

@@ -35,6 +35,7 @@ from areion.errors import (
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
+from areion.server.ops import OpsApi
 from areion.server.runs import RunsApi
 from areion.server.schema import json_response, parse_chat_request
 from areion.streaming import ChatStream
@@ -77,17 +78,23 @@ def _authorization(scope: Scope) -> str:
     return ""
 
 
+def _own_keys(path: str) -> bool:
+    """Whether the endpoint checks its own (admin or metrics) keys."""
+    return path.startswith("/v1/admin/") or path in ("/healthz", "/metrics")
+
+
 class _Authenticate:
     """Resolves each request's bearer key before routing (a store lookup on a cache
-    miss is async), so handlers read the identity without awaiting. The admin API
-    checks its own keys; a request there is not looked up among tenant keys."""
+    miss is async), so handlers read the identity without awaiting. The admin API,
+    /healthz and /metrics check their own keys; a request there is not looked up
+    among tenant keys."""
 
     def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/v1/admin/"):
+        if scope["type"] == "http" and not _own_keys(scope["path"]):
             key = bearer_key(_authorization(scope))
             try:
                 scope[_IDENTITY] = await self.keys.identify(key)
@@ -160,19 +167,6 @@ class _Api:
                     for name in self.runtime.models
                 ],
             }
-        )
-
-    async def healthz(self, request: Request) -> Response:
-        deployments = {
-            deployment.id: deployment.breaker.state.value
-            for deployment in self.runtime.gateway.deployments.values()
-        }
-        return json_response({"status": "ok", "deployments": deployments})
-
-    async def metrics(self, request: Request) -> Response:
-        return Response(
-            self.runtime.metrics.exposition(),
-            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
 
@@ -274,8 +268,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
-            Route("/healthz", api.healthz, methods=["GET"]),
-            Route("/metrics", api.metrics, methods=["GET"]),
+            *OpsApi(runtime).routes(),
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),
