@@ -97,6 +97,7 @@ class Accounting:
         self._ledger.record(
             LedgerEntry(
                 request_id=call.request_id,
+                client_request_id=call.client_request_id,
                 tenant=call.tenant,
                 model=call.request.model,
                 deployment=deployment.id,

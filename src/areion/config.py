@@ -171,8 +171,7 @@ class AuthConfig(_Strict):
                     raise ValueError(f"{field}[{i}]: the key is empty")
                 if key.get_secret_value() in tenant_keys:
                     raise ValueError(
-                        f"{field}[{i}]: the same as a key in auth.keys; it must be one of "
-                        "its own"
+                        f"{field}[{i}]: the same as a key in auth.keys; it must be one of its own"
                     )
         return self
 

@@ -61,6 +61,9 @@ class CallOptions:
     """Who pays; whose caches, runs and limits apply."""
     request_id: str | None = None
     """Areion's id of the call; a new one by default."""
+    client_request_id: str = ""
+    """The id the client gave the request (the server's `x-request-id` header), kept in
+    the ledger beside Areion's; it names nothing inside Areion."""
     cache: str | None = None
     """`no-store` (neither read nor write the response caches) or `refresh` (skip the
     read, write anew)."""
@@ -276,6 +279,7 @@ class Runtime:
             request=request,
             tenant=options.tenant,
             request_id=options.request_id or new_request_id(),
+            client_request_id=options.client_request_id,
             started=time.perf_counter(),
         )
         cache, tier, key, priority = options.cache, options.tier, options.key, options.priority

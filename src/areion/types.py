@@ -351,3 +351,5 @@ class LedgerEntry:
     """For a cache hit: what the answer cost when it was made."""
     saved_s: float = 0.0
     """For a cache hit: how long the answer took when it was made."""
+    client_request_id: str = ""
+    """The client's own id of the request (`x-request-id`), if it gave one."""

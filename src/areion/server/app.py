@@ -122,11 +122,15 @@ class _Api:
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.identity(request)
         chat, include_usage = parse_chat_request(await request.body())
-        request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
+        # Areion's own id names the call (ledger, cache feedback): a client's id is its
+        # own choice, and another tenant could choose the same one. It is kept beside.
+        request_id = new_request_id()
+        client_request_id = request.headers.get("x-request-id", "")[:128]
         tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
         options = CallOptions(
             tenant=tenant,
             request_id=request_id,
+            client_request_id=client_request_id,
             cache=request.headers.get("x-areion-cache"),
             tier=request.headers.get("x-areion-tier") or None,
             tags=[t for t in tags if t],
@@ -134,6 +138,9 @@ class _Api:
             priority=request.headers.get("x-areion-priority") or None,
         )
         response = await self.runtime.answer(chat, options)
+        ids = {"x-request-id": request_id}
+        if client_request_id:
+            ids["x-client-request-id"] = client_request_id
         if isinstance(response, ChatStream):
             return StreamingResponse(
                 _sse(response, include_usage),
@@ -141,7 +148,7 @@ class _Api:
                 headers={
                     "x-areion-model": response.deployment,
                     "x-areion-cache": str(response.info.get("cache", "miss")),
-                    "x-request-id": response.request_id,
+                    **ids,
                     "cache-control": "no-cache",
                     **_info_headers(response.info),
                 },
@@ -152,7 +159,7 @@ class _Api:
                 "x-areion-model": response.deployment,
                 "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
                 "x-areion-cache": response.cache or "miss",
-                "x-request-id": request_id,
+                **ids,
                 **_info_headers(response.info),
             },
         )

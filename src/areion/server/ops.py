@@ -73,8 +73,7 @@ class OpsApi:
             except AuthenticationError:
                 raise AuthenticationError("invalid metrics key") from None
             raise MetricsKeyRequiredError(
-                "a tenant key cannot read /metrics; use an admin key or a key in "
-                "auth.metrics_keys"
+                "a tenant key cannot read /metrics; use an admin key or a key in auth.metrics_keys"
             )
         return Response(
             self.runtime.metrics.exposition(),

@@ -115,6 +115,7 @@ class SQLiteStore:
                     e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
                     e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
                     int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
+                    e.client_request_id,
                 )
                 for e in entries
             ]
@@ -159,6 +160,7 @@ class SQLiteStore:
                 cache=row[12],
                 saved_usd=row[13],
                 saved_s=row[14],
+                client_request_id=row[15],
             )
             for row in await self._read(read)
         ]

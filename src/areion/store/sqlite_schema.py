@@ -93,7 +93,7 @@ _TOOL_COLUMNS = (
 LEDGER_COLUMNS = (
     "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
     "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created, "
-    "cache, saved_usd, saved_s"
+    "cache, saved_usd, saved_s, client_request_id"
 )
 
 # Columns added after the first release of the ledger table: (name, declaration).
@@ -102,6 +102,7 @@ LEDGER_ADDED = (
     ("cache", "TEXT NOT NULL DEFAULT ''"),
     ("saved_usd", "REAL NOT NULL DEFAULT 0"),
     ("saved_s", "REAL NOT NULL DEFAULT 0"),
+    ("client_request_id", "TEXT NOT NULL DEFAULT ''"),
 )
 
 TABLES = """
@@ -120,7 +121,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     created REAL NOT NULL,
     cache TEXT NOT NULL DEFAULT '',      -- '' for a model call, else the cache tier that answered
     saved_usd REAL NOT NULL DEFAULT 0,   -- what a cache hit saved
-    saved_s REAL NOT NULL DEFAULT 0
+    saved_s REAL NOT NULL DEFAULT 0,
+    client_request_id TEXT NOT NULL DEFAULT ''  -- the client's x-request-id, if it sent one
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, created);
 CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
@@ -299,7 +301,7 @@ BEGIN
     SELECT {_fields("value", 6)} FROM json_each(NEW.summaries);
 
     INSERT INTO ledger ({LEDGER_COLUMNS})
-    SELECT {_fields("value", 15)} FROM json_each(NEW.ledger);
+    SELECT {_fields("value", 16)} FROM json_each(NEW.ledger);
 
     -- Cache values travel as one BLOB; each row says where its bytes are.
     INSERT INTO tool_cache (key, value, expires)
