@@ -188,7 +188,10 @@ async def test_approval_pauses_then_runs_exactly_once(make_runtime: Any) -> None
         assert done.status == "finished" and done.output == "result: refunded 12.5 on o-1"
         again = await rt.resume(paused.run_id, agent=agent)
         assert again.status == "finished"
-    assert len(executed) == 1 and executed[0][1] == f"{paused.run_id}:{paused.pending_calls[0]}"
+    assert (
+        len(executed) == 1
+        and executed[0][1] == f"default:{paused.run_id}:{paused.pending_calls[0]}"
+    )
 
 
 async def test_rejection_is_told_to_the_model(make_runtime: Any) -> None:

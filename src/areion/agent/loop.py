@@ -468,14 +468,24 @@ class RunDriver:
             )
         return _Checked(tool=item, arguments=arguments)
 
+    def _idempotency_key(self, call: ToolCall) -> str:
+        """Stable across retries and resumes: the stored one if the call has a record (a
+        key made by an earlier version keeps its shape). The tenant is in it because run
+        ids are unique only within a tenant, and the world outside is shared."""
+        record = self.records.get(call.id)
+        if record is not None and record.idempotency_key:
+            return record.idempotency_key
+        return f"{self.run.tenant}:{self.run.run_id}:{call.id}"
+
     def _record(self, call: ToolCall, status: Any, result: str | None = None) -> ToolCallRecord:
         return ToolCallRecord(
+            tenant=self.run.tenant,
             run_id=self.run.run_id,
             call_id=call.id,
             name=call.name,
             arguments=call.arguments,
             status=status,
-            idempotency_key=f"{self.run.run_id}:{call.id}",
+            idempotency_key=self._idempotency_key(call),
             result=result,
             updated=time.time(),
         )
@@ -526,7 +536,7 @@ class RunDriver:
             run_id=self.run.run_id,
             call_id=call.id,
             tenant=self.run.tenant,
-            idempotency_key=f"{self.run.run_id}:{call.id}",
+            idempotency_key=self._idempotency_key(call),
         )
         if not item.idempotent:
             # Written before the side effect: after a crash, the resume knows it may have

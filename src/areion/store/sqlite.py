@@ -179,12 +179,14 @@ class SQLiteStore:
     async def create_run(self, run: RunRecord, messages: Sequence[dict[str, Any]]) -> None:
         parts: list[Part] = [(NEW_RUNS, orjson.dumps(_run_row(run)))]
         if messages:
-            parts.append((MESSAGES, orjson.dumps((run.run_id, 0, list(messages)))))
+            parts.append((MESSAGES, orjson.dumps((run.tenant, run.run_id, 0, list(messages)))))
         try:
             await self._write(parts, _size(parts))
         except sqlite3.IntegrityError as exc:
             if "runs.run_id" in str(exc):
-                raise ValueError(f"run {run.run_id!r} already exists") from exc
+                raise ValueError(
+                    f"run {run.run_id!r} of tenant {run.tenant!r} already exists"
+                ) from exc
             raise
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -195,11 +197,19 @@ class SQLiteStore:
                 f"checkpoint of run {run.run_id!r}: message_count {run.message_count} "
                 f"is less than the {len(checkpoint.messages)} messages it adds"
             )
+        for call in checkpoint.tool_calls:
+            if (call.tenant, call.run_id) != (run.tenant, run.run_id):
+                raise ValueError(
+                    f"checkpoint of run {run.run_id!r}: tool call {call.call_id!r} belongs to "
+                    f"run {call.run_id!r} of tenant {call.tenant!r}"
+                )
         parts: list[Part] = [(RUNS, orjson.dumps(_run_row(run)))]
         if checkpoint.messages:
-            parts.append((MESSAGES, orjson.dumps((run.run_id, first, checkpoint.messages))))
+            parts.append(
+                (MESSAGES, orjson.dumps((run.tenant, run.run_id, first, checkpoint.messages)))
+            )
         if checkpoint.events:
-            parts.append((EVENTS, orjson.dumps((run.run_id, checkpoint.events))))
+            parts.append((EVENTS, orjson.dumps((run.tenant, run.run_id, checkpoint.events))))
         if checkpoint.tool_calls:
             rows = orjson.dumps([_tool_row(call) for call in checkpoint.tool_calls])
             parts.append((TOOL_CALLS, rows[1:-1]))
@@ -226,7 +236,7 @@ class SQLiteStore:
             row = db.execute(LOAD_RUN, (run_id, tenant)).fetchone()
             if row is None:
                 return None
-            return row, db.execute(LOAD_TOOL_CALLS, (run_id,)).fetchall()
+            return row, db.execute(LOAD_TOOL_CALLS, (row[1], run_id)).fetchall()
 
         found = await self._read(read)
         if found is None:
@@ -255,6 +265,7 @@ class SQLiteStore:
             messages=orjson.loads(row[17]) if row[17] is not None else [],
             tool_calls={
                 call[1]: ToolCallRecord(
+                    tenant=row[1],
                     run_id=call[0],
                     call_id=call[1],
                     name=call[2],
@@ -410,7 +421,7 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
 
 def _tool_row(call: ToolCallRecord) -> tuple[Any, ...]:
     return (
-        call.run_id, call.call_id, call.name, call.arguments, call.status,
+        call.tenant, call.run_id, call.call_id, call.name, call.arguments, call.status,
         call.idempotency_key, call.result, call.reason, call.updated,
     )  # fmt: skip
 
