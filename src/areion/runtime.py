@@ -226,6 +226,15 @@ class Runtime:
         """The model names clients can ask for: model groups, then routes."""
         return [*self.gateway.groups, *(route.name for route in self.config.routes)]
 
+    def models_for(self, key: str | None) -> list[str]:
+        """The model names the API key with this label may ask for (its `models` list),
+        in `models` order; every name for no key or a key without a list."""
+        entry = None if key is None else self.keys.limits(key)
+        if entry is None or entry.models is None:
+            return self.models
+        allowed = set(entry.models)
+        return [name for name in self.models if name in allowed]
+
     def _learned_policy(self, route: RouteConfig) -> Policy:
         return LearnedPolicy.load(route, lambda: self.embedder)
 
@@ -270,7 +279,8 @@ class Runtime:
         ):
             raise UnknownModelError(
                 f"model '{request.model}' does not exist; available: "
-                + ", ".join(sorted(self.models)),
+                # Only what the caller may call: other names are not its business.
+                + ", ".join(sorted(self.models_for(options.key))),
                 param="model",
             )
         if not request.messages:

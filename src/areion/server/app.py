@@ -165,13 +165,13 @@ class _Api:
         )
 
     async def models(self, request: Request) -> Response:
-        self.tenant(request)
+        _, key = self.identity(request)
         return json_response(
             {
                 "object": "list",
                 "data": [
                     {"id": name, "object": "model", "created": 0, "owned_by": "areion"}
-                    for name in self.runtime.models
+                    for name in self.runtime.models_for(key)
                 ],
             }
         )
