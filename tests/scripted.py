@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,9 @@ class ScriptedUpstream:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.times: list[float] = []
+        # Called as each request arrives: a test can advance its manual clock here, so
+        # a "slow" answer takes exactly as long as it says, without sleeping.
+        self.on_request: Callable[[], None] = lambda: None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -61,6 +65,7 @@ class ScriptedUpstream:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         self.times.append(time.monotonic())
+        self.on_request()
         behaviour = self.script.popleft() if self.script else self.default
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)

@@ -6,6 +6,7 @@ records what it was asked, so a test sees which model a route sent a request to.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,7 +20,7 @@ from areion import Runtime
 from areion.config import parse_config
 from areion.server import create_app
 from tests.scripted import Behaviour, ScriptedUpstream
-from tests.support import serve_app
+from tests.support import ManualClock, serve_app
 
 KEY = "route-key"
 METRICS_KEY = "route-metrics-key"
@@ -28,9 +29,10 @@ PRICES = {"small": (0.1, 0.2), "medium": (1.0, 2.0), "strong": (10.0, 30.0)}
 
 
 class Fleet:
-    def __init__(self, base: str, upstreams: dict[str, ScriptedUpstream]) -> None:
+    def __init__(self, base: str, upstreams: dict[str, ScriptedUpstream], runtime: Runtime) -> None:
         self.base = base
         self.upstreams = upstreams
+        self.runtime = runtime
 
     def calls(self) -> dict[str, int]:
         return {name: upstream.calls for name, upstream in self.upstreams.items()}
@@ -73,8 +75,9 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
                 "cache": {"exact": {"enabled": False}},
             }
         )
-        base = stack.enter_context(serve_app(create_app(Runtime(config))))
-        yield Fleet(base, upstreams)
+        runtime = Runtime(config)
+        base = stack.enter_context(serve_app(create_app(runtime)))
+        yield Fleet(base, upstreams, runtime)
 
 
 RULES = [
@@ -220,8 +223,14 @@ DEGRADING = [
 
 @pytest.mark.parametrize("fleet", [DEGRADING], indirect=True)
 def test_degraded_mode_moves_non_critical_traffic_and_recovers(fleet: Fleet) -> None:
-    strong = fleet.upstreams["strong"]
-    strong.default = Behaviour(delay=0.1)  # the strong model breaks the 50 ms objective
+    # Latencies on a manual clock: each answer takes exactly what its upstream says,
+    # however busy the machine running the test is.
+    clock = ManualClock()
+    assert fleet.runtime.router is not None
+    fleet.runtime.router.clock = clock
+    for name, upstream in fleet.upstreams.items():
+        seconds = 0.1 if name == "strong" else 0.001  # strong breaks the 50 ms objective
+        upstream.on_request = functools.partial(clock.advance, seconds)
     for _ in range(20):
         assert fleet.ask().headers["x-areion-model"].startswith("strong/")
     moved = fleet.ask()
@@ -306,7 +315,7 @@ def test_learned_route_sends_easy_prompts_cheap_and_hard_ones_strong(
             }
         )
         runtime = Runtime(config)
-        fleet = Fleet(stack.enter_context(serve_app(create_app(runtime))), upstreams)
+        fleet = Fleet(stack.enter_context(serve_app(create_app(runtime))), upstreams, runtime)
         runs = runtime.embedder.runs  # type: ignore[attr-defined]
         easy = fleet.ask(content="Say hello to Carol.", temperature=0)  # L2 looks it up
         assert easy.headers["x-areion-model"].startswith("small/")
