@@ -365,6 +365,9 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     access_log: bool = False
+    # With no auth configured, `areion serve` refuses a host beyond loopback unless
+    # this (or --allow-open) says to run open on purpose.
+    allow_open: bool = False
 
 
 class Config(_Strict):
