@@ -152,6 +152,8 @@ class AuthConfig(_Strict):
     the server is open and every call is tenant `default`."""
 
     keys: list[AuthKey] = Field(default_factory=list)
+    # Accepted here too, where earlier versions had them; `tenants:` at the top level
+    # is the documented place.
     tenants: list[TenantConfig] = Field(default_factory=list)
     # Keys of the admin API (/v1/admin/keys); none: the admin API is off (404).
     admin_keys: list[SecretStr] = Field(default_factory=list)
@@ -376,6 +378,8 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    # Limits, budgets and lane weights per tenant, over all its keys.
+    tenants: list[TenantConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: str = "sqlite:///areion.db"
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -386,6 +390,11 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
+
+    @property
+    def all_tenants(self) -> list[TenantConfig]:
+        """Every tenant's settings: those of `tenants:` and of `auth.tenants`."""
+        return [*self.tenants, *self.auth.tenants]
 
     @model_validator(mode="after")
     def _check_references(self) -> Config:
@@ -427,9 +436,16 @@ class Config(_Strict):
                     f"{where}.degraded_model: '{route.degraded_model}' is not one of the candidates"
                 )
         known = groups | route_names
-        tenants = [tenant.name for tenant in self.auth.tenants]
-        if len(tenants) != len(set(tenants)):
-            raise ValueError("auth.tenants: names must be unique")
+        for where, listed in (("tenants", self.tenants), ("auth.tenants", self.auth.tenants)):
+            names = [tenant.name for tenant in listed]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{where}: names must be unique")
+        both = {t.name for t in self.tenants} & {t.name for t in self.auth.tenants}
+        if both:
+            raise ValueError(
+                f"tenants: {', '.join(sorted(both))} also in auth.tenants; list each tenant "
+                "once (the top-level tenants: is the documented place)"
+            )
         names = [key.name for key in self.auth.keys if key.name]
         if len(names) != len(set(names)):
             raise ValueError("auth.keys: names must be unique")

@@ -126,7 +126,7 @@ class Runtime:
             self.store.counters,
             keys=self.config.auth.keys,
             lookup=self.keys.limits,
-            tenants=self.config.auth.tenants,
+            tenants=self.config.all_tenants,
             limits=self.config.limits,
             prices=self._price_bounds(),
             spend_since=lambda since: self.store.spend_by_tenant(since=since),
@@ -259,7 +259,7 @@ class Runtime:
             max_queued=lanes.max_queued,
             interactive_reserve=lanes.interactive_reserve,
             batch_every=lanes.batch_every,
-            weights={t.name: t.weight for t in self.config.auth.tenants},
+            weights={t.name: t.weight for t in self.config.all_tenants},
             registry=self.metrics.registry,
         )
 

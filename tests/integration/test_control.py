@@ -268,6 +268,32 @@ async def test_a_key_may_use_only_its_models_and_a_cache_hit_costs_no_tokens(
             assert tokens[2] == pytest.approx(600 - used - estimate, abs=2)
 
 
+async def test_tenants_beside_auth_set_limits_too(upstream: Any, tmp_path: Path) -> None:
+    """The control-plane issue's shape: `tenants:` at the top level, beside `auth:`."""
+    _, url = upstream
+    settings = {
+        "models": [{"name": "fast", "provider": "openai", "base_url": url + "/v1", "price": PRICE}],
+        "store": f"sqlite:///{tmp_path / 'areion.db'}",
+        "auth": {
+            "keys": [{"key": KEY, "tenant": "acme"}, {"key": OTHER_KEY, "tenant": "globex"}],
+            "tenants": [{"name": "globex", "max_tokens_per_request": 100}],
+        },
+        "tenants": [{"name": "acme", "max_tokens_per_request": 100}],
+    }
+    with serve_app(create_app(Runtime(parse_config(settings)))) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            for key in (KEY, OTHER_KEY):  # either place applies
+                big = await http.post(
+                    "/v1/chat/completions", json=chat(max_tokens=500), headers=auth(key)
+                )
+                assert big.status_code == 402, big.text
+                assert big.json()["error"]["code"] == "budget_exceeded"
+                small = await http.post(
+                    "/v1/chat/completions", json=chat(max_tokens=20), headers=auth(key)
+                )
+                assert small.status_code == 200
+
+
 def test_the_issue_config_parses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from areion.config import load_config
 
