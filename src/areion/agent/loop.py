@@ -35,6 +35,7 @@ from areion.agent.events import (
 from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_result
 from areion.cache.plans import PlanHit, offered_plan
 from areion.errors import AreionError, BudgetExceededError
+from areion.pricing import round_usd
 from areion.store.base import Store
 from areion.store.counters import Take
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
@@ -96,7 +97,7 @@ class RunResult:
             status=run.status,
             output=run.output,
             steps=run.steps,
-            cost_usd=run.cost_usd,
+            cost_usd=round_usd(run.cost_usd),  # the run's row keeps the exact sum
             usage=Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens),
             pause_reason=run.pause_reason,
             error=run.error,
@@ -365,8 +366,8 @@ class RunDriver:
                 run_id=self.run.run_id,
                 step=step,
                 usage=self._last_usage,
-                cost_usd=self._last_cost,
-                total_cost_usd=self.run.cost_usd,
+                cost_usd=round_usd(self._last_cost),
+                total_cost_usd=round_usd(self.run.cost_usd),
             )
         )
 

@@ -32,6 +32,7 @@ from areion.errors import (
     RateLimitedError,
     StreamInterruptedError,
 )
+from areion.pricing import usd_text
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
@@ -157,7 +158,7 @@ class _Api:
             response.to_openai(),
             headers={
                 "x-areion-model": response.deployment,
-                "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
+                "x-areion-cost-usd": usd_text(response.cost_usd or 0.0),
                 "x-areion-cache": response.cache or "miss",
                 **ids,
                 **_info_headers(response.info),
@@ -223,7 +224,7 @@ async def _events(stream: ChatStream, include_usage: bool) -> AsyncIterator[byte
         yield b"data: " + orjson.dumps(body) + b"\n\n"
         return
     if stream.cost_usd is not None:
-        yield f": x-areion-cost-usd={stream.cost_usd:.10f}\n\n".encode()
+        yield f": x-areion-cost-usd={usd_text(stream.cost_usd)}\n\n".encode()
     yield b"data: [DONE]\n\n"
 
 

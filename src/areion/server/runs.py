@@ -26,6 +26,7 @@ from areion.agent.runner import RunNotFoundError, new_run_id
 from areion.cache.plans import offered_plan
 from areion.config import AgentConfig
 from areion.errors import ConfigError, RequestError
+from areion.pricing import round_usd
 from areion.runtime import Runtime
 from areion.server.schema import json_response, parse_body
 from areion.store.records import RunSnapshot
@@ -107,7 +108,7 @@ def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
             "completion_tokens": run.completion_tokens,
             "total_tokens": run.prompt_tokens + run.completion_tokens,
         },
-        "cost_usd": run.cost_usd,
+        "cost_usd": round_usd(run.cost_usd),
         "plan_hit": None
         if plan is None
         else {"entry": plan.entry, "task": plan.task, "score": plan.score},
