@@ -7,6 +7,7 @@ upstream records what it received, so a test can assert both sides.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,9 @@ class Behaviour:
     # streaming: break the connection after this many content chunks
     break_after: int | None = None
     chunk_delay: float = 0.0
+    # Hold the answer until the test sets this: requests in flight, for as long as the
+    # test needs, without guessing a delay.
+    hold: threading.Event | None = None
 
 
 class ScriptedUpstream:
@@ -69,6 +73,8 @@ class ScriptedUpstream:
         behaviour = self.script.popleft() if self.script else self.default
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
+        if behaviour.hold is not None:
+            await asyncio.to_thread(behaviour.hold.wait, 60)
         if behaviour.status != 200:
             headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
             error = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import threading
 import time
@@ -11,6 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+
+
+class FirstChoice(random.Random):
+    """A balancer's tie-breaker that always takes the first candidate (config order)."""
+
+    def choice(self, seq: Any) -> Any:
+        return seq[0]
 
 
 class ManualClock:

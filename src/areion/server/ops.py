@@ -10,8 +10,6 @@ lets calls through; when none does, 503, so a load balancer takes the replica ou
 
 from __future__ import annotations
 
-import time
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -53,7 +51,7 @@ class OpsApi:
 
     async def healthz(self, request: Request) -> Response:
         deployments = self.runtime.gateway.deployments.values()
-        now = time.monotonic()
+        now = self.runtime.gateway.clock()
         healthy = any(deployment.breaker.available(now) for deployment in deployments)
         body: dict[str, object] = {"status": "ok" if healthy else "unavailable"}
         if await self._operator(request):
