@@ -90,7 +90,8 @@ class Admission:
         self._prices = dict(prices)
         self._windows = Windows(self._tenants.values())
         self._spend_since = spend_since
-        self._clock = clock
+        self.clock = clock
+        """Unix time for rate buckets and budget windows; replaceable (a manual clock)."""
         self._policies: dict[tuple[str | None, str, str], tuple[KeyLimits | None, Policy]] = {}
         self._seeded = not self._windows or spend_since is None
         self._seeding = asyncio.Lock()
@@ -166,7 +167,7 @@ class Admission:
         tokens = prompt + output
         usd = policy.price.cost(prompt, output)
         self._check_request_caps(policy, call.tenant, tokens, usd)
-        now = self._clock()
+        now = self.clock()
         takes: list[Take] = []
         report: RateReport | None = None
         if policy.limits:
@@ -229,7 +230,7 @@ class Admission:
             )
 
     async def _settle(self, admitted: _Admitted, tokens: int, usd: float) -> None:
-        now = self._clock()
+        now = self.clock()
         for take in admitted.takes:
             await self._counters.give(take, admitted.tokens - tokens, now)
         for window in admitted.windows:
@@ -247,7 +248,7 @@ class Admission:
         async with self._seeding:
             if self._seeded or self._spend_since is None:
                 return
-            now = self._clock()
+            now = self.clock()
             windows = [w for tenant in self._windows.tenants for w in self._windows.of(tenant, now)]
             spent: dict[float, dict[str, float]] = {}
             for window in windows:

@@ -69,9 +69,11 @@ def sqlite_path(url: str) -> str:
 class SQLiteStore:
     """`Store` over one SQLite database file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
-        self._writer = Writer(path)
+        # Unix time of cache expiry; a test's manual clock moves it without waiting.
+        self._clock = clock
+        self._writer = Writer(path, clock=clock)
         # An in-memory database exists only on the writer's connection.
         self._reader = Reader(path) if path != ":memory:" else None
         self._schema_ready = False
@@ -335,11 +337,11 @@ class SQLiteStore:
     # -- memoized tool results ----------------------------------------------------------
 
     async def cache_get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._read(_scalar(CACHE_GET, (key, time.time())))
+        value: bytes | None = await self._read(_scalar(CACHE_GET, (key, self._clock())))
         return value
 
     async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
-        await self._write([(CACHE, (key, bytes(value), time.time() + ttl))], len(value))
+        await self._write([(CACHE, (key, bytes(value), self._clock() + ttl))], len(value))
 
     # -- API keys -----------------------------------------------------------------------
 
