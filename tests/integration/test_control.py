@@ -366,7 +366,7 @@ async def test_an_agent_run_pauses_when_its_tenant_budget_is_out(tmp_path: Path)
             }
         )
         agent = Agent(name="a", model="fast", tools=[lookup], max_steps=10)
-        async with Runtime(cfg) as rt:
+        async with runtime_at(cfg, ManualClock(time.time())) as rt:  # one budget day
             paused = await rt.run(agent, "go")
             assert paused.status == "paused", paused
             assert (paused.pause_reason or "").startswith("tenant budget exhausted: Budget")
