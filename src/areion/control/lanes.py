@@ -334,9 +334,7 @@ class _Group:
         tag = queue.tag_for(tenant)
         self._make_room(queue, tag)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(
-            loop.create_future(), tenant, lane, tag, queue.next_seq(), self.clock()
-        )
+        waiter = _Waiter(loop.create_future(), tenant, lane, tag, queue.next_seq(), self.clock())
         queue.push(waiter, self.weights.get(tenant, 1.0))
         if queue.limits.max_wait_s is not None:
             waiter.timer = loop.call_later(queue.limits.max_wait_s, self._expire, waiter)
