@@ -15,7 +15,7 @@ The tree splits "you configured or called it wrong" from "the world failed"::
     │   ├── CacheNotFoundError      (server.cache) no such entry or hit, tier off 404
     │   ├── AdminDisabledError      (server.admin) no admin keys configured       404
     │   ├── AdminOnlyError          (server.admin) a tenant key on the admin API  403
-    │   ├── MetricsKeyRequiredError (server.ops) a tenant key on /metrics          403
+    │   ├── MetricsKeyRequiredError (server.ops) a tenant key on /metrics         403
     │   ├── KeyNotFoundError        (control.keys) no such API key                404
     │   └── KeyConflictError        (control.keys) the key name is taken          409
     ├── LimitError                  Areion's own limits refused the call
