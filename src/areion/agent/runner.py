@@ -113,8 +113,8 @@ class AgentRunner:
         if (run.agent, run.input, run.session) != (agent.name, input, session):
             raise RunExistsError(
                 f"you already have a run '{run_id}' (agent '{run.agent}', status "
-                f"{run.status}) with another input; choose another run_id, or resume that "
-                "run by its id",
+                f"{run.status}) with another agent, input or session; choose another "
+                "run_id, or resume that run by its id",
                 param="run_id",
             )
         return snapshot
