@@ -28,3 +28,7 @@ def make_echo() -> Agent:
 
 
 not_an_agent = 42
+
+
+def make_looker() -> Agent:
+    return Agent(name="looker", model="fast", instructions="Look it up.", tools=[lookup])

@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +36,12 @@ class Behaviour:
     # ...once this is set (by the test, when it has read them), so the chunks sent
     # before the break reach the client before the broken connection does
     break_gate: threading.Event | None = None
-    # answer only once this is set: a call held in flight for as long as a test needs
-    gate: threading.Event | None = None
     # set when a request takes this behaviour: the test knows the call is in flight
     arrived: threading.Event | None = None
     chunk_delay: float = 0.0
+    # Hold the answer until the test sets this: requests in flight, for as long as the
+    # test needs, without guessing a delay.
+    hold: threading.Event | None = None
 
 
 class ScriptedUpstream:
@@ -50,6 +52,9 @@ class ScriptedUpstream:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.times: list[float] = []
+        # Called as each request arrives: a test can advance its manual clock here, so
+        # a "slow" answer takes exactly as long as it says, without sleeping.
+        self.on_request: Callable[[], None] = lambda: None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -69,13 +74,14 @@ class ScriptedUpstream:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         self.times.append(time.monotonic())
+        self.on_request()
         behaviour = self.script.popleft() if self.script else self.default
         if behaviour.arrived is not None:
             behaviour.arrived.set()
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
-        if behaviour.gate is not None:
-            await asyncio.to_thread(behaviour.gate.wait, 30)
+        if behaviour.hold is not None:
+            await asyncio.to_thread(behaviour.hold.wait, 60)
         if behaviour.status != 200:
             headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
             error = {

@@ -139,6 +139,7 @@ def _entry(
 ) -> LedgerEntry:
     return LedgerEntry(
         request_id=call.request_id,
+        client_request_id=call.client_request_id,
         tenant=call.tenant,
         model=call.request.model,
         deployment=deployment.id,

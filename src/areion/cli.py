@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import ipaddress
 import logging
 import math
 import os
@@ -39,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
     config, source = _config(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    _refuse_open(config, host, allow_open=args.allow_open)
     runtime = Runtime(config)
     model = runtime.models[0]
     url = f"http://{host}:{port}"
@@ -70,6 +73,44 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything
+
+
+async def _has_auth(config: Config) -> bool:
+    """Whether the server will require a key: config keys, or an active key in the store."""
+    from areion.control.keys import KeyRing
+    from areion.store import open_store
+
+    store = open_store(config.store)
+    try:
+        return await KeyRing(config.auth, store).closed()
+    finally:
+        await store.aclose()
+
+
+def _refuse_open(config: Config, host: str, *, allow_open: bool) -> None:
+    """Safe by default: an open server (no key anywhere) is for this machine only.
+
+    Beyond loopback, anyone who reaches it could spend on every model and read every
+    run of tenant `default`; serving so takes an explicit `--allow-open`."""
+    if allow_open or config.server.allow_open or _loopback(host):
+        return
+    if asyncio.run(_has_auth(config)):
+        return
+    raise ConfigError(
+        f"refusing to serve {host} without authentication: anyone who can reach it could "
+        "call every model. Configure auth (auth.keys or auth.admin_keys in the config, or "
+        "`areion keys create`), serve on 127.0.0.1, or pass --allow-open (or set "
+        "server.allow_open: true) to run open on purpose"
+    )
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -286,6 +327,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG} if present)")
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="serve without authentication on an address beyond loopback",
+    )
     serve.add_argument(
         "--log-level",
         default=os.environ.get("AREION_LOG_LEVEL", "info"),

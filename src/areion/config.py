@@ -148,28 +148,33 @@ class TenantConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """With no keys here, no admin keys and no active key in the store: the server is
-    open and every call is tenant `default`."""
+    """With no keys here (tenant, admin or metrics keys) and no active key in the store:
+    the server is open and every call is tenant `default`."""
 
     keys: list[AuthKey] = Field(default_factory=list)
+    # Accepted here too, where earlier versions had them; `tenants:` at the top level
+    # is the documented place.
     tenants: list[TenantConfig] = Field(default_factory=list)
     # Keys of the admin API (/v1/admin/keys); none: the admin API is off (404).
     admin_keys: list[SecretStr] = Field(default_factory=list)
+    # Keys that may read /metrics (and /healthz's per-deployment detail), besides the
+    # admin keys: for a Prometheus scraper. They call no model and see no run.
+    metrics_keys: list[SecretStr] = Field(default_factory=list)
     # How long a process trusts its lookup of a store key (made by `areion keys create`
     # or the admin API): a key revoked by another process is refused within this.
     key_cache_ttl_s: float = Field(default=5.0, gt=0, le=300)
 
     @model_validator(mode="after")
-    def _admin_keys_apart(self) -> AuthConfig:
+    def _operator_keys_apart(self) -> AuthConfig:
         tenant_keys = {key.key.get_secret_value() for key in self.keys}
-        for i, admin in enumerate(self.admin_keys):
-            if not admin.get_secret_value():
-                raise ValueError(f"admin_keys[{i}]: the key is empty")
-            if admin.get_secret_value() in tenant_keys:
-                raise ValueError(
-                    f"admin_keys[{i}]: the same as a key in auth.keys; an admin key must "
-                    "be one of its own"
-                )
+        for field, keys in (("admin_keys", self.admin_keys), ("metrics_keys", self.metrics_keys)):
+            for i, key in enumerate(keys):
+                if not key.get_secret_value():
+                    raise ValueError(f"{field}[{i}]: the key is empty")
+                if key.get_secret_value() in tenant_keys:
+                    raise ValueError(
+                        f"{field}[{i}]: the same as a key in auth.keys; it must be one of its own"
+                    )
         return self
 
 
@@ -381,6 +386,9 @@ class ServerConfig(_Strict):
     # Open client connections at most; one more is answered 503 and closed. Keep it
     # below the process's open-file limit (`ulimit -n`), which upstream connections share.
     max_connections: int = Field(default=512, ge=1)
+    # With no auth configured, `areion serve` refuses a host beyond loopback unless
+    # this (or --allow-open) says to run open on purpose.
+    allow_open: bool = False
 
 
 class Config(_Strict):
@@ -389,6 +397,8 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    # Limits, budgets and lane weights per tenant, over all its keys.
+    tenants: list[TenantConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: str = "sqlite:///areion.db"
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -399,6 +409,11 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
+
+    @property
+    def all_tenants(self) -> list[TenantConfig]:
+        """Every tenant's settings: those of `tenants:` and of `auth.tenants`."""
+        return [*self.tenants, *self.auth.tenants]
 
     @model_validator(mode="after")
     def _check_references(self) -> Config:
@@ -440,9 +455,16 @@ class Config(_Strict):
                     f"{where}.degraded_model: '{route.degraded_model}' is not one of the candidates"
                 )
         known = groups | route_names
-        tenants = [tenant.name for tenant in self.auth.tenants]
-        if len(tenants) != len(set(tenants)):
-            raise ValueError("auth.tenants: names must be unique")
+        for where, listed in (("tenants", self.tenants), ("auth.tenants", self.auth.tenants)):
+            names = [tenant.name for tenant in listed]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{where}: names must be unique")
+        both = {t.name for t in self.tenants} & {t.name for t in self.auth.tenants}
+        if both:
+            raise ValueError(
+                f"tenants: {', '.join(sorted(both))} also in auth.tenants; list each tenant "
+                "once (the top-level tenants: is the documented place)"
+            )
         names = [key.name for key in self.auth.keys if key.name]
         if len(names) != len(set(names)):
             raise ValueError("auth.keys: names must be unique")

@@ -11,10 +11,12 @@ The tree splits "you configured or called it wrong" from "the world failed"::
     │   ├── UnknownModelError       no model group or route of that name         404
     │   ├── ReplayMissError         the replay recording has no such prompt      404
     │   ├── RunNotFoundError        (agent.runner) no such run for the caller     404
+    │   ├── RunExistsError          (agent.runner) the caller's run id is taken   409
     │   ├── CacheNotFoundError      (server.cache) no such entry or hit, tier off 404
     │   ├── AdminDisabledError      (server.admin) no admin keys configured       404
     │   ├── AdminOnlyError          (server.admin) a tenant key on the admin API  403
     │   ├── BodyTooLargeError       (server.guard) past server.max_body_bytes     413
+    │   ├── MetricsKeyRequiredError (server.ops) a tenant key on /metrics         403
     │   ├── KeyNotFoundError        (control.keys) no such API key                404
     │   └── KeyConflictError        (control.keys) the key name is taken          409
     ├── LimitError                  Areion's own limits refused the call

@@ -32,6 +32,8 @@ class Call:
     """Who asks, and pays."""
     request_id: str
     """Areion's id of the request."""
+    client_request_id: str = ""
+    """The client's own id of the request, if it gave one."""
     started: float
     """`time.perf_counter()` at arrival."""
     annotations: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from areion.types import Usage
 
-__all__ = ["Price", "PriceBound", "cost", "default_price", "price_bound"]
+__all__ = ["Price", "PriceBound", "cost", "default_price", "price_bound", "round_usd", "usd_text"]
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -47,6 +47,18 @@ _FREE = Price(input=0.0, output=0.0)
 def default_price(model: str) -> Price:
     """The list price of a known upstream model id, or zero for an unknown one."""
     return _LIST_PRICES.get(model, _FREE)
+
+
+def round_usd(amount: float) -> float:
+    """Money as it is shown: to 1e-10 USD (a token at the cheapest list price is 1e-8),
+    so the float noise of a sum (7.300000000000001e-05) does not show. Sums are kept
+    exact; only what leaves for a person or a client is rounded."""
+    return round(amount, 10)
+
+
+def usd_text(amount: float) -> str:
+    """Money as a plain decimal string for headers and text: `0.000073`, never `7.3e-05`."""
+    return f"{round_usd(amount):.10f}".rstrip("0").rstrip(".")
 
 
 def cost(usage: Usage, price: Price) -> float:

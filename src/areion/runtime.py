@@ -64,6 +64,9 @@ class CallOptions:
     """Who pays; whose caches, runs and limits apply."""
     request_id: str | None = None
     """Areion's id of the call; a new one by default."""
+    client_request_id: str = ""
+    """The id the client gave the request (the server's `x-request-id` header), kept in
+    the ledger beside Areion's; it names nothing inside Areion."""
     cache: str | None = None
     """`no-store` (neither read nor write the response caches) or `refresh` (skip the
     read, write anew)."""
@@ -126,7 +129,7 @@ class Runtime:
             self.store.counters,
             keys=self.config.auth.keys,
             lookup=self.keys.limits,
-            tenants=self.config.auth.tenants,
+            tenants=self.config.all_tenants,
             limits=self.config.limits,
             prices=self._price_bounds(),
             spend_since=lambda since: self.store.spend_by_tenant(since=since),
@@ -235,6 +238,15 @@ class Runtime:
         """The model names clients can ask for: model groups, then routes."""
         return [*self.gateway.groups, *(route.name for route in self.config.routes)]
 
+    def models_for(self, key: str | None) -> list[str]:
+        """The model names the API key with this label may ask for (its `models` list),
+        in `models` order; every name for no key or a key without a list."""
+        entry = None if key is None else self.keys.limits(key)
+        if entry is None or entry.models is None:
+            return self.models
+        allowed = set(entry.models)
+        return [name for name in self.models if name in allowed]
+
     def _learned_policy(self, route: RouteConfig) -> Policy:
         return LearnedPolicy.load(route, lambda: self.embedder)
 
@@ -259,7 +271,7 @@ class Runtime:
             max_queued=lanes.max_queued,
             interactive_reserve=lanes.interactive_reserve,
             batch_every=lanes.batch_every,
-            weights={t.name: t.weight for t in self.config.auth.tenants},
+            weights={t.name: t.weight for t in self.config.all_tenants},
             registry=self.metrics.registry,
         )
 
@@ -279,7 +291,8 @@ class Runtime:
         ):
             raise UnknownModelError(
                 f"model '{request.model[:100]}' does not exist; available: "
-                + ", ".join(sorted(self.models)),
+                # Only what the caller may call: other names are not its business.
+                + ", ".join(sorted(self.models_for(options.key))),
                 param="model",
             )
         if not request.messages:
@@ -288,6 +301,7 @@ class Runtime:
             request=request,
             tenant=options.tenant,
             request_id=options.request_id or new_request_id(),
+            client_request_id=options.client_request_id,
             started=time.perf_counter(),
         )
         cache, tier, key, priority = options.cache, options.tier, options.key, options.priority

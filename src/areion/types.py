@@ -361,3 +361,5 @@ class LedgerEntry:
     open: bool = False
     """A stream still in progress: its cost is what it may cost at most, until the row is
     closed with the real figures when the stream ends (a crash leaves it open)."""
+    client_request_id: str = ""
+    """The client's own id of the request (`x-request-id`), if it gave one."""

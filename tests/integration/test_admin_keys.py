@@ -166,3 +166,37 @@ def test_admin_api_is_off_without_admin_keys(upstream: str, tmp_path: Path) -> N
         reply = http.get("/v1/admin/keys", headers=bearer(TENANT_KEY))
         assert reply.status_code == 404
         assert "auth.admin_keys" in reply.json()["error"]["message"]
+
+
+def test_a_key_learns_only_the_models_it_may_call(upstream: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        upstream,
+        admin_keys=[ADMIN],
+        keys=[
+            {"key": TENANT_KEY, "tenant": "acme", "models": ["fast"]},
+            {"key": "sk-config-open-0123456789", "tenant": "acme"},
+        ],
+    )
+    with (
+        serve_app(create_app(Runtime(load_config(config)))) as base,
+        httpx.Client(base_url=base, timeout=30) as http,
+    ):
+        made = http.post(
+            "/v1/admin/keys",
+            headers=bearer(ADMIN),
+            json={"tenant": "globex", "name": "strong-only", "models": ["strong"]},
+        )
+        assert made.status_code == 201
+        cases = [
+            (TENANT_KEY, ["fast"]),  # a config key with a model list
+            (made.json()["key"], ["strong"]),  # a store key with one
+            ("sk-config-open-0123456789", ["fast", "strong"]),  # no list: every model
+        ]
+        for key, allowed in cases:
+            missing = http.post("/v1/chat/completions", json=chat("nope"), headers=bearer(key))
+            assert missing.status_code == 404
+            message = missing.json()["error"]["message"]
+            assert message.endswith("available: " + ", ".join(allowed))
+            listed = http.get("/v1/models", headers=bearer(key)).json()["data"]
+            assert [model["id"] for model in listed] == allowed

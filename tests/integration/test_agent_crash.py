@@ -112,7 +112,7 @@ async def test_kill_9_mid_run_then_resume_elsewhere(tmp_path: Path) -> None:
         ("acct-2", 20),
         ("acct-3", 30),
     ]
-    assert {key for key, _, _ in charges} == {f"{run_id}:{c}" for c in charge_calls}
+    assert {key for key, _, _ in charges} == {f"default:{run_id}:{c}" for c in charge_calls}
     # A charge recorded as done is never invoked again; one cut off mid-way by a kill is
     # re-invoked once, with the same key, and the bank keeps a single charge.
     assert all(count <= 2 for count in attempts.values()), attempts

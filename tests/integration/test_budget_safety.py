@@ -206,7 +206,7 @@ async def test_calls_without_max_tokens_reserve_what_the_model_produces(
 async def test_a_refusal_caused_by_calls_in_flight_says_so(upstreams: Any, tmp_path: Path) -> None:
     _, _, working, working_url = upstreams
     gate, arrived = threading.Event(), threading.Event()
-    working.script.append(Behaviour(gate=gate, arrived=arrived))
+    working.script.append(Behaviour(hold=gate, arrived=arrived))
     db = tmp_path / "areion.db"
     limits = {"budget_wait_s": 0}
     with serve(db, [model("fast", working_url, CHEAP)], budget=0.0003, limits=limits) as url:

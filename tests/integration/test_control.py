@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from areion.store import SQLiteStore
 from areion.tokenizer import estimate_usage
 from areion.types import ChatRequest, Message
 from tests.scripted import Behaviour, ScriptedUpstream
-from tests.support import serve_app
+from tests.support import ManualClock, serve_app
 
 KEY = "sk-acme-control-0123456789"
 OTHER_KEY = "sk-acme-batch-0123456789"
@@ -73,6 +74,13 @@ def config(url: str, db: Path, *, keys: list[dict[str, Any]], tenants: list[dict
     )
 
 
+def runtime_at(cfg: Any, clock: ManualClock) -> Runtime:
+    """A runtime whose limits and budgets read `clock`."""
+    runtime = Runtime(cfg)
+    runtime.admission.clock = clock
+    return runtime
+
+
 def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "fast", "messages": MESSAGES, **extra}
 
@@ -103,7 +111,8 @@ async def test_concurrent_calls_never_overspend_a_tenant_budget(
         keys=[{"key": KEY, "tenant": "acme"}],
         tenants=[{"name": "acme", "budget_usd_per_day": budget, "budget_usd_per_month": 500.0}],
     )
-    with serve_app(create_app(Runtime(cfg))) as base:
+    clock = ManualClock(time.time())  # no UTC midnight mid-test: one budget day
+    with serve_app(create_app(runtime_at(cfg, clock))) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             replies = await asyncio.gather(
                 *(
@@ -124,7 +133,7 @@ async def test_concurrent_calls_never_overspend_a_tenant_budget(
     assert calls == 10 and spent <= budget
 
     # A restart does not reset the budget: today's spend comes back from the ledger.
-    with serve_app(create_app(Runtime(cfg))) as base:
+    with serve_app(create_app(runtime_at(cfg, clock))) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             again = await http.post("/v1/chat/completions", json=chat(max_tokens=7), headers=auth())
     assert again.status_code == 402
@@ -139,7 +148,9 @@ async def test_a_burst_gets_the_rpm_and_a_usable_retry_after(upstream: Any, tmp_
         keys=[{"key": KEY, "tenant": "acme", "rpm": 30, "tpm": 200_000}],
         tenants=[],
     )
-    with serve_app(create_app(Runtime(cfg))) as base:
+    # The buckets refill only when the test moves the clock, however long the burst takes.
+    clock = ManualClock(time.time())
+    with serve_app(create_app(runtime_at(cfg, clock))) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             replies = await asyncio.gather(
                 *(
@@ -161,8 +172,8 @@ async def test_a_burst_gets_the_rpm_and_a_usable_retry_after(upstream: Any, tmp_
             assert "key 'key-" in error["message"] and "limit 30" in error["message"]
             assert limited[0].headers["x-ratelimit-remaining-requests"] == "0"
             wait = int(limited[0].headers["retry-after"])
-            assert 1 <= wait <= 2  # one request per 2 s refills
-            await asyncio.sleep(wait)
+            assert wait == 2  # one request per 2 s refills
+            clock.advance(wait)
             retried = await http.post("/v1/chat/completions", json=chat(), headers=auth())
             assert retried.status_code == 200
 
@@ -174,7 +185,9 @@ async def test_streams_are_reconciled_with_their_real_tokens(upstream: Any, tmp_
         url, tmp_path / "areion.db", keys=[{"key": KEY, "tenant": "acme", "tpm": tpm}], tenants=[]
     )
     stream_body = chat(max_tokens=20, stream=True, stream_options={"include_usage": True})
-    with serve_app(create_app(Runtime(cfg))) as base:
+    # No refill between calls: the counts below are exact. A stream is reconciled as it
+    # ends, before its last bytes leave, so the next call sees it without waiting.
+    with serve_app(create_app(runtime_at(cfg, ManualClock(time.time())))) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
 
             async def remaining_after(body: dict[str, Any]) -> int:
@@ -189,18 +202,16 @@ async def test_streams_are_reconciled_with_their_real_tokens(upstream: Any, tmp_
             # Uses less than reserved: 200 reserved for output, 5 used; 195 come back.
             up.then(Behaviour(usage=usage(PROMPT, 5)))
             first = await remaining_after({**stream_body, "max_tokens": 200})
-            assert first == pytest.approx(tpm - (PROMPT + 200), abs=2)
-            await asyncio.sleep(0.05)
+            assert first == tpm - (PROMPT + 200)
             up.then(Behaviour(usage=usage(PROMPT, 5)))
             second = await remaining_after(stream_body)
             # Without reconciliation: tpm - (PROMPT + 200) - (PROMPT + 20).
-            assert second == pytest.approx(tpm - (PROMPT + 5) - (PROMPT + 20), abs=12)
+            assert second == tpm - (PROMPT + 5) - (PROMPT + 20)
 
             # Uses more than reserved (20): the excess is charged when the stream ends,
             # and the tokens-per-minute limit holds the next call back.
             up.then(Behaviour(usage=usage(PROMPT, 700)))
             await remaining_after(stream_body)
-            await asyncio.sleep(0.05)
             blocked = await http.post(
                 "/v1/chat/completions", json=chat(max_tokens=20), headers=auth()
             )
@@ -268,6 +279,32 @@ async def test_a_key_may_use_only_its_models_and_a_cache_hit_costs_no_tokens(
             assert tokens[2] == pytest.approx(600 - used - estimate, abs=2)
 
 
+async def test_tenants_beside_auth_set_limits_too(upstream: Any, tmp_path: Path) -> None:
+    """The control-plane issue's shape: `tenants:` at the top level, beside `auth:`."""
+    _, url = upstream
+    settings = {
+        "models": [{"name": "fast", "provider": "openai", "base_url": url + "/v1", "price": PRICE}],
+        "store": f"sqlite:///{tmp_path / 'areion.db'}",
+        "auth": {
+            "keys": [{"key": KEY, "tenant": "acme"}, {"key": OTHER_KEY, "tenant": "globex"}],
+            "tenants": [{"name": "globex", "max_tokens_per_request": 100}],
+        },
+        "tenants": [{"name": "acme", "max_tokens_per_request": 100}],
+    }
+    with serve_app(create_app(Runtime(parse_config(settings)))) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            for key in (KEY, OTHER_KEY):  # either place applies
+                big = await http.post(
+                    "/v1/chat/completions", json=chat(max_tokens=500), headers=auth(key)
+                )
+                assert big.status_code == 402, big.text
+                assert big.json()["error"]["code"] == "budget_exceeded"
+                small = await http.post(
+                    "/v1/chat/completions", json=chat(max_tokens=20), headers=auth(key)
+                )
+                assert small.status_code == 200
+
+
 def test_the_issue_config_parses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from areion.config import load_config
 
@@ -329,7 +366,7 @@ async def test_an_agent_run_pauses_when_its_tenant_budget_is_out(tmp_path: Path)
             }
         )
         agent = Agent(name="a", model="fast", tools=[lookup], max_steps=10)
-        async with Runtime(cfg) as rt:
+        async with runtime_at(cfg, ManualClock(time.time())) as rt:  # one budget day
             paused = await rt.run(agent, "go")
             assert paused.status == "paused", paused
             assert (paused.pause_reason or "").startswith("tenant budget exhausted: Budget")

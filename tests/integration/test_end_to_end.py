@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,12 +83,13 @@ fallbacks:
 auth:
   keys:
     - {{key: ${{ACME_KEY}}, tenant: acme}}
+  metrics_keys: [${{METRICS_KEY}}]
 store: sqlite:///{folder / "areion.db"}
 """)
     port = free_port()
     process = start(
         ["serve", "--config", str(config), "--port", str(port)],
-        env={"SIM_KEY": "sim-secret", "ACME_KEY": "acme-secret"},
+        env={"SIM_KEY": "sim-secret", "ACME_KEY": "acme-secret", "METRICS_KEY": "scrape-secret"},
     )
     try:
         wait_ready(process, port)
@@ -159,7 +159,7 @@ def test_ledger_and_metrics_after_calls(areion: str) -> None:
     client(areion).chat.completions.create(
         model="fast", messages=[{"role": "user", "content": "count me"}], max_tokens=5
     )
-    metrics = httpx.get(areion + "/metrics").text
+    metrics = httpx.get(areion + "/metrics", headers={"authorization": "Bearer scrape-secret"}).text
     # Either of the two `fast` deployments may have answered.
     assert re.search(
         r'areion_cost_usd_total\{deployment="fast/sim-fast(#2)?",model="fast",tenant="acme"\} '
@@ -226,20 +226,21 @@ def test_sim_reports_load_while_busy(sim: str) -> None:
             },
         )
 
+    def running(text: str) -> float:
+        prefix = 'vllm:num_requests_running{model_name="sim-strong"}'
+        return max((float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith(prefix)), default=-1.0)  # fmt: skip
+
     threads = [threading.Thread(target=call) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.1)
-    text = httpx.get(sim + "/metrics").text
+    # Read the gauge while the calls are in flight, however late they arrive.
+    seen = -1.0
+    while seen < 1 and any(thread.is_alive() for thread in threads):
+        seen = running(httpx.get(sim + "/metrics").text)
     for thread in threads:
         thread.join()
-    assert 'vllm:num_requests_running{model_name="sim-strong"}' in text
-    running = [
-        line
-        for line in text.splitlines()
-        if line.startswith('vllm:num_requests_running{model_name="sim-strong"}')
-    ]
-    assert float(running[0].split()[-1]) >= 1
+    assert seen >= 1
 
 
 def test_eval_cache_prints_the_figures(tmp_path: Path) -> None:

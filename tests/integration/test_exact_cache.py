@@ -36,7 +36,10 @@ def server(tmp_path: Path) -> Iterator[tuple[ScriptedUpstream, str]]:
                     }
                 ],
                 "store": f"sqlite:///{tmp_path / 'cache.db'}",
-                "auth": {"keys": [{"key": key, "tenant": tenant} for tenant, key in KEYS.items()]},
+                "auth": {
+                    "keys": [{"key": key, "tenant": tenant} for tenant, key in KEYS.items()],
+                    "metrics_keys": ["metrics-key"],
+                },
             }
         )
         with serve_app(create_app(Runtime(config))) as base:
@@ -63,7 +66,7 @@ def test_repeat_is_an_exact_hit_that_costs_nothing(server: Any) -> None:
     assert float(second.headers["x-areion-cost-usd"]) == 0
     assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
     assert upstream.calls == 1
-    metrics = httpx.get(url + "/metrics").text
+    metrics = httpx.get(url + "/metrics", headers={"authorization": "Bearer metrics-key"}).text
     assert 'areion_cache_requests_total{result="hit",tier="exact"} 1.0' in metrics
     assert 'areion_cache_saved_usd_total{tier="exact"} 2.5e-05' in metrics
 

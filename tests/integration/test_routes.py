@@ -6,6 +6,7 @@ records what it was asked, so a test sees which model a route sent a request to.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,16 +20,19 @@ from areion import Runtime
 from areion.config import parse_config
 from areion.server import create_app
 from tests.scripted import Behaviour, ScriptedUpstream
-from tests.support import serve_app
+from tests.support import ManualClock, serve_app
 
 KEY = "route-key"
+METRICS_KEY = "route-metrics-key"
+SCRAPE = {"authorization": f"Bearer {METRICS_KEY}"}
 PRICES = {"small": (0.1, 0.2), "medium": (1.0, 2.0), "strong": (10.0, 30.0)}
 
 
 class Fleet:
-    def __init__(self, base: str, upstreams: dict[str, ScriptedUpstream]) -> None:
+    def __init__(self, base: str, upstreams: dict[str, ScriptedUpstream], runtime: Runtime) -> None:
         self.base = base
         self.upstreams = upstreams
+        self.runtime = runtime
 
     def calls(self) -> dict[str, int]:
         return {name: upstream.calls for name, upstream in self.upstreams.items()}
@@ -67,12 +71,13 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
                 "models": models,
                 "routes": routes,
                 "store": f"sqlite:///{tmp_path / 'routes.db'}",
-                "auth": {"keys": [{"key": KEY, "tenant": "acme"}]},
+                "auth": {"keys": [{"key": KEY, "tenant": "acme"}], "metrics_keys": [METRICS_KEY]},
                 "cache": {"exact": {"enabled": False}},
             }
         )
-        base = stack.enter_context(serve_app(create_app(Runtime(config))))
-        yield Fleet(base, upstreams)
+        runtime = Runtime(config)
+        base = stack.enter_context(serve_app(create_app(runtime)))
+        yield Fleet(base, upstreams, runtime)
 
 
 RULES = [
@@ -113,7 +118,7 @@ def test_rules_route_by_tier_tag_tools_and_length(fleet: Fleet) -> None:
     assert fleet.calls() == {"small": 2, "medium": 1, "strong": 2}
     # Upstreams are asked for their own model, never for the route's name.
     assert {r["model"] for r in fleet.upstreams["small"].requests} == {"small-model"}
-    metrics = httpx.get(fleet.base + "/metrics").text
+    metrics = httpx.get(fleet.base + "/metrics", headers=SCRAPE).text
     assert 'areion_route_decisions_total{model="small",reason="rule",route="auto"} 2.0' in metrics
     listed = httpx.get(fleet.base + "/v1/models", headers={"authorization": f"Bearer {KEY}"})
     assert "auto" in {m["id"] for m in listed.json()["data"]}
@@ -218,8 +223,14 @@ DEGRADING = [
 
 @pytest.mark.parametrize("fleet", [DEGRADING], indirect=True)
 def test_degraded_mode_moves_non_critical_traffic_and_recovers(fleet: Fleet) -> None:
-    strong = fleet.upstreams["strong"]
-    strong.default = Behaviour(delay=0.1)  # the strong model breaks the 50 ms objective
+    # Latencies on a manual clock: each answer takes exactly what its upstream says,
+    # however busy the machine running the test is.
+    clock = ManualClock()
+    assert fleet.runtime.router is not None
+    fleet.runtime.router.clock = clock
+    for name, upstream in fleet.upstreams.items():
+        seconds = 0.1 if name == "strong" else 0.001  # strong breaks the 50 ms objective
+        upstream.on_request = functools.partial(clock.advance, seconds)
     for _ in range(20):
         assert fleet.ask().headers["x-areion-model"].startswith("strong/")
     moved = fleet.ask()
@@ -227,13 +238,13 @@ def test_degraded_mode_moves_non_critical_traffic_and_recovers(fleet: Fleet) -> 
     assert moved.headers["x-areion-model"].startswith("small/")
     critical = fleet.ask(headers={"x-areion-tier": "critical"})
     assert critical.headers["x-areion-model"].startswith("strong/")
-    metrics = httpx.get(fleet.base + "/metrics").text
+    metrics = httpx.get(fleet.base + "/metrics", headers=SCRAPE).text
     assert 'areion_route_degraded{route="auto"} 1.0' in metrics
     assert 'areion_route_mode_changes_total{mode="degraded",route="auto"} 1.0' in metrics
     # The fast model's latencies bring the p95 back under 0.8 x the objective.
     reasons = [fleet.ask().headers["x-areion-route-reason"] for _ in range(25)]
     assert reasons[0] == "degraded" and reasons[-1] == "default"
-    metrics = httpx.get(fleet.base + "/metrics").text
+    metrics = httpx.get(fleet.base + "/metrics", headers=SCRAPE).text
     assert 'areion_route_degraded{route="auto"} 0.0' in metrics
     assert 'areion_route_mode_changes_total{mode="normal",route="auto"} 1.0' in metrics
 
@@ -304,7 +315,7 @@ def test_learned_route_sends_easy_prompts_cheap_and_hard_ones_strong(
             }
         )
         runtime = Runtime(config)
-        fleet = Fleet(stack.enter_context(serve_app(create_app(runtime))), upstreams)
+        fleet = Fleet(stack.enter_context(serve_app(create_app(runtime))), upstreams, runtime)
         runs = runtime.embedder.runs  # type: ignore[attr-defined]
         easy = fleet.ask(content="Say hello to Carol.", temperature=0)  # L2 looks it up
         assert easy.headers["x-areion-model"].startswith("small/")

@@ -101,6 +101,38 @@ def test_runs_are_private_to_their_tenant(server: str) -> None:
     assert httpx.get(f"{server}/v1/runs/{run['id']}").status_code == 401
 
 
+def start(server: str, key: dict[str, str], **body: Any) -> httpx.Response:
+    return httpx.post(server + "/v1/runs", headers=key, timeout=30, json=body)
+
+
+def test_a_run_id_is_per_tenant(server: str) -> None:
+    mine = start(server, ACME, agent="echo", input="acme's", run_id="nightly", wait=True)
+    assert mine.status_code == 200 and mine.json()["output"] == "echo: acme's"
+    # globex chooses the same id: its own run, which reveals nothing of acme's.
+    theirs = start(server, GLOBEX, agent="echo", input="globex's", run_id="nightly", wait=True)
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json()["id"] == "nightly" and theirs.json()["output"] == "echo: globex's"
+    for key, output in ((ACME, "echo: acme's"), (GLOBEX, "echo: globex's")):
+        assert httpx.get(f"{server}/v1/runs/nightly", headers=key).json()["output"] == output
+        with httpx.stream("GET", f"{server}/v1/runs/nightly/events", headers=key) as events:
+            finished = sse_events("".join(events.iter_text()))[-1]
+        assert finished == {"run_id": "nightly", "output": output, "kind": "finished"}
+
+
+def test_reusing_ones_own_run_id_for_another_run_is_409(server: str) -> None:
+    first = start(server, ACME, agent="echo", input="first", run_id="r-1", wait=True)
+    assert first.status_code == 200
+    for wait in (True, False):
+        again = start(server, ACME, agent="echo", input="second", run_id="r-1", wait=wait)
+        assert again.status_code == 409, again.text
+        error = again.json()["error"]
+        assert error["code"] == "run_exists" and error["param"] == "run_id"
+    # A retry of the same run (after a timeout, a crash) is that run, not a conflict.
+    retry = start(server, ACME, agent="echo", input="first", run_id="r-1", wait=True)
+    assert retry.status_code == 200 and retry.json() == first.json()
+    assert httpx.get(f"{server}/v1/runs/r-1", headers=ACME).json()["output"] == "echo: first"
+
+
 def test_background_run_and_its_event_stream(server: str) -> None:
     response = httpx.post(
         server + "/v1/runs", headers=ACME, timeout=30, json={"agent": "echo", "input": "later"}
@@ -137,7 +169,7 @@ def test_approve_over_http(server: str) -> None:
         f"{server}/v1/runs/{run['id']}/resume", headers=ACME, timeout=30, json={"wait": True}
     ).json()
     assert done["status"] == "finished" and done["output"] == "done: refunded 30.0 on o-7"
-    assert [f"{run['id']}:{pending['call_id']}"] == agents_fixture.REFUNDS
+    assert [f"acme:{run['id']}:{pending['call_id']}"] == agents_fixture.REFUNDS
 
 
 def test_reject_over_http(server: str) -> None:
@@ -197,6 +229,7 @@ def test_bad_json_and_unknown_things(server: str) -> None:
 
 
 @pytest.mark.parametrize("path", ["tests.nowhere:agent", "tests.agents_fixture:not_an_agent"])
-def test_bad_agent_paths_fail_at_start(tmp_path: Path, path: str) -> None:
-    with pytest.raises(ConfigError, match=r"agents\[0\]\.path"):
-        create_app(Runtime(config("http://127.0.0.1:1", tmp_path, [{"name": "x", "path": path}])))
+async def test_bad_agent_paths_fail_at_start(tmp_path: Path, path: str) -> None:
+    async with Runtime(config("http://127.0.0.1:1", tmp_path, [{"name": "x", "path": path}])) as rt:
+        with pytest.raises(ConfigError, match=r"agents\[0\]\.path"):
+            create_app(rt)

@@ -7,6 +7,8 @@ something else all miss; invalidation and feedback work per tenant.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,10 @@ def _config(url: str, tmp_path: Path, semantic: bool = True) -> Any:
                 }
             ],
             "store": f"sqlite:///{tmp_path / 'cache.db'}",
-            "auth": {"keys": [{"key": key, "tenant": tenant} for tenant, key in KEYS.items()]},
+            "auth": {
+                "keys": [{"key": key, "tenant": tenant} for tenant, key in KEYS.items()],
+                "metrics_keys": ["metrics-key"],
+            },
             "cache": {"semantic": {"enabled": semantic}},
         }
     )
@@ -82,7 +87,7 @@ def test_paraphrase_is_a_semantic_hit_that_never_reaches_the_upstream(server: An
     assert 0 < float(hit.headers["x-areion-cache-score"]) <= 1
     assert hit.parse().choices[0].message.content == ANSWER
     assert upstream.calls == 1
-    metrics = httpx.get(url + "/metrics").text
+    metrics = httpx.get(url + "/metrics", headers={"authorization": "Bearer metrics-key"}).text
     assert 'areion_cache_requests_total{result="hit",tier="semantic"} 1.0' in metrics
     assert 'areion_cache_saved_usd_total{tier="semantic"} 2.5e-05' in metrics
 
@@ -176,6 +181,33 @@ def test_feedback_on_a_wrong_hit_stops_that_hit(server: Any) -> None:
         headers={"authorization": "Bearer globex-key"},
     )
     assert other.status_code == 404
+
+
+def test_a_client_request_id_cannot_collide_across_tenants(upstream: Any, tmp_path: Path) -> None:
+    _, url = upstream
+    shared = {"x-request-id": "req-chosen-by-the-client"}
+    with serve_app(create_app(Runtime(_config(url, tmp_path)))) as base:
+        hits = {}
+        for tenant in ("acme", "globex"):  # globex sends acme's id, after acme
+            ask(base, QUESTION, tenant=tenant)
+            hits[tenant] = ask(base, PARAPHRASE, tenant=tenant, extra_headers=shared)
+            assert hits[tenant].headers["x-areion-cache"] == "hit-semantic"
+            assert hits[tenant].headers["x-client-request-id"] == shared["x-request-id"]
+        ids = {tenant: hit.headers["x-request-id"] for tenant, hit in hits.items()}
+        assert ids["acme"] != ids["globex"] and shared["x-request-id"] not in ids.values()
+        judged = httpx.post(
+            base + "/v1/cache/semantic/feedback",
+            json={"request_id": ids["acme"], "correct": False},
+            headers={"authorization": "Bearer acme-key"},
+        )
+        assert judged.status_code == 200
+        assert judged.json()["entry"] == int(hits["acme"].headers["x-areion-cache-entry"])
+    # The server has stopped, its ledger written: Areion's id finds the client's.
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache.db")) as db:
+        rows = db.execute(
+            "SELECT tenant, client_request_id FROM ledger WHERE request_id = ?", (ids["acme"],)
+        ).fetchall()
+    assert rows == [("acme", shared["x-request-id"])]
 
 
 @pytest.mark.parametrize(

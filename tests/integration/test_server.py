@@ -20,6 +20,8 @@ from tests.support import free_port, serve_app
 
 USER_KEY = "sk-acme-test-key-0123456789"
 UPSTREAM_KEY = "sk-upstream-secret-9876543210"
+METRICS_KEY = "metrics-scraper-key-0123"
+AUTH = {"keys": [{"key": USER_KEY, "tenant": "acme"}], "metrics_keys": [METRICS_KEY]}
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def areion_config(url: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def server(upstream: Any) -> Iterator[tuple[ScriptedUpstream, str]]:
     up, url = upstream
-    config = parse_config(areion_config(url, auth={"keys": [{"key": USER_KEY, "tenant": "acme"}]}))
+    config = parse_config(areion_config(url, auth=AUTH))
     with serve_app(create_app(Runtime(config))) as areion_url:
         yield up, areion_url
 
@@ -248,7 +250,8 @@ async def test_models_health_and_metrics(server: Any) -> None:
     await client(url).chat.completions.create(
         model="fast", messages=[{"role": "user", "content": "hi"}]
     )
-    async with httpx.AsyncClient(base_url=url) as http:
+    scraper = {"authorization": f"Bearer {METRICS_KEY}"}
+    async with httpx.AsyncClient(base_url=url, headers=scraper) as http:
         health = (await http.get("/healthz")).json()
         assert health["status"] == "ok" and "fast/gpt-test" in health["deployments"]
         text = (await http.get("/metrics")).text
@@ -271,7 +274,7 @@ async def test_models_health_and_metrics(server: Any) -> None:
 async def test_keys_never_appear_in_logs(upstream: Any, caplog: pytest.LogCaptureFixture) -> None:
     up, url = upstream
     caplog.set_level(logging.DEBUG)
-    config = parse_config(areion_config(url, auth={"keys": [{"key": USER_KEY, "tenant": "acme"}]}))
+    config = parse_config(areion_config(url, auth=AUTH))
     runtime = Runtime(config)
     with serve_app(create_app(runtime)) as areion_url:
         ok = client(areion_url)
@@ -290,10 +293,11 @@ async def test_keys_never_appear_in_logs(upstream: Any, caplog: pytest.LogCaptur
             await ok.chat.completions.create(
                 model="fast", messages=[{"role": "user", "content": "x"}]
             )
-        async with httpx.AsyncClient(base_url=areion_url) as http:
+        scraper = {"authorization": f"Bearer {METRICS_KEY}"}
+        async with httpx.AsyncClient(base_url=areion_url, headers=scraper) as http:
             exposed = (await http.get("/metrics")).text + (await http.get("/healthz")).text
     logged = caplog.text + repr(config) + str(config)
     assert caplog.records, "debug logging captured nothing; the test would prove nothing"
-    for secret in (USER_KEY, UPSTREAM_KEY):
+    for secret in (USER_KEY, UPSTREAM_KEY, METRICS_KEY):
         assert secret not in logged
         assert secret not in exposed

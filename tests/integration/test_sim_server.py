@@ -44,7 +44,9 @@ def url() -> Iterator[str]:
         SimProfile(name="sim-test", ttft_ms=500, tokens_per_s=100, output_tokens=20),
         SimProfile(name="sim-429", rate_limit_rate=1.0, retry_after_s=2),
         SimProfile(name="sim-500", error_rate=1.0),
-        SimProfile(name="sim-slow", ttft_ms=30_000, output_tokens=2, max_running=2),
+        # 1 s a request: long enough that four sent together are all in at once, even
+        # on a busy machine.
+        SimProfile(name="sim-slow", ttft_ms=100_000, output_tokens=2, max_running=2),
     ):
         profiles[profile.name] = profile
     with serve_app(create_sim_app(SimEngine(profiles, time_scale=0.01, seed=0))) as base:
@@ -306,7 +308,7 @@ async def test_metrics_show_running_and_waiting_while_in_flight(url: str) -> Non
         calls = [
             asyncio.create_task(http.post("/v1/chat/completions", json=body)) for _ in range(4)
         ]
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 10
         busy = idle
         while time.monotonic() < deadline:
             busy = gauges((await http.get("/metrics")).text)

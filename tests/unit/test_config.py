@@ -385,3 +385,25 @@ def test_header_values_are_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         }
     )
     assert ACME_SECRET not in repr(config) and ACME_SECRET not in str(config)
+
+
+def test_tenants_may_sit_beside_auth_or_in_it_but_once() -> None:
+    models = [{"name": "fast", "provider": "sim"}]
+    config = parse_config(
+        {
+            "models": models,
+            "tenants": [{"name": "acme", "rpm": 10}],
+            "auth": {"tenants": [{"name": "globex", "rpm": 20}]},
+        }
+    )
+    assert [(t.name, t.rpm) for t in config.all_tenants] == [("acme", 10), ("globex", 20)]
+    with pytest.raises(ConfigError, match=r"tenants: acme also in auth\.tenants; list each"):
+        parse_config(
+            {
+                "models": models,
+                "tenants": [{"name": "acme"}],
+                "auth": {"tenants": [{"name": "acme"}]},
+            }
+        )
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\.rpm: Input should be greater"):
+        parse_config({"models": models, "tenants": [{"name": "acme", "rpm": 0}]})

@@ -97,9 +97,9 @@ def test_router_file_round_trip(
     path = tmp_path / "router.json"
     router.save(path)
     assert path.stat().st_size < 20_000
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: other processes on a busy machine do not count
     loaded = LearnedRouter.load(path)
-    assert time.perf_counter() - started < 0.05
+    assert time.thread_time() - started < 0.05
     assert loaded.candidates == router.candidates
     assert loaded.calibration == router.calibration
     assert loaded.metadata["prompts"] == len(table)

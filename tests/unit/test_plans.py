@@ -3,7 +3,7 @@ embedder and the shipped verifier, partitioned by tenant and agent, bounded, exp
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,6 +22,7 @@ from areion.cache.plans import (
     offered_plan,
 )
 from areion.errors import ConfigError
+from tests.support import ManualClock
 
 TASK = "Look up the status of order 1234 and email the customer about it"
 PARAPHRASE = "Check where order 1234 is and send the customer an email about it"
@@ -172,9 +173,10 @@ async def test_a_plan_needing_a_tool_the_agent_lost_is_not_offered(cache: PlanCa
 
 
 async def test_plans_expire(cache: PlanCache) -> None:
+    clock = cache.clock = ManualClock(time.time())  # embedding takes no time on this clock
     await cache.remember("acme", "support", TASK, order_plan(), ttl_s=0.2)
     assert await cache.lookup("acme", "support", PARAPHRASE) is not None
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)
     assert await cache.lookup("acme", "support", PARAPHRASE) is None
     assert len(cache) == 0
 
@@ -212,13 +214,14 @@ async def test_the_cache_is_bounded_least_recently_used_first(
 
 
 async def test_a_run_that_followed_its_plan_refreshes_the_entry(cache: PlanCache) -> None:
+    clock = cache.clock = ManualClock(time.time())
     entry = await cache.remember("acme", "support", TASK, order_plan(), ttl_s=0.2)
     assert entry is not None
     again = await cache.remember(
         "acme", "support", PARAPHRASE, order_plan(), ttl_s=60, source=entry
     )
     assert again == entry and len(cache) == 1
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)
     assert await cache.lookup("acme", "support", PARAPHRASE) is not None  # kept longer
     other = Plan(steps=[[PlanCall(tool="find_order", arguments={})]], answer="")
     assert await cache.remember("acme", "support", PARAPHRASE, other, source=entry) != entry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from areion.pricing import Price, cost, default_price
+from areion.pricing import Price, cost, default_price, round_usd, usd_text
 from areion.types import Usage
 
 GPT_4O = Price(input=2.50, output=10.00, cached_input=1.25)
@@ -75,3 +75,14 @@ def test_default_price_of_known_and_unknown_models() -> None:
     assert default_price("sim-strong").output == 10.00
     unknown = default_price("my-local-llama")
     assert cost(Usage(prompt_tokens=10**6, completion_tokens=10**6), unknown) == 0.0
+
+
+def test_money_is_shown_rounded_and_as_plain_decimals() -> None:
+    total = 0.0
+    for _ in range(3):
+        total += (100 * 0.15 + 20 * 0.60) / 1e6
+    assert total == 8.099999999999999e-05
+    assert round_usd(total) == 8.1e-05
+    assert usd_text(total) == "0.000081"
+    assert usd_text(0.0) == "0" and usd_text(12.5) == "12.5"
+    assert usd_text(1.6e-10) == "0.0000000002"  # the smallest amount shown

@@ -260,10 +260,11 @@ HOSTILE = [
 
 @pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_input_is_refused_fast(text: str) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()
     assert solve(text) is None
-    # A generous bound: the point is that nothing grows with the input's ambition.
-    assert time.perf_counter() - started < 0.05
+    # A generous bound: the point is that nothing grows with the input's ambition. CPU
+    # time of this thread: other processes on a busy machine do not count.
+    assert time.thread_time() - started < 0.05
 
 
 def test_results_at_the_size_limit_are_still_answered() -> None:

@@ -46,6 +46,7 @@ def _first_messages() -> list[dict[str, Any]]:
 
 def _call(run_id: str = "run-1", call_id: str = "c1", **fields: Any) -> ToolCallRecord:
     values: dict[str, Any] = {
+        "tenant": "team-a",
         "run_id": run_id,
         "call_id": call_id,
         "name": "search",
@@ -87,7 +88,9 @@ def _step(run: RunRecord, step: int, *, events: int = 2) -> Checkpoint:
         run=new,
         messages=messages,
         events=[{"type": "step", "step": step, "i": i} for i in range(events)],
-        tool_calls=[_call(run.run_id, call_id, status="done", result=f"result {step}")],
+        tool_calls=[
+            _call(run.run_id, call_id, tenant=run.tenant, status="done", result=f"result {step}")
+        ],
     )
 
 
@@ -264,6 +267,89 @@ async def test_tenant_isolation(store: SQLiteStore) -> None:
     assert len(await store.run_events("run-1")) == 2
     # tenant values are data, not SQL
     assert await store.load_run("run-1", tenant="x' OR '1'='1") is None
+
+
+async def test_two_tenants_may_use_the_same_run_id(store: SQLiteStore) -> None:
+    a, b = _run(tenant="team-a"), _run(tenant="team-b", input="Another task", created=2e9)
+    await store.create_run(a, _first_messages())
+    await store.create_run(b, [{"role": "user", "content": "Another task"}])
+    await store.checkpoint(_step(a, 1, events=3))
+    await store.checkpoint(_step(replace(b, message_count=1), 1, events=1))
+    with pytest.raises(ValueError, match="run 'run-1' of tenant 'team-b' already exists"):
+        await store.create_run(b, [])
+
+    mine = await store.load_run("run-1", tenant="team-a")
+    theirs = await store.load_run("run-1", tenant="team-b")
+    assert mine is not None and theirs is not None
+    assert mine.run.input == "Summarize the report" and theirs.run.input == "Another task"
+    assert len(mine.messages) == 4 and len(theirs.messages) == 3
+    assert mine.tool_calls["call-1"].tenant == "team-a"
+    assert theirs.tool_calls["call-1"].tenant == "team-b"
+    assert [seq for seq, _ in await store.run_events("run-1", tenant="team-a")] == [0, 1, 2]
+    assert [seq for seq, _ in await store.run_events("run-1", tenant="team-b")] == [0]
+    # A call record of one tenant's run never lands in another's.
+    stray = _call("run-1", "c9", tenant="team-b")
+    with pytest.raises(ValueError, match="tool call 'c9' belongs to run 'run-1' of tenant"):
+        await store.checkpoint(Checkpoint(run=_step(a, 2).run, tool_calls=[stray]))
+    # An operator's read without a tenant finds the oldest run of that id.
+    anyone = await store.load_run("run-1")
+    assert anyone is not None and anyone.run.tenant == "team-a"
+    assert len(await store.run_events("run-1")) == 3
+
+
+async def test_a_database_from_before_run_ids_were_per_tenant_is_migrated(
+    db_path: str,
+) -> None:
+    Path(db_path).parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path)
+    old.executescript(
+        """
+        CREATE TABLE runs (run_id TEXT NOT NULL PRIMARY KEY, tenant TEXT NOT NULL,
+            agent TEXT NOT NULL, session TEXT, status TEXT NOT NULL, input TEXT NOT NULL,
+            output TEXT, error TEXT, pause_reason TEXT, steps INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL, message_count INTEGER NOT NULL, limits TEXT NOT NULL,
+            created REAL NOT NULL, updated REAL NOT NULL);
+        CREATE INDEX runs_tenant ON runs (tenant, created);
+        CREATE TABLE run_messages (run_id TEXT NOT NULL, seq INTEGER NOT NULL,
+            message TEXT NOT NULL, PRIMARY KEY (run_id, seq));
+        CREATE TABLE run_events (run_id TEXT NOT NULL, seq INTEGER NOT NULL,
+            event TEXT NOT NULL, PRIMARY KEY (run_id, seq));
+        CREATE TABLE tool_calls (run_id TEXT NOT NULL, call_id TEXT NOT NULL,
+            name TEXT NOT NULL, arguments TEXT NOT NULL, status TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL, result TEXT, reason TEXT, updated REAL NOT NULL,
+            PRIMARY KEY (run_id, call_id));
+        INSERT INTO runs VALUES ('run-1', 'team-a', 'analyst', 's-1', 'paused', 'Summarize',
+            NULL, NULL, 'approval', 1, 10, 5, 0.25, 2, '{}', 1.0, 2.0);
+        INSERT INTO run_messages VALUES ('run-1', 0, '{"role":"user","content":"Summarize"}'),
+            ('run-1', 1, '{"role":"assistant","content":null}');
+        INSERT INTO run_events VALUES ('run-1', 0, '{"kind":"run_started"}');
+        INSERT INTO tool_calls VALUES ('run-1', 'c1', 'refund', '{}', 'pending_approval',
+            'run-1:c1', NULL, NULL, 1.5);
+        """
+    )
+    old.close()
+    store = SQLiteStore(db_path)
+    try:
+        snapshot = await store.load_run("run-1", tenant="team-a")
+        assert snapshot is not None and snapshot.run.status == "paused"
+        assert snapshot.messages == [
+            {"role": "user", "content": "Summarize"},
+            {"role": "assistant", "content": None},
+        ]
+        assert snapshot.tool_calls["c1"].idempotency_key == "run-1:c1"  # kept as it was
+        assert await store.run_events("run-1", tenant="team-a") == [(0, {"kind": "run_started"})]
+        # The same id is now free for another tenant, and the old run goes on.
+        await store.create_run(_run(tenant="team-b"), _first_messages())
+        await store.checkpoint(_step(snapshot.run, 2))
+    finally:
+        await store.aclose()
+    db = sqlite3.connect(db_path)
+    indexes = {row[1] for row in db.execute("PRAGMA index_list(runs)")}
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert "runs_tenant" in indexes
+    assert not {name for name in tables if name.endswith("_v1")}
 
 
 async def test_checkpoint_cannot_move_a_run_to_another_tenant(store: SQLiteStore) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from areion.store import SQLiteStore
 from areion.store.records import SessionSummary, SessionTurn
+from tests.support import ManualClock
 
 
 def _turns(first: int, count: int, tag: str = "") -> list[SessionTurn]:
@@ -141,13 +143,18 @@ async def test_cache_values_are_bytes_exactly(store: SQLiteStore) -> None:
         assert await store.cache_get(key) == value
 
 
-async def test_cache_expiry(store: SQLiteStore) -> None:
-    await store.cache_put("short", b"x", ttl=0.05)
-    await store.cache_put("long", b"y", ttl=60)
-    assert await store.cache_get("short") == b"x"
-    await asyncio.sleep(0.1)
-    assert await store.cache_get("short") is None
-    assert await store.cache_get("long") == b"y"
+async def test_cache_expiry(db_path: str) -> None:
+    clock = ManualClock(time.time())  # expiry moves with the test, not the machine's speed
+    store = SQLiteStore(db_path, clock=clock)
+    try:
+        await store.cache_put("short", b"x", ttl=0.05)
+        await store.cache_put("long", b"y", ttl=60)
+        assert await store.cache_get("short") == b"x"
+        clock.advance(0.1)
+        assert await store.cache_get("short") is None
+        assert await store.cache_get("long") == b"y"
+    finally:
+        await store.aclose()
 
 
 async def test_expired_entries_are_swept_by_later_puts(db_path: str, store: SQLiteStore) -> None:

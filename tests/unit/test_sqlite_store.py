@@ -161,9 +161,12 @@ async def test_a_ledger_from_an_older_version_gains_the_new_columns(tmp_path: Pa
     old.close()
     store = SQLiteStore(str(path))
     try:
-        await store.append_ledger([_entry("new", cache="exact", saved_usd=0.25)])
+        new = _entry("new", cache="exact", saved_usd=0.25, client_request_id="theirs")
+        await store.append_ledger([new])
         rows = {e.request_id: e for e in await store.ledger()}
     finally:
         await store.aclose()
     assert rows["old"].cost_usd == 0.5 and rows["old"].cache == ""
+    assert rows["old"].client_request_id == ""
     assert rows["new"].cache == "exact" and rows["new"].saved_usd == 0.25
+    assert rows["new"].client_request_id == "theirs"

@@ -35,6 +35,7 @@ from areion.agent.events import (
 from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_result
 from areion.cache.plans import PlanHit, offered_plan
 from areion.errors import AreionError, BudgetExceededError
+from areion.pricing import round_usd
 from areion.store.base import Store
 from areion.store.counters import Take
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
@@ -96,7 +97,7 @@ class RunResult:
             status=run.status,
             output=run.output,
             steps=run.steps,
-            cost_usd=run.cost_usd,
+            cost_usd=round_usd(run.cost_usd),  # the run's row keeps the exact sum
             usage=Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens),
             pause_reason=run.pause_reason,
             error=run.error,
@@ -365,8 +366,8 @@ class RunDriver:
                 run_id=self.run.run_id,
                 step=step,
                 usage=self._last_usage,
-                cost_usd=self._last_cost,
-                total_cost_usd=self.run.cost_usd,
+                cost_usd=round_usd(self._last_cost),
+                total_cost_usd=round_usd(self.run.cost_usd),
             )
         )
 
@@ -468,14 +469,24 @@ class RunDriver:
             )
         return _Checked(tool=item, arguments=arguments)
 
+    def _idempotency_key(self, call: ToolCall) -> str:
+        """Stable across retries and resumes: the stored one if the call has a record (a
+        key made by an earlier version keeps its shape). The tenant is in it because run
+        ids are unique only within a tenant, and the world outside is shared."""
+        record = self.records.get(call.id)
+        if record is not None and record.idempotency_key:
+            return record.idempotency_key
+        return f"{self.run.tenant}:{self.run.run_id}:{call.id}"
+
     def _record(self, call: ToolCall, status: Any, result: str | None = None) -> ToolCallRecord:
         return ToolCallRecord(
+            tenant=self.run.tenant,
             run_id=self.run.run_id,
             call_id=call.id,
             name=call.name,
             arguments=call.arguments,
             status=status,
-            idempotency_key=f"{self.run.run_id}:{call.id}",
+            idempotency_key=self._idempotency_key(call),
             result=result,
             updated=time.time(),
         )
@@ -526,7 +537,7 @@ class RunDriver:
             run_id=self.run.run_id,
             call_id=call.id,
             tenant=self.run.tenant,
-            idempotency_key=f"{self.run.run_id}:{call.id}",
+            idempotency_key=self._idempotency_key(call),
         )
         if not item.idempotent:
             # Written before the side effect: after a crash, the resume knows it may have

@@ -21,7 +21,7 @@ from areion.types import Message
 if TYPE_CHECKING:
     from areion.cache.plans import PlanCache
 
-__all__ = ["AgentRunner", "RunNotFoundError", "new_run_id"]
+__all__ = ["AgentRunner", "RunExistsError", "RunNotFoundError", "new_run_id"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,14 @@ class RunNotFoundError(RequestError):
 
     status = 404
     code = "run_not_found"
+
+
+class RunExistsError(RequestError):
+    """The caller already has another run of that id (run ids are per tenant: another
+    tenant's runs never conflict)."""
+
+    status = 409
+    code = "run_exists"
 
 
 ContextLoader = Callable[[str, str, str], Awaitable[list[Message]]]
@@ -65,7 +73,7 @@ class AgentRunner:
         self._store = store
         self._context = context
         self._remember = remember
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tool_cache: dict[str, tuple[float, str]] = {}
         self._plans_factory = plans if callable(plans) else None
         self._plans: PlanCache | None = None if callable(plans) else plans
@@ -86,11 +94,30 @@ class AgentRunner:
                 self._plans = PlanCache()
         return self._plans
 
-    def _lock(self, run_id: str) -> asyncio.Lock:
-        lock = self._locks.get(run_id)
+    def _lock(self, tenant: str, run_id: str) -> asyncio.Lock:
+        lock = self._locks.get((tenant, run_id))
         if lock is None:
-            lock = self._locks[run_id] = asyncio.Lock()
+            lock = self._locks[tenant, run_id] = asyncio.Lock()
         return lock
+
+    async def existing(
+        self, run_id: str, *, agent: Agent, input: str, session: str | None, tenant: str
+    ) -> RunSnapshot | None:
+        """The caller's run of this id if a new run asked for with it is a retry of it
+        (same agent, input and session), None if there is none; `RunExistsError` if
+        the id names another run of the caller's."""
+        snapshot = await self._store.load_run(run_id, tenant=tenant)
+        if snapshot is None:
+            return None
+        run = snapshot.run
+        if (run.agent, run.input, run.session) != (agent.name, input, session):
+            raise RunExistsError(
+                f"you already have a run '{run_id}' (agent '{run.agent}', status "
+                f"{run.status}) with another agent, input or session; choose another "
+                "run_id, or resume that run by its id",
+                param="run_id",
+            )
+        return snapshot
 
     async def run(
         self,
@@ -105,12 +132,16 @@ class AgentRunner:
     ) -> RunResult:
         """Run `agent` on `input` until it finishes, pauses or fails.
 
-        Given the id of a run that already exists (a retry after a crash), it resumes
-        that run instead of starting another.
+        Run ids are per tenant. Given the id of a run of the tenant's that already
+        exists with the same agent, input and session (a retry after a crash), it
+        resumes that run instead of starting another; the id of another of its runs
+        raises `RunExistsError`.
         """
         if run_id is not None:
-            existing = await self._store.load_run(run_id, tenant=tenant)
-            if existing is not None:
+            found = await self.existing(
+                run_id, agent=agent, input=input, session=session, tenant=tenant
+            )
+            if found is not None:
                 return await self.resume(
                     run_id, agent=agent, tenant=tenant, emit=emit, stream=stream
                 )
@@ -130,8 +161,14 @@ class AgentRunner:
             run_id=run_id, tenant=tenant, agent=agent.name, session=session, input=input,
             message_count=len(messages), created=now, updated=now,
         )  # fmt: skip
-        async with self._lock(run_id):
-            await self._store.create_run(run, messages)
+        async with self._lock(tenant, run_id):
+            try:
+                await self._store.create_run(run, messages)
+            except ValueError:  # made meanwhile, by a concurrent call or another replica
+                raise RunExistsError(
+                    f"you already have a run '{run_id}'; choose another run_id",
+                    param="run_id",
+                ) from None
             snapshot = RunSnapshot(run=run, messages=messages, tool_calls={})
             return await self._drive(agent, snapshot, emit, stream, resumed=False)
 
@@ -154,7 +191,7 @@ class AgentRunner:
         unknown = set(limits) - set(_LIMIT_KEYS)
         if unknown:
             raise RequestError(f"unknown limits {sorted(unknown)}; use {list(_LIMIT_KEYS)}")
-        async with self._lock(run_id):
+        async with self._lock(tenant, run_id):
             snapshot = await self._store.load_run(run_id, tenant=tenant)
             if snapshot is None:
                 raise RunNotFoundError(f"no run '{run_id}'", param="run_id")

@@ -337,6 +337,8 @@ class PlanCache:
             self._factory = _minilm
         self._loading = threading.Lock()
         self._index = index
+        self.clock: Callable[[], float] = time.time
+        """Unix time for entry ages and expiry; replaceable (a test's manual clock)."""
         if verifier is None:
             from areion.cache.verifier import SemanticVerifier
 
@@ -383,7 +385,7 @@ class PlanCache:
             self.misses += 1  # nothing to find: no need to embed the task
             return None
         vectors = await embedder.embed([task])
-        now = time.time()
+        now = self.clock()
 
         def candidates() -> Iterator[tuple[_Entry, str, float, float]]:
             for entry_id, cosine in index.search(tenant, agent, vectors[0], self.candidates):
@@ -428,7 +430,7 @@ class PlanCache:
         task = task.strip()
         if not task or len(task) > self.max_chars or not plan.steps:
             return None
-        now = time.time()
+        now = self.clock()
         expires = now + (self.ttl_s if ttl_s is None else ttl_s)
         offered = None if source is None else self._entries.get(source)
         if (
@@ -462,7 +464,7 @@ class PlanCache:
     ) -> int:
         """Drop `tenant`'s plans, narrowed to one agent and to those older than
         `older_than_s` seconds; returns how many were dropped."""
-        cutoff = None if older_than_s is None else time.time() - older_than_s
+        cutoff = None if older_than_s is None else self.clock() - older_than_s
         doomed = [
             e
             for e in self._entries.values()

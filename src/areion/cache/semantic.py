@@ -146,7 +146,7 @@ class SemanticCache:
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
         self._by_text: dict[tuple[str, str, str], int] = {}
         self._next_id = 1
-        self._recent: OrderedDict[str, SemanticHit] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str], SemanticHit] = OrderedDict()
         self._hit_server = HitServer("semantic", metrics, ledger)
 
     def __len__(self) -> int:
@@ -185,7 +185,7 @@ class SemanticCache:
             found = self._lookup(call.tenant, partition, question, vector)
             if found is not None:
                 entry, score = found
-                self._remember_hit(call.request_id, SemanticHit(call.tenant, entry.id, score))
+                self._remember_hit(SemanticHit(call.tenant, entry.id, score), call.request_id)
                 return self._hit_server.serve(
                     orjson.loads(entry.answer), call, {"entry": entry.id, "score": score}
                 )
@@ -286,16 +286,18 @@ class SemanticCache:
             self._drop(e)
         return len(doomed)
 
-    def _remember_hit(self, request_id: str, hit: SemanticHit) -> None:
-        self._recent[request_id] = hit
+    def _remember_hit(self, hit: SemanticHit, request_id: str) -> None:
+        # Keyed by tenant too: two tenants' request ids may be the same (an agent
+        # step's id derives from its run id, which each tenant chooses).
+        self._recent[(hit.tenant, request_id)] = hit
         while len(self._recent) > _RECENT_HITS:
             self._recent.popitem(last=False)
 
     def feedback(self, tenant: str, request_id: str, correct: bool) -> SemanticHit | None:
         """Judge the semantic hit that answered `request_id`: a wrong one lifts its
         entry's threshold above the hit's score. None if no such recent hit of `tenant`."""
-        hit = self._recent.get(request_id)
-        if hit is None or hit.tenant != tenant:
+        hit = self._recent.get((tenant, request_id))
+        if hit is None:
             return None
         if hit.entry in self._entries:
             self.thresholds.observe(hit.entry, hit.score, correct)

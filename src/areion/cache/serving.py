@@ -164,6 +164,7 @@ def free_entry(call: Call, deployment: str, upstream_model: str, **fields: Any) 
     no cost; `fields` add the cache tier and the saving."""
     return LedgerEntry(
         request_id=call.request_id,
+        client_request_id=call.client_request_id,
         tenant=call.tenant,
         model=call.request.model,
         deployment=deployment,

@@ -108,7 +108,8 @@ class Admission:
         self._prices = dict(prices)
         self._windows = Windows(self._tenants.values())
         self._spend_since = spend_since
-        self._clock = clock
+        self.clock = clock
+        """Unix time for rate buckets and budget windows; replaceable (a manual clock)."""
         self._policies: dict[tuple[str | None, str, str], tuple[KeyLimits | None, Policy]] = {}
         self._seeded = not self._windows or spend_since is None
         self._seeding = asyncio.Lock()
@@ -188,7 +189,7 @@ class Admission:
         billed_prompt = prompt + prompt // 5 + _PROMPT_MARGIN
         usd = policy.price.cost(billed_prompt, output)
         self._check_request_caps(policy, call.tenant, tokens, usd)
-        now = self._clock()
+        now = self.clock()
         takes: list[Take] = []
         report: RateReport | None = None
         if policy.limits:
@@ -216,7 +217,7 @@ class Admission:
                     raise exceeded(windows, budgets, usd, now)
             except BaseException:
                 for take in takes:  # a refused call costs nothing
-                    await self._counters.give(take, take.amount, self._clock())
+                    await self._counters.give(take, take.amount, self.clock())
                 raise
             hold = Hold(
                 self._counters,
@@ -226,7 +227,7 @@ class Admission:
                 prompt_tokens=billed_prompt,
                 output_tokens=output,
                 max_output_tokens=request.max_tokens * n if request.max_tokens else None,
-                clock=self._clock,
+                clock=self.clock,
                 notify=self._notify_settled,
             )
             call.annotations["hold"] = hold
@@ -304,7 +305,7 @@ class Admission:
         """Give back the tokens the call did not use, settle its hold at what accounting
         booked for it, and learn its output length from a `complete` answer (`usage`
         None: it failed or was a cache hit)."""
-        now = self._clock()
+        now = self.clock()
         used = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
         for take in admitted.takes:
             await self._counters.give(take, admitted.tokens - used, now)
@@ -330,7 +331,7 @@ class Admission:
         async with self._seeding:
             if self._seeded or self._spend_since is None:
                 return
-            now = self._clock()
+            now = self.clock()
             windows = [w for tenant in self._windows.tenants for w in self._windows.of(tenant, now)]
             spent: dict[float, dict[str, float]] = {}
             for window in windows:

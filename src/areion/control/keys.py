@@ -198,6 +198,14 @@ async def revoke_key(store: Store, name_or_id: str, *, tenant: str | None = None
     return record
 
 
+def _among(digest: bytes, digests: Sequence[bytes]) -> bool:
+    """Whether `digest` is one of `digests`, compared in constant time against each."""
+    found = False
+    for other in digests:
+        found |= hmac.compare_digest(other, digest)
+    return found
+
+
 class KeyRing:
     """Config keys and store keys, by digest and by label, for one process."""
 
@@ -218,7 +226,8 @@ class KeyRing:
         self._config_labels: dict[str, KeyLimits] = {key.label: key for key in auth.keys}
         self._stored_labels: dict[str, ApiKeyRecord] = {}
         self._admin = tuple(key_digest(key.get_secret_value()) for key in auth.admin_keys)
-        self._closed = bool(auth.keys or auth.admin_keys)
+        self._metrics = tuple(key_digest(key.get_secret_value()) for key in auth.metrics_keys)
+        self._closed = bool(auth.keys or auth.admin_keys or auth.metrics_keys)
         self._checked = -float("inf")
         self._cache: dict[bytes, tuple[float, ApiKeyRecord | None]] = {}
 
@@ -228,16 +237,17 @@ class KeyRing:
 
     def is_admin(self, key: str) -> bool:
         """Whether `key` is an admin key (compared in constant time against each)."""
+        return _among(key_digest(key), self._admin)
+
+    def is_operator(self, key: str) -> bool:
+        """Whether `key` may read /metrics and the health detail: an admin or metrics key."""
         digest = key_digest(key)
-        found = False
-        for admin in self._admin:
-            found |= hmac.compare_digest(admin, digest)
-        return found
+        return _among(digest, self._admin) | _among(digest, self._metrics)
 
     async def closed(self) -> bool:
-        """Whether requests need a key: the config lists keys or admin keys, or the store
-        holds an active key (re-checked every TTL while it holds none; once it has,
-        the server stays closed)."""
+        """Whether requests need a key: the config lists tenant, admin or metrics keys,
+        or the store holds an active key (re-checked every TTL while it holds none; once
+        it has, the server stays closed)."""
         if self._closed:
             return True
         now = self._clock()

@@ -38,7 +38,7 @@ import bisect
 import heapq
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -287,8 +287,10 @@ class _Group:
         max_queued: int | None,
         batch_every: int,
         weights: Mapping[str, float],
+        clock: Callable[[], float],
     ) -> None:
         self.name = name
+        self.clock = clock
         self.capacity = capacity
         self.batch_limit = batch_limit
         self.max_queued = max_queued
@@ -324,7 +326,7 @@ class _Group:
             self.batch_active += 1
         self.active += 1
         self.immediate[lane] += 1
-        return Slot(self, lane, time.monotonic(), 0.0)
+        return Slot(self, lane, self.clock(), 0.0)
 
     async def wait(self, tenant: str, lane: Priority) -> Slot:
         """Queue for a slot; raises `OverloadedError` if the call is shed."""
@@ -332,9 +334,7 @@ class _Group:
         tag = queue.tag_for(tenant)
         self._make_room(queue, tag)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(
-            loop.create_future(), tenant, lane, tag, queue.next_seq(), time.monotonic()
-        )
+        waiter = _Waiter(loop.create_future(), tenant, lane, tag, queue.next_seq(), self.clock())
         queue.push(waiter, self.weights.get(tenant, 1.0))
         if queue.limits.max_wait_s is not None:
             waiter.timer = loop.call_later(queue.limits.max_wait_s, self._expire, waiter)
@@ -414,7 +414,7 @@ class _Group:
         self.active -= 1
         if slot.lane == "batch":
             self.batch_active -= 1
-        held = time.monotonic() - slot._started
+        held = self.clock() - slot._started
         if self._measured:
             self.service_s += _EWMA * (held - self.service_s)
         else:
@@ -443,7 +443,7 @@ class _Group:
             elif self.batch.queued:
                 self.since_batch += 1
             self.active += 1
-            now = time.monotonic()
+            now = self.clock()
             waited = now - waiter.enqueued
             self.queued_count[waiter.lane] += 1
             self.wait_sum[waiter.lane] += waited
@@ -482,6 +482,7 @@ class Lanes:
         batch_every: int = 0,
         weights: Mapping[str, float] | None = None,
         registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Lanes for the model groups in `capacities` (calls in flight at once, per group).
 
@@ -492,7 +493,9 @@ class Lanes:
         (rounded up; batch keeps at least one slot). `batch_every`: while both lanes
         wait, batch gets at least one grant after this many interactive grants (0:
         strict priority). `weights`: each tenant's share within a lane (default 1).
-        `registry`: where to export the lane metrics.
+        `registry`: where to export the lane metrics. `clock`: what waits and service
+        times are measured by (the max_wait_s timers are the event loop's); a test's
+        virtual time, say.
         """
         if not 0.0 <= interactive_reserve < 1.0:
             raise ValueError("interactive_reserve must be in [0, 1)")
@@ -516,6 +519,7 @@ class Lanes:
                 max_queued=max_queued,
                 batch_every=batch_every,
                 weights=self._weights,
+                clock=clock,
             )
         if registry is not None:
             registry.register(_Collector(self._groups))

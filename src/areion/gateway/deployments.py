@@ -40,7 +40,8 @@ class Deployment:
     outstanding: int = 0
     """Calls in flight from this process."""
     cooldown_until: float = 0.0
-    """`time.monotonic()` before which a 429's Retry-After asks us to stay away."""
+    """The gateway's clock time (`time.monotonic()`) before which a 429's Retry-After
+    asks us to stay away."""
     remote_load: RemoteLoad | None = None
     """The last load the deployment reported (polled), if it reports any."""
     live_load: Callable[[], LoadReading] | None = None

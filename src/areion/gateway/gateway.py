@@ -54,7 +54,12 @@ class Gateway:
             for group in groups.values()
             for deployment in group.deployments
         }
-        self._rng = random.Random()
+        self.rng = random.Random()
+        """Breaks ties between equally loaded deployments and jitters backoff; replace it
+        (a seeded or scripted `Random`) for reproducible picks."""
+        self.clock: Callable[[], float] = time.monotonic
+        """What breakers and 429 cooldowns count their time by (monotonic seconds);
+        replace it (a test's manual clock) to move time without waiting."""
 
     def _plan(self, model: str) -> list[ModelGroup]:
         plan = [self.groups[model]]
@@ -92,8 +97,8 @@ class Gateway:
                 self.metrics.fallbacks.labels(request.model, group.name).inc()
             tried: list[Deployment] = []
             for attempt in range(self.retry.max_attempts):
-                now = time.monotonic()
-                deployment = pick_deployment(group, now, self._rng, tried)
+                now = self.clock()
+                deployment = pick_deployment(group, now, self.rng, tried)
                 if deployment is None:
                     break
                 if not deployment.breaker.acquire(now):
@@ -115,9 +120,9 @@ class Gateway:
                         # Throttling says nothing about health: honour it, don't trip the breaker.
                         deployment.breaker.release()
                         wait = error.retry_after or 0.0
-                        deployment.cooldown_until = time.monotonic() + wait
+                        deployment.cooldown_until = self.clock() + wait
                     else:
-                        deployment.breaker.record_failure(time.monotonic())
+                        deployment.breaker.record_failure(self.clock())
                         wait = 0.0
                     if not error.retryable:
                         break
@@ -139,7 +144,7 @@ class Gateway:
         self, group: ModelGroup, tried: list[Deployment], attempt: int, retry_after: float
     ) -> bool:
         """Wait before the next attempt in `group`; False if the group should be left."""
-        now = time.monotonic()
+        now = self.clock()
         untried = any(
             d not in tried and d.breaker.available(now) and d.cooldown_until <= now
             for d in group.deployments
@@ -149,7 +154,7 @@ class Gateway:
         if retry_after > self.retry.max_retry_after:
             return False
         delay = backoff_delay(
-            attempt, base=self.retry.backoff_base, cap=self.retry.backoff_max, rng=self._rng
+            attempt, base=self.retry.backoff_base, cap=self.retry.backoff_max, rng=self.rng
         )
         delay = max(delay, retry_after)
         if delay:
@@ -161,7 +166,7 @@ class Gateway:
     ) -> AreionError:
         if isinstance(last, RateLimitedError):
             return last
-        now = time.monotonic()
+        now = self.clock()
         waits = [
             max(d.breaker.retry_in(now), d.cooldown_until - now)
             for group in plan
@@ -298,7 +303,7 @@ class Gateway:
             ) from None
         except AreionError as error:
             deployment.metrics.error(_kind(error))
-            deployment.breaker.record_failure(time.monotonic())
+            deployment.breaker.record_failure(self.clock())
             raise StreamInterruptedError(
                 f"deployment {deployment.id} failed mid-stream: {error.message}"
             ) from error

@@ -436,9 +436,10 @@ class AnthropicProvider:
             return [state.chunk(usage=usage)]
         if kind == "error":
             error = event.get("error") or {}
+            detail = str(error.get("message") or error.get("type") or payload)
             raise UpstreamError(
                 f"deployment {self.deployment} reported an error mid-stream: "
-                f"{error.get('message') or error.get('type') or payload[:200]}"
+                f"{self._http.redact(detail)[:500]}"
             )
         return []  # ping, content_block_stop and event types added later
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 import aiohttp
@@ -26,11 +26,13 @@ from areion.errors import (
     RequestError,
     UpstreamError,
 )
+from areion.redact import redact
 from areion.types import ChatRequest, ChatResponse, StreamChunk
 
 __all__ = [
     "HttpTransport",
     "Provider",
+    "credentials",
     "error_detail",
     "error_from_status",
     "error_from_transport",
@@ -67,6 +69,8 @@ class HttpTransport:
 
     def __init__(self, config: ModelConfig, *, deployment: str) -> None:
         self.deployment = deployment
+        # What this deployment is sent, and so what its answers might echo back.
+        self.secrets = credentials(config)
         # sock_read bounds each wait for bytes: the wait for an answer to start, and
         # the longest stall between stream chunks. The total timeout is the gateway's.
         self._timeout = aiohttp.ClientTimeout(
@@ -97,7 +101,9 @@ class HttpTransport:
                     raise self._status_error(response, content)
                 return content
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise error_from_transport(error, deployment=self.deployment) from None
+            raise error_from_transport(
+                error, deployment=self.deployment, secrets=self.secrets
+            ) from None
 
     async def post_lines(
         self, url: str, body: bytes, headers: Mapping[str, str]
@@ -112,7 +118,9 @@ class HttpTransport:
                 async for line in response.content:
                     yield line
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise error_from_transport(error, deployment=self.deployment) from None
+            raise error_from_transport(
+                error, deployment=self.deployment, secrets=self.secrets
+            ) from None
 
     def _status_error(self, response: aiohttp.ClientResponse, content: bytes) -> AreionError:
         return error_from_status(
@@ -120,7 +128,12 @@ class HttpTransport:
             error_detail(content),
             deployment=self.deployment,
             retry_after=retry_after_of(response.headers),
+            secrets=self.secrets,
         )
+
+    def redact(self, text: str) -> str:
+        """Upstream text with this deployment's credentials, and anything key-like, masked."""
+        return redact(text, self.secrets)
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -128,6 +141,14 @@ class HttpTransport:
             with contextlib.suppress(RuntimeError):
                 await self._session.close()
         self._session = None
+
+
+def credentials(config: ModelConfig) -> tuple[str, ...]:
+    """The secrets a deployment is configured with: its api_key and header values."""
+    values = [value.get_secret_value() for value in config.headers.values()]
+    if config.api_key is not None:
+        values.append(config.api_key.get_secret_value())
+    return tuple(value for value in values if value)
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:
@@ -169,14 +190,21 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def error_from_status(
-    status: int, detail: str, *, deployment: str, retry_after: float | None = None
+    status: int,
+    detail: str,
+    *,
+    deployment: str,
+    retry_after: float | None = None,
+    secrets: Iterable[str] = (),
 ) -> AreionError:
-    """The error for an upstream HTTP status.
+    """The error for an upstream HTTP status, its `detail` redacted (`secrets` and
+    anything key-like masked: the message reaches the client and the logs).
 
     A 4xx the caller caused (bad parameters, context too long) comes back as a
     `RequestError`: another deployment would refuse it too, so it is not retried.
     """
-    detail = detail.strip()[:500] or "(no detail)"
+    # Redacted before it is cut: a cut through a secret would leave part of it.
+    detail = redact(detail, secrets).strip()[:500] or "(no detail)"
     if status == 429:
         return RateLimitedError(
             f"deployment {deployment} is rate limited: {detail}", retry_after=retry_after
@@ -204,8 +232,11 @@ def error_from_status(
     )
 
 
-def error_from_transport(error: BaseException, *, deployment: str) -> AreionError:
-    """The error for a failure below HTTP (connect, timeout, broken connection)."""
+def error_from_transport(
+    error: BaseException, *, deployment: str, secrets: Iterable[str] = ()
+) -> AreionError:
+    """The error for a failure below HTTP (connect, timeout, broken connection); the
+    library's description is redacted like an upstream's text."""
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return ProviderTimeoutError(f"deployment {deployment}: connect timed out")
     if isinstance(error, TimeoutError):
@@ -213,5 +244,8 @@ def error_from_transport(error: BaseException, *, deployment: str) -> AreionErro
             f"deployment {deployment}: no answer within the first-byte timeout"
         )
     if isinstance(error, aiohttp.ClientConnectorError):
-        return UpstreamError(f"deployment {deployment}: cannot connect ({error.os_error})")
-    return UpstreamError(f"deployment {deployment}: {type(error).__name__}: {error}")
+        reason = redact(str(error.os_error), secrets)
+        return UpstreamError(f"deployment {deployment}: cannot connect ({reason})")
+    return UpstreamError(
+        f"deployment {deployment}: {type(error).__name__}: {redact(str(error), secrets)}"
+    )

@@ -135,7 +135,7 @@ class OpenAIProvider:
         if "error" in data and "choices" not in data:
             raise UpstreamError(
                 f"deployment {self.deployment} reported an error mid-stream: "
-                f"{error_detail(payload)}"
+                f"{self._http.redact(error_detail(payload))[:500]}"
             )
         common_id = str(data.get("id") or "")
         model = str(data.get("model") or self.model)

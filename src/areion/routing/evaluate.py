@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from areion.errors import ConfigError
+from areion.pricing import round_usd
 from areion.routing.data import OutcomeTable
 
 if TYPE_CHECKING:
@@ -127,18 +128,25 @@ class RoutingReport:
                 "name": self.policy,
                 "target_quality": self.target_quality,
                 "accuracy": self.accuracy,
-                "cost_usd": self.cost_usd,
+                "cost_usd": round_usd(self.cost_usd),
                 "share": self.share,
             },
             "best_single": {
                 "model": best.model,
                 "accuracy": best.accuracy,
-                "cost_usd": best.cost_usd,
+                "cost_usd": round_usd(best.cost_usd),
             },
-            "oracle": {"accuracy": self.oracle.accuracy, "cost_usd": self.oracle.cost_usd},
-            "random": {"accuracy": self.random.accuracy, "cost_usd": self.random.cost_usd},
+            "oracle": {
+                "accuracy": self.oracle.accuracy,
+                "cost_usd": round_usd(self.oracle.cost_usd),
+            },
+            "random": {
+                "accuracy": self.random.accuracy,
+                "cost_usd": round_usd(self.random.cost_usd),
+            },
             "singles": {
-                s.model: {"accuracy": s.accuracy, "cost_usd": s.cost_usd} for s in self.singles
+                s.model: {"accuracy": s.accuracy, "cost_usd": round_usd(s.cost_usd)}
+                for s in self.singles
             },
             "prompts": self.prompts,
             "cascade": self.cascade.to_json() if self.cascade else None,
@@ -146,7 +154,7 @@ class RoutingReport:
                 {
                     "target_quality": p.target_quality,
                     "accuracy": p.accuracy,
-                    "cost_usd": p.cost_usd,
+                    "cost_usd": round_usd(p.cost_usd),
                     "share": p.share,
                 }
                 for p in self.curve

@@ -316,6 +316,9 @@ class Router:
         self._ledger = ledger
         self._solver = solver
         self._reasoning = {m.name for m in models if m.reasoning}
+        self.clock: Callable[[], float] = time.perf_counter
+        """What a route's latencies are measured with, from the call reaching the router
+        to its answer; replaceable (a test's manual clock)."""
         self.routes: dict[str, _Route] = {}
         for config in routes:
             policy: Policy | None
@@ -350,6 +353,7 @@ class Router:
             return await call_next(call)
         config = route.config
         call.annotations["route"] = config.name
+        started = self.clock()
         if config.solver and self._solver is not None:
             answer = self._solver(call.request)
             if answer is not None:
@@ -362,10 +366,10 @@ class Router:
         ):
             pick = Pick(route.degraded_model, "degraded")
         elif route.policy is None:
-            return await self._cascade(route, call, call_next)
+            return await self._cascade(route, call, call_next, started)
         else:
             pick = await route.policy.choose(call, text)
-        return await self._send(route, call, call_next, pick)
+        return await self._send(route, call, call_next, pick, started)
 
     # -- one model ----------------------------------------------------------------------
 
@@ -385,11 +389,13 @@ class Router:
         )
         return dataclasses.replace(call, request=request, annotations=dict(call.annotations))
 
-    async def _send(self, route: _Route, call: Call, call_next: Handler, pick: Pick) -> Result:
+    async def _send(
+        self, route: _Route, call: Call, call_next: Handler, pick: Pick, started: float
+    ) -> Result:
         self._count(route, pick)
         result = await call_next(self._retarget(call, pick))
         self._note(result, route, pick.reason)
-        self._watch(route, call, result)
+        self._watch(route, result, started)
         return result
 
     def _count(self, route: _Route, pick: Pick) -> None:
@@ -402,16 +408,14 @@ class Router:
         info["route"] = route.config.name
         info["route_reason"] = reason
 
-    def _watch(self, route: _Route, call: Call, result: Result) -> None:
+    def _watch(self, route: _Route, result: Result, started: float) -> None:
         watch = route.watch
         if watch is None:
             return
         if isinstance(result, ChatResponse):
-            self._observe(route, time.perf_counter() - call.started)
+            self._observe(route, self.clock() - started)
         else:
-            result.on_finish(
-                lambda _s, _e: self._observe(route, time.perf_counter() - call.started)
-            )
+            result.on_finish(lambda _s, _e: self._observe(route, self.clock() - started))
 
     def _observe(self, route: _Route, seconds: float) -> None:
         assert route.watch is not None
@@ -432,7 +436,9 @@ class Router:
 
     # -- cascade ------------------------------------------------------------------------
 
-    async def _cascade(self, route: _Route, call: Call, call_next: Handler) -> Result:
+    async def _cascade(
+        self, route: _Route, call: Call, call_next: Handler, started: float
+    ) -> Result:
         """Two cheapest candidates at once; keep the cheaper's answer if the checks pass;
         if the two answers cannot be compared, the route's `unverified` candidate answers;
         else the strongest. Every attempt goes through accounting."""
@@ -471,7 +477,7 @@ class Router:
             final = result
         final.cost_usd = spent  # the client pays for every attempt
         self._note(final, route, pick.reason)
-        self._watch(route, call, final)
+        self._watch(route, final, started)
         if not call.request.stream:
             return final
         return as_stream(final, call)

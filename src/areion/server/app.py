@@ -30,10 +30,12 @@ from areion.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
+from areion.pricing import usd_text
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.guard import LimitBody
+from areion.server.ops import OpsApi
 from areion.server.runs import RunsApi
 from areion.server.schema import error_body, json_response, parse_chat_request
 from areion.server.sse import EventStream, chat_events
@@ -71,17 +73,23 @@ def _authorization(scope: Scope) -> str:
     return ""
 
 
+def _own_keys(path: str) -> bool:
+    """Whether the endpoint checks its own (admin or metrics) keys."""
+    return path.startswith("/v1/admin/") or path in ("/healthz", "/metrics")
+
+
 class _Authenticate:
     """Resolves each request's bearer key before routing (a store lookup on a cache
-    miss is async), so handlers read the identity without awaiting. The admin API
-    checks its own keys; a request there is not looked up among tenant keys."""
+    miss is async), so handlers read the identity without awaiting. The admin API,
+    /healthz and /metrics check their own keys; a request there is not looked up
+    among tenant keys."""
 
     def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/v1/admin/"):
+        if scope["type"] == "http" and not _own_keys(scope["path"]):
             key = bearer_key(_authorization(scope))
             try:
                 scope[_IDENTITY] = await self.keys.identify(key)
@@ -109,11 +117,15 @@ class _Api:
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.identity(request)
         chat, include_usage = parse_chat_request(await request.body())
-        request_id = request.headers.get("x-request-id", "")[:128] or new_request_id()
+        # Areion's own id names the call (ledger, cache feedback): a client's id is its
+        # own choice, and another tenant could choose the same one. It is kept beside.
+        request_id = new_request_id()
+        client_request_id = request.headers.get("x-request-id", "")[:128]
         tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
         options = CallOptions(
             tenant=tenant,
             request_id=request_id,
+            client_request_id=client_request_id,
             cache=request.headers.get("x-areion-cache"),
             tier=request.headers.get("x-areion-tier") or None,
             tags=[t for t in tags if t],
@@ -121,6 +133,9 @@ class _Api:
             priority=request.headers.get("x-areion-priority") or None,
         )
         response = await self.runtime.answer(chat, options)
+        ids = {"x-request-id": request_id}
+        if client_request_id:
+            ids["x-client-request-id"] = client_request_id
         if isinstance(response, ChatStream):
             return EventStream(
                 response,
@@ -128,7 +143,7 @@ class _Api:
                 headers={
                     "x-areion-model": response.deployment,
                     "x-areion-cache": str(response.info.get("cache", "miss")),
-                    "x-request-id": response.request_id,
+                    **ids,
                     **_info_headers(response.info),
                 },
             )
@@ -136,36 +151,23 @@ class _Api:
             response.to_openai(),
             headers={
                 "x-areion-model": response.deployment,
-                "x-areion-cost-usd": f"{response.cost_usd or 0.0:.10f}",
+                "x-areion-cost-usd": usd_text(response.cost_usd or 0.0),
                 "x-areion-cache": response.cache or "miss",
-                "x-request-id": request_id,
+                **ids,
                 **_info_headers(response.info),
             },
         )
 
     async def models(self, request: Request) -> Response:
-        self.tenant(request)
+        _, key = self.identity(request)
         return json_response(
             {
                 "object": "list",
                 "data": [
                     {"id": name, "object": "model", "created": 0, "owned_by": "areion"}
-                    for name in self.runtime.models
+                    for name in self.runtime.models_for(key)
                 ],
             }
-        )
-
-    async def healthz(self, request: Request) -> Response:
-        deployments = {
-            deployment.id: deployment.breaker.state.value
-            for deployment in self.runtime.gateway.deployments.values()
-        }
-        return json_response({"status": "ok", "deployments": deployments})
-
-    async def metrics(self, request: Request) -> Response:
-        return Response(
-            self.runtime.metrics.exposition(),
-            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
 
@@ -260,8 +262,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
-            Route("/healthz", api.healthz, methods=["GET"]),
-            Route("/metrics", api.metrics, methods=["GET"]),
+            *OpsApi(runtime).routes(),
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),

@@ -1,6 +1,8 @@
 """The runs API: start, inspect, follow, approve, reject and resume agent runs.
 
-Runs belong to the tenant whose key created them; any other tenant gets a 404.
+Runs belong to the tenant whose key created them; any other tenant gets a 404. Run
+ids are per tenant: a client may choose one (`run_id`), and the same id chosen by
+another tenant is another run. Reusing one's own id for a different run is a 409.
 Events are read back from the store, so any replica can serve them for a run
 another replica drives; model text deltas are not stored and not replayed here
 (`Runtime.stream()` in-process has them).
@@ -24,6 +26,7 @@ from areion.agent.runner import RunNotFoundError, new_run_id
 from areion.cache.plans import offered_plan
 from areion.config import AgentConfig
 from areion.errors import ConfigError, RequestError
+from areion.pricing import round_usd
 from areion.runtime import Runtime
 from areion.server.schema import clip, json_response, parse_body
 from areion.store.records import RunSnapshot
@@ -122,7 +125,7 @@ def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
             "completion_tokens": run.completion_tokens,
             "total_tokens": run.prompt_tokens + run.completion_tokens,
         },
-        "cost_usd": run.cost_usd,
+        "cost_usd": round_usd(run.cost_usd),
         "plan_hit": None
         if plan is None
         else {"entry": plan.entry, "task": plan.task, "score": plan.score},
@@ -186,6 +189,13 @@ class RunsApi:
         body: _StartBody = parse_body(_StartBody, await request.body())
         agent = self._agent(body.agent)
         run_id = body.run_id or None
+        if run_id is not None:
+            # Before answering 202: a run id the caller already gave another run is a 409
+            # now, not a failure of the background task nobody sees. Only the caller's own
+            # runs are looked at; other tenants' ids are theirs.
+            await self.runtime.agents.existing(
+                run_id, agent=agent, input=body.input, session=body.session, tenant=tenant
+            )
         if body.wait:
             result = await self.runtime.run(
                 agent, body.input, session=body.session, run_id=run_id, tenant=tenant

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from areion.errors import StreamInterruptedError
+from areion.pricing import usd_text
 from areion.server.schema import error_body
 from areion.streaming import ChatStream
 
@@ -91,5 +92,5 @@ async def chat_events(stream: ChatStream, include_usage: bool) -> AsyncIterator[
         yield b"data: " + orjson.dumps(body) + b"\n\n"
         return
     if stream.cost_usd is not None:
-        yield f": x-areion-cost-usd={stream.cost_usd:.10f}\n\n".encode()
+        yield f": x-areion-cost-usd={usd_text(stream.cost_usd)}\n\n".encode()
     yield b"data: [DONE]\n\n"

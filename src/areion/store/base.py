@@ -51,7 +51,8 @@ class Store(Protocol):
     # -- agent runs -------------------------------------------------------------
 
     async def create_run(self, run: RunRecord, messages: Sequence[dict[str, Any]]) -> None:
-        """Insert a new run with its first messages; a duplicate run id is an error."""
+        """Insert a new run with its first messages; ValueError if its tenant already has
+        a run of that id (another tenant's run of the same id is another run)."""
         ...
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -63,13 +64,15 @@ class Store(Protocol):
         ...
 
     async def load_run(self, run_id: str, *, tenant: str | None = None) -> RunSnapshot | None:
-        """A run with its transcript and tool calls; None if absent or another tenant's."""
+        """A run with its transcript and tool calls; None if `tenant` has no run of that
+        id. Without a tenant (an operator's read): the oldest run of that id."""
         ...
 
     async def run_events(
         self, run_id: str, *, after: int = -1, tenant: str | None = None
     ) -> list[tuple[int, dict[str, Any]]]:
-        """Stored events of a run with sequence numbers greater than `after`."""
+        """Stored events of a run with sequence numbers greater than `after` (the run
+        `load_run` with the same arguments finds)."""
         ...
 
     # -- sessions ---------------------------------------------------------------

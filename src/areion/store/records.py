@@ -32,7 +32,7 @@ class RunRecord:
     """The summary row of one agent run."""
 
     run_id: str
-    """Unique id of the run."""
+    """The run's id, unique within its tenant (another tenant may use the same id)."""
     tenant: str
     """Who owns the run; no other tenant can see it."""
     agent: str
@@ -71,6 +71,8 @@ class RunRecord:
 class ToolCallRecord:
     """What is known about one tool call of a run: the ledger of side effects."""
 
+    tenant: str
+    """Whose run made the call (run ids are unique within a tenant)."""
     run_id: str
     """The run that made the call."""
     call_id: str

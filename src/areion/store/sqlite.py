@@ -70,9 +70,11 @@ def sqlite_path(url: str) -> str:
 class SQLiteStore:
     """`Store` over one SQLite database file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
-        self._writer = Writer(path)
+        # Unix time of cache expiry; a test's manual clock moves it without waiting.
+        self._clock = clock
+        self._writer = Writer(path, clock=clock)
         # An in-memory database exists only on the writer's connection.
         self._reader = Reader(path) if path != ":memory:" else None
         self._schema_ready = False
@@ -157,6 +159,7 @@ class SQLiteStore:
                 saved_usd=row[13],
                 saved_s=row[14],
                 open=bool(row[15]),
+                client_request_id=row[16],
             )
             for row in await self._read(read)
         ]
@@ -175,12 +178,14 @@ class SQLiteStore:
     async def create_run(self, run: RunRecord, messages: Sequence[dict[str, Any]]) -> None:
         parts: list[Part] = [(NEW_RUNS, orjson.dumps(_run_row(run)))]
         if messages:
-            parts.append((MESSAGES, orjson.dumps((run.run_id, 0, list(messages)))))
+            parts.append((MESSAGES, orjson.dumps((run.tenant, run.run_id, 0, list(messages)))))
         try:
             await self._write(parts, _size(parts))
         except sqlite3.IntegrityError as exc:
             if "runs.run_id" in str(exc):
-                raise ValueError(f"run {run.run_id!r} already exists") from exc
+                raise ValueError(
+                    f"run {run.run_id!r} of tenant {run.tenant!r} already exists"
+                ) from exc
             raise
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -191,11 +196,19 @@ class SQLiteStore:
                 f"checkpoint of run {run.run_id!r}: message_count {run.message_count} "
                 f"is less than the {len(checkpoint.messages)} messages it adds"
             )
+        for call in checkpoint.tool_calls:
+            if (call.tenant, call.run_id) != (run.tenant, run.run_id):
+                raise ValueError(
+                    f"checkpoint of run {run.run_id!r}: tool call {call.call_id!r} belongs to "
+                    f"run {call.run_id!r} of tenant {call.tenant!r}"
+                )
         parts: list[Part] = [(RUNS, orjson.dumps(_run_row(run)))]
         if checkpoint.messages:
-            parts.append((MESSAGES, orjson.dumps((run.run_id, first, checkpoint.messages))))
+            parts.append(
+                (MESSAGES, orjson.dumps((run.tenant, run.run_id, first, checkpoint.messages)))
+            )
         if checkpoint.events:
-            parts.append((EVENTS, orjson.dumps((run.run_id, checkpoint.events))))
+            parts.append((EVENTS, orjson.dumps((run.tenant, run.run_id, checkpoint.events))))
         if checkpoint.tool_calls:
             rows = orjson.dumps([_tool_row(call) for call in checkpoint.tool_calls])
             parts.append((TOOL_CALLS, rows[1:-1]))
@@ -222,7 +235,7 @@ class SQLiteStore:
             row = db.execute(LOAD_RUN, (run_id, tenant)).fetchone()
             if row is None:
                 return None
-            return row, db.execute(LOAD_TOOL_CALLS, (run_id,)).fetchall()
+            return row, db.execute(LOAD_TOOL_CALLS, (row[1], run_id)).fetchall()
 
         found = await self._read(read)
         if found is None:
@@ -251,6 +264,7 @@ class SQLiteStore:
             messages=orjson.loads(row[17]) if row[17] is not None else [],
             tool_calls={
                 call[1]: ToolCallRecord(
+                    tenant=row[1],
                     run_id=call[0],
                     call_id=call[1],
                     name=call[2],
@@ -320,11 +334,11 @@ class SQLiteStore:
     # -- memoized tool results ----------------------------------------------------------
 
     async def cache_get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._read(_scalar(CACHE_GET, (key, time.time())))
+        value: bytes | None = await self._read(_scalar(CACHE_GET, (key, self._clock())))
         return value
 
     async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
-        await self._write([(CACHE, (key, bytes(value), time.time() + ttl))], len(value))
+        await self._write([(CACHE, (key, bytes(value), self._clock() + ttl))], len(value))
 
     # -- API keys -----------------------------------------------------------------------
 
@@ -404,7 +418,7 @@ def _ledger_rows(entries: Sequence[LedgerEntry]) -> bytes:
                 e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
                 e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
                 int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
-                int(e.open),
+                int(e.open), e.client_request_id,
             )
             for e in entries
         ]
@@ -421,7 +435,7 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
 
 def _tool_row(call: ToolCallRecord) -> tuple[Any, ...]:
     return (
-        call.run_id, call.call_id, call.name, call.arguments, call.status,
+        call.tenant, call.run_id, call.call_id, call.name, call.arguments, call.status,
         call.idempotency_key, call.result, call.reason, call.updated,
     )  # fmt: skip
 

@@ -31,6 +31,7 @@ __all__ = [
     "NEW_RUNS",
     "RUNS",
     "RUN_EVENTS",
+    "RUN_TABLES",
     "SESSION_SUMMARIES",
     "SESSION_TURNS",
     "SUMMARIES",
@@ -45,8 +46,8 @@ __all__ = [
 # Kinds of fragment a write is made of; each is one column of the batch view.
 NEW_RUNS = 0  # [run row]                     create_run: plain INSERT, duplicates fail
 RUNS = 1  # [run row]                         checkpoint: the run must exist for its tenant
-MESSAGES = 2  # [run_id, first_seq, [message, ...]]
-EVENTS = 3  # [run_id, [event, ...]]          seqs assigned here, after the run's last
+MESSAGES = 2  # [tenant, run_id, first_seq, [message, ...]]
+EVENTS = 3  # [tenant, run_id, [event, ...]]  seqs assigned here, after the run's last
 TOOL_CALLS = 4  # [tool call row]             insert or replace
 TURNS = 5  # [tenant, session, seq, role, content, tokens]
 SUMMARIES = 6  # [tenant, session, first_seq, last_seq, text, tokens]
@@ -81,6 +82,7 @@ _RUN_COLUMNS = (
 _RUN_FIXED = ("run_id", "tenant", "created")
 
 _TOOL_COLUMNS = (
+    "tenant",
     "run_id",
     "call_id",
     "name",
@@ -92,10 +94,12 @@ _TOOL_COLUMNS = (
     "updated",
 )
 
+_TOOL_KEY = ("tenant", "run_id", "call_id")
+
 LEDGER_COLUMNS = (
     "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
     "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created, "
-    "cache, saved_usd, saved_s, open"
+    "cache, saved_usd, saved_s, open, client_request_id"
 )
 
 # Columns added after the first release of the ledger table: (name, declaration).
@@ -105,9 +109,10 @@ LEDGER_ADDED = (
     ("saved_usd", "REAL NOT NULL DEFAULT 0"),
     ("saved_s", "REAL NOT NULL DEFAULT 0"),
     ("open", "INTEGER NOT NULL DEFAULT 0"),
+    ("client_request_id", "TEXT NOT NULL DEFAULT ''"),
 )
 
-TABLES = """
+_LEDGER_TABLES = """
 CREATE TABLE IF NOT EXISTS ledger (
     request_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
@@ -124,13 +129,19 @@ CREATE TABLE IF NOT EXISTS ledger (
     cache TEXT NOT NULL DEFAULT '',      -- '' for a model call, else the cache tier that answered
     saved_usd REAL NOT NULL DEFAULT 0,   -- what a cache hit saved
     saved_s REAL NOT NULL DEFAULT 0,
-    open INTEGER NOT NULL DEFAULT 0       -- 1: a stream in progress, priced at its bound
+    open INTEGER NOT NULL DEFAULT 0,      -- 1: a stream in progress, priced at its bound
+    client_request_id TEXT NOT NULL DEFAULT ''  -- the client's x-request-id, if it sent one
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, created);
 CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
+"""
 
+# Also what `migrate` rebuilds the run tables from: no `;` in its comments.
+RUN_TABLES = """
+-- A run id is unique within its tenant: each tenant names its runs in its own space,
+-- so the same id chosen by two tenants is two runs, and neither learns of the other.
 CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT NOT NULL PRIMARY KEY,
+    run_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
     agent TEXT NOT NULL,
     session TEXT,
@@ -146,25 +157,29 @@ CREATE TABLE IF NOT EXISTS runs (
     message_count INTEGER NOT NULL,
     limits TEXT NOT NULL,          -- JSON object
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    PRIMARY KEY (tenant, run_id)
 );
 CREATE INDEX IF NOT EXISTS runs_tenant ON runs (tenant, created);
 
 CREATE TABLE IF NOT EXISTS run_messages (
+    tenant TEXT NOT NULL,
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     message TEXT NOT NULL,         -- JSON object, OpenAI wire shape
-    PRIMARY KEY (run_id, seq)
+    PRIMARY KEY (tenant, run_id, seq)
 );
 
 CREATE TABLE IF NOT EXISTS run_events (
+    tenant TEXT NOT NULL,
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     event TEXT NOT NULL,           -- JSON object
-    PRIMARY KEY (run_id, seq)
+    PRIMARY KEY (tenant, run_id, seq)
 );
 
 CREATE TABLE IF NOT EXISTS tool_calls (
+    tenant TEXT NOT NULL,
     run_id TEXT NOT NULL,
     call_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -174,9 +189,14 @@ CREATE TABLE IF NOT EXISTS tool_calls (
     result TEXT,
     reason TEXT,
     updated REAL NOT NULL,
-    PRIMARY KEY (run_id, call_id)
+    PRIMARY KEY (tenant, run_id, call_id)
 );
+"""
 
+TABLES = (
+    _LEDGER_TABLES
+    + RUN_TABLES
+    + """
 CREATE TABLE IF NOT EXISTS session_turns (
     tenant TEXT NOT NULL,
     session TEXT NOT NULL,
@@ -225,21 +245,60 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name)
     WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created);
 """
+)
 
 API_KEY_COLUMNS = "key_id, digest, tenant, name, rpm, tpm, priority, models, created, revoked_at"
+
+
+# The run tables before run ids were namespaced by tenant, and how each one's rows
+# are copied into its new shape (run ids were unique across tenants then).
+_RUN_TABLES_V1 = {
+    "runs": f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs_v1",
+    "run_messages": "SELECT r.tenant, m.run_id, m.seq, m.message FROM run_messages_v1 AS m "
+    "JOIN runs_v1 AS r USING (run_id)",
+    "run_events": "SELECT r.tenant, e.run_id, e.seq, e.event FROM run_events_v1 AS e "
+    "JOIN runs_v1 AS r USING (run_id)",
+    "tool_calls": f"SELECT r.tenant, {', '.join('t.' + c for c in _TOOL_COLUMNS[1:])} "
+    "FROM tool_calls_v1 AS t JOIN runs_v1 AS r USING (run_id)",
+}
 
 
 def migrate(db: Any) -> None:
     """Bring a database made by an earlier version up to this schema.
 
     Tables added later (api_keys) need nothing here: `TABLES` creates whatever is
-    missing on every open; only columns added to an existing table do."""
+    missing on every open; columns added to an existing table do, and so do the run
+    tables, whose keys gained the tenant (SQLite cannot change a primary key in
+    place: each table is rebuilt, in one transaction)."""
     present = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
     for name, declaration in LEDGER_ADDED:
         if name not in present:
             db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {declaration}")
     # Only streams in progress are open: a small index, for closing them.
     db.execute("CREATE INDEX IF NOT EXISTS ledger_open ON ledger (request_id) WHERE open = 1")
+    if _runs_namespaced(db):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not _runs_namespaced(db):  # another process may have migrated meanwhile
+            db.execute("DROP INDEX IF EXISTS runs_tenant")
+            for table in _RUN_TABLES_V1:
+                db.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+            for statement in RUN_TABLES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for table, rows in _RUN_TABLES_V1.items():
+                db.execute(f"INSERT INTO {table} {rows}")
+            for table in _RUN_TABLES_V1:
+                db.execute(f"DROP TABLE {table}_v1")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _runs_namespaced(db: Any) -> bool:
+    return "tenant" in {row[1] for row in db.execute("PRAGMA table_info(run_messages)")}
 
 
 def _fields(source: str, count: int) -> str:
@@ -279,24 +338,28 @@ BEGIN
         WHERE run_id = json_extract(c.value, '$[0]') AND tenant = json_extract(c.value, '$[1]')
     );
 
-    {_upsert("runs", _RUN_COLUMNS, ("run_id",), _RUN_FIXED)}
+    {_upsert("runs", _RUN_COLUMNS, ("tenant", "run_id"), _RUN_FIXED)}
 
-    INSERT INTO run_messages (run_id, seq, message)
-    SELECT json_extract(b.value, '$[0]'), json_extract(b.value, '$[1]') + m.key, m.value
-    FROM json_each(NEW.messages) AS b, json_each(b.value, '$[2]') AS m;
+    INSERT INTO run_messages (tenant, run_id, seq, message)
+    SELECT json_extract(b.value, '$[0]'), json_extract(b.value, '$[1]'),
+           json_extract(b.value, '$[2]') + m.key, m.value
+    FROM json_each(NEW.messages) AS b, json_each(b.value, '$[3]') AS m;
 
     -- Event seqs continue after the run's last stored event; numbering by position
     -- in the batch keeps two checkpoints of one run in one batch in order. SQLite
     -- evaluates the whole SELECT before inserting, since it reads run_events.
-    INSERT INTO run_events (run_id, seq, event)
-    SELECT r, COALESCE((SELECT MAX(seq) FROM run_events AS x WHERE x.run_id = r), -1)
-              + ROW_NUMBER() OVER (PARTITION BY r ORDER BY bk, ek), e
+    INSERT INTO run_events (tenant, run_id, seq, event)
+    SELECT t, r,
+           COALESCE((SELECT MAX(seq) FROM run_events AS x WHERE x.tenant = t AND x.run_id = r),
+                    -1)
+           + ROW_NUMBER() OVER (PARTITION BY t, r ORDER BY bk, ek), e
     FROM (
-        SELECT json_extract(b.value, '$[0]') AS r, b.key AS bk, v.key AS ek, v.value AS e
-        FROM json_each(NEW.events) AS b, json_each(b.value, '$[1]') AS v
+        SELECT json_extract(b.value, '$[0]') AS t, json_extract(b.value, '$[1]') AS r,
+               b.key AS bk, v.key AS ek, v.value AS e
+        FROM json_each(NEW.events) AS b, json_each(b.value, '$[2]') AS v
     );
 
-    {_upsert("tool_calls", _TOOL_COLUMNS, ("run_id", "call_id"), ("run_id", "call_id"))}
+    {_upsert("tool_calls", _TOOL_COLUMNS, _TOOL_KEY, _TOOL_KEY)}
 
     INSERT INTO session_turns (tenant, session, seq, role, content, tokens)
     SELECT {_fields("value", 6)} FROM json_each(NEW.turns);
@@ -305,7 +368,7 @@ BEGIN
     SELECT {_fields("value", 6)} FROM json_each(NEW.summaries);
 
     INSERT INTO ledger ({LEDGER_COLUMNS})
-    SELECT {_fields("value", 16)} FROM json_each(NEW.ledger);
+    SELECT {_fields("value", 17)} FROM json_each(NEW.ledger);
 
     -- After the inserts: a stream that opened and closed within one batch closes too.
     UPDATE ledger SET
@@ -348,19 +411,29 @@ WRITE_BATCH = (
 
 # Reads build their JSON in SQL, so a whole transcript comes back as one value:
 # one step of the statement (one GIL hand-off) instead of one per row.
+# Without a tenant (?2 NULL: an operator's read), the oldest run of that id.
 LOAD_RUN = f"""
+WITH run AS (
+    SELECT * FROM runs WHERE run_id = ?1 AND (?2 IS NULL OR tenant = ?2)
+    ORDER BY created LIMIT 1
+)
 SELECT {", ".join(_RUN_COLUMNS)},
     (SELECT '[' || group_concat(message, ',') || ']'
-     FROM (SELECT message FROM run_messages WHERE run_id = ?1 ORDER BY seq))
-FROM runs WHERE run_id = ?1 AND (?2 IS NULL OR tenant = ?2)
+     FROM (SELECT message FROM run_messages
+           WHERE tenant = (SELECT tenant FROM run) AND run_id = ?1 ORDER BY seq))
+FROM run
 """
 
-LOAD_TOOL_CALLS = f"SELECT {', '.join(_TOOL_COLUMNS)} FROM tool_calls WHERE run_id = ?"
+LOAD_TOOL_CALLS = (
+    f"SELECT {', '.join(_TOOL_COLUMNS[1:])} FROM tool_calls WHERE tenant = ? AND run_id = ?"
+)
 
 RUN_EVENTS = """
 SELECT '[' || group_concat('[' || seq || ',' || event || ']', ',') || ']'
-FROM (SELECT seq, event FROM run_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq)
-WHERE ?3 IS NULL OR EXISTS (SELECT 1 FROM runs WHERE run_id = ?1 AND tenant = ?3)
+FROM (SELECT seq, event FROM run_events
+      WHERE run_id = ?1 AND seq > ?2 AND tenant = COALESCE(
+          ?3, (SELECT tenant FROM runs WHERE run_id = ?1 ORDER BY created LIMIT 1))
+      ORDER BY seq)
 """
 
 SESSION_TURNS = """

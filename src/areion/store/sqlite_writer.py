@@ -41,9 +41,10 @@ class Writer(DbThread):
 
     name = "areion-sqlite-writer"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(path)
         self._checkpointer: Checkpointer | None = None
+        self._clock = clock  # when cache entries are swept as expired
 
     async def write(self, parts: Sequence[Part], size: int) -> None:
         """Commit one write; returns once it is durable."""
@@ -109,7 +110,7 @@ class Writer(DbThread):
         try:
             db = self._connect()
             # One statement, in autocommit mode: the batch's whole transaction.
-            db.execute(WRITE_BATCH, _merge(writes))
+            db.execute(WRITE_BATCH, _merge(writes, self._clock()))
         except Exception as exc:
             if len(writes) == 1:
                 writes[0].error = exc
@@ -127,7 +128,7 @@ class Writer(DbThread):
                 for job in writes:
                     db.execute("SAVEPOINT one_write")
                     try:
-                        db.execute(WRITE_BATCH, _merge([job]))
+                        db.execute(WRITE_BATCH, _merge([job], self._clock()))
                     except Exception as exc:
                         db.execute("ROLLBACK TO one_write")
                         job.error = exc
@@ -150,8 +151,9 @@ class Writer(DbThread):
             self._checkpointer.written()
 
 
-def _merge(writes: Sequence[Job]) -> list[Any]:
-    """The WRITE_BATCH parameters of some writes: one JSON array per kind."""
+def _merge(writes: Sequence[Job], now: float) -> list[Any]:
+    """The WRITE_BATCH parameters of some writes: one JSON array per kind; cache entries
+    that expired by `now` are swept."""
     buckets: list[list[bytes]] = [[] for _ in range(JSON_KINDS)]
     cache_rows: list[tuple[str, int, int, float]] = []
     blobs: list[bytes] = []
@@ -167,7 +169,7 @@ def _merge(writes: Sequence[Job]) -> list[Any]:
                 buckets[kind].append(payload)
     params: list[Any] = [b"[" + b",".join(b) + b"]" if b else None for b in buckets]
     if cache_rows:
-        params += [orjson.dumps(cache_rows), b"".join(blobs), time.time()]
+        params += [orjson.dumps(cache_rows), b"".join(blobs), now]
     else:
         params += [None, None, None]
     return params
