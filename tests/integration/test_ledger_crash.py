@@ -114,7 +114,9 @@ store: sqlite:///{db}
     with sqlite3.connect(db) as connection:
         booked = {row[0] for row in connection.execute("SELECT request_id FROM ledger")}
         (spent,) = connection.execute("SELECT SUM(cost_usd) FROM ledger").fetchone()
-    assert len(answered) >= 50
+    # (How many calls were answered varies: streams cut by a kill stay booked at what
+    # they may have cost, which uses up the budget sooner. Nothing else may vary.)
+    assert len(answered) >= 10
     assert answered <= booked, f"{len(answered - booked)} answered calls are not in the ledger"
     assert spent <= BUDGET
 
