@@ -23,6 +23,8 @@ The tree splits "you configured or called it wrong" from "the world failed"::
     │   ├── RateLimitExceededError  a key, tenant or model rate limit; `retry_after` 429
     │   ├── BudgetExceededError     the call's estimated cost does not fit a budget 402
     │   └── OverloadedError         (control.lanes) shed by a full lane; `retry_after` 503
+    ├── BackendUnavailableError     a shared backend (Redis, PostgreSQL) is down  503
+    ├── FencedError                 another replica has taken a run over          409
     └── UpstreamError               a provider failed                            502
         ├── RateLimitedError        throttled; carries `retry_after`             429
         ├── ProviderUnavailableError no deployment can take the call            503
@@ -39,8 +41,10 @@ from __future__ import annotations
 __all__ = [
     "AreionError",
     "AuthenticationError",
+    "BackendUnavailableError",
     "BudgetExceededError",
     "ConfigError",
+    "FencedError",
     "LimitError",
     "ModelNotAllowedError",
     "ProviderTimeoutError",
@@ -155,6 +159,31 @@ class BudgetExceededError(LimitError):
         super().__init__(message, retry_after=retry_after, headers=headers)
         self.budget = budget
         """Which budget: `request`, `day` or `month`."""
+
+
+class BackendUnavailableError(AreionError):
+    """A backend Areion keeps shared state in (Redis: limits and budgets; PostgreSQL: the
+    ledger) cannot be reached; the call is refused rather than served unlimited or
+    unbilled. `retry_after`: when to try again."""
+
+    status = 503
+    type = "server_error"
+    code = "backend_unavailable"
+
+    def __init__(self, message: str, *, backend: str, retry_after: float | None = 1.0) -> None:
+        super().__init__(message)
+        self.backend = backend
+        """`redis` or `postgres`."""
+        self.retry_after = retry_after
+
+
+class FencedError(AreionError):
+    """A checkpoint carried an older fencing token than the run's: another replica has
+    taken the run over (its lease had expired), and this one must stop driving it."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "run_taken_over"
 
 
 class UpstreamError(AreionError):

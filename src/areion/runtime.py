@@ -33,7 +33,9 @@ from areion.pipeline import Call, Result, Stage, compose
 from areion.pricing import PriceBound, price_bound
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
+from areion.store.counters import Counters
 from areion.store.records import SessionTurn
+from areion.store.shared import LocalShared, Shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
 from areion.types import ChatRequest, ChatResponse, Message
@@ -90,12 +92,19 @@ class Runtime:
     context manager, or call `aclose()`, so pending ledger writes land.
     """
 
-    def __init__(self, config: Config | None = None, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        store: Store | None = None,
+        shared: Shared | None = None,
+    ) -> None:
         self.config = config or default_config()
         self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
         self.metrics = Metrics()
         self.store = store or open_store(self.config.store)
+        self.shared = shared or LocalShared()
         self.ledger = Ledger(self.store)
         groups = build_groups(self.config, self.metrics)
         self.gateway = Gateway(self.config, groups, self.metrics)
@@ -126,7 +135,7 @@ class Runtime:
         # Always there: a key made in the store later may carry limits or a model list
         # (a call with nothing to check passes straight through).
         self.admission = Admission(
-            self.store.counters,
+            self.shared.counters,
             keys=self.config.auth.keys,
             lookup=self.keys.limits,
             tenants=self.config.all_tenants,
@@ -232,6 +241,11 @@ class Runtime:
     def from_config(cls, path: str | os.PathLike[str]) -> Runtime:
         """A runtime configured by a YAML file."""
         return cls(load_config(path))
+
+    @property
+    def counters(self) -> Counters:
+        """The atomic counters every replica shares: limits, budgets, tool cooldowns."""
+        return self.shared.counters
 
     @property
     def models(self) -> list[str]:
@@ -485,6 +499,7 @@ class Runtime:
         await self.ledger.aclose()
         await self.gateway.aclose()
         await self.store.aclose()
+        await self.shared.aclose()
         if self.agents.plans is not None:
             self.agents.plans.close()
         if self.semantic_cache is not None:

@@ -170,3 +170,31 @@ async def test_a_ledger_from_an_older_version_gains_the_new_columns(tmp_path: Pa
     assert rows["old"].client_request_id == ""
     assert rows["new"].cache == "exact" and rows["new"].saved_usd == 0.25
     assert rows["new"].client_request_id == "theirs"
+
+
+async def test_cache_entries_are_numbered_followed_and_dropped_per_tenant(tmp_path: Path) -> None:
+    from areion.store.records import CacheEntryRecord
+
+    store = SQLiteStore(str(tmp_path / "areion.db"))
+
+    def entry(tenant: str, text: str, *, expires: float = 1e12) -> CacheEntryRecord:
+        return CacheEntryRecord(
+            tier="semantic", tenant=tenant, partition="p", model="fast", text=text,
+            vector=b"\x00\x00\x80?", payload=b"{}", created=100.0, expires=expires,
+        )  # fmt: skip
+
+    try:
+        first = await store.add_cache_entry(entry("a", "one"))
+        second = await store.add_cache_entry(entry("b", "two"))
+        await store.add_cache_entry(entry("a", "gone", expires=1.0))  # already expired
+        assert second > first
+        assert [e.text for e in await store.cache_entries("semantic")] == ["one", "two"]
+        assert [e.id for e in await store.cache_entries("semantic", after=first)] == [second]
+        assert await store.cache_entries("plan") == []
+        await store.set_cache_threshold("semantic", first, 0.9)
+        assert (await store.cache_entries("semantic"))[0].threshold == 0.9
+        assert await store.drop_cache_entries("semantic", "b", model="other") == []
+        assert await store.drop_cache_entries("semantic", "b") == [second]
+        assert [e.tenant for e in await store.cache_entries("semantic")] == ["a"]
+    finally:
+        await store.aclose()

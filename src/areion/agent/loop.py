@@ -37,7 +37,7 @@ from areion.cache.plans import PlanHit, offered_plan
 from areion.errors import AreionError, BudgetExceededError
 from areion.pricing import round_usd
 from areion.store.base import Store
-from areion.store.counters import Take
+from areion.store.counters import Counters, Take
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
 from areion.streaming import ChatStream, MessageAssembler
 from areion.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
@@ -61,6 +61,11 @@ class ModelHost(Protocol):
     ) -> ChatStream: ...
 
     def cognitive_error(self, agent: str, kind: str) -> None: ...
+
+    @property
+    def counters(self) -> Counters:
+        """The atomic counters every replica shares (tool cooldowns, the loop guard)."""
+        ...
 
 
 @dataclass(slots=True, kw_only=True)
@@ -567,7 +572,7 @@ class RunDriver:
         assert item.cooldown_s is not None
         key = "cooldown:" + self._cache_key(item, arguments).removeprefix("tool:")
         take = Take(key=key, amount=1.0, rate=1.0 / item.cooldown_s, burst=1.0)
-        ok, states = await self.store.counters.take([take], time.time())
+        ok, states = await self.host.counters.take([take], time.time())
         return 0.0 if ok else max(states[0].retry_after, 0.001)
 
     async def _hourly_guard(self) -> str | None:
@@ -578,7 +583,7 @@ class RunDriver:
             return None
         key = f"agent-steps:{self.run.tenant}:{self.agent.name}"
         take = Take(key=key, amount=1.0, rate=limit / 3600.0, burst=float(limit))
-        ok, states = await self.store.counters.take([take], time.time())
+        ok, states = await self.host.counters.take([take], time.time())
         if ok:
             return None
         return (

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from areion.store.counters import Counters
 from areion.store.records import (
     ApiKeyRecord,
+    CacheEntryRecord,
+    CacheTier,
     Checkpoint,
     RunRecord,
     RunSnapshot,
@@ -41,13 +42,6 @@ class Store(Protocol):
         """Each tenant's total recorded cost since `since` (Unix time)."""
         ...
 
-    # -- limits and budgets -------------------------------------------------------
-
-    @property
-    def counters(self) -> Counters:
-        """The atomic rate-limit buckets and budget windows of this backend."""
-        ...
-
     # -- agent runs -------------------------------------------------------------
 
     async def create_run(self, run: RunRecord, messages: Sequence[dict[str, Any]]) -> None:
@@ -66,6 +60,11 @@ class Store(Protocol):
     async def load_run(self, run_id: str, *, tenant: str | None = None) -> RunSnapshot | None:
         """A run with its transcript and tool calls; None if `tenant` has no run of that
         id. Without a tenant (an operator's read): the oldest run of that id."""
+        ...
+
+    async def stale_runs(self, *, updated_before: float, limit: int = 100) -> list[tuple[str, str]]:
+        """(tenant, run_id) of runs still `running` whose last checkpoint is older than
+        `updated_before` (Unix time), oldest first: runs whose driver may have died."""
         ...
 
     async def run_events(
@@ -103,6 +102,36 @@ class Store(Protocol):
 
     async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
         """Cache a value for `ttl` seconds."""
+        ...
+
+    # -- semantic tiers (answers, plans): entries shared by every replica ------------
+
+    async def add_cache_entry(self, entry: CacheEntryRecord) -> int:
+        """Store an entry (its `id` is ignored); returns the id the store gave it."""
+        ...
+
+    async def cache_entries(
+        self, tier: CacheTier, *, after: int = 0, limit: int = 10_000
+    ) -> list[CacheEntryRecord]:
+        """Unexpired entries of `tier` with ids greater than `after`, in id order: how a
+        replica loads a tier at start and catches up with entries others stored."""
+        ...
+
+    async def drop_cache_entries(
+        self,
+        tier: CacheTier,
+        tenant: str,
+        *,
+        model: str | None = None,
+        created_before: float | None = None,
+        entry: int | None = None,
+    ) -> list[int]:
+        """Delete `tenant`'s entries of `tier`, narrowed to a model group, a creation
+        time or one id; returns the ids deleted."""
+        ...
+
+    async def set_cache_threshold(self, tier: CacheTier, entry: int, threshold: float) -> None:
+        """Keep an entry's threshold as feedback lifted it (nothing if it is gone)."""
         ...
 
     # -- API keys -------------------------------------------------------------------

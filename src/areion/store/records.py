@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 __all__ = [
     "ApiKeyRecord",
+    "CacheEntryRecord",
+    "CacheTier",
     "Checkpoint",
     "RunRecord",
     "RunSnapshot",
@@ -23,6 +25,7 @@ __all__ = [
 ]
 
 RunStatus = Literal["running", "paused", "finished", "failed"]
+CacheTier = Literal["semantic", "plan"]
 KeyPriority = Literal["critical", "interactive", "batch"]
 ToolCallStatus = Literal["pending_approval", "approved", "rejected", "started", "done"]
 
@@ -106,6 +109,10 @@ class Checkpoint:
     """Events the step emitted (model deltas excluded), for replay to late readers."""
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     """Tool-call records to insert or replace."""
+    fence: int = 0
+    """The writer's fencing token (from its lease on the run). A checkpoint whose fence
+    is lower than the highest one the run has seen is refused with `FencedError`: the
+    run was taken over by another replica. 0: no lease (one process owns the store)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -176,3 +183,35 @@ class ApiKeyRecord:
     @property
     def label(self) -> str:
         return self.name
+
+
+@dataclass(slots=True, kw_only=True)
+class CacheEntryRecord:
+    """One entry of a semantic tier (answers, or agents' plans), as the store keeps it.
+
+    The store is the source of truth; each replica keeps its vector index in memory and
+    loads and follows the entries from here (`Store.cache_entries`)."""
+
+    tier: CacheTier
+    """`semantic` (answers) or `plan` (agents' plans)."""
+    tenant: str
+    """Whose entry it is; no other tenant is ever served it."""
+    partition: str
+    """What it is looked up within: the context key (semantic) or the agent (plan)."""
+    model: str
+    """The model group it answers for (semantic); empty for plans."""
+    text: str
+    """The question or task it is looked up by."""
+    vector: bytes
+    """The text's embedding: float32 values, little-endian."""
+    payload: bytes
+    """The cached answer or plan (JSON bytes)."""
+    created: float
+    """Unix time it was stored."""
+    expires: float
+    """Unix time after which it is never served."""
+    threshold: float | None = None
+    """A threshold lifted by feedback on a wrong hit (None: the tier's own)."""
+    id: int = 0
+    """Assigned by the store on insert, unique within the store: every replica knows
+    the entry by it."""

@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import orjson
 
 from areion.errors import ConfigError
-from areion.store.counters import Counters, MemoryCounters
 from areion.store.records import (
     ApiKeyRecord,
+    CacheEntryRecord,
+    CacheTier,
     Checkpoint,
     RunRecord,
     RunSnapshot,
@@ -33,6 +34,7 @@ from areion.store.sqlite_reader import Reader
 from areion.store.sqlite_schema import (
     API_KEY_COLUMNS,
     CACHE,
+    CACHE_ENTRY_COLUMNS,
     CACHE_GET,
     EVENTS,
     LEDGER,
@@ -79,13 +81,6 @@ class SQLiteStore:
         self._reader = Reader(path) if path != ":memory:" else None
         self._schema_ready = False
         self._closed = False
-        # One process owns an embedded store, so its buckets and budgets live in memory;
-        # budget spend is durable through the ledger (`spend_by_tenant`).
-        self._counters = MemoryCounters()
-
-    @property
-    def counters(self) -> Counters:
-        return self._counters
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -95,6 +90,13 @@ class SQLiteStore:
         if self._closed:
             raise RuntimeError("the store is closed")
         await self._writer.write(parts, size)
+
+    async def _apply(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on the writer's connection, between batches, each statement its own
+        transaction: for writes with SQL of their own (keys, cache entries)."""
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        return await self._writer.apply(work)
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -279,6 +281,16 @@ class SQLiteStore:
             },
         )
 
+    async def stale_runs(self, *, updated_before: float, limit: int = 100) -> list[tuple[str, str]]:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                "SELECT tenant, run_id FROM runs WHERE status = 'running' AND updated < ? "
+                "ORDER BY updated LIMIT ?",
+                (updated_before, limit),
+            ).fetchall()
+
+        return [(tenant, run_id) for tenant, run_id in await self._read(read)]
+
     async def run_events(
         self, run_id: str, *, after: int = -1, tenant: str | None = None
     ) -> list[tuple[int, dict[str, Any]]]:
@@ -340,6 +352,69 @@ class SQLiteStore:
     async def cache_put(self, key: str, value: bytes, *, ttl: float) -> None:
         await self._write([(CACHE, (key, bytes(value), self._clock() + ttl))], len(value))
 
+    # -- semantic tiers -----------------------------------------------------------------
+
+    async def add_cache_entry(self, entry: CacheEntryRecord) -> int:
+        now = time.time()
+
+        def insert(db: sqlite3.Connection) -> int:
+            # Expired entries go with the inserts that make new ones (an indexed range).
+            db.execute("DELETE FROM cache_entries WHERE expires <= ?", (now,))
+            row = db.execute(
+                "INSERT INTO cache_entries (tier, tenant, partition, model, text, vector, "
+                "payload, created, expires, threshold) VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                (
+                    entry.tier, entry.tenant, entry.partition, entry.model, entry.text,
+                    entry.vector, entry.payload, entry.created, entry.expires, entry.threshold,
+                ),
+            ).fetchone()  # fmt: skip
+            return int(row[0])
+
+        return await self._apply(insert)
+
+    async def cache_entries(
+        self, tier: CacheTier, *, after: int = 0, limit: int = 10_000
+    ) -> list[CacheEntryRecord]:
+        now = time.time()
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                f"SELECT {CACHE_ENTRY_COLUMNS} FROM cache_entries "
+                "WHERE tier = ? AND id > ? AND expires > ? ORDER BY id LIMIT ?",
+                (tier, after, now, limit),
+            ).fetchall()
+
+        return [_cache_entry(row) for row in await self._read(read)]
+
+    async def drop_cache_entries(
+        self,
+        tier: CacheTier,
+        tenant: str,
+        *,
+        model: str | None = None,
+        created_before: float | None = None,
+        entry: int | None = None,
+    ) -> list[int]:
+        def delete(db: sqlite3.Connection) -> list[int]:
+            rows = db.execute(
+                "DELETE FROM cache_entries WHERE tier = ?1 AND tenant = ?2 "
+                "AND (?3 IS NULL OR model = ?3) AND (?4 IS NULL OR created <= ?4) "
+                "AND (?5 IS NULL OR id = ?5) RETURNING id",
+                (tier, tenant, model, created_before, entry),
+            ).fetchall()
+            return sorted(int(row[0]) for row in rows)
+
+        return await self._apply(delete)
+
+    async def set_cache_threshold(self, tier: CacheTier, entry: int, threshold: float) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE cache_entries SET threshold = ? WHERE tier = ? AND id = ?",
+                (threshold, tier, entry),
+            )
+
+        await self._apply(update)
+
     # -- API keys -----------------------------------------------------------------------
 
     async def create_key(self, record: ApiKeyRecord) -> None:
@@ -350,10 +425,8 @@ class SQLiteStore:
                 f"INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row
             )
 
-        if self._closed:
-            raise RuntimeError("the store is closed")
         try:
-            await self._writer.apply(insert)
+            await self._apply(insert)
         except sqlite3.IntegrityError as exc:
             if "api_keys.name" in str(exc):
                 raise ValueError(f"an active key is already named {record.name!r}") from exc
@@ -395,9 +468,7 @@ class SQLiteStore:
                 (when, name_or_id, tenant),
             ).fetchone()
 
-        if self._closed:
-            raise RuntimeError("the store is closed")
-        row = await self._writer.apply(revoke)
+        row = await self._apply(revoke)
         return None if row is None else _key_record(row)
 
     async def aclose(self) -> None:
@@ -460,6 +531,22 @@ def _key_record(row: Any) -> ApiKeyRecord:
         models=None if row[7] is None else tuple(orjson.loads(row[7])),
         created=row[8],
         revoked_at=row[9],
+    )
+
+
+def _cache_entry(row: Any) -> CacheEntryRecord:
+    return CacheEntryRecord(
+        id=row[0],
+        tier=row[1],
+        tenant=row[2],
+        partition=row[3],
+        model=row[4],
+        text=row[5],
+        vector=bytes(row[6]),
+        payload=bytes(row[7]),
+        created=row[8],
+        expires=row[9],
+        threshold=row[10],
     )
 
 

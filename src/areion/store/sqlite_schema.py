@@ -19,6 +19,7 @@ __all__ = [
     "API_KEY_COLUMNS",
     "BATCH_VIEW",
     "CACHE",
+    "CACHE_ENTRY_COLUMNS",
     "CACHE_GET",
     "EVENTS",
     "JSON_KINDS",
@@ -225,6 +226,24 @@ CREATE TABLE IF NOT EXISTS tool_cache (
 );
 CREATE INDEX IF NOT EXISTS tool_cache_expires ON tool_cache (expires);
 
+-- Entries of the semantic tiers (answers, plans): the store is their source of truth,
+-- each process keeps its vector index in memory and loads it from here.
+CREATE TABLE IF NOT EXISTS cache_entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tier TEXT NOT NULL,            -- semantic | plan
+    tenant TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    model TEXT NOT NULL,
+    text TEXT NOT NULL,
+    vector BLOB NOT NULL,          -- float32, little-endian
+    payload BLOB NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    threshold REAL                 -- lifted by feedback; NULL: the tier's own
+);
+CREATE INDEX IF NOT EXISTS cache_entries_tenant ON cache_entries (tier, tenant, created);
+CREATE INDEX IF NOT EXISTS cache_entries_expires ON cache_entries (expires);
+
 -- API keys made by `areion keys create` or the admin API. Only the SHA-256 digest of
 -- a key is stored; the key itself is shown once, at creation, and never again.
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -245,6 +264,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name)
     WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created);
 """
+)
+
+CACHE_ENTRY_COLUMNS = (
+    "id, tier, tenant, partition, model, text, vector, payload, created, expires, threshold"
 )
 
 API_KEY_COLUMNS = "key_id, digest, tenant, name, rpm, tpm, priority, models, created, revoked_at"
