@@ -169,6 +169,8 @@ class Runtime:
                 any_temperature=semantic.any_temperature,
                 max_entries=semantic.max_entries,
                 max_chars=semantic.max_chars,
+                store=self.store,
+                shared=self.shared,
             )
             stages.append(self.semantic_cache)
         self.router: Router | None = None
@@ -235,6 +237,8 @@ class Runtime:
             max_wrong_hit_rate=plans.max_wrong_hit_rate,
             max_entries=plans.max_entries,
             max_chars=plans.max_chars,
+            store=self.store,
+            shared=self.shared,
         )
 
     @classmethod
@@ -496,6 +500,10 @@ class Runtime:
         await self.admission.drain()
         if self.exact_cache is not None:
             await self.exact_cache.drain()
+        if self.semantic_cache is not None:
+            await self.semantic_cache.aclose()
+        if self.agents.plans is not None:
+            await self.agents.plans.aclose()
         await self.ledger.aclose()
         await self.gateway.aclose()
         await self.store.aclose()

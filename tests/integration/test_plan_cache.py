@@ -135,7 +135,7 @@ async def test_a_resumed_run_keeps_the_plan_it_was_offered(make_runtime: Any) ->
         plans = rt.agents.plans
         assert plans is not None
         # Whatever the cache holds now, the run continues with what it was offered.
-        assert plans.invalidate("acme") == 1
+        assert await plans.invalidate("acme") == 1
         await rt.approve(paused.run_id, paused.pending_calls[0], tenant="acme")
         seen = len(upstream.requests)
         done = await rt.resume(paused.run_id, agent=agent, tenant="acme")

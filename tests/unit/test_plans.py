@@ -185,11 +185,11 @@ async def test_invalidate_by_tenant_agent_and_age(cache: PlanCache) -> None:
     await cache.remember("acme", "support", TASK, order_plan())
     await cache.remember("acme", "billing", TASK, order_plan())
     await cache.remember("globex", "support", TASK, order_plan())
-    assert cache.invalidate("acme", "support", older_than_s=60) == 0  # too young
-    assert cache.invalidate("acme", "support") == 1
+    assert await cache.invalidate("acme", "support", older_than_s=60) == 0  # too young
+    assert await cache.invalidate("acme", "support") == 1
     assert await cache.lookup("acme", "support", TASK) is None
     assert await cache.lookup("acme", "billing", TASK) is not None
-    assert cache.invalidate("acme") == 1
+    assert await cache.invalidate("acme") == 1
     assert await cache.lookup("globex", "support", TASK) is not None
     assert len(cache) == 1
 

@@ -28,10 +28,11 @@ pairs 0.24-0.31, barely above tasks of another kind (0.1-0.2).
 The offered plan is part of the run's transcript (`PLAN_KEY` marks the message), so
 a resumed run sees exactly what it saw before and never looks up again.
 
-Entries live in this process, bounded in number (least recently used dropped
-first) and with a TTL; `invalidate()` drops them by tenant, agent and age. The
-embedder is made on first use, off the event loop, so agents that never opt in
-never load the model.
+Given a store, plans live there, shared by every replica (`TierMirror`); each process
+keeps a copy for lookups, bounded in number (least recently used dropped first) and
+with a TTL. Without one, plans live in this process only. `invalidate()` drops them
+by tenant, agent and age. The embedder is made on first use, off the event loop, so
+agents that never opt in never load the model.
 """
 
 from __future__ import annotations
@@ -48,12 +49,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from areion.cache.mirror import Copy, TierMirror
 from areion.errors import ConfigError
+from areion.store.records import CacheEntryRecord
 
 if TYPE_CHECKING:  # numpy, hnswlib, ONNX Runtime: imported once a plan cache is made
     from areion.cache.embedding import Embedder, Vectors
     from areion.cache.index import PartitionedIndex
     from areion.cache.verifier import SemanticVerifier
+    from areion.store.base import Store
+    from areion.store.shared import Shared
 
 __all__ = [
     "DEFAULT_MAX_WRONG_HIT_RATE",
@@ -144,6 +149,27 @@ class Plan:
         if not steps:
             return None
         return cls(steps=steps, answer=_answer_shape(output))
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "steps": [
+                    [{"tool": c.tool, "arguments": c.arguments} for c in s] for s in self.steps
+                ],
+                "answer": self.answer,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Plan:
+        raw = orjson.loads(data)
+        return cls(
+            steps=[
+                [PlanCall(tool=c["tool"], arguments=c["arguments"]) for c in s]
+                for s in raw["steps"]
+            ],
+            answer=raw["answer"],
+        )
 
     def tools(self) -> set[str]:
         """The names of the tools the plan calls."""
@@ -326,6 +352,8 @@ class PlanCache:
         max_entries: int = 10_000,
         max_chars: int = 2000,
         candidates: int = 4,
+        store: Store | None = None,
+        shared: Shared | None = None,
     ) -> None:
         if ttl_s <= 0 or max_entries < 1 or candidates < 1:
             raise ConfigError("plan cache: ttl_s, max_entries and candidates must be positive")
@@ -363,7 +391,17 @@ class PlanCache:
         """Lookups that found none."""
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
         self._by_task: dict[tuple[str, str, str], int] = {}
-        self._next_id = 1
+        self._mirror = TierMirror(
+            "plan",
+            Copy(
+                add=self._apply,
+                drop=self._drop_id,
+                feedback=lambda entry, score, correct: None,  # plans take no feedback
+                has=self._entries.__contains__,
+            ),
+            store=store,
+            shared=shared,
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -380,6 +418,7 @@ class PlanCache:
             self.misses += 1
             return None
         embedder = await self._ready()  # a missing model fails the first run, not silently
+        await self._mirror.ready()
         index = self._index
         if index is None or index.partition(tenant, agent) is None:
             self.misses += 1  # nothing to find: no need to embed the task
@@ -442,29 +481,59 @@ class PlanCache:
             self._entries.move_to_end(offered.id)
             return offered.id
         vectors = await self._embed(task)
-        index = self._index
-        assert index is not None  # made by _embed
-        old = self._by_task.get((tenant, agent, task))
-        if old is not None and old in self._entries:
-            self._drop(self._entries[old])  # the newest plan for a task wins
-        entry = _Entry(
-            id=self._next_id, tenant=tenant, agent=agent, task=task, plan=plan, created=now,
+        await self._mirror.ready()
+        record = CacheEntryRecord(
+            tier="plan", tenant=tenant, partition=agent, model=agent, text=task,
+            vector=vectors[0].astype("<f4").tobytes(), payload=plan.to_json(), created=now,
             expires=expires,
         )  # fmt: skip
-        self._next_id += 1
-        index.add(tenant, agent, entry.id, vectors[0])
+        old = self._by_task.get((tenant, agent, task))
+        record.id = await self._mirror.add(record)
+        if old is not None and old in self._entries and self._mirror.shared:
+            await self._mirror.drop(tenant, entry=old)  # the newest plan for a task wins
+        self._apply(record)
+        return record.id
+
+    def _apply(self, record: CacheEntryRecord) -> None:
+        """Add a stored plan to this process's copy (ours, or another replica's)."""
+        import numpy as np
+
+        if record.id in self._entries or record.expires <= self.clock():
+            return
+        key = (record.tenant, record.partition, record.text)
+        old = self._by_task.get(key)
+        if old is not None and old in self._entries:
+            if old > record.id:
+                return  # a newer plan for the same task is already here
+            self._drop(self._entries[old])
+        index = self._index
+        assert index is not None  # made by _ready
+        entry = _Entry(
+            id=record.id, tenant=record.tenant, agent=record.partition, task=record.text,
+            plan=Plan.from_json(record.payload), created=record.created, expires=record.expires,
+        )  # fmt: skip
+        index.add(entry.tenant, entry.agent, entry.id, np.frombuffer(record.vector, dtype="<f4"))
         self._entries[entry.id] = entry
-        self._by_task[(tenant, agent, task)] = entry.id
+        self._by_task[key] = entry.id
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries.values())))
-        return entry.id
 
-    def invalidate(
+    def _drop_id(self, entry_id: int) -> None:
+        entry = self._entries.get(entry_id)
+        if entry is not None:
+            self._drop(entry)
+
+    async def invalidate(
         self, tenant: str, agent: str | None = None, older_than_s: float | None = None
     ) -> int:
         """Drop `tenant`'s plans, narrowed to one agent and to those older than
-        `older_than_s` seconds; returns how many were dropped."""
+        `older_than_s` seconds, everywhere; returns how many were dropped."""
         cutoff = None if older_than_s is None else self.clock() - older_than_s
+        if self._mirror.shared:
+            await self._ready()
+            await self._mirror.ready()
+            # A plan's record names its agent as its model.
+            return len(await self._mirror.drop(tenant, model=agent, created_before=cutoff))
         doomed = [
             e
             for e in self._entries.values()
@@ -475,6 +544,10 @@ class PlanCache:
         for e in doomed:
             self._drop(e)
         return len(doomed)
+
+    async def aclose(self) -> None:
+        """Stop following the store."""
+        await self._mirror.aclose()
 
     def close(self) -> None:
         """Stop the index's build thread, and the embedder if this cache made it."""

@@ -19,12 +19,16 @@ maximum wrong-hit rate through the verifier's calibration table, and per entry f
 `AdaptiveThreshold`: feedback that a hit was wrong lifts that entry's threshold
 above the score it was served at (vCache, arXiv 2502.03771).
 
-Entries live in this process (index and answers), bounded in number, with a TTL;
-`invalidate()` drops them by tenant, model group, age or entry id.
+Entries live in the store, shared by every replica (`TierMirror`): each process keeps
+a copy (the index and the answers, bounded in number), loaded at start and kept in
+step with what other replicas store, drop and learn from feedback. `invalidate()`
+drops entries by tenant, model group, age or entry id, everywhere. Without a store
+(the cache used on its own) entries live in this process only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -40,6 +44,7 @@ import orjson
 from areion.cache.embedding import Embedder
 from areion.cache.exact import output_params
 from areion.cache.index import PartitionedIndex
+from areion.cache.mirror import Copy, TierMirror
 from areion.cache.serving import HitServer, when_complete
 from areion.cache.verifier import (
     DEFAULT_MAX_WRONG_HIT_RATE,
@@ -48,6 +53,9 @@ from areion.cache.verifier import (
 )
 from areion.errors import ConfigError
 from areion.pipeline import Call, Handler, Result
+from areion.store.base import Store
+from areion.store.records import CacheEntryRecord
+from areion.store.shared import Shared
 from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
 from areion.types import ChatRequest
@@ -126,6 +134,8 @@ class SemanticCache:
         max_entries: int = 100_000,
         max_chars: int = 1000,
         candidates: int = 4,
+        store: Store | None = None,
+        shared: Shared | None = None,
     ) -> None:
         self.embedder = embedder  # shared: its owner closes it
         self.verifier = verifier or SemanticVerifier.load()
@@ -145,9 +155,22 @@ class SemanticCache:
         self._index = PartitionedIndex()
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
         self._by_text: dict[tuple[str, str, str], int] = {}
-        self._next_id = 1
         self._recent: OrderedDict[tuple[str, str], SemanticHit] = OrderedDict()
         self._hit_server = HitServer("semantic", metrics, ledger)
+        self._mirror = TierMirror(
+            "semantic",
+            Copy(
+                add=self._apply,
+                drop=self._drop_id,
+                feedback=self._observe,
+                has=self._entries.__contains__,
+                hit=self._heard_hit,
+            ),
+            store=store,
+            shared=shared,
+        )
+        self._loaded = store is None
+        self._writes: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -155,6 +178,16 @@ class SemanticCache:
     def close(self) -> None:
         """Stop the index's build thread."""
         self._index.close()
+
+    async def settled(self) -> None:
+        """Wait for the store writes and notices of answers already given."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finish storing entries in flight, stop following the store."""
+        await self.settled()
+        await self._mirror.aclose()
 
     def eligible(self, request: ChatRequest) -> bool:
         return (
@@ -173,6 +206,8 @@ class SemanticCache:
         question = question_of(request, self.max_chars)
         if question is None:
             return await call_next(call)
+        if not self._loaded:
+            await self._load()
         try:
             vector = (await self.embedder.embed([question]))[0]
         except Exception:  # the cache must never fail a request it could pass on
@@ -186,6 +221,13 @@ class SemanticCache:
             if found is not None:
                 entry, score = found
                 self._remember_hit(SemanticHit(call.tenant, entry.id, score), call.request_id)
+                if self._mirror.shared:
+                    self._later(
+                        self._mirror.hit(
+                            {"tenant": call.tenant, "request_id": call.request_id,
+                             "id": entry.id, "score": score}
+                        )
+                    )  # fmt: skip
                 return self._hit_server.serve(
                     orjson.loads(entry.answer), call, {"entry": entry.id, "score": score}
                 )
@@ -221,6 +263,20 @@ class SemanticCache:
         self._entries.move_to_end(entry.id)
         return entry, score
 
+    async def _load(self) -> None:
+        try:
+            await self._mirror.ready()
+        except Exception:  # the store is down: serve misses now, load on a later call
+            log.warning("semantic cache: loading entries from the store failed", exc_info=True)
+            return
+        self._loaded = True
+
+    def _later(self, work: Any) -> None:
+        """Run `work` (a store write) after the answer has left."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
     def _insert(
         self,
         tenant: str,
@@ -230,27 +286,84 @@ class SemanticCache:
         vector: Any,
         answer: dict[str, Any],
     ) -> None:
+        """Keep a fresh answer: in this process's copy at once (the same question asked
+        again right after finds it), then in the store, under the id it gives there."""
         now = time.time()
-        text_key = (tenant, partition, question)
-        old = self._by_text.get(text_key)
-        if old is not None and old in self._entries:
-            self._drop(self._entries[old])  # a refresh, or two misses racing: newest wins
-        entry = _Entry(
-            id=self._next_id,
+        record = CacheEntryRecord(
+            tier="semantic",
             tenant=tenant,
-            model=model,
             partition=partition,
-            question=question,
+            model=model,
+            text=question,
+            vector=np.asarray(vector, dtype="<f4").tobytes(),
+            payload=orjson.dumps(answer),
             created=now,
             expires=now + self.ttl_s,
-            answer=orjson.dumps(answer),
+            id=self._mirror.provisional_id(),
         )
-        self._next_id += 1
-        self._index.add(tenant, partition, entry.id, np.asarray(vector, dtype=np.float32))
+        replaced = self._by_text.get((tenant, partition, question))
+        self._apply(record, fresh=True)
+        if self._mirror.shared:
+            self._later(self._share(record, replaced))
+
+    async def _share(self, record: CacheEntryRecord, replaced: int | None) -> None:
+        provisional = record.id
+        try:
+            stored = await self._mirror.add(record)
+            if replaced is not None and replaced > 0:
+                # A refresh, or two misses racing: the newest answer wins, everywhere.
+                await self._mirror.drop(record.tenant, entry=replaced)
+        except Exception:  # a cache must never fail the answer it keeps
+            log.warning("semantic cache: storing an entry failed", exc_info=True)
+            return
+        entry = self._entries.pop(provisional, None)
+        if entry is None:
+            return  # dropped or evicted meanwhile
+        self._index.remove(record.tenant, record.partition, provisional)
+        if stored in self._entries:
+            return  # already fetched under its id (its announcement came back first)
+        entry.id = record.id = stored
+        self._index.add(record.tenant, record.partition, stored, _vector(record))
+        self._entries[stored] = entry
+        key = (record.tenant, record.partition, record.text)
+        if self._by_text.get(key) == provisional:
+            self._by_text[key] = stored
+
+    def _apply(self, record: CacheEntryRecord, *, fresh: bool = False) -> None:
+        """Add an entry to this process's copy: a `fresh` answer of ours, or a stored one
+        (ours, or another replica's); for one question the newest entry wins."""
+        if record.id in self._entries or record.expires <= time.time():
+            return
+        text_key = (record.tenant, record.partition, record.text)
+        old = self._by_text.get(text_key)
+        if old is not None and old in self._entries:
+            # Ours not stored yet (a negative id) are the newest of all.
+            if not fresh and (old < 0 or old > record.id):
+                return
+            self._drop(self._entries[old])
+        entry = _Entry(
+            id=record.id,
+            tenant=record.tenant,
+            model=record.model,
+            partition=record.partition,
+            question=record.text,
+            created=record.created,
+            expires=record.expires,
+            answer=record.payload,
+        )
+        self._index.add(record.tenant, record.partition, entry.id, _vector(record))
         self._entries[entry.id] = entry
         self._by_text[text_key] = entry.id
+        if record.threshold is not None:
+            # The lift survives as the wrong hit that caused it (see AdaptiveThreshold).
+            self.thresholds.observe(entry.id, record.threshold - 1e-6, False)
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries.values())))
+
+    def _drop_id(self, entry_id: int) -> None:
+        entry = self._entries.get(entry_id)
+        if entry is not None:
+            self._drop(entry)
 
     def _drop(self, entry: _Entry) -> None:
         if self._entries.pop(entry.id, None) is None:
@@ -263,7 +376,7 @@ class SemanticCache:
 
     # -- management -------------------------------------------------------------------
 
-    def invalidate(
+    async def invalidate(
         self,
         tenant: str,
         *,
@@ -271,9 +384,16 @@ class SemanticCache:
         older_than_s: float | None = None,
         entry: int | None = None,
     ) -> int:
-        """Drop `tenant`'s entries, narrowed to a model group, an age or one entry id;
-        returns how many were dropped."""
+        """Drop `tenant`'s entries, narrowed to a model group, an age or one entry id,
+        from the store and every replica; returns how many were dropped."""
         cutoff = None if older_than_s is None else time.time() - older_than_s
+        if self._mirror.shared:
+            if not self._loaded:
+                await self._load()
+            dropped = await self._mirror.drop(
+                tenant, model=model, created_before=cutoff, entry=entry
+            )
+            return len(dropped)
         doomed = [
             e
             for e in self._entries.values()
@@ -293,15 +413,33 @@ class SemanticCache:
         while len(self._recent) > _RECENT_HITS:
             self._recent.popitem(last=False)
 
-    def feedback(self, tenant: str, request_id: str, correct: bool) -> SemanticHit | None:
+    def _heard_hit(self, notice: dict[str, Any]) -> None:
+        """A hit another replica served: feedback on it may be sent here."""
+        try:
+            hit = SemanticHit(str(notice["tenant"]), int(notice["id"]), float(notice["score"]))
+            self._remember_hit(hit, str(notice["request_id"]))
+        except (KeyError, TypeError, ValueError):
+            log.warning("semantic cache: a malformed hit notice was ignored")
+
+    def _observe(self, entry_id: int, score: float, correct: bool) -> None:
+        if entry_id in self._entries:
+            self.thresholds.observe(entry_id, score, correct)
+
+    async def feedback(self, tenant: str, request_id: str, correct: bool) -> SemanticHit | None:
         """Judge the semantic hit that answered `request_id`: a wrong one lifts its
-        entry's threshold above the hit's score. None if no such recent hit of `tenant`."""
+        entry's threshold above the hit's score, on every replica. None if no such
+        recent hit of `tenant`."""
         hit = self._recent.get((tenant, request_id))
         if hit is None:
             return None
         if hit.entry in self._entries:
-            self.thresholds.observe(hit.entry, hit.score, correct)
+            threshold = self.thresholds.observe(hit.entry, hit.score, correct)
+            await self._mirror.feedback(hit.entry, hit.score, correct, threshold)
         return hit
+
+
+def _vector(record: CacheEntryRecord) -> Any:
+    return np.frombuffer(record.vector, dtype="<f4")
 
 
 def _cacheable(response: dict[str, Any]) -> bool:

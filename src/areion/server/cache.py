@@ -92,7 +92,7 @@ class CacheApi:
         tenant = self._tenant_of(request)
         cache = self._cache()
         model = request.query_params.get("model") or None
-        deleted = cache.invalidate(
+        deleted = await cache.invalidate(
             tenant, model=model, older_than_s=_float(request, "older_than_s")
         )
         return json_response(
@@ -108,7 +108,7 @@ class CacheApi:
             raise RequestError(
                 f"entry must be an entry id (up to 18 digits), got '{clip(raw)}'", param="entry"
             )
-        if cache.invalidate(tenant, entry=int(raw)) == 0:
+        if await cache.invalidate(tenant, entry=int(raw)) == 0:
             raise CacheNotFoundError(f"no semantic cache entry {raw}", param="entry")
         return json_response({"object": "cache.invalidation", "tier": "semantic", "deleted": 1})
 
@@ -116,7 +116,7 @@ class CacheApi:
         tenant = self._tenant_of(request)
         cache = self._cache()
         body = parse_body(_FeedbackBody, await request.body())
-        hit = cache.feedback(tenant, body.request_id, body.correct)
+        hit = await cache.feedback(tenant, body.request_id, body.correct)
         if hit is None:
             raise CacheNotFoundError(
                 f"no recent semantic hit answered request '{body.request_id}'",

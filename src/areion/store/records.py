@@ -199,7 +199,8 @@ class CacheEntryRecord:
     partition: str
     """What it is looked up within: the context key (semantic) or the agent (plan)."""
     model: str
-    """The model group it answers for (semantic); empty for plans."""
+    """The model group it answers for (semantic), or the agent (plan): what
+    `drop_cache_entries` narrows by."""
     text: str
     """The question or task it is looked up by."""
     vector: bytes
