@@ -28,6 +28,7 @@ from areion.control.lanes import LaneLimits, Lanes, lane_of
 from areion.errors import RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
+from areion.gateway.fleet import Fleet
 from areion.gateway.load import RemoteLoad
 from areion.pipeline import Call, Result, Stage, compose
 from areion.pricing import PriceBound, price_bound
@@ -108,6 +109,9 @@ class Runtime:
         self.ledger = Ledger(self.store)
         groups = build_groups(self.config, self.metrics)
         self.gateway = Gateway(self.config, groups, self.metrics)
+        if not isinstance(self.shared, LocalShared):
+            # Replicas: breakers, cooldowns, load and capped slots are shared.
+            self.gateway.fleet = Fleet(self.shared, self.gateway.deployments)
         self.load_probe = LoadProbe()
         for deployment in self.gateway.deployments.values():
             if deployment.config.load_metrics_url:
@@ -304,6 +308,8 @@ class Runtime:
         if not self._started:
             self._started = True
             self.load_probe.start()
+            if self.gateway.fleet is not None:
+                self.gateway.fleet.start()
         if request.model not in self.gateway.groups and (
             self.router is None or request.model not in self.router
         ):
@@ -497,6 +503,8 @@ class Runtime:
         self._closed = True
         self._unclosed.detach()
         await self.load_probe.aclose()
+        if self.gateway.fleet is not None:
+            await self.gateway.fleet.aclose()
         await self.admission.drain()
         if self.exact_cache is not None:
             await self.exact_cache.drain()

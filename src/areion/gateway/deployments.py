@@ -39,6 +39,8 @@ class Deployment:
     """Its metric children."""
     outstanding: int = 0
     """Calls in flight from this process."""
+    remote_outstanding: int = 0
+    """Calls in flight from the other replicas, as they last reported (`Fleet`)."""
     cooldown_until: float = 0.0
     """The gateway's clock time (`time.monotonic()`) before which a 429's Retry-After
     asks us to stay away."""
@@ -49,7 +51,8 @@ class Deployment:
 
     def load_score(self) -> float:
         """Lower is better: calls in flight, the deployment's own queue, a full KV cache."""
-        score = float(self.outstanding)
+        in_flight = self.outstanding + self.remote_outstanding
+        score = float(in_flight)
         load: LoadReading | None = (
             self.live_load() if self.live_load is not None else self.remote_load
         )
@@ -58,7 +61,7 @@ class Deployment:
             if load.kv_cache_usage >= _KV_SATURATED:
                 score += 8.0
         limit = self.config.max_concurrency
-        if limit is not None and self.outstanding >= limit:
+        if limit is not None and in_flight >= limit:
             score += 1000.0
         return score
 

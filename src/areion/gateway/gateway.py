@@ -26,6 +26,7 @@ from areion.errors import (
     UpstreamError,
 )
 from areion.gateway.deployments import Deployment, ModelGroup, pick_deployment
+from areion.gateway.fleet import Fleet
 from areion.gateway.resilience import backoff_delay
 from areion.gateway.spend import Claim, OutputGuard, SpendHold
 from areion.streaming import ChatStream
@@ -55,6 +56,8 @@ class Gateway:
             for deployment in group.deployments
         }
         self.rng = random.Random()
+        self.fleet: Fleet | None = None
+        """The other replicas' view of the deployments, in distributed mode."""
         """Breaks ties between equally loaded deployments and jitters backoff; replace it
         (a seeded or scripted `Random`) for reproducible picks."""
         self.clock: Callable[[], float] = time.monotonic
@@ -121,6 +124,8 @@ class Gateway:
                         deployment.breaker.release()
                         wait = error.retry_after or 0.0
                         deployment.cooldown_until = self.clock() + wait
+                        if self.fleet is not None:
+                            self.fleet.cooled(deployment)
                     else:
                         deployment.breaker.record_failure(self.clock())
                         wait = 0.0
@@ -197,6 +202,7 @@ class Gateway:
         each group tried is covered by it first."""
 
         async def call(deployment: Deployment) -> ChatResponse:
+            holder = await self._take_slot(deployment)
             try:
                 async with asyncio.timeout(deployment.config.total_timeout):
                     return await deployment.provider.complete(request)
@@ -205,6 +211,9 @@ class Gateway:
                     f"deployment {deployment.id} did not answer within its total timeout "
                     f"({deployment.config.total_timeout}s)"
                 ) from None
+            finally:
+                if holder is not None:
+                    await self._give_slot(deployment, holder)
 
         claim = hold.claim() if hold is not None else None
         deployment, response = await self._attempts(request, call, claim, hold)
@@ -224,26 +233,32 @@ class Gateway:
         With a budget `hold`, each group tried is covered by it first, and the stream's
         output must stay covered as it grows (`OutputGuard`), or the stream stops."""
 
-        async def call(deployment: Deployment) -> tuple[AsyncIterator[StreamChunk], StreamChunk]:
+        async def call(
+            deployment: Deployment,
+        ) -> tuple[AsyncIterator[StreamChunk], StreamChunk, str | None]:
+            holder = await self._take_slot(deployment)  # held until the stream ends
             iterator = deployment.provider.stream(request).__aiter__()
             try:
                 async with asyncio.timeout(deployment.config.first_byte_timeout):
                     first = await anext(iterator)
-            except TimeoutError:
+            except BaseException as error:
                 await _close(iterator)
-                raise ProviderTimeoutError(
-                    f"deployment {deployment.id} sent no first chunk within "
-                    f"{deployment.config.first_byte_timeout}s"
-                ) from None
-            except StopAsyncIteration:
-                raise UpstreamError(f"deployment {deployment.id} sent an empty stream") from None
-            except BaseException:
-                await _close(iterator)
+                if holder is not None:
+                    await self._give_slot(deployment, holder)
+                if isinstance(error, TimeoutError):
+                    raise ProviderTimeoutError(
+                        f"deployment {deployment.id} sent no first chunk within "
+                        f"{deployment.config.first_byte_timeout}s"
+                    ) from None
+                if isinstance(error, StopAsyncIteration):
+                    raise UpstreamError(
+                        f"deployment {deployment.id} sent an empty stream"
+                    ) from None
                 raise
-            return iterator, first
+            return iterator, first, holder
 
         claim = hold.claim() if hold is not None else None
-        deployment, (iterator, first) = await self._attempts(request, call, claim, hold)
+        deployment, (iterator, first, holder) = await self._attempts(request, call, claim, hold)
         deployment.outstanding += 1
         deadline = (
             asyncio.get_running_loop().time()
@@ -259,7 +274,7 @@ class Gateway:
                 cap=hold.max_output_tokens,
             )
         stream = ChatStream(
-            self._rest(deployment, iterator, first, deadline, guard),
+            self._rest(deployment, iterator, first, deadline, guard, holder),
             model=request.model,
             deployment=deployment.id,
             upstream_model=deployment.config.upstream_model,
@@ -278,6 +293,7 @@ class Gateway:
         first: StreamChunk,
         deadline: float,
         guard: OutputGuard | None,
+        holder: str | None,
     ) -> AsyncIterator[StreamChunk]:
         # The total timeout is checked as each chunk arrives; a stall between chunks
         # is bounded by the provider's read timeout (first_byte_timeout). A timer per
@@ -310,6 +326,19 @@ class Gateway:
         finally:
             deployment.outstanding -= 1
             await _close(iterator)
+            if holder is not None:
+                await self._give_slot(deployment, holder)
+
+    async def _take_slot(self, deployment: Deployment) -> str | None:
+        """In distributed mode, one of a capped deployment's slots over all replicas."""
+        if self.fleet is None or deployment.config.max_concurrency is None:
+            return None
+        deadline = self.clock() + deployment.config.first_byte_timeout
+        return await self.fleet.take_slot(deployment, deadline)
+
+    async def _give_slot(self, deployment: Deployment, holder: str) -> None:
+        assert self.fleet is not None
+        await self.fleet.give_slot(deployment, holder)
 
     def _cut(self, last: StreamChunk, deployment: Deployment, guard: OutputGuard) -> StreamChunk:
         """The last chunk of a stream stopped before its end (see `OutputGuard`)."""

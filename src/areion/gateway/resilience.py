@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from enum import Enum
 
 __all__ = ["BreakerState", "CircuitBreaker", "backoff_delay"]
@@ -35,6 +36,7 @@ class CircuitBreaker:
         "_failures",
         "_opened_at",
         "_probe_in_flight",
+        "on_change",
         "reset_timeout",
         "state",
         "threshold",
@@ -47,6 +49,8 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        self.on_change: Callable[[CircuitBreaker], None] | None = None
+        """Called when calls here open or close the breaker (other replicas are told)."""
 
     def available(self, now: float) -> bool:
         """Whether a call may be sent now (without claiming the half-open probe)."""
@@ -77,7 +81,10 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self._failures = 0
         self._probe_in_flight = False
-        self.state = BreakerState.CLOSED
+        if self.state is not BreakerState.CLOSED:
+            self.state = BreakerState.CLOSED
+            if self.on_change is not None:
+                self.on_change(self)
 
     def record_failure(self, now: float) -> None:
         self._probe_in_flight = False
@@ -94,6 +101,28 @@ class CircuitBreaker:
             return max(0.0, self._opened_at + self.reset_timeout - now)
         return 0.0
 
+    @property
+    def opens_again_at(self) -> float:
+        """While open: the `now` (monotonic) at which a probe may go through."""
+        return self._opened_at + self.reset_timeout
+
     def _open(self, now: float) -> None:
         self.state = BreakerState.OPEN
         self._opened_at = now
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def force_open(self, until: float) -> None:
+        """Open until `until` (monotonic), as another replica's breaker did; not reported
+        back. An earlier reopening than this breaker's own is not taken."""
+        if self.state is BreakerState.OPEN and self.opens_again_at >= until:
+            return
+        self.state = BreakerState.OPEN
+        self._opened_at = until - self.reset_timeout
+        self._probe_in_flight = False
+
+    def force_close(self) -> None:
+        """Close, as another replica's probe found the deployment healthy; not reported back."""
+        self.state = BreakerState.CLOSED
+        self._failures = 0
+        self._probe_in_flight = False
