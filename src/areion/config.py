@@ -26,6 +26,7 @@ __all__ = [
     "CacheConfig",
     "Config",
     "ExactCacheConfig",
+    "LedgerConfig",
     "LimitsConfig",
     "MemoryConfig",
     "ModelConfig",
@@ -197,6 +198,11 @@ class LimitsConfig(_Strict):
     # How long a call may wait for budget held only by calls in flight (they settle at
     # their real cost, usually below their estimate) before it is refused with 402.
     budget_wait_s: float = Field(default=10.0, ge=0, le=600)
+    # When the shared backend (Redis) that holds limits and budgets is unreachable:
+    # `closed` refuses calls (503) rather than serve them unlimited; `open` lets each
+    # replica enforce the limits on its own meanwhile (N replicas may let N times
+    # through), counted in areion_shared_fallbacks_total.
+    shared_failure: Literal["closed", "open"] = "closed"
 
 
 class LaneLimitsConfig(_Strict):
@@ -367,6 +373,14 @@ class AgentConfig(_Strict):
     path: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+class LedgerConfig(_Strict):
+    """How much billing may wait while the ledger's store is unreachable."""
+
+    # Rows kept in memory for the store while it is down; past this, new calls are
+    # refused (503) rather than served unbilled.
+    max_pending_rows: int = Field(default=100_000, ge=1)
+
+
 class ServerConfig(_Strict):
     """`areion serve`: where it listens and what it takes from a client."""
 
@@ -401,6 +415,10 @@ class Config(_Strict):
     tenants: list[TenantConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: str = "sqlite:///areion.db"
+    # State replicas share at once (limits, budgets, breakers, leases, notices):
+    # redis://host:port/db; none: this process's memory (one replica).
+    shared: str | None = None
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)

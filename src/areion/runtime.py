@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config,
 from areion.control import Admission
 from areion.control.keys import KeyRing
 from areion.control.lanes import LaneLimits, Lanes, lane_of
-from areion.errors import RequestError, UnknownModelError
+from areion.errors import BackendUnavailableError, RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
 from areion.gateway.fleet import Fleet
@@ -34,7 +35,7 @@ from areion.pipeline import Call, Result, Stage, compose
 from areion.pricing import PriceBound, price_bound
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
-from areion.store.counters import Counters
+from areion.store.counters import Counters, FailOpenCounters
 from areion.store.records import SessionTurn
 from areion.store.shared import LocalShared, Shared
 from areion.streaming import ChatStream
@@ -46,6 +47,8 @@ if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
     from areion.cache.semantic import SemanticCache
 
 __all__ = ["CallOptions", "Runtime"]
+
+log = logging.getLogger("areion.runtime")
 
 
 # A random per-process prefix and a counter: unique across replicas and restarts,
@@ -106,7 +109,14 @@ class Runtime:
         self.metrics = Metrics()
         self.store = store or open_store(self.config.store)
         self.shared = shared or LocalShared()
+        counters = self.shared.counters
+        if self.config.limits.shared_failure == "open" and not isinstance(self.shared, LocalShared):
+            counters = FailOpenCounters(counters, on_fallback=self._shared_down)
+        self._counters = counters
+        self._warned_shared_down = 0.0
         self.ledger = Ledger(self.store)
+        self.metrics.ledger_pending.set_function(lambda: self.ledger.pending)
+        self._max_pending = self.config.ledger.max_pending_rows
         groups = build_groups(self.config, self.metrics)
         self.gateway = Gateway(self.config, groups, self.metrics)
         if not isinstance(self.shared, LocalShared):
@@ -139,7 +149,7 @@ class Runtime:
         # Always there: a key made in the store later may carry limits or a model list
         # (a call with nothing to check passes straight through).
         self.admission = Admission(
-            self.shared.counters,
+            counters,
             keys=self.config.auth.keys,
             lookup=self.keys.limits,
             tenants=self.config.all_tenants,
@@ -250,10 +260,19 @@ class Runtime:
         """A runtime configured by a YAML file."""
         return cls(load_config(path))
 
+    def _shared_down(self, operation: str) -> None:
+        self.metrics.shared_fallbacks.labels(operation).inc()
+        if time.monotonic() - self._warned_shared_down > 60:
+            self._warned_shared_down = time.monotonic()
+            log.warning(
+                "the shared backend is unreachable: limits and budgets are enforced by "
+                "this replica alone (limits.shared_failure: open)"
+            )
+
     @property
     def counters(self) -> Counters:
         """The atomic counters every replica shares: limits, budgets, tool cooldowns."""
-        return self.shared.counters
+        return self._counters
 
     @property
     def models(self) -> list[str]:
@@ -305,6 +324,14 @@ class Runtime:
         return solve_request
 
     def _begin(self, request: ChatRequest, options: CallOptions) -> Call:
+        if self.ledger.pending > self._max_pending:
+            raise BackendUnavailableError(
+                f"the ledger's store has been unreachable for {self.ledger.pending} calls "
+                "(ledger.max_pending_rows): new calls are refused until it is back, rather "
+                "than served unbilled",
+                backend="store",
+                retry_after=5.0,
+            )
         if not self._started:
             self._started = True
             self.load_probe.start()

@@ -24,7 +24,12 @@ from areion.control.estimates import OutputEstimate
 from areion.control.holds import Hold
 from areion.control.keys import KeyLimits
 from areion.control.limits import RateLimit, RateReport, refusal
-from areion.errors import BudgetExceededError, ModelNotAllowedError, RequestError
+from areion.errors import (
+    BackendUnavailableError,
+    BudgetExceededError,
+    ModelNotAllowedError,
+    RequestError,
+)
 from areion.pipeline import Call, Handler, Result
 from areion.store.counters import BudgetState, Counters, Take
 from areion.streaming import ChatStream
@@ -115,6 +120,7 @@ class Admission:
         self._seeding = asyncio.Lock()
         self._settling: set[asyncio.Task[None]] = set()
         self._signal: asyncio.Future[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()
 
     def policy(self, key: str | None, tenant: str, model: str) -> Policy:
         """What applies to a call by `key` of `tenant` for `model` (cached)."""
@@ -305,14 +311,34 @@ class Admission:
         """Give back the tokens the call did not use, settle its hold at what accounting
         booked for it, and learn its output length from a `complete` answer (`usage`
         None: it failed or was a cache hit)."""
-        now = self.clock()
-        used = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
-        for take in admitted.takes:
-            await self._counters.give(take, admitted.tokens - used, now)
-        if admitted.hold is not None:
-            await admitted.hold.settle()
         if usage is not None and complete:
             self.outputs.observe(admitted.model, usage.completion_tokens, n=admitted.n)
+        now = self.clock()
+        used = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
+        try:
+            for take in admitted.takes:
+                await self._counters.give(take, admitted.tokens - used, now)
+        except BackendUnavailableError:
+            pass  # unused tokens not given back: the bucket refills by itself
+        if admitted.hold is not None:
+            try:
+                await admitted.hold.settle()
+            except BackendUnavailableError:
+                # The call is answered and booked; its reservation must not stay held
+                # for good: settle it once the shared backend is back.
+                self._settle_when_back(admitted.hold)
+
+    def _settle_when_back(self, hold: Hold, attempt: int = 0) -> None:
+        async def retry() -> None:
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+            try:
+                await hold.settle()
+            except BackendUnavailableError:
+                self._settle_when_back(hold, attempt + 1)
+
+        task = asyncio.get_running_loop().create_task(retry())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     def _settle_later(self, admitted: _Admitted, stream: ChatStream) -> None:
         # Runs after accounting's finisher (registered first), so usage and cost are final.

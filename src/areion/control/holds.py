@@ -86,6 +86,7 @@ class Hold:
         "_counters",
         "_notify",
         "_reserve",
+        "_unsettled",
         "booked",
         "claimed",
         "clock",
@@ -115,6 +116,7 @@ class Hold:
         self._notify = notify
         self.clock = clock
         self.windows = windows
+        self._unsettled = list(windows)
         self.reserved = reserved
         """USD reserved in every window."""
         self.claimed = 0.0
@@ -160,9 +162,12 @@ class Hold:
         self.booked += usd
 
     async def settle(self) -> None:
-        """Release the reservation; the windows keep what the ledger booked for the call."""
-        for window in self.windows:
-            await self._counters.settle(window.key, self.reserved, self.booked)
+        """Release the reservation; the windows keep what the ledger booked for the call.
+
+        If the counters fail part way, calling it again settles only the windows left."""
+        while self._unsettled:
+            await self._counters.settle(self._unsettled[0].key, self.reserved, self.booked)
+            self._unsettled.pop(0)
         self.reserved = self.claimed = 0.0
         if self._notify is not None:
             self._notify()

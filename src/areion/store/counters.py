@@ -15,14 +15,19 @@ reservation fits only if spent + reserved + amount stays within the limit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
+
+from areion.errors import BackendUnavailableError
+
+T = TypeVar("T")
 
 __all__ = [
     "BucketState",
     "BudgetState",
     "Counters",
+    "FailOpenCounters",
     "MemoryCounters",
     "Reservation",
     "Take",
@@ -171,3 +176,57 @@ class MemoryCounters:
     def spent(self, key: str) -> float:
         """Settled spend of a window (for tests and reports)."""
         return self._budgets.get(key, [0.0, 0.0])[0]
+
+
+class FailOpenCounters:
+    """Counters that, while the shared backend is down, fall back to this process's own.
+
+    For a deployment that prefers serving to refusing when Redis is unreachable: each
+    replica then enforces the limits on its own (N replicas may let N times through),
+    and `on_fallback` is told (a metric, a warning), so it is never silent. Without
+    this wrapper a call is refused with 503 instead (fail closed)."""
+
+    def __init__(self, primary: Counters, *, on_fallback: Callable[[str], None]) -> None:
+        self._primary = primary
+        self._local = MemoryCounters()
+        self._on_fallback = on_fallback
+
+    async def _either(
+        self, operation: str, primary: Awaitable[T], local: Callable[[], Awaitable[T]]
+    ) -> T:
+        try:
+            return await primary
+        except BackendUnavailableError:
+            self._on_fallback(operation)
+            return await local()
+
+    async def take(self, takes: Sequence[Take], now: float) -> tuple[bool, list[BucketState]]:
+        return await self._either(
+            "take", self._primary.take(takes, now), lambda: self._local.take(takes, now)
+        )
+
+    async def give(self, take: Take, amount: float, now: float) -> None:
+        await self._either(
+            "give",
+            self._primary.give(take, amount, now),
+            lambda: self._local.give(take, amount, now),
+        )
+
+    async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
+        return await self._either(
+            "reserve",
+            self._primary.reserve(reservations),
+            lambda: self._local.reserve(reservations),
+        )
+
+    async def settle(self, key: str, reserved: float, spent: float) -> None:
+        await self._either(
+            "settle",
+            self._primary.settle(key, reserved, spent),
+            lambda: self._local.settle(key, reserved, spent),
+        )
+
+    async def seed(self, key: str, spent: float) -> None:
+        await self._either(
+            "seed", self._primary.seed(key, spent), lambda: self._local.seed(key, spent)
+        )

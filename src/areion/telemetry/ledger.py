@@ -13,7 +13,12 @@ crash in between leaves the open row, which overstates rather than loses the spe
 Rows that book no money (cache hits, solver answers) and the closing of open rows are
 buffered instead: `record()` and `close()` only append, and a background task writes
 the buffer every `interval` seconds (or sooner when it fills). `flush()` and
-`aclose()` write what is pending; a failed write is kept and retried.
+`aclose()` write what is pending.
+
+When the store is down, nothing is lost: a row that cannot be written is kept, and
+until a retry succeeds (every few seconds, backing off) `write()` keeps rows without
+waiting for the store. `pending` says how many wait; the runtime refuses new calls
+once that passes its bound, rather than serve calls it could not bill.
 """
 
 from __future__ import annotations
@@ -46,26 +51,30 @@ class Ledger:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._failures = 0  # consecutive failed writes: the store is down while > 0
 
     @property
     def pending(self) -> int:
         """Rows and closings not yet written."""
         return len(self._pending) + len(self._closing)
 
+    @property
+    def down(self) -> bool:
+        """Whether the last write failed (the store is unreachable)."""
+        return self._failures > 0
+
     async def write(self, entry: LedgerEntry) -> None:
         """Write a billed call's row now; returns once it is committed.
 
-        If the store fails, the row is kept for a later flush (and the failure logged):
-        the call has been paid for, so its answer still goes out."""
-        if self._pending or self._closing:
-            # Keep the order: earlier rows (an open row this might close) go first.
+        While the store is down the row is kept for the retries instead (the call has
+        been paid for, so its answer still goes out)."""
+        if self._failures:
             self.record(entry)
-            await self.flush()
             return
         try:
             await self._store.append_ledger([entry])
         except Exception:
-            log.exception("writing a ledger row failed; it is kept and retried")
+            self._failed(1)
             self.record(entry)
 
     def record(self, entry: LedgerEntry) -> None:
@@ -94,8 +103,10 @@ class Ledger:
         wake = self._wake
         assert wake is not None
         while not self._stopping:
+            # While the store is down, retry less and less often (up to every 5 s).
+            wait = self._interval if not self._failures else min(5.0, 0.5 * 2**self._failures)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=self._interval)
+                await asyncio.wait_for(wake.wait(), timeout=wait)
             wake.clear()
             await self.flush()
 
@@ -110,8 +121,16 @@ class Ledger:
                 # Keep the records: a later flush retries them rather than losing spend.
                 self._pending[:0] = rows
                 self._closing[:0] = closing
-                log.exception("writing %d ledger rows failed; will retry", len(rows) + len(closing))
+                self._failed(len(rows) + len(closing))
                 return
+            if self._failures:
+                log.warning("the ledger store is back; %d rows written", len(rows) + len(closing))
+                self._failures = 0
+
+    def _failed(self, rows: int) -> None:
+        if not self._failures:
+            log.exception("writing %d ledger rows failed; they are kept and retried", rows)
+        self._failures += 1
 
     def flush_blocking(self) -> None:
         """Write what is pending from synchronous code (a finalizer, at exit), whether

@@ -93,6 +93,18 @@ class Metrics:
             (*labels, "reason"),
             registry=self.registry,
         )
+        self.shared_fallbacks = Counter(
+            "areion_shared_fallbacks",
+            "Counter operations served by this process's own counters because the shared "
+            "backend (Redis) was unreachable (limits.shared_failure: open).",
+            ("operation",),
+            registry=self.registry,
+        )
+        self.ledger_pending = Gauge(
+            "areion_ledger_pending_rows",
+            "Ledger rows waiting for the store (more than a few: it is unreachable).",
+            registry=self.registry,
+        )
         self.cognitive_errors = Counter(
             "areion_agent_cognitive_errors",
             "Mistakes of agents' models: unknown_tool, invalid_arguments, repeated_call, "
