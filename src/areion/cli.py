@@ -42,6 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     _refuse_open(config, host, allow_open=args.allow_open)
+    if args.workers > 1:
+        return _serve_workers(args, config, source, host, port)
     runtime = Runtime(config)
     model = runtime.models[0]
     url = f"http://{host}:{port}"
@@ -70,6 +72,43 @@ def _serve(args: argparse.Namespace) -> int:
         loop="auto",
         # httptools with deadlines for headers, bodies and idle sockets and a connection cap
         http=guarded_protocol(config.server),
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _serve_workers(
+    args: argparse.Namespace, config: Config, source: str, host: str, port: int
+) -> int:
+    """N processes on one port (uvicorn's workers), sharing the configured backends."""
+    import uvicorn
+
+    from areion.server.worker import CONFIG_ENV
+
+    if config.store.startswith("sqlite") or config.shared is None:
+        raise ConfigError(
+            f"--workers {args.workers}: the workers would each keep their own limits, "
+            "budgets, breakers and caches. Configure shared backends first: "
+            "`store: postgresql://...` (pip install 'areion[postgres]') and "
+            "`shared: redis://...` (pip install 'areion[redis]'), or serve with one worker"
+        )
+    if args.config is None and source != _DEFAULT_CONFIG:
+        raise ConfigError("--workers needs a config file (--config FILE)")
+    os.environ[CONFIG_ENV] = str(Path(args.config or _DEFAULT_CONFIG).resolve())
+    print(
+        f"Areion {__version__} serving http://{host}:{port} with {source}, {args.workers} workers",
+        flush=True,
+    )
+    uvicorn.run(
+        "areion.server.worker:app",
+        factory=True,
+        workers=args.workers,
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        access_log=config.server.access_log,
+        loop="auto",
+        http="areion.server.worker:protocol",
         timeout_graceful_shutdown=10,
     )
     return 0
@@ -327,6 +366,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG} if present)")
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the port (above 1: needs PostgreSQL and Redis configured)",
+    )
     serve.add_argument(
         "--allow-open",
         action="store_true",
