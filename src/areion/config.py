@@ -33,6 +33,7 @@ __all__ = [
     "ModelLimit",
     "PriceConfig",
     "RetryConfig",
+    "RunsConfig",
     "ServerConfig",
     "TenantConfig",
     "default_config",
@@ -381,6 +382,17 @@ class LedgerConfig(_Strict):
     max_pending_rows: int = Field(default=100_000, ge=1)
 
 
+class RunsConfig(_Strict):
+    """Agent runs across replicas."""
+
+    # A run's driver holds a lease this long, renewing it every third of it; a run whose
+    # driver died (its lease ran out, no checkpoint for this long) is taken over by a
+    # replica that serves its agent.
+    lease_ttl_s: float = Field(default=15.0, ge=1.0, le=3600.0)
+    # Whether this server takes over such runs by itself.
+    adopt: bool = True
+
+
 class ServerConfig(_Strict):
     """`areion serve`: where it listens and what it takes from a client."""
 
@@ -419,6 +431,7 @@ class Config(_Strict):
     # redis://host:port/db; none: this process's memory (one replica).
     shared: str | None = None
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)

@@ -12,6 +12,7 @@ The tree splits "you configured or called it wrong" from "the world failed"::
     │   ├── ReplayMissError         the replay recording has no such prompt      404
     │   ├── RunNotFoundError        (agent.runner) no such run for the caller     404
     │   ├── RunExistsError          (agent.runner) the caller's run id is taken   409
+    │   ├── RunBusyError            (agent.leases) another driver holds the run   409
     │   ├── CacheNotFoundError      (server.cache) no such entry or hit, tier off 404
     │   ├── AdminDisabledError      (server.admin) no admin keys configured       404
     │   ├── AdminOnlyError          (server.admin) a tenant key on the admin API  403

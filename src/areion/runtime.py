@@ -141,6 +141,8 @@ class Runtime:
             context=self.memory.context,
             remember=self.memory.remember,
             plans=self._make_plan_cache,  # called when an agent with plan_cache first runs
+            shared=self.shared,
+            lease_ttl_s=self.config.runs.lease_ttl_s,
         )
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)

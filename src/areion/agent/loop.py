@@ -34,7 +34,12 @@ from areion.agent.events import (
 )
 from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_result
 from areion.cache.plans import PlanHit, offered_plan
-from areion.errors import AreionError, BudgetExceededError
+from areion.errors import (
+    AreionError,
+    BackendUnavailableError,
+    BudgetExceededError,
+    FencedError,
+)
 from areion.pricing import round_usd
 from areion.store.base import Store
 from areion.store.counters import Counters, Take
@@ -150,8 +155,11 @@ class RunDriver:
         stream: bool = False,
         tool_cache: dict[str, tuple[float, str]] | None = None,
         on_finish: Callable[[RunRecord], Any] | None = None,
+        fence: int = 0,
     ) -> None:
         self.host = host
+        self.fence = fence
+        """The driver's fencing token (its lease's): its checkpoints carry it."""
         self.store = store
         self.agent = agent
         self.run = snapshot.run
@@ -191,7 +199,13 @@ class RunDriver:
         self.run.updated = time.time()
         events, self._events = self._events, []
         await self.store.checkpoint(
-            Checkpoint(run=self.run, messages=messages, events=events, tool_calls=list(records))
+            Checkpoint(
+                run=self.run,
+                messages=messages,
+                events=events,
+                tool_calls=list(records),
+                fence=self.fence,
+            )
         )
 
     # -- the loop -----------------------------------------------------------------
@@ -220,6 +234,10 @@ class RunDriver:
                     return await self._finish(final)
         except _Failure as failure:
             return await self._fail(str(failure))
+        except (FencedError, BackendUnavailableError):
+            # Another replica drives the run now, or the store is down: stop here and
+            # write nothing (the run stays `running`; a driver resumes it later).
+            raise
         except BudgetExceededError as error:
             # The tenant's budget is out, not the run's fault: wait for approval (resume
             # once the budget renews or is raised), do not fail.

@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 from areion.agent.agent import Agent
 from areion.agent.events import Event, RunFailed, RunFinished, RunPaused
+from areion.agent.leases import RunBusyError, RunLease
 from areion.agent.loop import ModelHost, RunDriver, RunResult
 from areion.cache.plans import Plan, offered_plan
-from areion.errors import ConfigError, RequestError
+from areion.errors import ConfigError, FencedError, RequestError
 from areion.store.base import Store
 from areion.store.records import RunRecord, RunSnapshot, ToolCallRecord
+from areion.store.shared import Shared
 from areion.types import Message
 
 if TYPE_CHECKING:
     from areion.cache.plans import PlanCache
 
-__all__ = ["AgentRunner", "RunExistsError", "RunNotFoundError", "new_run_id"]
+__all__ = ["AgentRunner", "RunBusyError", "RunExistsError", "RunNotFoundError", "new_run_id"]
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,14 @@ class AgentRunner:
         context: ContextLoader | None = None,
         remember: TurnRecorder | None = None,
         plans: PlanCache | Callable[[], PlanCache] | None = None,
+        shared: Shared | None = None,
+        lease_ttl_s: float = 15.0,
     ) -> None:
         self._host = host
         self._store = store
+        self._shared = shared
+        self.lease_ttl_s = lease_ttl_s
+        """How long a driver's lease on a run lasts unless renewed (every third of it)."""
         self._context = context
         self._remember = remember
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -213,6 +220,16 @@ class AgentRunner:
         *,
         resumed: bool,
     ) -> RunResult:
+        run = snapshot.run
+        lease: RunLease | None = None
+        if self._shared is not None:
+            lease = RunLease(self._shared, f"run:{run.tenant}:{run.run_id}", ttl_s=self.lease_ttl_s)
+            if not await lease.take():
+                raise RunBusyError(
+                    f"run '{run.run_id}' is in progress (another driver holds it, on this "
+                    "replica or another); follow it with GET /v1/runs/{id}/events",
+                    param="run_id",
+                )
         driver = RunDriver(
             host=self._host,
             store=self._store,
@@ -222,8 +239,18 @@ class AgentRunner:
             stream=stream,
             tool_cache=self._tool_cache,
             on_finish=self._finished,
+            fence=0 if lease is None else lease.fence,
         )
-        result = await driver.drive(resumed=resumed)
+        try:
+            result = await driver.drive(resumed=resumed)
+        except FencedError:
+            # Another replica took the run over while this driver stalled: it goes on there.
+            log.warning("run %s of %s was taken over by another replica", run.run_id, run.tenant)
+            latest = await self._store.load_run(run.run_id, tenant=run.tenant)
+            return RunResult.of((latest or snapshot).run)
+        finally:
+            if lease is not None:
+                await lease.release()
         if result.status == "finished" and agent.plan_cache:
             await self._keep_plan(agent, snapshot)
         return result

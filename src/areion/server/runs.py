@@ -11,7 +11,10 @@ another replica drives; model text deltas are not stored and not replayed here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from areion.agent import Agent
-from areion.agent.runner import RunNotFoundError, new_run_id
+from areion.agent.runner import RunBusyError, RunNotFoundError, new_run_id
 from areion.cache.plans import offered_plan
 from areion.config import AgentConfig
 from areion.errors import ConfigError, RequestError
@@ -32,6 +35,8 @@ from areion.server.schema import clip, json_response, parse_body
 from areion.store.records import RunSnapshot
 
 __all__ = ["RunsApi", "load_agents"]
+
+log = logging.getLogger(__name__)
 
 _TERMINAL = {"finished", "failed", "paused"}
 
@@ -146,6 +151,46 @@ class RunsApi:
         self.agents = load_agents(runtime.config.agents)
         self._tenant_of = tenant_of
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._adopter: asyncio.Task[None] | None = None
+        self._adopting: set[tuple[str, str]] = set()
+
+    def begin(self) -> None:
+        """Begin taking over runs whose driver died (`runs.adopt`), on any replica."""
+        if self.agents and self.runtime.config.runs.adopt and self._adopter is None:
+            self._adopter = asyncio.get_running_loop().create_task(self._adopt())
+
+    async def _adopt(self) -> None:
+        """Every half lease: resume the runs still `running` whose lease ran out (their
+        driver's replica died). Taking the lease decides which replica resumes one."""
+        ttl = self.runtime.agents.lease_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 2)
+            try:
+                stale = await self.runtime.store.stale_runs(updated_before=time.time() - ttl)
+            except Exception:  # the store is down: look again next time
+                log.warning("looking for runs to take over failed", exc_info=True)
+                continue
+            for tenant, run_id in stale:
+                if (tenant, run_id) not in self._adopting:
+                    self._adopting.add((tenant, run_id))
+                    self._background(self._take_over(tenant, run_id))
+
+    async def _take_over(self, tenant: str, run_id: str) -> None:
+        try:
+            snapshot = await self.runtime.agents.get(run_id, tenant=tenant)
+            if snapshot is None or snapshot.run.status != "running":
+                return
+            agent = self.agents.get(snapshot.run.agent)
+            if agent is None:
+                return  # an agent this replica does not serve (a library's run)
+            log.info("taking over run %s of tenant %s", run_id, tenant)
+            await self.runtime.resume(run_id, agent=agent, tenant=tenant)
+        except RunBusyError:
+            pass  # another replica took it first, or its driver is alive after all
+        except Exception:
+            log.warning("taking over run %s failed", run_id, exc_info=True)
+        finally:
+            self._adopting.discard((tenant, run_id))
 
     def routes(self) -> list[Route]:
         return [
@@ -280,6 +325,10 @@ class RunsApi:
             await asyncio.sleep(0.1)
 
     async def aclose(self) -> None:
+        if self._adopter is not None:
+            self._adopter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adopter
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

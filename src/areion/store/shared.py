@@ -13,7 +13,6 @@ each, so N replicas enforce one limit instead of N.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
@@ -89,15 +88,21 @@ class Shared(Protocol):
 class LocalShared:
     """`Shared` in this process's memory: the embedded mode (one process, one replica)."""
 
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
+    ) -> None:
         import time
 
         self._clock = clock or time.monotonic
+        self._wall = wall or time.time
         self._counters = MemoryCounters()
         self._handlers: dict[str, list[Handler]] = {}
         self._slots: dict[str, dict[str, float]] = {}  # deployment -> holder -> expires
         self._leases: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
-        self._fences: dict[str, itertools.count[int]] = {}
+        self._fences: dict[str, int] = {}
 
     @property
     def counters(self) -> Counters:
@@ -135,7 +140,11 @@ class LocalShared:
         if held is not None and held[0] != owner and held[1] > now:
             return None
         self._leases[key] = (owner, now + ttl_s)
-        return next(self._fences.setdefault(key, itertools.count(1)))
+        # Fences also outlive this process: milliseconds of the Unix clock at least, so
+        # a run's stored fence from before a restart is always below the next one.
+        fence = max(self._fences.get(key, 0) + 1, int(self._wall() * 1000))
+        self._fences[key] = fence
+        return fence
 
     async def renew_lease(self, key: str, *, owner: str, ttl_s: float) -> bool:
         now = self._clock()
