@@ -19,9 +19,11 @@ prefix:
   with its last holder;
 - leases: `{prefix}lease:{key}` = owner, with the lease's TTL; renew and release
   compare the owner in a script. Fencing tokens come from `{prefix}fence:{key}`:
-  each is max(last + 1, Redis's clock in ms), so they keep growing after the key
+  each is max(last + 1, Redis's clock in µs). A script takes more than a µs, so a
+  token is in effect the time it was granted: tokens keep growing after the key
   expires (a day after its last lease) and after Redis restarts empty, as long as
-  Redis's clock does not go back. They are near 2**41: store them as 64-bit.
+  Redis's clock does not go back. They are near 2**51 (exact in a double until the
+  year 2255): store them as 64-bit integers.
 
 Expiries of slots, leases and load are on Redis's clock (`TIME`, `PX`), one clock for
 every replica. The load script reads keys it derives from the prefix: this needs a
@@ -59,15 +61,16 @@ _RECONNECT_MAX_S = 2.0
 # A pub/sub connection silent this long is pinged; one that stays silent as long
 # again is dead (a host gone without a reset never closes the socket).
 _PING_S = 5.0
-# A fence key outlives its last lease by a day: the counter only matters within a
-# millisecond, Redis's clock takes over after.
+# A fence key outlives its last lease by a day: the counter matters only if Redis's
+# clock stalls; the clock takes over after.
 _FENCE_IDLE_MS = 86_400_000
 
 _NOW_MS = """
-local function now_ms()
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
+local function now_ms() return math.floor(now_us() / 1000) end
 local function expire_with_last(key)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if last[2] then redis.call('PEXPIREAT', key, last[2]) end
@@ -97,7 +100,7 @@ _ACQUIRE_LEASE = Script.of(
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local fence = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now_ms())
+local fence = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now_us())
 fence = string.format('%.0f', fence)
 redis.call('SET', KEYS[2], fence, 'PX', ARGV[3])
 return fence
