@@ -229,6 +229,15 @@ class PrivateRedis:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
 
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open and nothing answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def __enter__(self) -> PrivateRedis:
         self.start()
         return self

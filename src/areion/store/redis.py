@@ -195,6 +195,7 @@ class RedisShared:
         self._client: aioredis.Redis | None = None
         self._pubsub: Any = None  # redis-py's PubSub while connected and subscribed
         self._listener: asyncio.Task[None] | None = None
+        self._down: str | None = None  # why the listener's last connection failed
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -215,7 +216,7 @@ class RedisShared:
 
     async def publish(self, channel: str, message: bytes) -> None:
         full = (self._options.prefix + channel).encode()
-        if full in self._wanted and full not in self._live:
+        if full in self._wanted and full not in self._live and self._down is None:
             # Subscribed here a moment ago: let Redis confirm it first, so this
             # replica's own handlers get the message too.
             with contextlib.suppress(BackendUnavailableError):
@@ -239,8 +240,9 @@ class RedisShared:
     async def listening(self, timeout_s: float | None = None) -> None:
         """Wait until Redis has confirmed every channel subscribed here so far: from
         then on, messages published anywhere on them reach this replica's handlers.
-        `BackendUnavailableError` if that takes longer than `timeout_s` (by default
-        the URL's connect timeout plus timeout)."""
+        `BackendUnavailableError` at once while the listener cannot reach Redis, or if
+        that takes longer than `timeout_s` (by default the URL's connect timeout plus
+        timeout)."""
         self._start_listener()
         if timeout_s is None:
             timeout_s = self._options.connect_timeout_s + self._options.timeout_s
@@ -248,6 +250,12 @@ class RedisShared:
         try:
             async with asyncio.timeout(timeout_s):
                 while not self._wanted <= self._live:
+                    if self._down is not None:
+                        raise BackendUnavailableError(
+                            f"the limit store (Redis at {self._options.where}) is down: "
+                            f"{self._down}; the pub/sub listener is trying again",
+                            backend="redis",
+                        )
                     waiter: asyncio.Future[None] = loop.create_future()
                     self._waiters.append(waiter)
                     await waiter
@@ -264,7 +272,6 @@ class RedisShared:
 
     async def _listen(self) -> None:
         delay = _RECONNECT_MIN_S
-        down = False
         while True:
             if self._client is None:
                 self._client = self._options.client()
@@ -275,9 +282,10 @@ class RedisShared:
                 if self._live:  # it was up: a new outage
                     delay = _RECONNECT_MIN_S
                     logger.warning("pub/sub connection to Redis lost (%s); reconnecting", error)
-                elif not down:
+                elif self._down is None:
                     logger.warning("pub/sub cannot reach Redis (%s); retrying", error)
-                down = True
+                self._down = str(error) or type(error).__name__
+                self._wake()
             finally:
                 self._pubsub = None
                 self._live.clear()
@@ -308,6 +316,7 @@ class RedisShared:
                 self._deliver(message["channel"], message["data"])
             elif kind == "subscribe":
                 self._live.add(message["channel"])
+                self._down = None
                 self._wake()
 
     async def _subscribe_now(self, pubsub: Any, channel: bytes) -> None:

@@ -38,6 +38,8 @@ try:
     import hiredis
     import redis.asyncio as aioredis
     from redis.asyncio.connection import Connection, parse_url
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -106,6 +108,9 @@ class RedisOptions:
             max_connections=4,
             socket_connect_timeout=self.connect_timeout_s,
             socket_timeout=self.timeout_s,
+            # No retries of its own (redis-py's default backs off for seconds): the
+            # listener sees a broken connection at once and connects again itself.
+            retry=Retry(NoBackoff(), 0),
         )
 
 
