@@ -175,3 +175,22 @@ async def test_keys_expire_when_idle(replicas: tuple[RedisShared, RedisShared]) 
     assert 0 < await ttl("lease:run") <= 15
     assert 0 < await ttl("load:r") <= 12 and 0 < await ttl("loads") <= 12
     assert 86_000 < await ttl("fence:run") <= 86_400
+
+
+async def test_a_channel_subscribed_while_listening_joins_the_live_connection(
+    replicas: tuple[RedisShared, RedisShared],
+) -> None:
+    a, b = replicas
+    first: list[bytes] = []
+    later: list[bytes] = []
+    b.subscribe("cache", first.append)
+    await b.listening()
+    b.subscribe("plans", later.append)  # the listener is connected: added to it
+    await b.listening()
+    await a.publish("plans", b"drop plan 3")
+    await a.publish("cache", b"drop entry 9")
+
+    async def both() -> bool:
+        return first == [b"drop entry 9"] and later == [b"drop plan 3"]
+
+    await eventually(both)

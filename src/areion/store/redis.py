@@ -346,6 +346,7 @@ class RedisShared:
     # -- load of deployments ----------------------------------------------------------
 
     async def report_load(self, replica: str, outstanding: Mapping[str, int], ttl_s: float) -> None:
+        self._start_listener()  # if subscribed before the event loop ran
         args = [replica, _ms(ttl_s)]
         for deployment, count in outstanding.items():
             args += (deployment, str(int(count)))

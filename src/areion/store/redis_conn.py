@@ -229,11 +229,13 @@ class RedisPipe:
         self._options = options
         kwargs: dict[str, Any] = dict(parse_url(options.url))
         self._connection_class: type[Connection] = kwargs.pop("connection_class", Connection)
-        # redis-py reads only the handshake, bounded by `_connect`.
+        # redis-py reads only the handshake, bounded by `_connect`. RESP2: RESP3 would
+        # let Redis push messages between the replies.
         self._kwargs = {
             **kwargs,
             "socket_connect_timeout": options.connect_timeout_s,
             "socket_timeout": None,
+            "protocol": 2,
         }
         self._link: _Link | None = None
         self._connecting: asyncio.Lock | None = None
