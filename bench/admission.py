@@ -5,13 +5,21 @@ at once (admission off) and through the `Admission` stage in front of it (admiss
 on), every limit of the issue configured at once (key rpm/tpm, tenant rpm/tpm, day
 and month budgets, model rpm/tpm): the prompt counted with the tokenizer, three
 requests buckets and three tokens buckets taken atomically, two budget windows
-reserved, the real usage settled. The two are interleaved in rounds so drift hits
-both alike; each call is timed on its own.
+reserved, the real usage settled. The contenders are interleaved in rounds so drift
+hits all alike; each call is timed on its own.
 
-    .venv/bin/python bench/admission.py            # about 10 s
+With Redis (distributed mode), the same admission runs a third time over
+`RedisCounters`: seven scripts per call (one take over six buckets, one reservation
+over two windows, three gives, two settles), each a round trip to Redis. Its keys
+carry a prefix of their own, deleted at the end.
+
+    .venv/bin/python bench/admission.py            # about 10 s (30 s with Redis)
     .venv/bin/python bench/admission.py --quick
+    .venv/bin/python bench/admission.py --redis redis://127.0.0.1:6379/0   # the default
+    .venv/bin/python bench/admission.py --redis none                       # memory only
 
-Target: admission p50 - off p50 <= 50 µs.
+Targets: admission (memory) p50 - off p50 <= 50 µs; admission (redis) p50 -
+admission (memory) p50 <= 300 µs.
 """
 
 from __future__ import annotations
@@ -19,13 +27,14 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+import uuid
 from pathlib import Path
 
 from _common import describe_environment, environment, fmt, percentile, run_main, table
 from areion.config import AuthKey, LimitsConfig, ModelLimit, TenantConfig
 from areion.control import Admission, PriceBound
 from areion.pipeline import Call, Result
-from areion.store.counters import MemoryCounters
+from areion.store.counters import Counters, MemoryCounters
 from areion.types import ChatRequest, ChatResponse, Choice, Message, Usage
 
 PROMPT = (
@@ -52,9 +61,9 @@ async def terminal(call: Call) -> Result:
     return answer()
 
 
-def admission() -> Admission:
+def admission(counters: Counters) -> Admission:
     return Admission(
-        MemoryCounters(),
+        counters,
         keys=[AuthKey(key="sk-bench-key", tenant="acme", name="web", rpm=BIG, tpm=BIG)],
         tenants=[
             TenantConfig(
@@ -101,30 +110,60 @@ async def batch(stage: Admission | None, n: int, out: list[float]) -> None:
 
 async def run(args: argparse.Namespace, workdir: Path) -> int:
     del workdir
-    stage = admission()
-    await batch(stage, 2000, [])  # warm: tokenizer loaded, policy cached
-    off: list[float] = []
-    on: list[float] = []
+    contenders: list[tuple[str, Admission | None]] = [
+        ("off", None),
+        ("admission (memory)", admission(MemoryCounters())),
+    ]
+    redis = None
+    if args.redis != "none":
+        from areion.store.redis import RedisShared
+
+        prefix = f"areion-bench:{uuid.uuid4().hex}:"
+        redis = RedisShared(f"{args.redis}{'&' if '?' in args.redis else '?'}prefix={prefix}")
+        contenders.append(("admission (redis)", admission(redis.counters)))
+    try:
+        return await measure(args, contenders)
+    finally:
+        if redis is not None:
+            await redis.delete_all()
+            await redis.aclose()
+
+
+async def measure(args: argparse.Namespace, contenders: list[tuple[str, Admission | None]]) -> int:
+    for _, stage in contenders:
+        if stage is not None:
+            await batch(stage, 2000, [])  # warm: tokenizer loaded, policy cached, connected
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
     gc.disable()  # a collection inside one timed call would be noise, not admission
     try:
         for round_ in range(args.rounds):
-            order = [(None, off), (stage, on)]
-            for contender, out in order if round_ % 2 == 0 else reversed(order):
-                await batch(contender, args.batch, out)
+            shift = round_ % len(contenders)  # each contender goes first in turn
+            for name, stage in contenders[shift:] + contenders[:shift]:
+                await batch(stage, args.batch, times[name])
             gc.collect()
     finally:
         gc.enable()
     rows = []
-    for name, values in (("off", off), ("admission", on)):
+    for name, values in times.items():
         rows.append([name, len(values), fmt(percentile(values, 50)), fmt(percentile(values, 99))])
-    print(f"environment: {describe_environment(environment())}")
+    print(f"environment: {describe_environment(environment(['redis', 'hiredis']))}")
     print(table(["path", "calls", "p50 µs", "p99 µs"], rows))
-    added = percentile(on, 50) - percentile(off, 50)
+    off, memory = times["off"], times["admission (memory)"]
+    added = percentile(memory, 50) - percentile(off, 50)
     print(
         f"admission adds {fmt(added)} µs at p50 "
-        f"({fmt(percentile(on, 50) / percentile(off, 50))}x the bare call); target <= 50 µs: "
+        f"({fmt(percentile(memory, 50) / percentile(off, 50))}x the bare call); target <= 50 µs: "
         + ("met" if added <= 50 else "NOT met")
     )
+    redis = times.get("admission (redis)")
+    if redis is not None:
+        added_p50 = percentile(redis, 50) - percentile(memory, 50)
+        added_p99 = percentile(redis, 99) - percentile(memory, 99)
+        print(
+            f"redis counters add {fmt(added_p50)} µs at p50, {fmt(added_p99)} µs at p99 over "
+            "memory counters (7 round trips per call); target <= 300 µs at p50: "
+            + ("met" if added_p50 <= 300 else "NOT met")
+        )
     return 0
 
 
@@ -134,6 +173,11 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2500)
     parser.add_argument("--quick", action="store_true", help="4 rounds of 1000 calls")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/0",
+        help="Redis URL for the RedisCounters contender, or 'none'",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.batch = 4, 1000

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import selectors
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 import uvicorn
 
 
@@ -132,3 +140,108 @@ async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
             return await coro
 
     return await asyncio.gather(*(run(c) for c in coros))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 10.0) -> None:
+    """Poll `check` until it is true; fail after `within` seconds (a generous bound, not a
+    timing claim: the state is polled, never waited for by sleeping a fixed time)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within}s")
+        await asyncio.sleep(0.01)
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("AREION_TEST_REDIS", "redis://127.0.0.1:6379/0")
+"""The Redis the shared-state tests use (CI and the dev machines run one here)."""
+
+
+def _redis_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _missing(what: str) -> None:
+    """Fail in CI, where Redis must be there; skip on a machine without it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what}; CI must provide it")
+    pytest.skip(what)
+
+
+def require_redis(url: str = REDIS_URL) -> None:
+    parts = urlsplit(url)
+    if not _redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
+        _missing(f"no Redis answers at {url} (set AREION_TEST_REDIS to use another)")
+
+
+def prefixed(url: str, prefix: str | None = None) -> str:
+    """`url` with a key prefix of its own (by default a new, unique one)."""
+    prefix = prefix or f"areion-test:{uuid.uuid4().hex}:"
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, on a free loopback port, keeping nothing on disk:
+    kill it and start it again on the same port to test what a restart does.
+
+        with PrivateRedis() as redis:
+            shared = RedisShared(redis.url)
+            redis.kill()
+            redis.start()
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._dir = tempfile.mkdtemp(prefix="areion-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _missing("redis-server is not installed")
+        assert binary is not None
+        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self._dir]
+        self._process = subprocess.Popen(
+            [binary, "--port", str(self.port), *options],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while not _redis_answers("127.0.0.1", self.port, timeout=0.5):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """Stop it as a crash would (SIGKILL): everything it held is gone."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open and nothing answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> PrivateRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)

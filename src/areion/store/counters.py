@@ -11,6 +11,11 @@ Token buckets hold `burst` tokens and refill at `rate` tokens per second; a take
 that does not fit takes nothing and says how long until it would fit. A budget
 window counts what was spent and what calls in flight have reserved; a
 reservation fits only if spent + reserved + amount stays within the limit.
+
+Buckets refill by the `now` their callers pass. A bucket remembers the latest `now`
+it was counted at and never goes back: a caller whose clock is behind (another
+replica's, or this one's after a step back) refills nothing, so no interval is
+refilled twice.
 """
 
 from __future__ import annotations
@@ -129,13 +134,14 @@ class MemoryCounters:
 
     async def take(self, takes: Sequence[Take], now: float) -> tuple[bool, list[BucketState]]:
         # No await in here: the check and the update are one step for the event loop.
-        levels = [_level(self._bucket(take, now), take, now) for take in takes]
+        buckets = [self._bucket(take, now) for take in takes]
+        levels = [_level(bucket, take, now) for bucket, take in zip(buckets, takes, strict=True)]
         ok = all(level >= take.amount for level, take in zip(levels, takes, strict=True))
         states: list[BucketState] = []
-        for level, take in zip(levels, takes, strict=True):
+        for bucket, level, take in zip(buckets, levels, takes, strict=True):
             if ok:
                 level -= take.amount
-                self._buckets[take.key] = [level, now]
+                self._buckets[take.key] = [level, max(now, bucket[1])]
                 wait = 0.0
             else:
                 wait = max(0.0, (take.amount - level) / take.rate)
@@ -150,7 +156,7 @@ class MemoryCounters:
         bucket = self._bucket(take, now)
         level = _level(bucket, take, now)
         bucket[0] = min(take.burst, level + amount)
-        bucket[1] = now
+        bucket[1] = max(now, bucket[1])
 
     async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
         windows = [self._budgets.setdefault(r.key, [0.0, 0.0]) for r in reservations]

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
+from areion.errors import ConfigError
 from areion.store.counters import Counters, MemoryCounters
 
-__all__ = ["Handler", "LocalShared", "Shared"]
+__all__ = ["Handler", "LocalShared", "Shared", "open_shared"]
 
 Handler = Callable[[bytes], None]
 """Called with each message published on a channel (in the event loop's thread)."""
@@ -161,3 +162,17 @@ class LocalShared:
 
     async def aclose(self) -> None:
         self._handlers.clear()
+
+
+def open_shared(url: str | None) -> Shared:
+    """The shared state a URL names: None -> `LocalShared` (one process), or
+    `redis://host:port/db?prefix=areion:` -> `RedisShared` (needs `areion[redis]`)."""
+    if url is None:
+        return LocalShared()
+    if url.startswith(("redis://", "rediss://")):
+        from areion.store.redis import RedisShared  # redis-py only when asked for
+
+        return RedisShared(url)
+    raise ConfigError(
+        f"shared: unsupported URL '{url}'; use redis://host:port/db (or none: one process)"
+    )

@@ -1,0 +1,213 @@
+"""The `Counters` contract, run against `MemoryCounters` and `RedisCounters` alike:
+token buckets with refill, debt, all-or-nothing takes and reservations, settle, seed."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+from collections.abc import AsyncIterator
+
+import pytest
+
+from areion.config import LimitsConfig, TenantConfig
+from areion.control import Admission, PriceBound
+from areion.errors import BudgetExceededError
+from areion.pipeline import Call, Result
+from areion.store.counters import Counters, MemoryCounters, Reservation, Take
+from areion.types import ChatRequest, ChatResponse, Choice, Message, Usage
+from tests.support import REDIS_URL, eventually, prefixed, require_redis
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Counters]:
+    if request.param == "memory":
+        yield MemoryCounters()
+        return
+    require_redis()
+    from areion.store.redis import RedisShared
+
+    shared = RedisShared(prefixed(REDIS_URL))
+    try:
+        yield shared.counters
+    finally:
+        await shared.delete_all()
+        await shared.aclose()
+
+
+async def spent(counters: Counters, key: str) -> float:
+    value = counters.spent(key)  # type: ignore[attr-defined]
+    return value if isinstance(value, float) else float(await value)
+
+
+def take(amount: float, per_minute: int = 60, key: str = "b") -> Take:
+    return Take(key=key, amount=amount, rate=per_minute / 60, burst=per_minute)
+
+
+async def test_a_bucket_starts_full_and_refills_at_its_rate(counters: Counters) -> None:
+    for _ in range(60):
+        ok, _ = await counters.take([take(1)], now=100.0)
+        assert ok
+    ok, [state] = await counters.take([take(1)], now=100.0)
+    assert not ok and state.retry_after == pytest.approx(1.0)
+    ok, [state] = await counters.take([take(1)], now=100.5)
+    assert not ok and state.retry_after == pytest.approx(0.5)
+    ok, [state] = await counters.take([take(1)], now=101.0)
+    assert ok and state.remaining == pytest.approx(0.0)
+    assert state.reset == pytest.approx(60.0)  # a minute to be full again
+    # Never more than the burst, however long it rests.
+    ok, [state] = await counters.take([take(1)], now=10_000.0)
+    assert ok and state.remaining == 59
+
+
+async def test_a_take_is_all_or_nothing_over_its_buckets(counters: Counters) -> None:
+    assert (await counters.take([take(50, key="a")], now=0.0))[0]
+    ok, states = await counters.take([take(5, key="b"), take(20, key="a")], now=0.0)
+    assert not ok
+    assert states[0].retry_after == 0 and states[1].retry_after == pytest.approx(10.0)
+    assert [s.remaining for s in states] == [60, 10]
+    ok, states = await counters.take([take(60, key="b")], now=0.0)
+    assert ok  # the refused take left "b" untouched
+
+
+async def test_give_refunds_up_to_the_burst_and_charges_into_debt(counters: Counters) -> None:
+    await counters.take([take(40, per_minute=600)], now=0.0)
+    await counters.give(take(40, per_minute=600), 1000, now=0.0)
+    ok, [state] = await counters.take([take(0, per_minute=600)], now=0.0)
+    assert state.remaining == 600
+    await counters.give(take(0, per_minute=600), -900, now=0.0)  # usage beyond the estimate
+    ok, [state] = await counters.take([take(10, per_minute=600)], now=0.0)
+    assert not ok and state.remaining == -300
+    assert state.retry_after == pytest.approx(31.0)  # (10 + 300) tokens at 10 per second
+    assert state.reset == pytest.approx(90.0)
+    # The debt is paid back by the refill: 31 s later the take fits.
+    ok, [state] = await counters.take([take(10, per_minute=600)], now=31.0)
+    assert ok and state.remaining == pytest.approx(0.0)
+
+
+async def test_give_to_an_unknown_bucket_starts_it_full(counters: Counters) -> None:
+    await counters.give(take(0), -30, now=5.0)
+    _, [state] = await counters.take([take(0)], now=5.0)
+    assert state.remaining == 30
+
+
+async def test_a_clock_behind_refills_nothing_twice(counters: Counters) -> None:
+    # Replica A (clock at 100) empties the bucket; replica B's clock says 90.
+    assert (await counters.take([take(60)], now=100.0))[0]
+    ok, [state] = await counters.take([take(1)], now=90.0)
+    assert not ok and state.remaining == 0  # B refills nothing: its time is before A's
+    await counters.give(take(0), 0, now=95.0)  # nor does a give move the time back
+    # At 101 one second has passed since A's take, whoever looks.
+    ok, [state] = await counters.take([take(1)], now=101.0)
+    assert ok and state.remaining == pytest.approx(0.0)
+    ok, _ = await counters.take([take(1)], now=100.5)
+    assert not ok
+
+
+async def test_exact_arithmetic_on_awkward_numbers(counters: Counters) -> None:
+    # Values survive the trip to Redis and back bit for bit.
+    awkward = Take(key="x", amount=0.1, rate=1 / 3, burst=7.7)
+    states = []
+    for now in (1.0, 1.1, 1.3, 2.9):
+        states.append((await counters.take([awkward], now=now))[1][0])
+    memory = MemoryCounters()
+    expected = [(await memory.take([awkward], now=now))[1][0] for now in (1.0, 1.1, 1.3, 2.9)]
+    assert states == expected
+
+
+async def test_reservations_never_exceed_the_limit_and_settle_to_real_spend(
+    counters: Counters,
+) -> None:
+    window = Reservation(key="w", amount=0.3, limit=1.0)
+    results = [(await counters.reserve([window]))[0] for _ in range(4)]
+    assert results == [True, True, True, False]
+    await counters.settle("w", 0.3, 0.1)  # a call that cost less than its estimate
+    ok, [state] = await counters.reserve([window])
+    assert ok and state.spent == pytest.approx(0.1) and state.reserved == pytest.approx(0.9)
+    await counters.settle("w", 5.0, 0.0)  # releasing more than is held leaves none held
+    ok, [state] = await counters.reserve([Reservation(key="w", amount=0.0, limit=1.0)])
+    assert state.reserved == 0.0
+
+
+async def test_a_reservation_is_all_or_nothing_over_its_windows(counters: Counters) -> None:
+    await counters.seed("month", 19.9)
+    ok, states = await counters.reserve(
+        [
+            Reservation(key="day", amount=0.2, limit=1.0),
+            Reservation(key="month", amount=0.2, limit=20),
+        ]
+    )
+    assert not ok
+    assert [(s.spent, s.reserved) for s in states] == [(0.0, 0.0), (19.9, 0.0)]
+    ok, [day] = await counters.reserve([Reservation(key="day", amount=1.0, limit=1.0)])
+    assert ok and day.reserved == 1.0  # the refused reservation held nothing
+    await counters.seed("month", 0.0)  # a known window is not reset by a late seed
+    assert await spent(counters, "month") == pytest.approx(19.9)
+
+
+async def test_a_seed_counts_only_for_a_window_nobody_has_touched(counters: Counters) -> None:
+    await counters.reserve([Reservation(key="used", amount=5.0, limit=1.0)])  # refused
+    await counters.seed("used", 0.7)  # the window was known (empty) already
+    assert await spent(counters, "used") == 0.0
+    await counters.settle("settled", 0.0, 0.25)
+    await counters.seed("settled", 3.0)
+    assert await spent(counters, "settled") == 0.25
+    await counters.seed("fresh", 0.5)
+    ok, [state] = await counters.reserve([Reservation(key="fresh", amount=0.5, limit=1.0)])
+    assert ok and (state.spent, state.reserved) == (0.5, 0.5)
+    assert await spent(counters, "never") == 0.0
+
+
+async def test_admission_over_the_counters_refuses_what_does_not_fit(counters: Counters) -> None:
+    acme = TenantConfig(name="acme", budget_usd_per_day=1.0)
+    noon = calendar.timegm((2025, 1, 31, 12, 0, 0))
+
+    async def spend_since(since: float) -> dict[str, float]:
+        return {"acme": 0.9995}
+
+    admission = Admission(
+        counters,
+        keys=[],
+        tenants=[acme],
+        limits=LimitsConfig(default_max_tokens=100, budget_wait_s=0.0),
+        prices={"fast": PriceBound(1.0, 2.0)},  # 100 output tokens: $0.0002
+        spend_since=spend_since,
+        clock=lambda: noon,
+    )
+    release = asyncio.Event()
+    answering: list[Call] = []
+    refused: list[BudgetExceededError] = []
+
+    async def answer(call: Call) -> Result:
+        answering.append(call)
+        await release.wait()
+        call.annotations["hold"].book(0.00003)
+        return ChatResponse(
+            id="x",
+            model="m",
+            created=0,
+            choices=[Choice(message=Message(role="assistant", content="ok"))],
+            usage=Usage(prompt_tokens=10, completion_tokens=10),
+            deployment="fast/m",
+            cost_usd=0.00003,
+        )
+
+    async def attempt() -> None:
+        request = ChatRequest(model="fast", messages=[Message(role="user", content="hi")])
+        try:
+            await admission.handle(
+                Call(request=request, tenant="acme", request_id="r", started=0.0), answer
+            )
+        except BudgetExceededError as error:
+            refused.append(error)
+
+    calls = asyncio.gather(*(attempt() for _ in range(5)))
+
+    async def all_decided() -> bool:
+        return len(answering) + len(refused) == 5
+
+    await eventually(all_decided)
+    release.set()
+    await calls
+    # $0.0005 left today: two reservations of ~$0.0002 fit, the third does not.
+    assert len(answering) == 2 and len(refused) == 3 and refused[0].budget == "day"
+    assert await spent(counters, "usd:day:acme:2025-01-31") == pytest.approx(0.9995 + 0.00006)
