@@ -118,6 +118,7 @@ async def test_reservations_never_exceed_the_limit_and_settle_to_real_spend(
     counters: Counters,
 ) -> None:
     window = Reservation(key="w", amount=0.3, limit=1.0)
+    await counters.seed("w", 0.0)
     results = [(await counters.reserve([window]))[0] for _ in range(4)]
     assert results == [True, True, True, False]
     await counters.settle("w", 0.3, 0.1)  # a call that cost less than its estimate
@@ -129,6 +130,7 @@ async def test_reservations_never_exceed_the_limit_and_settle_to_real_spend(
 
 
 async def test_a_reservation_is_all_or_nothing_over_its_windows(counters: Counters) -> None:
+    await counters.seed("day", 0.0)
     await counters.seed("month", 19.9)
     ok, states = await counters.reserve(
         [
@@ -144,17 +146,27 @@ async def test_a_reservation_is_all_or_nothing_over_its_windows(counters: Counte
     assert await spent(counters, "month") == pytest.approx(19.9)
 
 
-async def test_a_seed_counts_only_for_a_window_nobody_has_touched(counters: Counters) -> None:
-    await counters.reserve([Reservation(key="used", amount=5.0, limit=1.0)])  # refused
-    await counters.seed("used", 0.7)  # the window was known (empty) already
-    assert await spent(counters, "used") == 0.0
-    await counters.settle("settled", 0.0, 0.25)
-    await counters.seed("settled", 3.0)
-    assert await spent(counters, "settled") == 0.25
-    await counters.seed("fresh", 0.5)
-    ok, [state] = await counters.reserve([Reservation(key="fresh", amount=0.5, limit=1.0)])
-    assert ok and (state.spent, state.reserved) == (0.5, 0.5)
-    assert await spent(counters, "never") == 0.0
+async def test_an_unknown_window_reserves_nothing_until_it_is_seeded(
+    counters: Counters,
+) -> None:
+    # A window never seeded (or forgotten by a restarted Redis) must not start at zero:
+    # it says it is unknown, and takes neither a reservation nor a settlement.
+    await counters.seed("known", 0.2)
+    ok, states = await counters.reserve(
+        [
+            Reservation(key="known", amount=0.1, limit=1.0),
+            Reservation(key="new", amount=0.1, limit=1.0),
+        ]
+    )
+    assert not ok and [s.known for s in states] == [True, False]
+    assert states[0].reserved == 0.0  # nothing held in the known one either
+    await counters.settle("new", 0.1, 0.25)  # dropped: the ledger will seed it
+    assert await spent(counters, "new") == 0.0
+    await counters.seed("new", 0.5)
+    ok, states = await counters.reserve([Reservation(key="new", amount=0.5, limit=1.0)])
+    assert ok and (states[0].spent, states[0].reserved, states[0].known) == (0.5, 0.5, True)
+    await counters.seed("new", 3.0)  # a known window is not reset by a late seed
+    assert await spent(counters, "new") == 0.5
 
 
 async def test_admission_over_the_counters_refuses_what_does_not_fit(counters: Counters) -> None:

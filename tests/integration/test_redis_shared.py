@@ -39,6 +39,7 @@ async def test_one_rate_limit_and_one_budget_hold_across_replicas(
         return (await replica.counters.reserve([window]))[0]
 
     both = [a, b] * 100
+    await a.counters.seed(window.key, 0.0)
     taken = await asyncio.gather(*(take(r) for r in both))
     reserved = await asyncio.gather(*(reserve(r) for r in both))
     assert sum(taken) == 50  # not 50 per replica
@@ -161,6 +162,7 @@ async def test_keys_expire_when_idle(replicas: tuple[RedisShared, RedisShared]) 
     prefix = a.options.prefix
     # 60 a minute, 30 taken: full again in 30 s (plus the margin for clock skew).
     await a.counters.take([Take(key="rpm:k", amount=30, rate=1, burst=60)], now=0.0)
+    await a.counters.seed("usd:day:t:2025-01-31", 0.0)
     await a.counters.reserve([Reservation(key="usd:day:t:2025-01-31", amount=1, limit=2)])
     await a.acquire_slot("d", limit=1, holder="h", ttl_s=20)
     await a.acquire_lease("run", owner="o", ttl_s=15)

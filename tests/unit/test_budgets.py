@@ -15,7 +15,7 @@ from areion.control.budgets import Windows, price_bound
 from areion.errors import BudgetExceededError
 from areion.pipeline import Call, Handler, Result
 from areion.pricing import Price
-from areion.store.counters import MemoryCounters, Reservation
+from areion.store.counters import MemoryCounters
 from areion.types import ChatRequest, ChatResponse, Choice, Message, Usage
 
 CANDIDATES = {
@@ -45,32 +45,6 @@ def test_price_bound_takes_the_dearest_input_and_output() -> None:
     bound = price_bound([Price(input=1.0, output=8.0), Price(input=3.0, output=4.0)])
     assert bound == PriceBound(3.0, 8.0)
     assert bound.cost(1000, 500) == pytest.approx((3000 + 4000) / 1e6)
-
-
-async def test_reservations_never_exceed_the_limit_and_settle_to_real_spend() -> None:
-    counters = MemoryCounters()
-    window = Reservation(key="w", amount=0.3, limit=1.0)
-    results = [(await counters.reserve([window]))[0] for _ in range(4)]
-    assert results == [True, True, True, False]
-    await counters.settle("w", 0.3, 0.1)  # a call that cost less than its estimate
-    ok, [state] = await counters.reserve([window])
-    assert ok and state.spent == pytest.approx(0.1) and state.reserved == pytest.approx(0.9)
-
-
-async def test_a_reservation_is_all_or_nothing_over_its_windows() -> None:
-    counters = MemoryCounters()
-    await counters.seed("month", 19.9)
-    ok, _ = await counters.reserve(
-        [
-            Reservation(key="day", amount=0.2, limit=1.0),
-            Reservation(key="month", amount=0.2, limit=20),
-        ]
-    )
-    assert not ok
-    ok, [day] = await counters.reserve([Reservation(key="day", amount=1.0, limit=1.0)])
-    assert ok and day.reserved == 1.0  # the refused reservation held nothing
-    await counters.seed("month", 0.0)  # a known window is not reset by a late seed
-    assert counters.spent("month") == pytest.approx(19.9)
 
 
 def _admission(

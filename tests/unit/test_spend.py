@@ -22,6 +22,8 @@ PRICE = Price(input=0.0, output=1_000_000.0)  # $1 per output token: easy sums
 async def hold(budget: float, reserved: float, *, cap: int | None = None) -> Hold:
     counters = MemoryCounters()
     windows = Windows([TenantConfig(name="acme", budget_usd_per_day=budget)]).of("acme", NOON)
+    for window in windows:
+        await counters.seed(window.key, 0.0)
     ok, _ = await counters.reserve([w.reservation(reserved) for w in windows])
     assert ok
 

@@ -116,8 +116,7 @@ class Admission:
         self.clock = clock
         """Unix time for rate buckets and budget windows; replaceable (a manual clock)."""
         self._policies: dict[tuple[str | None, str, str], tuple[KeyLimits | None, Policy]] = {}
-        self._seeded = not self._windows or spend_since is None
-        self._seeding = asyncio.Lock()
+        self._seeding: dict[str, asyncio.Future[None]] = {}  # window key -> its seeding
         self._settling: set[asyncio.Task[None]] = set()
         self._signal: asyncio.Future[None] | None = None
         self._retries: set[asyncio.Task[None]] = set()
@@ -185,8 +184,6 @@ class Admission:
                 + ", ".join(sorted(policy.models)),
                 param="model",
             )
-        if not self._seeded:
-            await self._seed()
         prompt = estimate_usage(request, "").prompt_tokens
         n = request.n
         output = self.outputs.tokens(request.model, max_tokens=request.max_tokens, n=n)
@@ -268,6 +265,10 @@ class Admission:
         loop = asyncio.get_running_loop()
         while True:
             ok, states = await self._counters.reserve([w.reservation(usd) for w in windows])
+            unknown = [w for w, state in zip(windows, states, strict=True) if not state.known]
+            if unknown:
+                await self._seed(unknown)
+                continue
             if ok or not in_flight_only(windows, states, usd, held=held):
                 return ok, states
             if deadline is None:
@@ -352,20 +353,34 @@ class Admission:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _seed(self) -> None:
-        """Start this month's and today's spend of each budgeted tenant from the ledger."""
-        async with self._seeding:
-            if self._seeded or self._spend_since is None:
-                return
-            now = self.clock()
-            windows = [w for tenant in self._windows.tenants for w in self._windows.of(tenant, now)]
-            spent: dict[float, dict[str, float]] = {}
-            for window in windows:
-                start = Windows.start(window)
-                if start not in spent:
-                    spent[start] = await self._spend_since(start)
-                await self._counters.seed(window.key, spent[start].get(window.tenant, 0.0))
-            self._seeded = True
+    async def _seed(self, windows: list[BudgetWindow]) -> None:
+        """Start windows the counters do not know (new, or forgotten by a restart of
+        the shared backend) at the spend the ledger holds for them; one ledger read per
+        window however many calls wait for it."""
+        for window in windows:
+            pending = self._seeding.get(window.key)
+            if pending is None:
+                pending = asyncio.get_running_loop().create_future()
+                # Read by the waiters, if any: no "exception never retrieved" otherwise.
+                pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+                self._seeding[window.key] = pending
+                try:
+                    spent = 0.0
+                    if self._spend_since is not None:
+                        since = await self._spend_since(Windows.start(window))
+                        spent = since.get(window.tenant, 0.0)
+                    await self._counters.seed(window.key, spent)
+                    pending.set_result(None)
+                except Exception as error:
+                    pending.set_exception(error)
+                    raise
+                except BaseException:
+                    pending.cancel()
+                    raise
+                finally:
+                    del self._seeding[window.key]
+            else:
+                await asyncio.shield(pending)
 
     async def drain(self) -> None:
         """Wait for the reconciliation of streams that have ended."""

@@ -12,6 +12,12 @@ that does not fit takes nothing and says how long until it would fit. A budget
 window counts what was spent and what calls in flight have reserved; a
 reservation fits only if spent + reserved + amount stays within the limit.
 
+A budget window must be seeded (`seed`, with the spend the ledger holds for it)
+before anything is reserved in it: a reservation in a window the counters do not
+know reserves nothing and says which windows are unknown, and a settlement of one is
+dropped. So a backend that forgot its windows (a Redis restarted without persistence)
+never starts a budget again from zero: admission seeds it from the ledger first.
+
 Buckets refill by the `now` their callers pass. A bucket remembers the latest `now`
 it was counted at and never goes back: a caller whose clock is behind (another
 replica's, or this one's after a step back) refills nothing, so no interval is
@@ -85,6 +91,8 @@ class BudgetState:
     """Settled spend in the window."""
     reserved: float
     """Held by calls in flight (including this one, if it fit)."""
+    known: bool = True
+    """False: the window was never seeded; nothing was reserved (seed it, then retry)."""
 
 
 @runtime_checkable
@@ -100,11 +108,13 @@ class Counters(Protocol):
         ...
 
     async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
-        """Reserve in every window, or (if one would exceed its limit) in none."""
+        """Reserve in every window, or (if one would exceed its limit, or one is unknown:
+        see `BudgetState.known`) in none."""
         ...
 
     async def settle(self, key: str, reserved: float, spent: float) -> None:
-        """Release a reservation of a window and add what the call really cost."""
+        """Release a reservation of a window and add what the call really cost (nothing
+        for a window the counters do not know: the ledger will seed it)."""
         ...
 
     async def seed(self, key: str, spent: float) -> None:
@@ -159,7 +169,15 @@ class MemoryCounters:
         bucket[1] = max(now, bucket[1])
 
     async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
-        windows = [self._budgets.setdefault(r.key, [0.0, 0.0]) for r in reservations]
+        found = [self._budgets.get(r.key) for r in reservations]
+        if any(window is None for window in found):
+            return False, [
+                BudgetState(spent=0.0, reserved=0.0, known=False)
+                if window is None
+                else BudgetState(spent=window[0], reserved=window[1])
+                for window in found
+            ]
+        windows = [window for window in found if window is not None]
         ok = all(
             spent + reserved + r.amount <= r.limit
             for (spent, reserved), r in zip(windows, reservations, strict=True)
@@ -172,7 +190,9 @@ class MemoryCounters:
         return ok, states
 
     async def settle(self, key: str, reserved: float, spent: float) -> None:
-        window = self._budgets.setdefault(key, [0.0, 0.0])
+        window = self._budgets.get(key)
+        if window is None:
+            return
         window[1] = max(0.0, window[1] - reserved)
         window[0] += spent
 

@@ -106,42 +106,46 @@ return 1
 )
 
 # KEYS: windows. ARGV: idle TTL (s), then amount, limit for each window.
-# -> {1 if reserved else 0, then spent, reserved for each window}
+# -> {1 if reserved else 0, then spent, reserved, known for each window}. An unknown
+# window (never seeded, or forgotten by a restart) reserves nothing and is not made.
 _RESERVE = Script.of(
     _LUA_COMMON
     + """
 local idle = tonumber(ARGV[1])
-local windows, known, fits = {}, {}, true
+local windows, fits, unknown = {}, true, false
 for i = 1, #KEYS do
   local key = KEYS[i]
   if windows[key] == nil then
     local spent, reserved = get(key)
-    known[key] = spent ~= nil
-    windows[key] = {spent or 0, reserved or 0}
+    if spent == nil then unknown = true end
+    windows[key] = {spent or 0, reserved or 0, spent ~= nil}
   end
   local w = windows[key]
   if not (w[1] + w[2] + tonumber(ARGV[2*i]) <= tonumber(ARGV[2*i+1])) then fits = false end
 end
+if unknown then fits = false end
 local out = {fits and 1 or 0}
 for i = 1, #KEYS do
   local w = windows[KEYS[i]]
   if fits then w[2] = w[2] + tonumber(ARGV[2*i]) end
   out[#out + 1] = f(w[1])
   out[#out + 1] = f(w[2])
+  out[#out + 1] = w[3] and 1 or 0
 end
-for key, w in pairs(windows) do
-  if fits or not known[key] then put(key, w[1], w[2], idle) end
+if fits then
+  for key, w in pairs(windows) do put(key, w[1], w[2], idle) end
 end
 return out
 """
 )
 
-# KEYS: the window. ARGV: idle TTL, reserved to release, spent to add.
+# KEYS: the window. ARGV: idle TTL, reserved to release, spent to add. Nothing for an
+# unknown window (forgotten by a restart): the ledger seeds it with this spend in it.
 _SETTLE = Script.of(
     _LUA_COMMON
     + """
 local spent, reserved = get(KEYS[1])
-spent, reserved = spent or 0, reserved or 0
+if spent == nil then return 0 end
 put(KEYS[1], spent + tonumber(ARGV[3]), math.max(0, reserved - tonumber(ARGV[2])),
     tonumber(ARGV[1]))
 return 1
@@ -215,8 +219,10 @@ class RedisCounters:
                 _RESERVE, [self._windows + r.key for r in reservations], args
             )
         states = [
-            BudgetState(spent=float(reply[i]), reserved=float(reply[i + 1]))
-            for i in range(1, len(reply), 2)
+            BudgetState(
+                spent=float(reply[i]), reserved=float(reply[i + 1]), known=reply[i + 2] == 1
+            )
+            for i in range(1, len(reply), 3)
         ]
         return reply[0] == 1, states
 
