@@ -37,7 +37,7 @@ from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.counters import Counters, FailOpenCounters
 from areion.store.records import SessionTurn
-from areion.store.shared import LocalShared, Shared
+from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
 from areion.types import ChatRequest, ChatResponse, Message
@@ -108,7 +108,7 @@ class Runtime:
         self._embedder_lock = threading.Lock()
         self.metrics = Metrics()
         self.store = store or open_store(self.config.store)
-        self.shared = shared or LocalShared()
+        self.shared = shared or open_shared(self.config.shared)
         counters = self.shared.counters
         if self.config.limits.shared_failure == "open" and not isinstance(self.shared, LocalShared):
             counters = FailOpenCounters(counters, on_fallback=self._shared_down)

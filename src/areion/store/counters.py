@@ -104,7 +104,8 @@ class Counters(Protocol):
         ...
 
     async def give(self, take: Take, amount: float, now: float) -> None:
-        """Return `amount` tokens to a bucket (negative: take them even into debt)."""
+        """Return `amount` tokens to a bucket (negative: take them even into debt);
+        nothing for a bucket never taken from (or forgotten by a restart)."""
         ...
 
     async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
@@ -163,7 +164,9 @@ class MemoryCounters:
         return ok, states
 
     async def give(self, take: Take, amount: float, now: float) -> None:
-        bucket = self._bucket(take, now)
+        bucket = self._buckets.get(take.key)
+        if bucket is None:
+            return  # nothing was taken from it
         level = _level(bucket, take, now)
         bucket[0] = min(take.burst, level + amount)
         bucket[1] = max(now, bucket[1])

@@ -56,32 +56,54 @@ local function level(tokens, updated, now, rate, burst)
 end
 """
 
-# KEYS: buckets. ARGV: now, margin (s), then amount, rate, burst for each bucket.
+# KEYS: the epoch, then buckets. ARGV: now, margin (s), whether this process has seen
+# the epoch, then amount, rate, burst for each bucket.
 # -> {1 if taken else 0, then remaining, retry_after, reset for each bucket}
+#
+# The epoch says when this Redis started keeping Areion's counters, and how: `start`
+# (the first replica found it empty) or `restart` (a replica that had seen the epoch
+# found it gone: Redis restarted without its data). A bucket Redis does not know starts
+# full after a start; after a restart it starts as if emptied at the restart, refilling
+# since: buckets that were drained before the restart are not full again at once, so a
+# restart does not let a second burst through within the same minute.
 _TAKE = Script.of(
     _LUA_COMMON
     + """
-local now, margin = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, margin, seen = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local restarted = nil
+local epoch = redis.call('GET', KEYS[1])
+if epoch then
+  local kind, at = string.match(epoch, '^(%S+) (%S+)$')
+  if kind == 'restart' then restarted = tonumber(at) end
+elseif seen then
+  redis.call('SET', KEYS[1], 'restart ' .. f(now))
+  restarted = now
+else
+  redis.call('SET', KEYS[1], 'start ' .. f(now))
+end
 local levels, stamps, known, fits = {}, {}, {}, true
-for i = 1, #KEYS do
-  local amount, rate, burst = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2])
+for i = 2, #KEYS do
+  local amount, rate, burst = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
   local tokens, updated = get(KEYS[i])
   known[i] = tokens ~= nil
-  if not known[i] then tokens, updated = burst, now end
+  if not known[i] then
+    tokens, updated = burst, now
+    if restarted then tokens = math.min(burst, math.max(0, now - restarted) * rate) end
+  end
   levels[i] = level(tokens, updated, now, rate, burst)
   stamps[i] = math.max(now, updated)
   if not (levels[i] >= amount) then fits = false end
 end
 local out = {fits and 1 or 0}
-for i = 1, #KEYS do
-  local amount, rate, burst = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2])
+for i = 2, #KEYS do
+  local amount, rate, burst = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
   local remaining, wait = levels[i], 0
   if fits then
     remaining = remaining - amount
     put(KEYS[i], remaining, stamps[i], (burst - remaining) / rate + margin)
   else
     wait = math.max(0, (amount - remaining) / rate)
-    if not known[i] then put(KEYS[i], burst, now, margin) end
+    if not known[i] then put(KEYS[i], remaining, now, (burst - remaining) / rate + margin) end
   end
   out[#out + 1] = f(remaining)
   out[#out + 1] = f(wait)
@@ -98,7 +120,7 @@ _GIVE = Script.of(
 local now, margin = tonumber(ARGV[1]), tonumber(ARGV[2])
 local amount, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tokens, updated = get(KEYS[1])
-if tokens == nil then tokens, updated = burst, now end
+if tokens == nil then return 0 end  -- forgotten (a restart): the next take starts it
 tokens = math.min(burst, level(tokens, updated, now, rate, burst) + amount)
 put(KEYS[1], tokens, math.max(now, updated), (burst - tokens) / rate + margin)
 return 1
@@ -177,6 +199,8 @@ class RedisCounters:
         self._options = options
         self._pipe = pipe
         self._buckets = options.prefix + "bucket:"
+        self._epoch = options.prefix + "epoch"
+        self._seen_epoch = False
         self._windows = options.prefix + "budget:"
         self._idle = number(window_idle_s)
         # A bucket outlives the moment it is full again by this much, so a replica whose
@@ -190,11 +214,13 @@ class RedisCounters:
         return cls(RedisPipe(options), options)
 
     async def take(self, takes: Sequence[Take], now: float) -> tuple[bool, list[BucketState]]:
-        args = [number(now), self._margin]
+        args = [number(now), self._margin, "1" if self._seen_epoch else "0"]
         for take in takes:
             args += (number(take.amount), number(take.rate), number(take.burst))
+        keys = [self._epoch, *(self._buckets + t.key for t in takes)]
         with unavailable(self._options):
-            reply = await self._pipe.run(_TAKE, [self._buckets + t.key for t in takes], args)
+            reply = await self._pipe.run(_TAKE, keys, args)
+        self._seen_epoch = True
         states = [
             BucketState(
                 remaining=float(reply[i]),

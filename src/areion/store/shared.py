@@ -141,9 +141,9 @@ class LocalShared:
         if held is not None and held[0] != owner and held[1] > now:
             return None
         self._leases[key] = (owner, now + ttl_s)
-        # Fences also outlive this process: milliseconds of the Unix clock at least, so
-        # a run's stored fence from before a restart is always below the next one.
-        fence = max(self._fences.get(key, 0) + 1, int(self._wall() * 1000))
+        # Fences also outlive this process: microseconds of the Unix clock at least (as
+        # Redis's), so a run's stored fence from before a restart is below the next one.
+        fence = max(self._fences.get(key, 0) + 1, int(self._wall() * 1_000_000))
         self._fences[key] = fence
         return fence
 
