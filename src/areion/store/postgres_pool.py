@@ -78,6 +78,8 @@ def postgres_settings(url: str, **overrides: Any) -> PostgresSettings:
             ours[name] = _number(name, value, int)
         else:
             theirs.append((name, value))
+    if not any(name == "application_name" for name, _ in theirs):
+        theirs.append(("application_name", "areion"))  # what pg_stat_activity shows
     ours.update(overrides)
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
     return PostgresSettings(dsn=dsn, **ours)
