@@ -17,9 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-POSTGRES_URL = os.environ.get(
-    "AREION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("AREION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _reachable(url: str) -> bool:
@@ -94,8 +92,10 @@ class Proxy:
 
     def url(self, target_url: str) -> str:
         parts = urlsplit(target_url)
-        netloc = f"{parts.username}@127.0.0.1:{self.port}" if parts.username else (
-            f"127.0.0.1:{self.port}"
+        netloc = (
+            f"{parts.username}@127.0.0.1:{self.port}"
+            if parts.username
+            else (f"127.0.0.1:{self.port}")
         )
         return parts._replace(netloc=netloc).geturl()
 

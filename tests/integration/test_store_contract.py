@@ -164,7 +164,11 @@ def _step(run: RunRecord, step: int, *, events: int = 2, fence: int = 0) -> Chec
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": call_id, "type": "function", "function": {"name": "search", "arguments": "{}"}}
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "search", "arguments": "{}"},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": call_id, "content": f"result {step}"},
@@ -302,9 +306,7 @@ async def test_a_ledger_write_lands_whole_or_not_at_all(store: Store) -> None:
     assert await store.ledger() == [good]
 
 
-async def test_200_concurrent_billed_rows_share_commits(
-    store: Store, batches: list[int]
-) -> None:
+async def test_200_concurrent_billed_rows_share_commits(store: Store, batches: list[int]) -> None:
     ledger = Ledger(store)
     entries = [_entry(f"r{i}", created=float(i)) for i in range(200)]
     # Each call awaits its own row, as Accounting does before an answer leaves.
