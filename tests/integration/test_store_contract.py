@@ -472,6 +472,20 @@ async def test_a_replica_whose_lease_was_taken_over_is_fenced(backend: Backend) 
     assert (await second.load_run("run-1")).run.steps == 5  # type: ignore[union-attr]
 
 
+async def test_a_lower_fence_right_behind_a_higher_one_is_refused(store: Store) -> None:
+    # Both in flight at once: in one batch or not, the later, lower one is refused.
+    run = _run()
+    await store.create_run(run, _FIRST)
+    taken = _step(run, 1, fence=3)
+    late = _step(taken.run, 2, fence=2)
+    results = await asyncio.gather(
+        store.checkpoint(taken), store.checkpoint(late), return_exceptions=True
+    )
+    assert results[0] is None and isinstance(results[1], FencedError)
+    snapshot = await store.load_run("run-1")
+    assert snapshot is not None and snapshot.run == taken.run
+
+
 async def test_fence_zero_never_refuses_an_unfenced_run(store: Store) -> None:
     run = _run()
     await store.create_run(run, _FIRST)

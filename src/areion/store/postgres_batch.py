@@ -16,7 +16,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from areion.errors import BackendUnavailableError
+import asyncpg
+
 from areion.store.postgres_pool import Connection, Connector
 from areion.store.postgres_schema import WRITE
 
@@ -100,11 +101,13 @@ class Batcher:
         try:
             await self._apply([write for write, _ in batch])
         except Exception as exc:
-            if len(batch) == 1 or isinstance(exc, BackendUnavailableError):
+            if len(batch) == 1 or not isinstance(exc, asyncpg.PostgresError):
+                # The database is down or misconfigured: every writer hears it now.
                 for _, future in batch:
                     _settle(future, exc)
                 return
-            # A bad write spoilt the batch: replay it one write at a time.
+            # A bad write (the database refused it) spoilt the batch: replay it one
+            # write at a time.
             for write, future in batch:
                 try:
                     await self._apply([write])

@@ -22,7 +22,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -115,11 +115,11 @@ class Connector:
             return await self._run(work)
         except Exception as exc:
             if not (again and _lost(exc)):
-                raise _translated(exc) from exc
+                _raise_translated(exc)
         try:
             return await self._run(work)
         except Exception as exc:
-            raise _translated(exc) from exc
+            _raise_translated(exc)
 
     async def _run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
@@ -244,6 +244,13 @@ def _lost(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         return "closed" in str(exc)
     return isinstance(exc, ConnectionResetError | BrokenPipeError)
+
+
+def _raise_translated(exc: Exception) -> NoReturn:
+    translated = _translated(exc)
+    if translated is exc:
+        raise exc
+    raise translated from exc
 
 
 def _translated(exc: Exception) -> Exception:

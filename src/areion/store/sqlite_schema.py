@@ -392,13 +392,16 @@ BEGIN
     -- carried by an earlier checkpoint of this batch) comes from a replica whose lease
     -- on the run was taken over.
     SELECT RAISE(ABORT, '{FENCED_RUN}')
-    FROM json_each(NEW.runs) AS c
-    JOIN runs AS r
-      ON r.run_id = json_extract(c.value, '$[0]') AND r.tenant = json_extract(c.value, '$[1]')
-    WHERE json_extract(c.value, '$[17]') < max(r.fence, COALESCE((
-        SELECT max(json_extract(p.value, '$[17]')) FROM json_each(NEW.runs) AS p
-        WHERE p.key < c.key AND json_extract(p.value, '$[0]') = json_extract(c.value, '$[0]')
-          AND json_extract(p.value, '$[1]') = json_extract(c.value, '$[1]')), 0));
+    FROM (
+        SELECT json_extract(value, '$[0]') AS r, json_extract(value, '$[1]') AS t,
+               json_extract(value, '$[17]') AS fence,
+               max(json_extract(value, '$[17]')) OVER (
+                   PARTITION BY json_extract(value, '$[1]'), json_extract(value, '$[0]')
+                   ORDER BY key ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier
+        FROM json_each(NEW.runs)
+    ) AS c
+    JOIN runs ON runs.run_id = c.r AND runs.tenant = c.t
+    WHERE c.fence < max(runs.fence, COALESCE(c.earlier, 0));
 
     {_RUNS_UPSERT}
 
