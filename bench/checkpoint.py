@@ -1,4 +1,5 @@
-"""Checkpoint write latency and throughput of the SQLite store.
+"""Checkpoint write latency and throughput of the SQLite store, and of the PostgreSQL
+store next to it (`--postgres URL`).
 
 Each agent run checkpoints once per step. A step's delta here is realistic: the
 run row, 2 messages of about 500 bytes (an assistant tool call and the tool's
@@ -19,11 +20,19 @@ show what reads cost under write load and what they cost the writes.
     .venv/bin/python bench/checkpoint.py                   # about half a minute
     .venv/bin/python bench/checkpoint.py --quick
     .venv/bin/python bench/checkpoint.py --levels 1,10,100,1000,10000,10000@2 --json out.json
+    .venv/bin/python bench/checkpoint.py --postgres postgresql://postgres@127.0.0.1:5432/test
+
+With `--postgres`, the same levels run on each store in turn, in one process: SQLite
+first, then PostgreSQL in a schema of its own (created, then dropped), and a last
+table sets PostgreSQL's p50 and p99 beside SQLite's. PostgreSQL commits over a
+socket and flushes its WAL on every commit, so its figures are what a replica pays
+for a database it shares; group commit turns concurrency into bigger batches, not
+into more transactions.
 
 Latency runs from the call of `store.checkpoint()` (which includes serializing the
 delta) until it returned, that is until the transaction is committed. The
 database lives in a temporary directory (`--dir` to choose another file system).
-Target: p50 <= 1 ms for a lone checkpoint (concurrency 1).
+Target: p50 <= 1 ms for a lone checkpoint (concurrency 1) on SQLite.
 
 At 10,000 runs the p99 is mostly Python's cyclic garbage collector: a full
 collection of the process's many live objects holds the GIL for tens of
@@ -43,11 +52,14 @@ import sqlite3
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from _common import Summary, describe_environment, environment, fmt, table, write_json
+from areion.store.base import Store
 from areion.store.records import Checkpoint, RunRecord, ToolCallRecord
 from areion.store.sqlite import SQLiteStore
 
@@ -125,6 +137,7 @@ class _Run:
             },
         ]
         call = ToolCallRecord(
+            tenant=run.tenant,
             run_id=run.run_id,
             call_id=call_id,
             name="search_reports",
@@ -140,7 +153,7 @@ class _Run:
 class _Slot:
     """One of the C concurrent runs: when a run is done, the next starts in its place."""
 
-    def __init__(self, store: SQLiteStore, index: int, run_steps: int) -> None:
+    def __init__(self, store: Store, index: int, run_steps: int) -> None:
         self.store = store
         self.index = index
         self.run_steps = run_steps
@@ -171,7 +184,7 @@ class _Slot:
 
 
 async def _reader(
-    store: SQLiteStore, slots: list[_Slot], stop: asyncio.Event, latencies: dict[str, list[float]]
+    store: Store, slots: list[_Slot], stop: asyncio.Event, latencies: dict[str, list[float]]
 ) -> None:
     """A poller reading while the runs write: a cache hit, a late event reader, a resume."""
     index = 0
@@ -190,7 +203,7 @@ async def _reader(
 
 
 async def _phase(
-    store: SQLiteStore,
+    store: Store,
     slots: list[_Slot],
     steps: int,
     interval: float,
@@ -221,7 +234,7 @@ async def _phase(
 
 
 async def _level(
-    store: SQLiteStore, args: argparse.Namespace, level: str, first_slot: int
+    store: Store, args: argparse.Namespace, level: str, first_slot: int
 ) -> dict[str, Any]:
     runs, _, pace = level.partition("@")
     concurrency = int(runs)
@@ -259,24 +272,127 @@ def _folder_bytes(folder: str) -> int:
     return sum(f.stat().st_size for f in Path(folder).iterdir())
 
 
-async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    levels = args.levels.split(",")
-    folder = tempfile.mkdtemp(prefix="areion-bench-checkpoint-", dir=args.dir)
+async def _levels(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
+    first_slot = 0
+    await store.cache_put("bench-key", b"x" * 2000, ttl=3600)
+    for level in args.levels.split(","):
+        results.append(await _level(store, args, level, first_slot))
+        first_slot += results[-1]["concurrency"]
+    return results
+
+
+async def _postgres(args: argparse.Namespace) -> dict[str, Any]:
+    """The same levels on the PostgreSQL store, in a schema made for the run."""
+    import asyncpg
+
+    from areion.store.postgres import PostgresStore
+
+    schema = f"areion_bench_{uuid.uuid4().hex[:12]}"
+    separator = "&" if urlsplit(args.postgres).query else "?"
+    store = PostgresStore(f"{args.postgres}{separator}schema={schema}")
+    admin = await asyncpg.connect(args.postgres)
+    try:
+        server = await admin.fetchval("SHOW server_version")
+        try:
+            levels = await _levels(store, args)
+        finally:
+            await store.aclose()
+    finally:
+        try:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await admin.close()
+    return {"levels": levels, "server": server}
+
+
+async def _main(args: argparse.Namespace) -> dict[str, Any]:
+    folder = tempfile.mkdtemp(prefix="areion-bench-checkpoint-", dir=args.dir)
     try:
         store = SQLiteStore(str(Path(folder) / "areion.db"))
         try:
-            first_slot = 0
-            await store.cache_put("bench-key", b"x" * 2000, ttl=3600)
-            for level in levels:
-                results.append(await _level(store, args, level, first_slot))
-                first_slot += results[-1]["concurrency"]
+            results = await _levels(store, args)
         finally:
             await store.aclose()
         db_bytes = _folder_bytes(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return {"levels": results, "db_bytes": db_bytes}
+    report: dict[str, Any] = {"levels": results, "db_bytes": db_bytes}
+    if args.postgres:
+        report["postgres"] = await _postgres(args)
+    return report
+
+
+def _print_levels(name: str, levels: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    rows = [
+        (
+            r["level"],
+            r["checkpoints"],
+            fmt(r["latency_ms"]["p50"], 3),
+            fmt(r["latency_ms"]["p90"], 3),
+            fmt(r["latency_ms"]["p99"], 3),
+            fmt(r["latency_ms"]["mean"], 3),
+            fmt(r["throughput_per_s"], 0),
+            fmt(r["cpu_us_per_checkpoint"], 1),
+        )
+        for r in levels
+    ]
+    print(f"\n{name}:")
+    print(
+        table(
+            ["concurrency", "checkpoints", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+             "checkpoints/s", "cpu us/ckpt"],
+            rows,
+        )
+    )  # fmt: skip
+    if args.no_reads:
+        return
+    read_rows = []
+    for r in levels:
+        extra = r["with_reader"]
+        reads = extra["read_latency_ms"]
+        read_rows.append(
+            (
+                r["level"],
+                fmt(extra["checkpoint_latency_ms"]["p50"], 3),
+                fmt(extra["throughput_per_s"], 0),
+                *(
+                    f"{fmt(reads[read]['p50'], 3)} / {fmt(reads[read]['p99'], 3)}"
+                    for read in ("cache_get", "run_events", "load_run")
+                ),
+            )
+        )
+    print(f"\n{name}, the same load with one reader polling (read p50 / p99 ms):")
+    print(
+        table(
+            ["concurrency", "ckpt p50 ms", "checkpoints/s", "cache_get", "run_events",
+             "load_run"],
+            read_rows,
+        )
+    )  # fmt: skip
+
+
+def _print_side_by_side(sqlite: list[dict[str, Any]], postgres: list[dict[str, Any]]) -> None:
+    rows = []
+    for lite, pg in zip(sqlite, postgres, strict=True):
+        a, b = lite["latency_ms"], pg["latency_ms"]
+        rows.append(
+            (
+                lite["level"],
+                f"{fmt(a['p50'], 3)} / {fmt(b['p50'], 3)}",
+                fmt(b["p50"] / a["p50"], 1) + "x",
+                f"{fmt(a['p99'], 3)} / {fmt(b['p99'], 3)}",
+                fmt(b["p99"] / a["p99"], 1) + "x",
+                f"{fmt(lite['throughput_per_s'], 0)} / {fmt(pg['throughput_per_s'], 0)}",
+            )
+        )
+    print("\ncheckpoint writes, SQLite / PostgreSQL (ratio: PostgreSQL over SQLite):")
+    print(
+        table(
+            ["concurrency", "p50 ms", "p50 ratio", "p99 ms", "p99 ratio", "checkpoints/s"],
+            rows,
+        )
+    )
 
 
 def main() -> None:
@@ -298,6 +414,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples")
     parser.add_argument("--dir", default=None, help="where the temporary database goes")
     parser.add_argument("--json", default=None, metavar="FILE", help="save the results")
+    parser.add_argument(
+        "--postgres",
+        default=None,
+        metavar="URL",
+        help="also measure the PostgreSQL store there (postgresql://user@host:port/db)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.samples = min(args.samples, 1500)
@@ -312,51 +434,11 @@ def main() -> None:
     report = asyncio.run(_main(args))
     gc.enable()
 
-    rows = [
-        (
-            r["level"],
-            r["checkpoints"],
-            fmt(r["latency_ms"]["p50"], 3),
-            fmt(r["latency_ms"]["p90"], 3),
-            fmt(r["latency_ms"]["p99"], 3),
-            fmt(r["latency_ms"]["mean"], 3),
-            fmt(r["throughput_per_s"], 0),
-            fmt(r["cpu_us_per_checkpoint"], 1),
-        )
-        for r in report["levels"]
-    ]
-    print()
-    print(
-        table(
-            ["concurrency", "checkpoints", "p50 ms", "p90 ms", "p99 ms", "mean ms",
-             "checkpoints/s", "cpu us/ckpt"],
-            rows,
-        )
-    )  # fmt: skip
-    if not args.no_reads:
-        read_rows = []
-        for r in report["levels"]:
-            extra = r["with_reader"]
-            reads = extra["read_latency_ms"]
-            read_rows.append(
-                (
-                    r["level"],
-                    fmt(extra["checkpoint_latency_ms"]["p50"], 3),
-                    fmt(extra["throughput_per_s"], 0),
-                    *(
-                        f"{fmt(reads[name]['p50'], 3)} / {fmt(reads[name]['p99'], 3)}"
-                        for name in ("cache_get", "run_events", "load_run")
-                    ),
-                )
-            )
-        print("\nthe same load with one reader polling (read p50 / p99 ms):")
-        print(
-            table(
-                ["concurrency", "ckpt p50 ms", "checkpoints/s", "cache_get", "run_events",
-                 "load_run"],
-                read_rows,
-            )
-        )  # fmt: skip
+    _print_levels("SQLite", report["levels"], args)
+    if "postgres" in report:
+        postgres = report["postgres"]
+        _print_levels(f"PostgreSQL {postgres['server']}", postgres["levels"], args)
+        _print_side_by_side(report["levels"], postgres["levels"])
     lone = next(
         (r for r in report["levels"] if r["concurrency"] == 1 and not r["interval_s"]), None
     )
@@ -367,7 +449,7 @@ def main() -> None:
         p50 = lone["latency_ms"]["p50"]
         verdict.update(p50_ms=p50, passed=p50 <= TARGET_P50_MS)
         print(
-            f"\ncheckpoint p50 = {p50:.3f} ms (target <= {TARGET_P50_MS:g} ms) "
+            f"\nSQLite checkpoint p50 = {p50:.3f} ms (target <= {TARGET_P50_MS:g} ms) "
             f"{'PASS' if p50 <= TARGET_P50_MS else 'FAIL'}"
         )
     if args.json:

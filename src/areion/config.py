@@ -510,8 +510,13 @@ class Config(_Strict):
                 raise ValueError(
                     f"limits.models[{i}].model: '{limit.model}' is not a model or route name"
                 )
-        if not self.store.startswith("sqlite:///"):
-            raise ValueError(f"store: '{self.store}' is not supported yet; use sqlite:///path.db")
+        if not self.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            # Only the scheme is echoed: a URL may carry a password.
+            shown = self.store.partition("://")[0] + "://..." if "://" in self.store else self.store
+            raise ValueError(
+                f"store: '{shown}' is not supported; use sqlite:///path.db, or "
+                "postgresql://user@host:port/db for replicas sharing one database"
+            )
         return self
 
 

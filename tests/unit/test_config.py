@@ -212,10 +212,18 @@ def test_duplicate_deployment_ids() -> None:
 
 
 def test_unsupported_store_url() -> None:
-    message = _error({**_one_sim(), "store": "postgres://db.internal/areion"})
+    message = _error({**_one_sim(), "store": "mysql://admin:hunter2@db.internal/areion"})
     assert "store" in message
-    assert "postgres://db.internal/areion" in message
-    assert "sqlite:///" in message
+    assert "'mysql://...'" in message
+    assert "hunter2" not in message  # a URL may carry a password: only its scheme is shown
+    assert "sqlite:///" in message and "postgresql://" in message
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://areion@db.internal:5432/areion", "postgres://db.internal/areion?schema=a"]
+)
+def test_postgres_store_urls_are_accepted(url: str) -> None:
+    assert Config.model_validate({**_one_sim(), "store": url}).store == url
 
 
 def test_store_url_with_two_slashes_is_rejected_at_load() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from areion.errors import FencedError
 from areion.store import SQLiteStore, sqlite_writer
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
 from areion.types import LedgerEntry
@@ -546,6 +547,26 @@ async def test_two_checkpoints_of_one_run_in_one_batch_keep_their_order(
     assert [(seq, e["step"], e["i"]) for seq, e in events] == [
         (0, 1, 0), (1, 1, 1), (2, 1, 2), (3, 2, 0), (4, 2, 1),
     ]  # fmt: skip
+
+
+async def test_a_lower_fence_behind_a_higher_one_in_the_same_batch_is_refused(
+    store: SQLiteStore, batches: list[int]
+) -> None:
+    run = _run()
+    await store.create_run(run, _first_messages())
+    taken = replace(_step(run, 1), fence=3)  # the replica that took the run over
+    late = replace(_step(taken.run, 2), fence=2)  # the one it was taken from
+    release, held = await _hold_writer(store)
+    batches.clear()
+    writes = asyncio.gather(store.checkpoint(taken), store.checkpoint(late), return_exceptions=True)
+    await asyncio.sleep(0.01)
+    release.set()
+    results = await writes
+    await held
+    assert batches[0] == 2  # one batch: the stored fence was still 0 when it ran
+    assert results[0] is None and isinstance(results[1], FencedError)
+    snapshot = await store.load_run("run-1")
+    assert snapshot is not None and snapshot.run == taken.run
 
 
 async def test_a_failing_write_does_not_lose_the_rest_of_its_batch(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from areion.errors import ConfigError
+from areion.errors import ConfigError, FencedError
 from areion.store.records import (
     ApiKeyRecord,
     CacheEntryRecord,
@@ -37,6 +37,7 @@ from areion.store.sqlite_schema import (
     CACHE_ENTRY_COLUMNS,
     CACHE_GET,
     EVENTS,
+    FENCED_RUN,
     LEDGER,
     LEDGER_CLOSE,
     LEDGER_COLUMNS,
@@ -204,7 +205,7 @@ class SQLiteStore:
                     f"checkpoint of run {run.run_id!r}: tool call {call.call_id!r} belongs to "
                     f"run {call.run_id!r} of tenant {call.tenant!r}"
                 )
-        parts: list[Part] = [(RUNS, orjson.dumps(_run_row(run)))]
+        parts: list[Part] = [(RUNS, orjson.dumps((*_run_row(run), checkpoint.fence)))]
         if checkpoint.messages:
             parts.append(
                 (MESSAGES, orjson.dumps((run.tenant, run.run_id, first, checkpoint.messages)))
@@ -220,6 +221,12 @@ class SQLiteStore:
             if UNKNOWN_RUN in str(exc):
                 raise ValueError(
                     f"checkpoint: no run {run.run_id!r} of tenant {run.tenant!r}"
+                ) from exc
+            if FENCED_RUN in str(exc):
+                raise FencedError(
+                    f"run {run.run_id!r} of tenant {run.tenant!r} was taken over by another "
+                    f"replica (this checkpoint's fence {checkpoint.fence} is lower than the "
+                    "run's); this one must stop driving it"
                 ) from exc
             if "run_messages" in str(exc):
                 raise ValueError(

@@ -22,6 +22,7 @@ __all__ = [
     "CACHE_ENTRY_COLUMNS",
     "CACHE_GET",
     "EVENTS",
+    "FENCED_RUN",
     "JSON_KINDS",
     "LEDGER",
     "LEDGER_CLOSE",
@@ -46,7 +47,7 @@ __all__ = [
 
 # Kinds of fragment a write is made of; each is one column of the batch view.
 NEW_RUNS = 0  # [run row]                     create_run: plain INSERT, duplicates fail
-RUNS = 1  # [run row]                         checkpoint: the run must exist for its tenant
+RUNS = 1  # [run row, fence]                  checkpoint: the run must exist for its tenant
 MESSAGES = 2  # [tenant, run_id, first_seq, [message, ...]]
 EVENTS = 3  # [tenant, run_id, [event, ...]]  seqs assigned here, after the run's last
 TOOL_CALLS = 4  # [tool call row]             insert or replace
@@ -58,6 +59,7 @@ JSON_KINDS = 9
 CACHE = 9  # (key, value, expires): merged by the writer, values go as one BLOB
 
 UNKNOWN_RUN = "areion: checkpoint of a run that does not exist for its tenant"
+FENCED_RUN = "areion: checkpoint with a fence lower than the run has seen"
 
 _RUN_COLUMNS = (
     "run_id",
@@ -159,6 +161,7 @@ CREATE TABLE IF NOT EXISTS runs (
     limits TEXT NOT NULL,          -- JSON object
     created REAL NOT NULL,
     updated REAL NOT NULL,
+    fence INTEGER NOT NULL DEFAULT 0,  -- the highest fencing token a checkpoint carried
     PRIMARY KEY (tenant, run_id)
 );
 CREATE INDEX IF NOT EXISTS runs_tenant ON runs (tenant, created);
@@ -299,8 +302,14 @@ def migrate(db: Any) -> None:
             db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {declaration}")
     # Only streams in progress are open: a small index, for closing them.
     db.execute("CREATE INDEX IF NOT EXISTS ledger_open ON ledger (request_id) WHERE open = 1")
-    if _runs_namespaced(db):
-        return
+    if not _runs_namespaced(db):
+        _namespace_runs(db)
+    if "fence" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+        db.execute("ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0")
+
+
+def _namespace_runs(db: Any) -> None:
+    """Rebuild the run tables keyed by (tenant, run_id), in one transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
         if not _runs_namespaced(db):  # another process may have migrated meanwhile
@@ -311,7 +320,9 @@ def migrate(db: Any) -> None:
                 if statement.strip():
                     db.execute(statement)
             for table, rows in _RUN_TABLES_V1.items():
-                db.execute(f"INSERT INTO {table} {rows}")
+                # runs has gained columns since (fence): their defaults fill them.
+                columns = f"({', '.join(_RUN_COLUMNS)})" if table == "runs" else ""
+                db.execute(f"INSERT INTO {table} {columns} {rows}")
             for table in _RUN_TABLES_V1:
                 db.execute(f"DROP TABLE {table}_v1")
         db.execute("COMMIT")
@@ -329,16 +340,32 @@ def _fields(source: str, count: int) -> str:
 
 
 def _upsert(
-    table: str, columns: tuple[str, ...], key: tuple[str, ...], fixed: tuple[str, ...]
+    table: str,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    fixed: tuple[str, ...],
+    *,
+    also: str = "",
 ) -> str:
     # `WHERE true` keeps the parser from reading ON CONFLICT as a join constraint.
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in fixed)
+    updates = ", ".join(
+        [f"{c} = excluded.{c}" for c in columns if c not in fixed] + ([also] if also else [])
+    )
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) "
         f"SELECT {_fields('value', len(columns))} FROM json_each(NEW.{table}) WHERE true "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates};"
     )
 
+
+# A checkpoint never lowers a run's fence (its check refuses a lower one first).
+_RUNS_UPSERT = _upsert(
+    "runs",
+    (*_RUN_COLUMNS, "fence"),
+    ("tenant", "run_id"),
+    (*_RUN_FIXED, "fence"),
+    also="fence = max(runs.fence, excluded.fence)",
+)
 
 # The batch view lives in the connection's temp schema: nothing of it is stored
 # in the file, and other programs reading the database never see it.
@@ -361,7 +388,22 @@ BEGIN
         WHERE run_id = json_extract(c.value, '$[0]') AND tenant = json_extract(c.value, '$[1]')
     );
 
-    {_upsert("runs", _RUN_COLUMNS, ("tenant", "run_id"), _RUN_FIXED)}
+    -- Fencing: a checkpoint whose fence is lower than the run has seen (stored, or
+    -- carried by an earlier checkpoint of this batch) comes from a replica whose lease
+    -- on the run was taken over.
+    SELECT RAISE(ABORT, '{FENCED_RUN}')
+    FROM (
+        SELECT json_extract(value, '$[0]') AS r, json_extract(value, '$[1]') AS t,
+               json_extract(value, '$[17]') AS fence,
+               max(json_extract(value, '$[17]')) OVER (
+                   PARTITION BY json_extract(value, '$[1]'), json_extract(value, '$[0]')
+                   ORDER BY key ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier
+        FROM json_each(NEW.runs)
+    ) AS c
+    JOIN runs ON runs.run_id = c.r AND runs.tenant = c.t
+    WHERE c.fence < max(runs.fence, COALESCE(c.earlier, 0));
+
+    {_RUNS_UPSERT}
 
     INSERT INTO run_messages (tenant, run_id, seq, message)
     SELECT json_extract(b.value, '$[0]'), json_extract(b.value, '$[1]'),
