@@ -168,6 +168,7 @@ class Runtime:
                 self.ledger,
                 ttl_s=self.config.cache.exact.ttl_s,
                 any_temperature=self.config.cache.exact.any_temperature,
+                shared=self.shared,
             )
             stages.append(self.exact_cache)
         self.semantic_cache: SemanticCache | None = None

@@ -189,3 +189,24 @@ async def test_hits_are_booked_in_the_ledger_with_their_saving(tmp_path: Path) -
     assert first.cache == "" and first.cost_usd == pytest.approx(25e-6)
     assert second.cache == "exact" and second.cost_usd == 0
     assert second.saved_usd == pytest.approx(25e-6) and second.saved_s > 0
+
+
+def test_an_invalidation_drops_the_tenants_entries_only(server: Any) -> None:
+    upstream, url = server
+    for tenant in KEYS:
+        ask(url, tenant=tenant)
+        assert ask(url, tenant=tenant).headers["x-areion-cache"] == "hit-exact"
+    headers = {"authorization": f"Bearer {KEYS['acme']}"}
+    # Exact entries have no age to filter on: the request says so instead of guessing.
+    aged = httpx.delete(url + "/v1/cache/exact?older_than_s=60", headers=headers)
+    assert aged.status_code == 400 and aged.json()["error"]["param"] == "older_than_s"
+    other_model = httpx.delete(url + "/v1/cache/exact?model=strong", headers=headers)
+    assert other_model.status_code == 200
+    assert ask(url).headers["x-areion-cache"] == "hit-exact"  # another model's: still here
+    dropped = httpx.delete(url + "/v1/cache/exact?model=fast", headers=headers)
+    assert dropped.json() == {"object": "cache.invalidation", "tier": "exact", "deleted": True}
+    assert ask(url).headers["x-areion-cache"] == "miss"
+    assert ask(url, tenant="globex").headers["x-areion-cache"] == "hit-exact"  # not its own
+    assert httpx.delete(url + "/v1/cache", headers=headers).json()["exact"] is True
+    assert ask(url).headers["x-areion-cache"] == "miss"
+    assert upstream.calls == 4

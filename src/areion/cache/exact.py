@@ -8,12 +8,19 @@ store (shared by replicas, with a TTL) behind a small in-process LRU for hot key
 
 Per request, the `x-areion-cache` header (or `Call.annotations["cache_control"]`)
 says `no-store` (neither read nor write) or `refresh` (skip the read, write anew).
+
+Entries are found by a hash of their content, so they cannot be listed by tenant or
+model; `invalidate()` instead moves the tenant's (or the tenant and model's)
+*generation* on, which is part of every key: the old entries are never found again
+and expire. Generations live in the store, each process keeps them for a few seconds,
+and a change is announced on `Shared` so every replica applies it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -23,12 +30,20 @@ import orjson
 from areion.cache.serving import HitServer, when_complete
 from areion.pipeline import Call, Handler, Result
 from areion.store.base import Store
+from areion.store.shared import Shared
 from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
 from areion.types import ChatRequest, ChatResponse
 
 __all__ = ["ExactCache", "exact_key", "output_params"]
 
+log = logging.getLogger(__name__)
+
+_CHANNEL = "cache:exact"
+# How long a process trusts its copy of a generation: an announcement that did not
+# reach it (a replica cut off from Redis) is made good within this.
+_GENERATION_TTL_S = 5.0
+_GENERATION_KEEP_S = 400 * 86_400.0
 # Parameters that do not change what the model answers.
 _NEUTRAL = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
 
@@ -53,15 +68,15 @@ def output_params(request: ChatRequest) -> dict[str, Any]:
     return params
 
 
-def exact_key(tenant: str, request: ChatRequest) -> str:
-    """The cache key of `request` for `tenant`."""
+def exact_key(tenant: str, request: ChatRequest, generation: str = "") -> str:
+    """The cache key of `request` for `tenant` (at the tenant's cache `generation`)."""
     messages = []
     for message in request.messages:
         raw = message.to_openai()
         raw["content"] = _text(raw.get("content"))
         messages.append(raw)
     canonical = orjson.dumps(
-        [tenant, request.model, messages, output_params(request)],
+        [tenant, request.model, messages, output_params(request), generation],
         option=orjson.OPT_SORT_KEYS,
         default=str,
     )
@@ -80,8 +95,13 @@ class ExactCache:
         ttl_s: float = 3600.0,
         any_temperature: bool = False,
         max_local_entries: int = 10_000,
+        shared: Shared | None = None,
     ) -> None:
         self._store = store
+        self._shared = shared
+        self._generations: dict[str, tuple[int, float]] = {}  # name -> (generation, read at)
+        if shared is not None:
+            shared.subscribe(_CHANNEL, self._notice)
         self._metrics = metrics
         self._ledger = ledger
         self.ttl_s = ttl_s
@@ -98,7 +118,9 @@ class ExactCache:
         control = call.annotations.get("cache_control")
         if control == "no-store" or not self.eligible(call.request):
             return await call_next(call)
-        key = exact_key(call.tenant, call.request)
+        tenant, model = call.tenant, call.request.model
+        generation = f"{await self._generation(tenant)}.{await self._generation(tenant, model)}"
+        key = exact_key(tenant, call.request, generation)
         if control != "refresh":
             entry = await self._get(key)
             if entry is not None:
@@ -111,6 +133,50 @@ class ExactCache:
             result.info.setdefault("cache", "miss")
         when_complete(result, call, lambda entry: self._put(key, entry))
         return result
+
+    # -- invalidation -----------------------------------------------------------------
+
+    async def _generation(
+        self, tenant: str, model: str | None = None, *, fresh: bool = False
+    ) -> int:
+        name = tenant if model is None else f"{tenant}\x1f{model}"
+        now = time.monotonic()
+        found = self._generations.get(name)
+        if found is not None and not fresh and now - found[1] < _GENERATION_TTL_S:
+            return found[0]
+        raw = await self._store.cache_get("l1gen:" + name)
+        generation = int(raw) if raw else 0
+        self._generations[name] = (generation, now)
+        return generation
+
+    async def invalidate(self, tenant: str, *, model: str | None = None) -> None:
+        """Drop `tenant`'s entries (of one model group, if given), on every replica."""
+        name = tenant if model is None else f"{tenant}\x1f{model}"
+        generation = await self._generation(tenant, model, fresh=True) + 1
+        await self._store.cache_put(
+            "l1gen:" + name, str(generation).encode(), ttl=_GENERATION_KEEP_S
+        )
+        self._apply(name, generation)
+        if self._shared is not None:
+            try:
+                await self._shared.publish(
+                    _CHANNEL, orjson.dumps({"name": name, "generation": generation})
+                )
+            except Exception:  # the others see it within _GENERATION_TTL_S anyway
+                log.warning("could not announce an exact-cache invalidation", exc_info=True)
+
+    def _apply(self, name: str, generation: int) -> None:
+        found = self._generations.get(name)
+        if found is None or found[0] < generation:
+            self._generations[name] = (generation, time.monotonic())
+        self._local.clear()  # keys are hashes: which were the tenant's is not known
+
+    def _notice(self, message: bytes) -> None:
+        try:
+            notice = orjson.loads(message)
+            self._apply(str(notice["name"]), int(notice["generation"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("an exact-cache notice could not be read; ignored")
 
     # -- storage --------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
-"""/v1/cache/semantic: invalidating the semantic cache and judging its hits.
+"""/v1/cache: invalidating the response caches and judging semantic hits.
 
-    DELETE /v1/cache/semantic?model=M&older_than_s=S   drop the caller's entries
-    DELETE /v1/cache/semantic/{entry}                  drop one entry
+    DELETE /v1/cache?model=M&older_than_s=S            both tiers (age: semantic only)
+    DELETE /v1/cache/exact?model=M                     the caller's exact entries
+    DELETE /v1/cache/semantic?model=M&older_than_s=S   the caller's semantic entries
+    DELETE /v1/cache/semantic/{entry}                  one semantic entry
     POST   /v1/cache/semantic/feedback                 {"request_id": ..., "correct": false}
 
 Every call is scoped to the caller's tenant: a key can neither see nor drop another
-tenant's entries. Feedback on a wrong hit lifts the threshold of the entry that was
-served, so the same look-alike question is not answered from it again.
+tenant's entries, and an invalidation reaches every replica. Feedback on a wrong hit
+lifts the threshold of the entry that was served, so the same look-alike question is
+not answered from it again.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def _float(request: Request, name: str) -> float | None:
 
 
 class CacheApi:
-    """Handlers of /v1/cache/semantic."""
+    """Handlers of /v1/cache, /v1/cache/exact and /v1/cache/semantic."""
 
     def __init__(
         self,
@@ -75,6 +78,8 @@ class CacheApi:
 
     def routes(self) -> list[Route]:
         return [
+            Route("/v1/cache", self.invalidate_all, methods=["DELETE"]),
+            Route("/v1/cache/exact", self.invalidate_exact, methods=["DELETE"]),
             Route("/v1/cache/semantic", self.invalidate, methods=["DELETE"]),
             Route("/v1/cache/semantic/feedback", self.feedback, methods=["POST"]),
             Route("/v1/cache/semantic/{entry}", self.drop, methods=["DELETE"]),
@@ -87,6 +92,36 @@ class CacheApi:
                 "the semantic cache is not enabled; set cache.semantic.enabled: true"
             )
         return cache
+
+    async def invalidate_exact(self, request: Request) -> Response:
+        tenant = self._tenant_of(request)
+        cache = self.runtime.exact_cache
+        if cache is None:
+            raise CacheNotFoundError("the exact cache is not enabled (cache.exact.enabled)")
+        if "older_than_s" in request.query_params:
+            raise RequestError(
+                "older_than_s: exact entries are found by their content, not listed, so they "
+                "are dropped all at once (per model with ?model=)",
+                param="older_than_s",
+            )
+        await cache.invalidate(tenant, model=request.query_params.get("model") or None)
+        return json_response({"object": "cache.invalidation", "tier": "exact", "deleted": True})
+
+    async def invalidate_all(self, request: Request) -> Response:
+        """Both tiers: exact entries (all of the tenant's, or of `model`) and semantic
+        ones (narrowed by `older_than_s` too)."""
+        tenant = self._tenant_of(request)
+        model = request.query_params.get("model") or None
+        older_than_s = _float(request, "older_than_s")
+        body: dict[str, object] = {"object": "cache.invalidation", "tier": "all"}
+        if self.runtime.exact_cache is not None:
+            await self.runtime.exact_cache.invalidate(tenant, model=model)
+            body["exact"] = True
+        if self.runtime.semantic_cache is not None:
+            body["semantic"] = await self.runtime.semantic_cache.invalidate(
+                tenant, model=model, older_than_s=older_than_s
+            )
+        return json_response(body)
 
     async def invalidate(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
