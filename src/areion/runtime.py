@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -211,6 +212,7 @@ class Runtime:
             stages.append(self.lanes)
         self._handler = compose(stages, self._terminal)
         self._started = False
+        self._listening: asyncio.Task[None] | None = None
         self._closed = False
         # A runtime nobody closes still gets its buffered ledger rows written, when it is
         # collected or at exit at the latest (billed rows are written before their
@@ -336,10 +338,7 @@ class Runtime:
                 retry_after=5.0,
             )
         if not self._started:
-            self._started = True
-            self.load_probe.start()
-            if self.gateway.fleet is not None:
-                self.gateway.fleet.start()
+            self._start_background()
         if request.model not in self.gateway.groups and (
             self.router is None or request.model not in self.router
         ):
@@ -380,6 +379,22 @@ class Runtime:
             if priority == "critical" and "tier" not in call.annotations:
                 call.annotations["tier"] = "critical"  # never moved by degraded mode
         return call
+
+    def _start_background(self) -> None:
+        """Probes, load reports and notices, in the running loop (once)."""
+        self._started = True
+        self.load_probe.start()
+        if self.gateway.fleet is not None:
+            self.gateway.fleet.start()
+        self._listening = asyncio.get_running_loop().create_task(self.shared.start())
+
+    async def start(self) -> None:
+        """Start what runs in the background (the server does it at start; otherwise the
+        first call does): deployments' load probes, the shared backend's notices."""
+        if not self._started:
+            self._start_background()
+        assert self._listening is not None
+        await self._listening
 
     async def _terminal(self, call: Call) -> Result:
         hold = call.annotations.get("hold")  # Admission's, when the tenant has a budget

@@ -214,6 +214,13 @@ class RedisShared:
 
     # -- notices ----------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Start the listener, and wait (briefly) for Redis to confirm the channels; a
+        Redis that is down now does not stop the caller: the listener keeps trying."""
+        self._start_listener()
+        with contextlib.suppress(BackendUnavailableError):
+            await self.listening()
+
     async def publish(self, channel: str, message: bytes) -> None:
         full = (self._options.prefix + channel).encode()
         if full in self._wanted and full not in self._live and self._down is None:

@@ -36,6 +36,11 @@ class Shared(Protocol):
 
     # -- notices ----------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Begin delivering notices of the channels subscribed to (in the running loop),
+        so a replica hears what others announce before it has done anything itself."""
+        ...
+
     async def publish(self, channel: str, message: bytes) -> None:
         """Send `message` to every replica's handlers of `channel`, this one's included."""
         ...
@@ -108,6 +113,9 @@ class LocalShared:
     @property
     def counters(self) -> Counters:
         return self._counters
+
+    async def start(self) -> None:
+        return None  # handlers are called as messages are published
 
     async def publish(self, channel: str, message: bytes) -> None:
         for handler in list(self._handlers.get(channel, ())):

@@ -67,7 +67,7 @@ class Writer(DbThread):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             # NORMAL in WAL mode survives a process crash (kill -9): a commit is in
             # the OS's page cache when it returns. Only an OS crash or power loss can
             # lose the last transactions, the trade every WAL deployment makes; FULL
@@ -149,6 +149,20 @@ class Writer(DbThread):
     def _written(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.written()
+
+
+def _set_wal(db: sqlite3.Connection, *, within_s: float = 10.0) -> None:
+    """Put the database in WAL mode. Processes opening a new file at once contend for it,
+    and SQLite may answer "locked" here without waiting out its busy timeout: retry."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # the writer thread's own time: nothing else waits on it
 
 
 def _merge(writes: Sequence[Job], now: float) -> list[Any]:
