@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 class Cluster:
     """N replicas of one config; `urls[i]` is replica i's base URL."""
 
-    def __init__(self, config: dict[str, Any], folder: Path, replicas: int = 3) -> None:
+    def __init__(
+        self, config: dict[str, Any], folder: Path, replicas: int = 3, args: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
+        self.args = args
         self.path = folder / "areion.yaml"
         self.path.write_text(yaml.safe_dump(config))
         self.ports = [free_port() for _ in range(replicas)]
@@ -39,7 +42,7 @@ class Cluster:
         with self.logs[i].open("ab") as log:
             self.processes[i] = subprocess.Popen(
                 [sys.executable, "-m", "areion.cli", "serve", "--config", str(self.path),
-                 "--port", str(self.ports[i]), "--log-level", "warning"],
+                 "--port", str(self.ports[i]), "--log-level", "warning", *self.args],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -79,9 +82,13 @@ class Cluster:
 
 @contextlib.contextmanager
 def cluster(
-    config: dict[str, Any], folder: Path, replicas: int = 3, env: dict[str, str] | None = None
+    config: dict[str, Any],
+    folder: Path,
+    replicas: int = 3,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[Cluster]:
-    group = Cluster(config, folder, replicas)
+    group = Cluster(config, folder, replicas, args)
     try:
         for i in range(replicas):
             group.start(i, env)

@@ -19,6 +19,7 @@ and a change is announced on `Shared` so every replica applies it at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -28,6 +29,7 @@ from typing import Any
 import orjson
 
 from areion.cache.serving import HitServer, when_complete
+from areion.errors import BackendUnavailableError
 from areion.pipeline import Call, Handler, Result
 from areion.store.base import Store
 from areion.store.shared import Shared
@@ -119,12 +121,17 @@ class ExactCache:
         if control == "no-store" or not self.eligible(call.request):
             return await call_next(call)
         tenant, model = call.tenant, call.request.model
-        generation = f"{await self._generation(tenant)}.{await self._generation(tenant, model)}"
-        key = exact_key(tenant, call.request, generation)
-        if control != "refresh":
-            entry = await self._get(key)
-            if entry is not None:
-                return self._hit_server.serve(entry, call)
+        try:
+            generation = f"{await self._generation(tenant)}.{await self._generation(tenant, model)}"
+            key = exact_key(tenant, call.request, generation)
+            if control != "refresh":
+                entry = await self._get(key)
+                if entry is not None:
+                    return self._hit_server.serve(entry, call)
+        except BackendUnavailableError:
+            # The store is down: the cache is only a shortcut, so go the long way.
+            self._hit_server.miss()
+            return await call_next(call)
         self._hit_server.miss()
         result = await call_next(call)
         if isinstance(result, ChatResponse):
@@ -204,11 +211,14 @@ class ExactCache:
         raw = orjson.dumps(entry)
         self._remember(key, raw, time.time() + self.ttl_s)
         # The store write is not the caller's business: it must not delay the answer.
-        task = asyncio.get_running_loop().create_task(
-            self._store.cache_put(key, raw, ttl=self.ttl_s)
-        )
+        task = asyncio.get_running_loop().create_task(self._keep(key, raw))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    async def _keep(self, key: str, raw: bytes) -> None:
+        # While the store is down it is kept here only, not for the other replicas.
+        with contextlib.suppress(BackendUnavailableError):
+            await self._store.cache_put(key, raw, ttl=self.ttl_s)
 
     async def drain(self) -> None:
         """Wait for pending store writes (before closing the store)."""
