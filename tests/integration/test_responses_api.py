@@ -3,6 +3,7 @@ with a scripted OpenAI-compatible upstream behind Areion."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,6 +234,26 @@ async def test_a_stream_broken_mid_way_ends_failed_not_truncated(server: Server)
     assert failed.response.output[0].type == "message"
     [row] = await server.closed_ledger(1)  # paid for what it received
     assert 0 < row.completion_tokens < 1024 and row.estimated
+
+
+async def test_a_client_hanging_up_mid_stream_stops_the_upstream(server: Server) -> None:
+    words = 50_000
+    server.up.default = Behaviour(text=" ".join(["word"] * words))
+    host, port = server.url.removeprefix("http://").split(":")
+    body = orjson.dumps({"model": "fast", "input": "talk", "stream": True})
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/responses HTTP/1.1\r\nhost: areion\r\n"
+        + f"authorization: Bearer {KEY}\r\ncontent-type: application/json\r\n".encode()
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert (await reader.read(4096)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    await writer.wait_closed()
+    # The client is gone: the stream is closed and booked at what had arrived.
+    [row] = await server.closed_ledger(1)
+    assert row.estimated and row.completion_tokens < words / 2
 
 
 async def test_a_function_tool_round_trip(server: Server) -> None:
