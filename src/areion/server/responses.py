@@ -37,7 +37,7 @@ from areion.types import ChatResponse, Message
 
 __all__ = ["ResponseNotFoundError", "ResponsesApi"]
 
-Identity = Callable[[Request], tuple[str, str | None]]
+Identify = Callable[[Request], tuple[str, str | None]]
 InfoHeaders = Callable[[dict[str, Any]], dict[str, str]]
 
 
@@ -54,7 +54,7 @@ class ResponsesApi:
     key label, `info_headers` the headers of what the request path noted (both as chat
     completions has them)."""
 
-    def __init__(self, runtime: Runtime, identity: Identity, info_headers: InfoHeaders) -> None:
+    def __init__(self, runtime: Runtime, identity: Identify, info_headers: InfoHeaders) -> None:
         self.runtime = runtime
         self.identity = identity
         self.info_headers = info_headers
