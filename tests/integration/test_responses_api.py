@@ -182,6 +182,9 @@ async def test_a_streamed_response_through_the_sdk(server: Server) -> None:
         11,
         7,
     )
+    # Stored before the client had it whole, with its usage.
+    stored = await server.client().responses.retrieve(completed.response.id)
+    assert stored.output_text == "one two three" and stored.usage == completed.response.usage
     # The SDK's own accumulator puts the same answer back together from the events.
     async with server.client().responses.stream(model="fast", input="Count.") as again:
         final = await again.get_final_response()
