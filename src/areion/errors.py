@@ -14,6 +14,7 @@ The tree splits "you configured or called it wrong" from "the world failed"::
     │   ├── RunExistsError          (agent.runner) the caller's run id is taken   409
     │   ├── RunBusyError            (agent.leases) another driver holds the run   409
     │   ├── CacheNotFoundError      (server.cache) no such entry or hit, tier off 404
+    │   ├── ResponseNotFoundError   (server.responses) no such stored response    404
     │   ├── AdminDisabledError      (server.admin) no admin keys configured       404
     │   ├── AdminOnlyError          (server.admin) a tenant key on the admin API  403
     │   ├── BodyTooLargeError       (server.guard) past server.max_body_bytes     413

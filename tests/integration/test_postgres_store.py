@@ -22,6 +22,7 @@ from areion.store.records import (
     ApiKeyRecord,
     CacheEntryRecord,
     Checkpoint,
+    ResponseRecord,
     RunRecord,
     SessionSummary,
     SessionTurn,
@@ -35,7 +36,7 @@ pytest.importorskip("asyncpg")  # a dev dependency; the contract tests fail unde
 
 from areion.store.postgres import PostgresStore
 from areion.store.postgres_pool import postgres_settings
-from areion.store.postgres_schema import VERSION, WRITE
+from areion.store.postgres_schema import MIGRATIONS, VERSION, WRITE
 
 
 def _entry(request_id: str, **fields: Any) -> LedgerEntry:
@@ -131,6 +132,45 @@ async def test_every_table_goes_in_the_schema_named_by_the_url(url: str) -> None
     assert [row[0] for row in versions] == [VERSION]
 
 
+async def test_a_version_1_schema_gains_the_responses_table_and_keeps_its_rows(
+    url: str,
+) -> None:
+    import asyncpg
+
+    schema = url.partition("schema=")[2].partition("&")[0]
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        # A database made by the Areion before responses were stored.
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        await admin.execute(f'SET search_path = "{schema}"')
+        await admin.execute(MIGRATIONS[0])
+        await admin.execute("CREATE TABLE schema_version (version integer)")
+        await admin.execute("INSERT INTO schema_version VALUES (1)")
+        await admin.execute(
+            "INSERT INTO ledger (request_id, tenant, model, deployment, upstream_model, "
+            "prompt_tokens, completion_tokens, cached_tokens, cost_usd, estimated, latency_s, "
+            "created) VALUES ('old', 'team-a', 'fast', 'd', 'u', 1, 2, 0, 0.5, false, 0.1, 1.0)"
+        )
+    finally:
+        await admin.close()
+    store = PostgresStore(url)
+    try:
+        assert [e.request_id for e in await store.ledger()] == ["old"]
+        record = ResponseRecord(response_id="resp_1", tenant="team-a", previous_response_id=None,
+                                model="fast", created=1.0, messages=[{"role": "user"}],
+                                body={"id": "resp_1"})  # fmt: skip
+        await store.put_response(record)
+        found = await store.get_response("team-a", "resp_1")
+        assert found is not None and found.record == record
+    finally:
+        await store.aclose()
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        assert await admin.fetchval(f'SELECT version FROM "{schema}".schema_version') == VERSION
+    finally:
+        await admin.close()
+
+
 async def test_a_schema_newer_than_this_areion_is_refused(url: str) -> None:
     import asyncpg
 
@@ -184,6 +224,8 @@ def _every_method(store: Store) -> dict[str, Callable[[], Awaitable[Any]]]:
     )  # fmt: skip
     call = ToolCallRecord(tenant="t", run_id="r", call_id="c", name="n", arguments="{}",
                           status="started")  # fmt: skip
+    response = ResponseRecord(response_id="resp_1", tenant="t", previous_response_id=None,
+                              model="m", created=0.0, messages=[], body={})  # fmt: skip
     return {
         "append_ledger": lambda: store.append_ledger([_entry("r")]),
         "ledger": lambda: store.ledger(),
@@ -212,6 +254,8 @@ def _every_method(store: Store) -> dict[str, Callable[[], Awaitable[Any]]]:
         "keys": lambda: store.keys(),
         "key_by_digest": lambda: store.key_by_digest(b"d" * 32),
         "revoke_key": lambda: store.revoke_key("k"),
+        "put_response": lambda: store.put_response(response),
+        "get_response": lambda: store.get_response("t", "resp_1"),
     }
 
 

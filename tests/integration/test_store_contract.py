@@ -18,6 +18,7 @@ from areion.store.records import (
     ApiKeyRecord,
     CacheEntryRecord,
     Checkpoint,
+    ResponseRecord,
     RunRecord,
     SessionSummary,
     SessionTurn,
@@ -637,6 +638,108 @@ async def test_one_of_two_concurrent_revocations_wins(backend: Backend) -> None:
     await one.create_key(_key("ops", "key_0000000000000001"))
     results = await asyncio.gather(one.revoke_key("ops"), two.revoke_key("ops"))
     assert sum(r is not None for r in results) == 1
+
+
+# -- Responses-API responses -----------------------------------------------------------
+
+
+def _response(
+    response_id: str, previous: str | None = None, *, tenant: str = "team-a", text: str = ""
+) -> ResponseRecord:
+    said = text or response_id
+    return ResponseRecord(
+        response_id=response_id,
+        tenant=tenant,
+        previous_response_id=previous,
+        model="fast",
+        created=12.5,
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": f"to {said}"}]},
+            {"role": "assistant", "content": f"from {said}"},
+        ],
+        body={"id": response_id, "object": "response", "output": [{"type": "message"}]},
+    )
+
+
+async def test_responses_round_trip_and_chain_into_a_conversation(store: Store) -> None:
+    first = _response("resp_1")
+    await store.put_response(first)
+    second = _response("resp_2", "resp_1")
+    second.messages.append({"role": "tool", "tool_call_id": "c1", "content": "42"})
+    await store.put_response(second)
+    await store.put_response(_response("resp_3", "resp_2"))
+
+    found = await store.get_response("team-a", "resp_2")
+    assert found is not None
+    assert found.record == second
+    assert found.conversation == first.messages + second.messages
+    only = await store.get_response("team-a", "resp_1")
+    assert only is not None and only.conversation == first.messages
+    last = await store.get_response("team-a", "resp_3")
+    assert last is not None
+    assert [m["content"] for m in last.conversation if m["role"] != "user"] == [
+        "from resp_1", "from resp_2", "42", "from resp_3",
+    ]  # fmt: skip
+    assert await store.get_response("team-a", "resp_404") is None
+
+
+async def test_a_response_chain_branches_and_runs_long(store: Store) -> None:
+    await store.put_response(_response("root"))
+    await store.put_response(_response("left", "root"))
+    await store.put_response(_response("right", "root"))
+    left = await store.get_response("team-a", "left")
+    right = await store.get_response("team-a", "right")
+    assert left is not None and right is not None
+    assert left.conversation[-1]["content"] == "from left"
+    assert right.conversation[-1]["content"] == "from right"
+    assert left.conversation[:2] == right.conversation[:2]
+
+    previous = "root"
+    for turn in range(60):
+        await store.put_response(_response(f"t{turn}", previous))
+        previous = f"t{turn}"
+    found = await store.get_response("team-a", "t59")
+    assert found is not None
+    said = [m["content"] for m in found.conversation if m["role"] == "assistant"]
+    assert said == ["from root"] + [f"from t{turn}" for turn in range(60)]
+
+
+async def test_responses_are_per_tenant(store: Store) -> None:
+    await store.put_response(_response("resp_1"))
+    assert await store.get_response("team-b", "resp_1") is None
+    # Another tenant cannot continue it, and nothing is stored by trying.
+    with pytest.raises(ValueError, match="has no response 'resp_1'"):
+        await store.put_response(_response("resp_b", "resp_1", tenant="team-b"))
+    assert await store.get_response("team-b", "resp_b") is None
+    # The same id is another response in another tenant's space.
+    await store.put_response(_response("resp_1", tenant="team-b", text="b"))
+    theirs = await store.get_response("team-b", "resp_1")
+    ours = await store.get_response("team-a", "resp_1")
+    assert theirs is not None and theirs.conversation[-1]["content"] == "from b"
+    assert ours is not None and ours.conversation[-1]["content"] == "from resp_1"
+
+
+async def test_a_response_id_is_stored_once_and_continues_only_what_exists(
+    store: Store,
+) -> None:
+    await store.put_response(_response("resp_1"))
+    with pytest.raises(ValueError, match="already exists"):
+        await store.put_response(_response("resp_1", text="again"))
+    with pytest.raises(ValueError, match="has no response 'resp_gone'"):
+        await store.put_response(_response("resp_2", "resp_gone"))
+    assert await store.get_response("team-a", "resp_2") is None
+    found = await store.get_response("team-a", "resp_1")
+    assert found is not None and found.record.messages[-1]["content"] == "from resp_1"
+
+
+async def test_responses_outlive_the_store(backend: Backend) -> None:
+    first = backend.open()
+    await first.put_response(_response("resp_1"))
+    await first.aclose()
+    second = backend.open()
+    await second.put_response(_response("resp_2", "resp_1"))
+    found = await second.get_response("team-a", "resp_2")
+    assert found is not None and len(found.conversation) == 4
 
 
 # -- opening ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.guard import LimitBody
 from areion.server.ops import OpsApi
+from areion.server.responses import ResponsesApi
 from areion.server.runs import RunsApi
 from areion.server.schema import error_body, json_response, parse_chat_request
 from areion.server.sse import EventStream, chat_events
@@ -264,6 +265,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
+            *ResponsesApi(runtime, api.identity, _info_headers).routes(),
             *OpsApi(runtime).routes(),
             *runs.routes(),
             *cache.routes(),

@@ -10,10 +10,12 @@ from areion.store.records import (
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ResponseRecord,
     RunRecord,
     RunSnapshot,
     SessionSummary,
     SessionTurn,
+    StoredResponse,
     ToolCallRecord,
 )
 from areion.types import LedgerEntry
@@ -154,6 +156,18 @@ class Store(Protocol):
     ) -> ApiKeyRecord | None:
         """Revoke the active key with this id (else this name), of `tenant` if given;
         returns it, or None when no active key matches."""
+        ...
+
+    # -- Responses-API responses (previous_response_id) ------------------------------
+
+    async def put_response(self, record: ResponseRecord) -> None:
+        """Store a response; ValueError if its tenant already has one of that id, or has
+        no response of its `previous_response_id` (a chain never leaves its tenant)."""
+        ...
+
+    async def get_response(self, tenant: str, response_id: str) -> StoredResponse | None:
+        """`tenant`'s response of that id, with the conversation through it; None if the
+        tenant has none of that id (whoever else has)."""
         ...
 
     async def aclose(self) -> None:

@@ -46,10 +46,12 @@ from areion.store.records import (
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ResponseRecord,
     RunRecord,
     RunSnapshot,
     SessionSummary,
     SessionTurn,
+    StoredResponse,
     ToolCallRecord,
 )
 from areion.types import LedgerEntry
@@ -101,6 +103,31 @@ AND ($3::text IS NULL OR tenant = $3) AND key_id = coalesce(
     (SELECT key_id FROM api_keys WHERE key_id = $2),
     (SELECT key_id FROM api_keys WHERE name = $2 AND revoked_at IS NULL))
 RETURNING {API_KEY_COLUMNS}
+"""
+
+
+# One statement: the previous response is checked by the insert itself (no row
+# returned: the tenant has no such previous response; responses are never deleted).
+_PUT_RESPONSE = """
+INSERT INTO responses (tenant, response_id, previous_response_id, model, created, messages, body)
+SELECT $1, $2, $3, $4, $5, $6, $7
+WHERE $3::text IS NULL OR EXISTS (SELECT 1 FROM responses WHERE tenant = $1 AND response_id = $3)
+RETURNING true
+"""
+
+# A response and every one before it in its chain, oldest first (the response itself
+# last, the only row whose body is read).
+_RESPONSE_CHAIN = """
+WITH RECURSIVE chain AS (
+    SELECT 0 AS depth, response_id, previous_response_id, model, created, messages, body
+    FROM responses WHERE tenant = $1 AND response_id = $2
+    UNION ALL
+    SELECT chain.depth + 1, r.response_id, r.previous_response_id, r.model, r.created,
+           r.messages, NULL::text
+    FROM responses AS r JOIN chain ON r.tenant = $1 AND r.response_id = chain.previous_response_id
+)
+SELECT response_id, previous_response_id, model, created, messages, body
+FROM chain ORDER BY depth DESC
 """
 
 
@@ -446,6 +473,46 @@ class PostgresStore:
         when = time.time() if at is None else at
         row = await self._fetchrow(_REVOKE_KEY, when, name_or_id, tenant, again=False)
         return None if row is None else _key_record(row)
+
+    # -- Responses-API responses --------------------------------------------------------
+
+    async def put_response(self, record: ResponseRecord) -> None:
+        try:
+            inserted = await self._fetchval(
+                _PUT_RESPONSE,
+                record.tenant, record.response_id, record.previous_response_id, record.model,
+                record.created, orjson.dumps(record.messages).decode(),
+                orjson.dumps(record.body).decode(),
+                again=False,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            raise ValueError(
+                f"response {record.response_id!r} of tenant {record.tenant!r} already exists"
+            ) from exc
+        if not inserted:
+            raise ValueError(
+                f"tenant {record.tenant!r} has no response {record.previous_response_id!r} "
+                "to continue"
+            )
+
+    async def get_response(self, tenant: str, response_id: str) -> StoredResponse | None:
+        chain = await self._fetch(_RESPONSE_CHAIN, tenant, response_id)
+        if not chain:
+            return None
+        conversation: list[dict[str, Any]] = []
+        for row in chain:
+            conversation.extend(orjson.loads(row[4]))
+        last = chain[-1]
+        record = ResponseRecord(
+            response_id=last[0],
+            tenant=tenant,
+            previous_response_id=last[1],
+            model=last[2],
+            created=last[3],
+            messages=orjson.loads(last[4]),
+            body=orjson.loads(last[5]),
+        )
+        return StoredResponse(record=record, conversation=conversation)
 
     async def aclose(self) -> None:
         if self._closed:

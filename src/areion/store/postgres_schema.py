@@ -391,6 +391,22 @@ $$;
 
 WRITE = "SELECT areion_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
+# Version 2: responses of the Responses API, kept for previous_response_id and
+# GET /v1/responses/{id}. Each row holds its own turn only: a conversation is the chain
+# of its previous responses, all of one tenant.
+_RESPONSES = """
+CREATE TABLE responses (
+    tenant text NOT NULL,
+    response_id text NOT NULL,
+    previous_response_id text,
+    model text NOT NULL,
+    created double precision NOT NULL,
+    messages text NOT NULL,                         -- JSON array of this turn's chat messages
+    body text NOT NULL,                             -- JSON object: the response as served
+    PRIMARY KEY (tenant, response_id)
+);
+"""
+
 # MIGRATIONS[i] brings a schema at version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION,)
+MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES)
 VERSION = len(MIGRATIONS)

@@ -15,11 +15,13 @@ __all__ = [
     "CacheEntryRecord",
     "CacheTier",
     "Checkpoint",
+    "ResponseRecord",
     "RunRecord",
     "RunSnapshot",
     "RunStatus",
     "SessionSummary",
     "SessionTurn",
+    "StoredResponse",
     "ToolCallRecord",
     "ToolCallStatus",
 ]
@@ -216,3 +218,36 @@ class CacheEntryRecord:
     id: int = 0
     """Assigned by the store on insert, unique within the store: every replica knows
     the entry by it."""
+
+
+@dataclass(slots=True, kw_only=True)
+class ResponseRecord:
+    """A response of the Responses API (`POST /v1/responses` with `store` on): its own
+    turn of the conversation, and the response object it was served as."""
+
+    response_id: str
+    """Areion's id of the response (`resp_...`), unique within its tenant."""
+    tenant: str
+    """Whose response it is; no other tenant can read or continue it."""
+    previous_response_id: str | None
+    """The response it continues (of the same tenant), or None for a first turn."""
+    model: str
+    """The model name the client asked for."""
+    created: float
+    """Unix time it was made."""
+    messages: list[dict[str, Any]]
+    """This turn's new chat messages (OpenAI wire shape): its input, then its output.
+    The instructions are not among them: they are never carried to the next turn."""
+    body: dict[str, Any]
+    """The response object as it was served, for `GET /v1/responses/{id}`."""
+
+
+@dataclass(slots=True, kw_only=True)
+class StoredResponse:
+    """A stored response, with the conversation it ends."""
+
+    record: ResponseRecord
+    """The response itself."""
+    conversation: list[dict[str, Any]]
+    """The messages of every response of its `previous_response_id` chain, oldest
+    first, its own last: what a request continuing it starts from."""

@@ -24,10 +24,12 @@ from areion.store.records import (
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ResponseRecord,
     RunRecord,
     RunSnapshot,
     SessionSummary,
     SessionTurn,
+    StoredResponse,
     ToolCallRecord,
 )
 from areion.store.sqlite_reader import Reader
@@ -45,6 +47,8 @@ from areion.store.sqlite_schema import (
     LOAD_TOOL_CALLS,
     MESSAGES,
     NEW_RUNS,
+    PUT_RESPONSE,
+    RESPONSE_CHAIN,
     RUN_EVENTS,
     RUNS,
     SESSION_SUMMARIES,
@@ -478,6 +482,35 @@ class SQLiteStore:
         row = await self._apply(revoke)
         return None if row is None else _key_record(row)
 
+    # -- Responses-API responses --------------------------------------------------------
+
+    async def put_response(self, record: ResponseRecord) -> None:
+        row = (
+            record.tenant, record.response_id, record.previous_response_id, record.model,
+            record.created, orjson.dumps(record.messages), orjson.dumps(record.body),
+        )  # fmt: skip
+
+        def insert(db: sqlite3.Connection) -> int:
+            return db.execute(PUT_RESPONSE, row).rowcount
+
+        try:
+            inserted = await self._apply(insert)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(
+                f"response {record.response_id!r} of tenant {record.tenant!r} already exists"
+            ) from exc
+        if not inserted:
+            raise ValueError(
+                f"tenant {record.tenant!r} has no response {record.previous_response_id!r} "
+                "to continue"
+            )
+
+    async def get_response(self, tenant: str, response_id: str) -> StoredResponse | None:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(RESPONSE_CHAIN, (tenant, response_id)).fetchall()
+
+        return _stored_response(tenant, await self._read(read))
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -555,6 +588,26 @@ def _cache_entry(row: Any) -> CacheEntryRecord:
         expires=row[9],
         threshold=row[10],
     )
+
+
+def _stored_response(tenant: str, chain: Sequence[Any]) -> StoredResponse | None:
+    """The response of a chain's rows (oldest first; the response itself last)."""
+    if not chain:
+        return None
+    conversation: list[dict[str, Any]] = []
+    for row in chain:
+        conversation.extend(orjson.loads(row[5]))
+    last = chain[-1]
+    record = ResponseRecord(
+        response_id=last[1],
+        tenant=tenant,
+        previous_response_id=last[2],
+        model=last[3],
+        created=last[4],
+        messages=orjson.loads(last[5]),
+        body=orjson.loads(last[6]),
+    )
+    return StoredResponse(record=record, conversation=conversation)
 
 
 def _nothing(db: sqlite3.Connection) -> None:

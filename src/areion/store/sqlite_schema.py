@@ -31,6 +31,8 @@ __all__ = [
     "LOAD_TOOL_CALLS",
     "MESSAGES",
     "NEW_RUNS",
+    "PUT_RESPONSE",
+    "RESPONSE_CHAIN",
     "RUNS",
     "RUN_EVENTS",
     "RUN_TABLES",
@@ -266,6 +268,20 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name)
     WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, created);
+
+-- Responses of the Responses API kept for previous_response_id and GET /v1/responses/{id}.
+-- Each row holds its own turn only: a conversation is the chain of its previous
+-- responses, all of one tenant (a put refuses a previous the tenant does not have).
+CREATE TABLE IF NOT EXISTS responses (
+    tenant TEXT NOT NULL,
+    response_id TEXT NOT NULL,
+    previous_response_id TEXT,
+    model TEXT NOT NULL,
+    created REAL NOT NULL,
+    messages TEXT NOT NULL,        -- JSON array of this turn's chat messages
+    body TEXT NOT NULL,            -- JSON object: the response as served
+    PRIMARY KEY (tenant, response_id)
+);
 """
 )
 
@@ -514,3 +530,27 @@ FROM (SELECT first_seq, last_seq, text, tokens FROM session_summaries
 """
 
 CACHE_GET = "SELECT value FROM tool_cache WHERE key = ? AND expires > ?"
+
+# One statement: the previous response is checked by the insert itself (no row
+# inserted: the tenant has no such previous response).
+PUT_RESPONSE = """
+INSERT INTO responses (tenant, response_id, previous_response_id, model, created, messages, body)
+SELECT ?1, ?2, ?3, ?4, ?5, CAST(?6 AS TEXT), CAST(?7 AS TEXT)
+WHERE ?3 IS NULL OR EXISTS (SELECT 1 FROM responses WHERE tenant = ?1 AND response_id = ?3)
+"""
+
+# A response and every one before it in its chain, oldest first: the response itself is
+# the last row (depth 0), the only one whose body is read.
+RESPONSE_CHAIN = """
+WITH RECURSIVE chain (depth, response_id, previous_response_id, model, created, messages,
+                      body) AS (
+    SELECT 0, response_id, previous_response_id, model, created, messages, body
+    FROM responses WHERE tenant = ?1 AND response_id = ?2
+    UNION ALL
+    SELECT chain.depth + 1, r.response_id, r.previous_response_id, r.model, r.created,
+           r.messages, NULL
+    FROM responses AS r JOIN chain ON r.tenant = ?1 AND r.response_id = chain.previous_response_id
+)
+SELECT depth, response_id, previous_response_id, model, created, messages, body
+FROM chain ORDER BY depth DESC
+"""
