@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,18 +20,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from areion.control.keys import Identity, KeyRing
-from areion.control.limits import RateReport
-from areion.errors import (
-    AreionError,
-    AuthenticationError,
-    LimitError,
-    ProviderUnavailableError,
-    RateLimitedError,
-)
-from areion.pricing import usd_text
-from areion.runtime import CallOptions, Runtime, new_request_id
+from areion.errors import AreionError, AuthenticationError
+from areion.runtime import Runtime
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
+from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.guard import LimitBody
 from areion.server.ops import OpsApi
 from areion.server.runs import RunsApi
@@ -47,20 +38,8 @@ log = logging.getLogger("areion.server")
 
 
 def error_response(error: AreionError) -> Response:
-    headers: dict[str, str] = {}
-    retry_after = getattr(error, "retry_after", None)
-    if isinstance(error, LimitError):
-        headers.update(error.headers)
-        if retry_after is not None:
-            # Rounded up: a client that waits this long finds room.
-            headers.setdefault("retry-after", str(max(1, math.ceil(retry_after))))
-    elif isinstance(error, RateLimitedError | ProviderUnavailableError):
-        # Always tell a throttled client when to come back, even if upstream did not.
-        headers["retry-after"] = str(max(1, round(retry_after or 1)))
-    elif retry_after:
-        headers["retry-after"] = str(max(1, round(retry_after)))
     body = error_body(error.message, type=error.type, code=error.code, param=error.param)
-    return json_response(body, error.status, headers)
+    return json_response(body, error.status, error_headers(error))
 
 
 _IDENTITY = "areion.identity"
@@ -117,46 +96,12 @@ class _Api:
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.identity(request)
         chat, include_usage = parse_chat_request(await request.body())
-        # Areion's own id names the call (ledger, cache feedback): a client's id is its
-        # own choice, and another tenant could choose the same one. It is kept beside.
-        request_id = new_request_id()
-        client_request_id = request.headers.get("x-request-id", "")[:128]
-        tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
-        options = CallOptions(
-            tenant=tenant,
-            request_id=request_id,
-            client_request_id=client_request_id,
-            cache=request.headers.get("x-areion-cache"),
-            tier=request.headers.get("x-areion-tier") or None,
-            tags=[t for t in tags if t],
-            key=key,
-            priority=request.headers.get("x-areion-priority") or None,
-        )
+        options = call_options(request, tenant, key)
         response = await self.runtime.answer(chat, options)
-        ids = {"x-request-id": request_id}
-        if client_request_id:
-            ids["x-client-request-id"] = client_request_id
+        headers = answer_headers(response, options)
         if isinstance(response, ChatStream):
-            return EventStream(
-                response,
-                chat_events(response, include_usage),
-                headers={
-                    "x-areion-model": response.deployment,
-                    "x-areion-cache": str(response.info.get("cache", "miss")),
-                    **ids,
-                    **_info_headers(response.info),
-                },
-            )
-        return json_response(
-            response.to_openai(),
-            headers={
-                "x-areion-model": response.deployment,
-                "x-areion-cost-usd": usd_text(response.cost_usd or 0.0),
-                "x-areion-cache": response.cache or "miss",
-                **ids,
-                **_info_headers(response.info),
-            },
-        )
+            return EventStream(response, chat_events(response, include_usage), headers=headers)
+        return json_response(response.to_openai(), headers=headers)
 
     async def models(self, request: Request) -> Response:
         _, key = self.identity(request)
@@ -169,23 +114,6 @@ class _Api:
                 ],
             }
         )
-
-
-_INFO_HEADERS = {
-    "entry": "x-areion-cache-entry",  # the semantic cache entry that answered
-    "score": "x-areion-cache-score",  # and how sure its verifier was
-    "route": "x-areion-route",  # the route asked for
-    "route_reason": "x-areion-route-reason",  # why it picked the model it did
-}
-
-
-def _info_headers(info: dict[str, Any]) -> dict[str, str]:
-    """Response headers for what the request path noted about the call."""
-    headers = {header: str(info[key]) for key, header in _INFO_HEADERS.items() if key in info}
-    report = info.get("ratelimit")
-    if isinstance(report, RateReport):
-        headers.update(report.headers())
-    return headers
 
 
 async def _areion_error(request: Request, exc: Exception) -> Response:
