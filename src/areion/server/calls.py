@@ -1,6 +1,14 @@
 """What every model-call endpoint shares, whatever API it speaks: the caller's
 `CallOptions` from the request's headers, the answer's `x-areion-*` headers, and an
-error's headers (`Retry-After`, `x-ratelimit-*`).
+error's headers (`Retry-After`, `x-ratelimit-*`, `x-should-retry`).
+
+`x-should-retry` tells the openai and anthropic SDKs whether to retry on their own
+(both honour it before their own rules). Areion has already retried an upstream
+failure (`retry.max_attempts`, other deployments, fallbacks), so every
+`UpstreamError` says `false`: SDK retries on top would multiply the calls upstream
+by the SDK's attempts. Areion's own refusals (rate limits 429, budgets 402, lanes and
+shared backends 503) were never tried upstream and carry no header: the SDKs' own
+rules apply (they retry 429 and 503 after `Retry-After`, and never 402).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from areion.errors import (
     LimitError,
     ProviderUnavailableError,
     RateLimitedError,
+    UpstreamError,
 )
 from areion.pricing import usd_text
 from areion.runtime import CallOptions, new_request_id
@@ -79,8 +88,9 @@ def info_headers(info: dict[str, Any]) -> dict[str, str]:
 
 
 def error_headers(error: AreionError) -> dict[str, str]:
-    """The headers of an error answer: `Retry-After` when waiting helps, and the
-    limit's `x-ratelimit-*`."""
+    """The headers of an error answer: `Retry-After` when waiting helps, the limit's
+    `x-ratelimit-*`, and `x-should-retry: false` for an upstream failure Areion has
+    already retried (see the module's docstring)."""
     headers: dict[str, str] = {}
     retry_after = getattr(error, "retry_after", None)
     if isinstance(error, LimitError):
@@ -93,4 +103,6 @@ def error_headers(error: AreionError) -> dict[str, str]:
         headers["retry-after"] = str(max(1, round(retry_after or 1)))
     elif retry_after:
         headers["retry-after"] = str(max(1, round(retry_after)))
+    if isinstance(error, UpstreamError):
+        headers["x-should-retry"] = "false"
     return headers
