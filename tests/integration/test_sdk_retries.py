@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -67,6 +68,36 @@ async def test_the_openai_sdk_does_not_retry_what_areion_retried(server: Any, st
     assert up.calls == MAX_ATTEMPTS  # Areion's attempts only, not times the SDK's 3
     assert raised.value.status_code == (429 if status == 429 else 502)
     assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize("status", [429, 529])
+async def test_the_anthropic_sdk_does_not_retry_what_areion_retried(
+    server: Any, status: int
+) -> None:
+    up, url = server
+    up.default = Behaviour(status=status)
+    client = anthropic.AsyncAnthropic(base_url=url, api_key=KEY)
+    assert client.max_retries == 2
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        await client.messages.create(
+            model="fast", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert up.calls == MAX_ATTEMPTS
+    assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+async def test_a_stream_that_fails_before_its_first_byte_is_not_retried_either(
+    server: Any,
+) -> None:
+    up, url = server
+    up.default = Behaviour(status=503)
+    client = anthropic.AsyncAnthropic(base_url=url, api_key=KEY)
+    with pytest.raises(anthropic.APIStatusError):
+        async with client.messages.stream(
+            model="fast", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            await stream.get_final_message()
+    assert up.calls == MAX_ATTEMPTS
 
 
 async def test_areions_own_refusals_leave_the_sdks_retries_on(

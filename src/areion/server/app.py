@@ -26,6 +26,7 @@ from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.guard import LimitBody
+from areion.server.messages import MessagesApi
 from areion.server.ops import OpsApi
 from areion.server.runs import RunsApi
 from areion.server.schema import error_body, json_response, parse_chat_request
@@ -45,11 +46,12 @@ def error_response(error: AreionError) -> Response:
 _IDENTITY = "areion.identity"
 
 
-def _authorization(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            return str(value.decode("latin-1"))
-    return ""
+def _presented_key(scope: Scope) -> str | None:
+    """The key of `Authorization: Bearer <key>`, else of `x-api-key: <key>` (how the
+    Anthropic SDKs send theirs)."""
+    headers = dict(scope["headers"])
+    key = bearer_key(headers.get(b"authorization", b"").decode("latin-1"))
+    return key or headers.get(b"x-api-key", b"").decode("latin-1").strip() or None
 
 
 def _own_keys(path: str) -> bool:
@@ -58,7 +60,7 @@ def _own_keys(path: str) -> bool:
 
 
 class _Authenticate:
-    """Resolves each request's bearer key before routing (a store lookup on a cache
+    """Resolves each request's key before routing (a store lookup on a cache
     miss is async), so handlers read the identity without awaiting. The admin API,
     /healthz and /metrics check their own keys; a request there is not looked up
     among tenant keys."""
@@ -69,7 +71,7 @@ class _Authenticate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _own_keys(scope["path"]):
-            key = bearer_key(_authorization(scope))
+            key = _presented_key(scope)
             try:
                 scope[_IDENTITY] = await self.keys.identify(key)
             except AuthenticationError as error:
@@ -87,7 +89,9 @@ class _Api:
         if isinstance(found, AuthenticationError):
             raise found
         if not isinstance(found, Identity):
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+            raise AuthenticationError(
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+            )
         return found.tenant, found.key
 
     def tenant(self, request: Request) -> str:
@@ -192,6 +196,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
+            *MessagesApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
             *runs.routes(),
             *cache.routes(),
