@@ -20,16 +20,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from areion.control.keys import Identity, KeyRing
-from areion.errors import AreionError, AuthenticationError
+from areion.errors import AreionError, AuthenticationError, UnknownModelError
 from areion.runtime import Runtime
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
+from areion.server.completions import CompletionsApi
 from areion.server.guard import LimitBody
 from areion.server.messages import MessagesApi
 from areion.server.ops import OpsApi
 from areion.server.runs import RunsApi
-from areion.server.schema import error_body, json_response, parse_chat_request
+from areion.server.schema import clip, error_body, json_response, parse_chat_request
 from areion.server.sse import EventStream, chat_events
 from areion.streaming import ChatStream
 
@@ -110,14 +111,24 @@ class _Api:
     async def models(self, request: Request) -> Response:
         _, key = self.identity(request)
         return json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": 0, "owned_by": "areion"}
-                    for name in self.runtime.models_for(key)
-                ],
-            }
+            {"object": "list", "data": [_model(name) for name in self.runtime.models_for(key)]}
         )
+
+    async def model(self, request: Request) -> Response:
+        """One model, if the caller's key may use it; else 404, as for a model that does
+        not exist: a key learns nothing of the models it may not use."""
+        _, key = self.identity(request)
+        name = request.path_params["model"]
+        if name not in self.runtime.models_for(key):
+            raise UnknownModelError(
+                f"model '{clip(name)}' does not exist; GET /v1/models lists those you can use",
+                param="model",
+            )
+        return json_response(_model(name))
+
+
+def _model(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "areion"}
 
 
 async def _areion_error(request: Request, exc: Exception) -> Response:
@@ -196,6 +207,8 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", api.model, methods=["GET"]),
+            *CompletionsApi(runtime, api.identity).routes(),
             *MessagesApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
             *runs.routes(),

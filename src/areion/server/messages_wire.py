@@ -514,7 +514,7 @@ async def message_events(stream: ChatStream) -> AsyncIterator[bytes]:
         async for chunk in stream:
             if not started:
                 started = True
-                yield _message_start(chunk, stream.request_id)
+                yield _message_start(chunk.id, chunk.model, stream.request_id)
             if chunk.index != 0:
                 continue  # a Messages request asks for one answer
             for event in blocks.feed(chunk):
@@ -525,6 +525,8 @@ async def message_events(stream: ChatStream) -> AsyncIterator[bytes]:
             "error", {"error": {"type": error_type(error.status), "message": error.message}}
         )
         return
+    if not started:
+        yield _message_start("", stream.upstream_model, stream.request_id)
     for event in blocks.stop():
         yield event
     delta = {"stop_reason": stop_reason(finish), "stop_sequence": None}
@@ -534,13 +536,13 @@ async def message_events(stream: ChatStream) -> AsyncIterator[bytes]:
     yield _event("message_stop", {})
 
 
-def _message_start(first: StreamChunk, request_id: str) -> bytes:
+def _message_start(upstream_id: str, model: str, request_id: str) -> bytes:
     # Input tokens are known only when the stream ends: message_delta carries them.
     message: dict[str, Any] = {
-        "id": _message_id(first.id, request_id),
+        "id": _message_id(upstream_id, request_id),
         "type": "message",
         "role": "assistant",
-        "model": first.model,
+        "model": model,
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
