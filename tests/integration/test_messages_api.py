@@ -3,6 +3,7 @@ OpenAI-compatible upstream (scripted), an Anthropic one (scripted) and `areion s
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 import time
@@ -77,8 +78,9 @@ def ledger(db: Path, request_id: str) -> list[tuple[Any, ...]]:
                 "WHERE request_id = ?",
                 (request_id,),
             ).fetchall()
-        if (found and not any(row[-1] for row in found)) or time.monotonic() > deadline:
+        if found and not any(row[-1] for row in found):
             return [row[:-1] for row in found]
+        assert time.monotonic() < deadline, f"no closed ledger row for {request_id}: {found}"
         time.sleep(0.02)
 
 
@@ -591,3 +593,40 @@ async def test_thinking_needs_a_reasoning_model(upstream: Any, tmp_path: Path) -
             model="fast", **{**ask, "thinking": {"type": "disabled"}}
         )
     assert up.calls == 2
+
+
+def test_a_client_hanging_up_mid_stream_stops_the_upstream(tmp_path: Path) -> None:
+    """The stream goes out through the same `EventStream` as chat completions: the
+    upstream request is closed when the client goes, and what arrived is booked."""
+    up = ScriptedUpstream()
+    words = 50_000
+    up.default = Behaviour(text=" ".join(["word"] * words))
+    db = tmp_path / "areion.db"
+    with serve_app(up.app) as upstream_url:
+        runtime = Runtime(parse_config(config([openai_model("fast", upstream_url)], db)))
+        with serve_app(create_app(runtime)) as url:
+            host, port = url.removeprefix("http://").split(":")
+            body = orjson.dumps(
+                {
+                    "model": "fast",
+                    "max_tokens": 100_000,
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
+            )
+            with socket.create_connection((host, int(port))) as connection:
+                connection.sendall(
+                    b"POST /v1/messages HTTP/1.1\r\nhost: areion\r\n"
+                    + f"x-api-key: {KEY}\r\ncontent-type: application/json\r\n".encode()
+                    + f"content-length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                head = connection.recv(4096)
+                assert head.startswith(b"HTTP/1.1 200")
+            request_id = next(
+                line.split(b":", 1)[1].strip().decode()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"x-request-id:")
+            )
+            [(_, _, completion, _)] = ledger(db, request_id)
+    assert 0 < completion < words / 2
