@@ -1,8 +1,8 @@
 """The HTTP face: an OpenAI-compatible API over a `Runtime`.
 
 The handlers are thin: authenticate, validate, call the runtime, serialize. Every
-error leaves as an OpenAI-shaped body with the right status; nothing a client
-sends can produce a 500.
+error leaves as an OpenAI-shaped body with the right status (Anthropic-shaped on
+/v1/messages, `server/messages.py`); nothing a client sends can produce a 500.
 """
 
 from __future__ import annotations
