@@ -113,6 +113,7 @@ async def test_what_a_chat_model_cannot_do_is_refused(server: Any) -> None:
         ({"logprobs": 2}, "logprobs"),
         ({"best_of": 3}, "best_of"),
         ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": []}, "prompt"),
         ({"max_tokens": "5"}, "max_tokens"),
     ):
         body = {"model": "fast", "prompt": "hi", **bad}

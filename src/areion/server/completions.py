@@ -47,7 +47,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     model: str = Field(min_length=1)
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: str | list[str]
     max_tokens: int | None = Field(default=_DEFAULT_MAX_TOKENS, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -78,6 +78,10 @@ def _parse(raw: bytes) -> tuple[_Body, list[str]]:
         raise RequestError("the request body is empty; send a JSON completion request")
     value = json_object(raw)
     prompt = value.get("prompt")
+    if prompt == []:
+        raise RequestError(
+            "invalid parameter 'prompt': the list of prompts is empty", param="prompt"
+        )
     if isinstance(prompt, list) and any(not isinstance(item, str) for item in prompt):
         raise RequestError(
             "invalid parameter 'prompt': token arrays are not supported; send the prompt as "
