@@ -5,7 +5,9 @@ the same `CallOptions` as chat completions (so limits, budgets, caches, routing 
 accounting apply), and answered in the `text_completion` shape, streamed too. A list
 of prompts is one model call per prompt: answered together, or streamed one after
 another (a later prompt's failure is then an error event); the choices of prompt `i`
-have indexes `i * n` to `i * n + n - 1`, as OpenAI numbers them.
+have indexes `i * n` to `i * n + n - 1`, as OpenAI numbers them. Each call has its own
+id in the ledger: the request's (`x-request-id`) for the first prompt, then `<id>.1`,
+`<id>.2`...
 
 What a chat model cannot do is refused (400) rather than faked: `echo: true`,
 `suffix`, `logprobs`, `best_of` above 1, and prompts given as token arrays. As in
