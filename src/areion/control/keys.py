@@ -263,7 +263,9 @@ class KeyRing:
         if not await self.closed():
             return OPEN
         if not key:
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+            raise AuthenticationError(
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+            )
         digest = key_digest(key)
         entry = self._config.get(digest)
         if entry is not None:

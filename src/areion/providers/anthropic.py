@@ -37,7 +37,9 @@ __all__ = [
     "messages_url",
     "parse_response",
     "parse_usage",
+    "reasoning_effort",
     "request_body",
+    "stop_reason",
     "translate_messages",
     "translate_tool_choice",
     "translate_tools",
@@ -55,6 +57,16 @@ _FINISH_REASONS = {
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+}
+
+# The other way, for answers to Anthropic clients (`server/messages_wire.py`). OpenAI
+# says `stop` both for the end of a turn and for a stop sequence: it becomes `end_turn`.
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
 }
 
 # Anthropic-native parameters a client may send through `extra`; every other
@@ -265,6 +277,18 @@ def finish_reason(stop_reason: str | None) -> str | None:
     if stop_reason is None:
         return None
     return _FINISH_REASONS.get(stop_reason, "stop")
+
+
+def stop_reason(finish_reason: str | None) -> str:
+    """The Anthropic `stop_reason` for an OpenAI finish reason (`end_turn` if none)."""
+    return _STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
+def reasoning_effort(budget_tokens: int) -> str:
+    """The OpenAI `reasoning_effort` nearest below an Anthropic thinking budget: the
+    inverse of how `request_body` turns an effort into a budget."""
+    fitting = [effort for effort, budget in _THINKING_BUDGET.items() if budget <= budget_tokens]
+    return fitting[-1] if fitting else "low"
 
 
 def parse_usage(data: dict[str, Any] | None) -> Usage | None:

@@ -1,17 +1,15 @@
 """The HTTP face: an OpenAI-compatible API over a `Runtime`.
 
 The handlers are thin: authenticate, validate, call the runtime, serialize. Every
-error leaves as an OpenAI-shaped body with the right status; nothing a client
-sends can produce a 500.
+error leaves as an OpenAI-shaped body with the right status (Anthropic-shaped on
+/v1/messages, `server/messages.py`); nothing a client sends can produce a 500.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,23 +20,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from areion.control.keys import Identity, KeyRing
-from areion.control.limits import RateReport
-from areion.errors import (
-    AreionError,
-    AuthenticationError,
-    LimitError,
-    ProviderUnavailableError,
-    RateLimitedError,
-)
-from areion.pricing import usd_text
-from areion.runtime import CallOptions, Runtime, new_request_id
+from areion.errors import AreionError, AuthenticationError, UnknownModelError
+from areion.runtime import Runtime
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
+from areion.server.calls import answer_headers, call_options, error_headers
+from areion.server.completions import CompletionsApi
 from areion.server.guard import LimitBody
+from areion.server.messages import MessagesApi
 from areion.server.ops import OpsApi
 from areion.server.responses import ResponsesApi
 from areion.server.runs import RunsApi
-from areion.server.schema import error_body, json_response, parse_chat_request
+from areion.server.schema import clip, error_body, json_response, parse_chat_request
 from areion.server.sse import EventStream, chat_events
 from areion.streaming import ChatStream
 
@@ -48,30 +41,19 @@ log = logging.getLogger("areion.server")
 
 
 def error_response(error: AreionError) -> Response:
-    headers: dict[str, str] = {}
-    retry_after = getattr(error, "retry_after", None)
-    if isinstance(error, LimitError):
-        headers.update(error.headers)
-        if retry_after is not None:
-            # Rounded up: a client that waits this long finds room.
-            headers.setdefault("retry-after", str(max(1, math.ceil(retry_after))))
-    elif isinstance(error, RateLimitedError | ProviderUnavailableError):
-        # Always tell a throttled client when to come back, even if upstream did not.
-        headers["retry-after"] = str(max(1, round(retry_after or 1)))
-    elif retry_after:
-        headers["retry-after"] = str(max(1, round(retry_after)))
     body = error_body(error.message, type=error.type, code=error.code, param=error.param)
-    return json_response(body, error.status, headers)
+    return json_response(body, error.status, error_headers(error))
 
 
 _IDENTITY = "areion.identity"
 
 
-def _authorization(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            return str(value.decode("latin-1"))
-    return ""
+def _presented_key(scope: Scope) -> str | None:
+    """The key of `Authorization: Bearer <key>`, else of `x-api-key: <key>` (how the
+    Anthropic SDKs send theirs)."""
+    headers = dict(scope["headers"])
+    key = bearer_key(headers.get(b"authorization", b"").decode("latin-1"))
+    return key or headers.get(b"x-api-key", b"").decode("latin-1").strip() or None
 
 
 def _own_keys(path: str) -> bool:
@@ -80,7 +62,7 @@ def _own_keys(path: str) -> bool:
 
 
 class _Authenticate:
-    """Resolves each request's bearer key before routing (a store lookup on a cache
+    """Resolves each request's key before routing (a store lookup on a cache
     miss is async), so handlers read the identity without awaiting. The admin API,
     /healthz and /metrics check their own keys; a request there is not looked up
     among tenant keys."""
@@ -91,7 +73,7 @@ class _Authenticate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _own_keys(scope["path"]):
-            key = bearer_key(_authorization(scope))
+            key = _presented_key(scope)
             try:
                 scope[_IDENTITY] = await self.keys.identify(key)
             except AuthenticationError as error:
@@ -109,7 +91,9 @@ class _Api:
         if isinstance(found, AuthenticationError):
             raise found
         if not isinstance(found, Identity):
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+            raise AuthenticationError(
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+            )
         return found.tenant, found.key
 
     def tenant(self, request: Request) -> str:
@@ -118,75 +102,34 @@ class _Api:
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.identity(request)
         chat, include_usage = parse_chat_request(await request.body())
-        # Areion's own id names the call (ledger, cache feedback): a client's id is its
-        # own choice, and another tenant could choose the same one. It is kept beside.
-        request_id = new_request_id()
-        client_request_id = request.headers.get("x-request-id", "")[:128]
-        tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
-        options = CallOptions(
-            tenant=tenant,
-            request_id=request_id,
-            client_request_id=client_request_id,
-            cache=request.headers.get("x-areion-cache"),
-            tier=request.headers.get("x-areion-tier") or None,
-            tags=[t for t in tags if t],
-            key=key,
-            priority=request.headers.get("x-areion-priority") or None,
-        )
+        options = call_options(request, tenant, key)
         response = await self.runtime.answer(chat, options)
-        ids = {"x-request-id": request_id}
-        if client_request_id:
-            ids["x-client-request-id"] = client_request_id
+        headers = answer_headers(response, options)
         if isinstance(response, ChatStream):
-            return EventStream(
-                response,
-                chat_events(response, include_usage),
-                headers={
-                    "x-areion-model": response.deployment,
-                    "x-areion-cache": str(response.info.get("cache", "miss")),
-                    **ids,
-                    **_info_headers(response.info),
-                },
-            )
-        return json_response(
-            response.to_openai(),
-            headers={
-                "x-areion-model": response.deployment,
-                "x-areion-cost-usd": usd_text(response.cost_usd or 0.0),
-                "x-areion-cache": response.cache or "miss",
-                **ids,
-                **_info_headers(response.info),
-            },
-        )
+            return EventStream(response, chat_events(response, include_usage), headers=headers)
+        return json_response(response.to_openai(), headers=headers)
 
     async def models(self, request: Request) -> Response:
         _, key = self.identity(request)
         return json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": 0, "owned_by": "areion"}
-                    for name in self.runtime.models_for(key)
-                ],
-            }
+            {"object": "list", "data": [_model(name) for name in self.runtime.models_for(key)]}
         )
 
+    async def model(self, request: Request) -> Response:
+        """One model, if the caller's key may use it; else 404, as for a model that does
+        not exist: a key learns nothing of the models it may not use."""
+        _, key = self.identity(request)
+        name = request.path_params["model"]
+        if name not in self.runtime.models_for(key):
+            raise UnknownModelError(
+                f"model '{clip(name)}' does not exist; GET /v1/models lists those you can use",
+                param="model",
+            )
+        return json_response(_model(name))
 
-_INFO_HEADERS = {
-    "entry": "x-areion-cache-entry",  # the semantic cache entry that answered
-    "score": "x-areion-cache-score",  # and how sure its verifier was
-    "route": "x-areion-route",  # the route asked for
-    "route_reason": "x-areion-route-reason",  # why it picked the model it did
-}
 
-
-def _info_headers(info: dict[str, Any]) -> dict[str, str]:
-    """Response headers for what the request path noted about the call."""
-    headers = {header: str(info[key]) for key, header in _INFO_HEADERS.items() if key in info}
-    report = info.get("ratelimit")
-    if isinstance(report, RateReport):
-        headers.update(report.headers())
-    return headers
+def _model(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "areion"}
 
 
 async def _areion_error(request: Request, exc: Exception) -> Response:
@@ -265,7 +208,10 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
-            *ResponsesApi(runtime, api.identity, _info_headers).routes(),
+            *ResponsesApi(runtime, api.identity).routes(),
+            Route("/v1/models/{model:path}", api.model, methods=["GET"]),
+            *CompletionsApi(runtime, api.identity).routes(),
+            *MessagesApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
             *runs.routes(),
             *cache.routes(),

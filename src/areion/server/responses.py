@@ -26,7 +26,8 @@ from starlette.routing import Route
 
 from areion.errors import AreionError, RequestError, StreamInterruptedError
 from areion.pricing import usd_text
-from areion.runtime import CallOptions, Runtime, new_request_id
+from areion.runtime import Runtime
+from areion.server.calls import answer_headers, call_options
 from areion.server.responses_input import ResponsesRequest, parse_responses_request
 from areion.server.responses_output import ResponseEvents, ResponseShape, new_id, output_items
 from areion.server.schema import clip, json_response
@@ -38,7 +39,6 @@ from areion.types import ChatResponse, Message
 __all__ = ["ResponseNotFoundError", "ResponsesApi"]
 
 Identify = Callable[[Request], tuple[str, str | None]]
-InfoHeaders = Callable[[dict[str, Any]], dict[str, str]]
 
 
 class ResponseNotFoundError(RequestError):
@@ -51,13 +51,11 @@ class ResponseNotFoundError(RequestError):
 
 class ResponsesApi:
     """The Responses API's routes over `runtime`. `identity` gives a request's tenant and
-    key label, `info_headers` the headers of what the request path noted (both as chat
-    completions has them)."""
+    key label (as chat completions has them)."""
 
-    def __init__(self, runtime: Runtime, identity: Identify, info_headers: InfoHeaders) -> None:
+    def __init__(self, runtime: Runtime, identity: Identify) -> None:
         self.runtime = runtime
         self.identity = identity
-        self.info_headers = info_headers
         self._reasoning = _reasoning_models(runtime)
 
     def routes(self) -> list[Route]:
@@ -80,51 +78,18 @@ class ResponsesApi:
                 raise _not_found(asked.previous_response_id, param="previous_response_id")
             history = [Message.from_openai(message) for message in previous.conversation]
         chat = asked.chat_request(history)
-        # As chat completions: Areion's own id names the call; the client's is kept beside.
-        request_id = new_request_id()
-        client_request_id = request.headers.get("x-request-id", "")[:128]
-        tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
-        options = CallOptions(
-            tenant=tenant,
-            request_id=request_id,
-            client_request_id=client_request_id,
-            cache=request.headers.get("x-areion-cache"),
-            tier=request.headers.get("x-areion-tier") or None,
-            tags=[t for t in tags if t],
-            key=key,
-            priority=request.headers.get("x-areion-priority") or None,
-        )
+        options = call_options(request, tenant, key)
         answer = await self.runtime.answer(chat, options)
         shape = ResponseShape(
             response_id=new_id("resp"), created_at=int(time.time()), echo=asked.echo
         )
-        ids = {"x-request-id": request_id}
-        if client_request_id:
-            ids["x-client-request-id"] = client_request_id
+        headers = answer_headers(answer, options)
         if isinstance(answer, ChatStream):
-            return EventStream(
-                answer,
-                self._events(answer, asked, shape, tenant),
-                headers={
-                    "x-areion-model": answer.deployment,
-                    "x-areion-cache": str(answer.info.get("cache", "miss")),
-                    **ids,
-                    **self.info_headers(answer.info),
-                },
-            )
+            return EventStream(answer, self._events(answer, asked, shape, tenant), headers)
         body = self._body(answer, shape)
         if asked.store:
             await self._put(tenant, asked, shape, answer.message.to_openai(), body)
-        return json_response(
-            body,
-            headers={
-                "x-areion-model": answer.deployment,
-                "x-areion-cost-usd": usd_text(answer.cost_usd or 0.0),
-                "x-areion-cache": answer.cache or "miss",
-                **ids,
-                **self.info_headers(answer.info),
-            },
-        )
+        return json_response(body, headers=headers)
 
     async def retrieve(self, request: Request) -> Response:
         tenant, _ = self.identity(request)

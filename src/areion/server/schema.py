@@ -17,7 +17,15 @@ from starlette.responses import Response
 from areion.errors import RequestError
 from areion.types import ChatRequest, Message, ToolCall
 
-__all__ = ["clip", "error_body", "json_response", "parse_body", "parse_chat_request"]
+__all__ = [
+    "clip",
+    "error_body",
+    "invalid_parameter",
+    "json_object",
+    "json_response",
+    "parse_body",
+    "parse_chat_request",
+]
 
 _INT64 = 2**63
 _ECHO = 100
@@ -132,7 +140,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
+def json_object(raw: bytes) -> dict[str, Any]:
     """`raw` parsed as a JSON object with only numbers an upstream can take."""
     try:
         value = pydantic_core.from_json(raw)
@@ -170,7 +178,7 @@ def _check_numbers(value: Any, path: str) -> None:
         )
 
 
-def _invalid(
+def invalid_parameter(
     error: ValidationError, param_of: Callable[[tuple[int | str, ...]], str]
 ) -> RequestError:
     """The RequestError for a body pydantic refused, naming the bad parameter (by
@@ -187,11 +195,11 @@ def _invalid(
 def parse_body(model: type[BaseModel], raw: bytes) -> Any:
     """`raw` parsed as `model` (an empty body as `{}`), or a RequestError naming the bad
     parameter."""
-    value = _json_object(raw) if raw.strip() else {}
+    value = json_object(raw) if raw.strip() else {}
     try:
         return model.model_validate(value, strict=True)
     except ValidationError as error:
-        raise _invalid(error, _dotted) from None
+        raise invalid_parameter(error, _dotted) from None
 
 
 def _check_conversation(messages: list[_Message]) -> None:
@@ -233,9 +241,9 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     if not raw.strip():
         raise RequestError("the request body is empty; send a JSON chat completion request")
     try:
-        body = _Body.model_validate(_json_object(raw))
+        body = _Body.model_validate(json_object(raw))
     except ValidationError as error:
-        raise _invalid(error, _param) from None
+        raise invalid_parameter(error, _param) from None
     _check_conversation(body.messages)
     extra: dict[str, Any] = dict(body.model_extra or {})
     if body.n is not None:
