@@ -34,6 +34,7 @@ from areion.pricing import usd_text
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
+from areion.server.embeddings import EmbeddingsApi
 from areion.server.guard import LimitBody
 from areion.server.ops import OpsApi
 from areion.server.runs import RunsApi
@@ -264,6 +265,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
+            *EmbeddingsApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
             *runs.routes(),
             *cache.routes(),
