@@ -535,6 +535,8 @@ class Runtime:
                 "(an upstream with /embeddings) or local",
                 param="model",
             )
+        if isinstance(request.input, str):  # a bare text, as OpenAI's API takes it
+            request.input = [request.input]
         if not request.input:
             raise RequestError("input must not be empty", param="input")
         texts = [item for item in request.input if isinstance(item, str)]
