@@ -101,6 +101,10 @@ class _Ask:
         return "send fewer or shorter inputs" if self.embeddings else "lower max_tokens"
 
     @property
+    def shorten(self) -> str:
+        return self.fix if self.embeddings else "lower max_tokens or shorten the prompt"
+
+    @property
     def param(self) -> str:
         return "input" if self.embeddings else "max_tokens"
 
@@ -370,21 +374,15 @@ class Admission:
         self, policy: Policy, tenant: str, tokens: int, usd: float, ask: _Ask
     ) -> None:
         if policy.max_tokens is not None and tokens > policy.max_tokens:
-            shorten = (
-                "send fewer or shorter inputs"
-                if ask.embeddings
-                else ("lower max_tokens or shorten the prompt")
-            )
             raise BudgetExceededError(
                 f"Budget exceeded: tenant '{tenant}' allows {policy.max_tokens} tokens per "
-                f"request (max_tokens_per_request) and this one may use {tokens}; {shorten}",
+                f"request (max_tokens_per_request) and this one may use {tokens}; {ask.shorten}",
                 budget="request",
             )
         if policy.max_usd is not None and usd > policy.max_usd:
-            cheaper = "send fewer or shorter inputs" if ask.embeddings else "lower max_tokens"
             raise BudgetExceededError(
                 f"Budget exceeded: tenant '{tenant}' allows ${policy.max_usd:.6f} per request "
-                f"(max_usd_per_request) and this one may cost ${usd:.6f}; {cheaper} "
+                f"(max_usd_per_request) and this one may cost ${usd:.6f}; {ask.fix} "
                 "or use a cheaper model",
                 budget="request",
             )
