@@ -1,12 +1,17 @@
 """A scripted OpenAI-compatible upstream, for tests that need exact control.
 
 Each request takes the next scripted behaviour (or the default one) and the
-upstream records what it received, so a test can assert both sides.
+upstream records what it received, so a test can assert both sides. Chat
+completions and embeddings share the script and the record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import math
+import struct
 import threading
 import time
 from collections import deque
@@ -44,6 +49,21 @@ class Behaviour:
     hold: threading.Event | None = None
 
 
+EMBEDDING_DIMENSIONS = 8
+"""The length of the scripted upstream's vectors when the request sets no dimensions."""
+
+
+def scripted_vector(
+    item: str | list[int], dimensions: int, *, salt: str = "upstream"
+) -> list[float]:
+    """The unit vector the scripted upstream named `salt` gives an input: a function of
+    the input (so a test can compute it), in float64 as a JSON upstream sends it."""
+    seed = hashlib.sha256(orjson.dumps([salt, item])).digest()
+    values = [(seed[i % len(seed)] - 127.5) * (1 + i) for i in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values]
+
+
 class ScriptedUpstream:
     def __init__(self, name: str = "upstream") -> None:
         self.name = name
@@ -58,6 +78,7 @@ class ScriptedUpstream:
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             ]
         )
 
@@ -69,7 +90,9 @@ class ScriptedUpstream:
     def calls(self) -> int:
         return len(self.requests)
 
-    async def _chat(self, request: Request) -> Response:
+    async def _take(self, request: Request) -> tuple[dict[str, Any], Behaviour, Response | None]:
+        """Record a request and play its behaviour: the body, the behaviour, and the error
+        response it calls for (None: answer)."""
         body = orjson.loads(await request.body())
         self.requests.append(body)
         self.headers.append(dict(request.headers))
@@ -82,21 +105,49 @@ class ScriptedUpstream:
             await asyncio.sleep(behaviour.delay)
         if behaviour.hold is not None:
             await asyncio.to_thread(behaviour.hold.wait, 60)
-        if behaviour.status != 200:
-            headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
-            error = {
-                "error": {
-                    "message": f"{self.name} says {behaviour.status}",
-                    "type": "server_error",
-                    "code": None,
-                }
+        if behaviour.status == 200:
+            return body, behaviour, None
+        headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
+        error = {
+            "error": {
+                "message": f"{self.name} says {behaviour.status}",
+                "type": "server_error",
+                "code": None,
             }
-            return Response(
-                orjson.dumps(error),
-                status_code=behaviour.status,
-                headers=headers,
-                media_type="application/json",
-            )
+        }
+        refusal = Response(
+            orjson.dumps(error),
+            status_code=behaviour.status,
+            headers=headers,
+            media_type="application/json",
+        )
+        return body, behaviour, refusal
+
+    async def _embeddings(self, request: Request) -> Response:
+        body, behaviour, refusal = await self._take(request)
+        if refusal is not None:
+            return refusal
+        raw = body["input"]
+        inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
+        dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        data = []
+        for index, item in enumerate(inputs):
+            vector = scripted_vector(item, dimensions, salt=self.name)
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        # Backwards: a client must put them in order by `index`, as OpenAI's API allows.
+        answer: dict[str, Any] = {"object": "list", "data": data[::-1], "model": body["model"]}
+        if behaviour.usage is not None:  # one token a word, as far as this upstream counts
+            tokens = sum(len(i) if isinstance(i, list) else len(i.split()) for i in inputs)
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def _chat(self, request: Request) -> Response:
+        body, behaviour, refusal = await self._take(request)
+        if refusal is not None:
+            return refusal
         if body.get("stream"):
             return StreamingResponse(self._stream(body, behaviour), media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": behaviour.text}

@@ -3,7 +3,9 @@
 A billed answer leaves only once its ledger row is committed (`Ledger.write`); a
 stream leaves once its open row is, and the row is closed with the real figures
 when the stream ends (see `telemetry.ledger`). What accounting books for a call is
-also what its budget hold settles at (`control.holds.Hold.book`).
+also what its budget hold settles at (`control.holds.Hold.book`). An embeddings call
+is booked the same way (`handle_embedding`): a row per upstream call, its input tokens
+at the deployment's input price.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import time
 from areion.control.estimates import OutputEstimate
 from areion.errors import AreionError
 from areion.gateway.deployments import Deployment
-from areion.pipeline import Call, Handler, Result
+from areion.pipeline import Call, EmbeddingCall, EmbeddingHandler, Handler, Result
 from areion.pricing import cost
 from areion.streaming import ChatStream
 from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
 from areion.tokenizer import estimate_usage
-from areion.types import ChatRequest, ChatResponse, LedgerEntry, Usage
+from areion.types import ChatRequest, ChatResponse, EmbeddingResponse, LedgerEntry, Usage
 
 __all__ = ["Accounting"]
 
@@ -77,6 +79,25 @@ class Accounting:
         await self._ledger.write(entry)
         return result
 
+    async def handle_embedding(
+        self, call: EmbeddingCall, call_next: EmbeddingHandler
+    ) -> EmbeddingResponse:
+        try:
+            response = await call_next(call)
+        except AreionError as error:
+            self._metrics.error(call.request.model, "", error.code)
+            raise
+        deployment = self._deployments.get(response.deployment)
+        if deployment is None:  # answered by a stage before the gateway
+            return response
+        usage = response.usage
+        if usage is None:
+            usage = response.usage = Usage(prompt_tokens=sum(call.tokens), estimated=True)
+        if response.cost_usd is None:
+            response.cost_usd = cost(usage, deployment.price)
+        await self._ledger.write(self._book(call, deployment, usage, response.cost_usd))
+        return response
+
     def _open_entry(self, call: Call, deployment: Deployment, stream: ChatStream) -> LedgerEntry:
         """The row of a stream that has just started: what it may cost, at most."""
         request = call.request
@@ -110,7 +131,7 @@ class Accounting:
 
     def _book(
         self,
-        call: Call,
+        call: Call | EmbeddingCall,
         deployment: Deployment,
         usage: Usage,
         amount: float,
@@ -135,7 +156,12 @@ class Accounting:
 
 
 def _entry(
-    call: Call, deployment: Deployment, usage: Usage, amount: float, *, open: bool = False
+    call: Call | EmbeddingCall,
+    deployment: Deployment,
+    usage: Usage,
+    amount: float,
+    *,
+    open: bool = False,
 ) -> LedgerEntry:
     return LedgerEntry(
         request_id=call.request_id,

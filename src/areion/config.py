@@ -19,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from areion.errors import ConfigError
 
 __all__ = [
+    "LOCAL_EMBEDDING_MODEL",
     "AgentConfig",
     "AuthConfig",
     "AuthKey",
     "BreakerConfig",
     "CacheConfig",
     "Config",
+    "EmbeddingCacheConfig",
     "ExactCacheConfig",
     "LedgerConfig",
     "LimitsConfig",
@@ -40,7 +42,10 @@ __all__ = [
     "load_config",
 ]
 
-ProviderKind = Literal["openai", "anthropic", "sim", "replay"]
+ProviderKind = Literal["openai", "anthropic", "sim", "replay", "local"]
+
+LOCAL_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+"""The one model `provider: local` serves: the bundled sentence embedder (embeddings only)."""
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -88,8 +93,21 @@ class ModelConfig(_Strict):
     def upstream_model(self) -> str:
         return self.model or self.name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _local_model(cls, data: Any) -> Any:
+        # provider local: the upstream model is the bundled one, whatever the group's name.
+        if isinstance(data, dict) and data.get("provider") == "local" and not data.get("model"):
+            return {**data, "model": LOCAL_EMBEDDING_MODEL}
+        return data
+
     @model_validator(mode="after")
     def _check_provider_fields(self) -> ModelConfig:
+        if self.provider == "local" and self.model != LOCAL_EMBEDDING_MODEL:
+            raise ValueError(
+                f"provider 'local' serves only {LOCAL_EMBEDDING_MODEL} (the bundled sentence "
+                f"embedder); leave out model, or write model: {LOCAL_EMBEDDING_MODEL}"
+            )
         if self.provider == "openai" and not self.base_url:
             raise ValueError("provider 'openai' needs base_url (for example http://host:port/v1)")
         if self.provider == "replay" and not self.data:
@@ -279,10 +297,13 @@ class SemanticCacheConfig(_Strict):
     max_entries: int = Field(default=100_000, ge=1)
     # Longer questions are not looked up: the embedding model reads 256 tokens at most.
     max_chars: int = Field(default=1000, ge=1, le=4000)
-    # ONNX Runtime threads of the embedder (shared by the semantic tiers and learned
-    # routes). 2 roughly halves a lone query's time on 2 idle cores and raises batched
-    # throughput, but competes with the event loop for the second core.
+    # ONNX Runtime threads of the embedder (shared by the semantic tiers, learned routes
+    # and `provider: local` models). 2 roughly halves a lone query's time on 2 idle cores
+    # and raises batched throughput, but competes with the event loop for the second core.
     embed_threads: int = Field(default=1, ge=1, le=64)
+    # Texts the shared embedder runs together at most: concurrent calls are micro-batched
+    # up to this; 1 runs every call on its own.
+    embed_max_batch: int = Field(default=64, ge=1, le=4096)
 
 
 class PlanCacheConfig(_Strict):
@@ -295,10 +316,19 @@ class PlanCacheConfig(_Strict):
     max_chars: int = Field(default=2000, ge=1, le=4000)
 
 
+class EmbeddingCacheConfig(_Strict):
+    """The embedding cache: each input's vector, per tenant, model and parameters."""
+
+    # On by default: an embedding model gives the same vector for the same input.
+    enabled: bool = True
+    ttl_s: float = Field(default=604_800.0, gt=0)
+
+
 class CacheConfig(_Strict):
     exact: ExactCacheConfig = Field(default_factory=ExactCacheConfig)
     semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
     plans: PlanCacheConfig = Field(default_factory=PlanCacheConfig)
+    embeddings: EmbeddingCacheConfig = Field(default_factory=EmbeddingCacheConfig)
 
 
 CascadeCheck = Literal["schema", "agreement"]
@@ -441,6 +471,18 @@ class Config(_Strict):
     lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
 
+    def _check_local(self) -> set[str]:
+        """The groups of `provider: local` (embeddings only); none may have deployments of
+        another provider: one group's vectors must all come from one model."""
+        local = {model.name for model in self.models if model.provider == "local"}
+        for i, model in enumerate(self.models):
+            if model.name in local and model.provider != "local":
+                raise ValueError(
+                    f"models[{i}]: group '{model.name}' has provider local deployments; its "
+                    "deployments must all be local (vectors of different models do not mix)"
+                )
+        return local
+
     @property
     def all_tenants(self) -> list[TenantConfig]:
         """Every tenant's settings: those of `tenants:` and of `auth.tenants`."""
@@ -449,6 +491,7 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> Config:
         groups = {model.name for model in self.models}
+        local = self._check_local()
         for group, targets in self.fallbacks.items():
             if group not in groups:
                 raise ValueError(f"fallbacks: '{group}' is not a model name")
@@ -457,8 +500,17 @@ class Config(_Strict):
                     raise ValueError(f"fallbacks.{group}: '{target}' is not a model name")
                 if target == group:
                     raise ValueError(f"fallbacks.{group}: a group cannot fall back to itself")
+                if (group in local) != (target in local):
+                    raise ValueError(
+                        f"fallbacks.{group}: '{target}' is not interchangeable with it: only "
+                        "provider local groups (embeddings only) fall back to each other"
+                    )
         if self.memory.summary_model is not None and self.memory.summary_model not in groups:
             raise ValueError(f"memory.summary_model: '{self.memory.summary_model}' is not a model")
+        if self.memory.summary_model in local:
+            raise ValueError(
+                f"memory.summary_model: '{self.memory.summary_model}' serves embeddings only"
+            )
         names = [agent.name for agent in self.agents]
         if len(names) != len(set(names)):
             raise ValueError("agents: names must be unique")
@@ -476,6 +528,11 @@ class Config(_Strict):
             for name in route.candidates:
                 if name not in groups:
                     raise ValueError(f"{where}.candidates: '{name}' is not a model name")
+                if name in local:
+                    raise ValueError(
+                        f"{where}.candidates: '{name}' serves embeddings only (provider "
+                        "local); routes choose among chat models"
+                    )
             for i, rule in enumerate(route.rules):
                 if rule.model not in route.candidates:
                     raise ValueError(

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from areion.accounting import Accounting
 from areion.agent.agent import Agent
@@ -23,6 +23,7 @@ from areion.agent.memory import SessionMemory
 from areion.agent.runner import AgentRunner
 from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
+from areion.cache.vectors import EmbeddingCache
 from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config, load_config
 from areion.control import Admission
 from areion.control.keys import KeyRing
@@ -32,7 +33,16 @@ from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
 from areion.gateway.fleet import Fleet
 from areion.gateway.load import RemoteLoad
-from areion.pipeline import Call, Result, Stage, compose
+from areion.pipeline import (
+    Call,
+    EmbeddingCall,
+    EmbeddingHandler,
+    EmbeddingStage,
+    Result,
+    Stage,
+    compose,
+    compose_embedding,
+)
 from areion.pricing import PriceBound, price_bound
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
@@ -41,7 +51,8 @@ from areion.store.records import SessionTurn
 from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
-from areion.types import ChatRequest, ChatResponse, Message
+from areion.tokenizer import count_each
+from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message
 
 if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
     from areion.cache.embedding import Embedder
@@ -118,7 +129,7 @@ class Runtime:
         self.ledger = Ledger(self.store)
         self.metrics.ledger_pending.set_function(lambda: self.ledger.pending)
         self._max_pending = self.config.ledger.max_pending_rows
-        groups = build_groups(self.config, self.metrics)
+        groups = build_groups(self.config, self.metrics, embedder=lambda: self.embedder)
         self.gateway = Gateway(self.config, groups, self.metrics)
         if not isinstance(self.shared, LocalShared):
             # Replicas: breakers, cooldowns, load and capped slots are shared.
@@ -203,14 +214,16 @@ class Runtime:
             )
             stages.append(self.router)
         # Accounting sits inside the caches and the router: a hit costs nothing and books a saving.
-        stages.append(
-            Accounting(self.gateway.deployments, self.ledger, self.metrics, self.admission.outputs)
+        accounting = Accounting(
+            self.gateway.deployments, self.ledger, self.metrics, self.admission.outputs
         )
+        stages.append(accounting)
         self.lanes = self._make_lanes()
         if self.lanes is not None:
             # Last: hits and routing take no slot, and the gateway's retries hold one.
             stages.append(self.lanes)
         self._handler = compose(stages, self._terminal)
+        self._embedding_handler = self._embedding_path(accounting)
         self._started = False
         self._listening: asyncio.Task[None] | None = None
         self._closed = False
@@ -238,14 +251,18 @@ class Runtime:
 
     @property
     def embedder(self) -> Embedder:
-        """The sentence embedder the semantic tiers share, loaded on first use.
+        """The sentence embedder the semantic tiers and `provider: local` models share,
+        loaded on first use.
 
         Thread-safe: the plan cache loads it from a worker thread."""
         with self._embedder_lock:
             if self._embedder is None:
                 from areion.cache.embedding import MiniLMEmbedder
 
-                self._embedder = MiniLMEmbedder(threads=self.config.cache.semantic.embed_threads)
+                semantic = self.config.cache.semantic
+                self._embedder = MiniLMEmbedder(
+                    threads=semantic.embed_threads, max_batch=semantic.embed_max_batch
+                )
             return self._embedder
 
     def _make_plan_cache(self) -> PlanCache:
@@ -329,6 +346,29 @@ class Runtime:
         return solve_request
 
     def _begin(self, request: ChatRequest, options: CallOptions) -> Call:
+        self._admit_model(request.model, options)
+        if not request.messages:
+            raise RequestError("messages must not be empty", param="messages")
+        group = self.gateway.groups.get(request.model)
+        if group is not None and not group.chats:
+            raise RequestError(
+                f"model '{request.model}' serves embeddings only (provider local); send it "
+                "to POST /v1/embeddings",
+                param="model",
+            )
+        call = Call(
+            request=request,
+            tenant=options.tenant,
+            request_id=options.request_id or new_request_id(),
+            client_request_id=options.client_request_id,
+            started=time.perf_counter(),
+        )
+        self._annotate(call.annotations, options)
+        return call
+
+    def _admit_model(self, model: str, options: CallOptions) -> None:
+        """Refuse new calls while the ledger cannot keep up, start what runs in the
+        background, and refuse a model name that does not exist (404)."""
         if self.ledger.pending > self._max_pending:
             raise BackendUnavailableError(
                 f"the ledger's store has been unreachable for {self.ledger.pending} calls "
@@ -339,24 +379,16 @@ class Runtime:
             )
         if not self._started:
             self._start_background()
-        if request.model not in self.gateway.groups and (
-            self.router is None or request.model not in self.router
-        ):
+        if model not in self.gateway.groups and (self.router is None or model not in self.router):
             raise UnknownModelError(
-                f"model '{request.model[:100]}' does not exist; available: "
+                f"model '{model[:100]}' does not exist; available: "
                 # Only what the caller may call: other names are not its business.
                 + ", ".join(sorted(self.models_for(options.key))),
                 param="model",
             )
-        if not request.messages:
-            raise RequestError("messages must not be empty", param="messages")
-        call = Call(
-            request=request,
-            tenant=options.tenant,
-            request_id=options.request_id or new_request_id(),
-            client_request_id=options.client_request_id,
-            started=time.perf_counter(),
-        )
+
+    def _annotate(self, annotations: dict[str, Any], options: CallOptions) -> None:
+        """A call's annotations from its options: cache control, tier, tags, key, lane."""
         cache, tier, key, priority = options.cache, options.tier, options.key, options.priority
         if cache is not None:
             if cache not in ("no-store", "refresh"):
@@ -364,21 +396,20 @@ class Runtime:
                     f"cache control '{cache}' is not one of: no-store, refresh",
                     param="x-areion-cache",
                 )
-            call.annotations["cache_control"] = cache
+            annotations["cache_control"] = cache
         if tier is not None:
-            call.annotations["tier"] = tier
+            annotations["tier"] = tier
         if options.tags:
-            call.annotations["tags"] = tuple(options.tags)
+            annotations["tags"] = tuple(options.tags)
         if key is not None:
-            call.annotations["key"] = key
+            annotations["key"] = key
         if priority is None and key is not None:
             entry = self.keys.limits(key)
             priority = entry.priority if entry is not None else None
         if priority is not None:
-            call.annotations["priority"] = lane_of(priority)  # a bad value: 400
-            if priority == "critical" and "tier" not in call.annotations:
-                call.annotations["tier"] = "critical"  # never moved by degraded mode
-        return call
+            annotations["priority"] = lane_of(priority)  # a bad value: 400
+            if priority == "critical" and "tier" not in annotations:
+                annotations["tier"] = "critical"  # never moved by degraded mode
 
     def _start_background(self) -> None:
         """Probes, load reports and notices, in the running loop (once)."""
@@ -459,6 +490,69 @@ class Runtime:
         result = await self.answer(request, options)
         assert isinstance(result, ChatStream)
         return result
+
+    # -- embeddings ---------------------------------------------------------------
+
+    def _embedding_path(self, accounting: Accounting) -> EmbeddingHandler:
+        """The embeddings chain: the stages that apply to them, around `Gateway.embed`."""
+        stages: list[EmbeddingStage] = [self.admission]
+        self.embedding_cache: EmbeddingCache | None = None
+        if self.config.cache.embeddings.enabled:
+            self.embedding_cache = EmbeddingCache(
+                self.store, self.metrics, self.ledger, ttl_s=self.config.cache.embeddings.ttl_s
+            )
+            stages.append(self.embedding_cache)
+        stages.append(accounting)
+        if self.lanes is not None:
+            stages.append(self.lanes)
+        if any(not group.chats for group in self.gateway.groups.values()):
+            _ = self.embedder  # provider local: load the model now, not on a first request
+        return compose_embedding(stages, self._embed_terminal)
+
+    async def _embed_terminal(self, call: EmbeddingCall) -> EmbeddingResponse:
+        return await self.gateway.embed(call.request, hold=call.annotations.get("hold"))
+
+    async def embed(
+        self, request: EmbeddingRequest, options: CallOptions | None = None
+    ) -> EmbeddingResponse:
+        """One vector per input of `request`, in input order, through the request path's
+        stages that apply to embeddings: admission (limits, budgets), the embedding cache,
+        accounting, lanes, then the gateway (balancing, retries, fallbacks)."""
+        options = options or CallOptions()
+        self._admit_model(request.model, options)
+        group = self.gateway.groups.get(request.model)
+        if group is None:
+            raise RequestError(
+                f"model '{request.model}' is a route; routes choose among chat models, and "
+                "embeddings need a model group",
+                param="model",
+            )
+        if not group.embeds:
+            providers = sorted({d.config.provider for d in group.deployments})
+            raise RequestError(
+                f"model '{request.model}' cannot make embeddings: provider "
+                f"{', '.join(providers)} serves chat only; use a model of provider openai "
+                "(an upstream with /embeddings) or local",
+                param="model",
+            )
+        if isinstance(request.input, str):  # a bare text, as OpenAI's API takes it
+            request.input = [request.input]
+        if not request.input:
+            raise RequestError("input must not be empty", param="input")
+        texts = [item for item in request.input if isinstance(item, str)]
+        if texts and len(texts) != len(request.input):
+            raise RequestError("input mixes texts and token arrays; send one kind", param="input")
+        tokens = count_each(texts) if texts else [len(item) for item in request.input]
+        call = EmbeddingCall(
+            request=request,
+            tokens=tokens,
+            tenant=options.tenant,
+            request_id=options.request_id or new_request_id(),
+            client_request_id=options.client_request_id,
+            started=time.perf_counter(),
+        )
+        self._annotate(call.annotations, options)
+        return await self._embedding_handler(call)
 
     # -- agents -------------------------------------------------------------------
 
@@ -553,6 +647,8 @@ class Runtime:
         await self.admission.drain()
         if self.exact_cache is not None:
             await self.exact_cache.drain()
+        if self.embedding_cache is not None:
+            await self.embedding_cache.drain()
         if self.semantic_cache is not None:
             await self.semantic_cache.aclose()
         if self.agents.plans is not None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from areion.types import ChatRequest, Message, Usage
 
-__all__ = ["count_tokens", "estimate_usage"]
+__all__ = ["count_each", "count_tokens", "estimate_usage"]
 
 # Per-message framing tokens of the chat format (role, separators), as OpenAI counts them.
 _PER_MESSAGE = 3
@@ -51,6 +51,27 @@ def _exact(text: str) -> int:
 def count_tokens(text: str) -> int:
     """BPE tokens in `text`: exact up to `_EXACT_CHARS` characters, estimated past it."""
     return _count([text])
+
+
+def count_each(texts: Sequence[str]) -> list[int]:
+    """Tokens in each of `texts` (an embeddings request's inputs), within the same bound
+    on the work as one count: exact while their characters add up to `_EXACT_CHARS`;
+    past that, each text left is estimated at the rate of samples of all of them."""
+    counts: list[int] = []
+    left = _EXACT_CHARS
+    for text in texts:
+        if len(text) > left:
+            break
+        left -= len(text)
+        counts.append(_exact(text))
+    rest = texts[len(counts) :]
+    if not rest:
+        return counts
+    joined = "".join(rest)
+    if len(joined) <= _EXACT_CHARS:
+        return counts + [_exact(text) for text in rest]
+    rate = _estimate(joined) / len(joined)
+    return counts + [max(1, math.ceil(len(text) * rate)) for text in rest]
 
 
 def _count(texts: list[str]) -> int:

@@ -3,11 +3,15 @@
 Messages keep the OpenAI wire shape because that is what every client speaks and
 what most providers accept; providers with another shape (Anthropic) translate at
 their own boundary. Parameters Areion does not interpret travel in `extra` and are
-passed to the provider untouched.
+passed to the provider untouched. Embeddings have their own pair
+(`EmbeddingRequest`, `EmbeddingResponse`), in the shape of OpenAI's embeddings API.
 """
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +19,9 @@ __all__ = [
     "ChatRequest",
     "ChatResponse",
     "Choice",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "EncodingFormat",
     "LedgerEntry",
     "Message",
     "Role",
@@ -22,6 +29,8 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "Usage",
+    "pack_vector",
+    "unpack_vector",
 ]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -353,7 +362,8 @@ class LedgerEntry:
     created: float
     """Unix time the call finished."""
     cache: str = ""
-    """Empty for a model call; the cache tier (`exact`, `semantic`) that answered instead."""
+    """Empty for a model call; the cache tier (`exact`, `semantic`, `embedding`) that
+    answered instead."""
     saved_usd: float = 0.0
     """For a cache hit: what the answer cost when it was made."""
     saved_s: float = 0.0
@@ -363,3 +373,83 @@ class LedgerEntry:
     closed with the real figures when the stream ends (a crash leaves it open)."""
     client_request_id: str = ""
     """The client's own id of the request (`x-request-id`), if it gave one."""
+
+
+# -- embeddings ---------------------------------------------------------------------
+
+EncodingFormat = Literal["float", "base64"]
+"""How an embeddings response carries its vectors: JSON numbers, or the base64 of
+little-endian float32 values (what OpenAI sends, and its SDK asks for by default)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class EmbeddingRequest:
+    """An embeddings request (OpenAI `POST /v1/embeddings`), as a client sent it."""
+
+    model: str
+    """The model group the client asked for."""
+    input: list[str] | list[list[int]]
+    """What to embed, one vector each: texts, or token arrays (for upstreams that take
+    tokens)."""
+    dimensions: int | None = None
+    """The length of the vectors wanted, where the model allows it."""
+    user: str | None = None
+    """End-user id, passed through."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other parameters, passed to the upstream untouched."""
+
+
+@dataclass(slots=True, kw_only=True)
+class EmbeddingResponse:
+    """The vectors of an embeddings request, in input order."""
+
+    model: str
+    """Upstream model id that made them."""
+    vectors: list[list[float]]
+    """One vector per input, in input order; float32 values (as Python floats)."""
+    usage: Usage | None = None
+    """Input tokens the call was billed for (inputs served from Areion's embedding cache
+    are not); None until accounting counts them when the provider did not."""
+    deployment: str = ""
+    """The deployment that answered (set by the gateway), or `cache:embedding`."""
+    cost_usd: float | None = None
+    """Cost of the call."""
+    cache: str | None = None
+    """`hit-embedding` (every input cached), `partial-embedding` (some) or `miss`."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the request path noted for the response headers."""
+
+    def to_openai(self, encoding_format: EncodingFormat = "float") -> dict[str, Any]:
+        usage = self.usage or Usage()
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": vector
+                    if encoding_format == "float"
+                    else base64.b64encode(pack_vector(vector)).decode("ascii"),
+                }
+                for index, vector in enumerate(self.vectors)
+            ],
+            "model": self.model,
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+        }
+
+
+def pack_vector(vector: list[float]) -> bytes:
+    """`vector` as little-endian float32 bytes (the base64 encoding's payload)."""
+    packed = array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_vector(data: bytes) -> list[float]:
+    """The vector packed by `pack_vector`; ValueError if `data` is not whole float32s."""
+    packed = array("f")
+    packed.frombytes(data)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tolist()

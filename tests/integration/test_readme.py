@@ -28,6 +28,7 @@ CONFIG = """\
 models:
   - {name: fast, provider: sim, model: sim-fast, time_scale: 0.01}
   - {name: strong, provider: sim, model: sim-strong, time_scale: 0.01}
+  - {name: mini, provider: local}
 fallbacks: {fast: [strong]}
 store: sqlite:///areion.db
 """

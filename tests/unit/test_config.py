@@ -415,3 +415,41 @@ def test_tenants_may_sit_beside_auth_or_in_it_but_once() -> None:
         )
     with pytest.raises(ConfigError, match=r"tenants\[0\]\.rpm: Input should be greater"):
         parse_config({"models": models, "tenants": [{"name": "acme", "rpm": 0}]})
+
+
+def _local(**extra: Any) -> dict[str, Any]:
+    return {"models": [{"name": "mini", "provider": "local"}], **extra}
+
+
+def test_a_local_model_is_the_bundled_embedder() -> None:
+    config = parse_config(_local())
+    assert config.models[0].upstream_model == "all-MiniLM-L6-v2"
+    with pytest.raises(ConfigError, match="serves only all-MiniLM-L6-v2"):
+        parse_config({"models": [{"name": "mini", "provider": "local", "model": "bge-small"}]})
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (
+            {
+                "models": [
+                    {"name": "mini", "provider": "local"},
+                    {"name": "mini", "provider": "sim"},
+                ]
+            },
+            "must all be local",
+        ),
+        ({"routes": [{"name": "auto", "candidates": ["mini", "chat"]}]}, "serves embeddings only"),
+        ({"fallbacks": {"chat": ["mini"]}}, "not interchangeable"),
+        ({"fallbacks": {"mini": ["chat"]}}, "not interchangeable"),
+        ({"memory": {"summary_model": "mini"}}, "serves embeddings only"),
+    ],
+)
+def test_local_models_stay_out_of_chat(extra: dict[str, Any], words: str) -> None:
+    data: dict[str, Any] = {
+        "models": [{"name": "mini", "provider": "local"}, {"name": "chat", "provider": "sim"}]
+    }
+    data.update(extra)
+    with pytest.raises(ConfigError, match=words):
+        parse_config(data)

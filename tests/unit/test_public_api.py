@@ -23,6 +23,8 @@ PUBLIC_API = [
     "Choice",
     "Config",
     "ConfigError",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
     "Message",
     "ProviderTimeoutError",
     "ProviderUnavailableError",

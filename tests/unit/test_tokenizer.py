@@ -141,3 +141,26 @@ def test_a_long_text_is_estimated_closely_at_a_bounded_cost(spy: _Spy, text: str
     assert spy.chars <= 64_000
     exact = len(spy.encoding.encode(text, disallowed_special=()))
     assert abs(estimate - exact) <= 0.1 * exact
+
+
+def test_count_each_is_exact_for_an_ordinary_request() -> None:
+    texts = ["hello world", "The quick brown fox jumps over the lazy dog.", ""]
+    assert tokenizer.count_each(texts) == [2, 10, 0]
+
+
+def test_count_each_bounds_the_work_on_a_huge_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[int] = []
+    real = tokenizer._exact
+
+    def counting(text: str) -> int:
+        encoded.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(tokenizer, "_exact", counting)
+    texts = ["lorem ipsum dolor sit amet " * 400] * 200  # 2.16M characters in 200 inputs
+    counts = tokenizer.count_each(texts)
+    assert len(counts) == 200
+    # Each text is 5 words of 1-2 tokens, 400 times: the estimates are close.
+    exact = real(texts[0])
+    assert all(abs(count - exact) <= exact * 0.05 for count in counts)
+    assert sum(encoded) <= 2 * 32_768 + 64 * 512  # not 2.16M characters encoded

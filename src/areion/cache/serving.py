@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from areion.pipeline import Call, Result
+from areion.pipeline import Call, EmbeddingCall, Result
 from areion.streaming import ChatStream, MessageAssembler
 from areion.telemetry.ledger import Ledger
 from areion.telemetry.metrics import Metrics
@@ -93,7 +93,8 @@ def on_stream_complete(
 
 
 class HitServer:
-    """Serves cache hits of one tier (`exact`, `semantic`): metrics, ledger, shape."""
+    """Serves cache hits of one tier (`exact`, `semantic`): metrics, ledger, shape. The
+    embedding tier books its hits with it too (`book`), and shapes them itself."""
 
     def __init__(self, tier: str, metrics: Metrics, ledger: Ledger) -> None:
         self.tier = tier
@@ -105,19 +106,41 @@ class HitServer:
         self._saved_usd = metrics.cache_saved_usd.labels(tier)
         self._saved_s = metrics.cache_saved_seconds.labels(tier)
 
-    def miss(self) -> None:
-        self._misses.inc()
+    def miss(self, count: int = 1) -> None:
+        self._misses.inc(count)
+
+    def book(
+        self,
+        call: Call | EmbeddingCall,
+        upstream_model: str,
+        *,
+        saved_usd: float,
+        saved_s: float,
+        hits: int = 1,
+    ) -> None:
+        """Count `hits` in metrics with what they saved, and book the call's free ledger
+        row (written within the ledger's flush interval)."""
+        self._hits.inc(hits)
+        self._saved_usd.inc(saved_usd)
+        self._saved_s.inc(saved_s)
+        self._ledger.record(
+            free_entry(
+                call,
+                self.deployment,
+                upstream_model,
+                cache=self.tier,
+                saved_usd=saved_usd,
+                saved_s=saved_s,
+            )
+        )
 
     def serve(
         self, entry: dict[str, Any], call: Call, info: dict[str, Any] | None = None
     ) -> Result:
         """Answer `call` from `entry`; `info` (about the hit) goes with the answer."""
         info = info or {}
-        self._hits.inc()
         saved_usd = float(entry.get("cost_usd") or 0.0)
         saved_s = float(entry.get("latency_s") or 0.0)
-        self._saved_usd.inc(saved_usd)
-        self._saved_s.inc(saved_s)
         data = entry["response"]
         usage_data = data.get("usage") or {}
         usage = Usage(
@@ -133,16 +156,7 @@ class HitServer:
             for item in data["choices"]
         ]
         upstream_model = str(data.get("model") or "")
-        self._ledger.record(
-            free_entry(
-                call,
-                self.deployment,
-                upstream_model,
-                cache=self.tier,
-                saved_usd=saved_usd,
-                saved_s=saved_s,
-            )
-        )
+        self.book(call, upstream_model, saved_usd=saved_usd, saved_s=saved_s)
         response = ChatResponse(
             id="chatcmpl-" + call.request_id,
             model=upstream_model,
@@ -159,7 +173,9 @@ class HitServer:
         return as_stream(response, call)
 
 
-def free_entry(call: Call, deployment: str, upstream_model: str, **fields: Any) -> LedgerEntry:
+def free_entry(
+    call: Call | EmbeddingCall, deployment: str, upstream_model: str, **fields: Any
+) -> LedgerEntry:
     """The ledger row of a call answered without a model (cache hit, solver): no tokens,
     no cost; `fields` add the cache tier and the saving."""
     return LedgerEntry(

@@ -7,6 +7,9 @@ requests and tokens bucket of the key, tenant and model -> one atomic reservatio
 in the tenant's day and month budgets -> the call -> reconciliation: the real
 tokens and cost replace the estimate (a stream's when it ends; a cache hit's are
 0; a failed call's are 0). A refusal takes nothing: what was taken is given back.
+
+An embeddings call goes the same way (`handle_embedding`): its inputs' tokens are its
+prompt, it has no output, and its cost is the input tokens at the dearest input price.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from areion.config import LimitsConfig, TenantConfig
 from areion.control.budgets import BudgetWindow, PriceBound, Windows, exceeded, in_flight_only
@@ -30,11 +34,11 @@ from areion.errors import (
     ModelNotAllowedError,
     RequestError,
 )
-from areion.pipeline import Call, Handler, Result
+from areion.pipeline import Call, EmbeddingCall, EmbeddingHandler, Handler, Result
 from areion.store.counters import BudgetState, Counters, Take
 from areion.streaming import ChatStream
 from areion.tokenizer import estimate_usage
-from areion.types import Usage
+from areion.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage
 
 __all__ = ["Admission", "Policy"]
 
@@ -69,6 +73,40 @@ class Policy:
     price: PriceBound
     free: bool = False
     """Nothing to check or take: no model list, limits, caps nor budget."""
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class _Ask:
+    """What one call asks of the limits: tokens in, tokens out, answers."""
+
+    prompt: int
+    """Prompt (or input) tokens, as counted here."""
+    output: int
+    """Output tokens expected, over all answers."""
+    n: int
+    """Answers asked for."""
+    max_output_tokens: int | None
+    """The client's cap on output tokens, over all answers."""
+    embeddings: bool = False
+    """An embeddings call: its inputs are what to cut down, there is no max_tokens."""
+
+    @property
+    def parts(self) -> str:
+        if self.embeddings:
+            return f"{self.prompt} input"
+        return f"{self.prompt} prompt + {self.output} output"
+
+    @property
+    def fix(self) -> str:
+        return "send fewer or shorter inputs" if self.embeddings else "lower max_tokens"
+
+    @property
+    def shorten(self) -> str:
+        return self.fix if self.embeddings else "lower max_tokens or shorten the prompt"
+
+    @property
+    def param(self) -> str:
+        return "input" if self.embeddings else "max_tokens"
 
 
 @dataclass(slots=True)
@@ -178,20 +216,73 @@ class Admission:
         policy = self.policy(call.annotations.get("key"), call.tenant, request.model)
         if policy.free:
             return await call_next(call)
+        n = request.n
+        ask = _Ask(
+            prompt=estimate_usage(request, "").prompt_tokens,
+            output=self.outputs.tokens(request.model, max_tokens=request.max_tokens, n=n),
+            n=n,
+            max_output_tokens=request.max_tokens * n if request.max_tokens else None,
+        )
+        admitted, report = await self._admit(call.tenant, call.annotations, policy, request, ask)
+        try:
+            result = await call_next(call)
+        except BaseException:
+            await self._settle(admitted, None)
+            raise
+        if report is not None:
+            result.info["ratelimit"] = report
+        if isinstance(result, ChatStream):
+            result.on_finish(lambda stream, error: self._settle_later(admitted, stream))
+        else:
+            await self._settle(admitted, _real_usage(result.usage, result.cache))
+        return result
+
+    async def handle_embedding(
+        self, call: EmbeddingCall, call_next: EmbeddingHandler
+    ) -> EmbeddingResponse:
+        """The same for an embeddings call: its inputs' tokens are its prompt, and it has
+        no output; settled at the tokens and cost it was billed (0 for inputs served from
+        the embedding cache)."""
+        request = call.request
+        policy = self.policy(call.annotations.get("key"), call.tenant, request.model)
+        if policy.free:
+            return await call_next(call)
+        ask = _Ask(prompt=sum(call.tokens), output=0, n=1, max_output_tokens=None, embeddings=True)
+        admitted, report = await self._admit(call.tenant, call.annotations, policy, request, ask)
+        try:
+            response = await call_next(call)
+        except BaseException:
+            await self._settle(admitted, None)
+            raise
+        if report is not None:
+            response.info["ratelimit"] = report
+        # Not `complete`: an embedding has no output length to learn from.
+        await self._settle(admitted, response.usage, complete=False)
+        return response
+
+    async def _admit(
+        self,
+        tenant: str,
+        annotations: dict[str, Any],
+        policy: Policy,
+        request: ChatRequest | EmbeddingRequest,
+        ask: _Ask,
+    ) -> tuple[_Admitted, RateReport | None]:
+        """Check the key's model list and the per-request caps, take from the rate buckets
+        and reserve in the budget windows (the hold goes in `annotations`), or refuse
+        having taken nothing."""
         if policy.models is not None and request.model not in policy.models:
             raise ModelNotAllowedError(
                 f"key '{policy.key}' may not use model '{request.model}'; it may use: "
                 + ", ".join(sorted(policy.models)),
                 param="model",
             )
-        prompt = estimate_usage(request, "").prompt_tokens
-        n = request.n
-        output = self.outputs.tokens(request.model, max_tokens=request.max_tokens, n=n)
+        prompt, output = ask.prompt, ask.output
         tokens = prompt + output
         # Money is reserved for what the provider may count: its tokenizer is not ours.
         billed_prompt = prompt + prompt // 5 + _PROMPT_MARGIN
         usd = policy.price.cost(billed_prompt, output)
-        self._check_request_caps(policy, call.tenant, tokens, usd)
+        self._check_request_caps(policy, tenant, tokens, usd, ask)
         now = self.clock()
         takes: list[Take] = []
         report: RateReport | None = None
@@ -202,17 +293,17 @@ class Admission:
             for limit, take in zip(policy.limits, takes, strict=True):
                 if take.amount > limit.per_minute:
                     raise RequestError(
-                        f"this request needs an estimated {tokens} tokens ({prompt} prompt + "
-                        f"{output} output), more than the {limit.per_minute} tokens per "
-                        f"minute of {limit.scope}; lower max_tokens",
-                        param="max_tokens",
+                        f"this request needs an estimated {tokens} tokens ({ask.parts}), more "
+                        f"than the {limit.per_minute} tokens per minute of {limit.scope}; "
+                        f"{ask.fix}",
+                        param=ask.param,
                     )
             ok, states = await self._counters.take(takes, now)
             report = RateReport(policy.limits, states)
             if not ok:
                 raise refusal(report, [take.amount for take in takes])
         hold: Hold | None = None
-        windows = self._windows.of(call.tenant, now)
+        windows = self._windows.of(tenant, now)
         if windows:
             try:
                 ok, budgets = await self._reserve(windows, usd)
@@ -229,30 +320,19 @@ class Admission:
                 reserved=usd,
                 prompt_tokens=billed_prompt,
                 output_tokens=output,
-                max_output_tokens=request.max_tokens * n if request.max_tokens else None,
+                max_output_tokens=ask.max_output_tokens,
                 clock=self.clock,
                 notify=self._notify_settled,
             )
-            call.annotations["hold"] = hold
+            annotations["hold"] = hold
         admitted = _Admitted(
             takes=[t for t, lim in zip(takes, policy.limits, strict=False) if lim.kind == "tokens"],
             tokens=tokens,
             hold=hold,
             model=request.model,
-            n=n,
+            n=ask.n,
         )
-        try:
-            result = await call_next(call)
-        except BaseException:
-            await self._settle(admitted, None)
-            raise
-        if report is not None:
-            result.info["ratelimit"] = report
-        if isinstance(result, ChatStream):
-            result.on_finish(lambda stream, error: self._settle_later(admitted, stream))
-        else:
-            await self._settle(admitted, _real_usage(result.usage, result.cache))
-        return result
+        return admitted, report
 
     async def _reserve(
         self, windows: tuple[BudgetWindow, ...], usd: float, held: float = 0.0
@@ -290,18 +370,19 @@ class Admission:
         if signal is not None and not signal.done():
             signal.set_result(None)
 
-    def _check_request_caps(self, policy: Policy, tenant: str, tokens: int, usd: float) -> None:
+    def _check_request_caps(
+        self, policy: Policy, tenant: str, tokens: int, usd: float, ask: _Ask
+    ) -> None:
         if policy.max_tokens is not None and tokens > policy.max_tokens:
             raise BudgetExceededError(
                 f"Budget exceeded: tenant '{tenant}' allows {policy.max_tokens} tokens per "
-                f"request (max_tokens_per_request) and this one may use {tokens}; lower "
-                "max_tokens or shorten the prompt",
+                f"request (max_tokens_per_request) and this one may use {tokens}; {ask.shorten}",
                 budget="request",
             )
         if policy.max_usd is not None and usd > policy.max_usd:
             raise BudgetExceededError(
                 f"Budget exceeded: tenant '{tenant}' allows ${policy.max_usd:.6f} per request "
-                f"(max_usd_per_request) and this one may cost ${usd:.6f}; lower max_tokens "
+                f"(max_usd_per_request) and this one may cost ${usd:.6f}; {ask.fix} "
                 "or use a cheaper model",
                 budget="request",
             )

@@ -52,8 +52,9 @@ from prometheus_client.core import (
 )
 
 from areion.errors import LimitError, RequestError
-from areion.pipeline import Call, Handler, Result
+from areion.pipeline import Call, EmbeddingCall, EmbeddingHandler, Handler, Result
 from areion.streaming import ChatStream
+from areion.types import EmbeddingResponse
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -577,6 +578,17 @@ class Lanes:
         else:
             slot.release()
         return result
+
+    async def handle_embedding(
+        self, call: EmbeddingCall, call_next: EmbeddingHandler
+    ) -> EmbeddingResponse:
+        """The stage for an embeddings call: a slot of its group while it is answered."""
+        priority = lane_of(call.annotations.get("priority"))
+        async with self.slot(call.request.model, call.tenant, priority) as slot:
+            response = await call_next(call)
+        if slot.waited_s:
+            response.info["queue_wait_s"] = slot.waited_s
+        return response
 
     def stats(self, group: str) -> LaneStats:
         """The state of `group`'s lanes (KeyError if it has no capacity)."""

@@ -5,13 +5,17 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from areion.config import Config, ModelConfig
 from areion.gateway.load import LoadReading, RemoteLoad
 from areion.gateway.resilience import BreakerState, CircuitBreaker
 from areion.pricing import Price, PriceBound, default_price, price_bound
-from areion.providers import Provider, build_provider
+from areion.providers import EmbeddingProvider, Provider, build_provider
 from areion.telemetry.metrics import DeploymentMetrics, Metrics
+
+if TYPE_CHECKING:
+    from areion.cache.embedding import Embedder
 
 __all__ = ["Deployment", "ModelGroup", "build_groups", "pick_deployment"]
 
@@ -79,6 +83,16 @@ class ModelGroup:
         """The highest input and output prices any of its deployments bills."""
         return price_bound(d.price for d in self.deployments)
 
+    @property
+    def embeds(self) -> bool:
+        """Whether every deployment's provider serves embeddings."""
+        return all(isinstance(d.provider, EmbeddingProvider) for d in self.deployments)
+
+    @property
+    def chats(self) -> bool:
+        """Whether it serves chat: not a group of `provider: local` (embeddings only)."""
+        return any(d.config.provider != "local" for d in self.deployments)
+
 
 def pick_deployment(
     group: ModelGroup, now: float, rng: random.Random, exclude: Iterable[Deployment] = ()
@@ -139,8 +153,11 @@ def _deployment_ids(models: list[ModelConfig]) -> list[str]:
     return ids
 
 
-def build_groups(config: Config, metrics: Metrics) -> dict[str, ModelGroup]:
-    """Model groups with their deployments and providers, from the configuration."""
+def build_groups(
+    config: Config, metrics: Metrics, *, embedder: Callable[[], Embedder] | None = None
+) -> dict[str, ModelGroup]:
+    """Model groups with their deployments and providers, from the configuration;
+    `embedder` gives the sentence embedder `provider: local` deployments serve."""
     groups: dict[str, ModelGroup] = {}
     for deployment_id, model in zip(_deployment_ids(config.models), config.models, strict=True):
         price = (
@@ -152,7 +169,7 @@ def build_groups(config: Config, metrics: Metrics) -> dict[str, ModelGroup]:
             if model.price is not None
             else default_price(model.upstream_model)
         )
-        provider = build_provider(model, deployment=deployment_id)
+        provider = build_provider(model, deployment=deployment_id, embedder=embedder)
         deployment = Deployment(
             id=deployment_id,
             group=model.name,

@@ -5,6 +5,8 @@ least-loaded available deployment, and retries failures on another deployment,
 or after a backoff, up to `retry.max_attempts` per group. A streamed call is
 retried or failed over only until its first chunk arrives; after that the client
 has seen output, and a failure is reported, never silently retried or truncated.
+Embeddings (`embed()`) go the same way as a plain call, through the groups of the
+plan that serve embeddings.
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ from areion.gateway.deployments import Deployment, ModelGroup, pick_deployment
 from areion.gateway.fleet import Fleet
 from areion.gateway.resilience import backoff_delay
 from areion.gateway.spend import Claim, OutputGuard, SpendHold
+from areion.providers import EmbeddingProvider
 from areion.streaming import ChatStream
 from areion.telemetry.metrics import Metrics
-from areion.types import ChatRequest, ChatResponse, StreamChunk
+from areion.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    StreamChunk,
+)
 
 __all__ = ["Gateway"]
 
@@ -70,15 +79,21 @@ class Gateway:
             plan.append(self.groups[name])
         return plan
 
+    def embedding_plan(self, model: str) -> list[ModelGroup]:
+        """The groups an embeddings call of `model` may go to: the group, then those of
+        its fallbacks that serve embeddings."""
+        return [group for group in self._plan(model) if group.embeds]
+
     async def _attempts(
         self,
-        request: ChatRequest,
+        request: ChatRequest | EmbeddingRequest,
         call: Callable[[Deployment], Awaitable[T]],
         claim: Claim | None,
         hold: SpendHold | None,
+        plan: list[ModelGroup] | None = None,
     ) -> tuple[Deployment, T]:
         last_error: AreionError | None = None
-        plan = self._plan(request.model)
+        plan = self._plan(request.model) if plan is None else plan
         for position, group in enumerate(plan):
             if claim is not None and hold is not None:
                 # Cover the group's dearest price before calling it: a fallback to a
@@ -202,23 +217,45 @@ class Gateway:
         each group tried is covered by it first."""
 
         async def call(deployment: Deployment) -> ChatResponse:
-            holder = await self._take_slot(deployment)
-            try:
-                async with asyncio.timeout(deployment.config.total_timeout):
-                    return await deployment.provider.complete(request)
-            except TimeoutError:
-                raise ProviderTimeoutError(
-                    f"deployment {deployment.id} did not answer within its total timeout "
-                    f"({deployment.config.total_timeout}s)"
-                ) from None
-            finally:
-                if holder is not None:
-                    await self._give_slot(deployment, holder)
+            return await self._whole(deployment, lambda: deployment.provider.complete(request))
 
         claim = hold.claim() if hold is not None else None
         deployment, response = await self._attempts(request, call, claim, hold)
         response.deployment = deployment.id
         return response
+
+    async def embed(
+        self, request: EmbeddingRequest, *, hold: SpendHold | None = None
+    ) -> EmbeddingResponse:
+        """The vectors from the first deployment that gives them, among the groups of
+        `embedding_plan()` (the caller makes sure the first serves embeddings)."""
+
+        async def call(deployment: Deployment) -> EmbeddingResponse:
+            provider = deployment.provider
+            assert isinstance(provider, EmbeddingProvider)  # the plan's groups all embed
+            return await self._whole(deployment, lambda: provider.embed(request))
+
+        claim = hold.claim() if hold is not None else None
+        plan = self.embedding_plan(request.model)
+        deployment, response = await self._attempts(request, call, claim, hold, plan)
+        response.deployment = deployment.id
+        return response
+
+    async def _whole(self, deployment: Deployment, make: Callable[[], Awaitable[T]]) -> T:
+        """One call answered whole, within the deployment's total timeout (and its capped
+        slot over the replicas)."""
+        holder = await self._take_slot(deployment)
+        try:
+            async with asyncio.timeout(deployment.config.total_timeout):
+                return await make()
+        except TimeoutError:
+            raise ProviderTimeoutError(
+                f"deployment {deployment.id} did not answer within its total timeout "
+                f"({deployment.config.total_timeout}s)"
+            ) from None
+        finally:
+            if holder is not None:
+                await self._give_slot(deployment, holder)
 
     async def stream(
         self,

@@ -1,17 +1,25 @@
-"""Providers: how one deployment answers a chat request."""
+"""Providers: how one deployment answers a chat (or embeddings) request."""
 
 from __future__ import annotations
 
-from typing import assert_never
+from collections.abc import Callable
+from typing import TYPE_CHECKING, assert_never
 
 from areion.config import ModelConfig
-from areion.providers.base import Provider
+from areion.errors import ConfigError
+from areion.providers.base import EmbeddingProvider, Provider
 
-__all__ = ["Provider", "build_provider"]
+if TYPE_CHECKING:
+    from areion.cache.embedding import Embedder
+
+__all__ = ["EmbeddingProvider", "Provider", "build_provider"]
 
 
-def build_provider(config: ModelConfig, *, deployment: str) -> Provider:
-    """The provider for one configured deployment."""
+def build_provider(
+    config: ModelConfig, *, deployment: str, embedder: Callable[[], Embedder] | None = None
+) -> Provider:
+    """The provider for one configured deployment; `embedder` gives the runtime's shared
+    sentence embedder, which `provider: local` serves."""
     match config.provider:
         case "openai":
             from areion.providers.openai_compat import OpenAIProvider
@@ -29,5 +37,13 @@ def build_provider(config: ModelConfig, *, deployment: str) -> Provider:
             from areion.providers.replay import ReplayProvider
 
             return ReplayProvider(config, deployment=deployment)
+        case "local":
+            from areion.providers.local import LocalEmbeddingProvider
+
+            if embedder is None:
+                raise ConfigError(
+                    f"model '{config.name}': provider local needs a runtime's embedder"
+                )
+            return LocalEmbeddingProvider(config, deployment=deployment, embedder=embedder)
         case _:
             assert_never(config.provider)

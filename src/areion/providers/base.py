@@ -4,6 +4,10 @@ A provider is built from one `ModelConfig` and knows its upstream model id, its
 endpoint and its credentials. It does not retry, balance or fall back (the gateway
 does); it turns one request into one answer, or raises an `AreionError` that says
 what went wrong, so the gateway can decide whether another attempt may help.
+
+Serving embeddings is an optional capability: a provider that has `embed()` is an
+`EmbeddingProvider` (`openai`, `local`); the others (`anthropic`, `sim`, `replay`)
+answer chat only.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from areion.errors import (
     UpstreamError,
 )
 from areion.redact import redact
-from areion.types import ChatRequest, ChatResponse, StreamChunk
+from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamChunk
 
 __all__ = [
+    "EmbeddingProvider",
     "HttpTransport",
     "Provider",
     "credentials",
@@ -55,6 +60,15 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """A provider that also serves embeddings (`isinstance(provider, EmbeddingProvider)`)."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """One vector per input, in input order, and the usage the upstream reported."""
         ...
 
 

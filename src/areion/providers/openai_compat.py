@@ -1,8 +1,17 @@
-"""Any server that speaks OpenAI chat completions: OpenAI, vLLM, Ollama, llama.cpp, sim."""
+"""Any server that speaks OpenAI chat completions: OpenAI, vLLM, Ollama, llama.cpp, sim.
+
+Embeddings go to the same base URL's `/embeddings`. Areion asks for float vectors
+(what every OpenAI-compatible server speaks) and reads base64 ones too; either way
+they become float32 values, as OpenAI makes them, so a vector served again from the
+embedding cache is the very one first served.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
+from array import array
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,13 +24,16 @@ from areion.types import (
     ChatRequest,
     ChatResponse,
     Choice,
+    EmbeddingRequest,
+    EmbeddingResponse,
     Message,
     StreamChunk,
     ToolCallDelta,
     Usage,
+    unpack_vector,
 )
 
-__all__ = ["OpenAIProvider", "parse_usage", "request_body"]
+__all__ = ["OpenAIProvider", "embedding_body", "parse_usage", "request_body"]
 
 
 def request_body(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
@@ -55,6 +67,28 @@ def request_body(request: ChatRequest, model: str, *, stream: bool) -> dict[str,
     return body
 
 
+def embedding_body(request: EmbeddingRequest, model: str) -> dict[str, Any]:
+    """The OpenAI wire body of an embeddings `request`, addressed to upstream `model`."""
+    body: dict[str, Any] = dict(request.extra)
+    body["model"] = model
+    body["input"] = request.input
+    body["encoding_format"] = "float"
+    if request.dimensions is not None:
+        body["dimensions"] = request.dimensions
+    if request.user is not None:
+        body["user"] = request.user
+    return body
+
+
+def _vector(raw: Any) -> list[float]:
+    """An upstream's embedding (numbers, or base64 float32) as float32 values."""
+    if isinstance(raw, str):
+        return unpack_vector(base64.b64decode(raw, validate=True))
+    if isinstance(raw, list):
+        return array("f", raw).tolist()
+    raise TypeError("an embedding is neither a list of numbers nor base64")
+
+
 def parse_usage(data: dict[str, Any] | None) -> Usage | None:
     """Usage from an OpenAI `usage` object."""
     if not data:
@@ -75,7 +109,9 @@ class OpenAIProvider:
     def __init__(self, config: ModelConfig, *, deployment: str) -> None:
         self.deployment = deployment
         self.model = config.upstream_model
-        self._url = (config.base_url or "").rstrip("/") + "/chat/completions"
+        base_url = (config.base_url or "").rstrip("/")
+        self._url = base_url + "/chat/completions"
+        self._embeddings_url = base_url + "/embeddings"
         self._headers = {
             "content-type": "application/json",
             **{name: value.get_secret_value() for name, value in config.headers.items()},
@@ -109,6 +145,36 @@ class OpenAIProvider:
             choices=choices,
             usage=parse_usage(data.get("usage")),
             system_fingerprint=data.get("system_fingerprint"),
+        )
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        body = orjson.dumps(embedding_body(request, self.model))
+        content = await self._http.post(self._embeddings_url, body, self._headers)
+        try:
+            data = orjson.loads(content)
+            items = sorted(data["data"], key=lambda item: int(item.get("index") or 0))
+            vectors = [_vector(item["embedding"]) for item in items]
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            ValueError,
+            binascii.Error,
+        ) as error:
+            raise UpstreamError(
+                f"deployment {self.deployment} sent an answer that is not an embeddings list "
+                f"({type(error).__name__})"
+            ) from None
+        if len(vectors) != len(request.input):
+            raise UpstreamError(
+                f"deployment {self.deployment} sent {len(vectors)} embeddings for "
+                f"{len(request.input)} inputs"
+            )
+        return EmbeddingResponse(
+            model=str(data.get("model") or self.model),
+            vectors=vectors,
+            usage=parse_usage(data.get("usage")),
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:

@@ -26,6 +26,7 @@ from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.completions import CompletionsApi
+from areion.server.embeddings import EmbeddingsApi
 from areion.server.guard import LimitBody
 from areion.server.messages import MessagesApi
 from areion.server.ops import OpsApi
@@ -212,6 +213,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/models/{model:path}", api.model, methods=["GET"]),
             *CompletionsApi(runtime, api.identity).routes(),
             *MessagesApi(runtime, api.identity).routes(),
+            *EmbeddingsApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
             *runs.routes(),
             *cache.routes(),
