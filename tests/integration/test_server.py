@@ -183,6 +183,25 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return dict(body["error"])
 
 
+async def test_structured_output_through_parse(server: Any) -> None:
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        population: int
+
+    up, url = server
+    up.default = Behaviour(text='{"name": "Paris", "population": 2100000}')
+    completion = await client(url).chat.completions.parse(
+        model="fast",
+        messages=[{"role": "user", "content": "The capital of France?"}],
+        response_format=City,
+    )
+    assert completion.choices[0].message.parsed == City(name="Paris", population=2100000)
+    sent = up.requests[-1]["response_format"]  # the schema reached the model
+    assert sent["type"] == "json_schema" and sent["json_schema"]["name"] == "City"
+
+
 async def test_error_statuses(server: Any) -> None:
     up, url = server
     auth = {"authorization": f"Bearer {USER_KEY}"}
