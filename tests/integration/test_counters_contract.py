@@ -13,7 +13,7 @@ from areion.config import LimitsConfig, TenantConfig
 from areion.control import Admission, PriceBound
 from areion.errors import BudgetExceededError
 from areion.pipeline import Call, Result
-from areion.store.counters import Counters, MemoryCounters, Reservation, Take
+from areion.store.counters import Counters, MemoryCounters, Reservation, Settle, Take
 from areion.types import ChatRequest, ChatResponse, Choice, Message, Usage
 from tests.support import REDIS_URL, eventually, prefixed, require_redis
 
@@ -169,6 +169,86 @@ async def test_an_unknown_window_reserves_nothing_until_it_is_seeded(
     assert ok and (states[0].spent, states[0].reserved, states[0].known) == (0.5, 0.5, True)
     await counters.seed("new", 3.0)  # a known window is not reset by a late seed
     assert await spent(counters, "new") == 0.5
+
+
+async def test_admit_takes_and_reserves_both_or_neither(counters: Counters) -> None:
+    await counters.seed("day", 0.5)
+    rpm, day = take(1, key="rpm"), Reservation(key="day", amount=0.3, limit=1.0)
+    admit = await counters.admit([rpm], [day], now=0.0)
+    assert admit.done and admit.buckets[0].remaining == 59
+    assert (admit.budgets[0].spent, admit.budgets[0].reserved) == (0.5, 0.3)
+    # The window cannot hold a second 0.3: nothing is taken from the bucket either.
+    admit = await counters.admit([rpm], [day], now=0.0)
+    assert admit.taken and not admit.reserved and not admit.done
+    assert admit.buckets[0].remaining == 59 and admit.budgets[0].reserved == 0.3
+    _, [bucket] = await counters.take([take(0, key="rpm")], now=0.0)
+    assert bucket.remaining == 59
+    # The bucket cannot give 60: nothing is reserved either.
+    admit = await counters.admit(
+        [take(60, key="rpm")], [Reservation(key="day", amount=0.1, limit=1.0)], now=0.0
+    )
+    assert not admit.taken and admit.reserved and not admit.done
+    assert admit.buckets[0].retry_after == pytest.approx(1.0)
+    _, [window] = await counters.reserve([Reservation(key="day", amount=0.0, limit=1.0)])
+    assert window.reserved == 0.3
+    # An unknown window says so, and nothing is taken.
+    admit = await counters.admit([rpm], [Reservation(key="new", amount=0.1, limit=1.0)], now=0.0)
+    assert admit.taken and not admit.reserved and not admit.budgets[0].known
+    # Takes alone and reservations alone are `take` and `reserve`.
+    assert (await counters.admit([rpm], [], now=0.0)).done
+    assert (await counters.admit([], [Reservation(key="day", amount=0.1, limit=1.0)], 0.0)).done
+    _, [bucket] = await counters.take([take(0, key="rpm")], now=0.0)
+    assert bucket.remaining == 58
+
+
+async def test_release_gives_back_and_settles_in_one_step(counters: Counters) -> None:
+    await counters.seed("day", 0.0)
+    await counters.seed("month", 2.0)
+    tpm = take(500, per_minute=1000, key="tpm")
+    windows = [Reservation(key=k, amount=0.4, limit=10.0) for k in ("day", "month")]
+    assert (await counters.admit([tpm], windows, now=0.0)).done
+    # The call used 120 of its 500 tokens and cost $0.1 of its $0.4.
+    await release(
+        counters,
+        [(tpm, 380), (take(0, key="never-taken"), 5)],
+        [
+            Settle(key="day", reserved=0.4, spent=0.1),
+            Settle(key="month", reserved=0.4, spent=0.1),
+            Settle(key="unknown", reserved=0.4, spent=0.1),
+        ],
+    )
+    _, [bucket] = await counters.take([take(0, per_minute=1000, key="tpm")], now=0.0)
+    assert bucket.remaining == 880
+    _, states = await counters.reserve(
+        [Reservation(key=k, amount=0.0, limit=10.0) for k in ("day", "month")]
+    )
+    assert [(s.spent, s.reserved) for s in states] == [
+        (pytest.approx(0.1), 0.0),
+        (pytest.approx(2.1), 0.0),
+    ]
+    assert await spent(counters, "unknown") == 0.0  # dropped: the ledger will seed it
+    await release(counters, [], [])  # nothing to do is fine
+
+
+async def test_a_release_comes_before_what_is_called_after_it(counters: Counters) -> None:
+    # Its acknowledgement may come later, but the next call's admission already finds
+    # the tokens given back and the budget released.
+    await counters.seed("day", 0.0)
+    tpm = take(60, key="tpm")
+    day = Reservation(key="day", amount=1.0, limit=1.0)
+    assert (await counters.admit([tpm], [day], now=0.0)).done
+    pending = counters.release([(tpm, 60)], [Settle(key="day", reserved=1.0, spent=0.0)], 0.0)
+    assert (await counters.admit([tpm], [day], now=0.0)).done
+    if pending is not None:
+        await pending
+
+
+async def release(
+    counters: Counters, gives: list[tuple[Take, float]], settles: list[Settle]
+) -> None:
+    pending = counters.release(gives, settles, now=0.0)
+    if pending is not None:
+        await pending
 
 
 async def test_admission_over_the_counters_refuses_what_does_not_fit(counters: Counters) -> None:

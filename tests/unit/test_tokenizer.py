@@ -164,3 +164,16 @@ def test_count_each_bounds_the_work_on_a_huge_request(monkeypatch: pytest.Monkey
     exact = real(texts[0])
     assert all(abs(count - exact) <= exact * 0.05 for count in counts)
     assert sum(encoded) <= 2 * 32_768 + 64 * 512  # not 2.16M characters encoded
+
+
+def test_recent_counts_are_kept_within_their_characters() -> None:
+    from areion.tokenizer import _Counts
+
+    counts = _Counts(max_chars=250, min_chars=10)
+    texts = [f"{i} " + "an agent's system prompt, sent with every call " * 2 for i in range(4)]
+    assert [counts(t) for t in texts] == [tokenizer._encoded(t) for t in texts]
+    # Each text is ~100 characters: only the two most recent are kept, the oldest forgotten.
+    assert list(counts._counts) == texts[2:]
+    assert counts(texts[2]) == tokenizer._encoded(texts[2])  # a kept one is used again...
+    assert list(counts._counts) == [texts[3], texts[2]]  # ...and is now the most recent
+    assert counts("short") == tokenizer._encoded("short") and "short" not in counts._counts

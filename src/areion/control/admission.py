@@ -227,14 +227,14 @@ class Admission:
         try:
             result = await call_next(call)
         except BaseException:
-            await self._settle(admitted, None)
+            self._settle(admitted, None)
             raise
         if report is not None:
             result.info["ratelimit"] = report
         if isinstance(result, ChatStream):
             result.on_finish(lambda stream, error: self._settle_later(admitted, stream))
         else:
-            await self._settle(admitted, _real_usage(result.usage, result.cache))
+            self._settle(admitted, _real_usage(result.usage, result.cache))
         return result
 
     async def handle_embedding(
@@ -252,12 +252,12 @@ class Admission:
         try:
             response = await call_next(call)
         except BaseException:
-            await self._settle(admitted, None)
+            self._settle(admitted, None)
             raise
         if report is not None:
             response.info["ratelimit"] = report
         # Not `complete`: an embedding has no output length to learn from.
-        await self._settle(admitted, response.usage, complete=False)
+        self._settle(admitted, response.usage, complete=False)
         return response
 
     async def _admit(
@@ -285,7 +285,6 @@ class Admission:
         self._check_request_caps(policy, tenant, tokens, usd, ask)
         now = self.clock()
         takes: list[Take] = []
-        report: RateReport | None = None
         if policy.limits:
             takes = [
                 limit.take(1 if limit.kind == "requests" else tokens) for limit in policy.limits
@@ -298,21 +297,34 @@ class Admission:
                         f"{ask.fix}",
                         param=ask.param,
                     )
-            ok, states = await self._counters.take(takes, now)
-            report = RateReport(policy.limits, states)
-            if not ok:
-                raise refusal(report, [take.amount for take in takes])
-        hold: Hold | None = None
         windows = self._windows.of(tenant, now)
+        reservations = [w.reservation(usd) for w in windows]
+        report: RateReport | None = None
+        deadline: float | None = None
+        # One atomic step takes from every bucket and reserves in every window, or does
+        # neither: a refused call costs nothing.
+        while takes or reservations:
+            admit = await self._counters.admit(takes, reservations, now)
+            if takes:
+                report = RateReport(policy.limits, admit.buckets)
+                if not admit.taken:
+                    raise refusal(report, [take.amount for take in takes])
+            if admit.reserved:
+                break
+            unknown = [
+                w for w, state in zip(windows, admit.budgets, strict=True) if not state.known
+            ]
+            if unknown:
+                await self._seed(unknown)
+                continue
+            if not in_flight_only(windows, admit.budgets, usd):
+                raise exceeded(windows, admit.budgets, usd, now)
+            deadline, waited = await self._wait_for_budget(deadline)
+            if not waited:
+                raise exceeded(windows, admit.budgets, usd, now)
+            now = self.clock()
+        hold: Hold | None = None
         if windows:
-            try:
-                ok, budgets = await self._reserve(windows, usd)
-                if not ok:
-                    raise exceeded(windows, budgets, usd, now)
-            except BaseException:
-                for take in takes:  # a refused call costs nothing
-                    await self._counters.give(take, take.amount, self.clock())
-                raise
             hold = Hold(
                 self._counters,
                 windows,
@@ -337,12 +349,11 @@ class Admission:
     async def _reserve(
         self, windows: tuple[BudgetWindow, ...], usd: float, held: float = 0.0
     ) -> tuple[bool, list[BudgetState]]:
-        """Reserve `usd` in every window, for a call that already holds `held`. While
-        only other calls in flight stand in the way, wait (up to `budget_wait_s`) for
-        them to settle: most settle below their estimate. Whether it was reserved, and
-        the windows as the last try found them."""
+        """Reserve `usd` in every window, for a call that already holds `held` (a hold
+        growing). While only other calls in flight stand in the way, wait (up to
+        `budget_wait_s`) for them to settle: most settle below their estimate. Whether
+        it was reserved, and the windows as the last try found them."""
         deadline: float | None = None
-        loop = asyncio.get_running_loop()
         while True:
             ok, states = await self._counters.reserve([w.reservation(usd) for w in windows])
             unknown = [w for w, state in zip(windows, states, strict=True) if not state.known]
@@ -351,19 +362,27 @@ class Admission:
                 continue
             if ok or not in_flight_only(windows, states, usd, held=held):
                 return ok, states
-            if deadline is None:
-                deadline = loop.time() + self._budget_wait_s
-            left = deadline - loop.time()
-            if left <= 0:
+            deadline, waited = await self._wait_for_budget(deadline)
+            if not waited:
                 return ok, states
-            # Until a call settles here, or a while has passed (another replica's calls
-            # settle without telling this one).
-            signal = self._signal
-            if signal is None or signal.get_loop() is not loop:
-                signal = self._signal = loop.create_future()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, _POLL_S)):
-                    await asyncio.shield(signal)
+
+    async def _wait_for_budget(self, deadline: float | None) -> tuple[float, bool]:
+        """Wait until a call settles here, or a while has passed (another replica's calls
+        settle without telling this one), unless `deadline` (loop time; None: from now
+        plus `budget_wait_s`) has passed. The deadline, and whether it waited."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self._budget_wait_s
+        left = deadline - loop.time()
+        if left <= 0:
+            return deadline, False
+        signal = self._signal
+        if signal is None or signal.get_loop() is not loop:
+            signal = self._signal = loop.create_future()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left, _POLL_S)):
+                await asyncio.shield(signal)
+        return deadline, True
 
     def _notify_settled(self) -> None:
         signal, self._signal = self._signal, None
@@ -387,28 +406,49 @@ class Admission:
                 budget="request",
             )
 
-    async def _settle(
-        self, admitted: _Admitted, usage: Usage | None, *, complete: bool = True
-    ) -> None:
+    def _settle(self, admitted: _Admitted, usage: Usage | None, *, complete: bool = True) -> None:
         """Give back the tokens the call did not use, settle its hold at what accounting
         booked for it, and learn its output length from a `complete` answer (`usage`
-        None: it failed or was a cache hit)."""
+        None: it failed or was a cache hit).
+
+        The counters are told at once, in one step, before any later call is admitted;
+        a shared backend's acknowledgement is awaited in the background (`drain`), so
+        the answer does not wait for a second round trip."""
         if usage is not None and complete:
             self.outputs.observe(admitted.model, usage.completion_tokens, n=admitted.n)
-        now = self.clock()
         used = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
+        gives = [(take, float(admitted.tokens - used)) for take in admitted.takes]
+        hold = admitted.hold
         try:
-            for take in admitted.takes:
-                await self._counters.give(take, admitted.tokens - used, now)
+            pending = self._counters.release(
+                gives, hold.settlements() if hold else [], self.clock()
+            )
         except BackendUnavailableError:
-            pass  # unused tokens not given back: the bucket refills by itself
-        if admitted.hold is not None:
-            try:
-                await admitted.hold.settle()
-            except BackendUnavailableError:
-                # The call is answered and booked; its reservation must not stay held
-                # for good: settle it once the shared backend is back.
-                self._settle_when_back(admitted.hold)
+            self._not_released(hold)
+            return
+        if pending is None:
+            if hold is not None:
+                hold.settled()
+            return
+        task = asyncio.get_running_loop().create_task(self._acknowledged(pending, hold))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _acknowledged(self, pending: Awaitable[None], hold: Hold | None) -> None:
+        try:
+            await pending
+        except BackendUnavailableError:
+            self._not_released(hold)
+            return
+        if hold is not None:
+            hold.settled()
+
+    def _not_released(self, hold: Hold | None) -> None:
+        # Unused tokens not given back: the bucket refills by itself. But the call is
+        # answered and booked; its reservation must not stay held for good: settle it
+        # once the shared backend is back.
+        if hold is not None:
+            self._settle_when_back(hold)
 
     def _settle_when_back(self, hold: Hold, attempt: int = 0) -> None:
         async def retry() -> None:
@@ -424,15 +464,12 @@ class Admission:
 
     def _settle_later(self, admitted: _Admitted, stream: ChatStream) -> None:
         # Runs after accounting's finisher (registered first), so usage and cost are final.
-        usage = _real_usage(stream.usage, stream.info.get("cache"))
-        complete = stream.finish_reason is not None
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             return  # a stream collected after its loop ended: nothing is left to settle
-        task = loop.create_task(self._settle(admitted, usage, complete=complete))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        usage = _real_usage(stream.usage, stream.info.get("cache"))
+        self._settle(admitted, usage, complete=stream.finish_reason is not None)
 
     async def _seed(self, windows: list[BudgetWindow]) -> None:
         """Start windows the counters do not know (new, or forgotten by a restart of
@@ -464,7 +501,7 @@ class Admission:
                 await asyncio.shield(pending)
 
     async def drain(self) -> None:
-        """Wait for the reconciliation of streams that have ended."""
+        """Wait for the reconciliations a shared backend has not acknowledged yet."""
         while self._settling:
             await asyncio.gather(*self._settling)
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from areion.control.budgets import BudgetWindow, exceeded
 from areion.errors import BudgetExceededError
-from areion.store.counters import BudgetState, Counters
+from areion.store.counters import BudgetState, Counters, Settle
 
 __all__ = ["Claim", "Hold"]
 
@@ -161,6 +161,21 @@ class Hold:
         """Count what accounting booked in the ledger for a part of the call."""
         self.booked += usd
 
+    def settlements(self) -> list[Settle]:
+        """What settling the hold does to each window not settled yet: release the
+        reservation, keep what the ledger booked for the call (for `Counters.release`;
+        then `settled`)."""
+        return [
+            Settle(key=w.key, reserved=self.reserved, spent=self.booked) for w in self._unsettled
+        ]
+
+    def settled(self) -> None:
+        """The `settlements` were made."""
+        self._unsettled.clear()
+        self.reserved = self.claimed = 0.0
+        if self._notify is not None:
+            self._notify()
+
     async def settle(self) -> None:
         """Release the reservation; the windows keep what the ledger booked for the call.
 
@@ -168,6 +183,4 @@ class Hold:
         while self._unsettled:
             await self._counters.settle(self._unsettled[0].key, self.reserved, self.booked)
             self._unsettled.pop(0)
-        self.reserved = self.claimed = 0.0
-        if self._notify is not None:
-            self._notify()
+        self.settled()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from areion.errors import RateLimitExceededError
@@ -33,11 +33,19 @@ class RateLimit:
     """The limit."""
     bucket: str
     """The counters key of its bucket."""
+    _one: Take = field(init=False, repr=False, compare=False)
 
     def take(self, amount: float) -> Take:
+        if amount == 1 and self.kind == "requests":
+            return self._one
         return Take(
             key=self.bucket, amount=amount, rate=self.per_minute / 60.0, burst=self.per_minute
         )
+
+    def __post_init__(self) -> None:
+        # A request's take is the same for every call: made once.
+        one = Take(key=self.bucket, amount=1, rate=self.per_minute / 60.0, burst=self.per_minute)
+        object.__setattr__(self, "_one", one)
 
 
 def _seconds(value: float) -> str:

@@ -18,6 +18,12 @@ know reserves nothing and says which windows are unknown, and a settlement of on
 dropped. So a backend that forgot its windows (a Redis restarted without persistence)
 never starts a budget again from zero: admission seeds it from the ledger first.
 
+A call's admission and its release are each one step too (`admit`, `release`): the
+takes and reservations of one call, or its refunds and settlements, in one atomic
+operation, so a shared backend answers each with one round trip. A release is sent
+when it is called, before anything sent after it, but its acknowledgement may be
+awaited later: the answer to a call need not wait for it.
+
 Buckets refill by the `now` their callers pass. A bucket remembers the latest `now`
 it was counted at and never goes back: a caller whose clock is behind (another
 replica's, or this one's after a step back) refills nothing, so no interval is
@@ -27,26 +33,26 @@ refilled twice.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from areion.errors import BackendUnavailableError
 
 T = TypeVar("T")
 
 __all__ = [
+    "Admit",
     "BucketState",
     "BudgetState",
     "Counters",
     "FailOpenCounters",
     "MemoryCounters",
     "Reservation",
+    "Settle",
     "Take",
 ]
 
 
-@dataclass(slots=True, frozen=True, kw_only=True)
-class Take:
+class Take(NamedTuple):
     """Take `amount` tokens from the bucket `key`."""
 
     key: str
@@ -59,8 +65,7 @@ class Take:
     """Capacity: a bucket starts full."""
 
 
-@dataclass(slots=True, frozen=True, kw_only=True)
-class BucketState:
+class BucketState(NamedTuple):
     """A bucket right after a take (or a refused take)."""
 
     remaining: float
@@ -71,8 +76,7 @@ class BucketState:
     """Seconds until the bucket is full again."""
 
 
-@dataclass(slots=True, frozen=True, kw_only=True)
-class Reservation:
+class Reservation(NamedTuple):
     """Reserve `amount` of the budget window `key`, whose limit is `limit`."""
 
     key: str
@@ -83,8 +87,7 @@ class Reservation:
     """The window's limit."""
 
 
-@dataclass(slots=True, frozen=True, kw_only=True)
-class BudgetState:
+class BudgetState(NamedTuple):
     """A budget window as a reservation found it."""
 
     spent: float
@@ -93,6 +96,33 @@ class BudgetState:
     """Held by calls in flight (including this one, if it fit)."""
     known: bool = True
     """False: the window was never seeded; nothing was reserved (seed it, then retry)."""
+
+
+class Admit(NamedTuple):
+    """What `admit` found: both parts fit, and then both were done, or neither was."""
+
+    taken: bool
+    """Every bucket had the tokens."""
+    buckets: list[BucketState]
+    """The buckets, in order (after the take, if it was done)."""
+    reserved: bool
+    """Every window could hold the reservation (and was known); with `taken`, it was
+    reserved."""
+    budgets: list[BudgetState]
+    """The windows, in order (after the reservation, if it was done)."""
+
+    @property
+    def done(self) -> bool:
+        """Both were done."""
+        return self.taken and self.reserved
+
+
+class Settle(NamedTuple):
+    """Release `reserved` of the budget window `key` and add `spent` to it."""
+
+    key: str
+    reserved: float
+    spent: float
 
 
 @runtime_checkable
@@ -122,6 +152,24 @@ class Counters(Protocol):
         """Start a window's spend at `spent` (from the ledger) unless it is already known."""
         ...
 
+    async def admit(
+        self, takes: Sequence[Take], reservations: Sequence[Reservation], now: float
+    ) -> Admit:
+        """`take` and `reserve` as one step: both if both fit, else neither."""
+        ...
+
+    def release(
+        self, gives: Sequence[tuple[Take, float]], settles: Sequence[Settle], now: float
+    ) -> Awaitable[None] | None:
+        """`give` (take, amount) and `settle` as one step, done (in memory: None) or sent
+        (shared: the awaitable of its acknowledgement) before this returns, so it comes
+        before any operation called after it."""
+        ...
+
+
+def _fits(levels: list[float], takes: Sequence[Take]) -> bool:
+    return all(level >= take.amount for level, take in zip(levels, takes, strict=True))
+
 
 def _level(bucket: list[float], take: Take, now: float) -> float:
     tokens, updated = bucket
@@ -145,14 +193,21 @@ class MemoryCounters:
 
     async def take(self, takes: Sequence[Take], now: float) -> tuple[bool, list[BucketState]]:
         # No await in here: the check and the update are one step for the event loop.
-        buckets = [self._bucket(take, now) for take in takes]
-        levels = [_level(bucket, take, now) for bucket, take in zip(buckets, takes, strict=True)]
-        ok = all(level >= take.amount for level, take in zip(levels, takes, strict=True))
+        levels = self._levels(takes, now)
+        ok = _fits(levels, takes)
+        return ok, self._take(takes, levels, now, commit=ok)
+
+    def _levels(self, takes: Sequence[Take], now: float) -> list[float]:
+        return [_level(self._bucket(take, now), take, now) for take in takes]
+
+    def _take(
+        self, takes: Sequence[Take], levels: list[float], now: float, *, commit: bool
+    ) -> list[BucketState]:
         states: list[BucketState] = []
-        for bucket, level, take in zip(buckets, levels, takes, strict=True):
-            if ok:
+        for level, take in zip(levels, takes, strict=True):
+            if commit:
                 level -= take.amount
-                self._buckets[take.key] = [level, max(now, bucket[1])]
+                self._buckets[take.key] = [level, max(now, self._buckets[take.key][1])]
                 wait = 0.0
             else:
                 wait = max(0.0, (take.amount - level) / take.rate)
@@ -161,7 +216,7 @@ class MemoryCounters:
                     remaining=level, retry_after=wait, reset=(take.burst - level) / take.rate
                 )
             )
-        return ok, states
+        return states
 
     async def give(self, take: Take, amount: float, now: float) -> None:
         bucket = self._buckets.get(take.key)
@@ -172,25 +227,32 @@ class MemoryCounters:
         bucket[1] = max(now, bucket[1])
 
     async def reserve(self, reservations: Sequence[Reservation]) -> tuple[bool, list[BudgetState]]:
+        ok, windows = self._fit(reservations)
+        return ok, self._reserve(reservations, windows, commit=ok)
+
+    def _fit(self, reservations: Sequence[Reservation]) -> tuple[bool, list[list[float] | None]]:
+        """Whether every reservation fits (its window known), and the windows."""
         found = [self._budgets.get(r.key) for r in reservations]
-        if any(window is None for window in found):
-            return False, [
-                BudgetState(spent=0.0, reserved=0.0, known=False)
-                if window is None
-                else BudgetState(spent=window[0], reserved=window[1])
-                for window in found
-            ]
-        windows = [window for window in found if window is not None]
         ok = all(
-            spent + reserved + r.amount <= r.limit
-            for (spent, reserved), r in zip(windows, reservations, strict=True)
+            window is not None and window[0] + window[1] + r.amount <= r.limit
+            for window, r in zip(found, reservations, strict=True)
         )
-        states: list[BudgetState] = []
-        for window, r in zip(windows, reservations, strict=True):
-            if ok:
+        return ok, found
+
+    @staticmethod
+    def _reserve(
+        reservations: Sequence[Reservation], windows: list[list[float] | None], *, commit: bool
+    ) -> list[BudgetState]:
+        if commit:
+            for window, r in zip(windows, reservations, strict=True):
+                assert window is not None
                 window[1] += r.amount
-            states.append(BudgetState(spent=window[0], reserved=window[1]))
-        return ok, states
+        return [
+            BudgetState(spent=0.0, reserved=0.0, known=False)
+            if window is None
+            else BudgetState(spent=window[0], reserved=window[1])
+            for window in windows
+        ]
 
     async def settle(self, key: str, reserved: float, spent: float) -> None:
         window = self._budgets.get(key)
@@ -201,6 +263,34 @@ class MemoryCounters:
 
     async def seed(self, key: str, spent: float) -> None:
         self._budgets.setdefault(key, [spent, 0.0])
+
+    async def admit(
+        self, takes: Sequence[Take], reservations: Sequence[Reservation], now: float
+    ) -> Admit:
+        levels = self._levels(takes, now)
+        taken = _fits(levels, takes)
+        reserved, windows = self._fit(reservations)
+        done = taken and reserved
+        return Admit(
+            taken=taken,
+            buckets=self._take(takes, levels, now, commit=done),
+            reserved=reserved,
+            budgets=self._reserve(reservations, windows, commit=done),
+        )
+
+    def release(
+        self, gives: Sequence[tuple[Take, float]], settles: Sequence[Settle], now: float
+    ) -> None:
+        for take, amount in gives:
+            bucket = self._buckets.get(take.key)
+            if bucket is not None:
+                bucket[0] = min(take.burst, _level(bucket, take, now) + amount)
+                bucket[1] = max(now, bucket[1])
+        for settle in settles:
+            window = self._budgets.get(settle.key)
+            if window is not None:
+                window[1] = max(0.0, window[1] - settle.reserved)
+                window[0] += settle.spent
 
     def spent(self, key: str) -> float:
         """Settled spend of a window (for tests and reports)."""
@@ -259,3 +349,29 @@ class FailOpenCounters:
         await self._either(
             "seed", self._primary.seed(key, spent), lambda: self._local.seed(key, spent)
         )
+
+    async def admit(
+        self, takes: Sequence[Take], reservations: Sequence[Reservation], now: float
+    ) -> Admit:
+        return await self._either(
+            "admit",
+            self._primary.admit(takes, reservations, now),
+            lambda: self._local.admit(takes, reservations, now),
+        )
+
+    def release(
+        self, gives: Sequence[tuple[Take, float]], settles: Sequence[Settle], now: float
+    ) -> Awaitable[None] | None:
+        try:
+            pending = self._primary.release(gives, settles, now)
+        except BackendUnavailableError:
+            self._on_fallback("release")
+            self._local.release(gives, settles, now)
+            return None
+        if pending is None:
+            return None
+
+        async def local() -> None:
+            self._local.release(gives, settles, now)
+
+        return self._either("release", pending, local)

@@ -28,7 +28,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -255,6 +255,24 @@ class RedisPipe:
         except NoScriptError:
             await self.call("SCRIPT", "LOAD", script.text)
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def start(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Awaitable[Any]:
+        """`run`, with the command sent now if connected, so Redis runs it before anything
+        sent after this returns; the awaitable of its reply."""
+        link = self._link
+        if link is None:
+            return self.run(script, keys, args)  # connects when awaited
+        deadline = asyncio.get_running_loop().time() + self._options.timeout_s
+        sent = link.send(("EVALSHA", script.sha, len(keys), *keys, *args), deadline)
+        return self._reply(sent, script, keys, args)
+
+    async def _reply(
+        self, sent: asyncio.Future[Any], script: Script, keys: Sequence[str], args: Sequence[str]
+    ) -> Any:
+        try:
+            return await sent
+        except NoScriptError:  # Redis restarted since: nothing ran
+            return await self.run(script, keys, args)
 
     async def aclose(self) -> None:
         link, self._link = self._link, None
