@@ -35,6 +35,7 @@ from areion.telemetry.sequential import (
 
 __all__ = [
     "ExperimentReport",
+    "Split",
     "VariantReport",
     "analyse",
     "assign",
@@ -47,25 +48,40 @@ _SCALE = float(1 << 64)
 _DEFAULT_EFFECT = {"success": 0.05, "cost": 0.10, "latency": 0.10}
 
 
-def _uniform(experiment: str, unit: str, variant: str) -> float:
-    key = f"{experiment}\x1f{unit}\x1f{variant}".encode()
-    digest = hashlib.blake2b(key, digest_size=8).digest()
-    return (int.from_bytes(digest, "big") + 0.5) / _SCALE
+class Split:
+    """One experiment's variants and weights, ready to assign units: each variant's
+    hash state is made once, so a unit costs one short hash per variant."""
+
+    __slots__ = ("_clocks", "experiment")
+
+    def __init__(self, experiment: str, weights: Sequence[tuple[str, float]]) -> None:
+        self.experiment = experiment
+        self._clocks = [
+            (name, hashlib.blake2b(f"{experiment}\x1f{name}\x1f".encode(), digest_size=8), 1.0 / w)
+            for name, w in weights
+            if w > 0
+        ]
+        if not self._clocks:
+            raise ValueError(f"experiment {experiment!r}: no variant has a weight above 0")
+
+    def variant(self, unit: str) -> str:
+        """The variant `unit` gets: variant i with probability w_i / Σw."""
+        data = unit.encode()
+        best, best_clock = "", math.inf
+        for name, state, scale in self._clocks:
+            h = state.copy()
+            h.update(data)
+            uniform = (int.from_bytes(h.digest(), "big") + 0.5) / _SCALE
+            clock = -math.log(uniform) * scale
+            if clock < best_clock:
+                best, best_clock = name, clock
+        return best
 
 
 def assign(experiment: str, unit: str, weights: Sequence[tuple[str, float]]) -> str:
     """The variant `unit` gets in `experiment`: variant i with probability w_i / Σw,
     the same on every replica, whatever the order of `weights`."""
-    best, best_clock = "", math.inf
-    for name, weight in weights:
-        if weight <= 0:
-            continue
-        clock = -math.log(_uniform(experiment, unit, name)) / weight
-        if clock < best_clock:
-            best, best_clock = name, clock
-    if not best:
-        raise ValueError(f"experiment {experiment!r}: no variant has a weight above 0")
-    return best
+    return Split(experiment, weights).variant(unit)
 
 
 @dataclass(slots=True, kw_only=True)
