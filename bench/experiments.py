@@ -28,8 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile
 from areion.config import ExperimentConfig
-from areion.telemetry.experiments import Split, analyse
+from areion.telemetry.experiments import Split
 from areion.telemetry.sequential import UnitData, success_path
+from areion.telemetry.verdicts import analyse
 
 
 def _per_call_us(fn: object, units: list[str], rounds: int = 5) -> float:

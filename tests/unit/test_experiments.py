@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from areion.config import ExperimentConfig
-from areion.telemetry.experiments import analyse, assign
+from areion.errors import ConfigError
+from areion.telemetry.experiments import Experiments, assign
 from areion.telemetry.sequential import UnitData
+from areion.telemetry.verdicts import analyse
 
 UNITS = [f"session-{i}" for i in range(100_000)]
 
@@ -184,4 +187,98 @@ def test_the_config_names_what_is_wrong() -> None:
                 {"name": "control", "weight": 1},
                 {"name": "v2", "weight": 1, "params": {"api_key": "x"}},
             ]
+        )
+
+
+def _live(tmp_path: Path, **extra: object) -> Experiments:
+    (tmp_path / "v2.md").write_text("Be brief.", encoding="utf-8")
+    body: dict[str, object] = {
+        "name": "prompt-v2",
+        "applies_to": {"agent": "support"},
+        "variants": [
+            {"name": "control", "weight": 50},
+            {"name": "v2", "weight": 50, "instructions_file": "v2.md"},
+        ],
+    }
+    body.update(extra)
+    return Experiments([ExperimentConfig.model_validate(body)], base=tmp_path)
+
+
+def test_a_session_keeps_its_variant_and_v2_reads_its_instructions(tmp_path: Path) -> None:
+    live = _live(tmp_path)
+    seen = {}
+    for i in range(200):
+        first = live.for_run("support", run_id=f"run_{i}", session=f"s{i % 20}", user=None)
+        again = live.for_run("support", run_id=f"other_{i}", session=f"s{i % 20}", user=None)
+        assert first is not None and again is not None
+        assert first.variant.name == again.variant.name
+        seen[first.variant.name] = first
+    assert set(seen) == {"control", "v2"}
+    assert seen["v2"].instructions == "Be brief."
+    assert seen["control"].instructions is None
+    assert seen["v2"].label == "prompt-v2:v2"
+    assert live.for_run("other-agent", run_id="r", session="s", user=None) is None
+
+
+def test_a_stopped_variant_sends_its_units_back_to_control(tmp_path: Path) -> None:
+    live = _live(tmp_path)
+    sessions = [f"s{i}" for i in range(400)]
+
+    def variants() -> list[str]:
+        found = [live.for_run("support", run_id="r", session=s, user=None) for s in sessions]
+        return [a.variant.name for a in found if a is not None]
+
+    before = variants()
+    live.settle("prompt-v2", stopped=["v2"])
+    after = variants()
+    assert set(after) == {"control"}
+    # Control's own units never move.
+    assert all(a == "control" for b, a in zip(before, after, strict=True) if b == "control")
+    live.settle("prompt-v2", promoted="v2")
+    assert set(variants()) == {"v2"}
+
+
+def test_a_call_without_the_units_id_is_its_own_unit(tmp_path: Path) -> None:
+    live = Experiments(
+        [
+            ExperimentConfig.model_validate(
+                {
+                    "name": "m",
+                    "applies_to": {"model": "fast"},
+                    "unit": "user",
+                    "variants": [
+                        {"name": "control", "weight": 1},
+                        {"name": "strong", "weight": 1, "model": "strong"},
+                    ],
+                }
+            )
+        ]
+    )
+    named = [
+        live.for_call("fast", request_id=f"req{i}", session=None, user="alice") for i in range(50)
+    ]
+    assert len({a.variant.name for a in named if a}) == 1
+    anonymous = {
+        live.for_call("fast", request_id=f"req{i}", session=None, user=None) for i in range(50)
+    }
+    assert {a.variant.name for a in anonymous if a} == {"control", "strong"}
+    assert live.for_call("slow", request_id="r", session=None, user=None) is None
+
+
+def test_a_missing_instructions_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"instructions_file: cannot read .*missing\.md"):
+        Experiments(
+            [
+                ExperimentConfig.model_validate(
+                    {
+                        "name": "e",
+                        "applies_to": {"agent": "a"},
+                        "variants": [
+                            {"name": "control", "weight": 1},
+                            {"name": "v2", "weight": 1, "instructions_file": "missing.md"},
+                        ],
+                    }
+                )
+            ],
+            base=tmp_path,
         )

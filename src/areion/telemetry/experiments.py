@@ -7,45 +7,25 @@ no other variant, so the order variants are written in changes nothing, and chan
 one weight moves units only to or from that variant. Every replica, and every restart,
 computes the same answer with no shared state.
 
-The analysis (`analyse`) turns each variant's units into the figures a team acts on and
-a verdict: `running`, `winner: X`, `no difference`, or `stopped by guardrail`, with the
-comparisons anytime-valid (telemetry/sequential.py), so a daily look is safe.
+A unit is whoever must always get the same variant: a session, an end user, an agent
+run or a single request. A call that lacks the unit's id (no session given, say) is a
+unit of its own. The analysis is in telemetry/verdicts.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
+from areion.config import ExperimentConfig, VariantConfig
+from areion.errors import ConfigError
 
-from areion.config import ExperimentConfig
-from areion.telemetry.sequential import (
-    Comparison,
-    Interval,
-    UnitData,
-    compare_ratio,
-    compare_success,
-    quantile_interval,
-    ratio_interval,
-)
-
-__all__ = [
-    "ExperimentReport",
-    "Split",
-    "VariantReport",
-    "analyse",
-    "assign",
-]
+__all__ = ["Assignment", "Experiments", "Split", "assign"]
 
 _SCALE = float(1 << 64)
-
-# The default smallest effect worth finding: 5 points of success rate, 10% of cost or
-# latency. Also the spread of the sequential test's mixture.
-_DEFAULT_EFFECT = {"success": 0.05, "cost": 0.10, "latency": 0.10}
 
 
 class Split:
@@ -84,202 +64,137 @@ def assign(experiment: str, unit: str, weights: Sequence[tuple[str, float]]) -> 
     return Split(experiment, weights).variant(unit)
 
 
-@dataclass(slots=True, kw_only=True)
-class VariantReport:
-    """One variant's figures, each a 95% interval."""
+@dataclass(slots=True, kw_only=True, frozen=True)
+class Assignment:
+    """The variant a call or run is served by."""
 
-    name: str
-    """The variant."""
-    units: int
-    """Units seen."""
-    tasks: int
-    """Tasks they ran."""
-    success_rate: Interval
-    """Successes / tasks."""
-    cost_per_task: Interval
-    """USD per task."""
-    cost_per_success: Interval
-    """USD per successful task."""
-    tokens_per_task: Interval
-    """Tokens per task."""
-    latency_p50_s: Interval
-    """Median task latency."""
-    latency_p95_s: Interval
-    """95th percentile task latency."""
-    vs_control: list[Comparison] = field(default_factory=list)
-    """Anytime-valid comparisons with control (none for control itself)."""
-    stopped: str = ""
-    """Why a guardrail stopped the variant, if one did."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "units": self.units,
-            "tasks": self.tasks,
-            "success_rate": self.success_rate.as_dict(),
-            "cost_per_task_usd": self.cost_per_task.as_dict(),
-            "cost_per_success_usd": self.cost_per_success.as_dict(),
-            "tokens_per_task": self.tokens_per_task.as_dict(),
-            "latency_p50_s": self.latency_p50_s.as_dict(),
-            "latency_p95_s": self.latency_p95_s.as_dict(),
-            "vs_control": [
-                {"metric": c.metric, "kind": c.kind, **c.interval.as_dict()}
-                for c in self.vs_control
-            ],
-            "stopped": self.stopped or None,
-        }
-
-
-@dataclass(slots=True, kw_only=True)
-class ExperimentReport:
-    """An experiment's state: its variants' figures and the verdict."""
-
-    name: str
+    experiment: str
     """The experiment."""
-    metric: str
-    """What decides it."""
-    control: str
-    """The variant the others are compared with."""
-    verdict: str
-    """`running`, `winner: X`, `no difference` or `stopped by guardrail`."""
-    variants: list[VariantReport]
-    """Control first, then the others by name."""
+    variant: VariantConfig
+    """The variant, with what it changes."""
+    instructions: str | None = None
+    """Agent experiments: the variant's instructions (its file read at start-up)."""
 
     @property
-    def winner(self) -> str | None:
-        prefix = "winner: "
-        return self.verdict.removeprefix(prefix) if self.verdict.startswith(prefix) else None
+    def label(self) -> str:
+        """`experiment:variant`, as booked on ledger rows and runs."""
+        return f"{self.experiment}:{self.variant.name}"
+
+
+class _Live:
+    """One experiment as it runs: its split, and what its verdict has changed."""
+
+    __slots__ = ("config", "instructions", "promoted", "split", "stopped", "variants")
+
+    def __init__(self, config: ExperimentConfig, instructions: dict[str, str]) -> None:
+        self.config = config
+        self.variants = {v.name: v for v in config.variants}
+        self.instructions = instructions
+        self.split = Split(config.name, [(v.name, v.weight) for v in config.variants])
+        self.stopped: frozenset[str] = frozenset()
+        self.promoted: str | None = None
+
+    def assignment(self, unit: str) -> Assignment:
+        if self.promoted is not None:
+            name = self.promoted
+        else:
+            name = self.split.variant(unit)
+            # A variant stopped by a guardrail sends its units back to control; the
+            # others keep theirs.
+            if name in self.stopped:
+                name = self.config.control
+        return Assignment(
+            experiment=self.config.name,
+            variant=self.variants[name],
+            instructions=self.instructions.get(name),
+        )
+
+
+class Experiments:
+    """The configured experiments, as the runtime applies them to calls and runs."""
+
+    def __init__(self, configs: Iterable[ExperimentConfig], *, base: Path | None = None) -> None:
+        self._agents: dict[str, _Live] = {}
+        self._models: dict[str, _Live] = {}
+        self._all: dict[str, _Live] = {}
+        for config in configs:
+            live = _Live(config, _instructions(config, base or Path.cwd()))
+            self._all[config.name] = live
+            scope = config.applies_to
+            if scope.agent is not None:
+                table, key = self._agents, scope.agent
+            else:
+                table, key = self._models, scope.model or scope.route or ""
+            if key in table:
+                raise ConfigError(
+                    f"experiments.{config.name}: {key!r} is already in experiment "
+                    f"{table[key].config.name!r}; a call or run is in one experiment at most"
+                )
+            table[key] = live
+
+    def __bool__(self) -> bool:
+        return bool(self._all)
 
     @property
-    def stopped(self) -> list[str]:
-        return [v.name for v in self.variants if v.stopped]
+    def configs(self) -> list[ExperimentConfig]:
+        return [live.config for live in self._all.values()]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "metric": self.metric,
-            "control": self.control,
-            "verdict": self.verdict,
-            "variants": [v.as_dict() for v in self.variants],
-        }
+    def get(self, name: str) -> ExperimentConfig | None:
+        live = self._all.get(name)
+        return live.config if live else None
 
+    def for_call(
+        self, model: str, *, request_id: str, session: str | None, user: str | None
+    ) -> Assignment | None:
+        """The variant of a plain call to `model` (a model group or route), if one of the
+        experiments applies to it."""
+        live = self._models.get(model)
+        if live is None:
+            return None
+        return live.assignment(_unit(live.config.unit, request_id, session, user))
 
-def _variant_report(name: str, data: UnitData) -> VariantReport:
-    return VariantReport(
-        name=name,
-        units=data.units,
-        tasks=int(data.tasks.sum()),
-        success_rate=ratio_interval(data.successes, data.tasks),
-        cost_per_task=ratio_interval(data.cost_usd, data.tasks),
-        cost_per_success=ratio_interval(data.cost_usd, data.successes),
-        tokens_per_task=ratio_interval(data.tokens, data.tasks),
-        latency_p50_s=quantile_interval(data.latency_s, 0.5),
-        latency_p95_s=quantile_interval(data.latency_s, 0.95),
-    )
+    def for_run(
+        self, agent: str, *, run_id: str, session: str | None, user: str | None
+    ) -> Assignment | None:
+        """The variant of a run of `agent`, if one of the experiments applies to it."""
+        live = self._agents.get(agent)
+        if live is None:
+            return None
+        unit = live.config.unit
+        return live.assignment(_unit("request" if unit == "run" else unit, run_id, session, user))
 
-
-def _latency_weights(data: UnitData) -> tuple[np.ndarray, np.ndarray]:
-    # Mean latency per task as a ratio over units: Σ(latency * tasks) / Σ tasks.
-    return data.latency_s * data.tasks, data.tasks
-
-
-def analyse(config: ExperimentConfig, units: Mapping[str, UnitData]) -> ExperimentReport:
-    """The figures and verdict of `config` from each variant's units (missing = none)."""
-    alpha = 1.0 - config.stop.confidence
-    effect = config.stop.min_effect or _DEFAULT_EFFECT[config.metric]
-    control = units.get(config.control, UnitData.empty())
-    reports = [_variant_report(config.control, control)]
-    others = sorted(v.name for v in config.variants if v.name != config.control)
-    decisive: dict[str, Comparison] = {}
-    for name in others:
-        data = units.get(name, UnitData.empty())
-        report = _variant_report(name, data)
-        cost = compare_ratio(
-            "cost",
-            (data.cost_usd, data.tasks),
-            (control.cost_usd, control.tasks),
-            alpha=alpha,
-            effect=_DEFAULT_EFFECT["cost"] if config.metric != "cost" else effect,
-        )
-        latency = compare_ratio(
-            "latency",
-            _latency_weights(data),
-            _latency_weights(control),
-            alpha=alpha,
-            effect=_DEFAULT_EFFECT["latency"] if config.metric != "latency" else effect,
-        )
-        comparisons = [cost, latency]
-        if config.metric == "success" or data.successes.any() or control.successes.any():
-            success_effect = effect if config.metric == "success" else _DEFAULT_EFFECT["success"]
-            success = compare_success(data, control, alpha=alpha, effect=success_effect)
-            comparisons.insert(0, success)
-        report.vs_control = comparisons
-        report.stopped = _guardrail(config, cost, report, reports[0])
-        decisive[name] = next(c for c in comparisons if c.metric == config.metric)
-        reports.append(report)
-    return ExperimentReport(
-        name=config.name,
-        metric=config.metric,
-        control=config.control,
-        verdict=_verdict(config, reports, decisive, effect),
-        variants=reports,
-    )
+    def settle(
+        self, name: str, *, stopped: Iterable[str] = (), promoted: str | None = None
+    ) -> None:
+        """What the verdict has decided: variants stopped by a guardrail go back to
+        control, and a promoted winner takes every unit."""
+        live = self._all.get(name)
+        if live is None:
+            return
+        live.stopped = frozenset(stopped) - {live.config.control}
+        live.promoted = promoted if promoted in live.variants else None
 
 
-def _guardrail(
-    config: ExperimentConfig, cost: Comparison, variant: VariantReport, control: VariantReport
-) -> str:
-    """Why the variant breaches a guardrail, once significantly worse than control and
-    past the bound; empty when it does not."""
-    rails = config.guardrails
-    bound = rails.max_cost_per_task_ratio
-    if bound is not None and cost.above and cost.interval.estimate > bound:
-        return f"cost per task {cost.interval.estimate:.2f}x control's (bound {bound}x)"
-    bound = rails.max_p95_latency_ratio
-    if bound is not None:
-        # p95s compared by their distribution-free intervals: the variant's lower end
-        # above control's upper end is a significant difference.
-        mine, theirs = variant.latency_p95_s, control.latency_p95_s
-        if (
-            math.isfinite(mine.low)
-            and math.isfinite(theirs.high)
-            and theirs.estimate > 0
-            and mine.low > theirs.high
-            and mine.estimate / theirs.estimate > bound
-        ):
-            ratio = mine.estimate / theirs.estimate
-            return f"p95 latency {ratio:.2f}x control's (bound {bound}x)"
-    return ""
+def _unit(kind: str, own: str, session: str | None, user: str | None) -> str:
+    if kind == "session" and session:
+        return "s:" + session
+    if kind == "user" and user:
+        return "u:" + user
+    return "r:" + own
 
 
-def _better(comparison: Comparison) -> bool:
-    # Success is better higher; cost and latency lower.
-    return comparison.above if comparison.metric == "success" else comparison.below
-
-
-def _worse(comparison: Comparison) -> bool:
-    return comparison.below if comparison.metric == "success" else comparison.above
-
-
-def _verdict(
-    config: ExperimentConfig,
-    reports: Sequence[VariantReport],
-    decisive: Mapping[str, Comparison],
-    effect: float,
-) -> str:
-    live = [r for r in reports[1:] if not r.stopped]
-    if not live:
-        return "stopped by guardrail"
-    if any(r.units < config.stop.min_units_per_variant for r in (reports[0], *live)):
-        return "running"
-    better = [r for r in live if _better(decisive[r.name])]
-    if better:
-        # Among the variants significantly better than control, the best estimate wins.
-        sign = -1.0 if config.metric == "success" else 1.0
-        best = min(better, key=lambda r: sign * decisive[r.name].interval.estimate)
-        return f"winner: {best.name}"
-    if all(_worse(decisive[r.name]) for r in live):
-        return f"winner: {config.control}"
-    if all(decisive[r.name].within(effect) for r in live):
-        return "no difference"
-    return "running"
+def _instructions(config: ExperimentConfig, base: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for variant in config.variants:
+        if variant.instructions is not None:
+            found[variant.name] = variant.instructions
+        elif variant.instructions_file is not None:
+            path = base / variant.instructions_file
+            try:
+                found[variant.name] = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"experiments.{config.name}.variants.{variant.name}.instructions_file: "
+                    f"cannot read {path}: {exc.strerror}"
+                ) from exc
+    return found
