@@ -258,9 +258,9 @@ def test_a_call_without_the_units_id_is_its_own_unit(tmp_path: Path) -> None:
         live.for_call("fast", request_id=f"req{i}", session=None, user="alice") for i in range(50)
     ]
     assert len({a.variant.name for a in named if a}) == 1
-    anonymous = {
+    anonymous = [
         live.for_call("fast", request_id=f"req{i}", session=None, user=None) for i in range(50)
-    }
+    ]
     assert {a.variant.name for a in anonymous if a} == {"control", "strong"}
     assert live.for_call("slow", request_id="r", session=None, user=None) is None
 
