@@ -80,11 +80,18 @@ class UnitData:
     """Tokens of the unit's tasks."""
     latency_s: Floats
     """The unit's mean task latency."""
+    judged: Floats | None = None
+    """Of its tasks, those whose success is known (an outcome was posted, or a run
+    ended); None: all of them."""
 
     @classmethod
     def empty(cls) -> UnitData:
         zero = np.zeros(0)
         return cls(tasks=zero, successes=zero, cost_usd=zero, tokens=zero, latency_s=zero)
+
+    @property
+    def judged_tasks(self) -> Floats:
+        return self.tasks if self.judged is None else self.judged
 
     @property
     def units(self) -> int:
@@ -168,12 +175,12 @@ def quantile_interval(values: Floats, q: float) -> Interval:
 
 
 def _success_estimate(data: UnitData) -> tuple[float, float]:
-    rate, variance = _ratio(data.successes, data.tasks)
+    rate, variance = _ratio(data.successes, data.judged_tasks)
     if not math.isfinite(rate):
         return rate, variance
     # A run of all successes (or none) has zero sample variance; the variance of a
     # Bernoulli with one pseudo-success and one pseudo-failure keeps the test honest there.
-    tasks = float(data.tasks.sum())
+    tasks = float(data.judged_tasks.sum())
     shrunk = (float(data.successes.sum()) + 1.0) / (tasks + 2.0)
     return rate, max(variance, shrunk * (1.0 - shrunk) / (tasks + 2.0))
 
@@ -250,7 +257,7 @@ def success_path(
     report plots, and what the simulations check."""
     paths = []
     for arm in (in_variant, ~in_variant):
-        succ, tasks = data.successes[arm], data.tasks[arm]
+        succ, tasks = data.successes[arm], data.judged_tasks[arm]
         ratio, variance, total = _prefix_ratios(succ, tasks)
         shrunk = (np.cumsum(succ) + 1.0) / (total + 2.0)
         variance = np.maximum(variance, shrunk * (1.0 - shrunk) / (total + 2.0))

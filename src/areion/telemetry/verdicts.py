@@ -17,6 +17,7 @@ import numpy as np
 from areion.config import ExperimentConfig
 from areion.telemetry.sequential import (
     Comparison,
+    Floats,
     Interval,
     UnitData,
     compare_ratio,
@@ -25,7 +26,7 @@ from areion.telemetry.sequential import (
     ratio_interval,
 )
 
-__all__ = ["ExperimentReport", "VariantReport", "analyse"]
+__all__ = ["ExperimentReport", "VariantReport", "analyse", "unit_data"]
 
 # The default smallest effect worth finding: 5 points of success rate, 10% of cost or
 # latency. Also the spread of the sequential test's mixture.
@@ -92,6 +93,9 @@ class ExperimentReport:
     """`running`, `winner: X`, `no difference` or `stopped by guardrail`."""
     variants: list[VariantReport]
     """Control first, then the others by name."""
+    crossed_units: int = 0
+    """Units that saw more than one variant (a weight changed, a variant was stopped):
+    left out of every figure, and counted here so none is dropped silently."""
 
     @property
     def winner(self) -> str | None:
@@ -108,6 +112,7 @@ class ExperimentReport:
             "metric": self.metric,
             "control": self.control,
             "verdict": self.verdict,
+            "crossed_units": self.crossed_units,
             "variants": [v.as_dict() for v in self.variants],
         }
 
@@ -117,7 +122,7 @@ def _variant_report(name: str, data: UnitData) -> VariantReport:
         name=name,
         units=data.units,
         tasks=int(data.tasks.sum()),
-        success_rate=ratio_interval(data.successes, data.tasks),
+        success_rate=ratio_interval(data.successes, data.judged_tasks),
         cost_per_task=ratio_interval(data.cost_usd, data.tasks),
         cost_per_success=ratio_interval(data.cost_usd, data.successes),
         tokens_per_task=ratio_interval(data.tokens, data.tasks),
@@ -231,3 +236,33 @@ def _verdict(
     if all(decisive[r.name].within(effect) for r in live):
         return "no difference"
     return "running"
+
+
+def unit_data(
+    rows: Sequence[Sequence[Any]],
+) -> tuple[dict[str, UnitData], int, dict[str, Floats]]:
+    """Each variant's units from the store's per-unit rows (`UNIT_COLUMNS` of
+    store/experiments_sql.py), in the order they first appeared; the count of units
+    that saw two variants (left out); and each variant's first-seen times."""
+    by_variant: dict[str, list[Sequence[Any]]] = {}
+    crossed = 0
+    for row in rows:
+        if row[0] != row[1]:
+            crossed += 1
+            continue
+        by_variant.setdefault(str(row[0]).partition(":")[2], []).append(row)
+    units: dict[str, UnitData] = {}
+    seen: dict[str, Floats] = {}
+    for name, found in by_variant.items():
+        table = np.array([[float(v or 0.0) for v in row[2:9]] for row in found], dtype=np.float64)
+        table = table[np.argsort(table[:, 6], kind="stable")]
+        units[name] = UnitData(
+            tasks=table[:, 0],
+            judged=table[:, 1],
+            successes=table[:, 2],
+            cost_usd=table[:, 3],
+            tokens=table[:, 4],
+            latency_s=table[:, 5],
+        )
+        seen[name] = table[:, 6]
+    return units, crossed, seen
