@@ -14,12 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from areion import Agent, Runtime, tool
 from areion.config import parse_config
+from areion.errors import AreionError
 from areion.server import create_app
+from areion.types import ChatRequest, Message
 from tests.agent_upstream import AgentUpstream, call, model_turns, say
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.scripted import Behaviour, ScriptedUpstream
 from tests.support import serve_app
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -350,3 +357,87 @@ def test_tracing_off_imports_nothing_of_opentelemetry(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def anthropic_upstream() -> tuple[Starlette, list[dict[str, str]]]:
+    """A Messages API upstream that answers one text and records each request's headers."""
+    seen: list[dict[str, str]] = []
+
+    async def messages(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        answer = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-upstream",
+            "content": [{"type": "text", "text": "hello"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 9, "output_tokens": 3},
+        }
+        return JSONResponse(answer)
+
+    return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])]), seen
+
+
+async def test_retries_routes_failures_and_anthropic_upstreams_on_the_span(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    openai = ScriptedUpstream().then(Behaviour(status=503), Behaviour(), Behaviour(status=400))
+    claude, claude_headers = anthropic_upstream()
+    with serve_app(openai.app) as openai_url, serve_app(claude) as claude_url:
+        config = parse_config(
+            {
+                "models": [
+                    {
+                        "name": "small",
+                        "provider": "openai",
+                        "model": "s",
+                        "base_url": openai_url + "/v1",
+                    },
+                    {
+                        "name": "claude",
+                        "provider": "anthropic",
+                        "model": "c",
+                        "base_url": claude_url,
+                    },
+                ],
+                "routes": [
+                    {
+                        "name": "auto",
+                        "candidates": ["small", "claude"],
+                        "solver": False,
+                        "rules": [{"when": {"tier": "batch"}, "model": "small"}],
+                    }
+                ],
+                "retry": {"backoff_base": 0.001, "backoff_max": 0.001},
+                "store": f"sqlite:///{tmp_path / 'areion.db'}",
+                "tracing": {"enabled": True, "endpoint": receiver.endpoint},
+            }
+        )
+        hi = [Message(role="user", content="hi")]
+        async with Runtime(config) as rt:
+            routed = await rt.chat(ChatRequest(model="auto", messages=hi), tier="batch")
+            assert routed.deployment == "small/s"
+            with pytest.raises(AreionError):
+                await rt.chat(ChatRequest(model="small", messages=hi))
+            answer = await rt.chat(ChatRequest(model="claude", messages=hi))
+            assert answer.message.text() == "hello"
+    first, failed, anthropic = sorted(receiver.named("chat"), key=lambda s: s.start_ns)
+    assert first.name == "chat auto"
+    assert first.attributes["areion.retries"] == 1  # the 503, then an answer
+    assert first.attributes["areion.route"] == "auto"
+    assert first.attributes["areion.route.reason"] == "rule:0"  # the first rule: tier batch
+    assert first.attributes["areion.deployment"] == "small/s"
+    assert not first.error
+    assert failed.error and failed.attributes["error.type"] == "invalid_request"
+    assert anthropic.attributes["gen_ai.provider.name"] == "anthropic"
+    assert anthropic.attributes["gen_ai.response.model"] == "claude-upstream"
+    assert anthropic.attributes["gen_ai.usage.input_tokens"] == 9
+    assert anthropic.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    (sent,) = claude_headers
+    assert traceparent_of(sent) == (anthropic.trace_id, anthropic.span_id)
+    assert [traceparent_of(h)[0] for h in openai.headers] == [
+        first.trace_id,
+        first.trace_id,
+        failed.trace_id,
+    ]
