@@ -176,7 +176,6 @@ class Tracing:
             "gen_ai.request.model": request.model,
             "areion.tenant": call.tenant,
             "areion.request_id": call.request_id,
-            "areion.stream": bool(request.stream),
         }
         if request.max_tokens is not None:
             attributes["gen_ai.request.max_tokens"] = request.max_tokens
@@ -199,7 +198,6 @@ class Tracing:
         attributes: dict[str, Any] = {
             "gen_ai.provider.name": self.provider_name(result.deployment, call.request.model),
             "gen_ai.response.model": result.model,
-            "gen_ai.response.id": result.id,
             "gen_ai.response.finish_reasons": [
                 c.finish_reason for c in result.choices if c.finish_reason is not None
             ],
@@ -212,7 +210,6 @@ class Tracing:
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
             if usage.cached_tokens:
                 attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
-            attributes["areion.usage.estimated"] = usage.estimated
         if self.capture_content:
             attributes["gen_ai.output.messages"] = _output_messages(result)
         self._info(attributes, result.info)
@@ -238,7 +235,6 @@ class Tracing:
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
             if usage.cached_tokens:
                 attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
-            attributes["areion.usage.estimated"] = usage.estimated
         if self.capture_content:
             output = {
                 "role": "assistant",
