@@ -527,6 +527,8 @@ class Runtime:
     def _embedding_path(self, accounting: Accounting) -> EmbeddingHandler:
         """The embeddings chain: the stages that apply to them, around `Gateway.embed`."""
         stages: list[EmbeddingStage] = [self.admission]
+        if self.tracing is not None:
+            stages.insert(0, self.tracing.stage())
         self.embedding_cache: EmbeddingCache | None = None
         if self.config.cache.embeddings.enabled:
             self.embedding_cache = EmbeddingCache(

@@ -23,10 +23,10 @@ from areion import Agent, Runtime, tool
 from areion.config import parse_config
 from areion.errors import AreionError
 from areion.server import create_app
-from areion.types import ChatRequest, Message
+from areion.types import ChatRequest, EmbeddingRequest, Message
 from tests.agent_upstream import AgentUpstream, call, model_turns, say
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.scripted import Behaviour, ScriptedUpstream
+from tests.scripted import EMBEDDING_DIMENSIONS, Behaviour, ScriptedUpstream
 from tests.support import serve_app
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -440,3 +440,36 @@ async def test_retries_routes_failures_and_anthropic_upstreams_on_the_span(
         first.trace_id,
         failed.trace_id,
     ]
+
+
+async def test_an_embeddings_call_has_its_span(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    upstream = ScriptedUpstream().then(Behaviour(status=503))  # one retry, then vectors
+    with serve_app(upstream.app) as url:
+        config = parse_config(
+            {
+                "models": [
+                    {"name": "emb", "provider": "openai", "model": "e", "base_url": url + "/v1"}
+                ],
+                "retry": {"backoff_base": 0.001, "backoff_max": 0.001},
+                "store": f"sqlite:///{tmp_path / 'areion.db'}",
+                "tracing": {"enabled": True, "endpoint": receiver.endpoint},
+            }
+        )
+        async with Runtime(config) as rt:
+            await rt.embed(EmbeddingRequest(model="emb", input=["red apple", "green pear"]))
+            # The same inputs again: the embedding cache answers, no upstream call.
+            await rt.embed(EmbeddingRequest(model="emb", input=["red apple", "green pear"]))
+    assert upstream.calls == 2
+    called, cached = sorted(receiver.named("embeddings"), key=lambda s: s.start_ns)
+    for span in (called, cached):
+        assert span.name == "embeddings emb" and span.kind == "CLIENT"
+        assert span.attributes["gen_ai.operation.name"] == "embeddings"
+        assert span.attributes["gen_ai.embeddings.dimension.count"] == EMBEDDING_DIMENSIONS
+        assert span.attributes["areion.inputs"] == 2
+    assert called.attributes["areion.cache"] == "miss"
+    assert called.attributes["areion.retries"] == 1
+    assert called.attributes["gen_ai.usage.input_tokens"] == 4
+    assert called.attributes["gen_ai.response.model"] == "e"
+    assert cached.attributes["areion.cache"] == "hit-embedding"
+    assert cached.attributes["areion.cost_usd"] == 0.0
+    assert [traceparent_of(h)[1] for h in upstream.headers] == [called.span_id] * 2

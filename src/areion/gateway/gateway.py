@@ -242,8 +242,10 @@ class Gateway:
 
         claim = hold.claim() if hold is not None else None
         plan = self.embedding_plan(request.model)
-        deployment, response, _ = await self._attempts(request, call, claim, hold, plan)
+        deployment, response, failures = await self._attempts(request, call, claim, hold, plan)
         response.deployment = deployment.id
+        if failures:
+            response.info["retries"] = failures
         return response
 
     async def _whole(self, deployment: Deployment, make: Callable[[], Awaitable[T]]) -> T:

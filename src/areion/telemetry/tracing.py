@@ -47,9 +47,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from areion._version import __version__
 from areion.config import TracingConfig
 from areion.errors import AreionError
-from areion.pipeline import Call, Handler, Result
+from areion.pipeline import Call, EmbeddingCall, EmbeddingHandler, Handler, Result
 from areion.streaming import ChatStream
-from areion.types import ChatRequest, ChatResponse, Message
+from areion.types import ChatRequest, ChatResponse, EmbeddingResponse, Message
 
 if TYPE_CHECKING:
     from areion.gateway.deployments import Deployment
@@ -258,6 +258,37 @@ class Tracing:
         if "queue_wait_s" in info:
             attributes["areion.queue_wait_s"] = float(info["queue_wait_s"])
 
+    def start_embedding(self, call: EmbeddingCall) -> Span:
+        request = call.request
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "embeddings",
+            "gen_ai.request.model": request.model,
+            "areion.tenant": call.tenant,
+            "areion.request_id": call.request_id,
+            "areion.inputs": len(request.input),
+        }
+        if request.dimensions is not None:
+            attributes["gen_ai.embeddings.dimension.count"] = request.dimensions
+        return self.tracer.start_span(
+            f"embeddings {request.model}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    def end_embedding(self, span: Span, call: EmbeddingCall, response: EmbeddingResponse) -> None:
+        attributes: dict[str, Any] = {
+            "gen_ai.provider.name": self.provider_name(response.deployment, call.request.model),
+            "gen_ai.response.model": response.model,
+            "areion.deployment": response.deployment,
+            "areion.cache": response.cache or "miss",
+            "areion.cost_usd": response.cost_usd or 0.0,
+        }
+        if response.vectors:
+            attributes["gen_ai.embeddings.dimension.count"] = len(response.vectors[0])
+        if response.usage is not None:
+            attributes["gen_ai.usage.input_tokens"] = response.usage.prompt_tokens
+        self._info(attributes, response.info)
+        span.set_attributes(attributes)
+        span.end()
+
     # -- agents and tools ---------------------------------------------------------
 
     @contextlib.contextmanager
@@ -383,11 +414,29 @@ def _failed(span: Span, error: BaseException) -> None:
 
 class TracingStage:
     """The request path's first stage when tracing is on: one `chat {model}` span per
-    call, current while the later stages and the gateway run (so the upstream call
-    carries it), ended when the answer is complete."""
+    call (`embeddings {model}` in the embeddings chain), current while the later stages
+    and the gateway run (so the upstream call carries it), ended when the answer is
+    complete."""
 
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
+
+    async def handle_embedding(
+        self, call: EmbeddingCall, call_next: EmbeddingHandler
+    ) -> EmbeddingResponse:
+        tracing = self._tracing
+        span = tracing.start_embedding(call)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            response = await call_next(call)
+        except BaseException as error:
+            _failed(span, error)
+            span.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        tracing.end_embedding(span, call, response)
+        return response
 
     async def handle(self, call: Call, call_next: Handler) -> Result:
         tracing = self._tracing
