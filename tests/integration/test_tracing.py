@@ -250,6 +250,14 @@ def test_an_incoming_traceparent_is_continued_and_passed_upstream(
         message = {"model": "fast", "max_tokens": 50, "messages": chat["messages"]}
         anthropic = client.post("/v1/messages", json=message, headers=incoming)
         assert anthropic.status_code == 200, anthropic.text
+        responses = client.post(
+            "/v1/responses", json={"model": "fast", "input": "hi"}, headers=incoming
+        )
+        assert responses.status_code == 200, responses.text
+        legacy = client.post(
+            "/v1/completions", json={"model": "fast", "prompt": "hi"}, headers=incoming
+        )
+        assert legacy.status_code == 200, legacy.text
         run = client.post(
             "/v1/runs",
             json={"agent": "researcher", "input": "find x and y", "wait": True},
@@ -261,10 +269,11 @@ def test_an_incoming_traceparent_is_continued_and_passed_upstream(
     # The server's shutdown closed the runtime, which flushed the exporter.
     spans = list(receiver)
     chats = sorted(receiver.named("chat fast"), key=lambda s: s.start_ns)
-    assert len(chats) == 6  # three calls, two in the run, one untraced
+    assert len(chats) == 8  # five calls, two in the run, one untraced
     (agent,) = receiver.named("invoke_agent")
     direct = [c for c in chats if c.parent_span_id == PARENT_ID]
-    assert len(direct) == 3  # chat, stream and messages: children of the caller's span
+    # chat, stream, messages, responses, completions: children of the caller's span
+    assert len(direct) == 5
     assert agent.trace_id == TRACE_ID and agent.parent_span_id == PARENT_ID
     in_run = [c for c in chats if c.parent_span_id == agent.span_id]
     assert len(in_run) == 2
@@ -276,7 +285,7 @@ def test_an_incoming_traceparent_is_continued_and_passed_upstream(
     assert direct[1].attributes["gen_ai.usage.output_tokens"] == 20
     # Every upstream call carried the trace, with the span of its own call as parent,
     # and the caller's tracestate.
-    assert len(scripted.headers) == 6
+    assert len(scripted.headers) == 8
     parents = {span.span_id: span for span in chats}
     for headers in scripted.headers:
         trace_id, parent_id = traceparent_of(headers)
