@@ -482,3 +482,18 @@ async def test_an_embeddings_call_has_its_span(receiver: OtlpReceiver, tmp_path:
     assert cached.attributes["areion.cache"] == "hit-embedding"
     assert cached.attributes["areion.cost_usd"] == 0.0
     assert [traceparent_of(h)[1] for h in upstream.headers] == [called.span_id] * 2
+
+
+async def test_a_trace_left_out_by_sampling_exports_nothing_and_says_so_upstream(
+    receiver: OtlpReceiver, upstream: tuple[AgentUpstream, str], tmp_path: Path
+) -> None:
+    scripted, url = upstream
+    tracing = {"enabled": True, "endpoint": receiver.endpoint, "sample_ratio": 0.0}
+    async with Runtime(make_config(url, tmp_path, tracing=tracing)) as rt:
+        result = await rt.run(RESEARCHER, "find x and y")
+    assert result.status == "finished"
+    assert receiver.requests == 0
+    # The upstream is told the trace is not sampled (the flags' low bit), so it records
+    # none either.
+    assert len(scripted.headers) == 2
+    assert [int(h["traceparent"][-2:], 16) & 1 for h in scripted.headers] == [0, 0]

@@ -183,14 +183,17 @@ class Tracing:
             attributes["gen_ai.request.temperature"] = request.temperature
         if request.top_p is not None:
             attributes["gen_ai.request.top_p"] = request.top_p
-        if self.capture_content:
-            attributes["gen_ai.input.messages"] = _input_messages(request)
-        return self.tracer.start_span(
+        span = self.tracer.start_span(
             f"chat {request.model}", kind=SpanKind.CLIENT, attributes=attributes
         )
+        if self.capture_content and span.is_recording():  # not serialized for a dropped span
+            span.set_attribute("gen_ai.input.messages", _input_messages(request))
+        return span
 
     def end_call(self, span: Span, call: Call, result: Result) -> None:
         """The answer's attributes, and the span's end (a stream's when it ends)."""
+        if not span.is_recording():
+            return  # not sampled: nothing to record, nothing to end
         if isinstance(result, ChatStream):
             result.on_finish(lambda stream, error: self._end_stream(span, call, stream, error))
             return
@@ -274,6 +277,8 @@ class Tracing:
         )
 
     def end_embedding(self, span: Span, call: EmbeddingCall, response: EmbeddingResponse) -> None:
+        if not span.is_recording():
+            return
         attributes: dict[str, Any] = {
             "gen_ai.provider.name": self.provider_name(response.deployment, call.request.model),
             "gen_ai.response.model": response.model,
