@@ -166,7 +166,13 @@ def test_ledger_and_metrics_after_calls(areion: str) -> None:
         r"[0-9.e-]+",
         metrics,
     )
-    assert "gen_ai_server_time_to_first_token_seconds_bucket" in metrics
+    assert "gen_ai_client_operation_time_to_first_chunk_seconds_bucket" in metrics
+    assert re.search(
+        r'gen_ai_client_token_usage_count\{deployment="fast/sim-fast(#2)?",'
+        r'gen_ai_operation_name="chat",gen_ai_provider_name="openai",'
+        r'gen_ai_request_model="fast",gen_ai_token_type="output"\} [1-9]',
+        metrics,
+    )
 
 
 def test_invalid_config_fails_at_start_naming_the_field(tmp_path: Path) -> None:
