@@ -28,7 +28,7 @@ from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config,
 from areion.control import Admission
 from areion.control.keys import KeyRing
 from areion.control.lanes import LaneLimits, Lanes, lane_of
-from areion.errors import BackendUnavailableError, RequestError, UnknownModelError
+from areion.errors import BackendUnavailableError, LimitError, RequestError, UnknownModelError
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
 from areion.gateway.fleet import Fleet
@@ -159,6 +159,7 @@ class Runtime:
             plans=self._make_plan_cache,  # called when an agent with plan_cache first runs
             shared=self.shared,
             lease_ttl_s=self.config.runs.lease_ttl_s,
+            on_drive=self.metrics.agent_drive,
         )
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)
@@ -444,7 +445,14 @@ class Runtime:
         """The answer to `request` in the shape it asks for: a `ChatStream` when
         `request.stream` is set (returned once its first chunk has arrived), else a
         `ChatResponse`."""
-        return await self._handler(self._begin(request, options))
+        call = self._begin(request, options)
+        model = request.model  # the name asked for; a route retargets the call
+        try:
+            return await self._handler(call)
+        except LimitError as error:
+            # Counted here: admission refuses before accounting sees the call.
+            self.metrics.refusal(model, error.code)
+            raise
 
     async def chat(
         self,
@@ -556,7 +564,11 @@ class Runtime:
             started=time.perf_counter(),
         )
         self._annotate(call.annotations, options)
-        return await self._embedding_handler(call)
+        try:
+            return await self._embedding_handler(call)
+        except LimitError as error:
+            self.metrics.refusal(request.model, error.code)
+            raise
 
     # -- agents -------------------------------------------------------------------
 

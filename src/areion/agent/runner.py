@@ -72,8 +72,10 @@ class AgentRunner:
         plans: PlanCache | Callable[[], PlanCache] | None = None,
         shared: Shared | None = None,
         lease_ttl_s: float = 15.0,
+        on_drive: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self._host = host
+        self._on_drive = on_drive  # (agent, status, seconds) after each drive: metrics
         self._store = store
         self._shared = shared
         self.lease_ttl_s = lease_ttl_s
@@ -241,6 +243,7 @@ class AgentRunner:
             on_finish=self._finished,
             fence=0 if lease is None else lease.fence,
         )
+        started = time.perf_counter()
         try:
             result = await driver.drive(resumed=resumed)
         except FencedError:
@@ -251,6 +254,8 @@ class AgentRunner:
         finally:
             if lease is not None:
                 await lease.release()
+        if self._on_drive is not None:
+            self._on_drive(agent.name, result.status, time.perf_counter() - started)
         if result.status == "finished" and agent.plan_cache:
             await self._keep_plan(agent, snapshot)
         return result

@@ -138,6 +138,13 @@ class Metrics:
             (*labels, "kind"),
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "areion_refusals",
+            "Calls refused by Areion's own limits, by code: rate_limit_exceeded (429), "
+            "budget_exceeded (402), overloaded (503, a full lane), limit_exceeded.",
+            ("model", "code"),
+            registry=self.registry,
+        )
         self.retries = Counter(
             "areion_retries",
             "Attempts retried on another try or deployment.",
@@ -174,6 +181,21 @@ class Metrics:
             "Mistakes of agents' models: unknown_tool, invalid_arguments, repeated_call, "
             "unparsable_output.",
             ("agent", "kind"),
+            registry=self.registry,
+        )
+        self.agent_runs = Counter(
+            "areion_agent_runs",
+            "Agent runs driven until they finished, failed or paused (a resumed run "
+            "counts again), by agent and status.",
+            ("agent", "status"),
+            registry=self.registry,
+        )
+        self.agent_duration = Histogram(
+            "gen_ai_invoke_agent_duration_seconds",
+            "GenAI agent invocation duration: one drive of a run, from its start (or "
+            "resumption) until it finished, failed or paused.",
+            ("gen_ai_agent_name",),
+            buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
         self.cache_requests = Counter(
@@ -240,6 +262,16 @@ class Metrics:
         """Count a failed call of `model` (any name: an unknown one counts as `other`)."""
         labels = (self.model(model), self.deployment(deployment))
         self.errors.labels(*labels, self.kind(kind)).inc()
+
+    def refusal(self, model: str, code: str) -> None:
+        """Count a call of `model` refused by a limit, budget or lane."""
+        self.refusals.labels(self.model(model), self.kind(code)).inc()
+
+    def agent_drive(self, agent: str, status: str, seconds: float) -> None:
+        """Count one drive of a run of `agent` that ended `status` after `seconds`."""
+        name = self.agent(agent)
+        self.agent_runs.labels(name, self.kind(status)).inc()
+        self.agent_duration.labels(name).observe(seconds)
 
     def cognitive_error(self, agent: str, kind: str) -> None:
         self.cognitive_errors.labels(self.agent(agent), self.kind(kind)).inc()
