@@ -104,7 +104,8 @@ class AccessLog:
             raise
         if not ended:
             record.setdefault("error", "client_disconnected")
-        self._write(scope, record, status, started)
+        # 499 (nginx's "client closed request") when the client left before any answer.
+        self._write(scope, record, status or 499, started)
 
     def _write(self, scope: Scope, record: dict[str, Any], status: int, started: float) -> None:
         path = scope["path"]
