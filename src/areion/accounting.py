@@ -125,7 +125,7 @@ class Accounting:
             usage = stream.usage = estimate_usage(call.request, "".join(stream.text_parts))
         if stream.cost_usd is None:
             stream.cost_usd = cost(usage, deployment.price)
-        deployment.metrics.ttft.observe(stream.ttft_s)
+        deployment.metrics.chat.ttft.observe(stream.ttft_s)
         entry = self._book(call, deployment, usage, stream.cost_usd, ok=error is None)
         self._ledger.close(entry)
 
@@ -143,7 +143,11 @@ class Accounting:
         if ok:
             metrics.ok.inc()
         entry = _entry(call, deployment, usage, amount)
-        metrics.duration.observe(entry.latency_s)
+        genai = metrics.embeddings if isinstance(call, EmbeddingCall) else metrics.chat
+        genai.duration.observe(entry.latency_s)
+        genai.input_tokens.observe(usage.prompt_tokens)
+        if not isinstance(call, EmbeddingCall):  # an embedding has no output tokens
+            genai.output_tokens.observe(usage.completion_tokens)
         metrics.input_tokens.inc(usage.prompt_tokens)
         metrics.output_tokens.inc(usage.completion_tokens)
         if usage.cached_tokens:

@@ -36,9 +36,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from areion.runtime import Runtime
     from areion.server import create_app
+    from areion.server.access import configure_access_log
     from areion.server.guard import guarded_protocol
 
     config, source = _config(args.config)
+    if args.log_format is not None:
+        server = config.server.model_copy(update={"log_format": args.log_format})
+        config = config.model_copy(update={"server": server})
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     _refuse_open(config, host, allow_open=args.allow_open)
@@ -56,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         f'"content": "Hello!"}}]}}\'',
         flush=True,
     )
+    configure_access_log(args.log_level)
     app = create_app(runtime)
     # This process is the server's own: everything built so far lives as long as it
     # does. Freezing it keeps collections to per-request garbage, and collecting young
@@ -68,7 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_level=args.log_level,
-        access_log=config.server.access_log,
+        access_log=False,  # Areion's own request line replaces uvicorn's (server/access.py)
         loop="auto",
         # httptools with deadlines for headers, bodies and idle sockets and a connection cap
         http=guarded_protocol(config.server),
@@ -83,7 +88,7 @@ def _serve_workers(
     """N processes on one port (uvicorn's workers), sharing the configured backends."""
     import uvicorn
 
-    from areion.server.worker import CONFIG_ENV
+    from areion.server.worker import CONFIG_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV
 
     if config.store.startswith("sqlite") or config.shared is None:
         raise ConfigError(
@@ -95,6 +100,8 @@ def _serve_workers(
     if args.config is None and source != _DEFAULT_CONFIG:
         raise ConfigError("--workers needs a config file (--config FILE)")
     os.environ[CONFIG_ENV] = str(Path(args.config or _DEFAULT_CONFIG).resolve())
+    os.environ[LOG_FORMAT_ENV] = config.server.log_format
+    os.environ[LOG_LEVEL_ENV] = args.log_level
     print(
         f"Areion {__version__} serving http://{host}:{port} with {source}, {args.workers} workers",
         flush=True,
@@ -106,7 +113,7 @@ def _serve_workers(
         host=host,
         port=port,
         log_level=args.log_level,
-        access_log=config.server.access_log,
+        access_log=False,
         loop="auto",
         http="areion.server.worker:protocol",
         timeout_graceful_shutdown=10,
@@ -381,6 +388,12 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("AREION_LOG_LEVEL", "info"),
         choices=["critical", "error", "warning", "info", "debug"],
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="the request lines' format (default: server.log_format, text); "
+        "server.access_log: false turns them off",
     )
     serve.set_defaults(run=_serve)
 

@@ -430,7 +430,10 @@ class ServerConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    access_log: bool = False
+    # One line per request on the `areion.access` logger (server/access.py): request id,
+    # tenant, key label, model, deployment, status, latency, cost, cache; text or json.
+    access_log: bool = True
+    log_format: Literal["text", "json"] = "text"
     # A larger request body is answered 413 (it bounds the memory and the time one
     # request may take to parse and count).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)

@@ -31,6 +31,7 @@ from areion.control.lanes import LaneLimits, Lanes, lane_of
 from areion.errors import (
     BackendUnavailableError,
     ConfigError,
+    LimitError,
     RequestError,
     UnknownModelError,
 )
@@ -125,7 +126,11 @@ class Runtime:
         self.config = config or default_config()
         self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
-        self.metrics = Metrics()
+        # Label values: only configured names; anything else is counted as `other`.
+        self.metrics = Metrics(
+            models=[m.name for m in self.config.models] + [r.name for r in self.config.routes],
+            tenants=[t.name for t in self.config.all_tenants],
+        )
         self.store = store or open_store(self.config.store)
         self.shared = shared or open_shared(self.config.shared)
         counters = self.shared.counters
@@ -168,6 +173,7 @@ class Runtime:
             shared=self.shared,
             lease_ttl_s=self.config.runs.lease_ttl_s,
             tracing=self.tracing,
+            on_drive=self.metrics.agent_drive,
         )
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)
@@ -235,9 +241,8 @@ class Runtime:
         )
         stages.append(accounting)
         self.lanes = self._make_lanes()
-        if self.lanes is not None:
-            # Last: hits and routing take no slot, and the gateway's retries hold one.
-            stages.append(self.lanes)
+        # Last: hits and routing take no slot, and the gateway's retries hold one.
+        stages.append(self.lanes)
         self._handler = compose(stages, self._terminal)
         self._embedding_handler = self._embedding_path(accounting)
         self._started = False
@@ -344,15 +349,17 @@ class Runtime:
     def _learned_policy(self, route: RouteConfig) -> Policy:
         return LearnedPolicy.load(route, lambda: self.embedder)
 
-    def _make_lanes(self) -> Lanes | None:
-        """Lanes for the groups whose every deployment sets max_concurrency, if any."""
+    def _make_lanes(self) -> Lanes:
+        """Lanes capping the groups whose every deployment sets max_concurrency; the
+        others are only counted (calls in flight per lane, for the gauges)."""
         capacities = {
-            name: sum(d.config.max_concurrency or 0 for d in group.deployments)
+            name: (
+                sum(d.config.max_concurrency or 0 for d in group.deployments)
+                if all(d.config.max_concurrency for d in group.deployments)
+                else None
+            )
             for name, group in self.gateway.groups.items()
-            if all(d.config.max_concurrency for d in group.deployments)
         }
-        if not capacities:
-            return None
         lanes = self.config.lanes
 
         def limits(config: LaneLimitsConfig) -> LaneLimits:
@@ -470,7 +477,14 @@ class Runtime:
         """The answer to `request` in the shape it asks for: a `ChatStream` when
         `request.stream` is set (returned once its first chunk has arrived), else a
         `ChatResponse`."""
-        return await self._handler(self._begin(request, options))
+        call = self._begin(request, options)
+        model = request.model  # the name asked for; a route retargets the call
+        try:
+            return await self._handler(call)
+        except LimitError as error:
+            # Counted here: admission refuses before accounting sees the call.
+            self.metrics.refusal(model, error.code)
+            raise
 
     async def chat(
         self,
@@ -536,8 +550,7 @@ class Runtime:
             )
             stages.append(self.embedding_cache)
         stages.append(accounting)
-        if self.lanes is not None:
-            stages.append(self.lanes)
+        stages.append(self.lanes)
         if any(not group.chats for group in self.gateway.groups.values()):
             _ = self.embedder  # provider local: load the model now, not on a first request
         return compose_embedding(stages, self._embed_terminal)
@@ -585,7 +598,11 @@ class Runtime:
             started=time.perf_counter(),
         )
         self._annotate(call.annotations, options)
-        return await self._embedding_handler(call)
+        try:
+            return await self._embedding_handler(call)
+        except LimitError as error:
+            self.metrics.refusal(request.model, error.code)
+            raise
 
     # -- agents -------------------------------------------------------------------
 
@@ -648,7 +665,7 @@ class Runtime:
 
     def cognitive_error(self, agent: str, kind: str) -> None:
         """Count a mistake of an agent's model (unknown tool, bad arguments, ...)."""
-        self.metrics.cognitive_errors.labels(agent, kind).inc()
+        self.metrics.cognitive_error(agent, kind)
 
     async def _summarize(self, turns: Sequence[SessionTurn], previous: str | None) -> str:
         model = self.config.memory.summary_model or self.models[0]

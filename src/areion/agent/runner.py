@@ -74,9 +74,11 @@ class AgentRunner:
         shared: Shared | None = None,
         lease_ttl_s: float = 15.0,
         tracing: Tracing | None = None,
+        on_drive: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self._host = host
         self._tracing = tracing
+        self._on_drive = on_drive  # (agent, status, seconds) after each drive: metrics
         self._store = store
         self._shared = shared
         self.lease_ttl_s = lease_ttl_s
@@ -245,6 +247,7 @@ class AgentRunner:
             fence=0 if lease is None else lease.fence,
             tracing=self._tracing,
         )
+        started = time.perf_counter()
         try:
             if self._tracing is None:
                 result = await driver.drive(resumed=resumed)
@@ -258,6 +261,8 @@ class AgentRunner:
         finally:
             if lease is not None:
                 await lease.release()
+        if self._on_drive is not None:
+            self._on_drive(agent.name, result.status, time.perf_counter() - started)
         if result.status == "finished" and agent.plan_cache:
             await self._keep_plan(agent, snapshot)
         return result

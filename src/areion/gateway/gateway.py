@@ -114,7 +114,8 @@ class Gateway:
                         what = f"'{request.model}' {why}, and falling back to '{group.name}'"
                     raise claim.refusal(bound, what)
             if position:
-                self.metrics.fallbacks.labels(request.model, group.name).inc()
+                model = self.metrics.model(request.model)
+                self.metrics.fallbacks.labels(model, group.name).inc()
             tried: list[Deployment] = []
             for attempt in range(self.retry.max_attempts):
                 now = self.clock()

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from areion.control.keys import Identity, KeyRing
 from areion.errors import AreionError, AuthenticationError, UnknownModelError
 from areion.runtime import Runtime
+from areion.server.access import AccessLog, note
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
@@ -103,7 +104,7 @@ class _Api:
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.identity(request)
         chat, include_usage = parse_chat_request(await request.body())
-        options = call_options(request, tenant, key)
+        options = call_options(request, tenant, key, chat.model)
         response = await self.runtime.answer(chat, options)
         headers = answer_headers(response, options)
         if isinstance(response, ChatStream):
@@ -136,11 +137,16 @@ def _model(name: str) -> dict[str, object]:
 async def _areion_error(request: Request, exc: Exception) -> Response:
     """Every `AreionError` a handler raises, as its status and an OpenAI-shaped body."""
     assert isinstance(exc, AreionError)
+    note(request.scope, error=exc.code)
     return error_response(exc)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    note(request.scope, error=_HTTP_CODES.get(exc.status_code, "http_error"))
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
         return json_response(
@@ -185,6 +191,7 @@ class _Contain:
             if started:
                 raise
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            note(scope, error="internal_error")
             body = error_body("internal error", type="server_error", code="internal_error")
             await json_response(body, 500)(scope, receive, send)
 
@@ -204,7 +211,11 @@ def create_app(runtime: Runtime) -> Starlette:
         await runs.aclose()
         await runtime.aclose()
 
+    server = runtime.config.server
+    # The request log outermost but for the trace: it sees every answer as sent, a
+    # contained 500 and a 413 among them.
     middleware = [
+        *([Middleware(AccessLog, format=server.log_format)] if server.access_log else []),
         Middleware(_Contain),
         Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
         Middleware(_Authenticate, keys=runtime.keys),
