@@ -37,7 +37,7 @@ __all__ = ["answer_headers", "call_options", "error_headers", "info_headers"]
 def call_options(request: Request, tenant: str, key: str | None) -> CallOptions:
     """The options of a model call asked for by `request`, from tenant `tenant` with
     the key labelled `key`: a new request id of Areion's own, and the client's id,
-    cache control, tier, tags and priority from its headers."""
+    cache control, tier, tags, priority and end user from its headers."""
     # Areion's own id names the call (ledger, cache feedback): a client's id is its
     # own choice, and another tenant could choose the same one. It is kept beside.
     tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
@@ -50,6 +50,7 @@ def call_options(request: Request, tenant: str, key: str | None) -> CallOptions:
         tags=[t for t in tags if t],
         key=key,
         priority=request.headers.get("x-areion-priority") or None,
+        user=request.headers.get("x-areion-user", "")[:128] or None,
     )
 
 
