@@ -5,6 +5,9 @@ tenant sees only its own spend."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -228,3 +231,47 @@ def test_bad_parameters_are_a_400_naming_them(
     answer = http.get("/v1/spend", params=params, headers=ACME)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == param
+
+
+def test_the_report_agrees_with_the_spend_api_and_the_headers(
+    served: tuple[httpx.Client, Traffic, Path], tmp_path: Path
+) -> None:
+    http, traffic, config = served
+    png = tmp_path / "spend.png"
+    command = [sys.executable, "-m", "areion.cli", "report", "--config", str(config)]
+    made = subprocess.run(
+        [*command, "--since", "0", "--json", "--plot", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    report = json.loads(made.stdout)
+    tenants = {row["tenant"]: row for row in report["by_tenant"]}
+    api = _groups(http, ADMIN, "tenant", since="0")
+    for tenant, spent in traffic.by_tenant.items():
+        assert tenants[tenant]["cost_usd"] == pytest.approx(spent, abs=1e-9)
+        assert tenants[tenant] == api[tenant]
+    assert report["total"]["cost_usd"] == pytest.approx(sum(traffic.by_tenant.values()))
+    agents = {row["agent"]: row for row in report["by_agent"]}
+    assert agents["researcher"]["cost_usd"] == pytest.approx(traffic.by_agent["researcher"])
+    [cache] = [row for row in report["cache"] if row["cache"] == "exact"]
+    assert cache["cache_hits"] == 1
+    tasks = {row["agent"]: row for row in report["tasks"]}
+    assert tasks["researcher"]["runs"]["finished"] == 2
+    assert sum(row["cost_usd"] for row in report["over_time"]) == pytest.approx(
+        sum(traffic.by_tenant.values())
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The tables, for a person; one tenant's only, with --tenant.
+    text = subprocess.run(
+        [*command, "--since", "30d", "--tenant", "globex"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert text.returncode == 0, text.stderr
+    assert "Cost per task" in text.stdout and "echo" in text.stdout
+    assert "acme" not in text.stdout and "researcher" not in text.stdout
+    bad = subprocess.run([*command, "--since", "last tuesday"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--since" in bad.stderr

@@ -6,7 +6,7 @@
 A tenant key sees its own tenant's spend only: naming another tenant (`tenant=`) is a
 403, and every group is its own. An admin key (`auth.admin_keys`) sees every tenant's,
 or one's with `tenant=`; so does anyone on an open server (no keys: a local server).
-Bad parameters are a 400 naming the parameter. See `areion.reports` for the answers.
+Bad parameters are a 400 naming the parameter. See `areion.spend` for the answers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from areion import reports
+from areion import spend as reports
 from areion.errors import RequestError
 from areion.runtime import Runtime
 from areion.server.admin import bearer_key

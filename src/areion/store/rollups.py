@@ -44,9 +44,9 @@ __all__ = [
 
 Dialect = Literal["sqlite", "postgres"]
 
-# 10 ms x sqrt(2)^i: 10 ms .. 29 s in 24 edges, 25 buckets (the first below 10 ms,
-# the last from 29 s on). sqrt(2) steps keep a quantile's error under ~20%.
-LATENCY_EDGES: tuple[float, ...] = tuple(0.01 * 2 ** (i / 2) for i in range(24))
+# 1 ms x sqrt(2)^i: 1 ms .. 46 s in 32 edges, 33 buckets (the first below 1 ms, the
+# last from 46 s on). sqrt(2) steps keep a quantile's error under ~20%.
+LATENCY_EDGES: tuple[float, ...] = tuple(0.001 * 2 ** (i / 2) for i in range(32))
 BUCKETS = len(LATENCY_EDGES) + 1
 
 HOUR = 3600

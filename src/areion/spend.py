@@ -1,4 +1,4 @@
-"""Spend and cost-per-task reports over a store: what `GET /v1/spend` and `areion report`
+"""Spend and cost per task, read from a store: what `GET /v1/spend` and `areion report`
 both answer.
 
 `spend()` groups the ledger by any of `store.rollups.DIMENSIONS` over [since, until):
