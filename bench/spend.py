@@ -49,7 +49,7 @@ from _common import (
 )
 from areion import spend
 from areion.store import Store, open_store
-from areion.store.rollups import SpendQuery, bucket_sql
+from areion.store.rollups import SpendQuery, spend_sql
 
 DAY = 86400.0
 SPAN = 30 * DAY
@@ -182,31 +182,6 @@ async def _postgres_fill(url: str, rows: int, end: float) -> float:
         await db.close()
 
 
-def _scan_sql(query: SpendQuery, dialect: Any) -> tuple[str, list[Any]]:
-    """The same sums from the raw ledger alone: what a report reads without rollups."""
-    from areion.store.rollups import _dimension
-
-    columns = [_dimension(name, "raw", dialect) for name in query.group_by]
-    args: list[Any] = [query.since, query.until]
-    marks = ("?", "?") if dialect == "sqlite" else ("$1", "$2")
-    where = f"l.created >= {marks[0]} AND l.created < {marks[1]}"
-    if query.tenant is not None:
-        args.append(query.tenant)
-        where += " AND l.tenant = " + ("?" if dialect == "sqlite" else "$3")
-    select = [
-        *columns,
-        bucket_sql("l.latency_s"),
-        "count(*)",
-        "sum(l.prompt_tokens)",
-        "sum(l.completion_tokens)",
-        "sum(l.cost_usd)",
-        "sum(CASE WHEN l.cache <> '' THEN 1 ELSE 0 END)",
-        "sum(l.saved_usd)",
-    ]
-    group = ", ".join(str(i) for i in range(1, len(columns) + 2))
-    return f"SELECT {', '.join(select)} FROM ledger AS l WHERE {where} GROUP BY {group}", args
-
-
 async def _time(work: Any, repeat: int) -> float:
     """The median seconds of `repeat` runs of `work()` after one warm-up."""
     await work()
@@ -240,7 +215,7 @@ async def _measure(
         workdir / f"areion-{rows}.log",
     )  # fmt: skip
     base = f"http://{LOOPBACK}:{port}"
-    dialect = "sqlite" if store_url.startswith("sqlite") else "postgres"
+    dialect: Any = "sqlite" if store_url.startswith("sqlite") else "postgres"
     results: list[dict[str, Any]] = []
     try:
         server.wait_ready(base + "/healthz", timeout=120)
@@ -262,7 +237,7 @@ async def _measure(
             over_http = await _time(lambda u=url: asyncio.to_thread(_get, u), repeat)
             scanned = None
             if scan and not RAW_ONLY.intersection(group_by):
-                sql, args = _scan_sql(query, dialect)
+                sql, args = spend_sql(query, dialect, ledger_only=True)
                 scanned = await _time(lambda s=sql, a=args: _raw(store, s, a), 1)
             results.append(
                 {

@@ -19,7 +19,7 @@ write at a time so only the bad write's caller hears of it.
 
 from __future__ import annotations
 
-from areion.store.rollups import rollup_upsert
+from areion.store.rollups import HISTOGRAM, rollup_upsert
 
 __all__ = [
     "API_KEY_COLUMNS",
@@ -452,6 +452,8 @@ _ROLLED_CLOSING = (
     f"        {rollup_upsert(f'SELECT {_CLOSING_ROLLED} {_CLOSED}', 'postgres')};"
 )
 
+_HISTOGRAM_COLUMNS = "\n".join(f"    {column} bigint NOT NULL DEFAULT 0," for column in HISTOGRAM)
+
 _WRITE_FUNCTION2 = _write_function(
     "areion_write2",
     "areion_ledger_row2",
@@ -485,14 +487,15 @@ CREATE TABLE spend_rollup (
     route text NOT NULL,
     agent text NOT NULL,
     cache text NOT NULL,
-    lat_bucket integer NOT NULL,                    -- LATENCY_EDGES
     calls bigint NOT NULL,
     prompt_tokens bigint NOT NULL,
     completion_tokens bigint NOT NULL,
     cost_usd double precision NOT NULL,
     cache_hits bigint NOT NULL,
     saved_usd double precision NOT NULL,
-    PRIMARY KEY (period, period_start, tenant, model, key_label, route, agent, cache, lat_bucket)
+    -- calls per latency bucket (rollups.LATENCY_EDGES), h0 .. h32
+{_HISTOGRAM_COLUMNS}
+    PRIMARY KEY (period, period_start, tenant, model, key_label, route, agent, cache)
 );
 {rollup_upsert(f"SELECT {_ROLLED} FROM ledger AS l", "postgres")};
 

@@ -1,10 +1,11 @@
 """Spend rollups: the ledger summed per hour and per day, and the spend queries over them.
 
 Each ledger row adds to two rollup rows (its UTC hour and its UTC day), keyed by
-tenant x model x key label x route x agent x cache tier x latency bucket, in the same
-statement (SQLite) or transaction (PostgreSQL) that inserts the row: the rollups are
-never behind the ledger. A latency bucket is one of `BUCKETS` fixed, log-spaced
-ranges, so p50 and p95 come from the rollups' counts (`quantile`).
+tenant x model x key label x route x agent x cache tier, in the same statement
+(SQLite) or transaction (PostgreSQL) that inserts the row: the rollups are never
+behind the ledger. A rollup row counts its calls in a histogram of `BUCKETS` fixed,
+log-spaced latency ranges (a column each), so p50 and p95 come from the rollups
+(`quantile`).
 
 A stream's open row counts at its bound while open, like the ledger row itself; when
 the row is closed, its open figures are taken out of the rollups and its real ones put
@@ -16,7 +17,7 @@ rollups, whole hours from the hour rollups, the minutes at either edge from the 
 (`segments`); a dimension the rollups do not keep (deployment, run, user, tag) reads
 the ledger itself, through its `created` index, bounded by since/until. Each store
 turns a query into one UNION ALL statement (`spend_sql`) whose rows are (dimensions,
-latency bucket, sums); `SpendTotals` merges them into groups.
+sums, histogram); `merge` adds them up into groups.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from typing import Any, Literal
 __all__ = [
     "BUCKETS",
     "DIMENSIONS",
+    "HISTOGRAM",
     "LATENCY_EDGES",
     "RAW_DIMENSIONS",
     "ROLLUP_KEY",
+    "SUMS",
     "SpendQuery",
     "SpendTotals",
     "bucket_sql",
@@ -54,6 +57,9 @@ DAY = 86400
 
 # The rollup key's dimensions, as ledger columns.
 ROLLUP_KEY = ("tenant", "model", "key_label", "route", "agent", "cache")
+# What a rollup row sums, then its latency histogram: calls per bucket, a column each.
+SUMS = ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits", "saved_usd")
+HISTOGRAM = tuple(f"h{i}" for i in range(BUCKETS))
 
 # A spend query's dimensions, as the API names them, and the ledger column of each
 # (hour and day are computed from `created`, tag from `tags`).
@@ -92,28 +98,38 @@ def _floor(expression: str, period: int | str, dialect: Dialect) -> str:
     return f"(floor(({expression}) / {period})::bigint * {period})"
 
 
+def _histogram_sums(bucket: str, sign: str = "", cast: str = "") -> list[str]:
+    """One `sum` per latency bucket: how many rows have `bucket` equal to it."""
+    return [f"{sign}sum(CASE WHEN {bucket} = {i} THEN 1 ELSE 0 END){cast}" for i in range(BUCKETS)]
+
+
 def rollup_upsert(source: str, dialect: Dialect, *, sign: str = "") -> str:
     """The statement adding the rows `source` selects (columns created, tenant, model,
     key_label, route, agent, cache, latency_s, prompt_tokens, completion_tokens,
     cost_usd, saved_usd) to the hour and day rollups; `sign` `-` takes them out."""
     key = ", ".join(ROLLUP_KEY)
     total = "" if dialect == "sqlite" else "::bigint"
-    sums = (
-        f"{sign}count(*), {sign}sum(r.prompt_tokens){total}, "
-        f"{sign}sum(r.completion_tokens){total}, {sign}sum(r.cost_usd), "
-        f"{sign}sum(CASE WHEN r.cache <> '' THEN 1 ELSE 0 END){total}, {sign}sum(r.saved_usd)"
-    )
-    added = ("calls", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits", "saved_usd")
+    sums = [
+        f"{sign}count(*)",
+        f"{sign}sum(r.prompt_tokens){total}",
+        f"{sign}sum(r.completion_tokens){total}",
+        f"{sign}sum(r.cost_usd)",
+        f"{sign}sum(CASE WHEN r.cache <> '' THEN 1 ELSE 0 END){total}",
+        f"{sign}sum(r.saved_usd)",
+        *_histogram_sums("r.b", sign, total),
+    ]
+    added = (*SUMS, *HISTOGRAM)
     updates = ", ".join(f"{c} = spend_rollup.{c} + excluded.{c}" for c in added)
     periods = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
     # `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
     return (
-        f"INSERT INTO spend_rollup (period, period_start, {key}, lat_bucket, {', '.join(added)}) "
+        f"INSERT INTO spend_rollup (period, period_start, {key}, {', '.join(added)}) "
         f"SELECT p.period, {_floor('r.created', 'p.period', dialect)}, "
-        f"{', '.join('r.' + c for c in ROLLUP_KEY)}, {bucket_sql('r.latency_s')}, {sums} "
-        f"FROM ({source}) AS r, {periods} AS p WHERE true "
-        f"GROUP BY {', '.join(str(i) for i in range(1, len(ROLLUP_KEY) + 4))} "
-        f"ON CONFLICT (period, period_start, {key}, lat_bucket) DO UPDATE SET {updates}"
+        f"{', '.join('r.' + c for c in ROLLUP_KEY)}, {', '.join(sums)} "
+        f"FROM (SELECT r0.*, {bucket_sql('r0.latency_s')} AS b FROM ({source}) AS r0) AS r, "
+        f"{periods} AS p WHERE true "
+        f"GROUP BY {', '.join(str(i) for i in range(1, len(ROLLUP_KEY) + 3))} "
+        f"ON CONFLICT (period, period_start, {key}) DO UPDATE SET {updates}"
     )
 
 
@@ -176,10 +192,14 @@ def _dimension(name: str, source: str, dialect: Dialect) -> str:
     return "s." + DIMENSIONS[name]
 
 
-def spend_sql(query: SpendQuery, dialect: Dialect) -> tuple[str, list[Any]]:
+def spend_sql(
+    query: SpendQuery, dialect: Dialect, *, ledger_only: bool = False
+) -> tuple[str, list[Any]]:
     """One statement answering `query`: rows of (each dimension of `query.group_by`,
-    latency bucket, calls, input tokens, output tokens, cost, cache hits, saved USD),
-    several rows per group (one per source and bucket), for `merge`."""
+    calls, input tokens, output tokens, cost, cache hits, saved USD, then the calls in
+    each latency bucket), up to one row per group and source, for `merge`.
+    `ledger_only` reads the raw ledger alone (what a report without rollups reads; for
+    `bench/spend.py`'s comparison)."""
     args: list[Any] = []
 
     def arg(value: Any) -> str:
@@ -188,7 +208,8 @@ def spend_sql(query: SpendQuery, dialect: Dialect) -> tuple[str, list[Any]]:
 
     parts: list[str] = []
     dims = query.group_by
-    for source, start, end in segments(query):
+    sources = [("raw", query.since, query.until)] if ledger_only else segments(query)
+    for source, start, end in sources:
         columns = [_dimension(name, source, dialect) for name in dims]
         if source == "raw":
             tagged = ""
@@ -199,20 +220,21 @@ def spend_sql(query: SpendQuery, dialect: Dialect) -> tuple[str, list[Any]]:
                     else " LEFT JOIN LATERAL json_array_elements_text(l.tags::json) AS t(value)"
                     " ON true"
                 )
-            where = f"l.created >= {arg(start)} AND l.created < {arg(end)}"
+            where = f"x.created >= {arg(start)} AND x.created < {arg(end)}"
             if query.tenant is not None:
-                where += f" AND l.tenant = {arg(query.tenant)}"
+                where += f" AND x.tenant = {arg(query.tenant)}"
             select = [
                 *columns,
-                bucket_sql("l.latency_s"),
                 "count(*)",
                 "sum(l.prompt_tokens)",
                 "sum(l.completion_tokens)",
                 "sum(l.cost_usd)",
                 "sum(CASE WHEN l.cache <> '' THEN 1 ELSE 0 END)",
                 "sum(l.saved_usd)",
+                *_histogram_sums("l.b"),
             ]
-            body = f"SELECT {', '.join(select)} FROM ledger AS l{tagged} WHERE {where}"
+            rows = f"SELECT x.*, {bucket_sql('x.latency_s')} AS b FROM ledger AS x WHERE {where}"
+            body = f"SELECT {', '.join(select)} FROM ({rows}) AS l{tagged}"
         else:
             period = HOUR if source == "hour" else DAY
             where = (
@@ -221,19 +243,11 @@ def spend_sql(query: SpendQuery, dialect: Dialect) -> tuple[str, list[Any]]:
             )
             if query.tenant is not None:
                 where += f" AND s.tenant = {arg(query.tenant)}"
-            select = [
-                *columns,
-                "s.lat_bucket",
-                "sum(s.calls)",
-                "sum(s.prompt_tokens)",
-                "sum(s.completion_tokens)",
-                "sum(s.cost_usd)",
-                "sum(s.cache_hits)",
-                "sum(s.saved_usd)",
-            ]
+            select = [*columns, *(f"sum(s.{c})" for c in (*SUMS, *HISTOGRAM))]
             body = f"SELECT {', '.join(select)} FROM spend_rollup AS s WHERE {where}"
-        group = ", ".join(str(i) for i in range(1, len(dims) + 2))
-        parts.append(f"{body} GROUP BY {group}")
+        if dims:
+            body += f" GROUP BY {', '.join(str(i) for i in range(1, len(dims) + 1))}"
+        parts.append(body)
     if not parts:
         # Nothing to read; a statement that returns no row keeps callers uniform.
         return "SELECT 1 WHERE false", []
@@ -260,15 +274,19 @@ class SpendTotals:
     """Calls per latency bucket (`LATENCY_EDGES`)."""
 
     def add(self, row: Sequence[Any]) -> None:
-        """Add a row of `spend_sql` without its dimensions: bucket, then the sums."""
-        bucket, calls, prompt, completion, cost, hits, saved = row
+        """Add a row of `spend_sql` without its dimensions: the sums, then the histogram
+        (all None: a segment without rows)."""
+        calls, prompt, completion, cost, hits, saved = row[:6]
         self.calls += int(calls or 0)
         self.input_tokens += int(prompt or 0)
         self.output_tokens += int(completion or 0)
         self.cost_usd += float(cost or 0.0)
         self.cache_hits += int(hits or 0)
         self.saved_usd += float(saved or 0.0)
-        self.histogram[int(bucket)] += int(calls or 0)
+        histogram = self.histogram
+        for i, count in enumerate(row[6:]):
+            if count:
+                histogram[i] += int(count)
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from areion.store.rollups import rollup_upsert
+from areion.store.rollups import HISTOGRAM, rollup_upsert
 
 __all__ = [
     "API_KEY_COLUMNS",
@@ -133,7 +133,8 @@ LEDGER_ADDED = (
     ("variant", "TEXT NOT NULL DEFAULT ''"),
 )
 
-_LEDGER_TABLES = """
+_LEDGER_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS ledger (
     request_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
@@ -178,16 +179,20 @@ CREATE TABLE IF NOT EXISTS spend_rollup (
     route TEXT NOT NULL,
     agent TEXT NOT NULL,
     cache TEXT NOT NULL,
-    lat_bucket INTEGER NOT NULL,         -- LATENCY_EDGES
     calls INTEGER NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     cache_hits INTEGER NOT NULL,
     saved_usd REAL NOT NULL,
-    PRIMARY KEY (period, period_start, tenant, model, key_label, route, agent, cache, lat_bucket)
+    -- calls per latency bucket (rollups.LATENCY_EDGES), h0 .. h32
+"""
+    + "".join(f"    {column} INTEGER NOT NULL DEFAULT 0,\n" for column in HISTOGRAM)
+    + """
+    PRIMARY KEY (period, period_start, tenant, model, key_label, route, agent, cache)
 ) WITHOUT ROWID;
 """
+)
 
 # Also what `migrate` rebuilds the run tables from: no `;` in its comments.
 RUN_TABLES = """
