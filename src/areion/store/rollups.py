@@ -231,10 +231,12 @@ def spend_sql(
                 "sum(l.cost_usd)",
                 "sum(CASE WHEN l.cache <> '' THEN 1 ELSE 0 END)",
                 "sum(l.saved_usd)",
-                *_histogram_sums("l.b"),
+                # Grouped by bucket too: each row of the answer counts one bucket's calls.
+                *(f"CASE WHEN l.b = {i} THEN count(*) ELSE 0 END" for i in range(BUCKETS)),
             ]
             rows = f"SELECT x.*, {bucket_sql('x.latency_s')} AS b FROM ledger AS x WHERE {where}"
             body = f"SELECT {', '.join(select)} FROM ({rows}) AS l{tagged}"
+            group = [*(str(i) for i in range(1, len(dims) + 1)), "l.b"]
         else:
             period = HOUR if source == "hour" else DAY
             where = (
@@ -245,8 +247,9 @@ def spend_sql(
                 where += f" AND s.tenant = {arg(query.tenant)}"
             select = [*columns, *(f"sum(s.{c})" for c in (*SUMS, *HISTOGRAM))]
             body = f"SELECT {', '.join(select)} FROM spend_rollup AS s WHERE {where}"
-        if dims:
-            body += f" GROUP BY {', '.join(str(i) for i in range(1, len(dims) + 1))}"
+            group = [str(i) for i in range(1, len(dims) + 1)]
+        if group:
+            body += f" GROUP BY {', '.join(group)}"
         parts.append(body)
     if not parts:
         # Nothing to read; a statement that returns no row keeps callers uniform.
