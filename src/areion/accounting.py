@@ -18,7 +18,7 @@ from areion.gateway.deployments import Deployment
 from areion.pipeline import Call, EmbeddingCall, EmbeddingHandler, Handler, Result
 from areion.pricing import cost
 from areion.streaming import ChatStream
-from areion.telemetry.ledger import Ledger
+from areion.telemetry.ledger import Ledger, attribution
 from areion.telemetry.metrics import Metrics
 from areion.tokenizer import estimate_usage
 from areion.types import ChatRequest, ChatResponse, EmbeddingResponse, LedgerEntry, Usage
@@ -182,4 +182,6 @@ def _entry(
         latency_s=time.perf_counter() - call.started,
         created=time.time(),
         open=open,
+        kind="embedding" if isinstance(call, EmbeddingCall) else "chat",
+        **attribution(call.annotations, call.request.user),
     )

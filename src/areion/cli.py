@@ -1,4 +1,4 @@
-"""The `areion` command: serve, sim, keys, eval, train, --version."""
+"""The `areion` command: serve, sim, keys, report, eval, train, --version."""
 
 from __future__ import annotations
 
@@ -249,6 +249,40 @@ def _print_keys(records: Sequence[Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _report(args: argparse.Namespace) -> int:
+    return asyncio.run(_report_command(args))
+
+
+async def _report_command(args: argparse.Namespace) -> int:
+    import json
+
+    from areion import spend
+    from areion.report import build_report, parse_since, plot_report, render
+    from areion.store import open_store
+
+    config, _ = _config(args.config)
+    since, until = spend.span(
+        None if args.since is None else parse_since(args.since, "--since"),
+        None if args.until is None else parse_since(args.until, "--until"),
+    )
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError(
+                "--plot needs matplotlib, which is not installed: pip install 'areion[plot]'"
+            )
+    store = open_store(config.store)
+    try:
+        report = await build_report(store, since=since, until=until, tenant=args.tenant)
+    finally:
+        await store.aclose()
+    if args.plot:
+        plot_report(report, args.plot)
+    print(json.dumps(report) if args.json else render(report), end="\n" if args.json else "")
+    return 0
+
+
 def _eval_cache(args: argparse.Namespace) -> int:
     import json
 
@@ -427,6 +461,21 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG})")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(run=_keys)
+
+    report = commands.add_parser(
+        "report", help="spend by tenant, model and agent, cost per task, cache savings, latency"
+    )
+    report.add_argument("--config", help=f"config file (default: {_DEFAULT_CONFIG} if present)")
+    report.add_argument(
+        "--since", help="start: 7d, 12h, 30m ago, Unix seconds or ISO 8601 (default: 30d)"
+    )
+    report.add_argument("--until", help="end, in the same forms (default: now)")
+    report.add_argument("--tenant", help="only this tenant's spend")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument(
+        "--plot", metavar="FILE.png", help="also draw spend over time and cost per task"
+    )
+    report.set_defaults(run=_report)
 
     evaluate = commands.add_parser("eval", help="measure a component on labelled data")
     targets = evaluate.add_subparsers(dest="target", required=True)

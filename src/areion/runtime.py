@@ -59,7 +59,14 @@ from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
 from areion.tokenizer import count_each
-from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message
+from areion.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    LedgerEntry,
+    Message,
+)
 
 if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
     from areion.cache.embedding import Embedder
@@ -106,6 +113,15 @@ class CallOptions:
     and default priority apply."""
     priority: str | None = None
     """The lane: interactive (default) or batch; critical counts as interactive."""
+    user: str | None = None
+    """The end user the call is for (the `x-areion-user` header); else the request's
+    `user` field. Booked in the ledger."""
+    run_id: str | None = None
+    """The agent run making the call (booked in the ledger)."""
+    agent: str | None = None
+    """The name of that run's agent."""
+    session: str | None = None
+    """The session the call belongs to."""
 
 
 class Runtime:
@@ -448,6 +464,15 @@ class Runtime:
             annotations["priority"] = lane_of(priority)  # a bad value: 400
             if priority == "critical" and "tier" not in annotations:
                 annotations["tier"] = "critical"  # never moved by degraded mode
+        # Attribution for the ledger: only what was given, so a plain call pays nothing.
+        if options.user:
+            annotations["user"] = options.user
+        if options.run_id:
+            annotations["run_id"] = options.run_id
+        if options.agent:
+            annotations["agent"] = options.agent
+        if options.session:
+            annotations["session"] = options.session
 
     def _start_background(self) -> None:
         """Probes, load reports and notices, in the running loop (once)."""
@@ -497,6 +522,10 @@ class Runtime:
         tags: Sequence[str] = (),
         key: str | None = None,
         priority: str | None = None,
+        user: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
@@ -505,7 +534,7 @@ class Runtime:
         request.stream = False
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
-            priority=priority,
+            priority=priority, user=user, run_id=run_id, agent=agent, session=session,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatResponse)
@@ -522,6 +551,10 @@ class Runtime:
         tags: Sequence[str] = (),
         key: str | None = None,
         priority: str | None = None,
+        user: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived.
 
@@ -530,7 +563,7 @@ class Runtime:
         request.stream = True
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
-            priority=priority,
+            priority=priority, user=user, run_id=run_id, agent=agent, session=session,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatStream)
@@ -666,6 +699,12 @@ class Runtime:
     def cognitive_error(self, agent: str, kind: str) -> None:
         """Count a mistake of an agent's model (unknown tool, bad arguments, ...)."""
         self.metrics.cognitive_error(agent, kind)
+
+    async def book_tool(self, entry: LedgerEntry) -> None:
+        """Book a tool call's own cost (`@tool(cost_usd=...)`, `ToolResult`): counted in
+        the spend metric and committed to the ledger before the run goes on."""
+        self.metrics.cost.labels(entry.model, entry.deployment, entry.tenant).inc(entry.cost_usd)
+        await self.ledger.write(entry)
 
     async def _summarize(self, turns: Sequence[SessionTurn], previous: str | None) -> str:
         model = self.config.memory.summary_model or self.models[0]

@@ -32,7 +32,7 @@ from areion.agent.events import (
     ToolResultEvent,
     event_to_dict,
 )
-from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_result
+from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, ToolResult, render_result
 from areion.cache.plans import PlanHit, offered_plan
 from areion.errors import (
     AreionError,
@@ -45,7 +45,7 @@ from areion.store.base import Store
 from areion.store.counters import Counters, Take
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
 from areion.streaming import ChatStream, MessageAssembler
-from areion.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
+from areion.types import ChatRequest, ChatResponse, LedgerEntry, Message, ToolCall, Usage
 
 if TYPE_CHECKING:
     from areion.telemetry.tracing import Tracing
@@ -61,14 +61,32 @@ class ModelHost(Protocol):
     """What the loop needs from the runtime."""
 
     async def chat(
-        self, request: ChatRequest, *, tenant: str = "default", request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatResponse: ...
 
     async def chat_stream(
-        self, request: ChatRequest, *, tenant: str = "default", request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatStream: ...
 
     def cognitive_error(self, agent: str, kind: str) -> None: ...
+
+    async def book_tool(self, entry: LedgerEntry) -> None:
+        """Book a tool call's own cost in the ledger (committed when this returns)."""
+        ...
 
     @property
     def counters(self) -> Counters:
@@ -309,7 +327,14 @@ class RunDriver:
         if self._stream:
             message, usage, cost = await self._streamed(request, request_id, step)
         else:
-            response = await self.host.chat(request, tenant=self.run.tenant, request_id=request_id)
+            response = await self.host.chat(
+                request,
+                tenant=self.run.tenant,
+                request_id=request_id,
+                run_id=self.run.run_id,
+                agent=self.agent.name,
+                session=self.run.session,
+            )
             message = response.message.to_openai()
             usage = response.usage or Usage()
             cost = response.cost_usd or 0.0
@@ -359,7 +384,14 @@ class RunDriver:
     async def _streamed(
         self, request: ChatRequest, request_id: str, step: int
     ) -> tuple[dict[str, Any], Usage, float]:
-        stream = await self.host.chat_stream(request, tenant=self.run.tenant, request_id=request_id)
+        stream = await self.host.chat_stream(
+            request,
+            tenant=self.run.tenant,
+            request_id=request_id,
+            run_id=self.run.run_id,
+            agent=self.agent.name,
+            session=self.run.session,
+        )
         assembler = MessageAssembler()
         async for chunk in stream:
             assembler.add(chunk)
@@ -574,8 +606,15 @@ class RunDriver:
             # Written before the side effect: after a crash, the resume knows it may have
             # happened and re-runs it with the same idempotency key.
             await self.store.record_tool_call(self._record(call, "started"))
+        started = time.perf_counter()
+        # A call that ran costs what its tool declares, whether or not it succeeded
+        # (a paid API bills a failed request too); a `ToolResult` says its own cost.
+        spent = item.cost_usd or 0.0
         try:
-            text = render_result(await item.invoke(arguments, context))
+            value = await item.invoke(arguments, context)
+            if isinstance(value, ToolResult):
+                spent = value.cost_usd
+            text = render_result(value)
             error = None
         except TimeoutError:
             text, error = f"error: {call.name} timed out after {item.timeout}s", "timeout"
@@ -584,6 +623,8 @@ class RunDriver:
                 f"error: {call.name} failed: {type(failure).__name__}: {failure}",
                 ("tool_error"),
             )
+        if spent:
+            await self._book_tool(call, spent, time.perf_counter() - started)
         record = None
         if not item.idempotent:
             record = self._record(call, "done", text)
@@ -607,6 +648,31 @@ class RunDriver:
                 span, result=event.result, error=event.error, cached=event.cached
             )
             return outcome
+
+    async def _book_tool(self, call: ToolCall, amount: float, seconds: float) -> None:
+        """Book a tool call's cost against the run and its agent: a ledger row, and the
+        run's cost (checkpointed with the step's tool results)."""
+        self.run.cost_usd += amount
+        await self.host.book_tool(
+            LedgerEntry(
+                request_id=f"{self.run.run_id}:{call.id}",
+                tenant=self.run.tenant,
+                model=f"tool:{call.name}",
+                deployment="tool",
+                upstream_model=call.name,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cached_tokens=0,
+                cost_usd=amount,
+                estimated=False,
+                latency_s=seconds,
+                created=time.time(),
+                kind="tool",
+                run_id=self.run.run_id,
+                agent=self.agent.name,
+                session=self.run.session or "",
+            )
+        )
 
     async def _cooldown(self, item: Tool, arguments: dict[str, Any]) -> float:
         """Seconds until this tenant may call `item` with `arguments` again; 0: now (and

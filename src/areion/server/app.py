@@ -34,6 +34,7 @@ from areion.server.ops import OpsApi
 from areion.server.responses import ResponsesApi
 from areion.server.runs import RunsApi
 from areion.server.schema import clip, error_body, json_response, parse_chat_request
+from areion.server.spend import SpendApi
 from areion.server.sse import EventStream, chat_events
 from areion.streaming import ChatStream
 
@@ -236,6 +237,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *MessagesApi(runtime, api.identity).routes(),
             *EmbeddingsApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
+            *SpendApi(runtime, api.identity).routes(),
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),

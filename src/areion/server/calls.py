@@ -40,8 +40,8 @@ def call_options(
 ) -> CallOptions:
     """The options of a model call of `model` asked for by `request`, from tenant
     `tenant` with the key labelled `key`: a new request id of Areion's own, and the
-    client's id, cache control, tier, tags and priority from its headers. The request
-    id and model go on the request's log line."""
+    client's id, cache control, tier, tags, priority and end user from its headers. The
+    request id and model go on the request's log line."""
     # Areion's own id names the call (ledger, cache feedback): a client's id is its
     # own choice, and another tenant could choose the same one. It is kept beside.
     tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
@@ -56,6 +56,7 @@ def call_options(
         tags=[t for t in tags if t],
         key=key,
         priority=request.headers.get("x-areion-priority") or None,
+        user=request.headers.get("x-areion-user", "")[:128] or None,
     )
 
 
