@@ -32,3 +32,13 @@ not_an_agent = 42
 
 def make_looker() -> Agent:
     return Agent(name="looker", model="fast", instructions="Look it up.", tools=[lookup])
+
+
+@tool(cost_usd=0.001)
+def search(query: str) -> str:
+    """Search the web (a paid API)."""
+    return f"results for {query}"
+
+
+def make_researcher() -> Agent:
+    return Agent(name="researcher", model="fast", instructions="Search first.", tools=[search])

@@ -7,7 +7,7 @@ async with Runtime() as rt:
 """
 
 from areion._version import __version__
-from areion.agent import Agent, RunResult, Tool, ToolContext, tool
+from areion.agent import Agent, RunResult, Tool, ToolContext, ToolResult, tool
 from areion.config import Config, load_config
 from areion.errors import (
     AreionError,
@@ -63,6 +63,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolContext",
+    "ToolResult",
     "UnknownModelError",
     "UpstreamError",
     "Usage",

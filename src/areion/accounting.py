@@ -18,7 +18,7 @@ from areion.gateway.deployments import Deployment
 from areion.pipeline import Call, EmbeddingCall, EmbeddingHandler, Handler, Result
 from areion.pricing import cost
 from areion.streaming import ChatStream
-from areion.telemetry.ledger import Ledger
+from areion.telemetry.ledger import Ledger, attribution
 from areion.telemetry.metrics import Metrics
 from areion.tokenizer import estimate_usage
 from areion.types import ChatRequest, ChatResponse, EmbeddingResponse, LedgerEntry, Usage
@@ -125,7 +125,7 @@ class Accounting:
             usage = stream.usage = estimate_usage(call.request, "".join(stream.text_parts))
         if stream.cost_usd is None:
             stream.cost_usd = cost(usage, deployment.price)
-        deployment.metrics.ttft.observe(stream.ttft_s)
+        deployment.metrics.chat.ttft.observe(stream.ttft_s)
         entry = self._book(call, deployment, usage, stream.cost_usd, ok=error is None)
         self._ledger.close(entry)
 
@@ -143,7 +143,11 @@ class Accounting:
         if ok:
             metrics.ok.inc()
         entry = _entry(call, deployment, usage, amount)
-        metrics.duration.observe(entry.latency_s)
+        genai = metrics.embeddings if isinstance(call, EmbeddingCall) else metrics.chat
+        genai.duration.observe(entry.latency_s)
+        genai.input_tokens.observe(usage.prompt_tokens)
+        if not isinstance(call, EmbeddingCall):  # an embedding has no output tokens
+            genai.output_tokens.observe(usage.completion_tokens)
         metrics.input_tokens.inc(usage.prompt_tokens)
         metrics.output_tokens.inc(usage.completion_tokens)
         if usage.cached_tokens:
@@ -178,4 +182,6 @@ def _entry(
         latency_s=time.perf_counter() - call.started,
         created=time.time(),
         open=open,
+        kind="embedding" if isinstance(call, EmbeddingCall) else "chat",
+        **attribution(call.annotations, call.request.user),
     )

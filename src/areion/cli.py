@@ -1,4 +1,4 @@
-"""The `areion` command: serve, sim, keys, eval, train, --version."""
+"""The `areion` command: serve, sim, keys, report, eval, train, --version."""
 
 from __future__ import annotations
 
@@ -36,9 +36,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from areion.runtime import Runtime
     from areion.server import create_app
+    from areion.server.access import configure_access_log
     from areion.server.guard import guarded_protocol
 
     config, source = _config(args.config)
+    if args.log_format is not None:
+        server = config.server.model_copy(update={"log_format": args.log_format})
+        config = config.model_copy(update={"server": server})
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     _refuse_open(config, host, allow_open=args.allow_open)
@@ -56,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         f'"content": "Hello!"}}]}}\'',
         flush=True,
     )
+    configure_access_log(args.log_level)
     app = create_app(runtime)
     # This process is the server's own: everything built so far lives as long as it
     # does. Freezing it keeps collections to per-request garbage, and collecting young
@@ -68,7 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_level=args.log_level,
-        access_log=config.server.access_log,
+        access_log=False,  # Areion's own request line replaces uvicorn's (server/access.py)
         loop="auto",
         # httptools with deadlines for headers, bodies and idle sockets and a connection cap
         http=guarded_protocol(config.server),
@@ -83,7 +88,7 @@ def _serve_workers(
     """N processes on one port (uvicorn's workers), sharing the configured backends."""
     import uvicorn
 
-    from areion.server.worker import CONFIG_ENV
+    from areion.server.worker import CONFIG_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV
 
     if config.store.startswith("sqlite") or config.shared is None:
         raise ConfigError(
@@ -95,6 +100,8 @@ def _serve_workers(
     if args.config is None and source != _DEFAULT_CONFIG:
         raise ConfigError("--workers needs a config file (--config FILE)")
     os.environ[CONFIG_ENV] = str(Path(args.config or _DEFAULT_CONFIG).resolve())
+    os.environ[LOG_FORMAT_ENV] = config.server.log_format
+    os.environ[LOG_LEVEL_ENV] = args.log_level
     print(
         f"Areion {__version__} serving http://{host}:{port} with {source}, {args.workers} workers",
         flush=True,
@@ -106,7 +113,7 @@ def _serve_workers(
         host=host,
         port=port,
         log_level=args.log_level,
-        access_log=config.server.access_log,
+        access_log=False,
         loop="auto",
         http="areion.server.worker:protocol",
         timeout_graceful_shutdown=10,
@@ -240,6 +247,40 @@ def _print_keys(records: Sequence[Any]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _report(args: argparse.Namespace) -> int:
+    return asyncio.run(_report_command(args))
+
+
+async def _report_command(args: argparse.Namespace) -> int:
+    import json
+
+    from areion import spend
+    from areion.report import build_report, parse_since, plot_report, render
+    from areion.store import open_store
+
+    config, _ = _config(args.config)
+    since, until = spend.span(
+        None if args.since is None else parse_since(args.since, "--since"),
+        None if args.until is None else parse_since(args.until, "--until"),
+    )
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError(
+                "--plot needs matplotlib, which is not installed: pip install 'areion[plot]'"
+            )
+    store = open_store(config.store)
+    try:
+        report = await build_report(store, since=since, until=until, tenant=args.tenant)
+    finally:
+        await store.aclose()
+    if args.plot:
+        plot_report(report, args.plot)
+    print(json.dumps(report) if args.json else render(report), end="\n" if args.json else "")
+    return 0
 
 
 def _eval_cache(args: argparse.Namespace) -> int:
@@ -382,6 +423,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("AREION_LOG_LEVEL", "info"),
         choices=["critical", "error", "warning", "info", "debug"],
     )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="the request lines' format (default: server.log_format, text); "
+        "server.access_log: false turns them off",
+    )
     serve.set_defaults(run=_serve)
 
     sim = commands.add_parser("sim", help="run the simulated model server")
@@ -414,6 +461,21 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG})")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(run=_keys)
+
+    report = commands.add_parser(
+        "report", help="spend by tenant, model and agent, cost per task, cache savings, latency"
+    )
+    report.add_argument("--config", help=f"config file (default: {_DEFAULT_CONFIG} if present)")
+    report.add_argument(
+        "--since", help="start: 7d, 12h, 30m ago, Unix seconds or ISO 8601 (default: 30d)"
+    )
+    report.add_argument("--until", help="end, in the same forms (default: now)")
+    report.add_argument("--tenant", help="only this tenant's spend")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument(
+        "--plot", metavar="FILE.png", help="also draw spend over time and cost per task"
+    )
+    report.set_defaults(run=_report)
 
     evaluate = commands.add_parser("eval", help="measure a component on labelled data")
     targets = evaluate.add_subparsers(dest="target", required=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ __all__ = [
     "RunsConfig",
     "ServerConfig",
     "TenantConfig",
+    "TracingConfig",
     "default_config",
     "load_config",
 ]
@@ -540,7 +542,10 @@ class ServerConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    access_log: bool = False
+    # One line per request on the `areion.access` logger (server/access.py): request id,
+    # tenant, key label, model, deployment, status, latency, cost, cache; text or json.
+    access_log: bool = True
+    log_format: Literal["text", "json"] = "text"
     # A larger request body is answered 413 (it bounds the memory and the time one
     # request may take to parse and count).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
@@ -557,6 +562,45 @@ class ServerConfig(_Strict):
     # With no auth configured, `areion serve` refuses a host beyond loopback unless
     # this (or --allow-open) says to run open on purpose.
     allow_open: bool = False
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (the `tracing` extra), exported over OTLP HTTP/protobuf.
+
+    A field left unset takes its standard `OTEL_*` environment variable, as any
+    OpenTelemetry SDK does: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (or
+    OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces), OTEL_EXPORTER_OTLP_(TRACES_)HEADERS,
+    OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG).
+    """
+
+    # None: on when an OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    # variable is set. OTEL_SDK_DISABLED=true turns it off whatever this says.
+    enabled: bool | None = None
+    # The collector's OTLP/HTTP base URL (http://collector:4318); /v1/traces is added
+    # unless the URL already ends with it.
+    endpoint: str | None = None
+    # Sent with every export (a vendor's API key): secrets, never logged.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    service_name: str | None = None
+    # The share of new traces recorded (a trace continued from a caller follows the
+    # caller's decision); None: OTEL_TRACES_SAMPLER, else every trace.
+    sample_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Prompts, completions, tool arguments and results on the spans. Off by default:
+    # they may hold personal data, and a trace backend is rarely the place for it.
+    capture_content: bool = False
+    # How long one export may take before it is dropped.
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    def active(self, environ: Mapping[str, str] | None = None) -> bool:
+        """Whether traces are on, given the environment (`os.environ` by default)."""
+        env = os.environ if environ is None else environ
+        if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return False
+        if self.enabled is not None:
+            return self.enabled
+        return bool(
+            env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        )
 
 
 class Config(_Strict):
@@ -583,6 +627,7 @@ class Config(_Strict):
     lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
     experiments: list[ExperimentConfig] = Field(default_factory=list)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     def _check_local(self) -> set[str]:
         """The groups of `provider: local` (embeddings only); none may have deployments of

@@ -28,7 +28,13 @@ from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config,
 from areion.control import Admission
 from areion.control.keys import KeyRing
 from areion.control.lanes import LaneLimits, Lanes, lane_of
-from areion.errors import BackendUnavailableError, RequestError, UnknownModelError
+from areion.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    LimitError,
+    RequestError,
+    UnknownModelError,
+)
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
 from areion.gateway.fleet import Fleet
@@ -44,6 +50,7 @@ from areion.pipeline import (
     compose_embedding,
 )
 from areion.pricing import PriceBound, price_bound
+from areion.providers.base import HttpTransport
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.counters import Counters, FailOpenCounters
@@ -52,11 +59,19 @@ from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
 from areion.tokenizer import count_each
-from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message
+from areion.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    LedgerEntry,
+    Message,
+)
 
 if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
     from areion.cache.embedding import Embedder
     from areion.cache.semantic import SemanticCache
+    from areion.telemetry.tracing import Tracing
 
 __all__ = ["CallOptions", "Runtime"]
 
@@ -98,6 +113,15 @@ class CallOptions:
     and default priority apply."""
     priority: str | None = None
     """The lane: interactive (default) or batch; critical counts as interactive."""
+    user: str | None = None
+    """The end user the call is for (the `x-areion-user` header); else the request's
+    `user` field. Booked in the ledger."""
+    run_id: str | None = None
+    """The agent run making the call (booked in the ledger)."""
+    agent: str | None = None
+    """The name of that run's agent."""
+    session: str | None = None
+    """The session the call belongs to."""
 
 
 class Runtime:
@@ -118,7 +142,11 @@ class Runtime:
         self.config = config or default_config()
         self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
-        self.metrics = Metrics()
+        # Label values: only configured names; anything else is counted as `other`.
+        self.metrics = Metrics(
+            models=[m.name for m in self.config.models] + [r.name for r in self.config.routes],
+            tenants=[t.name for t in self.config.all_tenants],
+        )
         self.store = store or open_store(self.config.store)
         self.shared = shared or open_shared(self.config.shared)
         counters = self.shared.counters
@@ -131,6 +159,11 @@ class Runtime:
         self._max_pending = self.config.ledger.max_pending_rows
         groups = build_groups(self.config, self.metrics, embedder=lambda: self.embedder)
         self.gateway = Gateway(self.config, groups, self.metrics)
+        self.tracing: Tracing | None = None
+        """OpenTelemetry traces (`tracing:` in the config); None when off, and then
+        nothing of OpenTelemetry is imported."""
+        if self.config.tracing.active():
+            self._start_tracing()
         if not isinstance(self.shared, LocalShared):
             # Replicas: breakers, cooldowns, load and capped slots are shared.
             self.gateway.fleet = Fleet(self.shared, self.gateway.deployments)
@@ -155,10 +188,15 @@ class Runtime:
             plans=self._make_plan_cache,  # called when an agent with plan_cache first runs
             shared=self.shared,
             lease_ttl_s=self.config.runs.lease_ttl_s,
+            tracing=self.tracing,
+            on_drive=self.metrics.agent_drive,
         )
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)
         stages: list[Stage] = []
+        if self.tracing is not None:
+            # Outermost: a refused call (429, 402) and a cache hit have their span too.
+            stages.append(self.tracing.stage())
         # Admission first: a cache hit still counts as a request and is reconciled to 0.
         # Always there: a key made in the store later may carry limits or a model list
         # (a call with nothing to check passes straight through).
@@ -219,9 +257,8 @@ class Runtime:
         )
         stages.append(accounting)
         self.lanes = self._make_lanes()
-        if self.lanes is not None:
-            # Last: hits and routing take no slot, and the gateway's retries hold one.
-            stages.append(self.lanes)
+        # Last: hits and routing take no slot, and the gateway's retries hold one.
+        stages.append(self.lanes)
         self._handler = compose(stages, self._terminal)
         self._embedding_handler = self._embedding_path(accounting)
         self._started = False
@@ -231,6 +268,21 @@ class Runtime:
         # collected or at exit at the latest (billed rows are written before their
         # answers leave; what is buffered is free rows and closings of open streams).
         self._unclosed = weakref.finalize(self, _write_unclosed, self.ledger)
+
+    def _start_tracing(self) -> None:
+        try:
+            from areion.telemetry.tracing import Tracing
+        except ImportError as error:
+            raise ConfigError(
+                f"tracing is on (tracing.enabled, or an OTEL_EXPORTER_OTLP_*ENDPOINT variable) "
+                f"but OpenTelemetry is not installed ({error.name}): pip install 'areion[tracing]'"
+            ) from None
+        self.tracing = Tracing(self.config.tracing, self.gateway.deployments)
+        for deployment in self.gateway.deployments.values():
+            transport = getattr(deployment.provider, "http", None)
+            if isinstance(transport, HttpTransport):
+                # Upstream calls carry the call's span as their `traceparent`.
+                transport.propagate = self.tracing.propagate
 
     def _price_bounds(self) -> dict[str, PriceBound]:
         """The dearest price each model name bills on its first try: its group's dearest
@@ -313,15 +365,17 @@ class Runtime:
     def _learned_policy(self, route: RouteConfig) -> Policy:
         return LearnedPolicy.load(route, lambda: self.embedder)
 
-    def _make_lanes(self) -> Lanes | None:
-        """Lanes for the groups whose every deployment sets max_concurrency, if any."""
+    def _make_lanes(self) -> Lanes:
+        """Lanes capping the groups whose every deployment sets max_concurrency; the
+        others are only counted (calls in flight per lane, for the gauges)."""
         capacities = {
-            name: sum(d.config.max_concurrency or 0 for d in group.deployments)
+            name: (
+                sum(d.config.max_concurrency or 0 for d in group.deployments)
+                if all(d.config.max_concurrency for d in group.deployments)
+                else None
+            )
             for name, group in self.gateway.groups.items()
-            if all(d.config.max_concurrency for d in group.deployments)
         }
-        if not capacities:
-            return None
         lanes = self.config.lanes
 
         def limits(config: LaneLimitsConfig) -> LaneLimits:
@@ -410,6 +464,15 @@ class Runtime:
             annotations["priority"] = lane_of(priority)  # a bad value: 400
             if priority == "critical" and "tier" not in annotations:
                 annotations["tier"] = "critical"  # never moved by degraded mode
+        # Attribution for the ledger: only what was given, so a plain call pays nothing.
+        if options.user:
+            annotations["user"] = options.user
+        if options.run_id:
+            annotations["run_id"] = options.run_id
+        if options.agent:
+            annotations["agent"] = options.agent
+        if options.session:
+            annotations["session"] = options.session
 
     def _start_background(self) -> None:
         """Probes, load reports and notices, in the running loop (once)."""
@@ -439,7 +502,14 @@ class Runtime:
         """The answer to `request` in the shape it asks for: a `ChatStream` when
         `request.stream` is set (returned once its first chunk has arrived), else a
         `ChatResponse`."""
-        return await self._handler(self._begin(request, options))
+        call = self._begin(request, options)
+        model = request.model  # the name asked for; a route retargets the call
+        try:
+            return await self._handler(call)
+        except LimitError as error:
+            # Counted here: admission refuses before accounting sees the call.
+            self.metrics.refusal(model, error.code)
+            raise
 
     async def chat(
         self,
@@ -452,6 +522,10 @@ class Runtime:
         tags: Sequence[str] = (),
         key: str | None = None,
         priority: str | None = None,
+        user: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
@@ -460,7 +534,7 @@ class Runtime:
         request.stream = False
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
-            priority=priority,
+            priority=priority, user=user, run_id=run_id, agent=agent, session=session,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatResponse)
@@ -477,6 +551,10 @@ class Runtime:
         tags: Sequence[str] = (),
         key: str | None = None,
         priority: str | None = None,
+        user: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived.
 
@@ -485,7 +563,7 @@ class Runtime:
         request.stream = True
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
-            priority=priority,
+            priority=priority, user=user, run_id=run_id, agent=agent, session=session,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatStream)
@@ -496,6 +574,8 @@ class Runtime:
     def _embedding_path(self, accounting: Accounting) -> EmbeddingHandler:
         """The embeddings chain: the stages that apply to them, around `Gateway.embed`."""
         stages: list[EmbeddingStage] = [self.admission]
+        if self.tracing is not None:
+            stages.insert(0, self.tracing.stage())
         self.embedding_cache: EmbeddingCache | None = None
         if self.config.cache.embeddings.enabled:
             self.embedding_cache = EmbeddingCache(
@@ -503,8 +583,7 @@ class Runtime:
             )
             stages.append(self.embedding_cache)
         stages.append(accounting)
-        if self.lanes is not None:
-            stages.append(self.lanes)
+        stages.append(self.lanes)
         if any(not group.chats for group in self.gateway.groups.values()):
             _ = self.embedder  # provider local: load the model now, not on a first request
         return compose_embedding(stages, self._embed_terminal)
@@ -552,7 +631,11 @@ class Runtime:
             started=time.perf_counter(),
         )
         self._annotate(call.annotations, options)
-        return await self._embedding_handler(call)
+        try:
+            return await self._embedding_handler(call)
+        except LimitError as error:
+            self.metrics.refusal(request.model, error.code)
+            raise
 
     # -- agents -------------------------------------------------------------------
 
@@ -615,7 +698,13 @@ class Runtime:
 
     def cognitive_error(self, agent: str, kind: str) -> None:
         """Count a mistake of an agent's model (unknown tool, bad arguments, ...)."""
-        self.metrics.cognitive_errors.labels(agent, kind).inc()
+        self.metrics.cognitive_error(agent, kind)
+
+    async def book_tool(self, entry: LedgerEntry) -> None:
+        """Book a tool call's own cost (`@tool(cost_usd=...)`, `ToolResult`): counted in
+        the spend metric and committed to the ledger before the run goes on."""
+        self.metrics.cost.labels(entry.model, entry.deployment, entry.tenant).inc(entry.cost_usd)
+        await self.ledger.write(entry)
 
     async def _summarize(self, turns: Sequence[SessionTurn], previous: str | None) -> str:
         model = self.config.memory.summary_model or self.models[0]
@@ -657,6 +746,9 @@ class Runtime:
         await self.gateway.aclose()
         await self.store.aclose()
         await self.shared.aclose()
+        if self.tracing is not None:
+            # Every span has ended by now (streams are closed): export them, then stop.
+            await asyncio.to_thread(self.tracing.shutdown)
         if self.agents.plans is not None:
             self.agents.plans.close()
         if self.semantic_cache is not None:

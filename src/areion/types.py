@@ -373,6 +373,27 @@ class LedgerEntry:
     closed with the real figures when the stream ends (a crash leaves it open)."""
     client_request_id: str = ""
     """The client's own id of the request (`x-request-id`), if it gave one."""
+    kind: str = "chat"
+    """What was paid for: `chat` (a model call or its cache hit), `embedding`, or `tool`
+    (a tool call's own cost, booked by the agent loop)."""
+    key_label: str = ""
+    """The label of the API key that asked, if any."""
+    route: str = ""
+    """The route (virtual model) asked for, if any; `model` is then the group it chose."""
+    route_reason: str = ""
+    """Why the route chose that group (`rule:...`, `learned`, `cascade_accept`...)."""
+    run_id: str = ""
+    """The agent run that made the call, if any."""
+    agent: str = ""
+    """The name of that run's agent."""
+    session: str = ""
+    """The session the call belongs to, if any."""
+    end_user: str = ""
+    """The end user (the request's `user` field, or the `x-areion-user` header)."""
+    tags: tuple[str, ...] = ()
+    """The request's tags (`x-areion-tags`)."""
+    variant: str = ""
+    """The experiment variant the call was served by; empty outside experiments."""
 
 
 # -- embeddings ---------------------------------------------------------------------

@@ -7,8 +7,10 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import openai
@@ -17,15 +19,18 @@ import pytest
 from tests.support import free_port, wait_for_port
 
 AREION = [sys.executable, "-m", "areion.cli"]
+OUTPUTS: dict[int, IO[bytes]] = {}  # each started process's output, by pid
 
 
 def start(args: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        AREION + args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+    # Output to a file, not a pipe nobody reads while the server runs: a server logs a
+    # line per request and would block once a pipe's buffer is full.
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
+    process = subprocess.Popen(
+        AREION + args, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
+    OUTPUTS[process.pid] = output
+    return process
 
 
 def wait_ready(process: subprocess.Popen[bytes], port: int) -> None:
@@ -38,11 +43,13 @@ def wait_ready(process: subprocess.Popen[bytes], port: int) -> None:
 def stop(process: subprocess.Popen[bytes]) -> str:
     process.terminate()
     try:
-        out, _ = process.communicate(timeout=15)
+        process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         process.kill()
-        out, _ = process.communicate()
-    return out.decode(errors="replace")
+        process.wait()
+    with OUTPUTS.pop(process.pid) as output:
+        output.seek(0)
+        return output.read().decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +173,13 @@ def test_ledger_and_metrics_after_calls(areion: str) -> None:
         r"[0-9.e-]+",
         metrics,
     )
-    assert "gen_ai_server_time_to_first_token_seconds_bucket" in metrics
+    assert "gen_ai_client_operation_time_to_first_chunk_seconds_bucket" in metrics
+    assert re.search(
+        r'gen_ai_client_token_usage_count\{deployment="fast/sim-fast(#2)?",'
+        r'gen_ai_operation_name="chat",gen_ai_provider_name="openai",'
+        r'gen_ai_request_model="fast",gen_ai_token_type="output"\} [1-9]',
+        metrics,
+    )
 
 
 def test_invalid_config_fails_at_start_naming_the_field(tmp_path: Path) -> None:

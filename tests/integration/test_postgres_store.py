@@ -37,6 +37,7 @@ pytest.importorskip("asyncpg")  # a dev dependency; the contract tests fail unde
 from areion.store.postgres import PostgresStore
 from areion.store.postgres_pool import postgres_settings
 from areion.store.postgres_schema import MIGRATIONS, VERSION, WRITE
+from areion.store.rollups import SpendQuery
 
 
 def _entry(request_id: str, **fields: Any) -> LedgerEntry:
@@ -198,6 +199,7 @@ async def test_a_batch_sent_twice_is_applied_once(url: str) -> None:
     batch = uuid.uuid4()
     row = (
         "r", "team-a", "fast", "d", "u", 1, 2, 0, 0.5, False, 0.1, 1.0, "", 0.0, 0.0, False, "",
+        "chat", "", "", "", "", "", "", "", "[]", "",
     )  # fmt: skip
     arguments = [batch, 0.0, None, None, None, None, None, None, None, [row], None, None]
 
@@ -256,6 +258,8 @@ def _every_method(store: Store) -> dict[str, Callable[[], Awaitable[Any]]]:
         "revoke_key": lambda: store.revoke_key("k"),
         "put_response": lambda: store.put_response(response),
         "get_response": lambda: store.get_response("t", "resp_1"),
+        "spend": lambda: store.spend(SpendQuery(group_by=("tenant",), since=0.0, until=1.0)),
+        "run_stats": lambda: store.run_stats(since=0.0, until=1.0),
     }
 
 

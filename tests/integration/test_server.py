@@ -281,7 +281,15 @@ async def test_models_health_and_metrics(server: Any) -> None:
     }
     labels = (("deployment", "fast/gpt-test"), ("model", "fast"))
     assert samples[("areion_requests_total", (*labels, ("outcome", "ok")))] == 1
-    assert samples[("gen_ai_client_operation_duration_seconds_count", labels)] == 1
+    genai = (
+        ("deployment", "fast/gpt-test"),
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_provider_name", "openai"),
+        ("gen_ai_request_model", "fast"),
+    )
+    assert samples[("gen_ai_client_operation_duration_seconds_count", genai)] == 1
+    input_tokens = (*genai, ("gen_ai_token_type", "input"))
+    assert samples[("gen_ai_client_token_usage_sum", input_tokens)] == 11
     assert samples[("areion_tokens_total", (*labels, ("type", "output")))] == 7
     cost_key = (
         "areion_cost_usd_total",

@@ -463,3 +463,21 @@ async def test_queue_wait_depth_and_shedding_are_exported() -> None:
         text
     )
     assert 'areion_lane_capacity{model="m"} 1.0' in text
+
+
+async def test_a_group_without_a_cap_is_counted_but_never_queued() -> None:
+    registry = CollectorRegistry()
+    lanes, backend = Lanes({"m": None}, registry=registry), Backend()
+    tasks = [spawn(lanes, backend, new_call(priority=p)) for p in ("batch", None, None)]
+    await settle()
+    assert backend.in_flight == 3  # nothing waits
+    text = generate_latest(registry).decode()
+    assert 'areion_lane_in_flight{lane="interactive",model="m"} 2.0' in text
+    assert 'areion_lane_in_flight{lane="batch",model="m"} 1.0' in text
+    assert 'areion_lane_queued{lane="interactive",model="m"} 0.0' in text
+    assert "areion_lane_capacity{" not in text  # no cap to report
+    assert "m" not in lanes
+    await drain(lanes, backend, tasks)
+    text = generate_latest(registry).decode()
+    assert 'areion_lane_in_flight{lane="interactive",model="m"} 0.0' in text
+    assert 'areion_lane_in_flight{lane="batch",model="m"} 0.0' in text

@@ -39,6 +39,7 @@ PUBLIC_API = [
     "ToolCall",
     "ToolCallDelta",
     "ToolContext",
+    "ToolResult",
     "UnknownModelError",
     "UpstreamError",
     "Usage",

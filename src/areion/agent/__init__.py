@@ -14,7 +14,7 @@ from areion.agent.events import (
 )
 from areion.agent.loop import RunResult
 from areion.agent.runner import RunNotFoundError
-from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, tool
+from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, ToolResult, tool
 
 __all__ = [
     "Agent",
@@ -31,6 +31,7 @@ __all__ = [
     "ToolArgumentsError",
     "ToolCallEvent",
     "ToolContext",
+    "ToolResult",
     "ToolResultEvent",
     "tool",
 ]

@@ -15,7 +15,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -32,7 +32,7 @@ from areion.agent.events import (
     ToolResultEvent,
     event_to_dict,
 )
-from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, render_result
+from areion.agent.tools import Tool, ToolArgumentsError, ToolContext, ToolResult, render_result
 from areion.cache.plans import PlanHit, offered_plan
 from areion.errors import (
     AreionError,
@@ -45,7 +45,10 @@ from areion.store.base import Store
 from areion.store.counters import Counters, Take
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
 from areion.streaming import ChatStream, MessageAssembler
-from areion.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
+from areion.types import ChatRequest, ChatResponse, LedgerEntry, Message, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from areion.telemetry.tracing import Tracing
 
 __all__ = ["ModelHost", "RunDriver", "RunResult"]
 
@@ -58,14 +61,32 @@ class ModelHost(Protocol):
     """What the loop needs from the runtime."""
 
     async def chat(
-        self, request: ChatRequest, *, tenant: str = "default", request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatResponse: ...
 
     async def chat_stream(
-        self, request: ChatRequest, *, tenant: str = "default", request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str = "default",
+        request_id: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
     ) -> ChatStream: ...
 
     def cognitive_error(self, agent: str, kind: str) -> None: ...
+
+    async def book_tool(self, entry: LedgerEntry) -> None:
+        """Book a tool call's own cost in the ledger (committed when this returns)."""
+        ...
 
     @property
     def counters(self) -> Counters:
@@ -156,8 +177,11 @@ class RunDriver:
         tool_cache: dict[str, tuple[float, str]] | None = None,
         on_finish: Callable[[RunRecord], Any] | None = None,
         fence: int = 0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.host = host
+        self.tracing = tracing
+        """Traces (an `execute_tool` span per tool call), when on."""
         self.fence = fence
         """The driver's fencing token (its lease's): its checkpoints carry it."""
         self.store = store
@@ -303,7 +327,14 @@ class RunDriver:
         if self._stream:
             message, usage, cost = await self._streamed(request, request_id, step)
         else:
-            response = await self.host.chat(request, tenant=self.run.tenant, request_id=request_id)
+            response = await self.host.chat(
+                request,
+                tenant=self.run.tenant,
+                request_id=request_id,
+                run_id=self.run.run_id,
+                agent=self.agent.name,
+                session=self.run.session,
+            )
             message = response.message.to_openai()
             usage = response.usage or Usage()
             cost = response.cost_usd or 0.0
@@ -353,7 +384,14 @@ class RunDriver:
     async def _streamed(
         self, request: ChatRequest, request_id: str, step: int
     ) -> tuple[dict[str, Any], Usage, float]:
-        stream = await self.host.chat_stream(request, tenant=self.run.tenant, request_id=request_id)
+        stream = await self.host.chat_stream(
+            request,
+            tenant=self.run.tenant,
+            request_id=request_id,
+            run_id=self.run.run_id,
+            agent=self.agent.name,
+            session=self.run.session,
+        )
         assembler = MessageAssembler()
         async for chunk in stream:
             assembler.add(chunk)
@@ -446,7 +484,9 @@ class RunDriver:
 
             async def run_one(entry: tuple[ToolCall, Tool, dict[str, Any]]) -> _Outcome:
                 async with semaphore:
-                    return await self._invoke(*entry, step=step)
+                    if self.tracing is None:
+                        return await self._invoke(*entry, step=step)
+                    return await self._traced(*entry, step=step)
 
             outcomes.extend(await asyncio.gather(*(run_one(entry) for entry in runnable)))
         for outcome in outcomes:
@@ -566,8 +606,15 @@ class RunDriver:
             # Written before the side effect: after a crash, the resume knows it may have
             # happened and re-runs it with the same idempotency key.
             await self.store.record_tool_call(self._record(call, "started"))
+        started = time.perf_counter()
+        # A call that ran costs what its tool declares, whether or not it succeeded
+        # (a paid API bills a failed request too); a `ToolResult` says its own cost.
+        spent = item.cost_usd or 0.0
         try:
-            text = render_result(await item.invoke(arguments, context))
+            value = await item.invoke(arguments, context)
+            if isinstance(value, ToolResult):
+                spent = value.cost_usd
+            text = render_result(value)
             error = None
         except TimeoutError:
             text, error = f"error: {call.name} timed out after {item.timeout}s", "timeout"
@@ -576,6 +623,8 @@ class RunDriver:
                 f"error: {call.name} failed: {type(failure).__name__}: {failure}",
                 ("tool_error"),
             )
+        if spent:
+            await self._book_tool(call, spent, time.perf_counter() - started)
         record = None
         if not item.idempotent:
             record = self._record(call, "done", text)
@@ -583,6 +632,47 @@ class RunDriver:
         elif cache_key is not None and error is None:
             await self._remember(cache_key, text, item.cache_ttl or 0.0)
         return self._outcome(call, step, text, error=error, record=record)
+
+    async def _traced(
+        self, call: ToolCall, item: Tool, arguments: dict[str, Any], *, step: int
+    ) -> _Outcome:
+        """`_invoke` inside the call's `execute_tool` span (each call of a parallel batch
+        runs in its own task, so each span is a child of the run's)."""
+        assert self.tracing is not None
+        with self.tracing.execute_tool(
+            name=call.name, call_id=call.id, arguments=call.arguments
+        ) as span:
+            outcome = await self._invoke(call, item, arguments, step=step)
+            event = outcome.event
+            self.tracing.tool_done(
+                span, result=event.result, error=event.error, cached=event.cached
+            )
+            return outcome
+
+    async def _book_tool(self, call: ToolCall, amount: float, seconds: float) -> None:
+        """Book a tool call's cost against the run and its agent: a ledger row, and the
+        run's cost (checkpointed with the step's tool results)."""
+        self.run.cost_usd += amount
+        await self.host.book_tool(
+            LedgerEntry(
+                request_id=f"{self.run.run_id}:{call.id}",
+                tenant=self.run.tenant,
+                model=f"tool:{call.name}",
+                deployment="tool",
+                upstream_model=call.name,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cached_tokens=0,
+                cost_usd=amount,
+                estimated=False,
+                latency_s=seconds,
+                created=time.time(),
+                kind="tool",
+                run_id=self.run.run_id,
+                agent=self.agent.name,
+                session=self.run.session or "",
+            )
+        )
 
     async def _cooldown(self, item: Tool, arguments: dict[str, Any]) -> float:
         """Seconds until this tenant may call `item` with `arguments` again; 0: now (and

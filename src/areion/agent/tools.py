@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from areion.errors import ConfigError
 
-__all__ = ["Tool", "ToolArgumentsError", "ToolContext", "render_result", "tool"]
+__all__ = ["Tool", "ToolArgumentsError", "ToolContext", "ToolResult", "render_result", "tool"]
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -37,6 +38,24 @@ class ToolContext:
     """Who the run belongs to."""
     idempotency_key: str
     """Stable across retries and resumes of this call: pass it to the side effect."""
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class ToolResult:
+    """What a tool returns when a call's cost is its own to say (a paid API's price for
+    this request): the model reads `value`; `cost_usd` is booked in the ledger against
+    the run and its agent, in place of the tool's declared `cost_usd`."""
+
+    value: Any
+    """The result the model reads (a string as it is, anything else as JSON)."""
+    cost_usd: float
+    """What this call cost, in USD."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.cost_usd) and self.cost_usd >= 0):
+            raise ValueError(
+                f"ToolResult.cost_usd must be a finite amount >= 0, got {self.cost_usd}"
+            )
 
 
 class ToolArgumentsError(ValueError):
@@ -94,7 +113,10 @@ class Tool:
         requires_approval: bool = False,
         timeout: float = 30.0,
         cooldown_s: float | None = None,
+        cost_usd: float | None = None,
     ) -> None:
+        if cost_usd is not None and not (math.isfinite(cost_usd) and cost_usd >= 0):
+            raise ConfigError(f"tool {fn.__name__}: cost_usd must be >= 0, got {cost_usd}")
         if cooldown_s is not None and not cooldown_s > 0:
             raise ConfigError(f"tool {fn.__name__}: cooldown_s must be > 0, got {cooldown_s}")
         if cache_ttl is not None and not idempotent:
@@ -113,6 +135,7 @@ class Tool:
         self.requires_approval = requires_approval
         self.timeout = timeout
         self.cooldown_s = cooldown_s
+        self.cost_usd = cost_usd
         self.is_async = inspect.iscoroutinefunction(fn)
         hints = get_type_hints(fn)
         fields: dict[str, Any] = {}
@@ -185,6 +208,8 @@ class Tool:
 
 def render_result(value: Any) -> str:
     """A tool's return value as the text the model reads."""
+    if isinstance(value, ToolResult):
+        value = value.value
     if isinstance(value, str):
         return value
     return orjson.dumps(value, default=str).decode()
@@ -202,6 +227,7 @@ def tool(
     requires_approval: bool = False,
     timeout: float = 30.0,
     cooldown_s: float | None = None,
+    cost_usd: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -214,6 +240,7 @@ def tool(
     requires_approval: bool = False,
     timeout: float = 30.0,
     cooldown_s: float | None = None,
+    cost_usd: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a function an agent tool: `@tool` or `@tool(cache_ttl=60, ...)`.
 
@@ -221,7 +248,9 @@ def tool(
     `idempotent=False` marks a side effect: never cached, recorded before and after
     it runs, and given a stable idempotency key; `requires_approval` pauses the run
     until a human approves the call; `cooldown_s` is the least time between two calls
-    of the same tenant with the same arguments (sooner, the model is told to wait).
+    of the same tenant with the same arguments (sooner, the model is told to wait);
+    `cost_usd` is what one call costs (a paid API), booked in the ledger against the
+    run and counted in its cost (a call that returns a `ToolResult` says its own).
     """
 
     def make(function: Callable[..., Any]) -> Tool:
@@ -234,6 +263,7 @@ def tool(
             requires_approval=requires_approval,
             timeout=timeout,
             cooldown_s=cooldown_s,
+            cost_usd=cost_usd,
         )
 
     if fn is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from areion.pipeline import Call, EmbeddingCall, Result
 from areion.streaming import ChatStream, MessageAssembler
-from areion.telemetry.ledger import Ledger
+from areion.telemetry.ledger import Ledger, attribution
 from areion.telemetry.metrics import Metrics
 from areion.types import (
     ChatResponse,
@@ -192,6 +192,8 @@ def free_entry(
         estimated=False,
         latency_s=time.perf_counter() - call.started,
         created=time.time(),
+        kind="embedding" if isinstance(call, EmbeddingCall) else "chat",
+        **attribution(call.annotations, call.request.user),
         **fields,
     )
 

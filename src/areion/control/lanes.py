@@ -28,7 +28,9 @@ will have drained: calls queued ahead x the recent slot-holding time / slots.
 
 Lanes live on one event loop; nothing awaits between a check and its update, so
 no lock is needed. Metrics are read at scrape time from plain counters, so the
-hot path pays nothing for them.
+hot path pays nothing for them. A group without a cap is counted too (its calls in
+flight per lane, a few integer operations a call; it never queues), so the queue
+depth and in-flight gauges cover every model group.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import asyncio
 import bisect
 import heapq
 import math
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -280,7 +283,7 @@ class _Group:
     def __init__(
         self,
         name: str,
-        capacity: int,
+        capacity: int | None,
         *,
         batch_limit: int,
         interactive: LaneLimits,
@@ -292,7 +295,9 @@ class _Group:
     ) -> None:
         self.name = name
         self.clock = clock
-        self.capacity = capacity
+        self.limited = capacity is not None
+        """False: a group only counted, never queued (no cap)."""
+        self.capacity = capacity if capacity is not None else sys.maxsize
         self.batch_limit = batch_limit
         self.max_queued = max_queued
         self.batch_every = batch_every
@@ -327,7 +332,7 @@ class _Group:
             self.batch_active += 1
         self.active += 1
         self.immediate[lane] += 1
-        return Slot(self, lane, self.clock(), 0.0)
+        return Slot(self, lane, self.clock() if self.limited else 0.0, 0.0)
 
     async def wait(self, tenant: str, lane: Priority) -> Slot:
         """Queue for a slot; raises `OverloadedError` if the call is shed."""
@@ -415,6 +420,8 @@ class _Group:
         self.active -= 1
         if slot.lane == "batch":
             self.batch_active -= 1
+        if not self.limited:
+            return  # nobody ever waits: no service time to estimate
         held = self.clock() - slot._started
         if self._measured:
             self.service_s += _EWMA * (held - self.service_s)
@@ -474,7 +481,7 @@ class Lanes:
 
     def __init__(
         self,
-        capacities: Mapping[str, int],
+        capacities: Mapping[str, int | None],
         *,
         interactive: LaneLimits = DEFAULT_INTERACTIVE,
         batch: LaneLimits = DEFAULT_BATCH,
@@ -485,7 +492,8 @@ class Lanes:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Lanes for the model groups in `capacities` (calls in flight at once, per group).
+        """Lanes for the model groups in `capacities` (calls in flight at once, per group;
+        None: not capped, only counted for the gauges).
 
         `interactive`, `batch`: each lane's queue bounds (per group). `max_queued`: both
         lanes together, per group; an interactive arrival that finds it reached displaces
@@ -508,13 +516,15 @@ class Lanes:
                 raise ValueError(f"weight of tenant '{tenant}' must be > 0")
         self._groups: dict[str, _Group] = {}
         for name, capacity in capacities.items():
-            if capacity < 1:
+            if capacity is not None and capacity < 1:
                 raise ValueError(f"capacity of model group '{name}' must be >= 1")
-            reserve = math.ceil(capacity * interactive_reserve)
+            batch_limit = sys.maxsize
+            if capacity is not None:
+                batch_limit = max(1, capacity - math.ceil(capacity * interactive_reserve))
             self._groups[name] = _Group(
                 name,
                 capacity,
-                batch_limit=max(1, capacity - reserve),
+                batch_limit=batch_limit,
                 interactive=interactive,
                 batch=batch,
                 max_queued=max_queued,
@@ -526,7 +536,9 @@ class Lanes:
             registry.register(_Collector(self._groups))
 
     def __contains__(self, group: str) -> bool:
-        return group in self._groups
+        """Whether `group`'s concurrency is capped."""
+        state = self._groups.get(group)
+        return state is not None and state.limited
 
     async def acquire(self, group: str, tenant: str, priority: Priority = "interactive") -> Slot:
         """A slot in `group` for `tenant`, at once if one is free, else after queueing.
@@ -591,7 +603,8 @@ class Lanes:
         return response
 
     def stats(self, group: str) -> LaneStats:
-        """The state of `group`'s lanes (KeyError if it has no capacity)."""
+        """The state of `group`'s lanes (KeyError if it is not a model group; a group
+        without a cap has the capacity `sys.maxsize`)."""
         return self._groups[group].stats()
 
 
@@ -622,7 +635,8 @@ class _Collector:
             labels=("model", "lane", "reason"),
         )
         for name, group in self._groups.items():
-            capacity.add_metric([name], group.capacity)
+            if group.limited:
+                capacity.add_metric([name], group.capacity)
             for queue in (group.interactive, group.batch):
                 lane = queue.name
                 queued.add_metric([name, lane], queue.queued)

@@ -180,7 +180,12 @@ def build_groups(
                 failure_threshold=config.breaker.failure_threshold,
                 reset_timeout=config.breaker.reset_timeout,
             ),
-            metrics=metrics.for_deployment(model.name, deployment_id),
+            metrics=metrics.for_deployment(
+                model.name,
+                deployment_id,
+                provider=model.provider,
+                embeds=isinstance(provider, EmbeddingProvider),
+            ),
             live_load=getattr(provider, "load", None),
         )
         _export_state(metrics, deployment)

@@ -387,7 +387,9 @@ class Router:
             extra=extra,
             stream=call.request.stream if stream is None else stream,
         )
-        return dataclasses.replace(call, request=request, annotations=dict(call.annotations))
+        annotations = dict(call.annotations)
+        annotations["route_reason"] = pick.reason  # booked in the ledger with the call
+        return dataclasses.replace(call, request=request, annotations=annotations)
 
     async def _send(
         self, route: _Route, call: Call, call_next: Handler, pick: Pick, started: float
@@ -486,6 +488,7 @@ class Router:
 
     def _solved(self, call: Call, answer: str) -> Result:
         name = str(call.annotations["route"])
+        call.annotations["route_reason"] = "solver"
         self._metrics.route_decisions.labels(name, "solver", "solver").inc()
         self._ledger.record(free_entry(call, "solver", "solver"))
         response = ChatResponse(

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from areion.control.keys import Identity, KeyRing
 from areion.errors import AreionError, AuthenticationError, UnknownModelError
 from areion.runtime import Runtime
+from areion.server.access import AccessLog, note
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
@@ -33,6 +34,7 @@ from areion.server.ops import OpsApi
 from areion.server.responses import ResponsesApi
 from areion.server.runs import RunsApi
 from areion.server.schema import clip, error_body, json_response, parse_chat_request
+from areion.server.spend import SpendApi
 from areion.server.sse import EventStream, chat_events
 from areion.streaming import ChatStream
 
@@ -103,7 +105,7 @@ class _Api:
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.identity(request)
         chat, include_usage = parse_chat_request(await request.body())
-        options = call_options(request, tenant, key)
+        options = call_options(request, tenant, key, chat.model)
         response = await self.runtime.answer(chat, options)
         headers = answer_headers(response, options)
         if isinstance(response, ChatStream):
@@ -136,11 +138,16 @@ def _model(name: str) -> dict[str, object]:
 async def _areion_error(request: Request, exc: Exception) -> Response:
     """Every `AreionError` a handler raises, as its status and an OpenAI-shaped body."""
     assert isinstance(exc, AreionError)
+    note(request.scope, error=exc.code)
     return error_response(exc)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    note(request.scope, error=_HTTP_CODES.get(exc.status_code, "http_error"))
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
         return json_response(
@@ -185,6 +192,7 @@ class _Contain:
             if started:
                 raise
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            note(scope, error="internal_error")
             body = error_body("internal error", type="server_error", code="internal_error")
             await json_response(body, 500)(scope, receive, send)
 
@@ -204,6 +212,20 @@ def create_app(runtime: Runtime) -> Starlette:
         await runs.aclose()
         await runtime.aclose()
 
+    server = runtime.config.server
+    # The request log outermost but for the trace: it sees every answer as sent, a
+    # contained 500 and a 413 among them.
+    middleware = [
+        *([Middleware(AccessLog, format=server.log_format)] if server.access_log else []),
+        Middleware(_Contain),
+        Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
+        Middleware(_Authenticate, keys=runtime.keys),
+    ]
+    if runtime.tracing is not None:
+        from areion.telemetry.tracing import ContinueTrace
+
+        # Outermost: a caller's traceparent is the parent of everything its request does.
+        middleware.insert(0, Middleware(ContinueTrace, tracing=runtime.tracing))
     return Starlette(
         routes=[
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -215,15 +237,12 @@ def create_app(runtime: Runtime) -> Starlette:
             *MessagesApi(runtime, api.identity).routes(),
             *EmbeddingsApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
+            *SpendApi(runtime, api.identity).routes(),
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),
         ],
-        middleware=[
-            Middleware(_Contain),
-            Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
-            Middleware(_Authenticate, keys=runtime.keys),
-        ],
+        middleware=middleware,
         exception_handlers={AreionError: _areion_error, HTTPException: _http_error},
         lifespan=lifespan,
     )

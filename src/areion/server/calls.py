@@ -28,28 +28,35 @@ from areion.errors import (
 )
 from areion.pricing import usd_text
 from areion.runtime import CallOptions, new_request_id
+from areion.server.access import note
 from areion.streaming import ChatStream
 from areion.types import ChatResponse
 
 __all__ = ["answer_headers", "call_options", "error_headers", "info_headers"]
 
 
-def call_options(request: Request, tenant: str, key: str | None) -> CallOptions:
-    """The options of a model call asked for by `request`, from tenant `tenant` with
-    the key labelled `key`: a new request id of Areion's own, and the client's id,
-    cache control, tier, tags and priority from its headers."""
+def call_options(
+    request: Request, tenant: str, key: str | None, model: str | None = None
+) -> CallOptions:
+    """The options of a model call of `model` asked for by `request`, from tenant
+    `tenant` with the key labelled `key`: a new request id of Areion's own, and the
+    client's id, cache control, tier, tags, priority and end user from its headers. The
+    request id and model go on the request's log line."""
     # Areion's own id names the call (ledger, cache feedback): a client's id is its
     # own choice, and another tenant could choose the same one. It is kept beside.
     tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
+    request_id = new_request_id()
+    note(request.scope, request_id=request_id, model=model)
     return CallOptions(
         tenant=tenant,
-        request_id=new_request_id(),
+        request_id=request_id,
         client_request_id=request.headers.get("x-request-id", "")[:128],
         cache=request.headers.get("x-areion-cache"),
         tier=request.headers.get("x-areion-tier") or None,
         tags=[t for t in tags if t],
         key=key,
         priority=request.headers.get("x-areion-priority") or None,
+        user=request.headers.get("x-areion-user", "")[:128] or None,
     )
 
 

@@ -30,6 +30,7 @@ from areion.control.limits import RateReport
 from areion.errors import RequestError
 from areion.pricing import usd_text
 from areion.runtime import CallOptions, Runtime, new_request_id
+from areion.server.access import note
 from areion.server.schema import json_response, parse_body
 from areion.types import EmbeddingRequest, EncodingFormat
 
@@ -151,6 +152,7 @@ class EmbeddingsApi:
         embedding, encoding = parse_embedding_request(await request.body())
         # Areion's own id names the call (ledger); the client's is kept beside it.
         request_id = new_request_id()
+        note(request.scope, request_id=request_id, model=embedding.model)
         client_request_id = request.headers.get("x-request-id", "")[:128]
         options = CallOptions(
             tenant=tenant,

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from areion.config import ModelConfig
 from areion.errors import AreionError, RequestError
 from areion.runtime import Runtime
+from areion.server.access import note
 from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.messages_wire import (
     error_json,
@@ -68,6 +69,7 @@ class MessagesApi:
                 )
             return await self._create(request)
         except AreionError as error:
+            note(request.scope, error=error.code)
             return json_response(error_json(error), error.status, error_headers(error))
         except ClientDisconnect:
             raise
@@ -80,7 +82,7 @@ class MessagesApi:
     async def _create(self, request: Request) -> Response:
         tenant, key = self._identity(request)
         chat = parse_messages_request(await request.body(), self._targets)
-        options = call_options(request, tenant, key)
+        options = call_options(request, tenant, key, chat.model)
         answer = await self.runtime.answer(chat, options)
         assert options.request_id is not None
         headers = {**answer_headers(answer, options), "request-id": options.request_id}

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from areion.errors import StreamInterruptedError
 from areion.pricing import usd_text
+from areion.server.access import note
 from areion.server.schema import error_body
 from areion.streaming import ChatStream
 
@@ -41,6 +42,7 @@ class EventStream(Response):
         self.init_headers({"cache-control": "no-cache", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        note(scope, stream=self.stream)  # its cost and cache outcome, once it has ended
         gone = asyncio.Event()
 
         async def listen() -> None:

@@ -17,21 +17,31 @@ from starlette.applications import Starlette
 
 from areion.config import Config, load_config
 
-__all__ = ["CONFIG_ENV", "app"]  # and `protocol`, made on first access
+# and `protocol`, made on first access
+__all__ = ["CONFIG_ENV", "LOG_FORMAT_ENV", "LOG_LEVEL_ENV", "app"]
 
 CONFIG_ENV = "AREION_WORKER_CONFIG"
+LOG_FORMAT_ENV = "AREION_WORKER_LOG_FORMAT"
+LOG_LEVEL_ENV = "AREION_WORKER_LOG_LEVEL"
 
 
 @functools.cache
 def _config() -> Config:
-    return load_config(os.environ[CONFIG_ENV])
+    config = load_config(os.environ[CONFIG_ENV])
+    log_format = os.environ.get(LOG_FORMAT_ENV)
+    if log_format in ("text", "json"):  # the parent's --log-format
+        server = config.server.model_copy(update={"log_format": log_format})
+        config = config.model_copy(update={"server": server})
+    return config
 
 
 def app() -> Starlette:
     """The worker's app (uvicorn calls it once, as a factory)."""
     from areion.runtime import Runtime
     from areion.server import create_app
+    from areion.server.access import configure_access_log
 
+    configure_access_log(os.environ.get(LOG_LEVEL_ENV, "info"))
     application = create_app(Runtime(_config()))
     # As in `areion serve`: what is built lives as long as the process.
     gc.collect()

@@ -18,6 +18,7 @@ from areion.store.records import (
     StoredResponse,
     ToolCallRecord,
 )
+from areion.store.rollups import SpendQuery
 from areion.types import LedgerEntry
 
 __all__ = ["Store"]
@@ -42,6 +43,18 @@ class Store(Protocol):
 
     async def spend_by_tenant(self, *, since: float) -> dict[str, float]:
         """Each tenant's total recorded cost since `since` (Unix time)."""
+        ...
+
+    async def spend(self, query: SpendQuery) -> list[tuple[Any, ...]]:
+        """The rows answering a spend query (`store.rollups.spend_sql`): the rollups for
+        whole hours and days, the ledger for the rest; `rollups.merge` groups them."""
+        ...
+
+    async def run_stats(
+        self, *, since: float, until: float, tenant: str | None = None
+    ) -> list[tuple[str, str, float, int]]:
+        """(agent, status, cost_usd, steps) of each run created in [since, until), of
+        `tenant` if given."""
         ...
 
     # -- agent runs -------------------------------------------------------------

@@ -54,6 +54,7 @@ from areion.store.records import (
     StoredResponse,
     ToolCallRecord,
 )
+from areion.store.rollups import SpendQuery, spend_sql
 from areion.types import LedgerEntry
 
 __all__ = ["PostgresStore"]
@@ -213,7 +214,23 @@ class PostgresStore:
             sql += " WHERE " + " AND ".join(where)
         args.append(limit)
         sql += f" ORDER BY created DESC LIMIT ${len(args)}"
-        return [LedgerEntry(**dict(row.items())) for row in await self._fetch(sql, *args)]
+        return [_ledger_entry(row) for row in await self._fetch(sql, *args)]
+
+    async def spend(self, query: SpendQuery) -> list[tuple[Any, ...]]:
+        sql, args = spend_sql(query, "postgres")
+        return [tuple(row.values()) for row in await self._fetch(sql, *args)]
+
+    async def run_stats(
+        self, *, since: float, until: float, tenant: str | None = None
+    ) -> list[tuple[str, str, float, int]]:
+        rows = await self._fetch(
+            "SELECT agent, status, cost_usd, steps FROM runs "
+            "WHERE created >= $1 AND created < $2 AND ($3::text IS NULL OR tenant = $3)",
+            since,
+            until,
+            tenant,
+        )
+        return [(row[0], row[1], float(row[2]), int(row[3])) for row in rows]
 
     async def spend_by_tenant(self, *, since: float) -> dict[str, float]:
         rows = await self._fetch(
@@ -526,8 +543,16 @@ def _ledger_row(e: LedgerEntry) -> tuple[Any, ...]:
     return (
         e.request_id, e.tenant, e.model, e.deployment, e.upstream_model, e.prompt_tokens,
         e.completion_tokens, e.cached_tokens, e.cost_usd, e.estimated, e.latency_s, e.created,
-        e.cache, e.saved_usd, e.saved_s, e.open, e.client_request_id,
+        e.cache, e.saved_usd, e.saved_s, e.open, e.client_request_id, e.kind, e.key_label,
+        e.route, e.route_reason, e.run_id, e.agent, e.session, e.end_user,
+        orjson.dumps(e.tags).decode(), e.variant,
     )  # fmt: skip
+
+
+def _ledger_entry(row: asyncpg.Record) -> LedgerEntry:
+    fields = dict(row.items())
+    fields["tags"] = tuple(orjson.loads(fields["tags"]))
+    return LedgerEntry(**fields)
 
 
 def _run_row(run: RunRecord, fence: int) -> tuple[Any, ...]:

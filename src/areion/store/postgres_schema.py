@@ -19,6 +19,8 @@ write at a time so only the bad write's caller hears of it.
 
 from __future__ import annotations
 
+from areion.store.rollups import HISTOGRAM, rollup_upsert
+
 __all__ = [
     "API_KEY_COLUMNS",
     "CACHE_ENTRY_COLUMNS",
@@ -45,10 +47,15 @@ TOOL_COLUMNS = (
     "tenant, run_id, call_id, name, arguments, status, idempotency_key, result, reason, updated"
 )
 
-LEDGER_COLUMNS = (
+_LEDGER_COLUMNS_V1 = (
     "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
     "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created, "
     "cache, saved_usd, saved_s, open, client_request_id"
+)
+# Version 3 added the attribution columns.
+LEDGER_COLUMNS = (
+    _LEDGER_COLUMNS_V1 + ", kind, key_label, route, route_reason, run_id, agent, session, "
+    "end_user, tags, variant"
 )
 
 CACHE_ENTRY_COLUMNS = (
@@ -252,13 +259,20 @@ _RUN_UPDATED = (
 )
 _TOOL_UPDATED = "name, arguments, status, idempotency_key, result, reason, updated"
 
-_WRITE_FUNCTION = f"""
-CREATE FUNCTION areion_write(
+
+def _write_function(
+    name: str, ledger_type: str, ledger_columns: str, *, rolled: str = "", closed: str = ""
+) -> str:
+    """`CREATE FUNCTION` of a version of the batch write; `rolled` and `closed` are the
+    statements that keep the spend rollups (after the ledger's inserts; before its
+    closings)."""
+    return f"""
+CREATE FUNCTION {name}(
     p_batch uuid, p_now double precision,
     p_new_runs areion_run_row[], p_runs areion_run_row[], p_messages areion_message_row[],
     p_events areion_event_row[], p_calls areion_tool_call_row[], p_turns areion_turn_row[],
-    p_summaries areion_summary_row[], p_entries areion_ledger_row[],
-    p_closing areion_ledger_row[], p_cache areion_cache_row[]
+    p_summaries areion_summary_row[], p_entries {ledger_type}[],
+    p_closing {ledger_type}[], p_cache areion_cache_row[]
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
@@ -361,12 +375,12 @@ BEGIN
     END IF;
 
     IF p_entries IS NOT NULL THEN
-        INSERT INTO ledger ({LEDGER_COLUMNS})
-        SELECT {LEDGER_COLUMNS} FROM unnest(p_entries);
+        INSERT INTO ledger ({ledger_columns})
+        SELECT {ledger_columns} FROM unnest(p_entries);{rolled}
     END IF;
 
     IF p_closing IS NOT NULL THEN
-        -- After the inserts: a stream that opened and closed within one batch closes too.
+        -- After the inserts: a stream that opened and closed within one batch closes too.{closed}
         UPDATE ledger AS l SET
             prompt_tokens = c.prompt_tokens, completion_tokens = c.completion_tokens,
             cached_tokens = c.cached_tokens, cost_usd = c.cost_usd, estimated = c.estimated,
@@ -389,7 +403,10 @@ END
 $$;
 """
 
-WRITE = "SELECT areion_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+
+_WRITE_FUNCTION = _write_function("areion_write", "areion_ledger_row", _LEDGER_COLUMNS_V1)
+
+WRITE = "SELECT areion_write2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 # Version 2: responses of the Responses API, kept for previous_response_id and
 # GET /v1/responses/{id}. Each row holds its own turn only: a conversation is the chain
@@ -407,6 +424,104 @@ CREATE TABLE responses (
 );
 """
 
+# Version 3: attribution in the ledger (run, agent, session, end user, key, route,
+# tags, variant, kind), and the spend rollups, filled from the rows already there. The
+# batch write takes the new row type under a new name (`areion_write2`); the old
+# function stays, forwarding to it, so a replica not yet upgraded still writes (its
+# rows without attribution) and its rows reach the rollups too.
+_ROLLED = (
+    "l.created, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, l.latency_s, "
+    "l.prompt_tokens, l.completion_tokens, l.cost_usd, l.saved_usd"
+)
+_CLOSED = (
+    "FROM unnest(p_closing) AS c JOIN ledger AS l ON l.open AND l.request_id = c.request_id "
+    "AND l.tenant = c.tenant AND l.deployment = c.deployment"
+)
+_CLOSING_ROLLED = (
+    "c.created, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, c.latency_s, "
+    "c.prompt_tokens, c.completion_tokens, c.cost_usd, l.saved_usd"
+)
+_V1_ROWS = (
+    "(SELECT array_agg(ROW(e.*, 'chat', '', '', '', '', '', '', '', '[]', '')"
+    "::areion_ledger_row2) FROM unnest({}) AS e)"
+)
+_ROLLED_ENTRIES = rollup_upsert("SELECT * FROM unnest(p_entries)", "postgres")
+_ROLLED_CLOSING = (
+    "-- The rollups trade the open row's figures for the closing's, before the update.\n"
+    f"        {rollup_upsert(f'SELECT {_ROLLED} {_CLOSED}', 'postgres', sign='-')};\n"
+    f"        {rollup_upsert(f'SELECT {_CLOSING_ROLLED} {_CLOSED}', 'postgres')};"
+)
+
+_HISTOGRAM_COLUMNS = "\n".join(f"    {column} bigint NOT NULL DEFAULT 0," for column in HISTOGRAM)
+
+_WRITE_FUNCTION2 = _write_function(
+    "areion_write2",
+    "areion_ledger_row2",
+    LEDGER_COLUMNS,
+    rolled="\n        " + _ROLLED_ENTRIES + ";",
+    closed="\n        " + _ROLLED_CLOSING,
+)
+
+_ATTRIBUTION = f"""
+ALTER TABLE ledger
+    ADD COLUMN kind text NOT NULL DEFAULT 'chat',   -- chat | embedding | tool
+    ADD COLUMN key_label text NOT NULL DEFAULT '',
+    ADD COLUMN route text NOT NULL DEFAULT '',
+    ADD COLUMN route_reason text NOT NULL DEFAULT '',
+    ADD COLUMN run_id text NOT NULL DEFAULT '',
+    ADD COLUMN agent text NOT NULL DEFAULT '',
+    ADD COLUMN session text NOT NULL DEFAULT '',
+    ADD COLUMN end_user text NOT NULL DEFAULT '',
+    ADD COLUMN tags text NOT NULL DEFAULT '[]',     -- JSON array of x-areion-tags
+    ADD COLUMN variant text NOT NULL DEFAULT '';
+CREATE INDEX runs_created ON runs (created);
+
+-- The ledger summed per UTC hour (period 3600) and day (86400), kept by areion_write2
+-- in the transaction that inserts the rows (see store/rollups.py).
+CREATE TABLE spend_rollup (
+    period integer NOT NULL,
+    period_start bigint NOT NULL,                   -- Unix time
+    tenant text NOT NULL,
+    model text NOT NULL,
+    key_label text NOT NULL,
+    route text NOT NULL,
+    agent text NOT NULL,
+    cache text NOT NULL,
+    calls bigint NOT NULL,
+    prompt_tokens bigint NOT NULL,
+    completion_tokens bigint NOT NULL,
+    cost_usd double precision NOT NULL,
+    cache_hits bigint NOT NULL,
+    saved_usd double precision NOT NULL,
+    -- calls per latency bucket (rollups.LATENCY_EDGES), h0 .. h32
+{_HISTOGRAM_COLUMNS}
+    PRIMARY KEY (period, period_start, tenant, model, key_label, route, agent, cache)
+);
+{rollup_upsert(f"SELECT {_ROLLED} FROM ledger AS l", "postgres")};
+
+CREATE TYPE areion_ledger_row2 AS (
+    request_id text, tenant text, model text, deployment text, upstream_model text,
+    prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint,
+    cost_usd double precision, estimated boolean, latency_s double precision,
+    created double precision, cache text, saved_usd double precision,
+    saved_s double precision, open boolean, client_request_id text,
+    kind text, key_label text, route text, route_reason text, run_id text, agent text,
+    session text, end_user text, tags text, variant text
+);
+{_WRITE_FUNCTION2}
+CREATE OR REPLACE FUNCTION areion_write(
+    p_batch uuid, p_now double precision,
+    p_new_runs areion_run_row[], p_runs areion_run_row[], p_messages areion_message_row[],
+    p_events areion_event_row[], p_calls areion_tool_call_row[], p_turns areion_turn_row[],
+    p_summaries areion_summary_row[], p_entries areion_ledger_row[],
+    p_closing areion_ledger_row[], p_cache areion_cache_row[]
+) RETURNS boolean LANGUAGE sql AS $$
+    SELECT areion_write2(p_batch, p_now, p_new_runs, p_runs, p_messages, p_events, p_calls,
+        p_turns, p_summaries, {_V1_ROWS.format("p_entries")}, {_V1_ROWS.format("p_closing")},
+        p_cache)
+$$;
+"""
+
 # MIGRATIONS[i] brings a schema at version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES)
+MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES, _ATTRIBUTION)
 VERSION = len(MIGRATIONS)

@@ -32,6 +32,7 @@ from areion.store.records import (
     StoredResponse,
     ToolCallRecord,
 )
+from areion.store.rollups import SpendQuery, spend_sql
 from areion.store.sqlite_reader import Reader
 from areion.store.sqlite_schema import (
     API_KEY_COLUMNS,
@@ -167,9 +168,39 @@ class SQLiteStore:
                 saved_s=row[14],
                 open=bool(row[15]),
                 client_request_id=row[16],
+                kind=row[17],
+                key_label=row[18],
+                route=row[19],
+                route_reason=row[20],
+                run_id=row[21],
+                agent=row[22],
+                session=row[23],
+                end_user=row[24],
+                tags=tuple(orjson.loads(row[25])),
+                variant=row[26],
             )
             for row in await self._read(read)
         ]
+
+    async def spend(self, query: SpendQuery) -> list[tuple[Any, ...]]:
+        sql, args = spend_sql(query, "sqlite")
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(sql, args).fetchall()
+
+        return [tuple(row) for row in await self._read(read)]
+
+    async def run_stats(
+        self, *, since: float, until: float, tenant: str | None = None
+    ) -> list[tuple[str, str, float, int]]:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                "SELECT agent, status, cost_usd, steps FROM runs "
+                "WHERE created >= ?1 AND created < ?2 AND (?3 IS NULL OR tenant = ?3)",
+                (since, until, tenant),
+            ).fetchall()
+
+        return [(row[0], row[1], float(row[2]), int(row[3])) for row in await self._read(read)]
 
     async def spend_by_tenant(self, *, since: float) -> dict[str, float]:
         def read(db: sqlite3.Connection) -> list[Any]:
@@ -529,7 +560,8 @@ def _ledger_rows(entries: Sequence[LedgerEntry]) -> bytes:
                 e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
                 e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
                 int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
-                int(e.open), e.client_request_id,
+                int(e.open), e.client_request_id, e.kind, e.key_label, e.route,
+                e.route_reason, e.run_id, e.agent, e.session, e.end_user, e.tags, e.variant,
             )
             for e in entries
         ]

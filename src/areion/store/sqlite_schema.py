@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from areion.store.rollups import HISTOGRAM, rollup_upsert
+
 __all__ = [
     "API_KEY_COLUMNS",
     "BATCH_VIEW",
@@ -23,6 +25,7 @@ __all__ = [
     "CACHE_GET",
     "EVENTS",
     "FENCED_RUN",
+    "FILL_ROLLUPS",
     "JSON_KINDS",
     "LEDGER",
     "LEDGER_CLOSE",
@@ -104,8 +107,10 @@ _TOOL_KEY = ("tenant", "run_id", "call_id")
 LEDGER_COLUMNS = (
     "request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
     "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created, "
-    "cache, saved_usd, saved_s, open, client_request_id"
+    "cache, saved_usd, saved_s, open, client_request_id, kind, key_label, route, "
+    "route_reason, run_id, agent, session, end_user, tags, variant"
 )
+_LEDGER_WIDTH = 27  # columns of a ledger row, and fields of its JSON array
 
 # Columns added after the first release of the ledger table: (name, declaration).
 # A database made before them gets them on open (see `migrate`).
@@ -115,9 +120,21 @@ LEDGER_ADDED = (
     ("saved_s", "REAL NOT NULL DEFAULT 0"),
     ("open", "INTEGER NOT NULL DEFAULT 0"),
     ("client_request_id", "TEXT NOT NULL DEFAULT ''"),
+    # Attribution (run, agent, session, end user, key, route, tags, variant).
+    ("kind", "TEXT NOT NULL DEFAULT 'chat'"),
+    ("key_label", "TEXT NOT NULL DEFAULT ''"),
+    ("route", "TEXT NOT NULL DEFAULT ''"),
+    ("route_reason", "TEXT NOT NULL DEFAULT ''"),
+    ("run_id", "TEXT NOT NULL DEFAULT ''"),
+    ("agent", "TEXT NOT NULL DEFAULT ''"),
+    ("session", "TEXT NOT NULL DEFAULT ''"),
+    ("end_user", "TEXT NOT NULL DEFAULT ''"),
+    ("tags", "TEXT NOT NULL DEFAULT '[]'"),
+    ("variant", "TEXT NOT NULL DEFAULT ''"),
 )
 
-_LEDGER_TABLES = """
+_LEDGER_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS ledger (
     request_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
@@ -135,11 +152,47 @@ CREATE TABLE IF NOT EXISTS ledger (
     saved_usd REAL NOT NULL DEFAULT 0,   -- what a cache hit saved
     saved_s REAL NOT NULL DEFAULT 0,
     open INTEGER NOT NULL DEFAULT 0,      -- 1: a stream in progress, priced at its bound
-    client_request_id TEXT NOT NULL DEFAULT ''  -- the client's x-request-id, if it sent one
+    client_request_id TEXT NOT NULL DEFAULT '', -- the client's x-request-id, if it sent one
+    kind TEXT NOT NULL DEFAULT 'chat',   -- chat | embedding | tool
+    key_label TEXT NOT NULL DEFAULT '',
+    route TEXT NOT NULL DEFAULT '',      -- the route asked for, if any
+    route_reason TEXT NOT NULL DEFAULT '',
+    run_id TEXT NOT NULL DEFAULT '',     -- the agent run that made the call
+    agent TEXT NOT NULL DEFAULT '',
+    session TEXT NOT NULL DEFAULT '',
+    end_user TEXT NOT NULL DEFAULT '',   -- the request's user, or x-areion-user
+    tags TEXT NOT NULL DEFAULT '[]',     -- JSON array of x-areion-tags
+    variant TEXT NOT NULL DEFAULT ''     -- the experiment variant, if any
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, created);
 CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
+CREATE INDEX IF NOT EXISTS ledger_created ON ledger (created);
+
+-- The ledger summed per UTC hour (period 3600) and day (86400), kept by the batch
+-- trigger in the statement that inserts the rows (see store/rollups.py).
+CREATE TABLE IF NOT EXISTS spend_rollup (
+    period INTEGER NOT NULL,
+    period_start INTEGER NOT NULL,       -- Unix time
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key_label TEXT NOT NULL,
+    route TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    cache TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    saved_usd REAL NOT NULL,
+    -- calls per latency bucket (rollups.LATENCY_EDGES), h0 .. h32
 """
+    + "".join(f"    {column} INTEGER NOT NULL DEFAULT 0,\n" for column in HISTOGRAM)
+    + """
+    PRIMARY KEY (period, period_start, tenant, model, key_label, route, agent, cache)
+) WITHOUT ROWID;
+"""
+)
 
 # Also what `migrate` rebuilds the run tables from: no `;` in its comments.
 RUN_TABLES = """
@@ -167,6 +220,7 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (tenant, run_id)
 );
 CREATE INDEX IF NOT EXISTS runs_tenant ON runs (tenant, created);
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
 
 CREATE TABLE IF NOT EXISTS run_messages (
     tenant TEXT NOT NULL,
@@ -318,10 +372,28 @@ def migrate(db: Any) -> None:
             db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {declaration}")
     # Only streams in progress are open: a small index, for closing them.
     db.execute("CREATE INDEX IF NOT EXISTS ledger_open ON ledger (request_id) WHERE open = 1")
+    _fill_rollups(db)
     if not _runs_namespaced(db):
         _namespace_runs(db)
     if "fence" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
         db.execute("ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0")
+
+
+def _fill_rollups(db: Any) -> None:
+    """Sum a ledger made before the rollups into them (once: afterwards every row that
+    lands adds to them)."""
+    if db.execute("SELECT 1 FROM spend_rollup LIMIT 1").fetchone() is not None:
+        return
+    if db.execute("SELECT 1 FROM ledger LIMIT 1").fetchone() is None:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("SELECT 1 FROM spend_rollup LIMIT 1").fetchone() is None:
+            db.execute(FILL_ROLLUPS)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _namespace_runs(db: Any) -> None:
@@ -381,6 +453,41 @@ _RUNS_UPSERT = _upsert(
     ("tenant", "run_id"),
     (*_RUN_FIXED, "fence"),
     also="fence = max(runs.fence, excluded.fence)",
+)
+
+# The columns `rollup_upsert` reads, from a ledger row `l`.
+_ROLLED = (
+    "l.created, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, l.latency_s, "
+    "l.prompt_tokens, l.completion_tokens, l.cost_usd, l.saved_usd"
+)
+
+
+def _json_rolled(row: str) -> str:
+    """The columns `rollup_upsert` reads, from the JSON array of a ledger row."""
+    fields = (
+        (11, "created"), (1, "tenant"), (2, "model"), (18, "key_label"), (19, "route"),
+        (22, "agent"), (12, "cache"), (10, "latency_s"), (5, "prompt_tokens"),
+        (6, "completion_tokens"), (8, "cost_usd"), (13, "saved_usd"),
+    )  # fmt: skip
+    return ", ".join(f"json_extract({row}, '$[{i}]') AS {name}" for i, name in fields)
+
+
+FILL_ROLLUPS = rollup_upsert(f"SELECT {_ROLLED} FROM ledger AS l", "sqlite")
+
+# The open rows a batch closes, beside their closing figures `c`.
+_CLOSED = (
+    "FROM json_each(NEW.ledger_close) AS c JOIN ledger AS l ON l.open = 1 "
+    "AND l.request_id = json_extract(c.value, '$[0]') "
+    "AND l.tenant = json_extract(c.value, '$[1]') "
+    "AND l.deployment = json_extract(c.value, '$[3]')"
+)
+# A closing's real figures, with the open row's dimensions.
+_CLOSING_ROLLED = (
+    "json_extract(c.value, '$[11]') AS created, l.tenant, l.model, l.key_label, l.route, "
+    "l.agent, l.cache, json_extract(c.value, '$[10]') AS latency_s, "
+    "json_extract(c.value, '$[5]') AS prompt_tokens, "
+    "json_extract(c.value, '$[6]') AS completion_tokens, "
+    "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
 )
 
 # The batch view lives in the connection's temp schema: nothing of it is stored
@@ -449,9 +556,15 @@ BEGIN
     SELECT {_fields("value", 6)} FROM json_each(NEW.summaries);
 
     INSERT INTO ledger ({LEDGER_COLUMNS})
-    SELECT {_fields("value", 17)} FROM json_each(NEW.ledger);
+    SELECT {_fields("value", _LEDGER_WIDTH)} FROM json_each(NEW.ledger);
+
+    {rollup_upsert(f"SELECT {_json_rolled('value')} FROM json_each(NEW.ledger)", "sqlite")};
 
     -- After the inserts: a stream that opened and closed within one batch closes too.
+    -- The rollups trade the open row's figures for the closing's, before the update.
+    {rollup_upsert(f"SELECT {_ROLLED} {_CLOSED}", "sqlite", sign="-")};
+    {rollup_upsert(f"SELECT {_CLOSING_ROLLED} {_CLOSED}", "sqlite")};
+
     UPDATE ledger SET
         prompt_tokens = json_extract(c.value, '$[5]'),
         completion_tokens = json_extract(c.value, '$[6]'),

@@ -28,14 +28,32 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from areion.store.base import Store
 from areion.types import LedgerEntry
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "attribution"]
 
 log = logging.getLogger("areion.ledger")
+
+
+def attribution(annotations: Mapping[str, Any], user: str | None) -> dict[str, Any]:
+    """A call's attribution fields of `LedgerEntry`, from what the request path noted
+    (`Call.annotations`) and the request's own `user` field (the header's wins)."""
+    get = annotations.get
+    return {
+        "key_label": get("key") or "",
+        "route": get("route") or "",
+        "route_reason": get("route_reason") or "",
+        "run_id": get("run_id") or "",
+        "agent": get("agent") or "",
+        "session": get("session") or "",
+        "end_user": get("user") or user or "",
+        "tags": get("tags") or (),
+        "variant": get("variant") or "",
+    }
 
 
 class Ledger:

@@ -1,40 +1,96 @@
 """Prometheus metrics of the request path.
 
-Names follow the OpenTelemetry GenAI conventions where one exists
-(`gen_ai.client.operation.duration`, `gen_ai.server.time_to_first_token`) and carry
-an `areion_` prefix otherwise. Label children are bound once per deployment so a
-call pays for an increment, not for a label lookup.
+The histograms of a model call carry the OpenTelemetry GenAI conventions' names and
+attributes (`gen_ai.client.operation.duration`, `gen_ai.client.token.usage`,
+`gen_ai.client.operation.time_to_first_chunk`, as Prometheus spells them, with
+Areion's `deployment` beside); the rest carry an `areion_` prefix. Label children
+are bound once per deployment so a call pays for an increment, not a label lookup.
+
+Every label value is bounded: a model or deployment label is one of the configured
+names, else `other`; a tenant, agent or error kind is one of the first few hundred
+seen, else `other`. Nothing a client sends (an unknown model, a path, a key) can make
+a new series: LiteLLM leaked memory that way. No metric has a path or key label.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["DeploymentMetrics", "Metrics"]
+__all__ = ["OTHER", "DeploymentMetrics", "LabelValues", "Metrics", "OperationMetrics"]
 
-_LATENCY_BUCKETS = (
-    0.005,
+OTHER = "other"
+"""The label value of everything beyond a label's bound."""
+
+# The GenAI conventions' advised bucket boundaries for durations and token counts.
+_DURATION_BUCKETS = (
     0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
 )
+_TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67108864
+_GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "deployment")
+_SPARE_TENANTS = 1000  # tenants beyond the config's (store keys made later) before `other`
+_SPARE_KINDS = 100  # agents, error kinds: fixed in code or config, capped all the same
+
+
+class LabelValues:
+    """The values one label may take: the known ones, then the first `spare` others
+    seen; anything beyond is `other`. A lookup is one set membership test."""
+
+    __slots__ = ("_seen", "_spare")
+
+    def __init__(self, known: Iterable[str] = (), *, spare: int = 0) -> None:
+        self._seen = set(known)
+        self._spare = spare
+
+    def add(self, value: str) -> None:
+        """Make `value` known (a configured name)."""
+        self._seen.add(value)
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if self._spare > 0:
+            self._spare -= 1
+            self._seen.add(value)
+            return value
+        return OTHER
 
 
 class Metrics:
-    """Every metric of one runtime, in its own registry."""
+    """Every metric of one runtime, in its own registry.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    `models`: the model names clients may ask for (groups and routes); any other name
+    is counted as `other`. `tenants`: the configured tenants."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        models: Iterable[str] = (),
+        tenants: Iterable[str] = (),
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.model = LabelValues(models)
+        """A model label's value: a configured name, else `other`."""
+        self.deployment = LabelValues([""])
+        """A deployment label's value: a deployment's id ("" for none), else `other`."""
+        self.tenant = LabelValues(tenants, spare=_SPARE_TENANTS)
+        self.kind = LabelValues(spare=_SPARE_KINDS)
+        self.agent = LabelValues(spare=_SPARE_KINDS)
         labels = ("model", "deployment")
         self.requests = Counter(
             "areion_requests",
@@ -44,16 +100,24 @@ class Metrics:
         )
         self.duration = Histogram(
             "gen_ai_client_operation_duration_seconds",
-            "End-to-end duration of a model call through Areion.",
-            labels,
-            buckets=_LATENCY_BUCKETS,
+            "GenAI operation duration: a model call through Areion, from the request to "
+            "the whole answer.",
+            _GENAI,
+            buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
         self.ttft = Histogram(
-            "gen_ai_server_time_to_first_token_seconds",
-            "Time from the request to the first streamed chunk.",
-            labels,
-            buckets=_LATENCY_BUCKETS,
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time from the request to the first chunk of a streamed answer.",
+            _GENAI,
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens of one model call, by type (input, output).",
+            (*_GENAI, "gen_ai_token_type"),
+            buckets=_TOKEN_BUCKETS,
             registry=self.registry,
         )
         self.tokens = Counter(
@@ -72,6 +136,13 @@ class Metrics:
             "areion_errors",
             "Failed attempts and calls, by kind.",
             (*labels, "kind"),
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "areion_refusals",
+            "Calls refused by Areion's own limits, by code: rate_limit_exceeded (429), "
+            "budget_exceeded (402), overloaded (503, a full lane), limit_exceeded.",
+            ("model", "code"),
             registry=self.registry,
         )
         self.retries = Counter(
@@ -110,6 +181,21 @@ class Metrics:
             "Mistakes of agents' models: unknown_tool, invalid_arguments, repeated_call, "
             "unparsable_output.",
             ("agent", "kind"),
+            registry=self.registry,
+        )
+        self.agent_runs = Counter(
+            "areion_agent_runs",
+            "Agent runs driven until they finished, failed or paused (a resumed run "
+            "counts again), by agent and status.",
+            ("agent", "status"),
+            registry=self.registry,
+        )
+        self.agent_duration = Histogram(
+            "gen_ai_invoke_agent_duration_seconds",
+            "GenAI agent invocation duration: one drive of a run, from its start (or "
+            "resumption) until it finished, failed or paused.",
+            ("gen_ai_agent_name",),
+            buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
         self.cache_requests = Counter(
@@ -162,14 +248,50 @@ class Metrics:
             registry=self.registry,
         )
 
-    def for_deployment(self, model: str, deployment: str) -> DeploymentMetrics:
-        return DeploymentMetrics(self, model, deployment)
+    def for_deployment(
+        self, model: str, deployment: str, *, provider: str = "", embeds: bool = False
+    ) -> DeploymentMetrics:
+        """The children of a configured deployment of group `model`, by `provider`
+        (the GenAI conventions' `gen_ai.provider.name`); `embeds`: it answers
+        embeddings (else chat only)."""
+        self.model.add(model)
+        self.deployment.add(deployment)
+        return DeploymentMetrics(self, model, deployment, provider=provider, embeds=embeds)
 
     def error(self, model: str, deployment: str, kind: str) -> None:
-        self.errors.labels(model, deployment, kind).inc()
+        """Count a failed call of `model` (any name: an unknown one counts as `other`)."""
+        labels = (self.model(model), self.deployment(deployment))
+        self.errors.labels(*labels, self.kind(kind)).inc()
+
+    def refusal(self, model: str, code: str) -> None:
+        """Count a call of `model` refused by a limit, budget or lane."""
+        self.refusals.labels(self.model(model), self.kind(code)).inc()
+
+    def agent_drive(self, agent: str, status: str, seconds: float) -> None:
+        """Count one drive of a run of `agent` that ended `status` after `seconds`."""
+        name = self.agent(agent)
+        self.agent_runs.labels(name, self.kind(status)).inc()
+        self.agent_duration.labels(name).observe(seconds)
+
+    def cognitive_error(self, agent: str, kind: str) -> None:
+        self.cognitive_errors.labels(self.agent(agent), self.kind(kind)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class OperationMetrics:
+    """The GenAI histograms' children of one operation (chat, embeddings) on one
+    deployment."""
+
+    __slots__ = ("duration", "input_tokens", "output_tokens", "ttft")
+
+    def __init__(self, metrics: Metrics, operation: str, labels: tuple[str, str, str]) -> None:
+        genai = (operation, *labels)
+        self.duration = metrics.duration.labels(*genai)
+        self.ttft = metrics.ttft.labels(*genai)
+        self.input_tokens = metrics.token_usage.labels(*genai, "input")
+        self.output_tokens = metrics.token_usage.labels(*genai, "output")
 
 
 class DeploymentMetrics:
@@ -180,37 +302,54 @@ class DeploymentMetrics:
         "_labels",
         "_metrics",
         "cached_tokens",
-        "duration",
+        "chat",
+        "embeddings",
         "errors_by_kind",
         "input_tokens",
         "ok",
         "output_tokens",
         "retries",
-        "ttft",
     )
 
-    def __init__(self, metrics: Metrics, model: str, deployment: str) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        model: str,
+        deployment: str,
+        *,
+        provider: str = "",
+        embeds: bool = False,
+    ) -> None:
         self._metrics = metrics
         self._labels = (model, deployment)
         self.ok = metrics.requests.labels(model, deployment, "ok")
-        self.duration = metrics.duration.labels(model, deployment)
-        self.ttft = metrics.ttft.labels(model, deployment)
         self.input_tokens = metrics.tokens.labels(model, deployment, "input")
         self.output_tokens = metrics.tokens.labels(model, deployment, "output")
         self.cached_tokens = metrics.tokens.labels(model, deployment, "cached_input")
         self.retries = metrics.retries.labels(model, deployment)
+        genai = (provider, model, deployment)
+        self.chat = OperationMetrics(metrics, "chat", genai)
+        """The GenAI histograms of its chat calls."""
+        self.embeddings = OperationMetrics(metrics, "embeddings", genai) if embeds else self.chat
+        """Those of its embeddings calls (a deployment that cannot embed: never used)."""
         self.errors_by_kind: dict[str, Counter] = {}
         self._cost: dict[str, Counter] = {}
 
     def cost(self, tenant: str, amount: float) -> None:
         child = self._cost.get(tenant)
         if child is None:
-            child = self._cost[tenant] = self._metrics.cost.labels(*self._labels, tenant)
+            label = self._metrics.tenant(tenant)
+            child = self._metrics.cost.labels(*self._labels, label)
+            if label != OTHER:  # the cache is as bounded as the label
+                self._cost[tenant] = child
         child.inc(amount)
 
     def error(self, kind: str) -> None:
         child = self.errors_by_kind.get(kind)
         if child is None:
-            child = self.errors_by_kind[kind] = self._metrics.errors.labels(*self._labels, kind)
+            label = self._metrics.kind(kind)
+            child = self._metrics.errors.labels(*self._labels, label)
+            if label != OTHER:
+                self.errors_by_kind[kind] = child
         child.inc()
         self._metrics.requests.labels(*self._labels, "error").inc()

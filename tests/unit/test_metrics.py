@@ -1,0 +1,72 @@
+"""Metrics (`areion.telemetry.metrics`): GenAI histograms, bounded label values."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from areion.telemetry.metrics import OTHER, LabelValues, Metrics
+
+
+def series(metrics: Metrics) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    text = metrics.exposition().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_label_values_are_the_known_then_a_few_spare_then_other() -> None:
+    values = LabelValues(["fast"], spare=2)
+    assert [values(v) for v in ("fast", "a", "b", "c", "a", "fast")] == [
+        "fast",
+        "a",
+        "b",
+        OTHER,
+        "a",
+        "fast",
+    ]
+
+
+def test_unknown_models_deployments_kinds_and_tenants_make_no_new_series() -> None:
+    metrics = Metrics(models=["fast"], tenants=["acme"])
+    deployment = metrics.for_deployment("fast", "fast/a", provider="openai")
+    metrics.error("nope-0", "", "rate_limited")
+    deployment.cost("acme", 0.01)
+    for i in range(3000):
+        metrics.error(f"nope-{i}", f"dep-{i}", f"kind-{i}")
+        metrics.cognitive_error(f"agent-{i}", "unknown_tool")
+        deployment.cost(f"tenant-{i}", 0.01)
+        deployment.error(f"kind-{i}")
+    before = series(metrics)
+    for i in range(3000, 6000):
+        metrics.error(f"nope-{i}", f"dep-{i}", f"kind-{i}")
+        metrics.cognitive_error(f"agent-{i}", "unknown_tool")
+        deployment.cost(f"tenant-{i}", 0.01)
+        deployment.error(f"kind-{i}")
+    assert series(metrics) == before
+    models = {dict(labels).get("model") for _, labels in before} - {None}
+    assert models == {"fast", OTHER}
+
+
+def test_genai_histograms_carry_the_conventions_attributes() -> None:
+    metrics = Metrics(models=["fast"])
+    deployment = metrics.for_deployment("fast", "fast/a", provider="openai", embeds=True)
+    deployment.chat.duration.observe(0.3)
+    deployment.chat.input_tokens.observe(12)
+    deployment.embeddings.input_tokens.observe(5)
+    found = series(metrics)
+    genai = (
+        ("deployment", "fast/a"),
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_provider_name", "openai"),
+        ("gen_ai_request_model", "fast"),
+    )
+    assert ("gen_ai_client_operation_duration_seconds_count", genai) in found
+    assert ("gen_ai_client_operation_time_to_first_chunk_seconds_count", genai) in found
+    tokens = (*genai, ("gen_ai_token_type", "input"))
+    assert ("gen_ai_client_token_usage_bucket", (*tokens, ("le", "16.0"))) in found
+    embeddings = tuple(
+        (name, "embeddings" if name == "gen_ai_operation_name" else value) for name, value in tokens
+    )
+    assert ("gen_ai_client_token_usage_count", embeddings) in found
