@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -58,6 +59,7 @@ from areion.store.records import SessionTurn
 from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
+from areion.telemetry.experiments import Assignment, Experiments
 from areion.tokenizer import count_each
 from areion.types import (
     ChatRequest,
@@ -81,6 +83,8 @@ log = logging.getLogger("areion.runtime")
 # A random per-process prefix and a counter: unique across replicas and restarts,
 # without a system call per request.
 _ID_PREFIX = "req_" + os.urandom(8).hex()
+# An experiment's parameters that are fields of `ChatRequest`; the others go in `extra`.
+_REQUEST_FIELDS = frozenset({"temperature", "top_p", "max_tokens"})
 _ID_COUNTER = itertools.count()
 
 
@@ -122,6 +126,9 @@ class CallOptions:
     """The name of that run's agent."""
     session: str | None = None
     """The session the call belongs to."""
+    variant: str | None = None
+    """The experiment variant (`experiment:variant`) the call is served by, when its run
+    was assigned one; a call without one may be assigned one of a plain-call experiment."""
 
 
 class Runtime:
@@ -155,6 +162,7 @@ class Runtime:
         self._counters = counters
         self._warned_shared_down = 0.0
         self.ledger = Ledger(self.store)
+        self.experiments = Experiments(self.config.experiments)
         self.metrics.ledger_pending.set_function(lambda: self.ledger.pending)
         self._max_pending = self.config.ledger.max_pending_rows
         groups = build_groups(self.config, self.metrics, embedder=lambda: self.embedder)
@@ -190,6 +198,7 @@ class Runtime:
             lease_ttl_s=self.config.runs.lease_ttl_s,
             tracing=self.tracing,
             on_drive=self.metrics.agent_drive,
+            experiments=self.experiments,
         )
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)
@@ -473,6 +482,8 @@ class Runtime:
             annotations["agent"] = options.agent
         if options.session:
             annotations["session"] = options.session
+        if options.variant:
+            annotations["variant"] = options.variant
 
     def _start_background(self) -> None:
         """Probes, load reports and notices, in the running loop (once)."""
@@ -502,14 +513,51 @@ class Runtime:
         """The answer to `request` in the shape it asks for: a `ChatStream` when
         `request.stream` is set (returned once its first chunk has arrived), else a
         `ChatResponse`."""
-        call = self._begin(request, options)
         model = request.model  # the name asked for; a route retargets the call
+        if not self.experiments or options.variant:
+            call = self._begin(request, options)
+        else:
+            self._admit_model(model, options)  # 404 before a variant changes the name
+            if options.request_id is None:
+                options = dataclasses.replace(options, request_id=new_request_id())
+            assignment = self._assign(request, options)
+            call = self._begin(request, options)
+            if assignment is not None:
+                call.annotations["variant"] = assignment.label
+                if request.model != model:
+                    call.annotations["asked_model"] = model  # what the key's list is checked on
         try:
-            return await self._handler(call)
+            result = await self._handler(call)
         except LimitError as error:
             # Counted here: admission refuses before accounting sees the call.
             self.metrics.refusal(model, error.code)
             raise
+        if "variant" in call.annotations:
+            result.info["experiment"] = call.annotations["variant"]
+        return result
+
+    def _assign(self, request: ChatRequest, options: CallOptions) -> Assignment | None:
+        """The experiment variant of a plain call, applied to `request`: its model or
+        route, its parameters."""
+        assert options.request_id is not None
+        assignment = self.experiments.for_call(
+            request.model,
+            request_id=options.request_id,
+            session=options.session,
+            user=options.user or request.user,
+        )
+        if assignment is None:
+            return None
+        variant = assignment.variant
+        target = variant.model or variant.route
+        if target is not None:
+            request.model = target
+        for name, value in variant.params.items():
+            if name in _REQUEST_FIELDS:
+                setattr(request, name, value)
+            else:
+                request.extra[name] = value
+        return assignment
 
     async def chat(
         self,
@@ -526,6 +574,7 @@ class Runtime:
         run_id: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        variant: str | None = None,
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
@@ -535,6 +584,7 @@ class Runtime:
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
             priority=priority, user=user, run_id=run_id, agent=agent, session=session,
+            variant=variant,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatResponse)
@@ -555,6 +605,7 @@ class Runtime:
         run_id: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        variant: str | None = None,
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived.
 
@@ -564,6 +615,7 @@ class Runtime:
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
             priority=priority, user=user, run_id=run_id, agent=agent, session=session,
+            variant=variant,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatStream)

@@ -10,6 +10,8 @@ from areion.store.records import (
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ExperimentState,
+    OutcomeRecord,
     ResponseRecord,
     RunRecord,
     RunSnapshot,
@@ -181,6 +183,32 @@ class Store(Protocol):
     async def get_response(self, tenant: str, response_id: str) -> StoredResponse | None:
         """`tenant`'s response of that id, with the conversation through it; None if the
         tenant has none of that id (whoever else has)."""
+        ...
+
+    # -- experiments ------------------------------------------------------------------
+
+    async def record_outcome(self, outcome: OutcomeRecord) -> None:
+        """Keep a task's outcome (a later one for the same target replaces it)."""
+        ...
+
+    async def has_request(self, tenant: str, request_id: str) -> bool:
+        """Whether `tenant`'s ledger has a call of Areion's request id `request_id`."""
+        ...
+
+    async def experiment_units(
+        self, name: str, *, unit: str, runs: bool, since: float = 0.0
+    ) -> list[tuple[Any, ...]]:
+        """The units of experiment `name` seen since `since`, one row per unit (the
+        columns of `store.experiments_sql.UNIT_COLUMNS`): from the ledger rows its
+        variants booked, with the runs (`runs`: agent experiments) and the outcomes."""
+        ...
+
+    async def experiment_state(self, name: str) -> ExperimentState | None:
+        """What the verdict of experiment `name` last changed; None before any."""
+        ...
+
+    async def set_experiment_state(self, state: ExperimentState) -> None:
+        """Record a verdict and what it changes (stopped variants, a promoted winner)."""
         ...
 
     async def aclose(self) -> None:

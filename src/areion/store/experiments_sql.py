@@ -18,6 +18,7 @@ __all__ = [
     "OUTCOME_PUT",
     "REQUEST_EXISTS",
     "UNIT_COLUMNS",
+    "VARIANT_INDEX",
     "numbered",
     "units_query",
 ]
@@ -39,8 +40,12 @@ CREATE TABLE IF NOT EXISTS experiment_state (
     verdict TEXT NOT NULL DEFAULT 'running',
     updated DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ledger_variant ON ledger (variant, tenant) WHERE variant <> '';
 """
+
+# After the ledger has its `variant` column (an old SQLite database gains it on open).
+VARIANT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ledger_variant ON ledger (variant, tenant) WHERE variant <> ''"
+)
 
 # The last outcome posted for a target wins.
 OUTCOME_PUT = (

@@ -18,6 +18,14 @@ import asyncpg
 import orjson
 
 from areion.errors import FencedError
+from areion.store.experiments_sql import (
+    EXPERIMENT_STATE_GET,
+    EXPERIMENT_STATE_PUT,
+    OUTCOME_PUT,
+    REQUEST_EXISTS,
+    numbered,
+    units_query,
+)
 from areion.store.postgres_batch import (
     CACHE,
     CALLS,
@@ -46,6 +54,8 @@ from areion.store.records import (
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ExperimentState,
+    OutcomeRecord,
     ResponseRecord,
     RunRecord,
     RunSnapshot,
@@ -130,6 +140,12 @@ WITH RECURSIVE chain AS (
 SELECT response_id, previous_response_id, model, created, messages, body
 FROM chain ORDER BY depth DESC
 """
+
+
+_OUTCOME_PUT = numbered(OUTCOME_PUT)
+_REQUEST_EXISTS = numbered(REQUEST_EXISTS)
+_EXPERIMENT_STATE_GET = numbered(EXPERIMENT_STATE_GET)
+_EXPERIMENT_STATE_PUT = numbered(EXPERIMENT_STATE_PUT)
 
 
 class PostgresStore:
@@ -530,6 +546,41 @@ class PostgresStore:
             body=orjson.loads(last[5]),
         )
         return StoredResponse(record=record, conversation=conversation)
+
+    # -- experiments ------------------------------------------------------------------
+
+    async def record_outcome(self, outcome: OutcomeRecord) -> None:
+        await self._fetchval(
+            _OUTCOME_PUT,
+            outcome.tenant, outcome.kind, outcome.target, int(outcome.success), outcome.score,
+            outcome.created,
+        )  # fmt: skip
+
+    async def has_request(self, tenant: str, request_id: str) -> bool:
+        return await self._fetchval(_REQUEST_EXISTS, request_id, tenant) is not None
+
+    async def experiment_units(
+        self, name: str, *, unit: str, runs: bool, since: float = 0.0
+    ) -> list[tuple[Any, ...]]:
+        rows = await self._fetch(
+            numbered(units_query(unit, runs=runs)), f"{name}:", f"{name};", since
+        )
+        return [tuple(row) for row in rows]
+
+    async def experiment_state(self, name: str) -> ExperimentState | None:
+        row = await self._fetchrow(_EXPERIMENT_STATE_GET, name)
+        if row is None:
+            return None
+        return ExperimentState(
+            name=name, stopped=tuple(orjson.loads(row[0])), promoted=row[1], verdict=row[2]
+        )
+
+    async def set_experiment_state(self, state: ExperimentState) -> None:
+        await self._fetchval(
+            _EXPERIMENT_STATE_PUT,
+            state.name, orjson.dumps(list(state.stopped)).decode(), state.promoted,
+            state.verdict, state.updated,
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         if self._closed:

@@ -19,6 +19,7 @@ write at a time so only the bad write's caller hears of it.
 
 from __future__ import annotations
 
+from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
 from areion.store.rollups import HISTOGRAM, rollup_upsert
 
 __all__ = [
@@ -522,6 +523,15 @@ CREATE OR REPLACE FUNCTION areion_write(
 $$;
 """
 
+# Experiments: outcomes posted by applications, each experiment's verdict state, and the
+# ledger's rows of experiments indexed by variant.
+_EXPERIMENTS = EXPERIMENT_TABLES + VARIANT_INDEX + ";\n"
+
 # MIGRATIONS[i] brings a schema at version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES, _ATTRIBUTION)
+MIGRATIONS: tuple[str, ...] = (
+    _TABLES + _TYPES + _WRITE_FUNCTION,
+    _RESPONSES,
+    _ATTRIBUTION,
+    _EXPERIMENTS,
+)
 VERSION = len(MIGRATIONS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
 from areion.store.rollups import HISTOGRAM, rollup_upsert
 
 __all__ = [
@@ -256,6 +257,7 @@ CREATE TABLE IF NOT EXISTS tool_calls (
 TABLES = (
     _LEDGER_TABLES
     + RUN_TABLES
+    + EXPERIMENT_TABLES
     + """
 CREATE TABLE IF NOT EXISTS session_turns (
     tenant TEXT NOT NULL,
@@ -372,6 +374,7 @@ def migrate(db: Any) -> None:
             db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {declaration}")
     # Only streams in progress are open: a small index, for closing them.
     db.execute("CREATE INDEX IF NOT EXISTS ledger_open ON ledger (request_id) WHERE open = 1")
+    db.execute(VARIANT_INDEX)
     _fill_rollups(db)
     if not _runs_namespaced(db):
         _namespace_runs(db)

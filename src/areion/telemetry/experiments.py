@@ -14,14 +14,19 @@ unit of its own. The analysis is in telemetry/verdicts.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from areion.config import ExperimentConfig, VariantConfig
 from areion.errors import ConfigError
+
+if TYPE_CHECKING:
+    from areion.agent.agent import Agent
 
 __all__ = ["Assignment", "Experiments", "Split", "assign"]
 
@@ -79,6 +84,18 @@ class Assignment:
     def label(self) -> str:
         """`experiment:variant`, as booked on ledger rows and runs."""
         return f"{self.experiment}:{self.variant.name}"
+
+    def agent(self, agent: Agent) -> Agent:
+        """`agent` as the variant runs it: its instructions, model and temperature."""
+        variant = self.variant
+        changes: dict[str, Any] = {}
+        if self.instructions is not None:
+            changes["instructions"] = self.instructions
+        if variant.model or variant.route:
+            changes["model"] = variant.model or variant.route
+        if "temperature" in variant.params:
+            changes["temperature"] = variant.params["temperature"]
+        return dataclasses.replace(agent, **changes) if changes else agent
 
 
 class _Live:
