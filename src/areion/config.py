@@ -491,6 +491,9 @@ class ExperimentConfig(_Strict):
     stop: StopConfig = Field(default_factory=StopConfig)
     # Once the verdict names a winner, send every unit to it.
     promote: bool = False
+    # How often a server judges an experiment with guardrails or promotion (and every
+    # replica applies what the last verdict decided).
+    check_every_s: float = Field(default=60.0, ge=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

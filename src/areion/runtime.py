@@ -21,7 +21,7 @@ from areion.agent.agent import Agent
 from areion.agent.events import Event
 from areion.agent.loop import RunResult
 from areion.agent.memory import SessionMemory
-from areion.agent.runner import AgentRunner
+from areion.agent.runner import AgentRunner, RunNotFoundError
 from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
 from areion.cache.vectors import EmbeddingCache
@@ -55,11 +55,17 @@ from areion.providers.base import HttpTransport
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.counters import Counters, FailOpenCounters
-from areion.store.records import SessionTurn
+from areion.store.records import OutcomeRecord, SessionTurn
 from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
-from areion.telemetry.experiments import Assignment, Experiments
+from areion.telemetry.experiments import (
+    Assignment,
+    ExperimentNotFoundError,
+    Experiments,
+    OutcomeTargetError,
+)
+from areion.telemetry.verdicts import ExperimentReport, Judge
 from areion.tokenizer import count_each
 from areion.types import (
     ChatRequest,
@@ -163,6 +169,7 @@ class Runtime:
         self._warned_shared_down = 0.0
         self.ledger = Ledger(self.store)
         self.experiments = Experiments(self.config.experiments)
+        self.judge = Judge(self.store, self.experiments, registry=self.metrics.registry)
         self.metrics.ledger_pending.set_function(lambda: self.ledger.pending)
         self._max_pending = self.config.ledger.max_pending_rows
         groups = build_groups(self.config, self.metrics, embedder=lambda: self.embedder)
@@ -492,6 +499,8 @@ class Runtime:
         if self.gateway.fleet is not None:
             self.gateway.fleet.start()
         self._listening = asyncio.get_running_loop().create_task(self.shared.start())
+        if self.experiments:
+            self.judge.start(min(c.check_every_s for c in self.experiments.configs))
 
     async def start(self) -> None:
         """Start what runs in the background (the server does it at start; otherwise the
@@ -620,6 +629,55 @@ class Runtime:
         result = await self.answer(request, options)
         assert isinstance(result, ChatStream)
         return result
+
+    # -- experiments --------------------------------------------------------------
+
+    async def experiment_report(self, name: str) -> ExperimentReport:
+        """Experiment `name`'s figures and verdict now (what it decides is carried out:
+        a stopped variant's units back to control, a promoted winner for all)."""
+        if self.experiments.get(name) is None:
+            known = ", ".join(c.name for c in self.experiments.configs) or "none configured"
+            raise ExperimentNotFoundError(
+                f"no experiment '{name[:100]}'; experiments: {known}", param="name"
+            )
+        return await self.judge.report(name)
+
+    async def record_outcome(
+        self,
+        *,
+        success: bool,
+        tenant: str = "default",
+        run_id: str | None = None,
+        request_id: str | None = None,
+        session: str | None = None,
+        score: float | None = None,
+    ) -> None:
+        """Record whether a task succeeded: an agent run, a call (Areion's request id,
+        `x-request-id` of its answer), or a whole session. Experiments judge success
+        by it; a later outcome for the same target replaces it."""
+        targets = [
+            (k, v) for k, v in (("run", run_id), ("request", request_id), ("session", session)) if v
+        ]
+        if len(targets) != 1:
+            raise RequestError("name exactly one of run_id, request_id or session", param="run_id")
+        kind, target = targets[0]
+        if kind == "run" and await self.store.load_run(target, tenant=tenant) is None:
+            raise RunNotFoundError(f"you have no run '{target[:100]}'", param="run_id")
+        if kind == "request" and not await self.store.has_request(tenant, target):
+            raise OutcomeTargetError(
+                f"you have no call of request id '{target[:100]}' (Areion's x-request-id)",
+                param="request_id",
+            )
+        await self.store.record_outcome(
+            OutcomeRecord(
+                tenant=tenant,
+                kind=kind,  # type: ignore[arg-type]
+                target=target,
+                success=success,
+                score=score,
+                created=time.time(),
+            )
+        )
 
     # -- embeddings ---------------------------------------------------------------
 
@@ -785,6 +843,7 @@ class Runtime:
         await self.load_probe.aclose()
         if self.gateway.fleet is not None:
             await self.gateway.fleet.aclose()
+        await self.judge.aclose()
         await self.admission.drain()
         if self.exact_cache is not None:
             await self.exact_cache.drain()

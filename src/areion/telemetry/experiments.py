@@ -23,14 +23,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from areion.config import ExperimentConfig, VariantConfig
-from areion.errors import ConfigError
+from areion.errors import ConfigError, RequestError
 
 if TYPE_CHECKING:
     from areion.agent.agent import Agent
 
-__all__ = ["Assignment", "Experiments", "Split", "assign"]
+__all__ = [
+    "Assignment",
+    "ExperimentNotFoundError",
+    "Experiments",
+    "OutcomeTargetError",
+    "Split",
+    "assign",
+]
 
 _SCALE = float(1 << 64)
+
+
+class ExperimentNotFoundError(RequestError):
+    """No experiment of that name is configured."""
+
+    status = 404
+    code = "experiment_not_found"
+
+
+class OutcomeTargetError(RequestError):
+    """An outcome names a call the caller never made."""
+
+    status = 404
+    code = "outcome_target_not_found"
 
 
 class Split:

@@ -7,14 +7,20 @@ anytime-valid (telemetry/sequential.py), so a daily look is safe.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter
 
 from areion.config import ExperimentConfig
+from areion.store.records import ExperimentState
 from areion.telemetry.sequential import (
     Comparison,
     Floats,
@@ -26,7 +32,13 @@ from areion.telemetry.sequential import (
     ratio_interval,
 )
 
-__all__ = ["ExperimentReport", "VariantReport", "analyse", "unit_data"]
+if TYPE_CHECKING:
+    from areion.store.base import Store
+    from areion.telemetry.experiments import Experiments
+
+__all__ = ["ExperimentReport", "Judge", "VariantReport", "analyse", "unit_data"]
+
+log = logging.getLogger("areion.experiments")
 
 # The default smallest effect worth finding: 5 points of success rate, 10% of cost or
 # latency. Also the spread of the sequential test's mixture.
@@ -266,3 +278,112 @@ def unit_data(
         )
         seen[name] = table[:, 6]
     return units, crossed, seen
+
+
+class Judge:
+    """Reads each experiment's units from the store, gives its verdict, and carries it
+    out: a variant a guardrail stopped sends its units back to control, a promoted
+    winner takes them all. The state is kept in the store, so every replica (and a
+    restart) serves the same variants; any replica may judge, the result is the same."""
+
+    def __init__(
+        self,
+        store: Store,
+        experiments: Experiments,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._experiments = experiments
+        self.clock = clock
+        self._stops = Counter(
+            "areion_experiment_stops",
+            "Experiment variants stopped by a guardrail (their units back to control).",
+            ("experiment", "variant"),
+            registry=registry,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def report(self, name: str, *, since: float = 0.0) -> ExperimentReport:
+        """Experiment `name`'s figures and verdict now, its effects carried out."""
+        config = self._experiments.get(name)
+        if config is None:
+            raise KeyError(name)
+        rows = await self._store.experiment_units(
+            name, unit=config.unit, runs=config.applies_to.agent is not None, since=since
+        )
+        units, crossed, _ = unit_data(rows)
+        report = analyse(config, units)
+        report.crossed_units = crossed
+        await self._carry_out(config, report)
+        return report
+
+    async def reports(self) -> list[ExperimentReport]:
+        return [await self.report(config.name) for config in self._experiments.configs]
+
+    async def _carry_out(self, config: ExperimentConfig, report: ExperimentReport) -> None:
+        before = await self._store.experiment_state(config.name)
+        stopped = tuple(sorted(set(report.stopped) | set(before.stopped if before else ())))
+        promoted = before.promoted if before else None
+        if config.promote and report.winner is not None and promoted is None:
+            promoted = report.winner
+        for name in stopped:
+            if before is None or name not in before.stopped:
+                self._stops.labels(config.name, name).inc()
+                reason = next((v.stopped for v in report.variants if v.name == name), "")
+                log.warning(
+                    "experiment %s: variant %s stopped by its guardrail (%s); its units go "
+                    "back to control %s",
+                    config.name, name, reason, config.control,
+                )  # fmt: skip
+        if promoted is not None and (before is None or before.promoted != promoted):
+            log.warning("experiment %s: %s promoted, every unit now gets it", config.name, promoted)
+        state = ExperimentState(
+            name=config.name,
+            verdict=report.verdict,
+            stopped=stopped,
+            promoted=promoted,
+            updated=self.clock(),
+        )
+        if before is None or (before.verdict, before.stopped, before.promoted) != (
+            state.verdict,
+            state.stopped,
+            state.promoted,
+        ):
+            await self._store.set_experiment_state(state)
+        self._experiments.settle(config.name, stopped=stopped, promoted=promoted)
+
+    async def sync(self) -> None:
+        """Apply what any replica's verdicts decided, and judge the experiments whose
+        verdict changes traffic (guardrails, promotion)."""
+        for config in self._experiments.configs:
+            rails = config.guardrails
+            if config.promote or rails.max_cost_per_task_ratio or rails.max_p95_latency_ratio:
+                await self.report(config.name)
+                continue
+            state = await self._store.experiment_state(config.name)
+            if state is not None:
+                self._experiments.settle(
+                    config.name, stopped=state.stopped, promoted=state.promoted
+                )
+
+    def start(self, every_s: float) -> None:
+        """Sync every `every_s` seconds in the background, from now."""
+        if self._task is None and self._experiments:
+            self._task = asyncio.get_running_loop().create_task(self._loop(every_s))
+
+    async def _loop(self, every_s: float) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # a store outage: the next round tries again
+                log.exception("experiments: the verdicts could not be read")
+            await asyncio.sleep(every_s)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
