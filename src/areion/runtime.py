@@ -51,6 +51,7 @@ from areion.store.records import SessionTurn
 from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
+from areion.telemetry.scaling import ScalingSignal
 from areion.tokenizer import count_each
 from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message
 
@@ -159,6 +160,14 @@ class Runtime:
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)
         stages: list[Stage] = []
+        # First: every arrival counts toward the scaling signal, refused ones included.
+        self.scaling: ScalingSignal | None = None
+        if self.config.scaling.enabled:
+            self.scaling = ScalingSignal(
+                self.config.scaling, self.store, elsewhere=self._in_flight_elsewhere
+            )
+            self.scaling.register(self.metrics.registry)
+            stages.append(self.scaling)
         # Admission first: a cache hit still counts as a request and is reconciled to 0.
         # Always there: a key made in the store later may carry limits or a model list
         # (a call with nothing to check passes straight through).
@@ -338,6 +347,12 @@ class Runtime:
             registry=self.metrics.registry,
         )
 
+    def _in_flight_elsewhere(self) -> int:
+        """Upstream calls the other replicas have in flight, as they last reported."""
+        if self.gateway.fleet is None:
+            return 0
+        return sum(d.remote_outstanding for d in self.gateway.deployments.values())
+
     def _solver(self) -> SolverFn | None:
         if not any(route.solver for route in self.config.routes):
             return None
@@ -417,6 +432,8 @@ class Runtime:
         self.load_probe.start()
         if self.gateway.fleet is not None:
             self.gateway.fleet.start()
+        if self.scaling is not None:
+            self.scaling.start()
         self._listening = asyncio.get_running_loop().create_task(self.shared.start())
 
     async def start(self) -> None:
@@ -496,6 +513,8 @@ class Runtime:
     def _embedding_path(self, accounting: Accounting) -> EmbeddingHandler:
         """The embeddings chain: the stages that apply to them, around `Gateway.embed`."""
         stages: list[EmbeddingStage] = [self.admission]
+        if self.scaling is not None:
+            stages.insert(0, self.scaling)
         self.embedding_cache: EmbeddingCache | None = None
         if self.config.cache.embeddings.enabled:
             self.embedding_cache = EmbeddingCache(
@@ -655,6 +674,8 @@ class Runtime:
             await self.agents.plans.aclose()
         await self.ledger.aclose()
         await self.gateway.aclose()
+        if self.scaling is not None:
+            await self.scaling.aclose()
         await self.store.aclose()
         await self.shared.aclose()
         if self.agents.plans is not None:

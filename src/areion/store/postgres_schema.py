@@ -407,6 +407,15 @@ CREATE TABLE responses (
 );
 """
 
+# Version 3: requests that arrived per minute, summed over every replica: what the
+# scaling signal's time-of-day profile is learned from.
+_ARRIVALS = """
+CREATE TABLE arrivals (
+    start bigint PRIMARY KEY,                       -- Unix time of the minute's start
+    count bigint NOT NULL
+);
+"""
+
 # MIGRATIONS[i] brings a schema at version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES)
+MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES, _ARRIVALS)
 VERSION = len(MIGRATIONS)
