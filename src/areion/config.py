@@ -472,12 +472,12 @@ class ScalingConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:
         if self.min_replicas > self.max_replicas:
-            raise ValueError("scaling: min_replicas must not exceed max_replicas")
+            raise ValueError("min_replicas must not exceed max_replicas")
         try:
             zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(
-                f"scaling.timezone: '{self.timezone}' is not a known time zone; use an IANA "
+                f"timezone '{self.timezone}' is not a known time zone; use an IANA "
                 "name such as Europe/Paris or UTC"
             ) from None
         return self

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from areion.config import ScalingConfig
+from areion.config import ScalingConfig, parse_config
+from areion.errors import ConfigError
 from areion.store import SQLiteStore
 from areion.telemetry.forecast import BUCKET_S
 from areion.telemetry.scaling import ScalingSignal, ServiceTimes
@@ -193,3 +194,17 @@ def test_the_p95_service_time_is_of_the_latest_calls() -> None:
     for _ in range(100):
         times.add(0.1)  # the old ones age out
     assert times.p95() == 0.1
+
+
+@pytest.mark.parametrize(
+    ("scaling", "complaint"),
+    [
+        ({"timezone": "Mars/Olympus"}, "'Mars/Olympus' is not a known time zone"),
+        ({"min_replicas": 5, "max_replicas": 2}, "min_replicas must not exceed max_replicas"),
+        ({"target_concurrency_per_replica": 0}, "target_concurrency_per_replica"),
+    ],
+)
+def test_bad_scaling_settings_say_what_is_wrong(scaling: dict[str, object], complaint: str) -> None:
+    settings = {"models": [{"name": "fast", "provider": "sim"}], "scaling": scaling}
+    with pytest.raises(ConfigError, match=complaint):
+        parse_config(settings)
