@@ -18,6 +18,7 @@ from areion.errors import RateLimitExceededError
 from areion.server import create_app
 from areion.store import SQLiteStore
 from areion.types import ChatRequest, Message
+from tests.pg import fresh_schema
 from tests.scripted import Behaviour, ScriptedUpstream
 from tests.support import ManualClock, serve_app
 
@@ -124,3 +125,34 @@ async def test_scaling_off_leaves_no_signal(tmp_path: Path) -> None:
     async with Runtime(config) as rt:
         assert rt.scaling is None
         assert b"areion_desired_replicas" not in rt.metrics.exposition()
+
+
+async def test_replicas_on_one_postgresql_store_forecast_from_all_arrivals() -> None:
+    async with fresh_schema() as url:
+        config = parse_config(
+            {
+                "models": [{"name": "fast", "provider": "sim", "model": "sim-fast",
+                            "time_scale": 0.01}],
+                "store": url,
+            }
+        )  # fmt: skip
+        clock = ManualClock(NOON)
+        request = ChatRequest(model="fast", messages=[Message(role="user", content="hi")])
+        async with Runtime(config) as first, Runtime(config) as second:
+            for replica, calls in ((first, 3), (second, 5)):
+                assert replica.scaling is not None
+                replica.scaling.clock = clock
+                for _ in range(calls):
+                    await replica.chat(request)
+            clock.advance(60.0)
+            for replica in (first, second):
+                assert replica.scaling is not None
+                await replica.scaling.sync()
+            await first.scaling.sync()  # after the second's counts landed
+            for replica in (first, second):
+                assert replica.scaling.desired().forecast.recent_rate == pytest.approx(8 / 300)
+        async with Runtime(config) as later:  # a replica started afterwards
+            assert later.scaling is not None
+            later.scaling.clock = clock
+            await later.scaling.load()
+            assert later.scaling.desired().forecast.recent_rate == pytest.approx(8 / 300)

@@ -107,6 +107,8 @@ class ScalingSignal:
         self._pending: dict[int, int] = {}
         self._sending: dict[int, int] = {}
         self._loaded = False
+        # One sync at a time: the background loop's and a caller's (aclose, a test).
+        self._syncing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._warned = 0.0
 
@@ -199,6 +201,10 @@ class ScalingSignal:
         """Add this replica's counts to the store; read back everyone's recent minutes.
 
         Counts the store did not take are kept for the next sync."""
+        async with self._syncing:
+            await self._sync()
+
+    async def _sync(self) -> None:
         if not self._loaded:
             await self.load()
         now = self.clock()
