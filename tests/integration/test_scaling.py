@@ -20,7 +20,7 @@ from areion.store import SQLiteStore
 from areion.types import ChatRequest, Message
 from tests.pg import fresh_schema
 from tests.scripted import Behaviour, ScriptedUpstream
-from tests.support import ManualClock, serve_app
+from tests.support import REDIS_URL, ManualClock, eventually, prefixed, require_redis, serve_app
 
 NOON = 1_772_452_800.0  # Monday 2 March 2026, 12:00 UTC: a minute's start
 
@@ -156,3 +156,40 @@ async def test_replicas_on_one_postgresql_store_forecast_from_all_arrivals() -> 
             later.scaling.clock = clock
             await later.scaling.load()
             assert later.scaling.desired().forecast.recent_rate == pytest.approx(8 / 300)
+
+
+async def test_calls_in_flight_on_another_replica_keep_the_signal_up(
+    upstream: tuple[ScriptedUpstream, str],
+) -> None:
+    require_redis()
+    scripted, url = upstream
+    hold = threading.Event()
+    arrived = [threading.Event() for _ in range(2)]
+    scripted.script.extend(Behaviour(hold=hold, arrived=event) for event in arrived)
+    async with fresh_schema() as pg_url:
+        config = parse_config(
+            {
+                **settings(url, Path("unused.db")),
+                "store": pg_url,
+                "shared": prefixed(REDIS_URL),
+                "scaling": {"min_replicas": 0, "target_concurrency_per_replica": 8},
+            }
+        )
+        chat = ChatRequest(model="fast", messages=[Message(role="user", content="hi")])
+        async with Runtime(config) as busy, Runtime(config) as idle:
+            assert idle.scaling is not None
+            idle.scaling.clock = ManualClock(NOON)  # its own minute: nothing arrived
+            await idle.start()
+            calls = [asyncio.create_task(busy.chat(chat)) for _ in arrived]
+            for event in arrived:
+                await asyncio.to_thread(event.wait, 30)
+
+            async def counted(calls: int, replicas: int) -> bool:
+                assert idle.scaling is not None
+                found = idle.scaling.desired()
+                return found.in_flight == calls and found.replicas == replicas
+
+            await eventually(lambda: counted(2, 1))  # the busy replica's two calls
+            hold.set()
+            await asyncio.gather(*calls)
+            await eventually(lambda: counted(0, 0))
