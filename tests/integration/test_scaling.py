@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from areion import Runtime
@@ -20,7 +24,17 @@ from areion.store import SQLiteStore
 from areion.types import ChatRequest, Message
 from tests.pg import fresh_schema
 from tests.scripted import Behaviour, ScriptedUpstream
-from tests.support import REDIS_URL, ManualClock, eventually, prefixed, require_redis, serve_app
+from tests.support import (
+    REDIS_URL,
+    ManualClock,
+    _missing,
+    eventually,
+    free_port,
+    prefixed,
+    require_redis,
+    serve_app,
+    wait_for_port,
+)
 
 NOON = 1_772_452_800.0  # Monday 2 March 2026, 12:00 UTC: a minute's start
 
@@ -193,3 +207,72 @@ async def test_calls_in_flight_on_another_replica_keep_the_signal_up(
             hold.set()
             await asyncio.gather(*calls)
             await eventually(lambda: counted(0, 0))
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if found is None:
+        _missing("Debian's prometheus is not installed (apt-get install prometheus)")
+    assert found is not None
+    return found
+
+
+@contextlib.contextmanager
+def prometheus(binary: str, target: str, folder: Path) -> Iterator[int]:
+    """A real Prometheus scraping `target` (job `areion`) every second; yields its port."""
+    scrape_config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "areion",
+                            "static_configs": [{"targets": [target.split("//")[1]]}]}],
+    }  # fmt: skip
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(scrape_config))
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, f"--config.file={folder / 'prometheus.yml'}",
+         f"--storage.tsdb.path={folder / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=60)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def test_the_keda_query_reads_it_through_a_real_prometheus(
+    upstream: tuple[ScriptedUpstream, str], tmp_path: Path, prometheus_binary: str
+) -> None:
+    scripted, url = upstream
+    hold = threading.Event()
+    arrived = [threading.Event() for _ in range(3)]
+    scripted.script.extend(Behaviour(hold=hold, arrived=event) for event in arrived)
+    runtime = Runtime(parse_config(settings(url, tmp_path / "areion.db")))
+    assert runtime.scaling is not None
+    runtime.scaling.clock = ManualClock(NOON)
+    chat = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    with (
+        serve_app(create_app(runtime)) as server,
+        prometheus(prometheus_binary, server, tmp_path) as port,
+    ):
+        async with httpx.AsyncClient(base_url=server, timeout=30) as http:
+            calls = [asyncio.create_task(http.post("/v1/chat/completions", json=chat))
+                     for _ in arrived]  # fmt: skip
+            for event in arrived:
+                await asyncio.to_thread(event.wait, 30)
+
+            async def keda_reads(value: str) -> bool:
+                # The ScaledObject's query (docs/scaling.md): one element, the signal.
+                async with httpx.AsyncClient(timeout=10) as api:
+                    answer = await api.get(
+                        f"http://127.0.0.1:{port}/api/v1/query",
+                        params={"query": 'max(areion_desired_replicas{job="areion"})'},
+                    )
+                result = answer.json()["data"]["result"]
+                return len(result) == 1 and result[0]["value"][1] == value
+
+            await eventually(lambda: keda_reads("3"), within=60)  # 3 in flight / 1
+            hold.set()
+            assert [r.status_code for r in await asyncio.gather(*calls)] == [200] * 3
+            await eventually(lambda: keda_reads("0"), within=60)
