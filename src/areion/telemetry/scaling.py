@@ -242,8 +242,11 @@ class ScalingSignal:
         """Stop syncing; hand what was counted to the store."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # A task of another event loop (the runtime was used from several) cannot
+            # be awaited here; cancelled, it ends when that loop next runs.
+            if self._task.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         if self._pending or self._sending:
             try:
