@@ -474,11 +474,13 @@ class ScalingConfig(_Strict):
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
         try:
-            zoneinfo.ZoneInfo(self.timezone)
+            if self.timezone != "UTC":  # needs no time zone database
+                zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(
                 f"timezone '{self.timezone}' is not a known time zone; use an IANA "
-                "name such as Europe/Paris or UTC"
+                "name such as Europe/Paris or UTC (zones other than UTC need the system's "
+                "time zone database, or `pip install tzdata`)"
             ) from None
         return self
 

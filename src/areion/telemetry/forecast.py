@@ -74,7 +74,8 @@ class ArrivalForecaster:
     ) -> None:
         self.history_days = history_days
         """Earlier days the profile looks at."""
-        self.zone = zoneinfo.ZoneInfo(timezone)
+        # UTC needs no time zone database (a slim container may have none).
+        self.zone: dt.tzinfo = dt.UTC if timezone == "UTC" else zoneinfo.ZoneInfo(timezone)
         """Whose wall clock the daily and weekly pattern follows."""
         self.level_window_s = level_window_s
         self.recent_window_s = recent_window_s
