@@ -7,8 +7,8 @@ one surge no earlier day had (a Wednesday 15:00, 30 req/s for 20 minutes). The f
 `--history-days` days go into a real SQLite store as replicas would have added them;
 the next `--days` are replayed minute by minute through `ScalingSignal` on a manual
 clock (count the minute's arrivals, sync with the store, read the gauge from the
-registry), side by side with a reactive signal: the same formula on the rate of the
-last 5 complete minutes (what a current-rate autoscaler sees).
+registry), side by side with two reactive signals: the same formula on the rate of the
+last 5 complete minutes, and of the last one (what a current-rate autoscaler sees).
 
 A replica is ready `--startup-min` minutes after the signal asks for it (scaling down
 is immediate for both). Needed: ceil(the minute's actual rate x p95 / target). Printed
@@ -110,6 +110,8 @@ async def replay(args: Any, workdir: Path) -> dict[str, Any]:
     p95 = signal.times.p95()
     forecast: list[int] = []
     reactive: list[int] = []
+    reactive_1m: list[int] = []
+    last = [count for _, _, count in history[-5:]]
     scrape_s: list[float] = []
     for start, _, count in minutes[len(history) :]:
         clock_now[0] = start
@@ -118,8 +120,9 @@ async def replay(args: Any, workdir: Path) -> dict[str, Any]:
         scrape_s.append(time.perf_counter() - began)
         assert value is not None
         forecast.append(int(value))
-        recent = signal.desired().forecast.recent_rate
-        reactive.append(needed(recent, p95, args.target, config.min_replicas))
+        reactive.append(needed(sum(last) / 300, p95, args.target, config.min_replicas))
+        reactive_1m.append(needed(last[-1] / 60, p95, args.target, config.min_replicas))
+        last = [*last[1:], count]
         signal.arrive(count)
         clock_now[0] = start + BUCKET_S - 1
         await signal.sync()
@@ -136,7 +139,8 @@ async def replay(args: Any, workdir: Path) -> dict[str, Any]:
     first = day * 1440 + hour * 60
     one_off = range(first, first + length + args.startup_min)
     results = {}
-    for name, signal_values in (("forecast", forecast), ("reactive", reactive)):
+    signals = (("forecast", forecast), ("reactive", reactive), ("reactive_1m", reactive_1m))
+    for name, signal_values in signals:
         results[name] = judge(signal_values, need, replayed, surges, args, p95, one_off)
     results["scrape_us_p50"] = percentile(scrape_s, 50) * 1e6
     results["p95_s"] = p95
@@ -210,22 +214,27 @@ async def run(args: Any, workdir: Path) -> int:
     results = await replay(args, workdir)
     print(f"p95 service time {results['p95_s']:.2f} s; {results['surges']} weekday surges\n")
     rows = []
-    for name in ("forecast", "reactive"):
-        r = results[name]
+    names = {"forecast": "forecast", "reactive": "reactive (last 5 min)",
+             "reactive_1m": "reactive (last minute)"}  # fmt: skip
+    for key, name in names.items():
+        r = results[key]
         rows.append([name, fmt(r["lead_min_median"], 0), fmt(r["lead_min_worst"], 0),
                      r["under_replica_min"], r["under_minutes"], r["under_one_off_replica_min"],
                      r["over_replica_min"], r["replica_min"]])  # fmt: skip
     print(table(["signal", "asks ahead (min, median)", "worst", "under (replica-min)",
                  "under (min)", "of which one-off", "over (replica-min)", "run (replica-min)"],
                 rows))  # fmt: skip
-    f, r = results["forecast"], results["reactive"]
-    print(
-        f"\nunder-provisioning, forecast / reactive: "
-        f"{f['under_replica_min'] / max(1, r['under_replica_min']):.2f} "
-        f"(replica-min), {f['under_minutes'] / max(1, r['under_minutes']):.2f} (minutes); "
-        f"over-provisioning: {f['over_replica_min'] / max(1, r['over_replica_min']):.2f}; "
-        f"replica-minutes run: {f['replica_min'] / max(1, r['replica_min']):.3f}"
-    )
+    f = results["forecast"]
+    print()
+    for key in ("reactive", "reactive_1m"):
+        r = results[key]
+        print(
+            f"forecast / {names[key]}: under-provisioning "
+            f"{f['under_replica_min'] / max(1, r['under_replica_min']):.2f} (replica-min), "
+            f"{f['under_minutes'] / max(1, r['under_minutes']):.2f} (minutes); "
+            f"over-provisioning {f['over_replica_min'] / max(1, r['over_replica_min']):.2f}; "
+            f"replica-minutes run {f['replica_min'] / max(1, r['replica_min']):.3f}"
+        )
     cost = await stage_cost(args, workdir)
     print(
         f"\ncost: the stage adds {cost['stage'] - cost['off']:.2f} µs per call at p50 "

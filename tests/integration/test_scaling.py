@@ -125,7 +125,7 @@ async def test_a_stream_is_in_flight_and_timed_until_it_ends(tmp_path: Path) -> 
             await rt.chat(request, tenant="team")  # refused: an arrival, not a service time
         assert len(rt.scaling.times) == 2
         clock.advance(60.0)
-        assert rt.scaling.desired().forecast.recent_rate == pytest.approx(3 / 300)
+        assert rt.scaling.desired().forecast.recent_rate == pytest.approx(3 / 60)
 
 
 async def test_scaling_off_leaves_no_signal(tmp_path: Path) -> None:
@@ -164,12 +164,12 @@ async def test_replicas_on_one_postgresql_store_forecast_from_all_arrivals() -> 
                 await replica.scaling.sync()
             await first.scaling.sync()  # after the second's counts landed
             for replica in (first, second):
-                assert replica.scaling.desired().forecast.recent_rate == pytest.approx(8 / 300)
+                assert replica.scaling.desired().forecast.recent_rate == pytest.approx(8 / 60)
         async with Runtime(config) as later:  # a replica started afterwards
             assert later.scaling is not None
             later.scaling.clock = clock
             await later.scaling.load()
-            assert later.scaling.desired().forecast.recent_rate == pytest.approx(8 / 300)
+            assert later.scaling.desired().forecast.recent_rate == pytest.approx(8 / 60)
 
 
 async def test_calls_in_flight_on_another_replica_keep_the_signal_up(

@@ -15,8 +15,9 @@ for the next `horizon_s` is the peak, over that window, of
   window (more traffic than on the days before: higher), shrunk toward 1 when few
   calls make it up, and kept within [1/2, 4] (a lull halves the forecast at most).
 
-It is never below the rate of the last `recent_window_s` (what is arriving now, for
-a surge no earlier day had). With no history, that recent rate is the forecast.
+It is never below the rate of the last `recent_window_s` (the last complete minute:
+what is arriving now, for a surge no earlier day had; a longer window reacts later and
+lingers after, `bench/scaling.py`). With no history, that recent rate is the forecast.
 Pure computation on a clock the caller passes: no I/O, no wall clock of its own.
 """
 
@@ -69,7 +70,7 @@ class ArrivalForecaster:
         history_days: int = 14,
         timezone: str = "UTC",
         level_window_s: float = 1800.0,
-        recent_window_s: float = 300.0,
+        recent_window_s: float = 60.0,
         smooth_s: float = 300.0,
     ) -> None:
         self.history_days = history_days
@@ -148,20 +149,22 @@ class ArrivalForecaster:
         kind = [d for d in seen if ((weekday - d) % 7 >= 5) == weekend]
         return kind or seen
 
-    def profile(self, t: float) -> tuple[float, int] | None:
-        """The rate at `t`'s wall-clock time on the earlier days like `t`'s, and how many
-        days that is; None with no such day."""
+    def profile(self, t: float, *, over_s: float | None = None) -> tuple[float, int] | None:
+        """The rate at `t`'s wall-clock time on the earlier days like `t`'s (read over
+        `over_s` around it, `smooth_s` by default), and how many days that is; None with
+        no such day."""
         local = dt.datetime.fromtimestamp(t, self.zone)
         days = self._earlier_days(local)
         if not days:
             return None
-        half = self.smooth_s / 2
+        window = self.smooth_s if over_s is None else over_s
+        half = window / 2
         total = 0
         for d in days:
             # Wall-clock arithmetic: the same local time d days ago, across DST changes.
             then = (local - dt.timedelta(days=d)).timestamp()
             total += self._sum(then - half, then + half, {})
-        return total / (self.smooth_s * len(days)), len(days)
+        return total / (window * len(days)), len(days)
 
     def forecast(
         self, now: float, horizon_s: float, *, extra: Mapping[int, int] | None = None
@@ -205,7 +208,9 @@ class ArrivalForecaster:
         start = bucket_of(first)
         start += BUCKET_S if start < first else 0
         while start < current:
-            found = self.profile(start + BUCKET_S / 2)
+            # Minute by minute, unsmoothed: smoothing would spread a surge that is due
+            # into the minutes before it, and read today's calm there as a lull.
+            found = self.profile(start + BUCKET_S / 2, over_s=BUCKET_S)
             expected += found[0] * BUCKET_S if found is not None else 0.0
             start += BUCKET_S
         low, high = _LEVEL_RANGE
