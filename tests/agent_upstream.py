@@ -55,11 +55,14 @@ class AgentUpstream:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        """Each request's headers (lower-case names), in order."""
         self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
 
     async def _chat(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         self.requests.append(body)
+        self.headers.append(dict(request.headers))
         message = self.policy(body)
         usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
         if not body.get("stream"):

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import zoneinfo
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ __all__ = [
     "ScalingConfig",
     "ServerConfig",
     "TenantConfig",
+    "TracingConfig",
     "default_config",
     "load_config",
 ]
@@ -449,6 +451,45 @@ class ServerConfig(_Strict):
     allow_open: bool = False
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (the `tracing` extra), exported over OTLP HTTP/protobuf.
+
+    A field left unset takes its standard `OTEL_*` environment variable, as any
+    OpenTelemetry SDK does: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (or
+    OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces), OTEL_EXPORTER_OTLP_(TRACES_)HEADERS,
+    OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG).
+    """
+
+    # None: on when an OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    # variable is set. OTEL_SDK_DISABLED=true turns it off whatever this says.
+    enabled: bool | None = None
+    # The collector's OTLP/HTTP base URL (http://collector:4318); /v1/traces is added
+    # unless the URL already ends with it.
+    endpoint: str | None = None
+    # Sent with every export (a vendor's API key): secrets, never logged.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    service_name: str | None = None
+    # The share of new traces recorded (a trace continued from a caller follows the
+    # caller's decision); None: OTEL_TRACES_SAMPLER, else every trace.
+    sample_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Prompts, completions, tool arguments and results on the spans. Off by default:
+    # they may hold personal data, and a trace backend is rarely the place for it.
+    capture_content: bool = False
+    # How long one export may take before it is dropped.
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    def active(self, environ: Mapping[str, str] | None = None) -> bool:
+        """Whether traces are on, given the environment (`os.environ` by default)."""
+        env = os.environ if environ is None else environ
+        if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return False
+        if self.enabled is not None:
+            return self.enabled
+        return bool(
+            env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        )
+
+
 class ScalingConfig(_Strict):
     """`areion_desired_replicas`: how many replicas the forecast load needs."""
 
@@ -508,6 +549,7 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     def _check_local(self) -> set[str]:

@@ -28,7 +28,12 @@ from areion.config import Config, LaneLimitsConfig, RouteConfig, default_config,
 from areion.control import Admission
 from areion.control.keys import KeyRing
 from areion.control.lanes import LaneLimits, Lanes, lane_of
-from areion.errors import BackendUnavailableError, RequestError, UnknownModelError
+from areion.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    RequestError,
+    UnknownModelError,
+)
 from areion.gateway import Gateway, LoadProbe, build_groups
 from areion.gateway.deployments import Deployment
 from areion.gateway.fleet import Fleet
@@ -44,6 +49,7 @@ from areion.pipeline import (
     compose_embedding,
 )
 from areion.pricing import PriceBound, price_bound
+from areion.providers.base import HttpTransport
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.counters import Counters, FailOpenCounters
@@ -58,6 +64,7 @@ from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingR
 if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
     from areion.cache.embedding import Embedder
     from areion.cache.semantic import SemanticCache
+    from areion.telemetry.tracing import Tracing
 
 __all__ = ["CallOptions", "Runtime"]
 
@@ -132,6 +139,11 @@ class Runtime:
         self._max_pending = self.config.ledger.max_pending_rows
         groups = build_groups(self.config, self.metrics, embedder=lambda: self.embedder)
         self.gateway = Gateway(self.config, groups, self.metrics)
+        self.tracing: Tracing | None = None
+        """OpenTelemetry traces (`tracing:` in the config); None when off, and then
+        nothing of OpenTelemetry is imported."""
+        if self.config.tracing.active():
+            self._start_tracing()
         if not isinstance(self.shared, LocalShared):
             # Replicas: breakers, cooldowns, load and capped slots are shared.
             self.gateway.fleet = Fleet(self.shared, self.gateway.deployments)
@@ -156,10 +168,14 @@ class Runtime:
             plans=self._make_plan_cache,  # called when an agent with plan_cache first runs
             shared=self.shared,
             lease_ttl_s=self.config.runs.lease_ttl_s,
+            tracing=self.tracing,
         )
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)
         stages: list[Stage] = []
+        if self.tracing is not None:
+            # Outermost: a refused call (429, 402) and a cache hit have their span too.
+            stages.append(self.tracing.stage())
         # First: every arrival counts toward the scaling signal, refused ones included.
         self.scaling: ScalingSignal | None = None
         if self.config.scaling.enabled:
@@ -240,6 +256,21 @@ class Runtime:
         # collected or at exit at the latest (billed rows are written before their
         # answers leave; what is buffered is free rows and closings of open streams).
         self._unclosed = weakref.finalize(self, _write_unclosed, self.ledger)
+
+    def _start_tracing(self) -> None:
+        try:
+            from areion.telemetry.tracing import Tracing
+        except ImportError as error:
+            raise ConfigError(
+                f"tracing is on (tracing.enabled, or an OTEL_EXPORTER_OTLP_*ENDPOINT variable) "
+                f"but OpenTelemetry is not installed ({error.name}): pip install 'areion[tracing]'"
+            ) from None
+        self.tracing = Tracing(self.config.tracing, self.gateway.deployments)
+        for deployment in self.gateway.deployments.values():
+            transport = getattr(deployment.provider, "http", None)
+            if isinstance(transport, HttpTransport):
+                # Upstream calls carry the call's span as their `traceparent`.
+                transport.propagate = self.tracing.propagate
 
     def _price_bounds(self) -> dict[str, PriceBound]:
         """The dearest price each model name bills on its first try: its group's dearest
@@ -515,6 +546,8 @@ class Runtime:
         stages: list[EmbeddingStage] = [self.admission]
         if self.scaling is not None:
             stages.insert(0, self.scaling)
+        if self.tracing is not None:
+            stages.insert(0, self.tracing.stage())
         self.embedding_cache: EmbeddingCache | None = None
         if self.config.cache.embeddings.enabled:
             self.embedding_cache = EmbeddingCache(
@@ -678,6 +711,9 @@ class Runtime:
             await self.scaling.aclose()
         await self.store.aclose()
         await self.shared.aclose()
+        if self.tracing is not None:
+            # Every span has ended by now (streams are closed): export them, then stop.
+            await asyncio.to_thread(self.tracing.shutdown)
         if self.agents.plans is not None:
             self.agents.plans.close()
         if self.semantic_cache is not None:

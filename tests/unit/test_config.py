@@ -453,3 +453,30 @@ def test_local_models_stay_out_of_chat(extra: dict[str, Any], words: str) -> Non
     data.update(extra)
     with pytest.raises(ConfigError, match=words):
         parse_config(data)
+
+
+def test_tracing_is_on_by_the_config_or_by_an_otlp_endpoint_in_the_environment() -> None:
+    models = [{"name": "m", "provider": "sim"}]
+    unset = parse_config({"models": models}).tracing
+    assert not unset.active({})
+    assert unset.active({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    assert unset.active({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
+    on = parse_config({"models": models, "tracing": {"enabled": True}}).tracing
+    assert on.active({})
+    off = parse_config({"models": models, "tracing": {"enabled": False}}).tracing
+    assert not off.active({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    # The SDK's own switch wins over everything.
+    assert not on.active({"OTEL_SDK_DISABLED": "true"})
+
+
+def test_tracing_settings_are_checked_and_keep_headers_secret() -> None:
+    models = [{"name": "m", "provider": "sim"}]
+    with pytest.raises(ConfigError, match="sample_ratio"):
+        parse_config({"models": models, "tracing": {"sample_ratio": 1.5}})
+    with pytest.raises(ConfigError, match="tracing"):
+        parse_config({"models": models, "tracing": {"endpont": "http://c:4318"}})
+    tracing = parse_config(
+        {"models": models, "tracing": {"headers": {"api-key": "sk-secret-123"}}}
+    ).tracing
+    assert "sk-secret-123" not in repr(tracing)
+    assert tracing.headers["api-key"].get_secret_value() == "sk-secret-123"

@@ -15,7 +15,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -46,6 +46,9 @@ from areion.store.counters import Counters, Take
 from areion.store.records import Checkpoint, RunRecord, RunSnapshot, ToolCallRecord
 from areion.streaming import ChatStream, MessageAssembler
 from areion.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from areion.telemetry.tracing import Tracing
 
 __all__ = ["ModelHost", "RunDriver", "RunResult"]
 
@@ -156,8 +159,11 @@ class RunDriver:
         tool_cache: dict[str, tuple[float, str]] | None = None,
         on_finish: Callable[[RunRecord], Any] | None = None,
         fence: int = 0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.host = host
+        self.tracing = tracing
+        """Traces (an `execute_tool` span per tool call), when on."""
         self.fence = fence
         """The driver's fencing token (its lease's): its checkpoints carry it."""
         self.store = store
@@ -446,7 +452,9 @@ class RunDriver:
 
             async def run_one(entry: tuple[ToolCall, Tool, dict[str, Any]]) -> _Outcome:
                 async with semaphore:
-                    return await self._invoke(*entry, step=step)
+                    if self.tracing is None:
+                        return await self._invoke(*entry, step=step)
+                    return await self._traced(*entry, step=step)
 
             outcomes.extend(await asyncio.gather(*(run_one(entry) for entry in runnable)))
         for outcome in outcomes:
@@ -583,6 +591,22 @@ class RunDriver:
         elif cache_key is not None and error is None:
             await self._remember(cache_key, text, item.cache_ttl or 0.0)
         return self._outcome(call, step, text, error=error, record=record)
+
+    async def _traced(
+        self, call: ToolCall, item: Tool, arguments: dict[str, Any], *, step: int
+    ) -> _Outcome:
+        """`_invoke` inside the call's `execute_tool` span (each call of a parallel batch
+        runs in its own task, so each span is a child of the run's)."""
+        assert self.tracing is not None
+        with self.tracing.execute_tool(
+            name=call.name, call_id=call.id, arguments=call.arguments
+        ) as span:
+            outcome = await self._invoke(call, item, arguments, step=step)
+            event = outcome.event
+            self.tracing.tool_done(
+                span, result=event.result, error=event.error, cached=event.cached
+            )
+            return outcome
 
     async def _cooldown(self, item: Tool, arguments: dict[str, Any]) -> float:
         """Seconds until this tenant may call `item` with `arguments` again; 0: now (and

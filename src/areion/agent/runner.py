@@ -22,6 +22,7 @@ from areion.types import Message
 
 if TYPE_CHECKING:
     from areion.cache.plans import PlanCache
+    from areion.telemetry.tracing import Tracing
 
 __all__ = ["AgentRunner", "RunBusyError", "RunExistsError", "RunNotFoundError", "new_run_id"]
 
@@ -72,8 +73,10 @@ class AgentRunner:
         plans: PlanCache | Callable[[], PlanCache] | None = None,
         shared: Shared | None = None,
         lease_ttl_s: float = 15.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self._host = host
+        self._tracing = tracing
         self._store = store
         self._shared = shared
         self.lease_ttl_s = lease_ttl_s
@@ -240,9 +243,13 @@ class AgentRunner:
             tool_cache=self._tool_cache,
             on_finish=self._finished,
             fence=0 if lease is None else lease.fence,
+            tracing=self._tracing,
         )
         try:
-            result = await driver.drive(resumed=resumed)
+            if self._tracing is None:
+                result = await driver.drive(resumed=resumed)
+            else:
+                result = await self._traced(driver, resumed=resumed)
         except FencedError:
             # Another replica took the run over while this driver stalled: it goes on there.
             log.warning("run %s of %s was taken over by another replica", run.run_id, run.tenant)
@@ -254,6 +261,21 @@ class AgentRunner:
         if result.status == "finished" and agent.plan_cache:
             await self._keep_plan(agent, snapshot)
         return result
+
+    async def _traced(self, driver: RunDriver, *, resumed: bool) -> RunResult:
+        """`driver.drive()` inside the run's `invoke_agent` span."""
+        assert self._tracing is not None
+        run, agent = driver.run, driver.agent
+        with self._tracing.invoke_agent(
+            agent=agent.name, model=agent.model, run_id=run.run_id, tenant=run.tenant,
+            session=run.session, resumed=resumed,
+        ) as span:  # fmt: skip
+            result = await driver.drive(resumed=resumed)
+            self._tracing.agent_done(
+                span, status=result.status, steps=result.steps, cost_usd=run.cost_usd,
+                input_tokens=run.prompt_tokens, output_tokens=run.completion_tokens,
+            )  # fmt: skip
+            return result
 
     async def _offer_plan(self, agent: Agent, tenant: str, task: str) -> dict[str, Any] | None:
         """The system message offering a cached plan for `task`, if one is found."""

@@ -91,8 +91,10 @@ class Gateway:
         claim: Claim | None,
         hold: SpendHold | None,
         plan: list[ModelGroup] | None = None,
-    ) -> tuple[Deployment, T]:
+    ) -> tuple[Deployment, T, int]:
+        """The deployment that answered, its answer, and how many attempts failed first."""
         last_error: AreionError | None = None
+        failures = 0
         plan = self._plan(request.model) if plan is None else plan
         for position, group in enumerate(plan):
             if claim is not None and hold is not None:
@@ -134,6 +136,7 @@ class Gateway:
                 except UpstreamError as error:
                     deployment.metrics.error(_kind(error))
                     last_error = error
+                    failures += 1
                     if isinstance(error, RateLimitedError):
                         # Throttling says nothing about health: honour it, don't trip the breaker.
                         deployment.breaker.release()
@@ -157,7 +160,7 @@ class Gateway:
                 finally:
                     deployment.outstanding -= 1
                 deployment.breaker.record_success()
-                return deployment, result
+                return deployment, result, failures
         raise self._final_error(request.model, plan, last_error)
 
     async def _pause(
@@ -220,8 +223,10 @@ class Gateway:
             return await self._whole(deployment, lambda: deployment.provider.complete(request))
 
         claim = hold.claim() if hold is not None else None
-        deployment, response = await self._attempts(request, call, claim, hold)
+        deployment, response, failures = await self._attempts(request, call, claim, hold)
         response.deployment = deployment.id
+        if failures:
+            response.info["retries"] = failures
         return response
 
     async def embed(
@@ -237,8 +242,10 @@ class Gateway:
 
         claim = hold.claim() if hold is not None else None
         plan = self.embedding_plan(request.model)
-        deployment, response = await self._attempts(request, call, claim, hold, plan)
+        deployment, response, failures = await self._attempts(request, call, claim, hold, plan)
         response.deployment = deployment.id
+        if failures:
+            response.info["retries"] = failures
         return response
 
     async def _whole(self, deployment: Deployment, make: Callable[[], Awaitable[T]]) -> T:
@@ -295,7 +302,8 @@ class Gateway:
             return iterator, first, holder
 
         claim = hold.claim() if hold is not None else None
-        deployment, (iterator, first, holder) = await self._attempts(request, call, claim, hold)
+        attempt = await self._attempts(request, call, claim, hold)
+        deployment, (iterator, first, holder), failures = attempt
         deployment.outstanding += 1
         deadline = (
             asyncio.get_running_loop().time()
@@ -321,6 +329,8 @@ class Gateway:
         )
         if claim is not None:
             stream.bound_usd = claim.amount
+        if failures:
+            stream.info["retries"] = failures
         return stream
 
     async def _rest(

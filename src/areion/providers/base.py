@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 import aiohttp
@@ -95,6 +95,8 @@ class HttpTransport:
         )
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.propagate: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None
+        """Adds the trace context to a request's headers (set when tracing is on)."""
 
     def _open(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -108,6 +110,8 @@ class HttpTransport:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
         """POST and return the body of a 200 answer; any other answer raises."""
+        if self.propagate is not None:
+            headers = self.propagate(headers)
         try:
             async with self._open().post(url, data=body, headers=headers) as response:
                 content = await response.read()
@@ -123,6 +127,8 @@ class HttpTransport:
         self, url: str, body: bytes, headers: Mapping[str, str]
     ) -> AsyncIterator[bytes]:
         """POST and yield the lines of a 200 answer as they arrive (a stream)."""
+        if self.propagate is not None:
+            headers = self.propagate(headers)
         try:
             async with self._open().post(url, data=body, headers=headers) as response:
                 if response.status != 200:

@@ -120,6 +120,11 @@ class OpenAIProvider:
             self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         self._http = HttpTransport(config, deployment=deployment)
 
+    @property
+    def http(self) -> HttpTransport:
+        """The deployment's HTTP connections (the runtime sets their trace hook)."""
+        return self._http
+
     async def complete(self, request: ChatRequest) -> ChatResponse:
         body = orjson.dumps(request_body(request, self.model, stream=False))
         content = await self._http.post(self._url, body, self._headers)

@@ -204,6 +204,16 @@ def create_app(runtime: Runtime) -> Starlette:
         await runs.aclose()
         await runtime.aclose()
 
+    middleware = [
+        Middleware(_Contain),
+        Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
+        Middleware(_Authenticate, keys=runtime.keys),
+    ]
+    if runtime.tracing is not None:
+        from areion.telemetry.tracing import ContinueTrace
+
+        # Outermost: a caller's traceparent is the parent of everything its request does.
+        middleware.insert(0, Middleware(ContinueTrace, tracing=runtime.tracing))
     return Starlette(
         routes=[
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -219,11 +229,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *cache.routes(),
             *admin.routes(),
         ],
-        middleware=[
-            Middleware(_Contain),
-            Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
-            Middleware(_Authenticate, keys=runtime.keys),
-        ],
+        middleware=middleware,
         exception_handlers={AreionError: _areion_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
