@@ -407,8 +407,8 @@ CREATE TABLE responses (
 );
 """
 
-# Version 3: requests that arrived per minute, summed over every replica: what the
-# scaling signal's time-of-day profile is learned from.
+# Requests that arrived per minute, summed over every replica: what the scaling
+# signal's time-of-day profile is learned from (a migration of its own).
 _ARRIVALS = """
 CREATE TABLE arrivals (
     start bigint PRIMARY KEY,                       -- Unix time of the minute's start
