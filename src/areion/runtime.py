@@ -58,6 +58,7 @@ from areion.store.records import SessionTurn
 from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
+from areion.telemetry.scaling import ScalingSignal
 from areion.tokenizer import count_each
 from areion.types import (
     ChatRequest,
@@ -197,6 +198,14 @@ class Runtime:
         if self.tracing is not None:
             # Outermost: a refused call (429, 402) and a cache hit have their span too.
             stages.append(self.tracing.stage())
+        # First: every arrival counts toward the scaling signal, refused ones included.
+        self.scaling: ScalingSignal | None = None
+        if self.config.scaling.enabled:
+            self.scaling = ScalingSignal(
+                self.config.scaling, self.store, elsewhere=self._in_flight_elsewhere
+            )
+            self.scaling.register(self.metrics.registry)
+            stages.append(self.scaling)
         # Admission first: a cache hit still counts as a request and is reconciled to 0.
         # Always there: a key made in the store later may carry limits or a model list
         # (a call with nothing to check passes straight through).
@@ -392,6 +401,12 @@ class Runtime:
             registry=self.metrics.registry,
         )
 
+    def _in_flight_elsewhere(self) -> int:
+        """Upstream calls the other replicas have in flight, as they last reported."""
+        if self.gateway.fleet is None:
+            return 0
+        return sum(d.remote_outstanding for d in self.gateway.deployments.values())
+
     def _solver(self) -> SolverFn | None:
         if not any(route.solver for route in self.config.routes):
             return None
@@ -480,6 +495,8 @@ class Runtime:
         self.load_probe.start()
         if self.gateway.fleet is not None:
             self.gateway.fleet.start()
+        if self.scaling is not None:
+            self.scaling.start()
         self._listening = asyncio.get_running_loop().create_task(self.shared.start())
 
     async def start(self) -> None:
@@ -574,6 +591,8 @@ class Runtime:
     def _embedding_path(self, accounting: Accounting) -> EmbeddingHandler:
         """The embeddings chain: the stages that apply to them, around `Gateway.embed`."""
         stages: list[EmbeddingStage] = [self.admission]
+        if self.scaling is not None:
+            stages.insert(0, self.scaling)
         if self.tracing is not None:
             stages.insert(0, self.tracing.stage())
         self.embedding_cache: EmbeddingCache | None = None
@@ -744,6 +763,8 @@ class Runtime:
             await self.agents.plans.aclose()
         await self.ledger.aclose()
         await self.gateway.aclose()
+        if self.scaling is not None:
+            await self.scaling.aclose()
         await self.store.aclose()
         await self.shared.aclose()
         if self.tracing is not None:

@@ -742,6 +742,22 @@ async def test_responses_outlive_the_store(backend: Backend) -> None:
     assert found is not None and len(found.conversation) == 4
 
 
+# -- arrivals (the scaling signal's history) -------------------------------------------
+
+
+async def test_arrivals_of_every_replica_add_up_per_minute(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    await first.add_arrivals({0: 3, 60: 1})
+    await asyncio.gather(second.add_arrivals({60: 4, 120: 2}), first.add_arrivals({120: 5}))
+    assert await second.arrivals(since=0) == {0: 3, 60: 5, 120: 7}
+    assert await first.arrivals(since=60) == {60: 5, 120: 7}
+    await first.add_arrivals({}, forget_before=120)  # old minutes go
+    assert await second.arrivals(since=0) == {120: 7}
+    await first.aclose()
+    again = backend.open()  # a restarted replica still knows them
+    assert await again.arrivals(since=0) == {120: 7}
+
+
 # -- opening ---------------------------------------------------------------------------
 
 

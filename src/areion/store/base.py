@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from areion.store.records import (
@@ -181,6 +181,20 @@ class Store(Protocol):
     async def get_response(self, tenant: str, response_id: str) -> StoredResponse | None:
         """`tenant`'s response of that id, with the conversation through it; None if the
         tenant has none of that id (whoever else has)."""
+        ...
+
+    # -- arrivals (the scaling signal's history) ------------------------------------
+
+    async def add_arrivals(
+        self, counts: Mapping[int, int], *, forget_before: int | None = None
+    ) -> None:
+        """Add request arrivals per minute (the Unix time of the minute's start -> how
+        many arrived) to what every replica added; drop minutes before `forget_before`."""
+        ...
+
+    async def arrivals(self, *, since: int) -> dict[int, int]:
+        """Every replica's arrivals per minute, for the minutes starting at `since` or
+        later (minutes nobody saw a request in are absent)."""
         ...
 
     async def aclose(self) -> None:

@@ -522,6 +522,20 @@ CREATE OR REPLACE FUNCTION areion_write(
 $$;
 """
 
+# Requests that arrived per minute, summed over every replica: what the scaling
+# signal's time-of-day profile is learned from (a migration of its own).
+_ARRIVALS = """
+CREATE TABLE arrivals (
+    start bigint PRIMARY KEY,                       -- Unix time of the minute's start
+    count bigint NOT NULL
+);
+"""
+
 # MIGRATIONS[i] brings a schema at version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES, _ATTRIBUTION)
+MIGRATIONS: tuple[str, ...] = (
+    _TABLES + _TYPES + _WRITE_FUNCTION,
+    _RESPONSES,
+    _ATTRIBUTION,
+    _ARRIVALS,
+)
 VERSION = len(MIGRATIONS)
