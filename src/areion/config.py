@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ __all__ = [
     "PriceConfig",
     "RetryConfig",
     "RunsConfig",
+    "ScalingConfig",
     "ServerConfig",
     "TenantConfig",
     "TracingConfig",
@@ -606,6 +608,42 @@ class TracingConfig(_Strict):
         )
 
 
+class ScalingConfig(_Strict):
+    """`areion_desired_replicas`: how many replicas the forecast load needs."""
+
+    enabled: bool = True
+    # Calls one replica should have in flight at most; the signal is the expected calls
+    # in flight (forecast arrival rate x p95 service time) divided by this.
+    target_concurrency_per_replica: float = Field(default=8.0, gt=0)
+    # How far ahead the forecast looks (about the time a new replica takes to serve).
+    horizon_s: float = Field(default=900.0, ge=0, le=86_400)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=100, ge=1)
+    # Days of arrivals the time-of-day profile is learned from (kept in the store).
+    history_days: int = Field(default=14, ge=1, le=90)
+    # The zone whose clock the daily and weekly pattern follows (an IANA name).
+    timezone: str = "UTC"
+    # The service time assumed until this replica has seen calls finish.
+    service_time_s: float = Field(default=1.0, gt=0)
+    # How often each replica adds its arrival counts to the store and reads everyone's.
+    flush_s: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        try:
+            if self.timezone != "UTC":  # needs no time zone database
+                zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"timezone '{self.timezone}' is not a known time zone; use an IANA "
+                "name such as Europe/Paris or UTC (zones other than UTC need the system's "
+                "time zone database, or `pip install tzdata`)"
+            ) from None
+        return self
+
+
 class Config(_Strict):
     """The whole configuration."""
 
@@ -631,6 +669,7 @@ class Config(_Strict):
     agents: list[AgentConfig] = Field(default_factory=list)
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     def _check_local(self) -> set[str]:
         """The groups of `provider: local` (embeddings only); none may have deployments of

@@ -65,6 +65,7 @@ from areion.telemetry.experiments import (
     Experiments,
     OutcomeTargetError,
 )
+from areion.telemetry.scaling import ScalingSignal
 from areion.telemetry.verdicts import ExperimentReport, Judge
 from areion.tokenizer import count_each
 from areion.types import (
@@ -213,6 +214,14 @@ class Runtime:
         if self.tracing is not None:
             # Outermost: a refused call (429, 402) and a cache hit have their span too.
             stages.append(self.tracing.stage())
+        # First: every arrival counts toward the scaling signal, refused ones included.
+        self.scaling: ScalingSignal | None = None
+        if self.config.scaling.enabled:
+            self.scaling = ScalingSignal(
+                self.config.scaling, self.store, elsewhere=self._in_flight_elsewhere
+            )
+            self.scaling.register(self.metrics.registry)
+            stages.append(self.scaling)
         # Admission first: a cache hit still counts as a request and is reconciled to 0.
         # Always there: a key made in the store later may carry limits or a model list
         # (a call with nothing to check passes straight through).
@@ -408,6 +417,12 @@ class Runtime:
             registry=self.metrics.registry,
         )
 
+    def _in_flight_elsewhere(self) -> int:
+        """Upstream calls the other replicas have in flight, as they last reported."""
+        if self.gateway.fleet is None:
+            return 0
+        return sum(d.remote_outstanding for d in self.gateway.deployments.values())
+
     def _solver(self) -> SolverFn | None:
         if not any(route.solver for route in self.config.routes):
             return None
@@ -498,6 +513,8 @@ class Runtime:
         self.load_probe.start()
         if self.gateway.fleet is not None:
             self.gateway.fleet.start()
+        if self.scaling is not None:
+            self.scaling.start()
         self._listening = asyncio.get_running_loop().create_task(self.shared.start())
         if self.experiments:
             self.judge.start(min(c.check_every_s for c in self.experiments.configs))
@@ -632,7 +649,7 @@ class Runtime:
 
     # -- experiments --------------------------------------------------------------
 
-    async def experiment_report(self, name: str) -> ExperimentReport:
+    async def experiment_report(self, name: str, *, over_time: bool = False) -> ExperimentReport:
         """Experiment `name`'s figures and verdict now (what it decides is carried out:
         a stopped variant's units back to control, a promoted winner for all)."""
         if self.experiments.get(name) is None:
@@ -640,7 +657,7 @@ class Runtime:
             raise ExperimentNotFoundError(
                 f"no experiment '{name[:100]}'; experiments: {known}", param="name"
             )
-        return await self.judge.report(name)
+        return await self.judge.report(name, over_time=over_time)
 
     async def record_outcome(
         self,
@@ -684,6 +701,8 @@ class Runtime:
     def _embedding_path(self, accounting: Accounting) -> EmbeddingHandler:
         """The embeddings chain: the stages that apply to them, around `Gateway.embed`."""
         stages: list[EmbeddingStage] = [self.admission]
+        if self.scaling is not None:
+            stages.insert(0, self.scaling)
         if self.tracing is not None:
             stages.insert(0, self.tracing.stage())
         self.embedding_cache: EmbeddingCache | None = None
@@ -855,6 +874,8 @@ class Runtime:
             await self.agents.plans.aclose()
         await self.ledger.aclose()
         await self.gateway.aclose()
+        if self.scaling is not None:
+            await self.scaling.aclose()
         await self.store.aclose()
         await self.shared.aclose()
         if self.tracing is not None:

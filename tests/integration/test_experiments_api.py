@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from areion import Runtime
 from areion.config import parse_config
@@ -32,6 +36,10 @@ def policy(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def config(url: str, tmp_path: Path, **experiment: Any) -> Any:
+    return parse_config(config_data(url, tmp_path, **experiment))
+
+
+def config_data(url: str, tmp_path: Path, **experiment: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": "support-prompt-v2",
         "applies_to": {"agent": "support"},
@@ -44,36 +52,34 @@ def config(url: str, tmp_path: Path, **experiment: Any) -> Any:
         "stop": {"min_units_per_variant": 8},
     }
     body.update(experiment)
-    return parse_config(
-        {
-            "models": [
-                {
-                    "name": "fast",
-                    "provider": "openai",
-                    "model": "m",
-                    "base_url": url + "/v1",
-                    "price": PRICE,
-                },
-                {
-                    "name": "dear",
-                    "provider": "openai",
-                    "model": "m-dear",
-                    "base_url": url + "/v1",
-                    "price": {"input": 2.0, "output": 4.0},
-                },
-            ],
-            "store": f"sqlite:///{tmp_path / 'exp.db'}",
-            "auth": {
-                "keys": [
-                    {"key": "acme-key", "tenant": "acme"},
-                    {"key": "globex-key", "tenant": "globex"},
-                ],
-                "admin_keys": ["admin-key"],
+    return {
+        "models": [
+            {
+                "name": "fast",
+                "provider": "openai",
+                "model": "m",
+                "base_url": url + "/v1",
+                "price": PRICE,
             },
-            "agents": [{"name": "support", "path": "tests.agents_fixture:support"}],
-            "experiments": [body],
-        }
-    )
+            {
+                "name": "dear",
+                "provider": "openai",
+                "model": "m-dear",
+                "base_url": url + "/v1",
+                "price": {"input": 2.0, "output": 4.0},
+            },
+        ],
+        "store": f"sqlite:///{tmp_path / 'exp.db'}",
+        "auth": {
+            "keys": [
+                {"key": "acme-key", "tenant": "acme"},
+                {"key": "globex-key", "tenant": "globex"},
+            ],
+            "admin_keys": ["admin-key"],
+        },
+        "agents": [{"name": "support", "path": "tests.agents_fixture:support"}],
+        "experiments": [body],
+    }
 
 
 @pytest.fixture
@@ -150,6 +156,25 @@ def test_the_cheaper_prompt_wins_on_cost_per_successful_task(
     cost = next(c for c in variants["v2"]["vs_control"] if c["metric"] == "cost")
     assert cost["estimate"] == pytest.approx(0.5)
     assert cost["high"] < 1.0
+
+    # `areion experiments report` reads the same from the store, as JSON, text and a plot.
+    path = db.parent / "areion.yaml"
+    path.write_text(yaml.safe_dump(config_data("http://127.0.0.1:9", db.parent)), "utf-8")
+    command = [sys.executable, "-m", "areion.cli", "experiments", "report", "support-prompt-v2"]
+    printed = subprocess.run(
+        [*command, "--config", str(path), "--json", "--plot", str(db.parent / "e.png")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    from_cli = json.loads(printed.stdout)
+    assert from_cli["verdict"] == "winner: v2"
+    assert [v["cost_per_success_usd"] for v in from_cli["variants"]] == [
+        v["cost_per_success_usd"] for v in data["variants"]
+    ]
+    assert from_cli["history"] and (db.parent / "e.png").stat().st_size > 1000
+    text = subprocess.run(
+        [*command, "--config", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "experiment support-prompt-v2: winner: v2" in text
 
 
 def test_who_may_read_experiments_and_post_outcomes(served: tuple[str, Path]) -> None:

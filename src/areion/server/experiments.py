@@ -1,7 +1,8 @@
 """Experiments over HTTP: their figures and verdicts, and the outcomes that judge them.
 
     GET  /v1/experiments            every configured experiment's report
-    GET  /v1/experiments/{name}     one experiment's report
+    GET  /v1/experiments/{name}     one experiment's report (?history=true: with the
+                                    running comparison as the units came in)
     POST /v1/outcomes               {"run_id" | "request_id" | "session": ..., "success": bool,
                                      "score": float?}: whether a task succeeded
 
@@ -80,7 +81,10 @@ class ExperimentsApi:
 
     async def get(self, request: Request) -> Response:
         await self._authorize(request)
-        report = await self.runtime.experiment_report(request.path_params["name"])
+        over_time = request.query_params.get("history", "") in ("1", "true")
+        report = await self.runtime.experiment_report(
+            request.path_params["name"], over_time=over_time
+        )
         return json_response(report.as_dict())
 
     async def outcome(self, request: Request) -> Response:

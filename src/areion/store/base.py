@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from areion.store.records import (
@@ -209,6 +209,19 @@ class Store(Protocol):
 
     async def set_experiment_state(self, state: ExperimentState) -> None:
         """Record a verdict and what it changes (stopped variants, a promoted winner)."""
+
+    # -- arrivals (the scaling signal's history) ------------------------------------
+
+    async def add_arrivals(
+        self, counts: Mapping[int, int], *, forget_before: int | None = None
+    ) -> None:
+        """Add request arrivals per minute (the Unix time of the minute's start -> how
+        many arrived) to what every replica added; drop minutes before `forget_before`."""
+        ...
+
+    async def arrivals(self, *, since: int) -> dict[int, int]:
+        """Every replica's arrivals per minute, for the minutes starting at `since` or
+        later (minutes nobody saw a request in are absent)."""
         ...
 
     async def aclose(self) -> None:

@@ -11,7 +11,7 @@ messages and events are stored as the JSON text orjson makes of them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -119,6 +119,12 @@ RETURNING {API_KEY_COLUMNS}
 
 # One statement: the previous response is checked by the insert itself (no row
 # returned: the tenant has no such previous response; responses are never deleted).
+_ADD_ARRIVALS = """
+INSERT INTO arrivals (start, count)
+SELECT * FROM unnest($1::bigint[], $2::bigint[])
+ON CONFLICT (start) DO UPDATE SET count = arrivals.count + excluded.count
+"""
+
 _PUT_RESPONSE = """
 INSERT INTO responses (tenant, response_id, previous_response_id, model, created, messages, body)
 SELECT $1, $2, $3, $4, $5, $6, $7
@@ -581,6 +587,30 @@ class PostgresStore:
             state.name, orjson.dumps(list(state.stopped)).decode(), state.promoted,
             state.verdict, state.updated,
         )  # fmt: skip
+
+    # -- arrivals ----------------------------------------------------------------------
+
+    async def add_arrivals(
+        self, counts: Mapping[int, int], *, forget_before: int | None = None
+    ) -> None:
+        if not counts and forget_before is None:
+            return
+        starts, added = zip(*sorted(counts.items()), strict=True) if counts else ((), ())
+
+        async def add(connection: Connection) -> None:
+            async with connection.transaction():
+                await connection.execute(_ADD_ARRIVALS, list(starts), list(added))
+                if forget_before is not None:
+                    await connection.execute("DELETE FROM arrivals WHERE start < $1", forget_before)
+
+        # Not sent again: adding is not idempotent (a lost reply would count twice).
+        await self._connector.run(add, again=False)
+
+    async def arrivals(self, *, since: int) -> dict[int, int]:
+        rows = await self._fetch(
+            "SELECT start, count FROM arrivals WHERE start >= $1 ORDER BY start", since
+        )
+        return {int(row[0]): int(row[1]) for row in rows}
 
     async def aclose(self) -> None:
         if self._closed:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -44,6 +44,7 @@ from areion.store.records import (
 from areion.store.rollups import SpendQuery, spend_sql
 from areion.store.sqlite_reader import Reader
 from areion.store.sqlite_schema import (
+    ADD_ARRIVALS,
     API_KEY_COLUMNS,
     CACHE,
     CACHE_ENTRY_COLUMNS,
@@ -602,6 +603,33 @@ class SQLiteStore:
             db.execute(EXPERIMENT_STATE_PUT, row)
 
         await self._apply(put)
+
+    # -- arrivals ----------------------------------------------------------------------
+
+    async def add_arrivals(
+        self, counts: Mapping[int, int], *, forget_before: int | None = None
+    ) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(ADD_ARRIVALS, sorted(counts.items()))
+                if forget_before is not None:
+                    db.execute("DELETE FROM arrivals WHERE start < ?", (forget_before,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        if counts or forget_before is not None:
+            await self._apply(add)
+
+    async def arrivals(self, *, since: int) -> dict[int, int]:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                "SELECT start, count FROM arrivals WHERE start >= ? ORDER BY start", (since,)
+            ).fetchall()
+
+        return {int(start): int(count) for start, count in await self._read(read)}
 
     async def aclose(self) -> None:
         if self._closed:

@@ -19,6 +19,7 @@ from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
 from areion.store.rollups import HISTOGRAM, rollup_upsert
 
 __all__ = [
+    "ADD_ARRIVALS",
     "API_KEY_COLUMNS",
     "BATCH_VIEW",
     "CACHE",
@@ -338,6 +339,13 @@ CREATE TABLE IF NOT EXISTS responses (
     body TEXT NOT NULL,            -- JSON object: the response as served
     PRIMARY KEY (tenant, response_id)
 );
+
+-- Requests that arrived per minute, summed over every replica: what the scaling
+-- signal's time-of-day profile is learned from.
+CREATE TABLE IF NOT EXISTS arrivals (
+    start INTEGER NOT NULL PRIMARY KEY,  -- Unix time of the minute's start
+    count INTEGER NOT NULL
+);
 """
 )
 
@@ -644,6 +652,11 @@ SELECT '[' || group_concat(json_array(first_seq, last_seq, text, tokens), ',') |
 FROM (SELECT first_seq, last_seq, text, tokens FROM session_summaries
       WHERE tenant = ?1 AND session = ?2 ORDER BY first_seq, rowid)
 """
+
+ADD_ARRIVALS = (
+    "INSERT INTO arrivals (start, count) VALUES (?, ?) "
+    "ON CONFLICT (start) DO UPDATE SET count = count + excluded.count"
+)
 
 CACHE_GET = "SELECT value FROM tool_cache WHERE key = ? AND expires > ?"
 

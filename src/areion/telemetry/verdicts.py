@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from areion.store.base import Store
     from areion.telemetry.experiments import Experiments
 
-__all__ = ["ExperimentReport", "Judge", "VariantReport", "analyse", "unit_data"]
+__all__ = ["ExperimentReport", "Judge", "VariantReport", "analyse", "history", "unit_data"]
 
 log = logging.getLogger("areion.experiments")
 
@@ -108,6 +108,9 @@ class ExperimentReport:
     crossed_units: int = 0
     """Units that saw more than one variant (a weight changed, a variant was stopped):
     left out of every figure, and counted here so none is dropped silently."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The decisive comparison of each variant with control as the units came in: its
+    running estimate and interval at a few moments (for a plot)."""
 
     @property
     def winner(self) -> str | None:
@@ -126,6 +129,7 @@ class ExperimentReport:
             "verdict": self.verdict,
             "crossed_units": self.crossed_units,
             "variants": [v.as_dict() for v in self.variants],
+            "history": self.history,
         }
 
 
@@ -305,19 +309,31 @@ class Judge:
         )
         self._task: asyncio.Task[None] | None = None
 
-    async def report(self, name: str, *, since: float = 0.0) -> ExperimentReport:
-        """Experiment `name`'s figures and verdict now, its effects carried out."""
+    async def report(
+        self, name: str, *, since: float = 0.0, carry_out: bool = True, over_time: bool = False
+    ) -> ExperimentReport:
+        """Experiment `name`'s figures and verdict now, its effects carried out (unless
+        `carry_out` is false: a report read from outside the servers); `over_time` adds
+        the running comparison (`history`)."""
         config = self._experiments.get(name)
         if config is None:
             raise KeyError(name)
-        rows = await self._store.experiment_units(
-            name, unit=config.unit, runs=config.applies_to.agent is not None, since=since
-        )
-        units, crossed, _ = unit_data(rows)
+        units, crossed, seen = await self._units(config, since)
         report = analyse(config, units)
         report.crossed_units = crossed
-        await self._carry_out(config, report)
+        if over_time:
+            report.history = history(config, units, seen)
+        if carry_out:
+            await self._carry_out(config, report)
         return report
+
+    async def _units(
+        self, config: ExperimentConfig, since: float
+    ) -> tuple[dict[str, UnitData], int, dict[str, Floats]]:
+        rows = await self._store.experiment_units(
+            config.name, unit=config.unit, runs=config.applies_to.agent is not None, since=since
+        )
+        return unit_data(rows)
 
     async def reports(self) -> list[ExperimentReport]:
         return [await self.report(config.name) for config in self._experiments.configs]
@@ -387,3 +403,44 @@ class Judge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def history(
+    config: ExperimentConfig,
+    units: Mapping[str, UnitData],
+    seen: Mapping[str, Floats],
+    *,
+    points: int = 30,
+) -> list[dict[str, Any]]:
+    """The decisive comparison of each variant with control, recomputed on the units
+    seen by each of `points` moments: how the estimate and its interval narrowed."""
+    moments = np.concatenate([times for times in seen.values() if times.size] or [np.zeros(0)])
+    if moments.size < 2:
+        return []
+    cuts = np.unique(np.quantile(moments, np.linspace(0.05, 1.0, points)))
+    out: list[dict[str, Any]] = []
+    for cut in cuts:
+        subset = {
+            name: _first(data, int(np.searchsorted(seen[name], cut, side="right")))
+            for name, data in units.items()
+        }
+        report = analyse(config, subset)
+        for variant in report.variants[1:]:
+            decisive = next((c for c in variant.vs_control if c.metric == config.metric), None)
+            if decisive is not None and math.isfinite(decisive.interval.estimate):
+                out.append(
+                    {"at": float(cut), "variant": variant.name, "kind": decisive.kind}
+                    | decisive.interval.as_dict()
+                )
+    return out
+
+
+def _first(data: UnitData, n: int) -> UnitData:
+    return UnitData(
+        tasks=data.tasks[:n],
+        successes=data.successes[:n],
+        cost_usd=data.cost_usd[:n],
+        tokens=data.tokens[:n],
+        latency_s=data.latency_s[:n],
+        judged=None if data.judged is None else data.judged[:n],
+    )
