@@ -8,8 +8,8 @@ the report's time at a million units.
   ever called significant (target <= 5%);
 - power: a 10-point difference (0.50 against 0.60), found by 2,000 units per arm (target
   >= 80%), and by 1,000;
-- the analysis of 1M units (two variants of 500k) from memory; `--store` adds the
-  whole report read from a SQLite store holding 1M units' ledger rows.
+- the analysis of 1M units (two variants of 500k) from memory, and the whole report
+  read from a SQLite store holding 1M units (2M ledger rows, made in bulk SQL).
 
 Usage: python bench/experiments.py [--sims 1000] [--units 1000000]
 """
@@ -111,18 +111,89 @@ def bench_analysis(units: int) -> dict[str, float]:
     return {"analysis_ms_at_units": min(times) * 1000.0, "units": units, "verdict": report.verdict}  # type: ignore[dict-item]
 
 
+def bench_store_report(units: int) -> dict[str, float]:
+    """The whole report read from a SQLite store holding `units` units (sessions of a
+    plain-call experiment, two calls each), made in bulk SQL."""
+    import asyncio
+    import sqlite3
+    import tempfile
+
+    from areion.store import SQLiteStore
+    from areion.store.records import ExperimentState
+    from areion.telemetry.experiments import Experiments
+    from areion.telemetry.verdicts import Judge
+
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "bench",
+            "applies_to": {"model": "fast"},
+            "unit": "session",
+            "variants": [{"name": "control", "weight": 50}, {"name": "v2", "weight": 50}],
+            "metric": "cost",
+        }
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/bench.db"
+
+        async def create() -> None:
+            store = SQLiteStore(path)
+            await store.set_experiment_state(ExperimentState(name="bench"))  # makes the tables
+            await store.aclose()
+
+        asyncio.run(create())
+        split = Split("bench", [("control", 50.0), ("v2", 50.0)])
+        rng = np.random.default_rng(3)
+        with sqlite3.connect(path) as db:
+            rows = []
+            for i in range(units):
+                variant = "bench:" + split.variant(f"s:s{i}")
+                for call in range(2):
+                    cost = float(rng.gamma(2.0, 0.0005))
+                    rows.append((f"r{i}-{call}", "acme", "fast", "fast/m", "m", 100, 20, 0,
+                                 cost, 0, 0.3, 1e9 + i, variant, f"s{i}"))  # fmt: skip
+                if len(rows) >= 200_000:
+                    db.executemany(_INSERT, rows)
+                    rows = []
+            db.executemany(_INSERT, rows)
+
+        async def report() -> tuple[float, str]:
+            store = SQLiteStore(path)
+            try:
+                judge = Judge(store, Experiments([config]))
+                start = time.perf_counter()
+                found = await judge.report("bench", carry_out=False)
+                return time.perf_counter() - start, found.verdict
+            finally:
+                await store.aclose()
+
+        seconds, verdict = asyncio.run(report())
+    return {"store_report_s": seconds, "units": units, "verdict": verdict}  # type: ignore[dict-item]
+
+
+_INSERT = (
+    "INSERT INTO ledger (request_id, tenant, model, deployment, upstream_model, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_usd, estimated, latency_s, created, variant, "
+    "session) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sims", type=int, default=1000)
     parser.add_argument("--units", type=int, default=1_000_000)
     parser.add_argument("--assignments", type=int, default=100_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--store-units", type=int, default=1_000_000, help="units in the store (0: skip)"
+    )
     args = parser.parse_args()
     result = {
         "assignment": bench_assignment(args.assignments),
         "statistics": bench_statistics(args.sims),
         "analysis": bench_analysis(args.units),
     }
+    if args.store_units:
+        result["store"] = bench_store_report(args.store_units)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -140,6 +211,12 @@ def main() -> None:
         f"analysis of {an['units']:,} units: {an['analysis_ms_at_units']:.0f} ms "
         f"(verdict: {an['verdict']})"
     )
+    if "store" in result:
+        st = result["store"]
+        print(
+            f"report read from SQLite at {st['units']:,} units ({2 * st['units']:,} ledger "
+            f"rows): {st['store_report_s']:.2f} s (verdict: {st['verdict']})"
+        )
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ SELECT l.tenant AS tenant, l.run_id AS task, max(l.variant) AS variant,
        max(l.end_user) AS end_user, sum(l.cost_usd) AS cost,
        sum(l.prompt_tokens + l.completion_tokens) AS tokens
 FROM ledger AS l
-WHERE l.variant >= ? AND l.variant < ? AND l.run_id <> '' AND l.created >= ?
+WHERE l.variant <> '' AND l.variant >= ? AND l.variant < ? AND l.run_id <> ''
+  AND l.created >= ?
 GROUP BY l.tenant, l.run_id
 """
 
@@ -95,7 +96,8 @@ SELECT l.tenant AS tenant, l.request_id AS task, max(l.variant) AS variant,
        sum(l.prompt_tokens + l.completion_tokens) AS tokens, max(l.latency_s) AS latency,
        min(l.created) AS created
 FROM ledger AS l
-WHERE l.variant >= ? AND l.variant < ? AND l.kind <> 'tool' AND l.created >= ?
+WHERE l.variant <> '' AND l.variant >= ? AND l.variant < ? AND l.kind <> 'tool'
+  AND l.created >= ?
 GROUP BY l.tenant, l.request_id
 """
 
