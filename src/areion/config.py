@@ -28,6 +28,7 @@ __all__ = [
     "Config",
     "EmbeddingCacheConfig",
     "ExactCacheConfig",
+    "JobsConfig",
     "LedgerConfig",
     "LimitsConfig",
     "MemoryConfig",
@@ -423,6 +424,26 @@ class RunsConfig(_Strict):
     adopt: bool = True
 
 
+class JobsConfig(_Strict):
+    """Batches (the Files and Batches APIs): their worker, and their limits."""
+
+    # Each `areion serve` process runs a worker taking batches from the store's queue.
+    worker: bool = True
+    # A worker holds a batch this long unless it renews (every third of it); a worker
+    # that dies is taken over after at most this long.
+    lease_ttl_s: float = Field(default=15.0, ge=0.5, le=3600.0)
+    # Lines of one batch a worker has in flight at once (they queue in the batch lane).
+    concurrency: int = Field(default=16, ge=1, le=4096)
+    # How often an idle worker looks for a batch that is due.
+    poll_s: float = Field(default=1.0, gt=0, le=300)
+    # Tries of a line refused for a while (rate limited, overloaded) before it fails.
+    max_line_attempts: int = Field(default=5, ge=1, le=100)
+    # The largest file POST /v1/files takes (413 past it); also the body cap there.
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # The most lines one batch may have.
+    max_lines: int = Field(default=50_000, ge=1)
+
+
 class ServerConfig(_Strict):
     """`areion serve`: where it listens and what it takes from a client."""
 
@@ -470,6 +491,7 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     def _check_local(self) -> set[str]:
         """The groups of `provider: local` (embeddings only); none may have deployments of

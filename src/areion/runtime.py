@@ -52,7 +52,14 @@ from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
 from areion.tokenizer import count_each
-from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Message
+from areion.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    LedgerEntry,
+    Message,
+)
 
 if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
     from areion.cache.embedding import Embedder
@@ -98,6 +105,9 @@ class CallOptions:
     and default priority apply."""
     priority: str | None = None
     """The lane: interactive (default) or batch; critical counts as interactive."""
+    book: Callable[[LedgerEntry], None] | None = None
+    """Takes the ledger rows of the call instead of the ledger: a batch worker writes
+    them with the line's answer in one transaction (`jobs.worker`)."""
 
 
 class Runtime:
@@ -406,6 +416,8 @@ class Runtime:
         if priority is None and key is not None:
             entry = self.keys.limits(key)
             priority = entry.priority if entry is not None else None
+        if options.book is not None:
+            annotations["book"] = options.book
         if priority is not None:
             annotations["priority"] = lane_of(priority)  # a bad value: 400
             if priority == "critical" and "tier" not in annotations:

@@ -23,6 +23,7 @@ from areion.control.keys import Identity, KeyRing
 from areion.errors import AreionError, AuthenticationError, UnknownModelError
 from areion.runtime import Runtime
 from areion.server.admin import AdminApi, bearer_key
+from areion.server.batches import JobsApi
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.completions import CompletionsApi
@@ -195,12 +196,15 @@ def create_app(runtime: Runtime) -> Starlette:
     runs = RunsApi(runtime, api.tenant)
     cache = CacheApi(runtime, api.tenant)
     admin = AdminApi(runtime)
+    jobs = JobsApi(runtime, api.identity)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         runs.begin()
+        jobs.begin()
         yield
+        await jobs.aclose()
         await runs.aclose()
         await runtime.aclose()
 
@@ -218,10 +222,21 @@ def create_app(runtime: Runtime) -> Starlette:
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),
+            *jobs.routes(),
         ],
         middleware=[
             Middleware(_Contain),
-            Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
+            Middleware(
+                LimitBody,
+                max_bytes=runtime.config.server.max_body_bytes,
+                # An upload's cap, plus room for its multipart framing.
+                paths={
+                    "/v1/files": (
+                        runtime.config.jobs.max_file_bytes + 64 * 1024,
+                        "jobs.max_file_bytes",
+                    )
+                },
+            ),
             Middleware(_Authenticate, keys=runtime.keys),
         ],
         exception_handlers={AreionError: _areion_error, HTTPException: _http_error},

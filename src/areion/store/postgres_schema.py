@@ -19,6 +19,8 @@ write at a time so only the bad write's caller hears of it.
 
 from __future__ import annotations
 
+from areion.jobs.schema import POSTGRES_TABLES as JOB_TABLES
+
 __all__ = [
     "API_KEY_COLUMNS",
     "CACHE_ENTRY_COLUMNS",
@@ -408,5 +410,6 @@ CREATE TABLE responses (
 """
 
 # MIGRATIONS[i] brings a schema at version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES)
+# Version 3: the job queue (files, batches, their lines: areion.jobs.schema).
+MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES, JOB_TABLES)
 VERSION = len(MIGRATIONS)

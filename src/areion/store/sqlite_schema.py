@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from areion.jobs.schema import SQLITE_TABLES as JOB_TABLES
+
 __all__ = [
     "API_KEY_COLUMNS",
     "BATCH_VIEW",
@@ -283,6 +285,7 @@ CREATE TABLE IF NOT EXISTS responses (
     PRIMARY KEY (tenant, response_id)
 );
 """
+    + JOB_TABLES
 )
 
 CACHE_ENTRY_COLUMNS = (

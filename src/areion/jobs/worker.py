@@ -1,0 +1,236 @@
+"""The batch worker: takes batches from the queue and answers their lines.
+
+Each line goes through `Runtime.answer` in the `batch` lane (admission, budgets,
+caches, routing, accounting), with the batch's tenant and key. Accounting hands the
+call's ledger rows to the worker instead of writing them (`CallOptions.book`), and the
+worker writes them with the line's answer in one transaction (`JobQueue.end_line`),
+which only a pending line and the worker's current fencing token let through: a
+worker killed at any moment has booked exactly the lines whose answers are stored,
+and the worker that takes the batch over answers only the others. (A call cut off by
+the kill was sent upstream but never answered nor booked; its line is asked again.)
+
+A line refused for a while (a rate limit, a full lane, a provider throttling or
+down) is tried again after the time the refusal names, up to `jobs.max_line_attempts`
+times; any other error ends the line in the error file with its status and body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from areion.errors import AreionError, RequestError
+from areion.jobs.queue import JobQueue
+from areion.jobs.records import BatchRecord, LineRecord
+from areion.runtime import CallOptions, Runtime, new_request_id
+from areion.streaming import ChatStream
+from areion.types import ChatRequest, LedgerEntry
+
+__all__ = ["BatchWorker", "Parse", "worker_name"]
+
+log = logging.getLogger(__name__)
+
+Parse = Callable[[bytes], ChatRequest]
+"""A batch line's body (JSON bytes) as a chat request; raises `RequestError` (400)."""
+
+_RETRIED = frozenset({429, 503})
+
+
+def worker_name() -> str:
+    """This worker's name in leases: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def output_line(line: LineRecord, request_id: str, status: int, body: dict[str, Any]) -> str:
+    """A line of a batch's output or error file, in OpenAI's shape."""
+    return orjson.dumps(
+        {
+            "id": f"batch_req_{request_id}",
+            "custom_id": line.custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": None,
+        }
+    ).decode()
+
+
+def _error_body(error: AreionError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+class BatchWorker:
+    """Runs due batches of one queue through one runtime, one batch at a time."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        queue: JobQueue,
+        parse: Parse,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.queue = queue
+        self.parse = parse
+        self.owner = owner or worker_name()
+        jobs = runtime.config.jobs
+        self.ttl = jobs.lease_ttl_s
+        self.concurrency = jobs.concurrency
+        self.poll_s = jobs.poll_s
+        self.max_attempts = jobs.max_line_attempts
+        self.sleep: Callable[[float], Any] = asyncio.sleep
+        """How the worker waits (a test's virtual loop makes it instant)."""
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        """Begin taking batches, in the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def wake(self) -> None:
+        """Look for a due batch now (one was just created)."""
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                ran = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store is down: look again later
+                log.warning("the batch worker failed; it goes on", exc_info=True)
+                ran = False
+            if not ran:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    async def run_once(self) -> bool:
+        """Claim one due batch and run it until it ends or is taken over; False if no
+        batch was due."""
+        batch = await self.queue.claim(self.owner, ttl=self.ttl)
+        if batch is None:
+            return False
+        await _Run(self, batch).run()
+        return True
+
+
+class _Run:
+    """One worker's hold on one batch."""
+
+    def __init__(self, worker: BatchWorker, batch: BatchRecord) -> None:
+        self.worker = worker
+        self.queue = worker.queue
+        self.batch = batch
+        self.fence = batch.fence
+        self.lost = False
+        self.cancelling = batch.status == "cancelling"
+
+    async def run(self) -> None:
+        renewer = asyncio.get_running_loop().create_task(self._renew())
+        try:
+            await self._lines()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if self.lost:
+            log.info("batch %s was taken over by another worker", self.batch.batch_id)
+            return
+        status = "cancelled" if self.cancelling else "completed"
+        await self.queue.finish(self.batch.batch_id, self.fence, status)
+
+    async def _renew(self) -> None:
+        while True:
+            await self.worker.sleep(self.worker.ttl / 3)
+            try:
+                batch = await self.queue.renew(self.batch.batch_id, self.fence, ttl=self.worker.ttl)
+            except Exception:  # the store is down: the lease may run out; ends are fenced
+                log.warning("renewing the lease of batch %s failed", self.batch.batch_id)
+                continue
+            if batch is None:
+                self.lost = True
+                return
+            self.cancelling = self.cancelling or batch.status == "cancelling"
+
+    def _stopped(self) -> bool:
+        return self.lost or self.cancelling
+
+    async def _lines(self) -> None:
+        limit = asyncio.Semaphore(self.worker.concurrency)
+        while not self._stopped():
+            lines = await self.queue.pending_lines(
+                self.batch.batch_id, limit=max(256, 4 * self.worker.concurrency)
+            )
+            if not lines:
+                return
+
+            async def one(line: LineRecord) -> None:
+                async with limit:
+                    if not self._stopped():
+                        await self._line(line)
+
+            await asyncio.gather(*(one(line) for line in lines))
+
+    async def _line(self, line: LineRecord) -> None:
+        batch = self.batch
+        entries: list[LedgerEntry] = []
+        for attempt in range(1, self.worker.max_attempts + 1):
+            entries.clear()
+            request_id = new_request_id()
+            options = CallOptions(
+                tenant=batch.tenant,
+                key=batch.key,
+                request_id=request_id,
+                priority="batch",
+                tier="batch",
+                book=entries.append,
+            )
+            try:
+                request = self.worker.parse(orjson.dumps(line.body))
+                if request.stream:
+                    raise RequestError("a batch line cannot stream: drop 'stream'", param="stream")
+                answer = await self.worker.runtime.answer(request, options)
+            except AreionError as error:
+                wait = getattr(error, "retry_after", None)
+                if error.status in _RETRIED and attempt < self.worker.max_attempts:
+                    await self.worker.sleep(wait if wait is not None else float(attempt))
+                    if self._stopped():
+                        return
+                    continue
+                line.status = "failed"
+                line.output = output_line(line, request_id, error.status, _error_body(error))
+                break
+            assert not isinstance(answer, ChatStream)  # streams were refused above
+            line.status = "done"
+            line.output = output_line(line, request_id, 200, answer.to_openai())
+            break
+        if not await self.queue.end_line(line, self.fence, entries):
+            # Ended already (by a worker this one's lease was taken from) or fenced out.
+            self.lost = self.lost or (await self._fenced())
+
+    async def _fenced(self) -> bool:
+        batch = await self.queue.get_batch(None, self.batch.batch_id)
+        return batch is None or batch.fence != self.fence
