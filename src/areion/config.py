@@ -61,6 +61,9 @@ class PriceConfig(_Strict):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    # What the provider's batch API bills, as a fraction of these prices (OpenAI's and
+    # Anthropic's: half).
+    batch: float = Field(default=0.5, gt=0, le=1)
 
 
 class ModelConfig(_Strict):
@@ -89,6 +92,9 @@ class ModelConfig(_Strict):
     # A reasoning model: routes set its reasoning effort (OpenAI `reasoning_effort`,
     # Anthropic thinking budget) from the prompt's difficulty.
     reasoning: bool = False
+    # The upstream has OpenAI's batch API ({base_url}/files, /batches): a batch whose
+    # lines all ask this group is sent there, at the provider's batch price.
+    native_batch: bool = False
 
     @property
     def upstream_model(self) -> str:
@@ -114,6 +120,11 @@ class ModelConfig(_Strict):
         if self.provider == "replay" and not self.data:
             raise ValueError(
                 "provider 'replay' needs data: a RouterBench-format CSV file or folder"
+            )
+        if self.native_batch and self.provider != "openai":
+            raise ValueError(
+                "native_batch: only provider 'openai' (an OpenAI-compatible /v1/batches) is "
+                "sent batches; leave it out and Areion runs the lines itself"
             )
         if self.first_byte_timeout > self.total_timeout:
             raise ValueError("first_byte_timeout must not exceed total_timeout")
@@ -442,6 +453,8 @@ class JobsConfig(_Strict):
     max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     # The most lines one batch may have.
     max_lines: int = Field(default=50_000, ge=1)
+    # How often a provider's batch (native_batch) is polled.
+    native_poll_s: float = Field(default=10.0, gt=0, le=3600)
 
 
 class ServerConfig(_Strict):

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -33,7 +34,7 @@ def sim() -> Iterator[str]:
         stop(process)
 
 
-def config(sim: str, db: Path, **jobs: object) -> dict[str, object]:
+def config(sim: str, db: Path, *, native: bool = False, **jobs: object) -> dict[str, object]:
     return {
         "models": [
             {
@@ -41,12 +42,16 @@ def config(sim: str, db: Path, **jobs: object) -> dict[str, object]:
                 "provider": "openai",
                 "model": "sim-fast",
                 "base_url": sim + "/v1",
-                "price": {"input": 1.0, "output": 2.0},
+                "price": {"input": 1.0, "output": 2.0, "batch": 0.5},
+                "native_batch": native,
             }
         ],
-        "auth": {"keys": [{"key": k, "tenant": t} for k, t in KEYS.items()]},
+        "auth": {
+            "keys": [{"key": k, "tenant": t} for k, t in KEYS.items()],
+            "metrics_keys": ["scrape-key"],
+        },
         "store": f"sqlite:///{db}",
-        "jobs": {"poll_s": 0.05, **jobs},
+        "jobs": {"poll_s": 0.05, "native_poll_s": 0.05, **jobs},
     }
 
 
@@ -97,8 +102,20 @@ def ledger(db: Path) -> list[tuple[str, str, float]]:
         return connection.execute("SELECT request_id, tenant, cost_usd FROM ledger").fetchall()
 
 
-def test_a_thousand_lines_through_the_openai_sdk(served: tuple[str, Path]) -> None:
-    url, db = served
+def sent_to_sim(sim: str, batch_id: str) -> int:
+    """How many batches Areion created at the sim for its batch `batch_id`."""
+    listed = httpx.get(sim + "/v1/batches").json()["data"]
+    return sum(1 for b in listed if (b["metadata"] or {}).get("areion_batch") == batch_id)
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["self-run", "native"])
+def test_a_thousand_lines_through_the_openai_sdk(sim: str, tmp_path: Path, native: bool) -> None:
+    db = tmp_path / "areion.db"
+    with serve_app(create_app(Runtime(parse_config(config(sim, db, native=native))))) as url:
+        thousand_lines(url, db, sim, native=native)
+
+
+def thousand_lines(url: str, db: Path, sim: str, *, native: bool) -> None:
     sdk = client(url)
     upload = sdk.files.create(file=("questions.jsonl", io.BytesIO(jsonl(1000))), purpose="batch")
     assert upload.purpose == "batch" and upload.filename == "questions.jsonl"
@@ -125,11 +142,29 @@ def test_a_thousand_lines_through_the_openai_sdk(served: tuple[str, Path]) -> No
         sdk.files.content(done.output_file_id).content
     )
 
-    # One ledger row per line, of the line's call, in the batch's tenant.
-    rows = ledger(db)
+    # One ledger row per line, of the line's call, in the batch's tenant, at the price
+    # of the path it took: the list price run here, half of it at the provider's batch.
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            "SELECT request_id, tenant, prompt_tokens, completion_tokens, cost_usd, deployment "
+            "FROM ledger"
+        ).fetchall()
     assert len(rows) == 1000
     assert {r[0] for r in rows} == {line["response"]["request_id"] for line in lines}
-    assert {r[1] for r in rows} == {"acme"} and all(r[2] > 0 for r in rows)
+    assert {r[1] for r in rows} == {"acme"} and {r[5] for r in rows} == {"fast/sim-fast"}
+    share = 0.5 if native else 1.0
+    for _, _, prompt, completion, cost, _ in rows:
+        assert prompt > 0 and cost == pytest.approx((prompt + 2 * completion) / 1e6 * share)
+    assert sent_to_sim(sim, batch.id) == (1 if native else 0)
+
+    scraped = httpx.get(url + "/metrics", headers={"authorization": "Bearer scrape-key"}).text
+    assert 'areion_batch_lines_total{outcome="done"} 1000.0' in scraped
+    saved = sum(cost for *_, cost, _ in rows)  # half the list price: as much again saved
+    if native:
+        (line,) = [x for x in scraped.splitlines() if x.startswith("areion_batch_saved_usd_total")]
+        assert 'tenant="acme"' in line and float(line.split()[-1]) == pytest.approx(saved)
+    else:
+        assert "areion_batch_saved_usd_total{" not in scraped
     assert [b.id for b in sdk.batches.list()] == [batch.id]
 
 

@@ -453,3 +453,15 @@ def test_local_models_stay_out_of_chat(extra: dict[str, Any], words: str) -> Non
     data.update(extra)
     with pytest.raises(ConfigError, match=words):
         parse_config(data)
+
+
+def test_native_batch_is_for_openai_compatible_deployments() -> None:
+    with pytest.raises(ConfigError, match="native_batch: only provider 'openai'"):
+        parse_config(
+            {"models": [{"name": "c", "provider": "anthropic", "model": "m", "native_batch": True}]}
+        )
+    config = parse_config(
+        {"models": [{"name": "f", "provider": "openai", "base_url": "http://h/v1",
+                     "native_batch": True, "price": {"input": 1, "output": 2}}]}
+    )  # fmt: skip
+    assert config.models[0].price is not None and config.models[0].price.batch == 0.5

@@ -21,13 +21,17 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from areion.errors import AreionError, RequestError
+from areion.errors import AreionError, RequestError, UpstreamError
+from areion.gateway.deployments import Deployment
+from areion.jobs.metrics import job_metrics
+from areion.jobs.native import ENDED, NativeClient, batch_entry, upstream_lines
 from areion.jobs.queue import JobQueue
 from areion.jobs.records import BatchRecord, LineRecord
 from areion.runtime import CallOptions, Runtime, new_request_id
@@ -92,6 +96,9 @@ class BatchWorker:
         self.concurrency = jobs.concurrency
         self.poll_s = jobs.poll_s
         self.max_attempts = jobs.max_line_attempts
+        self.max_lines = jobs.max_lines
+        self.native_poll_s = jobs.native_poll_s
+        self.metrics = job_metrics(runtime.metrics.registry)
         self.sleep: Callable[[float], Any] = asyncio.sleep
         """How the worker waits (a test's virtual loop makes it instant)."""
         self._task: asyncio.Task[None] | None = None
@@ -151,6 +158,9 @@ class _Run:
     async def run(self) -> None:
         renewer = asyncio.get_running_loop().create_task(self._renew())
         try:
+            deployment = None if self.cancelling else await self._native_deployment()
+            if deployment is not None:
+                await self._native(deployment)
             await self._lines()
         finally:
             renewer.cancel()
@@ -180,6 +190,7 @@ class _Run:
 
     async def _lines(self) -> None:
         limit = asyncio.Semaphore(self.worker.concurrency)
+        metrics = self.worker.metrics
         while not self._stopped():
             lines = await self.queue.pending_lines(
                 self.batch.batch_id, limit=max(256, 4 * self.worker.concurrency)
@@ -187,12 +198,126 @@ class _Run:
             if not lines:
                 return
 
+            metrics.queued.set(len(lines))
+
             async def one(line: LineRecord) -> None:
                 async with limit:
                     if not self._stopped():
-                        await self._line(line)
+                        metrics.running.inc()
+                        try:
+                            await self._line(line)
+                        finally:
+                            metrics.running.dec()
+                            metrics.queued.dec()
 
             await asyncio.gather(*(one(line) for line in lines))
+
+    async def _native_deployment(self) -> Deployment | None:
+        """The deployment whose own batch API takes this batch: the one it was sent to
+        already, else a `native_batch` deployment of the one group all its lines ask
+        (a group the batch's key may use)."""
+        runtime = self.worker.runtime
+        sent = self.batch.native.get("deployment")
+        if isinstance(sent, str):
+            return runtime.gateway.deployments.get(sent)
+        lines = await self.queue.pending_lines(self.batch.batch_id, limit=self.worker.max_lines)
+        models = {line.body.get("model") for line in lines}
+        if len(models) != 1:
+            return None
+        model = models.pop()
+        group = runtime.gateway.groups.get(model) if isinstance(model, str) else None
+        if group is None or group.name not in runtime.models_for(self.batch.key):
+            return None
+        return next((d for d in group.deployments if d.config.native_batch), None)
+
+    async def _native(self, deployment: Deployment) -> None:
+        """Send the lines to the deployment's batch API (or find them sent), poll until
+        the provider's batch ends, and end each line it answered with its ledger row."""
+        client = NativeClient(deployment)
+        try:
+            info = dict(self.batch.native)
+            if "batch_id" not in info:
+                try:
+                    remote = await client.find(self.batch.batch_id)
+                    if remote is None:
+                        lines = await self.queue.pending_lines(
+                            self.batch.batch_id, limit=self.worker.max_lines
+                        )
+                        content = upstream_lines(
+                            [(line.custom_id, line.body) for line in lines],
+                            deployment.config.upstream_model,
+                        )
+                        remote = await client.submit(content, job=self.batch.batch_id)
+                except UpstreamError as error:
+                    # Nothing was sent (or nothing can be found): run the lines here.
+                    log.warning("batch %s stays here: %s", self.batch.batch_id, error.message)
+                    return
+                info = {"deployment": deployment.id, "batch_id": remote["id"],
+                        "submitted": time.time()}  # fmt: skip
+                if not await self.queue.set_native(self.batch.batch_id, self.fence, info):
+                    self.lost = True
+                    return
+            remote = await self._poll(client, str(info["batch_id"]))
+            if remote is not None:
+                await self._book_native(client, deployment, remote, float(info["submitted"]))
+        finally:
+            await client.aclose()
+
+    async def _poll(self, client: NativeClient, remote_id: str) -> dict[str, Any] | None:
+        """The provider's batch once it has ended (cancelled there too when this one is);
+        None if this worker lost the job meanwhile."""
+        cancelled = False
+        while not self.lost:
+            try:
+                if self.cancelling and not cancelled:
+                    await client.cancel(remote_id)
+                    cancelled = True
+                remote = await client.get(remote_id)
+            except UpstreamError as error:  # a provider briefly down: poll again later
+                log.warning("polling batch %s failed: %s", remote_id, error.message)
+            else:
+                if remote.get("status") in ENDED:
+                    return remote
+            await self.worker.sleep(self.worker.native_poll_s)
+        return None
+
+    async def _book_native(
+        self, client: NativeClient, deployment: Deployment, remote: dict[str, Any],
+        submitted: float,
+    ) -> None:  # fmt: skip
+        lines = await self.queue.pending_lines(self.batch.batch_id, limit=self.worker.max_lines)
+        pending = {line.custom_id: line for line in lines}
+        metrics = self.worker.metrics
+        for key in ("output_file_id", "error_file_id"):
+            file_id = remote.get(key)
+            if not isinstance(file_id, str):
+                continue
+            for raw in (await client.content(file_id)).splitlines():
+                result = orjson.loads(raw) if raw.strip() else {}
+                line = pending.pop(str(result.get("custom_id")), None)
+                if line is None:  # ended already, or no line of this batch
+                    continue
+                response = result.get("response") or {}
+                status = int(response.get("status_code") or 500)
+                body = response.get("body") or {}
+                entries: list[LedgerEntry] = []
+                request_id = new_request_id()
+                if status == 200:
+                    entry, listed = batch_entry(
+                        deployment, tenant=self.batch.tenant, body=body, submitted=submitted
+                    )
+                    entries.append(entry)
+                    request_id = entry.request_id
+                    metrics.saved.labels(self.batch.tenant).inc(listed - entry.cost_usd)
+                    deployment.metrics.cost(self.batch.tenant, entry.cost_usd)
+                line.status = "done" if status == 200 else "failed"
+                line.output = output_line(line, request_id, status, body)
+                if await self.queue.end_line(line, self.fence, entries):
+                    metrics.lines.labels(line.status).inc()
+                else:
+                    self.lost = self.lost or (await self._fenced())
+                    if self.lost:
+                        return
 
     async def _line(self, line: LineRecord) -> None:
         batch = self.batch
@@ -227,7 +352,9 @@ class _Run:
             line.status = "done"
             line.output = output_line(line, request_id, 200, answer.to_openai())
             break
-        if not await self.queue.end_line(line, self.fence, entries):
+        if await self.queue.end_line(line, self.fence, entries):
+            self.worker.metrics.lines.labels(line.status).inc()
+        else:
             # Ended already (by a worker this one's lease was taken from) or fenced out.
             self.lost = self.lost or (await self._fenced())
 
