@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ __all__ = [
     "RunsConfig",
     "ServerConfig",
     "TenantConfig",
+    "WindowConfig",
     "default_config",
     "load_config",
 ]
@@ -435,6 +437,36 @@ class RunsConfig(_Strict):
     adopt: bool = True
 
 
+class WindowConfig(_Strict):
+    """When deferred work may start: off-peak hours in a timezone, or the greenest slot
+    of a carbon-intensity schedule (a CSV of forecasts: `time,g_per_kwh`)."""
+
+    hours: str | None = Field(default=None, pattern=r"^\d\d:\d\d-\d\d:\d\d$")  # 01:00-06:00
+    timezone: str = "UTC"
+    carbon_file: str | None = None
+    # Slots above this are chosen only when no slot before the deadline is below it.
+    max_g_per_kwh: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowConfig:
+        if (self.hours is None) == (self.carbon_file is None):
+            raise ValueError(
+                "a window has either hours (off-peak: '01:00-06:00') or carbon_file (green)"
+            )
+        if self.hours is not None:
+            for part in self.hours.split("-"):
+                hour, minute = (int(x) for x in part.split(":"))
+                if hour > 23 or minute > 59:
+                    raise ValueError(f"hours: '{part}' is not a time of day (00:00 to 23:59)")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone: '{self.timezone}' is not an IANA timezone (Europe/Berlin, UTC)"
+            ) from None
+        return self
+
+
 class JobsConfig(_Strict):
     """Batches (the Files and Batches APIs): their worker, and their limits."""
 
@@ -455,6 +487,17 @@ class JobsConfig(_Strict):
     max_lines: int = Field(default=50_000, ge=1)
     # How often a provider's batch (native_batch) is polled.
     native_poll_s: float = Field(default=10.0, gt=0, le=3600)
+    # Named windows deferred work may ask for, and the one a batch gets by default.
+    windows: dict[str, WindowConfig] = Field(default_factory=dict)
+    default_window: str | None = None
+
+    @model_validator(mode="after")
+    def _check_default(self) -> JobsConfig:
+        if self.default_window is not None and self.default_window not in self.windows:
+            raise ValueError(
+                f"default_window: no window named '{self.default_window}' in jobs.windows"
+            )
+        return self
 
 
 class ServerConfig(_Strict):

@@ -9,7 +9,7 @@ taken the batch over (its token is newer).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from areion.errors import ConfigError
@@ -23,6 +23,9 @@ __all__ = ["JobQueue", "open_queue"]
 @runtime_checkable
 class JobQueue(Protocol):
     """Durable batches every worker of one store shares."""
+
+    clock: Callable[[], float]
+    """Unix time, as leases and windows read it (the store's clock)."""
 
     async def put_file(self, record: FileRecord, content: bytes) -> None:
         """Store an uploaded file."""

@@ -11,7 +11,6 @@ tenant: any other gets a 404.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,16 +21,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from areion.config import JobsConfig, WindowConfig
 from areion.errors import ConfigError, RequestError
 from areion.jobs.queue import JobQueue, open_queue
 from areion.jobs.records import BATCH_ENDPOINTS, TERMINAL, BatchRecord, LineRecord
+from areion.jobs.windows import plan
 from areion.jobs.worker import BatchWorker
 from areion.runtime import Runtime
 from areion.server.files import FilesApi, NoSuchFileError
 from areion.server.schema import clip, json_response, parse_body, parse_chat_request
 from areion.types import ChatRequest
 
-__all__ = ["BatchNotFoundError", "BatchesApi", "JobsApi", "batch_object"]
+__all__ = ["BatchNotFoundError", "BatchesApi", "JobsApi", "batch_object", "parse_line"]
 
 Identify = Callable[[Request], tuple[str, str | None]]
 
@@ -53,6 +54,11 @@ class _Create(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    # Areion's: when the batch may start (Unix times), and in which of jobs.windows
+    # ("none": no window, even when jobs.default_window names one).
+    window: str | None = None
+    not_before: float | None = Field(default=None, ge=0)
+    deadline: float | None = Field(default=None, ge=0)
 
 
 def _at(value: float | None) -> int | None:
@@ -87,6 +93,10 @@ def batch_object(batch: BatchRecord) -> dict[str, Any]:
             "failed": batch.failed,
         },
         "metadata": batch.metadata,
+        # Areion's: when it may start, and why then.
+        "not_before": batch.not_before,
+        "deadline": batch.deadline,
+        "schedule": batch.schedule,
     }
 
 
@@ -94,11 +104,18 @@ class BatchesApi:
     """`/v1/batches`: create, read, list, cancel."""
 
     def __init__(
-        self, queue: Callable[[], JobQueue], identify: Identify, wake: Callable[[], None]
+        self,
+        queue: Callable[[], JobQueue],
+        identify: Identify,
+        wake: Callable[[], None],
+        *,
+        jobs: JobsConfig,
     ) -> None:
         self.queue = queue
         self.identify = identify
         self.wake = wake
+        self.windows = jobs.windows
+        self.default_window = jobs.default_window
 
     def routes(self) -> list[Route]:
         return [
@@ -147,7 +164,13 @@ class BatchesApi:
                         body=line["body"],
                     )
                 )
-        now = time.time()
+        now = queue.clock()
+        schedule = plan(
+            now,
+            window=self._window(body.window),
+            not_before=body.not_before,
+            deadline=body.deadline,
+        )
         batch = BatchRecord(
             batch_id=batch_id,
             tenant=tenant,
@@ -159,10 +182,25 @@ class BatchesApi:
             total=len(lines),
             created=now,
             expires_at=now + _WINDOW_S,
+            not_before=schedule.start,
+            deadline=body.deadline,
+            schedule=schedule.record(),
         )
         await queue.create_batch(batch, lines)
         self.wake()
         return json_response(batch_object(batch))
+
+    def _window(self, name: str | None) -> tuple[str, WindowConfig] | None:
+        """The window a batch asked for (the default if none), or None for none."""
+        name = name or self.default_window
+        if name is None or name == "none":
+            return None
+        window = self.windows.get(name)
+        if window is None:
+            names = ", ".join(["none", *sorted(self.windows)])
+            raise RequestError(f"no window '{clip(name)}'; jobs.windows has: {names}",
+                               param="window")  # fmt: skip
+        return name, window
 
     async def _batch(self, request: Request) -> BatchRecord:
         tenant, _ = self.identify(request)
@@ -212,7 +250,8 @@ class NoQueueError(RequestError):
     code = "batches_unavailable"
 
 
-def _parse(raw: bytes) -> ChatRequest:
+def parse_line(raw: bytes) -> ChatRequest:
+    """A batch line's body as the chat request it asks (as POST /v1/chat/completions)."""
     return parse_chat_request(raw)[0]
 
 
@@ -228,14 +267,14 @@ class JobsApi:
         jobs = runtime.config.jobs
         self.worker: BatchWorker | None = None
         if self._queue is not None and jobs.worker:
-            self.worker = BatchWorker(runtime, self._queue, _parse)
+            self.worker = BatchWorker(runtime, self._queue, parse_line)
         self.files = FilesApi(
             self.queue,
             lambda request: identify(request)[0],
             max_bytes=jobs.max_file_bytes,
             max_lines=jobs.max_lines,
         )
-        self.batches = BatchesApi(self.queue, identify, self._wake)
+        self.batches = BatchesApi(self.queue, identify, self._wake, jobs=jobs)
 
     def queue(self) -> JobQueue:
         if self._queue is None:
