@@ -8,10 +8,11 @@ import io
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
-from areion import Runtime
+from areion import Agent, Runtime
 from areion.config import parse_config
 from areion.jobs import BatchRecord, LineRecord, open_queue
 from areion.jobs.windows import plan
@@ -90,3 +91,67 @@ def test_the_api_takes_a_window_and_a_deadline(tmp_path: Path) -> None:
         assert sdk.batches.retrieve(waiting.id).status == "validating"
         with pytest.raises(openai.BadRequestError, match="no window 'sunday'"):
             sdk.batches.create(**create, extra_body={"window": "sunday"})  # type: ignore[arg-type]
+
+
+async def test_a_deferred_run_waits_for_its_window_then_runs(tmp_path: Path) -> None:
+    clock = ManualClock(at("2026-12-04T12:30"))
+    store = SQLiteStore(str(tmp_path / "areion.db"), clock=clock)
+    config = parse_config(
+        {
+            "models": [{"name": "fast", "provider": "sim", "model": "sim-fast",
+                        "time_scale": 0.001}],
+            "jobs": {"worker": False, "windows": {"offpeak": OFFPEAK[1].model_dump()}},
+        }
+    )  # fmt: skip
+    async with Runtime(config, store=store) as rt:
+        agent = Agent(name="nightly", model="fast")
+        deferred = await rt.defer(agent, "sum up the day", window="offpeak", run_id="day-1")
+        assert deferred.run_id == "day-1" and deferred.not_before == at("2026-12-05T01:00")
+        worker = BatchWorker(rt, rt.jobs.queue, parse_line, agents=rt.jobs.agents.get)
+        assert not await worker.run_once()
+        assert await rt.agents.get("day-1") is None  # not started before its window
+        clock.now = at("2026-12-05T01:30")
+        assert await worker.run_once()
+        snapshot = await rt.agents.get("day-1")
+        assert snapshot is not None and snapshot.run.status == "finished"
+        job = await rt.jobs.queue.get_batch("default", deferred.job_id)
+        assert job is not None and job.status == "completed" and job.completed == 1
+        assert not await worker.run_once()  # started once
+
+
+def test_post_runs_with_defer(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "models": [{"name": "fast", "provider": "sim", "model": "sim-fast",
+                        "time_scale": 0.001}],
+            "store": f"sqlite:///{tmp_path / 'areion.db'}",
+            "agents": [{"name": "echo", "path": "tests.agents_fixture:make_echo"}],
+            "jobs": {"poll_s": 0.05},
+        }
+    )  # fmt: skip
+    with serve_app(create_app(Runtime(config))) as url:
+        later = time.time() + 7200
+        response = httpx.post(
+            url + "/v1/runs",
+            json={"agent": "echo", "input": "hi", "run_id": "r-later",
+                  "defer": {"not_before": later}},
+        )  # fmt: skip
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "deferred"
+        assert response.json()["not_before"] == later
+        soon = httpx.post(
+            url + "/v1/runs",
+            json={"agent": "echo", "input": "hi", "run_id": "r-now", "defer": {}},
+        ).json()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/runs/r-now").status_code != 200 or (
+            httpx.get(f"{url}/v1/runs/r-now").json()["status"] != "finished"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert httpx.get(f"{url}/v1/runs/r-later").status_code == 404  # not started yet
+        job = httpx.get(f"{url}/v1/batches/{soon['job_id']}").json()
+        assert job["endpoint"] == "/v1/runs"
+        bad = httpx.post(url + "/v1/runs", json={"agent": "echo", "input": "hi",
+                                                  "defer": {"window": "sunday"}})  # fmt: skip
+        assert bad.status_code == 400 and "no window 'sunday'" in bad.text

@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 __all__ = [
     "BATCH_ENDPOINTS",
+    "RUNS_ENDPOINT",
     "TERMINAL",
     "BatchRecord",
     "BatchStatus",
+    "DeferredRun",
     "FilePurpose",
     "FileRecord",
     "LineRecord",
@@ -39,6 +41,8 @@ LineStatus = Literal["pending", "done", "failed", "cancelled"]
 
 # What a batch line may ask for (OpenAI's `endpoint`); the others are refused with 400.
 BATCH_ENDPOINTS = ("/v1/chat/completions",)
+RUNS_ENDPOINT = "/v1/runs"
+"""The endpoint of a deferred agent run's job: one line, the run."""
 
 # A batch in one of these moves no more.
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -141,3 +145,17 @@ class LineRecord:
     output: str | None = None
     """The line of the output (done) or error (failed) file it ended with: JSONL, no
     newline."""
+
+
+@dataclass(slots=True, kw_only=True)
+class DeferredRun:
+    """An agent run put off until its window: a job of one line, the run."""
+
+    run_id: str
+    """The id the run will have (its tenant's)."""
+    job_id: str
+    """The job that starts it (a batch of endpoint `/v1/runs`, in `GET /v1/batches`)."""
+    not_before: float
+    """Unix time it becomes due."""
+    schedule: dict[str, Any]
+    """Why then."""

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from areion.config import WindowConfig
-from areion.errors import ConfigError
+from areion.config import JobsConfig, WindowConfig
+from areion.errors import ConfigError, RequestError
 
-__all__ = ["Plan", "carbon_slots", "offpeak_start", "plan"]
+__all__ = ["Plan", "carbon_slots", "offpeak_start", "plan", "window_of"]
 
 _HORIZON_S = 24 * 3600.0  # how far a green window looks without a deadline
 
@@ -178,3 +178,17 @@ def plan(
         reason=f"waits for window '{name}' ({config.hours} {config.timezone}): "
         f"starts {_iso(opening, zone)}",
     )
+
+
+def window_of(jobs: JobsConfig, name: str | None) -> tuple[str, WindowConfig] | None:
+    """The window a job asks for by name (`jobs.default_window` for None; `"none"`: no
+    window); a `RequestError` naming the windows there are for an unknown name."""
+    name = name or jobs.default_window
+    if name is None or name == "none":
+        return None
+    window = jobs.windows.get(name)
+    if window is None:
+        names = ", ".join(["none", *sorted(jobs.windows)])
+        shown = name if len(name) <= 100 else name[:100] + "..."
+        raise RequestError(f"no window '{shown}'; jobs.windows has: {names}", param="window")
+    return name, window

@@ -28,12 +28,13 @@ from typing import Any
 
 import orjson
 
+from areion.agent.agent import Agent
 from areion.errors import AreionError, RequestError, UpstreamError
 from areion.gateway.deployments import Deployment
 from areion.jobs.metrics import job_metrics
 from areion.jobs.native import ENDED, NativeClient, batch_entry, upstream_lines
 from areion.jobs.queue import JobQueue
-from areion.jobs.records import BatchRecord, LineRecord
+from areion.jobs.records import RUNS_ENDPOINT, BatchRecord, LineRecord
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.streaming import ChatStream
 from areion.types import ChatRequest, LedgerEntry
@@ -86,10 +87,13 @@ class BatchWorker:
         parse: Parse,
         *,
         owner: str | None = None,
+        agents: Callable[[str], Agent | None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.queue = queue
         self.parse = parse
+        self.agents = agents or (lambda name: None)
+        """The agent a deferred run names, by name."""
         self.owner = owner or worker_name()
         jobs = runtime.config.jobs
         self.ttl = jobs.lease_ttl_s
@@ -319,7 +323,56 @@ class _Run:
                     if self.lost:
                         return
 
+    async def _run_line(self, line: LineRecord) -> None:
+        """A deferred run: start it, or resume it if a worker that had started it died
+        (its checkpoints say where it is; its lease keeps a second driver out)."""
+        runtime, tenant = self.worker.runtime, self.batch.tenant
+        name, run_id = str(line.body.get("agent")), line.custom_id
+        request_id = new_request_id()
+        agent = self.worker.agents(name)
+        status, body = 200, {}
+        for attempt in range(1, self.worker.max_attempts + 1):
+            try:
+                if agent is None:
+                    raise RequestError(
+                        f"no agent '{name}' here: configure it (agents:) or defer it from "
+                        "this process",
+                        param="agent",
+                    )
+                known = await runtime.agents.get(run_id, tenant=tenant)
+                if known is None:
+                    result = await runtime.run(
+                        agent, str(line.body.get("input") or ""), run_id=run_id,
+                        session=line.body.get("session"), tenant=tenant,
+                    )  # fmt: skip
+                elif known.run.status == "running":
+                    result = await runtime.resume(run_id, agent=agent, tenant=tenant)
+                else:  # it ended before the worker that ran it could say so
+                    result = None
+            except AreionError as error:
+                if error.status in (*_RETRIED, 409) and attempt < self.worker.max_attempts:
+                    # 409: a dead driver's lease on the run has not run out yet.
+                    await self.worker.sleep(float(getattr(error, "retry_after", None) or attempt))
+                    continue
+                status, body = error.status, _error_body(error)
+                break
+            snapshot = await runtime.agents.get(run_id, tenant=tenant)
+            run = snapshot.run if snapshot is not None else None
+            body = {
+                "run_id": run_id,
+                "status": result.status if result else (run.status if run else "unknown"),
+                "output": result.output if result else (run.output if run else None),
+            }
+            break
+        line.status = "done" if status == 200 else "failed"
+        line.output = output_line(line, request_id, status, body)
+        if await self.queue.end_line(line, self.fence):
+            self.worker.metrics.lines.labels(line.status).inc()
+
     async def _line(self, line: LineRecord) -> None:
+        if self.batch.endpoint == RUNS_ENDPOINT:
+            await self._run_line(line)
+            return
         batch = self.batch
         entries: list[LedgerEntry] = []
         for attempt in range(1, self.worker.max_attempts + 1):

@@ -196,7 +196,7 @@ def create_app(runtime: Runtime) -> Starlette:
     runs = RunsApi(runtime, api.tenant)
     cache = CacheApi(runtime, api.tenant)
     admin = AdminApi(runtime)
-    jobs = JobsApi(runtime, api.identity)
+    jobs = JobsApi(runtime, api.identity, agents=runs.agents)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -21,12 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from areion.config import JobsConfig, WindowConfig
-from areion.errors import ConfigError, RequestError
-from areion.jobs.queue import JobQueue, open_queue
+from areion.agent.agent import Agent
+from areion.config import JobsConfig
+from areion.errors import RequestError
+from areion.jobs.queue import JobQueue
 from areion.jobs.records import BATCH_ENDPOINTS, TERMINAL, BatchRecord, LineRecord
-from areion.jobs.windows import plan
-from areion.jobs.worker import BatchWorker
+from areion.jobs.windows import plan, window_of
 from areion.runtime import Runtime
 from areion.server.files import FilesApi, NoSuchFileError
 from areion.server.schema import clip, json_response, parse_body, parse_chat_request
@@ -114,8 +114,7 @@ class BatchesApi:
         self.queue = queue
         self.identify = identify
         self.wake = wake
-        self.windows = jobs.windows
-        self.default_window = jobs.default_window
+        self.jobs = jobs
 
     def routes(self) -> list[Route]:
         return [
@@ -167,7 +166,7 @@ class BatchesApi:
         now = queue.clock()
         schedule = plan(
             now,
-            window=self._window(body.window),
+            window=window_of(self.jobs, body.window),
             not_before=body.not_before,
             deadline=body.deadline,
         )
@@ -189,18 +188,6 @@ class BatchesApi:
         await queue.create_batch(batch, lines)
         self.wake()
         return json_response(batch_object(batch))
-
-    def _window(self, name: str | None) -> tuple[str, WindowConfig] | None:
-        """The window a batch asked for (the default if none), or None for none."""
-        name = name or self.default_window
-        if name is None or name == "none":
-            return None
-        window = self.windows.get(name)
-        if window is None:
-            names = ", ".join(["none", *sorted(self.windows)])
-            raise RequestError(f"no window '{clip(name)}'; jobs.windows has: {names}",
-                               param="window")  # fmt: skip
-        return name, window
 
     async def _batch(self, request: Request) -> BatchRecord:
         tenant, _ = self.identify(request)
@@ -243,13 +230,6 @@ class BatchesApi:
         return json_response(batch_object(batch))
 
 
-class NoQueueError(RequestError):
-    """The runtime's store keeps no job queue."""
-
-    status = 501
-    code = "batches_unavailable"
-
-
 def parse_line(raw: bytes) -> ChatRequest:
     """A batch line's body as the chat request it asks (as POST /v1/chat/completions)."""
     return parse_chat_request(raw)[0]
@@ -259,39 +239,26 @@ class JobsApi:
     """The Files and Batches APIs over the runtime's store, and this process's worker
     (`jobs.worker`), started with the app and stopped before the runtime closes."""
 
-    def __init__(self, runtime: Runtime, identify: Identify) -> None:
-        try:
-            self._queue: JobQueue | None = open_queue(runtime.store)
-        except ConfigError:
-            self._queue = None
-        jobs = runtime.config.jobs
-        self.worker: BatchWorker | None = None
-        if self._queue is not None and jobs.worker:
-            self.worker = BatchWorker(runtime, self._queue, parse_line)
+    def __init__(
+        self, runtime: Runtime, identify: Identify, *, agents: dict[str, Agent] | None = None
+    ) -> None:
+        self.jobs = runtime.jobs
+        # Deferred runs (POST /v1/runs with defer) name the server's configured agents.
+        self.jobs.agents.update(agents or {})
+        config = runtime.config.jobs
         self.files = FilesApi(
-            self.queue,
+            lambda: self.jobs.queue,
             lambda request: identify(request)[0],
-            max_bytes=jobs.max_file_bytes,
-            max_lines=jobs.max_lines,
+            max_bytes=config.max_file_bytes,
+            max_lines=config.max_lines,
         )
-        self.batches = BatchesApi(self.queue, identify, self._wake, jobs=jobs)
-
-    def queue(self) -> JobQueue:
-        if self._queue is None:
-            raise NoQueueError("batches need a SQLite or PostgreSQL store (store: in the config)")
-        return self._queue
-
-    def _wake(self) -> None:
-        if self.worker is not None:
-            self.worker.wake()
+        self.batches = BatchesApi(lambda: self.jobs.queue, identify, self.jobs.wake, jobs=config)
 
     def routes(self) -> list[Route]:
         return [*self.files.routes(), *self.batches.routes()]
 
     def begin(self) -> None:
-        if self.worker is not None:
-            self.worker.start()
+        self.jobs.start()
 
     async def aclose(self) -> None:
-        if self.worker is not None:
-            await self.worker.aclose()
+        await self.jobs.aclose()
