@@ -1,4 +1,4 @@
-"""The `areion` command: serve, sim, keys, eval, train, --version."""
+"""The `areion` command: serve, sim, keys, jobs, eval, train, --version."""
 
 from __future__ import annotations
 
@@ -414,6 +414,12 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--config", help=f"config file (default: ./{_DEFAULT_CONFIG})")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(run=_keys)
+
+    from areion.jobs.cli import add_jobs_parser
+
+    add_jobs_parser(
+        commands, config=_config, config_help=f"config file (default: ./{_DEFAULT_CONFIG})"
+    )
 
     evaluate = commands.add_parser("eval", help="measure a component on labelled data")
     targets = evaluate.add_subparsers(dest="target", required=True)
