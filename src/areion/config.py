@@ -479,6 +479,9 @@ class JobsConfig(_Strict):
     concurrency: int = Field(default=16, ge=1, le=4096)
     # How often an idle worker looks for a batch that is due.
     poll_s: float = Field(default=1.0, gt=0, le=300)
+    # Lines a worker keeps in flight while the group has interactive calls (lanes: its
+    # deployments set max_concurrency): the batch yields the process to them.
+    yield_concurrency: int = Field(default=4, ge=1, le=4096)
     # Tries of a line refused for a while (rate limited, overloaded) before it fails.
     max_line_attempts: int = Field(default=5, ge=1, le=100)
     # The largest file POST /v1/files takes (413 past it); also the body cap there.

@@ -213,29 +213,38 @@ class PostgresQueue:
     async def end_line(
         self, line: LineRecord, fence: int, entries: Sequence[LedgerEntry] = ()
     ) -> bool:
-        done, failed = int(line.status == "done"), int(line.status == "failed")
-        rows = [_ledger_row(entry) for entry in entries]
+        (ended,) = await self.end_lines([(line, entries)], fence)
+        return ended
 
-        async def end(connection: Connection) -> bool:
+    async def end_lines(
+        self, lines: Sequence[tuple[LineRecord, Sequence[LedgerEntry]]], fence: int
+    ) -> list[bool]:
+        async def end(connection: Connection) -> list[bool]:
+            ended: list[bool] = []
+            rows: list[tuple[Any, ...]] = []
             async with connection.transaction():
-                status = await connection.execute(
-                    _END_LINE, line.batch_id, line.index, line.status, line.output, fence
-                )
-                if status.endswith(" 0"):
-                    return False
-                await connection.execute(
-                    "UPDATE job_batches SET completed = completed + $1, failed = failed + $2 "
-                    "WHERE batch_id = $3",
-                    done,
-                    failed,
-                    line.batch_id,
-                )
+                for line, entries in lines:
+                    status = await connection.execute(
+                        _END_LINE, line.batch_id, line.index, line.status, line.output, fence
+                    )
+                    ok = not status.endswith(" 0")
+                    ended.append(ok)
+                    if not ok:
+                        continue
+                    await connection.execute(
+                        "UPDATE job_batches SET completed = completed + $1, "
+                        "failed = failed + $2 WHERE batch_id = $3",
+                        int(line.status == "done"),
+                        int(line.status == "failed"),
+                        line.batch_id,
+                    )
+                    rows.extend(_ledger_row(entry) for entry in entries)
                 if rows:
                     await connection.executemany(
                         f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES ({_marks(len(rows[0]))})",
                         rows,
                     )
-                return True
+            return ended
 
         return await self.store._connector.run(end)
 

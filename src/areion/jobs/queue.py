@@ -89,6 +89,13 @@ class JobQueue(Protocol):
         batch was taken over: a line is answered and booked exactly once."""
         ...
 
+    async def end_lines(
+        self, lines: Sequence[tuple[LineRecord, Sequence[LedgerEntry]]], fence: int
+    ) -> list[bool]:
+        """`end_line` for several lines (with their rows) in one transaction: whether
+        each was ended."""
+        ...
+
     async def finish(self, batch_id: str, fence: int, status: str) -> BatchRecord | None:
         """End a batch (completed, cancelled, failed, expired): pending lines are
         cancelled, the output and error files made; None if fenced out."""

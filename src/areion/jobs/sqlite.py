@@ -266,24 +266,47 @@ class SQLiteQueue:
     async def end_line(
         self, line: LineRecord, fence: int, entries: Sequence[LedgerEntry] = ()
     ) -> bool:
-        args = (line.batch_id, line.index, line.status, line.output, fence)
-        done, failed = int(line.status == "done"), int(line.status == "failed")
-        params: list[Any] | None = None
-        if entries:
-            params = [None] * (JSON_KINDS + 3)
-            params[LEDGER] = b"[" + _ledger_rows(entries) + b"]"
+        (ended,) = await self.end_lines([(line, entries)], fence)
+        return ended
 
-        def end(db: sqlite3.Connection) -> bool:
-            if not db.execute(_END_LINE, args).rowcount:
-                return False
-            db.execute(
-                "UPDATE job_batches SET completed = completed + ?, failed = failed + ? "
-                "WHERE batch_id = ?",
-                (done, failed, line.batch_id),
+    async def end_lines(
+        self, lines: Sequence[tuple[LineRecord, Sequence[LedgerEntry]]], fence: int
+    ) -> list[bool]:
+        work = [
+            (
+                (line.batch_id, line.index, line.status, line.output, fence),
+                line.batch_id,
+                int(line.status == "done"),
+                int(line.status == "failed"),
+                _ledger_rows(entries) if entries else None,
             )
-            if params is not None:
+            for line, entries in lines
+        ]
+
+        def end(db: sqlite3.Connection) -> list[bool]:
+            ended: list[bool] = []
+            rows: list[bytes] = []
+            counts: dict[str, list[int]] = {}
+            for args, batch_id, done, failed, ledger in work:
+                ok = bool(db.execute(_END_LINE, args).rowcount)
+                ended.append(ok)
+                if ok:
+                    count = counts.setdefault(batch_id, [0, 0])
+                    count[0] += done
+                    count[1] += failed
+                    if ledger is not None:
+                        rows.append(ledger)
+            for batch_id, (done, failed) in counts.items():
+                db.execute(
+                    "UPDATE job_batches SET completed = completed + ?, failed = failed + ? "
+                    "WHERE batch_id = ?",
+                    (done, failed, batch_id),
+                )
+            if rows:
+                params: list[Any] = [None] * (JSON_KINDS + 3)
+                params[LEDGER] = b"[" + b",".join(rows) + b"]"
                 db.execute(WRITE_BATCH, params)
-            return True
+            return ended
 
         return await self.store._apply(_transaction(end))
 

@@ -9,6 +9,11 @@ worker killed at any moment has booked exactly the lines whose answers are store
 and the worker that takes the batch over answers only the others. (A call cut off by
 the kill was sent upstream but never answered nor booked; its line is asked again.)
 
+The worker yields to interactive traffic: while a line's model group has interactive
+calls in flight or queued in its lanes, it starts a line only when fewer than
+`jobs.yield_concurrency` are in flight (the lanes already serve interactive calls
+first; this keeps the batch's own work off the event loop they share).
+
 A line refused for a while (a rate limit, a full lane, a provider throttling or
 down) is tried again after the time the refusal names, up to `jobs.max_line_attempts`
 times; any other error ends the line in the error file with its status and body.
@@ -19,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -47,6 +53,8 @@ Parse = Callable[[bytes], ChatRequest]
 """A batch line's body (JSON bytes) as a chat request; raises `RequestError` (400)."""
 
 _RETRIED = frozenset({429, 503})
+_QUIET_S = 0.05  # no interactive call for this long: the batch takes its full pace again
+_PACE_S = 0.005  # how often a yielding worker looks again
 
 
 def worker_name() -> str:
@@ -98,6 +106,7 @@ class BatchWorker:
         jobs = runtime.config.jobs
         self.ttl = jobs.lease_ttl_s
         self.concurrency = jobs.concurrency
+        self.yield_concurrency = jobs.yield_concurrency
         self.poll_s = jobs.poll_s
         self.max_attempts = jobs.max_line_attempts
         self.max_lines = jobs.max_lines
@@ -158,6 +167,38 @@ class _Run:
         self.fence = batch.fence
         self.lost = False
         self.cancelling = batch.status == "cancelling"
+        self._in_flight = 0
+        self._interactive_seen = -math.inf
+        self._pacing = asyncio.Lock()
+        # Lines ended while a commit is in flight go into the next one (group commit).
+        self._ending: list[tuple[LineRecord, list[LedgerEntry], asyncio.Future[bool]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def _end(self, line: LineRecord, entries: list[LedgerEntry]) -> bool:
+        """End a line with its rows, in the next group commit; whether it was ended."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._ending.append((line, entries, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = loop.create_task(self._flush())
+        ended = await future
+        if ended:
+            self.worker.metrics.lines.labels(line.status).inc()
+        return ended
+
+    async def _flush(self) -> None:
+        while self._ending:
+            taken, self._ending = self._ending, []
+            try:
+                ended = await self.queue.end_lines(
+                    [(line, rows) for line, rows, _ in taken], self.fence
+                )
+            except Exception as error:  # the store is down: each line's coroutine hears it
+                for *_, future in taken:
+                    future.set_exception(error)
+                continue
+            for (*_, future), ok in zip(taken, ended, strict=True):
+                future.set_result(ok)
 
     async def run(self) -> None:
         renewer = asyncio.get_running_loop().create_task(self._renew())
@@ -189,6 +230,24 @@ class _Run:
                 return
             self.cancelling = self.cancelling or batch.status == "cancelling"
 
+    async def _pace(self, group: str) -> None:
+        """Yield to interactive traffic: while `group` has interactive calls in flight or
+        queued (or had within _QUIET_S), start a line only when fewer than
+        `jobs.yield_concurrency` are in flight. One waiter looks; the others queue."""
+        lanes = self.worker.runtime.lanes
+        if lanes is None or group not in lanes:
+            return
+        async with self._pacing:
+            while True:
+                stats = lanes.stats(group)
+                now = time.monotonic()
+                if stats.in_flight > stats.batch_in_flight or stats.queued_interactive:
+                    self._interactive_seen = now
+                quiet = now - self._interactive_seen > _QUIET_S
+                if quiet or self._in_flight < self.worker.yield_concurrency or self._stopped():
+                    return
+                await self.worker.sleep(_PACE_S)
+
     def _stopped(self) -> bool:
         return self.lost or self.cancelling
 
@@ -206,11 +265,15 @@ class _Run:
 
             async def one(line: LineRecord) -> None:
                 async with limit:
+                    model = line.body.get("model")
+                    await self._pace(model if isinstance(model, str) else "")
                     if not self._stopped():
                         metrics.running.inc()
+                        self._in_flight += 1
                         try:
                             await self._line(line)
                         finally:
+                            self._in_flight -= 1
                             metrics.running.dec()
                             metrics.queued.dec()
 
@@ -292,6 +355,7 @@ class _Run:
         lines = await self.queue.pending_lines(self.batch.batch_id, limit=self.worker.max_lines)
         pending = {line.custom_id: line for line in lines}
         metrics = self.worker.metrics
+        ended: list[Awaitable[bool]] = []
         for key in ("output_file_id", "error_file_id"):
             file_id = remote.get(key)
             if not isinstance(file_id, str):
@@ -316,12 +380,9 @@ class _Run:
                     deployment.metrics.cost(self.batch.tenant, entry.cost_usd)
                 line.status = "done" if status == 200 else "failed"
                 line.output = output_line(line, request_id, status, body)
-                if await self.queue.end_line(line, self.fence, entries):
-                    metrics.lines.labels(line.status).inc()
-                else:
-                    self.lost = self.lost or (await self._fenced())
-                    if self.lost:
-                        return
+                ended.append(self._end(line, entries))
+        if not all(await asyncio.gather(*ended)):
+            self.lost = self.lost or (await self._fenced())
 
     async def _run_line(self, line: LineRecord) -> None:
         """A deferred run: start it, or resume it if a worker that had started it died
@@ -366,8 +427,7 @@ class _Run:
             break
         line.status = "done" if status == 200 else "failed"
         line.output = output_line(line, request_id, status, body)
-        if await self.queue.end_line(line, self.fence):
-            self.worker.metrics.lines.labels(line.status).inc()
+        await self._end(line, [])
 
     async def _line(self, line: LineRecord) -> None:
         if self.batch.endpoint == RUNS_ENDPOINT:
@@ -405,9 +465,7 @@ class _Run:
             line.status = "done"
             line.output = output_line(line, request_id, 200, answer.to_openai())
             break
-        if await self.queue.end_line(line, self.fence, entries):
-            self.worker.metrics.lines.labels(line.status).inc()
-        else:
+        if not await self._end(line, entries):
             # Ended already (by a worker this one's lease was taken from) or fenced out.
             self.lost = self.lost or (await self._fenced())
 
