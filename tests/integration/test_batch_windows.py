@@ -155,3 +155,26 @@ def test_post_runs_with_defer(tmp_path: Path) -> None:
         bad = httpx.post(url + "/v1/runs", json={"agent": "echo", "input": "hi",
                                                   "defer": {"window": "sunday"}})  # fmt: skip
         assert bad.status_code == 400 and "no window 'sunday'" in bad.text
+
+
+async def test_a_batch_past_its_completion_window_expires(tmp_path: Path) -> None:
+    clock = ManualClock(at("2026-12-04T12:30"))
+    store = SQLiteStore(str(tmp_path / "areion.db"), clock=clock)
+    sim = {"name": "fast", "provider": "sim", "model": "sim-fast", "time_scale": 0.001}
+    config = parse_config({"models": [sim], "jobs": {"worker": False}})
+    async with Runtime(config, store=store) as rt:
+        queue = rt.jobs.queue
+        await queue.create_batch(
+            BatchRecord(batch_id="batch_old", tenant="default", endpoint="/v1/chat/completions",
+                        input_file_id="-", total=3, created=clock(), expires_at=clock() + 60),
+            [LineRecord(batch_id="batch_old", index=i, custom_id=f"c{i}",
+                        body={"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+             for i in range(3)],
+        )  # fmt: skip
+        clock.advance(61)  # no worker took it in time
+        assert await BatchWorker(rt, queue, parse_line).run_once()
+        batch = await queue.get_batch("default", "batch_old")
+        assert batch is not None and batch.status == "expired"
+        assert (batch.completed, batch.failed) == (0, 0)
+        assert await queue.pending_lines("batch_old") == []  # not run later either
+        assert await store.ledger() == []

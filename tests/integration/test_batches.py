@@ -3,9 +3,12 @@ are `areion sim` (a process): every line answered once, and booked once."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from areion import Runtime
 from areion.config import parse_config
 from areion.server import create_app
 from tests.integration.test_end_to_end import start, stop, wait_ready
+from tests.pg import require_postgres
 from tests.support import free_port, serve_app
 
 KEYS = {"acme-key": "acme", "globex-key": "globex"}
@@ -262,3 +266,58 @@ def test_a_cancelled_batch_stops_and_keeps_what_was_answered(sim: str, tmp_path:
         assert done.status == "cancelled" and done.cancelled_at is not None
         assert done.request_counts.completed == 0 and done.output_file_id is None
     assert ledger(db) == []
+
+
+def test_batches_on_a_postgresql_store(sim: str, tmp_path: Path) -> None:
+    """The same API over the PostgreSQL store: what replicas share."""
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_schema())
+        settings = config(sim, tmp_path / "unused.db")
+        settings["store"] = url
+        served = stack.enter_context(serve_app(create_app(Runtime(parse_config(settings)))))
+        sdk = client(served)
+        upload = sdk.files.create(file=("q.jsonl", io.BytesIO(jsonl(200))), purpose="batch")
+        batch = sdk.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = wait_done(sdk, batch.id)
+        assert done.status == "completed" and done.request_counts.completed == 200
+        assert done.output_file_id is not None
+        lines = sdk.files.content(done.output_file_id).text.splitlines()
+        ids = {orjson.loads(line)["response"]["request_id"] for line in lines}
+        assert len(lines) == 200 and len(ids) == 200
+        assert client(served, "globex-key").batches.list().data == []
+        rows = asyncio.run(ledger_ids(url))
+        assert sorted(rows) == sorted(ids)
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for a synchronous test, dropped afterwards."""
+    url = require_postgres()
+    name = f"areion_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"{url}?schema={name}"
+    finally:
+
+        async def drop() -> None:
+            import asyncpg
+
+            admin = await asyncpg.connect(url)
+            try:
+                await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            finally:
+                await admin.close()
+
+        asyncio.run(drop())
+
+
+async def ledger_ids(url: str) -> list[str]:
+    from areion.store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    try:
+        return [entry.request_id for entry in await store.ledger(limit=10_000)]
+    finally:
+        await store.aclose()

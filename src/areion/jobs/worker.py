@@ -167,6 +167,7 @@ class _Run:
         self.fence = batch.fence
         self.lost = False
         self.cancelling = batch.status == "cancelling"
+        self.expired = False
         self._in_flight = 0
         self._interactive_seen = -math.inf
         self._pacing = asyncio.Lock()
@@ -214,7 +215,7 @@ class _Run:
         if self.lost:
             log.info("batch %s was taken over by another worker", self.batch.batch_id)
             return
-        status = "cancelled" if self.cancelling else "completed"
+        status = "cancelled" if self.cancelling else "expired" if self.expired else "completed"
         await self.queue.finish(self.batch.batch_id, self.fence, status)
 
     async def _renew(self) -> None:
@@ -249,7 +250,10 @@ class _Run:
                 await self.worker.sleep(_PACE_S)
 
     def _stopped(self) -> bool:
-        return self.lost or self.cancelling
+        if not self.expired and self.queue.clock() >= self.batch.expires_at:
+            # Its completion window has passed: the lines not yet begun are not.
+            self.expired = True
+        return self.lost or self.cancelling or self.expired
 
     async def _lines(self) -> None:
         limit = asyncio.Semaphore(self.worker.concurrency)

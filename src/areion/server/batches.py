@@ -83,8 +83,9 @@ def batch_object(batch: BatchRecord) -> dict[str, Any]:
         "expires_at": _at(batch.expires_at),
         "finalizing_at": _at(batch.finalizing_at),
         "completed_at": _at(batch.completed_at),
-        "failed_at": _at(batch.failed_at),
-        "expired_at": None,
+        # An expired batch's time is kept in failed_at (one column for both ends).
+        "failed_at": None if batch.status == "expired" else _at(batch.failed_at),
+        "expired_at": _at(batch.failed_at) if batch.status == "expired" else None,
         "cancelling_at": _at(batch.cancelling_at),
         "cancelled_at": _at(batch.cancelled_at),
         "request_counts": {
@@ -180,7 +181,8 @@ class BatchesApi:
             metadata=body.metadata,
             total=len(lines),
             created=now,
-            expires_at=now + _WINDOW_S,
+            # The completion window runs from when the batch may start (its window's slot).
+            expires_at=schedule.start + _WINDOW_S,
             not_before=schedule.start,
             deadline=body.deadline,
             schedule=schedule.record(),
