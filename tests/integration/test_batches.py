@@ -321,3 +321,27 @@ async def ledger_ids(url: str) -> list[str]:
         return [entry.request_id for entry in await store.ledger(limit=10_000)]
     finally:
         await store.aclose()
+
+
+def test_a_line_the_cache_answers_costs_nothing(sim: str, tmp_path: Path) -> None:
+    db = tmp_path / "areion.db"
+    settings = config(sim, db, concurrency=1)  # one line after another: the later ones hit
+    with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+        sdk = client(url)
+        same = jsonl(1).replace(b'"max_tokens":8', b'"max_tokens":8,"temperature":0')
+        content = b"".join(same.replace(b"line-0", f"copy-{i}".encode()) for i in range(3))
+        upload = sdk.files.create(file=("same.jsonl", io.BytesIO(content)), purpose="batch")
+        batch = sdk.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = wait_done(sdk, batch.id)
+        assert done.request_counts.completed == 3 and done.output_file_id is not None
+        answers = sdk.files.content(done.output_file_id).text.splitlines()
+        texts = {orjson.loads(a)["response"]["body"]["choices"][0]["message"]["content"]
+                 for a in answers}  # fmt: skip
+        assert len(texts) == 1
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT cache, cost_usd FROM ledger").fetchall()
+    billed = [cost for cache, cost in rows if cache == ""]
+    assert len(billed) == 1 and billed[0] > 0  # one call upstream
+    assert sorted(rows) == sorted([("", billed[0]), ("exact", 0.0), ("exact", 0.0)])
