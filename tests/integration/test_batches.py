@@ -345,3 +345,44 @@ def test_a_line_the_cache_answers_costs_nothing(sim: str, tmp_path: Path) -> Non
     billed = [cost for cache, cost in rows if cache == ""]
     assert len(billed) == 1 and billed[0] > 0  # one call upstream
     assert sorted(rows) == sorted([("", billed[0]), ("exact", 0.0), ("exact", 0.0)])
+
+
+def test_cancelling_a_native_batch_cancels_the_providers_and_books_what_it_answered(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    slow = start(["sim", "--port", str(port), "--time-scale", "2.0"])  # a slow provider
+    try:
+        wait_ready(slow, port)
+        sim = f"http://127.0.0.1:{port}"
+        db = tmp_path / "areion.db"
+        settings = config(sim, db, native=True, lease_ttl_s=1)
+        with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+            sdk = client(url)
+            upload = sdk.files.create(file=("q.jsonl", io.BytesIO(jsonl(300))), purpose="batch")
+            batch = sdk.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            deadline = time.monotonic() + 60
+            while not any(
+                (b["metadata"] or {}).get("areion_batch") == batch.id
+                and b["request_counts"]["completed"] >= 10
+                for b in httpx.get(sim + "/v1/batches").json()["data"]
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert sdk.batches.cancel(batch.id).status == "cancelling"
+            done = wait_done(sdk, batch.id)
+            assert done.status == "cancelled"
+            (remote,) = [
+                b for b in httpx.get(sim + "/v1/batches").json()["data"]
+                if (b["metadata"] or {}).get("areion_batch") == batch.id
+            ]  # fmt: skip
+            assert remote["status"] == "cancelled"
+            answered = remote["request_counts"]["completed"]
+            assert 10 <= answered < 300 and done.request_counts.completed == answered
+            assert done.output_file_id is not None
+            lines = sdk.files.content(done.output_file_id).text.splitlines()
+        assert len(lines) == answered == len(ledger(db))
+    finally:
+        stop(slow)
