@@ -212,6 +212,9 @@ def test_files_and_batches_are_the_tenants_own(served: tuple[str, Path]) -> None
     assert done.output_file_id is not None
     with pytest.raises(openai.NotFoundError):
         globex.files.content(done.output_file_id)
+    assert [f.id for f in acme.files.list()] == [done.output_file_id, upload.id]
+    assert [f.id for f in acme.files.list(purpose="batch")] == [upload.id]
+    assert list(globex.files.list()) == []
 
 
 def test_bad_files_are_refused_naming_what_is_wrong(sim: str, tmp_path: Path) -> None:

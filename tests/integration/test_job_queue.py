@@ -107,6 +107,10 @@ async def test_a_line_is_ended_and_booked_once_and_a_taken_over_worker_is_fenced
     errors = await b.get_file("acme", "file-batch_1-errors")
     assert errors is not None and errors.lines == 1 and errors.purpose == "batch_error"
     assert await b.file_content("globex", "file-batch_1-output") is None
+    listed = await b.list_files("acme")
+    assert {f.file_id for f in listed} == {"file-in", "file-batch_1-output", "file-batch_1-errors"}
+    assert [f.file_id for f in await b.list_files("acme", purpose="batch")] == ["file-in"]
+    assert await b.list_files("globex") == []
     assert await b.get_batch("globex", "batch_1") is None
 
 

@@ -85,6 +85,18 @@ class PostgresQueue:
         )
         return None if row is None else _file(tuple(row))
 
+    async def list_files(
+        self, tenant: str, *, purpose: str | None = None, limit: int = 100
+    ) -> list[FileRecord]:
+        rows = await self.store._fetch(
+            f"SELECT {FILE_COLUMNS} FROM job_files WHERE tenant = $1 "
+            "AND ($2::text IS NULL OR purpose = $2) ORDER BY created DESC, file_id DESC LIMIT $3",
+            tenant,
+            purpose,
+            limit,
+        )
+        return [_file(tuple(row)) for row in rows]
+
     async def file_content(self, tenant: str, file_id: str) -> bytes | None:
         row = await self.store._fetchrow(
             "SELECT purpose, batch_id, content FROM job_files WHERE file_id = $1 AND tenant = $2",

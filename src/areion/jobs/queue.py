@@ -35,6 +35,12 @@ class JobQueue(Protocol):
         """`tenant`'s file of that id; None if it has none (whoever else has)."""
         ...
 
+    async def list_files(
+        self, tenant: str, *, purpose: str | None = None, limit: int = 100
+    ) -> list[FileRecord]:
+        """`tenant`'s files, newest first, of one purpose if given."""
+        ...
+
     async def file_content(self, tenant: str, file_id: str) -> bytes | None:
         """The bytes of `tenant`'s file (an output or error file: its batch's lines)."""
         ...

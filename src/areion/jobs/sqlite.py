@@ -129,6 +129,18 @@ class SQLiteQueue:
         row = await self.store._read(read)
         return None if row is None else _file(row)
 
+    async def list_files(
+        self, tenant: str, *, purpose: str | None = None, limit: int = 100
+    ) -> list[FileRecord]:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                f"SELECT {FILE_COLUMNS} FROM job_files WHERE tenant = ?1 "
+                "AND (?2 IS NULL OR purpose = ?2) ORDER BY created DESC, file_id DESC LIMIT ?3",
+                (tenant, purpose, limit),
+            ).fetchall()
+
+        return [_file(row) for row in await self.store._read(read)]
+
     async def file_content(self, tenant: str, file_id: str) -> bytes | None:
         def read(db: sqlite3.Connection) -> bytes | None:
             row = db.execute(

@@ -4,7 +4,8 @@
 `{custom_id, method, url, body}`; each line is checked as the request it will be (a
 chat completion body, through the same validation as `POST /v1/chat/completions`), so
 a bad line is a 400 naming it, before any batch is made. A file larger than
-`jobs.max_file_bytes` is a 413. Files belong to the tenant that uploaded them (or
+`jobs.max_file_bytes` is a 413. `GET /v1/files` lists the caller's (newest first,
+`purpose` and `limit` to narrow it). Files belong to the tenant that uploaded them (or
 whose batch made them): any other tenant gets a 404.
 """
 
@@ -116,6 +117,7 @@ class FilesApi:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/files", self.create, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
             Route("/v1/files/{file_id}", self.get, methods=["GET"]),
             Route("/v1/files/{file_id}/content", self.content, methods=["GET"]),
         ]
@@ -152,6 +154,17 @@ class FilesApi:
         )
         await queue.put_file(record, content)
         return json_response(file_object(record))
+
+    async def list_files(self, request: Request) -> Response:
+        tenant = self.tenant(request)
+        purpose = request.query_params.get("purpose")
+        raw_limit = request.query_params.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+            raise RequestError("limit must be an integer from 1 to 10000", param="limit")
+        files = await self.queue().list_files(tenant, purpose=purpose, limit=int(raw_limit))
+        return json_response(
+            {"object": "list", "data": [file_object(f) for f in files], "has_more": False}
+        )
 
     async def _record(self, request: Request) -> FileRecord:
         tenant = self.tenant(request)
