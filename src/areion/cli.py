@@ -1,4 +1,4 @@
-"""The `areion` command: serve, sim, keys, report, experiments, eval, train, --version."""
+"""The `areion` command: serve, sim, keys, jobs, report, experiments, eval, train, --version."""
 
 from __future__ import annotations
 
@@ -521,6 +521,12 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", metavar="FILE.png", help="the running estimate and interval over time"
     )
     shown.set_defaults(run=_experiments_report)
+
+    from areion.jobs.cli import add_jobs_parser
+
+    add_jobs_parser(
+        commands, config=_config, config_help=f"config file (default: ./{_DEFAULT_CONFIG})"
+    )
 
     evaluate = commands.add_parser("eval", help="measure a component on labelled data")
     targets = evaluate.add_subparsers(dest="target", required=True)

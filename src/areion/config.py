@@ -31,6 +31,7 @@ __all__ = [
     "EmbeddingCacheConfig",
     "ExactCacheConfig",
     "ExperimentConfig",
+    "JobsConfig",
     "LedgerConfig",
     "LimitsConfig",
     "MemoryConfig",
@@ -43,6 +44,7 @@ __all__ = [
     "ServerConfig",
     "TenantConfig",
     "TracingConfig",
+    "WindowConfig",
     "default_config",
     "load_config",
 ]
@@ -65,6 +67,9 @@ class PriceConfig(_Strict):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    # What the provider's batch API bills, as a fraction of these prices (OpenAI's and
+    # Anthropic's: half).
+    batch: float = Field(default=0.5, gt=0, le=1)
 
 
 class ModelConfig(_Strict):
@@ -93,6 +98,9 @@ class ModelConfig(_Strict):
     # A reasoning model: routes set its reasoning effort (OpenAI `reasoning_effort`,
     # Anthropic thinking budget) from the prompt's difficulty.
     reasoning: bool = False
+    # The upstream has OpenAI's batch API ({base_url}/files, /batches): a batch whose
+    # lines all ask this group is sent there, at the provider's batch price.
+    native_batch: bool = False
 
     @property
     def upstream_model(self) -> str:
@@ -118,6 +126,11 @@ class ModelConfig(_Strict):
         if self.provider == "replay" and not self.data:
             raise ValueError(
                 "provider 'replay' needs data: a RouterBench-format CSV file or folder"
+            )
+        if self.native_batch and self.provider != "openai":
+            raise ValueError(
+                "native_batch: only provider 'openai' (an OpenAI-compatible /v1/batches) is "
+                "sent batches; leave it out and Areion runs the lines itself"
             )
         if self.first_byte_timeout > self.total_timeout:
             raise ValueError("first_byte_timeout must not exceed total_timeout")
@@ -542,6 +555,72 @@ class RunsConfig(_Strict):
     adopt: bool = True
 
 
+class WindowConfig(_Strict):
+    """When deferred work may start: off-peak hours in a timezone, or the greenest slot
+    of a carbon-intensity schedule (a CSV of forecasts: `time,g_per_kwh`)."""
+
+    hours: str | None = Field(default=None, pattern=r"^\d\d:\d\d-\d\d:\d\d$")  # 01:00-06:00
+    timezone: str = "UTC"
+    carbon_file: str | None = None
+    # Slots above this are chosen only when no slot before the deadline is below it.
+    max_g_per_kwh: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowConfig:
+        if (self.hours is None) == (self.carbon_file is None):
+            raise ValueError(
+                "a window has either hours (off-peak: '01:00-06:00') or carbon_file (green)"
+            )
+        if self.hours is not None:
+            for part in self.hours.split("-"):
+                hour, minute = (int(x) for x in part.split(":"))
+                if hour > 23 or minute > 59:
+                    raise ValueError(f"hours: '{part}' is not a time of day (00:00 to 23:59)")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone: '{self.timezone}' is not an IANA timezone (Europe/Berlin, UTC)"
+            ) from None
+        return self
+
+
+class JobsConfig(_Strict):
+    """Batches (the Files and Batches APIs): their worker, and their limits."""
+
+    # Each `areion serve` process runs a worker taking batches from the store's queue.
+    worker: bool = True
+    # A worker holds a batch this long unless it renews (every third of it); a worker
+    # that dies is taken over after at most this long.
+    lease_ttl_s: float = Field(default=15.0, ge=0.5, le=3600.0)
+    # Lines of one batch a worker has in flight at once (they queue in the batch lane).
+    concurrency: int = Field(default=16, ge=1, le=4096)
+    # How often an idle worker looks for a batch that is due.
+    poll_s: float = Field(default=1.0, gt=0, le=300)
+    # Lines a worker keeps in flight while the group has interactive calls (lanes: its
+    # deployments set max_concurrency): the batch yields the process to them.
+    yield_concurrency: int = Field(default=4, ge=1, le=4096)
+    # Tries of a line refused for a while (rate limited, overloaded) before it fails.
+    max_line_attempts: int = Field(default=5, ge=1, le=100)
+    # The largest file POST /v1/files takes (413 past it); also the body cap there.
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # The most lines one batch may have.
+    max_lines: int = Field(default=50_000, ge=1)
+    # How often a provider's batch (native_batch) is polled.
+    native_poll_s: float = Field(default=10.0, gt=0, le=3600)
+    # Named windows deferred work may ask for, and the one a batch gets by default.
+    windows: dict[str, WindowConfig] = Field(default_factory=dict)
+    default_window: str | None = None
+
+    @model_validator(mode="after")
+    def _check_default(self) -> JobsConfig:
+        if self.default_window is not None and self.default_window not in self.windows:
+            raise ValueError(
+                f"default_window: no window named '{self.default_window}' in jobs.windows"
+            )
+        return self
+
+
 class ServerConfig(_Strict):
     """`areion serve`: where it listens and what it takes from a client."""
 
@@ -670,6 +749,7 @@ class Config(_Strict):
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     def _check_local(self) -> set[str]:
         """The groups of `provider: local` (embeddings only); none may have deployments of

@@ -15,6 +15,9 @@ The tree splits "you configured or called it wrong" from "the world failed"::
     │   ├── RunBusyError            (agent.leases) another driver holds the run   409
     │   ├── CacheNotFoundError      (server.cache) no such entry or hit, tier off 404
     │   ├── ResponseNotFoundError   (server.responses) no such stored response    404
+    │   ├── NoSuchFileError         (server.files) no such file for the caller    404
+    │   ├── BatchNotFoundError      (server.batches) no such batch for the caller 404
+    │   ├── NoQueueError            (jobs.service) the store keeps no job queue   501
     │   ├── AdminDisabledError      (server.admin) no admin keys configured       404
     │   ├── AdminOnlyError          (server.admin) a tenant key on the admin API  403
     │   ├── BodyTooLargeError       (server.guard) past server.max_body_bytes     413

@@ -25,6 +25,8 @@ class Price:
     """Completion tokens."""
     cached_input: float | None = None
     """Prompt tokens served from the provider's cache; None bills them as input."""
+    batch: float = 0.5
+    """What the provider's batch API bills, as a fraction of these prices."""
 
 
 # List prices of models Areion's own providers and data sets use. A deployment's

@@ -77,9 +77,11 @@ from areion.types import (
     Message,
 )
 
-if TYPE_CHECKING:  # numpy, ONNX Runtime: loaded only when a semantic tier is on
+if TYPE_CHECKING:  # loaded when used: numpy, ONNX Runtime (a semantic tier), the job queue
     from areion.cache.embedding import Embedder
     from areion.cache.semantic import SemanticCache
+    from areion.jobs.records import DeferredRun
+    from areion.jobs.service import Jobs
     from areion.telemetry.tracing import Tracing
 
 __all__ = ["CallOptions", "Runtime"]
@@ -136,6 +138,9 @@ class CallOptions:
     variant: str | None = None
     """The experiment variant (`experiment:variant`) the call is served by, when its run
     was assigned one; a call without one may be assigned one of a plain-call experiment."""
+    book: Callable[[LedgerEntry], None] | None = None
+    """Takes the ledger rows of the call instead of the ledger: a batch worker writes
+    them with the line's answer in one transaction (`jobs.worker`)."""
 
 
 class Runtime:
@@ -284,6 +289,7 @@ class Runtime:
         self.lanes = self._make_lanes()
         # Last: hits and routing take no slot, and the gateway's retries hold one.
         stages.append(self.lanes)
+        self._jobs: Jobs | None = None
         self._handler = compose(stages, self._terminal)
         self._embedding_handler = self._embedding_path(accounting)
         self._started = False
@@ -491,6 +497,8 @@ class Runtime:
         if priority is None and key is not None:
             entry = self.keys.limits(key)
             priority = entry.priority if entry is not None else None
+        if options.book is not None:
+            annotations["book"] = options.book
         if priority is not None:
             annotations["priority"] = lane_of(priority)  # a bad value: 400
             if priority == "critical" and "tier" not in annotations:
@@ -815,6 +823,36 @@ class Runtime:
             limits={k: v for k, v in limits.items() if v is not None},
         )
 
+    @property
+    def jobs(self) -> Jobs:
+        """The job queue in this runtime's store and its worker (`areion.jobs`)."""
+        if self._jobs is None:
+            from areion.jobs.service import Jobs
+
+            self._jobs = Jobs(self)
+        return self._jobs
+
+    async def defer(
+        self,
+        agent: Agent,
+        input: str,
+        *,
+        deadline: float | None = None,
+        window: str | None = None,
+        not_before: float | None = None,
+        session: str | None = None,
+        run_id: str | None = None,
+        tenant: str = "default",
+    ) -> DeferredRun:
+        """Run `agent` on `input` later: in `window` (one of `jobs.windows`; the default
+        window if None, `"none"` for none), not before `not_before`, and not waiting for
+        a window past `deadline` (Unix times). The run is a job in the store: this
+        runtime's worker (or any of the same store that knows the agent) starts it."""
+        return await self.jobs.defer(
+            agent, input, tenant=tenant, session=session, run_id=run_id, window=window,
+            not_before=not_before, deadline=deadline,
+        )  # fmt: skip
+
     async def approve(self, run_id: str, call_id: str, *, tenant: str = "default") -> None:
         """Approve a tool call a paused run waits for; then `resume` the run."""
         await self.agents.approve(run_id, call_id, tenant=tenant)
@@ -859,6 +897,8 @@ class Runtime:
             return
         self._closed = True
         self._unclosed.detach()
+        if self._jobs is not None:
+            await self._jobs.aclose()
         await self.load_probe.aclose()
         if self.gateway.fleet is not None:
             await self.gateway.fleet.aclose()

@@ -334,3 +334,29 @@ async def test_models_and_healthz(url: str) -> None:
     async with httpx.AsyncClient(base_url=url) as http:
         health = await http.get("/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+def test_the_openai_sdk_runs_a_batch_on_the_sim(url: str) -> None:
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    lines = [
+        {"custom_id": "ok", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}]}},
+        {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "no-such", "messages": [{"role": "user", "content": "hi"}]}},
+    ]  # fmt: skip
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    upload = sdk.files.create(file=("in.jsonl", content), purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 30
+    while batch.status != "completed":
+        assert time.monotonic() < deadline, batch.status
+        time.sleep(0.05)
+        batch = sdk.batches.retrieve(batch.id)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
+    assert batch.output_file_id is not None and batch.error_file_id is not None
+    (answer,) = [json.loads(x) for x in sdk.files.content(batch.output_file_id).text.splitlines()]
+    assert answer["custom_id"] == "ok" and answer["response"]["body"]["usage"]["total_tokens"] > 0
+    (error,) = [json.loads(x) for x in sdk.files.content(batch.error_file_id).text.splitlines()]
+    assert error["custom_id"] == "bad" and error["response"]["status_code"] == 404

@@ -480,3 +480,15 @@ def test_tracing_settings_are_checked_and_keep_headers_secret() -> None:
     ).tracing
     assert "sk-secret-123" not in repr(tracing)
     assert tracing.headers["api-key"].get_secret_value() == "sk-secret-123"
+
+
+def test_native_batch_is_for_openai_compatible_deployments() -> None:
+    with pytest.raises(ConfigError, match="native_batch: only provider 'openai'"):
+        parse_config(
+            {"models": [{"name": "c", "provider": "anthropic", "model": "m", "native_batch": True}]}
+        )
+    config = parse_config(
+        {"models": [{"name": "f", "provider": "openai", "base_url": "http://h/v1",
+                     "native_batch": True, "price": {"input": 1, "output": 2}}]}
+    )  # fmt: skip
+    assert config.models[0].price is not None and config.models[0].price.batch == 0.5

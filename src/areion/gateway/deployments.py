@@ -165,6 +165,7 @@ def build_groups(
                 input=model.price.input,
                 output=model.price.output,
                 cached_input=model.price.cached_input,
+                batch=model.price.batch,
             )
             if model.price is not None
             else default_price(model.upstream_model)

@@ -24,6 +24,7 @@ from areion.errors import AreionError, AuthenticationError, UnknownModelError
 from areion.runtime import Runtime
 from areion.server.access import AccessLog, note
 from areion.server.admin import AdminApi, bearer_key
+from areion.server.batches import JobsApi
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.completions import CompletionsApi
@@ -204,12 +205,15 @@ def create_app(runtime: Runtime) -> Starlette:
     runs = RunsApi(runtime, api.tenant)
     cache = CacheApi(runtime, api.tenant)
     admin = AdminApi(runtime)
+    jobs = JobsApi(runtime, api.identity, agents=runs.agents)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         runs.begin()
+        jobs.begin()
         yield
+        await jobs.aclose()
         await runs.aclose()
         await runtime.aclose()
 
@@ -219,7 +223,17 @@ def create_app(runtime: Runtime) -> Starlette:
     middleware = [
         *([Middleware(AccessLog, format=server.log_format)] if server.access_log else []),
         Middleware(_Contain),
-        Middleware(LimitBody, max_bytes=runtime.config.server.max_body_bytes),
+        Middleware(
+            LimitBody,
+            max_bytes=runtime.config.server.max_body_bytes,
+            # An upload's cap, plus room for its multipart framing.
+            paths={
+                "/v1/files": (
+                    runtime.config.jobs.max_file_bytes + 64 * 1024,
+                    "jobs.max_file_bytes",
+                )
+            },
+        ),
         Middleware(_Authenticate, keys=runtime.keys),
     ]
     if runtime.tracing is not None:
@@ -243,6 +257,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),
+            *jobs.routes(),
         ],
         middleware=middleware,
         exception_handlers={AreionError: _areion_error, HTTPException: _http_error},

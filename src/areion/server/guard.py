@@ -51,9 +51,13 @@ class LimitBody:
     chunked body declares no length). The refusal is an error the handler raises, so
     it leaves as every error does, OpenAI-shaped."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, paths: dict[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = paths or {}
+        """Paths with a cap of their own, and the setting that names it (file uploads)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,25 +65,26 @@ class LimitBody:
             return
         declared = _content_length(scope)
         read = 0
+        cap, setting = self.paths.get(scope["path"], (self.max_bytes, "server.max_body_bytes"))
 
         async def capped() -> Message:
             nonlocal read
-            if declared is not None and declared > self.max_bytes:
-                raise self._too_large()
+            if declared is not None and declared > cap:
+                raise _too_large(cap, setting)
             message = await receive()
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
-                if read > self.max_bytes:
-                    raise self._too_large()
+                if read > cap:
+                    raise _too_large(cap, setting)
             return message
 
         await self.app(scope, capped, send)
 
-    def _too_large(self) -> BodyTooLargeError:
-        return BodyTooLargeError(
-            f"the request body is larger than this server takes ({self.max_bytes} bytes, "
-            "server.max_body_bytes)"
-        )
+
+def _too_large(cap: int, setting: str) -> BodyTooLargeError:
+    return BodyTooLargeError(
+        f"the request body is larger than this server takes ({cap} bytes, {setting})"
+    )
 
 
 def guarded_protocol(settings: ServerConfig) -> type[asyncio.Protocol]:

@@ -64,6 +64,14 @@ def load_agents(configs: list[AgentConfig]) -> dict[str, Agent]:
     return agents
 
 
+class _DeferBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    window: str | None = None  # one of jobs.windows; the default window if none; "none"
+    not_before: float | None = Field(default=None, ge=0)  # Unix times
+    deadline: float | None = Field(default=None, ge=0)
+
+
 class _StartBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,6 +80,8 @@ class _StartBody(BaseModel):
     session: str | None = Field(default=None, min_length=1, max_length=200)
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     wait: bool = False
+    # Run it later, as a job in the store (Runtime.defer): 202 with when and why.
+    defer: _DeferBody | None = None
 
 
 class _DecisionBody(BaseModel):
@@ -240,6 +250,24 @@ class RunsApi:
             # runs are looked at; other tenants' ids are theirs.
             await self.runtime.agents.existing(
                 run_id, agent=agent, input=body.input, session=body.session, tenant=tenant
+            )
+        if body.defer is not None:
+            if body.wait:
+                raise RequestError("a deferred run cannot be waited for: drop wait", param="wait")
+            deferred = await self.runtime.defer(
+                agent, body.input, session=body.session, run_id=run_id, tenant=tenant,
+                window=body.defer.window, not_before=body.defer.not_before,
+                deadline=body.defer.deadline,
+            )  # fmt: skip
+            return json_response(
+                {
+                    "run_id": deferred.run_id,
+                    "status": "deferred",
+                    "job_id": deferred.job_id,
+                    "not_before": deferred.not_before,
+                    "schedule": deferred.schedule,
+                },
+                202,
             )
         if body.wait:
             result = await self.runtime.run(

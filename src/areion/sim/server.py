@@ -1,7 +1,8 @@
 """`areion sim`: the simulated models over HTTP, in both the OpenAI and the Anthropic wire shape.
 
 Real SDKs can point at it: `/v1/chat/completions` and `/v1/models` speak OpenAI,
-`/v1/messages` speaks Anthropic Messages, and `/metrics` exposes the vLLM load
+`/v1/messages` speaks Anthropic Messages, `/v1/files` and `/v1/batches` OpenAI's batch API
+(`sim/batches.py`), and `/metrics` exposes the vLLM load
 gauges a capacity-aware balancer reads. The Anthropic translation lives here on
 purpose: the sim must not depend on the production Anthropic provider it tests.
 """
@@ -27,6 +28,7 @@ from areion.errors import (
     RequestError,
     UnknownModelError,
 )
+from areion.sim.batches import SimBatches
 from areion.sim.engine import SimEngine, estimate_prompt_tokens
 from areion.sim.profiles import builtin_profiles, load_profiles
 from areion.types import ChatRequest, ChatResponse, Message, Role, StreamChunk, ToolCall
@@ -64,6 +66,16 @@ def create_sim_app(engine: SimEngine) -> Starlette:
         except AreionError as error:
             return _openai_error(error)
         return Response(orjson.dumps(response.to_openai()), media_type=_JSON)
+
+    async def answer_line(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A batch line's chat completion, as its status and response body."""
+        try:
+            chat, _ = _openai_request({**body, "stream": False})
+            response = await engine.complete(chat)
+        except AreionError as error:
+            failed = _openai_error(error)
+            return failed.status_code, orjson.loads(bytes(failed.body))
+        return 200, response.to_openai()
 
     async def models(request: Request) -> Response:
         data = [
@@ -103,6 +115,7 @@ def create_sim_app(engine: SimEngine) -> Starlette:
             Route("/v1/messages", messages, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *SimBatches(answer_line).routes(),
         ]
     )
 

@@ -19,6 +19,7 @@ write at a time so only the bad write's caller hears of it.
 
 from __future__ import annotations
 
+from areion.jobs.schema import POSTGRES_TABLES as JOB_TABLES
 from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
 from areion.store.rollups import HISTOGRAM, rollup_upsert
 
@@ -542,5 +543,6 @@ MIGRATIONS: tuple[str, ...] = (
     _ATTRIBUTION,
     _ARRIVALS,
     _EXPERIMENTS,
+    JOB_TABLES,
 )
 VERSION = len(MIGRATIONS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from areion.jobs.schema import SQLITE_TABLES as JOB_TABLES
 from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
 from areion.store.rollups import HISTOGRAM, rollup_upsert
 
@@ -348,6 +349,7 @@ CREATE TABLE IF NOT EXISTS arrivals (
     count INTEGER NOT NULL
 );
 """
+    + JOB_TABLES
 )
 
 CACHE_ENTRY_COLUMNS = (
