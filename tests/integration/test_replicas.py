@@ -210,10 +210,26 @@ async def test_a_cached_answer_is_served_by_every_replica_and_dropped_everywhere
                 assert response.status_code == 200, response.text
                 return response.headers["x-areion-cache"]
 
+            async def probe(base: str, text: str) -> str:
+                """The cache tier that answered, or the status of a refused miss."""
+                response = await client.post(
+                    base + "/v1/chat/completions",
+                    json={"model": "fast", "temperature": 0,
+                          "messages": [{"role": "user", "content": text}]},
+                    headers=auth("acme"),
+                )  # fmt: skip
+                if response.status_code != 200:
+                    return str(response.status_code)
+                return response.headers["x-areion-cache"]
+
             assert await ask(one, QUESTION) == "miss"
             # Stored by replica one after its answer left: the others find it soon after.
-            await eventually(lambda: _is(ask(two, QUESTION), "hit-exact"))
-            await eventually(lambda: _is(ask(two, PARAPHRASE), "hit-semantic"))
+            # Until they do, a miss reaches an upstream that refuses it, so no replica
+            # stores an answer of its own meanwhile (only replica one's entry is there).
+            scripted.default = Behaviour(status=400, text="not now")
+            await eventually(lambda: _is(probe(two, QUESTION), "hit-exact"))
+            await eventually(lambda: _is(probe(two, PARAPHRASE), "hit-semantic"))
+            scripted.default = Behaviour(text="Speak every day and record yourself.")
             # Never another tenant's (its paraphrase first: its miss stores its own answer).
             assert await ask(two, PARAPHRASE, tenant="globex") == "miss"
             exact = await ask(three, QUESTION, tenant="globex")  # not acme's exact entry
