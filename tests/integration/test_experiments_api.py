@@ -97,6 +97,7 @@ def test_the_cheaper_prompt_wins_on_cost_per_successful_task(
 ) -> None:
     base, db = served
     runs: dict[str, str] = {}
+    shown: dict[str, str] = {}  # the variant the runs API shows for each run
     with httpx.Client(base_url=base, timeout=30) as client:
         for i in range(40):
             answer = client.post(
@@ -112,7 +113,9 @@ def test_the_cheaper_prompt_wins_on_cost_per_successful_task(
             assert answer.status_code == 200, answer.text
             assert answer.json()["status"] == "finished", answer.text
             run_id = answer.json()["id"]
+            experiment = answer.json()["experiment"]
             runs[run_id] = f"s{i}"
+            shown[run_id] = experiment
         # The application says every fifth task failed, naming the run or its session.
         failed = {run_id for n, run_id in enumerate(runs) if n % 5 == 0}
         for n, (run_id, session) in enumerate(runs.items()):
@@ -137,6 +140,7 @@ def test_the_cheaper_prompt_wins_on_cost_per_successful_task(
     # Every ledger row of every run carries its variant: one variant per run.
     assert {run_id for run_id, *_ in rows} == set(runs)
     assert len(rows) == len(runs)
+    assert {run_id: variant for run_id, variant, _, _ in rows} == shown
     by_variant: dict[str, list[tuple[str, float, int]]] = {}
     for run_id, variant, cost, calls in rows:
         by_variant.setdefault(variant, []).append((run_id, cost, calls))

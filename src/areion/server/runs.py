@@ -117,7 +117,9 @@ def _event_id(raw: str) -> int:
     return value
 
 
-def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
+def run_json(snapshot: RunSnapshot, *, experiment: str | None = None) -> dict[str, Any]:
+    """A run as the API shows it; `experiment`: the variant (`experiment:variant`) the
+    run is served by, if an experiment applies to its agent."""
     run = snapshot.run
     plan = offered_plan(snapshot.messages)
     return {
@@ -125,6 +127,7 @@ def run_json(snapshot: RunSnapshot) -> dict[str, Any]:
         "object": "run",
         "agent": run.agent,
         "session": run.session,
+        "experiment": experiment,
         "status": run.status,
         "output": run.output,
         "error": run.error,
@@ -162,6 +165,16 @@ class RunsApi:
         self._tenant_of = tenant_of
         self._tasks: set[asyncio.Task[Any]] = set()
         self._adopter: asyncio.Task[None] | None = None
+
+    def _json(self, snapshot: RunSnapshot) -> dict[str, Any]:
+        experiment = None
+        if self.runtime.experiments:
+            run = snapshot.run
+            found = self.runtime.experiments.for_run(
+                run.agent, run_id=run.run_id, session=run.session, user=None
+            )
+            experiment = found.label if found is not None else None
+        return run_json(snapshot, experiment=experiment)
         self._adopting: set[tuple[str, str]] = set()
 
     def begin(self) -> None:
@@ -273,17 +286,17 @@ class RunsApi:
             result = await self.runtime.run(
                 agent, body.input, session=body.session, run_id=run_id, tenant=tenant
             )
-            return json_response(run_json(await self._snapshot(result.run_id, tenant)), 200)
+            return json_response(self._json(await self._snapshot(result.run_id, tenant)), 200)
         run_id = run_id or new_run_id()
         self._background(
             self.runtime.run(agent, body.input, session=body.session, run_id=run_id, tenant=tenant)
         )
-        return json_response(run_json(await self._started(run_id, tenant)), 202)
+        return json_response(self._json(await self._started(run_id, tenant)), 202)
 
     async def get(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
         snapshot = await self._snapshot(request.path_params["run_id"], tenant)
-        return json_response(run_json(snapshot), 200)
+        return json_response(self._json(snapshot), 200)
 
     async def approve(self, request: Request) -> Response:
         return await self._decide(request, approve=True)
@@ -301,7 +314,7 @@ class RunsApi:
         else:
             await self.runtime.reject(run_id, body.call_id, body.reason, tenant=tenant)
         snapshot = await self._snapshot(run_id, tenant)
-        return json_response(run_json(snapshot), 200)
+        return json_response(self._json(snapshot), 200)
 
     async def resume(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
@@ -319,9 +332,9 @@ class RunsApi:
         )
         if body.wait:
             await work
-            return json_response(run_json(await self._snapshot(run_id, tenant)), 200)
+            return json_response(self._json(await self._snapshot(run_id, tenant)), 200)
         self._background(work)
-        return json_response(run_json(snapshot), 202)
+        return json_response(self._json(snapshot), 202)
 
     async def events(self, request: Request) -> Response:
         tenant = self._tenant_of(request)
