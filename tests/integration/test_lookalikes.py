@@ -59,14 +59,14 @@ def upstream_url() -> Iterator[str]:
         yield url
 
 
-def _config(url: str, tmp_path: Path) -> Any:
+def _config(url: str, tmp_path: Path, **cache: Any) -> Any:
     return parse_config(
         {
             "models": [
                 {"name": "fast", "provider": "openai", "model": "m", "base_url": url + "/v1"}
             ],
             "store": f"sqlite:///{tmp_path / 'lookalikes.db'}",
-            "cache": {"semantic": {"enabled": True}},
+            "cache": {"semantic": {"enabled": True}, **cache},
         }
     )  # fmt: skip
 
@@ -111,3 +111,37 @@ def test_paraphrases_are_still_served(upstream_url: str, tmp_path: Path) -> None
     assert asyncio.run(_served(upstream_url, tmp_path, PARAPHRASES)) == ["hit-semantic"] * len(
         PARAPHRASES
     )
+
+
+async def _runs_for_repeats(url: str, tmp_path: Path) -> tuple[list[str | None], int]:
+    """Exact tier off: each question asked twice reaches the semantic tier twice."""
+    config = _config(
+        url, tmp_path, exact={"enabled": False}, semantic={"enabled": True, "embed_memo": 0}
+    )
+    async with Runtime(config) as runtime:
+        first = await runtime.chat(_ask("How do I learn to swim as an adult?"))
+        embedder: Any = runtime.embedder
+        before = embedder.runs
+        again = await runtime.chat(_ask("How do I learn to swim as an adult?"))
+        other_context = await runtime.chat(
+            ChatRequest(
+                model="fast",
+                messages=[
+                    Message(role="system", content="Answer in French."),
+                    Message(role="user", content="How do I learn to swim as an adult?"),
+                ],
+                temperature=0,
+            )
+        )
+        return [first.cache, again.cache, other_context.cache], embedder.runs - before
+
+
+def test_the_same_question_is_served_without_embedding_it(
+    upstream_url: str, tmp_path: Path
+) -> None:
+    outcomes, runs = asyncio.run(_runs_for_repeats(upstream_url, tmp_path))
+    # The repeat is a hit with no embedding; the same words in another context are
+    # a different question (looked up by embedding, and a miss).
+    assert outcomes[1] == "hit-semantic"
+    assert "hit-semantic" not in (outcomes[0], outcomes[2])
+    assert runs == 1
