@@ -313,6 +313,9 @@ class SemanticCacheConfig(_Strict):
     # Recently embedded texts whose vectors are kept (1.5 KB each): a question asked
     # again in the same words is not embedded again. 0 keeps none.
     embed_memo: int = Field(default=4096, ge=0, le=1_000_000)
+    # 8-bit integer products in the embedder: a short query ~3x faster on CPU, vectors
+    # within cosine 0.995 of float32 ones; the shipped verifier is calibrated on these.
+    embed_quantized: bool = True
 
 
 class PlanCacheConfig(_Strict):

@@ -296,6 +296,7 @@ class Runtime:
                     max_batch=semantic.embed_max_batch,
                     sessions=semantic.embed_sessions,
                     memo=semantic.embed_memo,
+                    quantized=semantic.embed_quantized,
                 )
             return self._embedder
 

@@ -33,7 +33,7 @@ LOOKALIKES = Path(__file__).parent.parent / "data" / "lookalikes.csv"
 KINDS = {"number", "date", "unit", "name", "negation", "direction", "entity"}
 # Rewordings the cache should serve: without them a cache that never hits would pass.
 PARAPHRASES = [
-    ("How can I improve my English speaking skills?", "How do I improve my English skills?"),
+    ("How can I improve my English writing?", "How do I improve my English writing?"),
     ("How do I learn Python quickly?", "How can I learn python fast?"),
     ("What are the best ways to make money online?", "What is the best way to make money online?"),
     ("Why is the sky blue?", "Why does the sky look blue?"),

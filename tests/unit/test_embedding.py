@@ -254,6 +254,24 @@ async def test_max_batch_splits_runs_and_big_inputs(model_path: Path) -> None:
         small.close()
 
 
+async def test_quantized_vectors_are_close_and_do_not_depend_on_the_batch(
+    embedder: Any, model_path: Path
+) -> None:
+    small = MiniLMEmbedder(path=model_path, quantized=True)
+    try:
+        alone = np.concatenate([small.embed_sync([text]) for text in SENTENCES])
+        together = small.embed_sync(SENTENCES)
+        # Concurrent callers are micro-batched: still the vectors each gets alone.
+        batched = np.concatenate(await asyncio.gather(*(small.embed([t]) for t in SENTENCES)))
+        np.testing.assert_array_equal(together, alone)
+        np.testing.assert_array_equal(batched, alone)
+        exact = embedder.embed_sync(SENTENCES)
+        assert np.all(np.sum(alone * exact, axis=1) > 0.97)
+        assert np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
+    finally:
+        small.close()
+
+
 async def test_memo_answers_a_repeated_text_without_a_run(model_path: Path) -> None:
     remembering = MiniLMEmbedder(path=model_path, memo=2)
     try:

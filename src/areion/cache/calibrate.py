@@ -1,6 +1,7 @@
 """Train and calibrate the semantic-cache verifier on labelled question pairs.
 
     python -m areion.cache.calibrate --pairs ../shared/data/cache/quora_pairs_val.csv \\
+        ../shared/data/cache/quora_pairs_train.csv \\
         --out src/areion/cache/data/verifier.json [--folds 5] [--embeddings /tmp/emb.npz]
 
 The pairs file is a CSV with `question1`, `question2` and `is_duplicate` (0/1). Each
@@ -518,7 +519,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m areion.cache.calibrate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--pairs", type=Path, required=True, help="labelled pairs CSV")
+    parser.add_argument(
+        "--pairs", type=Path, nargs="+", required=True, help="labelled pairs CSV(s), pooled"
+    )
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="embed in float32 (default: 8-bit, as cache.semantic.embed_quantized)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write verifier.json")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed (0)")
@@ -532,21 +540,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from areion.cache.embedding import MiniLMEmbedder
 
-    embedder = MiniLMEmbedder()
-    pairs = read_pairs(args.pairs)
+    embedder = MiniLMEmbedder(quantized=not args.float32)
+    pairs = [pair for path in args.pairs for pair in read_pairs(path)]
     texts = _texts(pairs)
     vectors = _embed_texts(embedder, texts, args.embeddings)
     params, report = train(
         pairs, _pair_cosines(pairs, vectors, texts), folds=args.folds, seed=args.seed
     )
-    params["meta"]["trained_on"] = args.pairs.name
+    params["meta"]["trained_on"] = " + ".join(path.name for path in args.pairs)
+    params["meta"]["embeddings"] = "float32" if args.float32 else "int8"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(params, separators=(",", ":")) + "\n", encoding="utf-8")
     _print_report(report, params)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     if args.eval:
         verifier = SemanticVerifier.load(args.out)
-        print(f"evaluate_pairs on {args.pairs.name} (IN-SAMPLE: the model was fit on it):")
+        print(f"evaluate_pairs on {args.pairs[0].name} (IN-SAMPLE: the model was fit on it):")
         for protocol in ("cache", "pair"):
             for name, judge, limit in (
                 ("verifier (default)", verifier, None),
@@ -554,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("cosine >= 0.95", None, 0.95),
             ):
                 result = evaluate_pairs(
-                    args.pairs,
+                    args.pairs[0],
                     judge,
                     embedder,
                     threshold=limit,

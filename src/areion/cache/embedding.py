@@ -98,24 +98,26 @@ def model_dir() -> Path:
     return path
 
 
-_graphs: dict[Path, EncoderGraph] = {}
+_graphs: dict[tuple[Path, bool], EncoderGraph] = {}
 _graphs_lock = threading.Lock()
 
 
-def encoder_graph(path: Path | None = None) -> EncoderGraph:
-    """The ONNX graph of the model in `path` (default: the installed MiniLM), built once.
+def encoder_graph(path: Path | None = None, *, quantized: bool = False) -> EncoderGraph:
+    """The ONNX graph of the model in `path` (default: the installed MiniLM), built once
+    per precision (`quantized`: 8-bit integer products, see `bert_onnx`).
 
     Building takes a few hundred milliseconds; every embedder of the process shares
     the result, weights included.
     """
     path = (path or model_dir()).resolve()
     with _graphs_lock:
-        graph = _graphs.get(path)
+        graph = _graphs.get((path, quantized))
         if graph is None:
             _check_pooling(path)
             weights = read_safetensors(path / "model.safetensors")
-            graph = build_encoder(weights, BertConfig.from_file(path / "config.json"))
-            _graphs[path] = graph
+            config = BertConfig.from_file(path / "config.json")
+            graph = build_encoder(weights, config, quantized=quantized)
+            _graphs[path, quantized] = graph
         return graph
 
 
@@ -151,6 +153,11 @@ class MiniLMEmbedder:
     `sessions`: runs in flight at once (threads calling the one session), each with
     `threads` intra-op threads; 1 keeps one run at a time.
     `memo`: texts whose vectors are kept (least recently used dropped); 0 keeps none.
+    `quantized`: the encoder's dense products in 8-bit integers: a short query in
+    ~1.7 ms instead of ~5 ms on a busy core, vectors within cosine 0.995 of float32
+    ones (pair cosines move by 0.009 on average; the shipped verifier is calibrated
+    on these). Each text then runs on its own (still cheaper than its share of a
+    float32 batch), so its vector never depends on what else was in the batch.
 
     One event loop at a time may call `embed()`; `embed_sync()` may be called from
     any thread.
@@ -167,6 +174,7 @@ class MiniLMEmbedder:
         max_tokens: int = 256,
         sessions: int = 1,
         memo: int = 0,
+        quantized: bool = False,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -182,7 +190,9 @@ class MiniLMEmbedder:
         if memo < 0:
             raise ValueError(f"memo must be >= 0, got {memo}")
         path = path or model_dir()
-        self._graph = encoder_graph(path)  # held: the session reads these weights
+        # Held: the session reads these weights.
+        self._graph = encoder_graph(path, quantized=quantized)
+        self.quantized = quantized
         config = BertConfig.from_file(path / "config.json")
         self._max_batch = max_batch
         self._window = window
@@ -217,8 +227,9 @@ class MiniLMEmbedder:
         self._memo_size = memo
         self._memo: OrderedDict[str, Vectors] = OrderedDict()
         # The first run allocates ONNX Runtime's buffers; pay for it now, not on a query.
+        self._batches = 0
         self._infer(["warm up"])
-        self._runs = 0
+        self._runs = self._batches = 0
 
     @property
     def dim(self) -> int:
@@ -228,6 +239,12 @@ class MiniLMEmbedder:
     def runs(self) -> int:
         """ONNX Runtime calls made so far (after the warm-up)."""
         return self._runs
+
+    @property
+    def batches(self) -> int:
+        """Batches of texts handed to the inference thread so far (after the warm-up):
+        fewer than the calls when concurrent calls were micro-batched."""
+        return self._batches
 
     def close(self) -> None:
         """Stop the inference thread; calls already running finish first."""
@@ -359,11 +376,15 @@ class MiniLMEmbedder:
 
     def _infer(self, texts: list[str]) -> Vectors:
         """Tokenize and run the encoder: texts of similar length together, padded per run."""
+        with self._runs_lock:
+            self._batches += 1
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for begin, end in plan_runs(lengths[order], self._max_batch):
+        # 8-bit runs one text at a time: the input's quantization range is measured over
+        # the whole run, so a text's vector would depend on the texts run with it.
+        for begin, end in plan_runs(lengths[order], 1 if self.quantized else self._max_batch):
             rows = order[begin:end]
             width = int(lengths[rows[-1]])  # sorted: the last is the longest
             ids = np.zeros((len(rows), width), dtype=np.int64)
