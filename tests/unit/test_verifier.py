@@ -343,6 +343,18 @@ def test_train_writes_parameters_the_verifier_loads() -> None:
     assert verifier.score("Top 2 item2?", "Top 3 item2?", 0.99) == 0.0
 
 
+def test_train_reports_held_out_figures_per_file() -> None:
+    pairs, cosines = _synthetic(300)
+    sources = ["hard.csv" if i < 150 else "natural.csv" for i in range(300)]
+    _, report = train(pairs, cosines, folds=3, sources=sources)
+    row = report["nested"][DEFAULT_MAX_WRONG_HIT_RATE]
+    assert set(row["by_source"]) == {"hard.csv", "natural.csv"}
+    assert sum(part["hits"] for part in row["by_source"].values()) == row["hits"]
+    assert all(part["wrong_hit_rate"] == 0.0 for part in row["by_source"].values())
+    _, alone = train(pairs, cosines, folds=3)
+    assert "by_source" not in alone["nested"][DEFAULT_MAX_WRONG_HIT_RATE]
+
+
 class _TableEmbedder:
     """Vectors from a fixed table (tests need known neighbours, not a model)."""
 

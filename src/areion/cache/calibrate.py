@@ -242,10 +242,14 @@ def _precision_recall(hits: npt.NDArray[np.bool_], labels: Floats) -> tuple[floa
 
 
 def _nested(
-    data: _Data, folds: npt.NDArray[np.int64], rates: Sequence[float]
+    data: _Data,
+    folds: npt.NDArray[np.int64],
+    rates: Sequence[float],
+    sources: npt.NDArray[np.str_] | None = None,
 ) -> dict[float, dict[str, Any]]:
     """Per rate: precision and recall on held-out folds, model and threshold chosen
-    on the other folds only (their own inner cross-validation)."""
+    on the other folds only (their own inner cross-validation); with `sources` (the
+    file of each pair), the wrong-hit rate and recall on each file's pairs too."""
     hits = {rate: np.zeros(len(data.labels), dtype=bool) for rate in rates}
     worst = dict.fromkeys(rates, 1.0)
     for k in np.unique(folds):
@@ -264,6 +268,12 @@ def _nested(
     for rate in rates:
         precision, recall, n = _precision_recall(hits[rate], data.labels)
         out[rate] = {"precision": precision, "recall": recall, "hits": n, "worst_fold": worst[rate]}
+        for source in [] if sources is None else sorted(set(sources.tolist())):
+            mine = sources == source
+            p, r, k = _precision_recall(hits[rate][mine], data.labels[mine])
+            out[rate].setdefault("by_source", {})[source] = {
+                "wrong_hit_rate": 1.0 - p, "recall": r, "hits": k
+            }  # fmt: skip
     return out
 
 
@@ -277,15 +287,23 @@ def _subset(data: _Data, mask: npt.NDArray[np.bool_]) -> _Data:
 
 
 def train(
-    pairs: Sequence[Pair], cosines: Floats, *, folds: int = 5, seed: int = 0
+    pairs: Sequence[Pair],
+    cosines: Floats,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    sources: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the verifier's parameters, a report of cross-validated figures)."""
+    """(the verifier's parameters, a report of cross-validated figures); `sources`
+    names each pair's file, for held-out figures per file."""
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
     data = _data(pairs, cosines)
     fold_of = group_folds(pairs, folds, seed=seed)
     table = _table(_out_of_fold(data, fold_of), data.labels)
-    nested = _nested(data, fold_of, _REPORT_RATES)
+    nested = _nested(
+        data, fold_of, _REPORT_RATES, None if sources is None else np.asarray(sources, dtype=str)
+    )
     baseline = {
         t: _precision_recall(data.cosines >= t, data.labels)[:2] for t in (0.90, 0.95, 0.98)
     }
@@ -297,7 +315,9 @@ def train(
         "seed": seed,
         "default_max_wrong_hit_rate": DEFAULT_MAX_WRONG_HIT_RATE,
         "nested_cv_at_default": {
-            k: v if isinstance(v, int) else round(float(v), 4) for k, v in default.items()
+            k: v if isinstance(v, int) else round(float(v), 4)
+            for k, v in default.items()
+            if k != "by_source"
         },
     }
     params = _params(_fit(data, np.ones(len(pairs), dtype=bool)), table, meta)
@@ -505,6 +525,12 @@ def _print_report(report: dict[str, Any], params: dict[str, Any]) -> None:
             f"(worst fold {row['worst_fold']:.3f}) recall {row['recall']:.3f} "
             f"hits {row['hits']}{mark}"
         )
+        for source, part in row.get("by_source", {}).items():
+            verdict = "ok" if part["wrong_hit_rate"] <= rate else "ABOVE THE SETTING"
+            print(
+                f"    {source}: {part['hits']} hits, {part['wrong_hit_rate']:.3f} wrong "
+                f"({verdict}), recall {part['recall']:.3f}"
+            )
 
 
 def _print_eval(name: str, result: dict[str, Any]) -> None:
@@ -541,11 +567,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from areion.cache.embedding import MiniLMEmbedder
 
     embedder = MiniLMEmbedder(quantized=not args.float32)
-    pairs = [pair for path in args.pairs for pair in read_pairs(path)]
+    files = [(path, read_pairs(path)) for path in args.pairs]
+    pairs = [pair for _, some in files for pair in some]
+    sources = [path.name for path, some in files for _ in some]
     texts = _texts(pairs)
     vectors = _embed_texts(embedder, texts, args.embeddings)
     params, report = train(
-        pairs, _pair_cosines(pairs, vectors, texts), folds=args.folds, seed=args.seed
+        pairs,
+        _pair_cosines(pairs, vectors, texts),
+        folds=args.folds,
+        seed=args.seed,
+        sources=sources if len(files) > 1 else None,
     )
     params["meta"]["trained_on"] = " + ".join(path.name for path in args.pairs)
     params["meta"]["embeddings"] = "float32" if args.float32 else "int8"
