@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,10 @@ def child(threshold: int, chunk: int) -> dict[str, float]:
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((threshold + 1, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    path = Path(f"/tmp/areion-bench-vectors-{threshold}.npy")
-    np.save(path, vectors)
-    data = np.load(path, mmap_mode="r")  # file-backed: not anonymous memory
+    with tempfile.NamedTemporaryFile(suffix=".npy") as file:
+        np.save(file, vectors)
+        file.flush()
+        data = np.load(file.name, mmap_mode="r")  # file-backed: not anonymous memory
     del vectors
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM)
     index = AdaptiveIndex(threshold=threshold, build_chunk=chunk)
