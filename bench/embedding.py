@@ -127,9 +127,19 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         batched = MiniLMEmbedder(threads=threads, window=args.window, max_batch=args.max_batch)
         session_s = time.perf_counter() - start
         plain = MiniLMEmbedder(threads=threads, micro_batch=False)
+        small = (
+            MiniLMEmbedder(
+                threads=threads, window=args.window, max_batch=args.max_batch, quantized=True
+            )
+            if args.quantized
+            else None
+        )
         try:
             single = await _single(batched, args.queries)
             modes: dict[str, list[dict[str, Any]]] = {"micro-batched": [], "one run per call": []}
+            if small is not None:
+                single["int8"] = await _single(small, args.queries)
+                modes["8-bit, one text per run"] = []
             # Rounds alternate the two modes so drift on a shared machine hits both.
             for _ in range(args.rounds):
                 modes["micro-batched"].append(
@@ -138,9 +148,15 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 modes["one run per call"].append(
                     await _concurrent(plain, args.concurrency, args.calls)
                 )
+                if small is not None:
+                    modes["8-bit, one text per run"].append(
+                        await _concurrent(small, args.concurrency, args.calls)
+                    )
         finally:
             batched.close()
             plain.close()
+            if small is not None:
+                small.close()
         results["by_threads"][str(threads)] = {
             "session_s": session_s,
             "single": single,
@@ -165,6 +181,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=0.002, help="micro-batch window, s")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument(
+        "--quantized", action="store_true", help="also the 8-bit embedder, side by side"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="save the results")
     args = parser.parse_args()
     args.threads = [int(t) for t in str(args.threads).split(",")]
@@ -183,6 +202,11 @@ def main() -> None:
         for name, s in (
             ("embed()", r["single"]["embed_ms"]),
             ("embed_sync()", r["single"]["embed_sync_ms"]),
+            *(
+                (("embed() 8-bit", r["single"]["int8"]["embed_ms"]),)
+                if "int8" in r["single"]
+                else ()
+            ),
         ):
             figures = (fmt(s["p50"], 3), fmt(s["p90"], 3), fmt(s["p99"], 3))
             rows.append((threads, name, s["n"], *figures))

@@ -328,9 +328,9 @@ def _eval_cache(args: argparse.Namespace) -> int:
     if not pairs.is_file():
         raise ConfigError(f"--pairs: no file {pairs}")
     verifier = SemanticVerifier.load()
+    config, _ = _config(args.config)
     rate = args.max_wrong_hit_rate
     if rate is None:  # the configured setting, if a config sets one
-        config, _ = _config(args.config)
         rate = config.cache.semantic.max_wrong_hit_rate
     if rate is not None and not 0 < rate < 1:
         raise ConfigError(f"--max-wrong-hit-rate must be between 0 and 1, got {rate}")
@@ -339,7 +339,7 @@ def _eval_cache(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"max wrong-hit rate {rate}: stricter than the verifier's calibration vouches for"
         )
-    embedder = MiniLMEmbedder()
+    embedder = MiniLMEmbedder(quantized=config.cache.semantic.embed_quantized)
     try:
         result = evaluate_pairs(pairs, verifier, embedder, threshold=threshold)
     finally:

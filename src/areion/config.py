@@ -322,6 +322,16 @@ class SemanticCacheConfig(_Strict):
     # Texts the shared embedder runs together at most: concurrent calls are micro-batched
     # up to this; 1 runs every call on its own.
     embed_max_batch: int = Field(default=64, ge=1, le=4096)
+    # Embedder runs in flight at once (each `embed_threads` threads): 2 lets a hit that
+    # arrives during a run start its own at once instead of waiting for it, on a
+    # machine with a core to spare (bench/cache_hit.py --variants: no gain on 2 busy cores).
+    embed_sessions: int = Field(default=1, ge=1, le=64)
+    # Recently embedded texts whose vectors are kept (1.5 KB each): a question asked
+    # again in the same words is not embedded again. 0 keeps none.
+    embed_memo: int = Field(default=4096, ge=0, le=1_000_000)
+    # 8-bit integer products in the embedder: a short query ~3x faster on CPU, vectors
+    # within cosine 0.995 of float32 ones; the shipped verifier is calibrated on these.
+    embed_quantized: bool = True
 
 
 class PlanCacheConfig(_Strict):

@@ -344,7 +344,11 @@ class Runtime:
 
                 semantic = self.config.cache.semantic
                 self._embedder = MiniLMEmbedder(
-                    threads=semantic.embed_threads, max_batch=semantic.embed_max_batch
+                    threads=semantic.embed_threads,
+                    max_batch=semantic.embed_max_batch,
+                    sessions=semantic.embed_sessions,
+                    memo=semantic.embed_memo,
+                    quantized=semantic.embed_quantized,
                 )
             return self._embedder
 

@@ -254,6 +254,60 @@ async def test_max_batch_splits_runs_and_big_inputs(model_path: Path) -> None:
         small.close()
 
 
+async def test_quantized_vectors_are_close_and_do_not_depend_on_the_batch(
+    embedder: Any, model_path: Path
+) -> None:
+    small = MiniLMEmbedder(path=model_path, quantized=True)
+    try:
+        alone = np.concatenate([small.embed_sync([text]) for text in SENTENCES])
+        together = small.embed_sync(SENTENCES)
+        # Concurrent callers are micro-batched: still the vectors each gets alone.
+        batched = np.concatenate(await asyncio.gather(*(small.embed([t]) for t in SENTENCES)))
+        np.testing.assert_array_equal(together, alone)
+        np.testing.assert_array_equal(batched, alone)
+        exact = embedder.embed_sync(SENTENCES)
+        assert np.all(np.sum(alone * exact, axis=1) > 0.97)
+        assert np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
+    finally:
+        small.close()
+
+
+async def test_memo_answers_a_repeated_text_without_a_run(model_path: Path) -> None:
+    remembering = MiniLMEmbedder(path=model_path, memo=2)
+    try:
+        first = await remembering.embed(["the first text", "the second text"])
+        runs = remembering.runs
+        again = await remembering.embed(["the second text", "the first text"])
+        assert remembering.runs == runs  # both remembered: no run
+        np.testing.assert_array_equal(again, first[::-1])
+        again[0] = 0.0  # the caller's copy: the memo keeps its own
+        np.testing.assert_array_equal(await remembering.embed(["the second text"]), first[1:])
+        await remembering.embed(["a third text"])  # the memo keeps 2: the oldest goes
+        runs = remembering.runs
+        await remembering.embed(["the first text"])
+        assert remembering.runs == runs + 1
+    finally:
+        remembering.close()
+
+
+async def test_several_sessions_answer_every_caller_with_its_own_rows(model_path: Path) -> None:
+    pooled = MiniLMEmbedder(path=model_path, sessions=2, max_batch=4)
+    try:
+        texts = [f"question number {i} about something" for i in range(12)]
+        expected = pooled.embed_sync(texts)
+        results = await asyncio.gather(*(pooled.embed([t]) for t in texts))
+        np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5)
+    finally:
+        pooled.close()
+
+
+def test_bad_sessions_and_memo_are_refused(model_path: Path) -> None:
+    with pytest.raises(ValueError, match="sessions"):
+        MiniLMEmbedder(path=model_path, sessions=0)
+    with pytest.raises(ValueError, match="memo"):
+        MiniLMEmbedder(path=model_path, memo=-1)
+
+
 async def test_without_micro_batching_every_call_runs_alone(model_path: Path) -> None:
     plain = MiniLMEmbedder(path=model_path, micro_batch=False)
     try:

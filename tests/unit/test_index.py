@@ -328,6 +328,19 @@ def test_adaptive_is_exact_below_the_threshold_and_switches_above() -> None:
         assert index.search(vectors[key], 1)[0][0] == key
 
 
+def test_a_graph_built_from_chunks_holds_every_entry_once() -> None:
+    corpus = Corpus(13)
+    vectors = corpus.sample(301)
+    index = AdaptiveIndex(threshold=300, build_chunk=7)  # 43 chunks, the last one short
+    index.add_many(range(301), vectors)
+    assert not index.is_exact
+    assert sorted(index.snapshot()[0].tolist()) == list(range(301))
+    for key in (0, 6, 7, 150, 299, 300):
+        assert index.search(vectors[key], 1)[0][0] == key
+    with pytest.raises(ValueError, match="build_chunk"):
+        AdaptiveIndex(build_chunk=0)
+
+
 def test_adaptive_background_switch_replays_changes_made_during_the_build() -> None:
     corpus = Corpus(12)
     vectors = corpus.sample(1200)

@@ -55,6 +55,15 @@ def verifier() -> SemanticVerifier:
             "Gun safety rules of the NRA in Ohio?",
             "entities",
         ),
+        ("Is it safe to eat raw eggs?", "Is it unsafe to eat raw eggs?", "opposites"),
+        ("What are the pros of remote work?", "What are the cons of remote work?", "opposites"),
+        ("How do I encrypt a file?", "How do I decrypt a file?", "opposites"),
+        ("How tall is Mount Everest in meters?", "How tall is Mount Everest in feet?", "units"),
+        ("How many seconds are in a day?", "How many seconds are in a year?", "units"),
+        ("Convert miles to km.", "Convert km to miles.", "direction"),
+        ("Flights from Paris to Rome", "Flights from Rome to Paris", "direction"),
+        ("Is the Earth bigger than Venus?", "Is Venus bigger than the Earth?", "direction"),
+        ("Can a cat beat a dog in a fight?", "Can a dog beat a cat in a fight?", "direction"),
     ],
 )
 def test_guards_fire_on_known_false_hits(
@@ -74,6 +83,21 @@ def test_guards_fire_on_known_false_hits(
         ("Why don't cats like water?", "Why do cats not like water?"),  # both negated
         ("What is the best laptop under 25,000?", "Which laptop is best under 25000?"),
         ("What do people in India think of Nepal?", "What do Indians think about Nepal?"),
+        # A symmetric relation: the order of its two sides asks nothing new.
+        (
+            "What is the difference between a dwarf and a midget?",
+            "What is the difference between a midget and a dwarf?",
+        ),
+        ("Who made dowry system, boys or the girls?", "who made dowry system, girls or the boys?"),
+        # One word spelt apart is not its own opposite.
+        ("Can you un-merge a question in Quora?", "How do you unmerge questions on Quora?"),
+        (
+            "Which is the most overrated Hollywood movie?",
+            "Which Hollywood movie is most over rated?",
+        ),
+        # The same unit, or a unit on one side only.
+        ("How many feet are in a mile?", "How many feet make up one mile?"),
+        ("How do I lose weight?", "How do I lose weight in a month?"),
     ],
 )
 def test_guards_stay_quiet_on_rewordings(query: str, candidate: str) -> None:
@@ -287,8 +311,8 @@ def _synthetic(n: int) -> tuple[list[Pair], np.ndarray]:
         elif i % 3 == 1:
             pairs.append(
                 Pair(
-                    question1=f"Can I sell item{i}?",
-                    question2=f"Can I buy item{i}?",
+                    question1=f"Can I paint item{i}?",
+                    question2=f"Can I wash item{i}?",
                     duplicate=False,
                 )
             )
@@ -317,6 +341,18 @@ def test_train_writes_parameters_the_verifier_loads() -> None:
     assert report["nested"][0.05]["recall"] > 0.5
     assert verifier.score("How do I fix item3?", "Fix item3 how", 0.97) > 0.9
     assert verifier.score("Top 2 item2?", "Top 3 item2?", 0.99) == 0.0
+
+
+def test_train_reports_held_out_figures_per_file() -> None:
+    pairs, cosines = _synthetic(300)
+    sources = ["hard.csv" if i < 150 else "natural.csv" for i in range(300)]
+    _, report = train(pairs, cosines, folds=3, sources=sources)
+    row = report["nested"][DEFAULT_MAX_WRONG_HIT_RATE]
+    assert set(row["by_source"]) == {"hard.csv", "natural.csv"}
+    assert sum(part["hits"] for part in row["by_source"].values()) == row["hits"]
+    assert all(part["wrong_hit_rate"] == 0.0 for part in row["by_source"].values())
+    _, alone = train(pairs, cosines, folds=3)
+    assert "by_source" not in alone["nested"][DEFAULT_MAX_WRONG_HIT_RATE]
 
 
 class _TableEmbedder:

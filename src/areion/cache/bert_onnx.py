@@ -192,6 +192,15 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), [name], **attrs))
         return name
 
+    def ops(self, op_type: str, *inputs: str, outputs: int) -> list[str]:
+        """A node with several outputs; their names."""
+        from onnx import helper
+
+        self._count += 1
+        names = [f"{op_type.lower()}_{self._count}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names))
+        return names
+
     def scalar(self, name: str, value: float) -> str:
         return self.const(name, np.array(value, dtype=np.float32))
 
@@ -204,15 +213,40 @@ def _f32(array: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return np.array(array, dtype=np.float32)
 
 
+def _quantized_matmul(g: _Graph, inp: str, weight: npt.NDArray[np.float32], name: str) -> str:
+    """`inp @ weight` in 8-bit integers: the weight per output column (symmetric int8,
+    fixed here), the input per run (uint8, its range measured by DynamicQuantizeLinear).
+    ONNX Runtime fuses the pattern into one integer kernel, several times faster than
+    float32 on CPU for a short text."""
+    from onnx import TensorProto
+
+    scale = np.abs(weight).max(axis=0) / 127.0
+    scale[scale == 0] = 1.0
+    quantized = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+    x_q, x_scale, x_zero = g.ops("DynamicQuantizeLinear", inp, outputs=3)
+    product = g.op("MatMulInteger", x_q, g.const(f"{name}.q", quantized), x_zero)
+    scales = g.op("Mul", x_scale, g.const(f"{name}.scale", scale.astype(np.float32)))
+    return g.op("Mul", g.op("Cast", product, to=TensorProto.FLOAT), scales)
+
+
 def _layer(
-    g: _Graph, x: str, mask_bias: str, w: dict[str, npt.NDArray[Any]], p: str, c: BertConfig
+    g: _Graph,
+    x: str,
+    mask_bias: str,
+    w: dict[str, npt.NDArray[Any]],
+    p: str,
+    c: BertConfig,
+    quantized: bool,
 ) -> str:
     """One post-LayerNorm BERT encoder layer: self-attention, then the feed-forward."""
 
     def dense(inp: str, name: str) -> str:
         # nn.Linear stores [out, in]; MatMul wants [in, out].
-        weight = g.const(f"{p}{name}.weight", _f32(w[f"{p}{name}.weight"]).T)
+        matrix = _f32(w[f"{p}{name}.weight"]).T
         bias = g.const(f"{p}{name}.bias", _f32(w[f"{p}{name}.bias"]))
+        if quantized:
+            return g.op("Add", _quantized_matmul(g, inp, matrix, f"{p}{name}.weight"), bias)
+        weight = g.const(f"{p}{name}.weight", matrix)
         return g.op("Add", g.op("MatMul", inp, weight), bias)
 
     def layer_norm(inp: str, name: str) -> str:
@@ -247,8 +281,11 @@ def _layer(
     return layer_norm(g.op("Add", out, x), "output.LayerNorm")
 
 
-def build_encoder(weights: dict[str, npt.NDArray[Any]], config: BertConfig) -> EncoderGraph:
-    """The encoder plus mean pooling and L2 normalization, from a BERT checkpoint."""
+def build_encoder(
+    weights: dict[str, npt.NDArray[Any]], config: BertConfig, *, quantized: bool = False
+) -> EncoderGraph:
+    """The encoder plus mean pooling and L2 normalization, from a BERT checkpoint;
+    `quantized`: the encoder layers' dense products in 8-bit integers."""
     from onnx import TensorProto, helper
 
     g = _Graph()
@@ -280,7 +317,7 @@ def build_encoder(weights: dict[str, npt.NDArray[Any]], config: BertConfig) -> E
     )
     mask_bias = g.op("Unsqueeze", bias, g.ints("axes_1_2", [1, 2]))
     for layer in range(config.num_layers):
-        x = _layer(g, x, mask_bias, w, f"encoder.layer.{layer}.", config)
+        x = _layer(g, x, mask_bias, w, f"encoder.layer.{layer}.", config, quantized)
 
     # Mean over the real tokens, sum(x * mask) / max(count, 1e-9), as sentence-transformers.
     axis1 = g.ints("axis_1", [1])

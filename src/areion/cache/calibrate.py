@@ -1,6 +1,7 @@
 """Train and calibrate the semantic-cache verifier on labelled question pairs.
 
     python -m areion.cache.calibrate --pairs ../shared/data/cache/quora_pairs_val.csv \\
+        ../shared/data/cache/quora_pairs_train.csv \\
         --out src/areion/cache/data/verifier.json [--folds 5] [--embeddings /tmp/emb.npz]
 
 The pairs file is a CSV with `question1`, `question2` and `is_duplicate` (0/1). Each
@@ -241,10 +242,14 @@ def _precision_recall(hits: npt.NDArray[np.bool_], labels: Floats) -> tuple[floa
 
 
 def _nested(
-    data: _Data, folds: npt.NDArray[np.int64], rates: Sequence[float]
+    data: _Data,
+    folds: npt.NDArray[np.int64],
+    rates: Sequence[float],
+    sources: npt.NDArray[np.str_] | None = None,
 ) -> dict[float, dict[str, Any]]:
     """Per rate: precision and recall on held-out folds, model and threshold chosen
-    on the other folds only (their own inner cross-validation)."""
+    on the other folds only (their own inner cross-validation); with `sources` (the
+    file of each pair), the wrong-hit rate and recall on each file's pairs too."""
     hits = {rate: np.zeros(len(data.labels), dtype=bool) for rate in rates}
     worst = dict.fromkeys(rates, 1.0)
     for k in np.unique(folds):
@@ -263,6 +268,12 @@ def _nested(
     for rate in rates:
         precision, recall, n = _precision_recall(hits[rate], data.labels)
         out[rate] = {"precision": precision, "recall": recall, "hits": n, "worst_fold": worst[rate]}
+        for source in [] if sources is None else sorted(set(sources.tolist())):
+            mine = sources == source
+            p, r, k = _precision_recall(hits[rate][mine], data.labels[mine])
+            out[rate].setdefault("by_source", {})[source] = {
+                "wrong_hit_rate": 1.0 - p, "recall": r, "hits": k
+            }  # fmt: skip
     return out
 
 
@@ -276,15 +287,23 @@ def _subset(data: _Data, mask: npt.NDArray[np.bool_]) -> _Data:
 
 
 def train(
-    pairs: Sequence[Pair], cosines: Floats, *, folds: int = 5, seed: int = 0
+    pairs: Sequence[Pair],
+    cosines: Floats,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    sources: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the verifier's parameters, a report of cross-validated figures)."""
+    """(the verifier's parameters, a report of cross-validated figures); `sources`
+    names each pair's file, for held-out figures per file."""
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
     data = _data(pairs, cosines)
     fold_of = group_folds(pairs, folds, seed=seed)
     table = _table(_out_of_fold(data, fold_of), data.labels)
-    nested = _nested(data, fold_of, _REPORT_RATES)
+    nested = _nested(
+        data, fold_of, _REPORT_RATES, None if sources is None else np.asarray(sources, dtype=str)
+    )
     baseline = {
         t: _precision_recall(data.cosines >= t, data.labels)[:2] for t in (0.90, 0.95, 0.98)
     }
@@ -296,7 +315,9 @@ def train(
         "seed": seed,
         "default_max_wrong_hit_rate": DEFAULT_MAX_WRONG_HIT_RATE,
         "nested_cv_at_default": {
-            k: v if isinstance(v, int) else round(float(v), 4) for k, v in default.items()
+            k: v if isinstance(v, int) else round(float(v), 4)
+            for k, v in default.items()
+            if k != "by_source"
         },
     }
     params = _params(_fit(data, np.ones(len(pairs), dtype=bool)), table, meta)
@@ -504,6 +525,12 @@ def _print_report(report: dict[str, Any], params: dict[str, Any]) -> None:
             f"(worst fold {row['worst_fold']:.3f}) recall {row['recall']:.3f} "
             f"hits {row['hits']}{mark}"
         )
+        for source, part in row.get("by_source", {}).items():
+            verdict = "ok" if part["wrong_hit_rate"] <= rate else "ABOVE THE SETTING"
+            print(
+                f"    {source}: {part['hits']} hits, {part['wrong_hit_rate']:.3f} wrong "
+                f"({verdict}), recall {part['recall']:.3f}"
+            )
 
 
 def _print_eval(name: str, result: dict[str, Any]) -> None:
@@ -518,7 +545,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m areion.cache.calibrate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--pairs", type=Path, required=True, help="labelled pairs CSV")
+    parser.add_argument(
+        "--pairs", type=Path, nargs="+", required=True, help="labelled pairs CSV(s), pooled"
+    )
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="embed in float32 (default: 8-bit, as cache.semantic.embed_quantized)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write verifier.json")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed (0)")
@@ -532,21 +566,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from areion.cache.embedding import MiniLMEmbedder
 
-    embedder = MiniLMEmbedder()
-    pairs = read_pairs(args.pairs)
+    embedder = MiniLMEmbedder(quantized=not args.float32)
+    files = [(path, read_pairs(path)) for path in args.pairs]
+    pairs = [pair for _, some in files for pair in some]
+    sources = [path.name for path, some in files for _ in some]
     texts = _texts(pairs)
     vectors = _embed_texts(embedder, texts, args.embeddings)
     params, report = train(
-        pairs, _pair_cosines(pairs, vectors, texts), folds=args.folds, seed=args.seed
+        pairs,
+        _pair_cosines(pairs, vectors, texts),
+        folds=args.folds,
+        seed=args.seed,
+        sources=sources if len(files) > 1 else None,
     )
-    params["meta"]["trained_on"] = args.pairs.name
+    params["meta"]["trained_on"] = " + ".join(path.name for path in args.pairs)
+    params["meta"]["embeddings"] = "float32" if args.float32 else "int8"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(params, separators=(",", ":")) + "\n", encoding="utf-8")
     _print_report(report, params)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     if args.eval:
         verifier = SemanticVerifier.load(args.out)
-        print(f"evaluate_pairs on {args.pairs.name} (IN-SAMPLE: the model was fit on it):")
+        print(f"evaluate_pairs on {args.pairs[0].name} (IN-SAMPLE: the model was fit on it):")
         for protocol in ("cache", "pair"):
             for name, judge, limit in (
                 ("verifier (default)", verifier, None),
@@ -554,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("cosine >= 0.95", None, 0.95),
             ):
                 result = evaluate_pairs(
-                    args.pairs,
+                    args.pairs[0],
                     judge,
                     embedder,
                     threshold=limit,

@@ -15,8 +15,12 @@ core is busy its helper thread can wait a scheduler tick, so its p99 jumps to
 ~8 ms from about 5k entries on; the lower end of the range avoids most of that.
 
 Building the graph for `threshold` entries takes seconds of CPU, far too long to
-hold the event loop. Given an executor (`PartitionedIndex` makes one), the build
-runs on a worker thread from a snapshot while the exact index keeps answering.
+hold the event loop. The snapshot it is built from is taken in chunks of
+`build_chunk` entries, each freed once inserted, so the switch's memory peak is the
+exact index plus about one more copy of the vectors, not three (the snapshot, its
+normalized copy and the graph: bench/index_switch.py). Given an executor
+(`PartitionedIndex` makes one), the build runs on a worker thread from the snapshot
+while the exact index keeps answering.
 Changes made meanwhile are journaled; the worker replays them onto the new graph
 in rounds until only a few are left, which the loop thread applies before the
 graph takes over. Without an executor the switch is synchronous.
@@ -52,6 +56,7 @@ from areion.cache.index_exact import ExactIndex
 from areion.cache.index_hnsw import ApproximateIndex, HnswParams
 
 __all__ = [
+    "BUILD_CHUNK",
     "DEFAULT_THRESHOLD",
     "DIM",
     "AdaptiveIndex",
@@ -67,6 +72,8 @@ __all__ = [
 log = logging.getLogger("areion.cache.index")
 
 DEFAULT_THRESHOLD = 5_000
+# Entries per chunk of the snapshot a graph is built from (1.5 MB of vectors).
+BUILD_CHUNK = 1024
 
 # A journal this short is replayed on the loop thread at the switch: each change is
 # one HNSW insert (~0.2 ms). A longer one goes back to the worker for another round.
@@ -81,6 +88,7 @@ class AdaptiveIndex:
 
     __slots__ = (
         "_approx",
+        "_build_chunk",
         "_building",
         "_dim",
         "_exact",
@@ -99,9 +107,11 @@ class AdaptiveIndex:
         threshold: int = DEFAULT_THRESHOLD,
         params: HnswParams | None = None,
         executor: Executor | None = None,
+        build_chunk: int = BUILD_CHUNK,
     ) -> None:
-        if threshold < 1:
-            raise ValueError("threshold must be at least 1")
+        if threshold < 1 or build_chunk < 1:
+            raise ValueError("threshold and build_chunk must be at least 1")
+        self._build_chunk = build_chunk
         self._dim = dim
         self._threshold = threshold
         self._params = params or HnswParams()
@@ -200,13 +210,18 @@ class AdaptiveIndex:
 
     def _start_build(self) -> None:
         assert self._exact is not None
-        keys, vectors = self._exact.snapshot()
+        chunks = self._exact.snapshot_chunks(self._build_chunk)
+        size = len(self._exact)
         params, dim = self._params, self._dim
 
         def build() -> ApproximateIndex:
             # Room to double before the first resize.
-            index = ApproximateIndex(dim, params=params, capacity=2 * len(keys))
-            index.add_many(keys, vectors)
+            index = ApproximateIndex(dim, params=params, capacity=2 * size)
+            while chunks:
+                # Popped, so each chunk is freed as soon as the graph holds it.
+                keys, vectors = chunks.popleft()
+                index.add_many(keys, vectors)
+                del keys, vectors
             return index
 
         if self._executor is not None:

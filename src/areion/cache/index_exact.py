@@ -12,6 +12,7 @@ Not thread-safe; the cache calls it from its event loop only.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -114,6 +115,11 @@ class ExactIndex:
 
     def snapshot(self) -> tuple[Keys, Vectors]:
         return self._keys[: self._size].copy(), self._vectors[: self._size].copy()
+
+    def snapshot_chunks(self, rows: int) -> deque[tuple[Keys, Vectors]]:
+        """The snapshot as copies of at most `rows` entries each, to be freed one by one."""
+        spans = [(i, min(i + rows, self._size)) for i in range(0, self._size, rows)]
+        return deque((self._keys[i:end].copy(), self._vectors[i:end].copy()) for i, end in spans)
 
     def _reserve(self, needed: int) -> None:
         if needed > self.capacity:

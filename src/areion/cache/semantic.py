@@ -208,6 +208,12 @@ class SemanticCache:
             return await call_next(call)
         if not self._loaded:
             await self._load()
+        partition = context_key(request)
+        if control != "refresh":
+            # The very question already cached here: served without embedding it.
+            same = self._same_text(call.tenant, partition, question)
+            if same is not None:
+                return self._serve(call, *same)
         try:
             vector = (await self.embedder.embed([question]))[0]
         except Exception:  # the cache must never fail a request it could pass on
@@ -215,22 +221,10 @@ class SemanticCache:
             return await call_next(call)
         # Later stages embedding the same text with the same model (a learned route) reuse it.
         call.annotations["embedding"] = (self.embedder, question, vector)
-        partition = context_key(request)
         if control != "refresh":
             found = self._lookup(call.tenant, partition, question, vector)
             if found is not None:
-                entry, score = found
-                self._remember_hit(SemanticHit(call.tenant, entry.id, score), call.request_id)
-                if self._mirror.shared:
-                    self._later(
-                        self._mirror.hit(
-                            {"tenant": call.tenant, "request_id": call.request_id,
-                             "id": entry.id, "score": score}
-                        )
-                    )  # fmt: skip
-                return self._hit_server.serve(
-                    orjson.loads(entry.answer), call, {"entry": entry.id, "score": score}
-                )
+                return self._serve(call, *found)
         self._hit_server.miss()
         result = await call_next(call)
 
@@ -240,6 +234,35 @@ class SemanticCache:
 
         when_complete(result, call, store)
         return result
+
+    def _serve(self, call: Call, entry: _Entry, score: float) -> Result:
+        self._remember_hit(SemanticHit(call.tenant, entry.id, score), call.request_id)
+        if self._mirror.shared:
+            self._later(
+                self._mirror.hit(
+                    {"tenant": call.tenant, "request_id": call.request_id,
+                     "id": entry.id, "score": score}
+                )
+            )  # fmt: skip
+        return self._hit_server.serve(
+            orjson.loads(entry.answer), call, {"entry": entry.id, "score": score}
+        )
+
+    def _same_text(self, tenant: str, partition: str, question: str) -> tuple[_Entry, float] | None:
+        """The live entry for this very question in the partition, if the verifier
+        (at cosine 1: the same text embeds the same) and its threshold still serve it."""
+        entry_id = self._by_text.get((tenant, partition, question))
+        entry = None if entry_id is None else self._entries.get(entry_id)
+        if entry is None:
+            return None
+        if entry.expires <= time.time():
+            self._drop(entry)
+            return None
+        score = self.verifier.score(question, entry.question, 1.0)
+        if score < self.thresholds.threshold(entry.id):
+            return None  # feedback lifted this entry above even its own question
+        self._entries.move_to_end(entry.id)
+        return entry, score
 
     def _lookup(
         self, tenant: str, partition: str, question: str, vector: Any

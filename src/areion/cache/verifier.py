@@ -9,7 +9,8 @@ never the same question: different numbers, one side negated, a named entity
 swapped for another.
 
 The model's parameters and a calibration table live in `data/verifier.json`, made
-by `python -m areion.cache.calibrate` (see that module). The table holds, for each
+by `python -m areion.cache.calibrate` (see that module) from cosines of the 8-bit
+embedder (`cache.semantic.embed_quantized`, the default). The table holds, for each
 score threshold, the hits and wrong hits that the K-fold cross-validated models made
 at it, so the product's setting is a maximum wrong-hit rate and `threshold_for()`
 turns it into a threshold, with a confidence margin.
@@ -50,13 +51,13 @@ __all__ = [
     "wilson_bounds",
 ]
 
-# The product default, as a rate on traffic like the calibration pairs, whose negatives
-# are all hard look-alikes (traffic with fewer look-alikes sees fewer wrong hits). 0.15
-# is the strictest rate at which the cache still serves over a third of the duplicates
-# (`areion eval cache` on those pairs: recall 0.37, 11% of judged hits wrong); at 0.10
-# it serves one in eight, most of them the very same text. 0.05 finds nothing: on
-# those human-labelled Quora pairs even near-identical questions are labelled
-# "different" several percent of the time.
+# The product default, as a rate on traffic like the calibration pairs (Quora pairs:
+# MeanCache's hard look-alike negatives and QQP's natural ones, 41k in all). 0.15 is the
+# strictest rate at which the cache still serves a third of the duplicates (grouped
+# nested cross-validation: recall 0.34, 14% of hits wrong; on each file alone, never
+# above the setting); at 0.10 it serves one in eight. 0.05 finds nothing: on those
+# human-labelled pairs even near-identical questions are labelled "different"
+# several percent of the time.
 DEFAULT_MAX_WRONG_HIT_RATE = 0.15
 
 # Candidates below this cosine are not worth scoring: on the calibration pairs no
@@ -71,7 +72,12 @@ _Z = 1.645
 # Hard guards, each a veto. On the calibration pairs with cosine >= 0.9, the pairs
 # they flag were true duplicates 43% (numbers), 54% (negation) and 41% (entities) of
 # the time: far below any precision worth serving, so no score can outweigh them.
-GUARDS = ("numbers", "negation", "entities")
+# The other three catch the look-alikes that embeddings put at 0.99 and that Quora
+# pairs hardly contain (tests/data/lookalikes.csv): an opposite word ("safe" /
+# "unsafe", "pros" / "cons"), another unit ("in meters" / "in feet") and the same
+# words with two parts swapped round a relation ("from Paris to Rome" / "from Rome
+# to Paris", "is A better than B" / "is B better than A").
+GUARDS = ("numbers", "negation", "entities", "opposites", "units", "direction")
 
 
 def _words(text: str) -> list[str]:
@@ -138,6 +144,65 @@ _PERSON = (
 )
 # Words after which order carries roles: "convert A to B", "A better than B".
 _DIRECTIONAL = frozenset(_words("to from into than about over vs versus against on"))
+
+# Words whose swap for the other of the pair reverses a question's meaning.
+_OPPOSITE_PAIRS = (
+    "safe dangerous,pro con,pros cons,fast slow,faster slower,fastest slowest,quick slow,"
+    "quickly slowly,true false,cheap expensive,cheaper expensive,cheapest expensive,"
+    "good bad,better worse,best worst,increase reduce,gain lose,win lose,high low,"
+    "higher lower,highest lowest,up down,on off,benefit danger,benefit risk,"
+    "benefits dangers,benefits risks,advantages risks,eat avoid,asleep awake,love hate,"
+    "rich poor,richer poorer,strong weak,hot cold,warm cold,big small,large small,"
+    "bigger smaller,larger smaller,young old,easy hard,easy difficult,easiest hardest,"
+    "right wrong,male female,men women,man woman,boy girl,boys girls,before after,"
+    "open close,buy sell,buying selling,add remove,maximum minimum,max min,"
+    "positive negative,more less,most least,rise fall,inside outside,accept reject,"
+    "success failure,succeed fail,pass fail,wet dry,early late,north south,east west,"
+    "left right,top bottom,push pull,always sometimes,everyone nobody,all none,"
+    "allowed forbidden,allowed banned,legal banned,include avoid,start stop,"
+    "strengths weaknesses,strength weakness,stronger weaker,hire fire,import export"
+)
+_OPPOSITES = frozenset(
+    frozenset(pair.split()) for pair in _OPPOSITE_PAIRS.split(",") if len(pair.split()) == 2
+)
+# "safe" / "unsafe": a negating prefix on a word the other text has bare.
+_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "mis", "under", "over")
+# "encrypt" / "decrypt", "upload" / "download": opposite prefixes on one stem.
+_OPPOSITE_PREFIXES = frozenset(
+    frozenset(pair.split())
+    for pair in ("en de", "in de", "in ex", "im ex", "up down", "over under", "en dis", "inc dec")
+)
+# Units of measure, by surface form: "in meters" and "in feet" ask different things.
+_UNIT_FORMS = {
+    "mm": "millimeter", "millimeter": "millimeter", "millimetre": "millimeter",
+    "cm": "centimeter", "centimeter": "centimeter", "centimetre": "centimeter",
+    "m": "meter", "meter": "meter", "metre": "meter", "km": "kilometer",
+    "kilometer": "kilometer", "kilometre": "kilometer", "mile": "mile", "mi": "mile",
+    "inch": "inch", "inche": "inch", "foot": "foot", "feet": "foot", "ft": "foot",
+    "yard": "yard", "yd": "yard", "mg": "milligram", "milligram": "milligram",
+    "g": "gram", "gram": "gram", "gramme": "gram", "kg": "kilogram", "kilo": "kilogram",
+    "kilogram": "kilogram", "pound": "pound", "lb": "pound", "ounce": "ounce",
+    "oz": "ounce", "stone": "stone", "ton": "ton", "tonne": "tonne", "liter": "liter",
+    "litre": "liter", "l": "liter", "ml": "milliliter", "milliliter": "milliliter",
+    "millilitre": "milliliter", "gallon": "gallon", "quart": "quart", "pint": "pint",
+    "cup": "cup", "tablespoon": "tablespoon", "tbsp": "tablespoon", "teaspoon": "teaspoon",
+    "tsp": "teaspoon", "celsius": "celsius", "centigrade": "celsius",
+    "fahrenheit": "fahrenheit", "kelvin": "kelvin", "second": "second", "sec": "second",
+    "minute": "minute", "min": "minute", "hour": "hour", "hr": "hour", "day": "day",
+    "week": "week", "month": "month", "year": "year", "decade": "decade",
+    "century": "century", "bit": "bit", "byte": "byte", "kilobyte": "kilobyte",
+    "kb": "kilobyte", "megabyte": "megabyte", "mb": "megabyte", "gigabyte": "gigabyte",
+    "gb": "gigabyte", "terabyte": "terabyte", "tb": "terabyte", "watt": "watt",
+    "kilowatt": "kilowatt", "kw": "kilowatt", "horsepower": "horsepower", "hp": "horsepower",
+    "mph": "mph", "kph": "kph", "acre": "acre", "hectare": "hectare", "dollar": "dollar",
+    "usd": "dollar", "euro": "euro", "eur": "euro", "rupee": "rupee", "inr": "rupee",
+    "yen": "yen", "yuan": "yuan", "gbp": "pound", "calorie": "calorie", "kcal": "calorie",
+    "joule": "joule", "volt": "volt", "amp": "ampere", "ampere": "ampere", "pixel": "pixel",
+    "degree": "degree", "radian": "radian", "light": "light year", "parsec": "parsec",
+    "square": "square", "cubic": "cubic",
+}  # fmt: skip
+# Tokens that join two things symmetrically: "X and Y" asks what "Y and X" asks.
+_SYMMETRIC = frozenset(_words("and or vs versus between with &"))
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?(?:\.[0-9]+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -288,6 +353,61 @@ class _Text:
         )
 
 
+def _opposed(first: str, second: str) -> bool:
+    """Is one word the other's opposite: listed, negated by a prefix, or prefix-swapped?"""
+    if frozenset((first, second)) in _OPPOSITES:
+        return True
+    short, long = sorted((first, second), key=len)
+    if len(short) >= 4 and long.endswith(short) and long[: -len(short)] in _NEGATING_PREFIXES:
+        return True
+    for prefixes in _OPPOSITE_PREFIXES:
+        a, b = sorted(prefixes)
+        for x, y in ((first, second), (second, first)):
+            stem_x, stem_y = x[len(a) :], y[len(b) :]
+            if x.startswith(a) and y.startswith(b) and len(stem_x) >= 3 and stem_x == stem_y:
+                return True
+    return False
+
+
+def _opposites(q: _Text, c: _Text) -> bool:
+    only_q = {t for t in q.tokens if t not in c.words and _stem(t) not in c.words}
+    only_c = {t for t in c.tokens if t not in q.words and _stem(t) not in q.words}
+    # "un merge" / "unmerge", "over rated" / "overrated": one word spelt apart.
+    joined = {a + b for a, b in zip(q.tokens, q.tokens[1:], strict=False)}
+    joined |= {a + b for a, b in zip(c.tokens, c.tokens[1:], strict=False)}
+    return any(
+        _opposed(a, b) for a in only_q for b in only_c if a not in joined and b not in joined
+    )
+
+
+def _units(text: _Text) -> set[str]:
+    return {_UNIT_FORMS[s] for s in (_stem(t) for t in text.tokens) if s in _UNIT_FORMS}
+
+
+def _swapped(first: list[str], second: list[str]) -> bool:
+    """Are the two the same words with two short parts swapped round a relation, as
+    in "A to B" / "B to A" (`first` = X A Y B Z, `second` = X B Y A Z, Y not empty)?
+    A swap across a symmetric word ("A and B" / "B and A") does not count."""
+    if len(first) != len(second) or first == second or sorted(first) != sorted(second):
+        return False
+    start = 0
+    while first[start] == second[start]:
+        start += 1
+    end = len(first)
+    while first[end - 1] == second[end - 1]:
+        end -= 1
+    p, r = first[start:end], second[start:end]
+    n = len(p)
+    for i in range(1, n - 1):
+        for j in range(1, n - i):
+            y = p[i : n - j]
+            swap = p[:i] == r[n - i :] and p[n - j :] == r[:j] and y == r[j : n - i]
+            # Long parts swapped are a clause moved, not roles exchanged.
+            if swap and i <= 3 and j <= 3 and not any(t in _SYMMETRIC for t in y):
+                return True
+    return False
+
+
 def _guards(q: _Text, c: _Text) -> tuple[str, ...]:
     fired: list[str] = []
     if q.numbers and c.numbers and q.numbers != c.numbers:
@@ -300,6 +420,13 @@ def _guards(q: _Text, c: _Text) -> tuple[str, ...]:
     only_c = [e for e in c.entities if not _mentions(e, q.words)]
     if only_q and only_c:
         fired.append("entities")
+    if _opposites(q, c):
+        fired.append("opposites")
+    units_q, units_c = _units(q), _units(c)
+    if units_q - units_c and units_c - units_q:
+        fired.append("units")
+    if _swapped([_stem(t) for t in q.tokens], [_stem(t) for t in c.tokens]):
+        fired.append("direction")
     return tuple(fired)
 
 
