@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -38,12 +39,14 @@ def sim() -> Iterator[str]:
         stop(process)
 
 
-def config(sim: str, db: Path, *, native: bool = False, **jobs: object) -> dict[str, object]:
+def config(
+    sim: str, db: Path, *, native: bool = False, provider: str = "openai", **jobs: object
+) -> dict[str, object]:
     return {
         "models": [
             {
                 "name": "fast",
-                "provider": "openai",
+                "provider": provider,
                 "model": "sim-fast",
                 "base_url": sim + "/v1",
                 "price": {"input": 1.0, "output": 2.0, "batch": 0.5},
@@ -112,14 +115,36 @@ def sent_to_sim(sim: str, batch_id: str) -> int:
     return sum(1 for b in listed if (b["metadata"] or {}).get("areion_batch") == batch_id)
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["self-run", "native"])
-def test_a_thousand_lines_through_the_openai_sdk(sim: str, tmp_path: Path, native: bool) -> None:
+def message_batches_sent(sim: str, batch_id: str) -> list[dict[str, Any]]:
+    """The Message Batches Areion created at the sim for its batch `batch_id` (their
+    requests' custom_ids carry its id), with their results once ended."""
+    tag = batch_id.removeprefix("batch_") + "-"
+    found = []
+    for b in httpx.get(sim + "/v1/messages/batches", params={"limit": 1000}).json()["data"]:
+        if b["processing_status"] != "ended":
+            continue
+        results = httpx.get(f"{sim}/v1/messages/batches/{b['id']}/results").text.splitlines()
+        parsed = [orjson.loads(r) for r in results]
+        if any(r["custom_id"].startswith(tag) for r in parsed):
+            found.append({**b, "results": parsed})
+    return found
+
+
+@pytest.mark.parametrize(
+    ("native", "provider"),
+    [(False, "openai"), (True, "openai"), (False, "anthropic"), (True, "anthropic")],
+    ids=["self-run", "native", "anthropic-self-run", "anthropic-native"],
+)
+def test_a_thousand_lines_through_the_openai_sdk(
+    sim: str, tmp_path: Path, native: bool, provider: str
+) -> None:
     db = tmp_path / "areion.db"
-    with serve_app(create_app(Runtime(parse_config(config(sim, db, native=native))))) as url:
-        thousand_lines(url, db, sim, native=native)
+    settings = config(sim, db, native=native, provider=provider)
+    with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+        thousand_lines(url, db, sim, native=native, provider=provider)
 
 
-def thousand_lines(url: str, db: Path, sim: str, *, native: bool) -> None:
+def thousand_lines(url: str, db: Path, sim: str, *, native: bool, provider: str = "openai") -> None:
     sdk = client(url)
     upload = sdk.files.create(file=("questions.jsonl", io.BytesIO(jsonl(1000))), purpose="batch")
     assert upload.purpose == "batch" and upload.filename == "questions.jsonl"
@@ -159,7 +184,16 @@ def thousand_lines(url: str, db: Path, sim: str, *, native: bool) -> None:
     share = 0.5 if native else 1.0
     for _, _, prompt, completion, cost, _ in rows:
         assert prompt > 0 and cost == pytest.approx((prompt + 2 * completion) / 1e6 * share)
-    assert sent_to_sim(sim, batch.id) == (1 if native else 0)
+    anthropic = provider == "anthropic"
+    assert sent_to_sim(sim, batch.id) == (1 if native and not anthropic else 0)
+    sent = message_batches_sent(sim, batch.id)
+    assert len(sent) == (1 if native and anthropic else 0)
+    if sent:  # each line sent once, as Messages params, and answered there
+        (remote,) = sent
+        assert remote["request_counts"]["succeeded"] == 1000 == len(remote["results"])
+        assert {r["result"]["message"]["usage"]["input_tokens"] for r in remote["results"]} == {
+            prompt for _, _, prompt, *_ in rows
+        }
 
     scraped = httpx.get(url + "/metrics", headers={"authorization": "Bearer scrape-key"}).text
     assert 'areion_batch_lines_total{outcome="done"} 1000.0' in scraped
