@@ -423,3 +423,46 @@ def test_cancelling_a_native_batch_cancels_the_providers_and_books_what_it_answe
         assert len(lines) == answered == len(ledger(db))
     finally:
         stop(slow)
+
+
+def test_cancelling_an_anthropic_native_batch_cancels_its_message_batch(tmp_path: Path) -> None:
+    port = free_port()
+    slow = start(["sim", "--port", str(port), "--time-scale", "2.0"])  # a slow provider
+    try:
+        wait_ready(slow, port)
+        sim = f"http://127.0.0.1:{port}"
+        db = tmp_path / "areion.db"
+        settings = config(sim, db, native=True, provider="anthropic", lease_ttl_s=1)
+        with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+            sdk = client(url)
+            upload = sdk.files.create(file=("q.jsonl", io.BytesIO(jsonl(300))), purpose="batch")
+            batch = sdk.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            deadline = time.monotonic() + 60
+            # The sim tallies a Message Batch's requests as they end (Anthropic only once
+            # the batch has ended): wait until some are answered there.
+            while not any(
+                b["request_counts"]["succeeded"] >= 10
+                for b in httpx.get(sim + "/v1/messages/batches").json()["data"]
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert sdk.batches.cancel(batch.id).status == "cancelling"
+            done = wait_done(sdk, batch.id)
+            assert done.status == "cancelled"
+            (remote,) = message_batches_sent(sim, batch.id)
+            assert remote["cancel_initiated_at"] is not None
+            counts = remote["request_counts"]
+            answered = counts["succeeded"]
+            assert counts["canceled"] > 0 and 10 <= answered < 300
+            assert done.request_counts.completed == answered
+            assert done.output_file_id is not None
+            lines = sdk.files.content(done.output_file_id).text.splitlines()
+        # Only what the provider answered is in the output and the ledger, at its batch
+        # price; the canceled requests were not run here either.
+        rows = ledger(db)
+        assert len(lines) == answered == len(rows)
+        assert all(cost > 0 for *_, cost in rows)
+    finally:
+        stop(slow)
