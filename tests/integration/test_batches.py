@@ -20,7 +20,10 @@ import pytest
 
 from areion import Runtime
 from areion.config import parse_config
+from areion.jobs.native_anthropic import AnthropicBatchClient
+from areion.jobs.records import LineRecord
 from areion.server import create_app
+from areion.server.batches import parse_line
 from tests.integration.test_end_to_end import start, stop, wait_ready
 from tests.pg import require_postgres
 from tests.support import free_port, serve_app
@@ -466,3 +469,38 @@ def test_cancelling_an_anthropic_native_batch_cancels_its_message_batch(tmp_path
         assert all(cost > 0 for *_, cost in rows)
     finally:
         stop(slow)
+
+
+async def test_a_successor_finds_the_message_batch_its_predecessor_sent(
+    sim: str, tmp_path: Path
+) -> None:
+    """A worker that died between sending a Message Batch and recording its id: the
+    worker that takes the job over finds that batch (running, then ended) instead of
+    sending the lines again, and books none of another job's results."""
+    settings = config(sim, tmp_path / "a.db", native=True, provider="anthropic")
+    runtime = Runtime(parse_config(settings))
+    (deployment,) = runtime.gateway.deployments.values()
+    job, other = f"batch_{uuid.uuid4().hex}", f"batch_{uuid.uuid4().hex}"
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    lines = [LineRecord(batch_id=job, index=i, custom_id=f"c {i}", body=body) for i in range(7)]
+    others = [LineRecord(batch_id=other, index=i, custom_id=f"c {i}", body=body) for i in range(7)]
+    sdk = AnthropicBatchClient(deployment, parse_line)
+    try:
+        since = time.time()
+        assert await sdk.find(job, lines, since=None) is None  # no submission was begun
+        sent = await sdk.submit(lines, job=job)
+        assert await sdk.find(job, lines, since=since) == sent  # running: the one its size
+        remote = await sdk.poll(sent)
+        while remote is None:
+            await asyncio.sleep(0.05)
+            remote = await sdk.poll(sent)
+        assert await sdk.find(job, lines, since=since) == sent  # ended: by its requests' ids
+        assert await sdk.find(other, others, since=since) is None
+        answered = await sdk.results(remote, lines)
+        assert sorted(r.line.custom_id for r in answered) == sorted(x.custom_id for x in lines)
+        assert {r.status for r in answered} == {200}
+        assert all(r.body["usage"]["completion_tokens"] > 0 for r in answered)
+        assert await sdk.results(remote, others) == []
+    finally:
+        await sdk.aclose()
+        await runtime.aclose()
