@@ -142,8 +142,8 @@ class AnthropicBatchClient:
             if not isinstance(batch, dict) or _created(batch) < since - _SKEW_S:
                 continue
             if batch.get("processing_status") == "ended":
-                if any(r.get("custom_id", "").startswith(_tag(job) + "-")
-                       for r in await self._results(batch)):  # fmt: skip
+                if any(str(r.get("custom_id")).startswith(_tag(job) + "-")
+                       for r in await self._results(str(batch["id"]))):  # fmt: skip
                     return str(batch["id"])
             elif running is None and sum((batch.get("request_counts") or {}).values()) == size:
                 running = str(batch["id"])
@@ -156,11 +156,11 @@ class AnthropicBatchClient:
     async def cancel(self, batch_id: str) -> None:
         await self.http.call("POST", f"/{batch_id}/cancel")
 
-    async def _results(self, remote: dict[str, Any]) -> list[dict[str, Any]]:
-        url = remote.get("results_url")
-        path = url if isinstance(url, str) and url else f"/{remote['id']}/results"
+    async def _results(self, batch_id: str) -> list[dict[str, Any]]:
+        # Read under the deployment's own base URL, not the batch's `results_url`: the
+        # key is sent to no other host.
         out = []
-        for raw in (await self.http.call("GET", path)).splitlines():
+        for raw in (await self.http.call("GET", f"/{batch_id}/results")).splitlines():
             value = orjson.loads(raw) if raw.strip() else None
             if isinstance(value, dict):
                 out.append(value)
@@ -173,7 +173,7 @@ class AnthropicBatchClient:
         job = lines[0].batch_id if lines else ""
         pending = {request_id(job, line): line for line in lines}
         out: list[NativeResult] = []
-        for item in await self._results(remote):
+        for item in await self._results(str(remote["id"])):
             line = pending.get(str(item.get("custom_id")))
             answer = chat_result(item.get("result") or {}, model=self.model)
             if line is None or answer is None:  # not this job's, ended already, unanswered

@@ -58,7 +58,7 @@ class SimMessageBatches:
         base = "/v1/messages/batches"
         return [
             Route(base, self.create, methods=["POST"]),
-            Route(base, self.list, methods=["GET"]),
+            Route(base, self.list_batches, methods=["GET"]),
             Route(base + "/{batch_id}", self.get, methods=["GET"]),
             Route(base + "/{batch_id}/results", self.results_of, methods=["GET"]),
             Route(base + "/{batch_id}/cancel", self.cancel, methods=["POST"]),
@@ -131,7 +131,7 @@ class SimMessageBatches:
             return _error(404, "not_found_error", "no such message batch")
         return _json(found)
 
-    async def list(self, request: Request) -> Response:
+    async def list_batches(self, request: Request) -> Response:
         try:
             limit = int(request.query_params.get("limit", "20"))
         except ValueError:
