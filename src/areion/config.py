@@ -98,8 +98,9 @@ class ModelConfig(_Strict):
     # A reasoning model: routes set its reasoning effort (OpenAI `reasoning_effort`,
     # Anthropic thinking budget) from the prompt's difficulty.
     reasoning: bool = False
-    # The upstream has OpenAI's batch API ({base_url}/files, /batches): a batch whose
-    # lines all ask this group is sent there, at the provider's batch price.
+    # The upstream has a batch API (provider openai: {base_url}/files, /batches; provider
+    # anthropic: Message Batches): a batch whose lines all ask this group is sent there,
+    # at the provider's batch price.
     native_batch: bool = False
 
     @property
@@ -127,10 +128,11 @@ class ModelConfig(_Strict):
             raise ValueError(
                 "provider 'replay' needs data: a RouterBench-format CSV file or folder"
             )
-        if self.native_batch and self.provider != "openai":
+        if self.native_batch and self.provider not in ("openai", "anthropic"):
             raise ValueError(
-                "native_batch: only provider 'openai' (an OpenAI-compatible /v1/batches) is "
-                "sent batches; leave it out and Areion runs the lines itself"
+                "native_batch: only providers 'openai' (an OpenAI-compatible /v1/batches) and "
+                "'anthropic' (Message Batches) are sent batches; leave it out and Areion runs "
+                "the lines itself"
             )
         if self.first_byte_timeout > self.total_timeout:
             raise ValueError("first_byte_timeout must not exceed total_timeout")

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -19,7 +20,10 @@ import pytest
 
 from areion import Runtime
 from areion.config import parse_config
+from areion.jobs.native_anthropic import AnthropicBatchClient
+from areion.jobs.records import LineRecord
 from areion.server import create_app
+from areion.server.batches import parse_line
 from tests.integration.test_end_to_end import start, stop, wait_ready
 from tests.pg import require_postgres
 from tests.support import free_port, serve_app
@@ -38,12 +42,14 @@ def sim() -> Iterator[str]:
         stop(process)
 
 
-def config(sim: str, db: Path, *, native: bool = False, **jobs: object) -> dict[str, object]:
+def config(
+    sim: str, db: Path, *, native: bool = False, provider: str = "openai", **jobs: object
+) -> dict[str, object]:
     return {
         "models": [
             {
                 "name": "fast",
-                "provider": "openai",
+                "provider": provider,
                 "model": "sim-fast",
                 "base_url": sim + "/v1",
                 "price": {"input": 1.0, "output": 2.0, "batch": 0.5},
@@ -112,14 +118,36 @@ def sent_to_sim(sim: str, batch_id: str) -> int:
     return sum(1 for b in listed if (b["metadata"] or {}).get("areion_batch") == batch_id)
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["self-run", "native"])
-def test_a_thousand_lines_through_the_openai_sdk(sim: str, tmp_path: Path, native: bool) -> None:
+def message_batches_sent(sim: str, batch_id: str) -> list[dict[str, Any]]:
+    """The Message Batches Areion created at the sim for its batch `batch_id` (their
+    requests' custom_ids carry its id), with their results once ended."""
+    tag = batch_id.removeprefix("batch_") + "-"
+    found = []
+    for b in httpx.get(sim + "/v1/messages/batches", params={"limit": 1000}).json()["data"]:
+        if b["processing_status"] != "ended":
+            continue
+        results = httpx.get(f"{sim}/v1/messages/batches/{b['id']}/results").text.splitlines()
+        parsed = [orjson.loads(r) for r in results]
+        if any(r["custom_id"].startswith(tag) for r in parsed):
+            found.append({**b, "results": parsed})
+    return found
+
+
+@pytest.mark.parametrize(
+    ("native", "provider"),
+    [(False, "openai"), (True, "openai"), (False, "anthropic"), (True, "anthropic")],
+    ids=["self-run", "native", "anthropic-self-run", "anthropic-native"],
+)
+def test_a_thousand_lines_through_the_openai_sdk(
+    sim: str, tmp_path: Path, native: bool, provider: str
+) -> None:
     db = tmp_path / "areion.db"
-    with serve_app(create_app(Runtime(parse_config(config(sim, db, native=native))))) as url:
-        thousand_lines(url, db, sim, native=native)
+    settings = config(sim, db, native=native, provider=provider)
+    with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+        thousand_lines(url, db, sim, native=native, provider=provider)
 
 
-def thousand_lines(url: str, db: Path, sim: str, *, native: bool) -> None:
+def thousand_lines(url: str, db: Path, sim: str, *, native: bool, provider: str = "openai") -> None:
     sdk = client(url)
     upload = sdk.files.create(file=("questions.jsonl", io.BytesIO(jsonl(1000))), purpose="batch")
     assert upload.purpose == "batch" and upload.filename == "questions.jsonl"
@@ -159,7 +187,16 @@ def thousand_lines(url: str, db: Path, sim: str, *, native: bool) -> None:
     share = 0.5 if native else 1.0
     for _, _, prompt, completion, cost, _ in rows:
         assert prompt > 0 and cost == pytest.approx((prompt + 2 * completion) / 1e6 * share)
-    assert sent_to_sim(sim, batch.id) == (1 if native else 0)
+    anthropic = provider == "anthropic"
+    assert sent_to_sim(sim, batch.id) == (1 if native and not anthropic else 0)
+    sent = message_batches_sent(sim, batch.id)
+    assert len(sent) == (1 if native and anthropic else 0)
+    if sent:  # each line sent once, as Messages params, and answered there
+        (remote,) = sent
+        assert remote["request_counts"]["succeeded"] == 1000 == len(remote["results"])
+        assert {r["result"]["message"]["usage"]["input_tokens"] for r in remote["results"]} == {
+            prompt for _, _, prompt, *_ in rows
+        }
 
     scraped = httpx.get(url + "/metrics", headers={"authorization": "Bearer scrape-key"}).text
     assert 'areion_batch_lines_total{outcome="done"} 1000.0' in scraped
@@ -389,3 +426,81 @@ def test_cancelling_a_native_batch_cancels_the_providers_and_books_what_it_answe
         assert len(lines) == answered == len(ledger(db))
     finally:
         stop(slow)
+
+
+def test_cancelling_an_anthropic_native_batch_cancels_its_message_batch(tmp_path: Path) -> None:
+    port = free_port()
+    slow = start(["sim", "--port", str(port), "--time-scale", "2.0"])  # a slow provider
+    try:
+        wait_ready(slow, port)
+        sim = f"http://127.0.0.1:{port}"
+        db = tmp_path / "areion.db"
+        settings = config(sim, db, native=True, provider="anthropic", lease_ttl_s=1)
+        with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+            sdk = client(url)
+            upload = sdk.files.create(file=("q.jsonl", io.BytesIO(jsonl(300))), purpose="batch")
+            batch = sdk.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            deadline = time.monotonic() + 60
+            # The sim tallies a Message Batch's requests as they end (Anthropic only once
+            # the batch has ended): wait until some are answered there.
+            while not any(
+                b["request_counts"]["succeeded"] >= 10
+                for b in httpx.get(sim + "/v1/messages/batches").json()["data"]
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert sdk.batches.cancel(batch.id).status == "cancelling"
+            done = wait_done(sdk, batch.id)
+            assert done.status == "cancelled"
+            (remote,) = message_batches_sent(sim, batch.id)
+            assert remote["cancel_initiated_at"] is not None
+            counts = remote["request_counts"]
+            answered = counts["succeeded"]
+            assert counts["canceled"] > 0 and 10 <= answered < 300
+            assert done.request_counts.completed == answered
+            assert done.output_file_id is not None
+            lines = sdk.files.content(done.output_file_id).text.splitlines()
+        # Only what the provider answered is in the output and the ledger, at its batch
+        # price; the canceled requests were not run here either.
+        rows = ledger(db)
+        assert len(lines) == answered == len(rows)
+        assert all(cost > 0 for *_, cost in rows)
+    finally:
+        stop(slow)
+
+
+async def test_a_successor_finds_the_message_batch_its_predecessor_sent(
+    sim: str, tmp_path: Path
+) -> None:
+    """A worker that died between sending a Message Batch and recording its id: the
+    worker that takes the job over finds that batch (running, then ended) instead of
+    sending the lines again, and books none of another job's results."""
+    settings = config(sim, tmp_path / "a.db", native=True, provider="anthropic")
+    runtime = Runtime(parse_config(settings))
+    (deployment,) = runtime.gateway.deployments.values()
+    job, other = f"batch_{uuid.uuid4().hex}", f"batch_{uuid.uuid4().hex}"
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    lines = [LineRecord(batch_id=job, index=i, custom_id=f"c {i}", body=body) for i in range(7)]
+    others = [LineRecord(batch_id=other, index=i, custom_id=f"c {i}", body=body) for i in range(7)]
+    sdk = AnthropicBatchClient(deployment, parse_line)
+    try:
+        since = time.time()
+        assert await sdk.find(job, lines, since=None) is None  # no submission was begun
+        sent = await sdk.submit(lines, job=job)
+        assert await sdk.find(job, lines, since=since) == sent  # running: the one its size
+        remote = await sdk.poll(sent)
+        while remote is None:
+            await asyncio.sleep(0.05)
+            remote = await sdk.poll(sent)
+        assert await sdk.find(job, lines, since=since) == sent  # ended: by its requests' ids
+        assert await sdk.find(other, others, since=since) is None
+        answered = await sdk.results(remote, lines)
+        assert sorted(r.line.custom_id for r in answered) == sorted(x.custom_id for x in lines)
+        assert {r.status for r in answered} == {200}
+        assert all(r.body["usage"]["completion_tokens"] > 0 for r in answered)
+        assert await sdk.results(remote, others) == []
+    finally:
+        await sdk.aclose()
+        await runtime.aclose()

@@ -360,3 +360,57 @@ def test_the_openai_sdk_runs_a_batch_on_the_sim(url: str) -> None:
     assert answer["custom_id"] == "ok" and answer["response"]["body"]["usage"]["total_tokens"] > 0
     (error,) = [json.loads(x) for x in sdk.files.content(batch.error_file_id).text.splitlines()]
     assert error["custom_id"] == "bad" and error["response"]["status_code"] == 404
+
+
+def test_the_anthropic_sdk_runs_a_message_batch_on_the_sim(url: str) -> None:
+    sdk = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+    hi = [{"role": "user", "content": "hi"}]
+    batch = sdk.messages.batches.create(
+        requests=[
+            {"custom_id": "ok", "params": {"model": "sim-fast", "max_tokens": 8, "messages": hi}},
+            {"custom_id": "bad", "params": {"model": "no-such", "max_tokens": 8, "messages": hi}},
+        ]
+    )
+    assert batch.type == "message_batch" and batch.processing_status == "in_progress"
+    deadline = time.monotonic() + 30
+    while batch.processing_status != "ended":
+        assert time.monotonic() < deadline, batch.processing_status
+        time.sleep(0.05)
+        batch = sdk.messages.batches.retrieve(batch.id)
+    counts = batch.request_counts
+    assert (counts.succeeded, counts.errored, counts.processing) == (1, 1, 0)
+    assert batch.results_url is not None and batch.ended_at is not None
+    results = {r.custom_id: r.result for r in sdk.messages.batches.results(batch.id)}
+    ok, bad = results["ok"], results["bad"]
+    assert ok.type == "succeeded" and ok.message.usage.output_tokens > 0
+    assert ok.message.content[0].type == "text" and ok.message.content[0].text
+    assert bad.type == "errored" and bad.error.error.type == "not_found_error"
+    assert batch.id in [b.id for b in sdk.messages.batches.list(limit=100)]
+
+
+def test_a_cancelled_message_batch_ends_its_unanswered_requests_canceled(url: str) -> None:
+    sdk = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+    requests: Any = [
+        {"custom_id": f"r{i}", "params": {"model": "sim-slow", "max_tokens": 2,
+                                          "messages": [{"role": "user", "content": "hi"}]}}
+        for i in range(40)
+    ]  # fmt: skip
+    batch = sdk.messages.batches.create(requests=requests)
+    cancelled = sdk.messages.batches.cancel(batch.id)
+    assert cancelled.processing_status == "canceling" and cancelled.cancel_initiated_at
+    deadline = time.monotonic() + 60
+    while batch.processing_status != "ended":
+        assert time.monotonic() < deadline, batch.processing_status
+        time.sleep(0.05)
+        batch = sdk.messages.batches.retrieve(batch.id)
+    kinds = [r.result.type for r in sdk.messages.batches.results(batch.id)]
+    # The requests under way when the cancel came are answered; the rest are not.
+    assert len(kinds) == 40 and kinds.count("canceled") == batch.request_counts.canceled > 0
+    assert kinds.count("succeeded") == batch.request_counts.succeeded
+
+
+def test_a_message_batch_that_is_not_one_is_refused(url: str) -> None:
+    for body in ({"requests": []}, {"requests": [{"custom_id": "a"}]}, {"nope": 1}):
+        answer = httpx.post(url + "/v1/messages/batches", json=body)
+        assert answer.status_code == 400 and answer.json()["type"] == "error"
+    assert httpx.get(url + "/v1/messages/batches/msgbatch_none").status_code == 404

@@ -482,11 +482,13 @@ def test_tracing_settings_are_checked_and_keep_headers_secret() -> None:
     assert tracing.headers["api-key"].get_secret_value() == "sk-secret-123"
 
 
-def test_native_batch_is_for_openai_compatible_deployments() -> None:
-    with pytest.raises(ConfigError, match="native_batch: only provider 'openai'"):
-        parse_config(
-            {"models": [{"name": "c", "provider": "anthropic", "model": "m", "native_batch": True}]}
-        )
+def test_native_batch_is_for_providers_with_a_batch_api() -> None:
+    with pytest.raises(ConfigError, match=r"native_batch: only providers 'openai' .* 'anthropic'"):
+        parse_config({"models": [{"name": "s", "provider": "sim", "native_batch": True}]})
+    anthropic = parse_config(
+        {"models": [{"name": "c", "provider": "anthropic", "model": "m", "native_batch": True}]}
+    )
+    assert anthropic.models[0].native_batch
     config = parse_config(
         {"models": [{"name": "f", "provider": "openai", "base_url": "http://h/v1",
                      "native_batch": True, "price": {"input": 1, "output": 2}}]}

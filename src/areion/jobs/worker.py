@@ -38,19 +38,17 @@ from areion.agent.agent import Agent
 from areion.errors import AreionError, RequestError, UpstreamError
 from areion.gateway.deployments import Deployment
 from areion.jobs.metrics import job_metrics
-from areion.jobs.native import ENDED, NativeClient, batch_entry, upstream_lines
+from areion.jobs.native import NativeBatchClient, OpenAIBatchClient, Parse, batch_entry
+from areion.jobs.native_anthropic import AnthropicBatchClient
 from areion.jobs.queue import JobQueue
 from areion.jobs.records import RUNS_ENDPOINT, BatchRecord, LineRecord
 from areion.runtime import CallOptions, Runtime, new_request_id
 from areion.streaming import ChatStream
-from areion.types import ChatRequest, LedgerEntry
+from areion.types import LedgerEntry
 
-__all__ = ["BatchWorker", "Parse", "worker_name"]
+__all__ = ["BatchWorker", "Parse", "native_client", "worker_name"]
 
 log = logging.getLogger(__name__)
-
-Parse = Callable[[bytes], ChatRequest]
-"""A batch line's body (JSON bytes) as a chat request; raises `RequestError` (400)."""
 
 _RETRIED = frozenset({429, 503})
 _QUIET_S = 0.05  # no interactive call for this long: the batch takes its full pace again
@@ -60,6 +58,13 @@ _PACE_S = 0.005  # how often a yielding worker looks again
 def worker_name() -> str:
     """This worker's name in leases: host, process and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def native_client(deployment: Deployment, parse: Parse) -> NativeBatchClient:
+    """The batch API client of `deployment`'s provider."""
+    if deployment.config.provider == "anthropic":
+        return AnthropicBatchClient(deployment, parse)
+    return OpenAIBatchClient(deployment)
 
 
 def output_line(line: LineRecord, request_id: str, status: int, body: dict[str, Any]) -> str:
@@ -304,26 +309,31 @@ class _Run:
     async def _native(self, deployment: Deployment) -> None:
         """Send the lines to the deployment's batch API (or find them sent), poll until
         the provider's batch ends, and end each line it answered with its ledger row."""
-        client = NativeClient(deployment)
+        client = native_client(deployment, self.worker.parse)
         try:
             info = dict(self.batch.native)
             if "batch_id" not in info:
+                lines = await self.queue.pending_lines(
+                    self.batch.batch_id, limit=self.worker.max_lines
+                )
+                since = info.get("submitting")
                 try:
-                    remote = await client.find(self.batch.batch_id)
-                    if remote is None:
-                        lines = await self.queue.pending_lines(
-                            self.batch.batch_id, limit=self.worker.max_lines
-                        )
-                        content = upstream_lines(
-                            [(line.custom_id, line.body) for line in lines],
-                            deployment.config.upstream_model,
-                        )
-                        remote = await client.submit(content, job=self.batch.batch_id)
+                    remote_id = await client.find(
+                        self.batch.batch_id, lines,
+                        since=float(since) if isinstance(since, (int, float)) else None,
+                    )  # fmt: skip
+                    if remote_id is None:
+                        # Said before it is sent: a successor knows a batch may exist.
+                        info = {"deployment": deployment.id, "submitting": time.time()}
+                        if not await self.queue.set_native(self.batch.batch_id, self.fence, info):
+                            self.lost = True
+                            return
+                        remote_id = await client.submit(lines, job=self.batch.batch_id)
                 except UpstreamError as error:
                     # Nothing was sent (or nothing can be found): run the lines here.
                     log.warning("batch %s stays here: %s", self.batch.batch_id, error.message)
                     return
-                info = {"deployment": deployment.id, "batch_id": remote["id"],
+                info = {"deployment": deployment.id, "batch_id": remote_id,
                         "submitted": time.time()}  # fmt: skip
                 if not await self.queue.set_native(self.batch.batch_id, self.fence, info):
                     self.lost = True
@@ -334,7 +344,7 @@ class _Run:
         finally:
             await client.aclose()
 
-    async def _poll(self, client: NativeClient, remote_id: str) -> dict[str, Any] | None:
+    async def _poll(self, client: NativeBatchClient, remote_id: str) -> dict[str, Any] | None:
         """The provider's batch once it has ended (cancelled there too when this one is);
         None if this worker lost the job meanwhile."""
         cancelled = False
@@ -343,48 +353,37 @@ class _Run:
                 if self.cancelling and not cancelled:
                     await client.cancel(remote_id)
                     cancelled = True
-                remote = await client.get(remote_id)
+                remote = await client.poll(remote_id)
             except UpstreamError as error:  # a provider briefly down: poll again later
                 log.warning("polling batch %s failed: %s", remote_id, error.message)
             else:
-                if remote.get("status") in ENDED:
+                if remote is not None:
                     return remote
             await self.worker.sleep(self.worker.native_poll_s)
         return None
 
     async def _book_native(
-        self, client: NativeClient, deployment: Deployment, remote: dict[str, Any],
+        self, client: NativeBatchClient, deployment: Deployment, remote: dict[str, Any],
         submitted: float,
     ) -> None:  # fmt: skip
         lines = await self.queue.pending_lines(self.batch.batch_id, limit=self.worker.max_lines)
-        pending = {line.custom_id: line for line in lines}
         metrics = self.worker.metrics
         ended: list[Awaitable[bool]] = []
-        for key in ("output_file_id", "error_file_id"):
-            file_id = remote.get(key)
-            if not isinstance(file_id, str):
-                continue
-            for raw in (await client.content(file_id)).splitlines():
-                result = orjson.loads(raw) if raw.strip() else {}
-                line = pending.pop(str(result.get("custom_id")), None)
-                if line is None:  # ended already, or no line of this batch
-                    continue
-                response = result.get("response") or {}
-                status = int(response.get("status_code") or 500)
-                body = response.get("body") or {}
-                entries: list[LedgerEntry] = []
-                request_id = new_request_id()
-                if status == 200:
-                    entry, listed = batch_entry(
-                        deployment, tenant=self.batch.tenant, body=body, submitted=submitted
-                    )
-                    entries.append(entry)
-                    request_id = entry.request_id
-                    metrics.saved.labels(self.batch.tenant).inc(listed - entry.cost_usd)
-                    deployment.metrics.cost(self.batch.tenant, entry.cost_usd)
-                line.status = "done" if status == 200 else "failed"
-                line.output = output_line(line, request_id, status, body)
-                ended.append(self._end(line, entries))
+        for result in await client.results(remote, lines):
+            line, status, body = result.line, result.status, result.body
+            entries: list[LedgerEntry] = []
+            request_id = new_request_id()
+            if status == 200:
+                entry, listed = batch_entry(
+                    deployment, tenant=self.batch.tenant, body=body, submitted=submitted
+                )
+                entries.append(entry)
+                request_id = entry.request_id
+                metrics.saved.labels(self.batch.tenant).inc(listed - entry.cost_usd)
+                deployment.metrics.cost(self.batch.tenant, entry.cost_usd)
+            line.status = "done" if status == 200 else "failed"
+            line.output = output_line(line, request_id, status, body)
+            ended.append(self._end(line, entries))
         if not all(await asyncio.gather(*ended)):
             self.lost = self.lost or (await self._fenced())
 

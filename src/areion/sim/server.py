@@ -2,7 +2,8 @@
 
 Real SDKs can point at it: `/v1/chat/completions` and `/v1/models` speak OpenAI,
 `/v1/messages` speaks Anthropic Messages, `/v1/files` and `/v1/batches` OpenAI's batch API
-(`sim/batches.py`), and `/metrics` exposes the vLLM load
+(`sim/batches.py`), `/v1/messages/batches` Anthropic's Message Batches
+(`sim/message_batches.py`), and `/metrics` exposes the vLLM load
 gauges a capacity-aware balancer reads. The Anthropic translation lives here on
 purpose: the sim must not depend on the production Anthropic provider it tests.
 """
@@ -30,6 +31,7 @@ from areion.errors import (
 )
 from areion.sim.batches import SimBatches
 from areion.sim.engine import SimEngine, estimate_prompt_tokens
+from areion.sim.message_batches import SimMessageBatches
 from areion.sim.profiles import builtin_profiles, load_profiles
 from areion.types import ChatRequest, ChatResponse, Message, Role, StreamChunk, ToolCall
 
@@ -77,6 +79,16 @@ def create_sim_app(engine: SimEngine) -> Starlette:
             return failed.status_code, orjson.loads(bytes(failed.body))
         return 200, response.to_openai()
 
+    async def answer_message(params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A Message Batch request's message, as its status and Anthropic body."""
+        try:
+            chat = _anthropic_request({**params, "stream": False})
+            response = await engine.complete(chat)
+        except AreionError as error:
+            failed = _anthropic_error(error)
+            return failed.status_code, orjson.loads(bytes(failed.body))
+        return 200, _anthropic_message(response)
+
     async def models(request: Request) -> Response:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "areion-sim"}
@@ -116,6 +128,7 @@ def create_sim_app(engine: SimEngine) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             *SimBatches(answer_line).routes(),
+            *SimMessageBatches(answer_message).routes(),
         ]
     )
 
