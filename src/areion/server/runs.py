@@ -165,6 +165,7 @@ class RunsApi:
         self._tenant_of = tenant_of
         self._tasks: set[asyncio.Task[Any]] = set()
         self._adopter: asyncio.Task[None] | None = None
+        self._adopting: set[tuple[str, str]] = set()
 
     def _json(self, snapshot: RunSnapshot) -> dict[str, Any]:
         experiment = None
@@ -175,7 +176,6 @@ class RunsApi:
             )
             experiment = found.label if found is not None else None
         return run_json(snapshot, experiment=experiment)
-        self._adopting: set[tuple[str, str]] = set()
 
     def begin(self) -> None:
         """Begin taking over runs whose driver died (`runs.adopt`), on any replica."""
