@@ -504,3 +504,23 @@ async def test_a_successor_finds_the_message_batch_its_predecessor_sent(
     finally:
         await sdk.aclose()
         await runtime.aclose()
+
+
+def test_a_budgeted_tenants_batch_is_run_here_within_its_budget(sim: str, tmp_path: Path) -> None:
+    # A provider's batch is one submission, not admitted line by line: a tenant with a
+    # budget has its lines run (and reserved) here, and the budget holds.
+    db = tmp_path / "areion.db"
+    settings = config(sim, db, native=True)
+    settings["tenants"] = [{"name": "acme", "budget_usd_per_day": 0.0004}]
+    with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+        sdk = client(url)
+        upload = sdk.files.create(file=("q.jsonl", io.BytesIO(jsonl(40))), purpose="batch")
+        batch = sdk.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = wait_done(sdk, batch.id)
+    assert sent_to_sim(sim, batch.id) == 0
+    assert done.request_counts.completed + done.request_counts.failed == 40
+    assert done.request_counts.failed > 0  # the budget ran out before the lines did
+    spent = sum(cost for _, _, cost in ledger(db))
+    assert 0 < spent <= 0.0004

@@ -29,12 +29,13 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
 from areion.agent.agent import Agent
+from areion.config import TenantConfig
 from areion.errors import AreionError, RequestError, UpstreamError
 from areion.gateway.deployments import Deployment
 from areion.jobs.metrics import job_metrics
@@ -58,6 +59,14 @@ _PACE_S = 0.005  # how often a yielding worker looks again
 def worker_name() -> str:
     """This worker's name in leases: host, process and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _budgeted(tenants: Sequence[TenantConfig], tenant: str) -> bool:
+    return any(
+        t.name == tenant
+        and (t.budget_usd_per_day is not None or t.budget_usd_per_month is not None)
+        for t in tenants
+    )
 
 
 def native_client(deployment: Deployment, parse: Parse) -> NativeBatchClient:
@@ -296,6 +305,11 @@ class _Run:
         sent = self.batch.native.get("deployment")
         if isinstance(sent, str):
             return runtime.gateway.deployments.get(sent)
+        if _budgeted(runtime.config.all_tenants, self.batch.tenant):
+            # A provider's batch is one submission, not admitted line by line: a tenant
+            # with a budget has its lines run here, each reserved before it is sent, so
+            # the budget is never exceeded.
+            return None
         lines = await self.queue.pending_lines(self.batch.batch_id, limit=self.worker.max_lines)
         models = {line.body.get("model") for line in lines}
         if len(models) != 1:
