@@ -27,6 +27,7 @@ from areion.server.admin import AdminApi, bearer_key
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.completions import CompletionsApi
+from areion.server.dashboard import DashboardApi
 from areion.server.embeddings import EmbeddingsApi
 from areion.server.guard import LimitBody
 from areion.server.messages import MessagesApi
@@ -203,12 +204,14 @@ def create_app(runtime: Runtime) -> Starlette:
     runs = RunsApi(runtime, api.tenant)
     cache = CacheApi(runtime, api.tenant)
     admin = AdminApi(runtime)
+    dashboard = DashboardApi(runtime, api.identity, runs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         runs.begin()
         yield
+        await dashboard.aclose()
         await runs.aclose()
         await runtime.aclose()
 
@@ -241,6 +244,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),
+            *dashboard.routes(),
         ],
         middleware=middleware,
         exception_handlers={AreionError: _areion_error, HTTPException: _http_error},
