@@ -202,17 +202,26 @@ def test_overview_shows_the_spend_api_figures_and_only_the_tenants_own(served: S
         assert routes.locator("tbody tr").all_inner_texts() == ["auto\tstrong\t2"]
         screenshot(page, "overview")
         # The range picker, by keyboard: the figures are those of the range chosen.
+        before = page.evaluate("window.areionView.seq")
         page.locator("#range").focus()
         page.keyboard.press("End")  # the last option: 30 days
-        _until(page, "document.querySelector('#range').value === '30d'")
+        _until(page, f"window.areionView.seq > {before}")
+        assert page.locator("#range").input_value() == "30d"
+        assert page.evaluate("location.hash") == "#/overview?range=30d"
         assert page.locator("#spend-range").inner_text() == usd(acme_month["cost_usd"])
         assert page.locator("#autorefresh").is_checked()
         # Every page: at most 3 API calls, and not a trace of the other tenant.
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url) if "/v1/" in r.url else None)
         for name in PAGES:
+            requests.clear()
             view = _view(page, f"#/{name}")
             assert view["page"] == name and 1 <= view["calls"] <= 3, view
+            assert len(requests) == view["calls"], requests
             text = page.locator("body").inner_text()
             assert "globex" not in text.lower(), f"{name} shows another tenant's name"
+            if name == "experiments":  # none configured: the server answers 404
+                assert page.locator("#no-experiments").inner_text() == "no experiments"
             assert not page.locator("#page [role=alert]").count(), page.locator(
                 "#page [role=alert]"
             ).inner_text()
@@ -229,6 +238,17 @@ def test_overview_shows_the_spend_api_figures_and_only_the_tenants_own(served: S
         lines = Path(download.value.path()).read_text().splitlines()
         assert lines[0].startswith("model,calls,")
         assert len(lines) == 1 + len(by_model)
+        # Runs, a page at a time: the cursor walks the tenant's two runs, newest first.
+        _view(page, "#/runs?limit=1")
+        first = page.locator("tbody tr").all_inner_texts()
+        assert len(first) == 1 and first[0].startswith("acme-refund\tpaused")
+        before = page.evaluate("window.areionView.seq")
+        page.locator("#next").focus()
+        page.keyboard.press("Enter")
+        _until(page, f"window.areionView.seq > {before}")
+        second = page.locator("tbody tr").all_inner_texts()
+        assert len(second) == 1 and "\tfinished\tresearcher\t" in second[0]
+        assert page.locator("#next").count() == 0 and page.locator("#first").count() == 1
         # The other tenant's run, by its id: not found, and nothing of it shown.
         _view(page, "#/runs/globex-run-1")
         assert "no run" in page.locator("#page [role=alert]").inner_text()

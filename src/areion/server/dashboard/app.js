@@ -72,10 +72,19 @@ function card(label, value, id, detail) {
     h("div", { class: "value", id }, value), detail ? h("div", { class: "detail" }, detail) : null);
 }
 
-function rangePicker(onChange) {
+// Change the current view's parameters (in the hash, so a view can be linked to).
+function setParams(changes) {
+  const [path, search] = (location.hash.slice(1) || "/overview").split("?");
+  const params = new URLSearchParams(search || "");
+  for (const [k, v] of Object.entries(changes)) { if (v) params.set(k, v); else params.delete(k); }
+  const query = params.toString();
+  location.hash = "#" + path + (query ? "?" + query : "");
+}
+
+function rangePicker() {
   const select = h("select", { id: "range", "aria-label": "Time range" },
     RANGES.map(([value, label]) => h("option", { value, selected: value === state.range }, label)));
-  select.addEventListener("change", () => { state.range = select.value; onChange(); });
+  select.addEventListener("change", () => setParams({ range: select.value }));
   return h("label", { class: "control" }, "Range ", select);
 }
 
@@ -155,7 +164,7 @@ async function overview(page) {
   const t = data.totals;
   const lat = t.latency_s;
   page.append(
-    h("div", { class: "toolbar" }, h("h1", {}, "Overview"), rangePicker(render), autoRefresh(),
+    h("div", { class: "toolbar" }, h("h1", {}, "Overview"), rangePicker(), autoRefresh(),
       h("span", { class: "muted", id: "updated" }, "updated " + new Date().toISOString().slice(11, 19) + "Z")),
     h("section", { class: "cards", "aria-label": "Totals" },
       card("Spend in range", usd(t.cost_usd), "spend-range"),
@@ -208,7 +217,7 @@ async function spend(page) {
   const data = await api(`/v1/dashboard/spend?range=${state.range}&by=${state.by}`);
   const by = h("select", { id: "by", "aria-label": "Group by" },
     ["model", "tenant", "key", "route", "agent", "user"].map((v) => h("option", { value: v, selected: v === state.by }, v)));
-  by.addEventListener("change", () => { state.by = by.value; render(); });
+  by.addEventListener("change", () => setParams({ by: by.value }));
   const columns = [data.by, "calls", "input_tokens", "output_tokens", "cost_usd", "cache_hits", "saved_usd", "latency_p50_s", "latency_p95_s"];
   const download = h("button", { type: "button", id: "csv" }, "Download CSV");
   download.addEventListener("click", () => {
@@ -217,7 +226,7 @@ async function spend(page) {
     document.body.append(a); a.click(); a.remove();
   });
   page.append(
-    h("div", { class: "toolbar" }, h("h1", {}, "Spend"), rangePicker(render), h("label", { class: "control" }, "By ", by), download),
+    h("div", { class: "toolbar" }, h("h1", {}, "Spend"), rangePicker(), h("label", { class: "control" }, "By ", by), download),
     h("section", { class: "cards" }, card("Spend in range", usd(data.total.cost_usd), "spend-total"),
       card("Calls", num(data.total.calls)), card("Saved by caches", usd(data.total.saved_usd))),
     barChart(data.series.map((p) => ({ label: bucketLabel(p.start, data.bucket), values: p.cost_usd })),
@@ -243,7 +252,7 @@ function runLink(r) {
 async function tasks(page) {
   const data = await api(`/v1/dashboard/tasks?range=${state.range}`);
   page.append(
-    h("div", { class: "toolbar" }, h("h1", {}, "Cost per task"), rangePicker(render)),
+    h("div", { class: "toolbar" }, h("h1", {}, "Cost per task"), rangePicker()),
     table([
       ["Agent", (r) => r.agent],
       ["Finished", (r) => num(r.runs.finished), "n"],
@@ -265,7 +274,7 @@ async function tasks(page) {
 
 async function runs(page, params) {
   const query = new URLSearchParams();
-  for (const name of ["status", "agent", "cursor"]) if (params.get(name)) query.set(name, params.get(name));
+  for (const name of ["status", "agent", "cursor", "limit"]) if (params.get(name)) query.set(name, params.get(name));
   const data = await api(`/v1/dashboard/runs?${query}`);
   const go = (changes) => {
     const next = new URLSearchParams(params);
@@ -453,6 +462,8 @@ async function render() {
   const parts = path.split("/").filter(Boolean);
   const params = new URLSearchParams(search || "");
   const name = parts[0] || "overview";
+  if (RANGES.some(([value]) => value === params.get("range"))) state.range = params.get("range");
+  if (params.get("by")) state.by = params.get("by");
   for (const a of document.querySelectorAll("#nav a")) {
     if (a.getAttribute("href") === `#/${name}`) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
