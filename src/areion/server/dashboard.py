@@ -301,7 +301,8 @@ class DashboardApi:
         names = {key[0] for key in month} | {key[0] for key in day}
         names |= set(budgets) if tenant is None else {tenant}
         rows = []
-        for name in sorted(names):
+        # The biggest spenders this month first.
+        for name in sorted(names, key=lambda n: (-month.get((n,), SpendTotals()).cost_usd, n)):
             per_day, per_month = budgets.get(name, (None, None))
             rows.append(
                 {

@@ -176,6 +176,8 @@ async function overview(page) {
         `${num(data.cache.semantic.hits)} hits, ${usd(data.cache.semantic.saved_usd)} saved`),
       card("Solver answers", num(data.solver_answers), "solver"),
       card("Tokens in / out", `${num(t.input_tokens)} / ${num(t.output_tokens)}`, "tokens")),
+    barChart(data.series.map((p) => ({ label: bucketLabel(p.start, data.bucket), values: { cost: p.cost_usd } })),
+      ["cost"], `Spend per ${data.bucket}`, usd),
     table([
       ["Tenant", (r) => r.tenant],
       ["Today", (r) => usd(r.day_usd), "n"],
@@ -185,8 +187,6 @@ async function overview(page) {
       ["Month budget", (r) => r.month_budget_usd === null ? "none" : usd(r.month_budget_usd), "n"],
       ["Used", (r) => r.month_budget_usd ? pct(r.month_usd / r.month_budget_usd) : "—", "n"],
     ], data.budgets, "Spend today and this month (UTC) against budgets"),
-    barChart(data.series.map((p) => ({ label: bucketLabel(p.start, data.bucket), values: { cost: p.cost_usd } })),
-      ["cost"], `Spend per ${data.bucket}`, usd),
     table([["Route", (r) => r.route], ["Model chosen", (r) => r.model], ["Calls", (r) => num(r.calls), "n"]],
       data.routes, "Route decisions"),
   );
