@@ -141,8 +141,10 @@ def usd(x: float) -> str:
     return f"${x:.{digits}f}"
 
 
-def _signed_in(context: Any, base: str, key: str) -> Any:
+def _signed_in(context: Any, base: str, key: str, *, clock: bool = False) -> Any:
     page = context.new_page()
+    if clock:
+        page.clock.install()  # the page's timers run only when the test moves its clock
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -274,6 +276,64 @@ def test_an_admin_sees_every_tenant(served: Served) -> None:
         assert breakers.locator("tbody tr").count() == 2
         _view(page, "#/runs")
         assert "globex-run-1" in page.locator("body").inner_text()
+        assert not [e for e in page.errors if "401" not in e and "404" not in e], page.errors
+        context.close()
+
+
+def test_the_overview_refreshes_itself(served: Served) -> None:
+    with browser() as chromium:
+        context = chromium.new_context(viewport={"width": 1366, "height": 768})
+        page = _signed_in(context, served.base, ACME_KEY, clock=True)
+        calls = int(page.locator("#calls").inner_text())
+        _chat(served.http, ACME, model="fast", text="one more")
+        deadline = time.monotonic() + 10
+        while _spend(served.http, ACME)["total"]["calls"] < calls + 1:
+            assert time.monotonic() < deadline, "the ledger did not catch up"
+            time.sleep(0.02)
+        before = page.evaluate("window.areionView.seq")
+        page.clock.run_for(29_000)  # not yet: every 30 s
+        assert page.evaluate("window.areionView.seq") == before
+        page.clock.run_for(2_000)
+        _until(page, f"window.areionView.seq > {before}")
+        assert page.locator("#calls").inner_text() == str(calls + 1)
+        # Turned off (by keyboard), it stays as it is.
+        page.locator("#autorefresh").focus()
+        page.keyboard.press("Space")
+        assert not page.locator("#autorefresh").is_checked()
+        before = page.evaluate("window.areionView.seq")
+        page.clock.run_for(120_000)
+        assert page.evaluate("window.areionView.seq") == before
+        context.close()
+
+
+def test_an_admin_rejects_another_tenants_call(served: Served) -> None:
+    paused = _run(served.http, GLOBEX, "support", "please refund o-7", run_id="globex-refund")
+    assert paused["status"] == "paused"
+    agents_fixture.REFUNDS.clear()
+    with browser() as chromium:
+        context = chromium.new_context(viewport={"width": 1366, "height": 900})
+        page = _signed_in(context, served.base, ADMIN_KEY)
+        _view(page, "#/runs?status=paused")
+        rows = page.locator("tbody tr").all_inner_texts()
+        assert {r.split("\t")[1] for r in rows} == {"acme", "globex"}  # the tenant column
+        page.get_by_role("link", name="globex-refund").click()
+        page.wait_for_selector("text=Pending approvals")
+        assert page.evaluate("location.hash") == "#/runs/globex-refund?tenant=globex"
+        page.get_by_role("button", name="Reject").click()
+        _until(
+            page,
+            "document.querySelector('#run-status') && "
+            "document.querySelector('#run-status').innerText === 'finished'",
+        )
+        tools = page.get_by_role("table").filter(has_text="Tool calls").inner_text()
+        assert "rejected in the dashboard" in tools
+        assert agents_fixture.REFUNDS == []  # the refund never ran
+        run = served.http.get("/v1/runs/globex-refund", headers=GLOBEX).json()
+        assert run["status"] == "finished"
+        # The acme run is still paused: the decision was globex's run's alone.
+        still = served.http.get("/v1/runs/acme-refund", headers=ACME).json()
+        assert still["status"] == "paused"
+        screenshot(page, "admin-run-rejected")
         assert not [e for e in page.errors if "401" not in e and "404" not in e], page.errors
         context.close()
 
