@@ -360,7 +360,7 @@ def test_approve_a_paused_run_from_its_page(served: Served) -> None:
         assert page.locator("#run-output").inner_text() == "done: refunded 30.0 on o-7"
         assert ["acme:acme-refund:" + agents_fixture_call_id(served)] == agents_fixture.REFUNDS
         tools = page.get_by_role("table").filter(has_text="Tool calls").inner_text()
-        assert "refunded 30.0 on o-7" in tools and "o-7" in tools
+        assert "refunded 30.0 on o-7" in tools and "order o-7: 2 items, 30 EUR" in tools
         costs = page.get_by_role("table").filter(has_text="Model calls and their cost")
         assert costs.locator("tbody tr").count() == 3  # lookup, refund, answer
         run = served.http.get("/v1/runs/acme-refund", headers=ACME).json()

@@ -313,6 +313,31 @@ function content(message) {
   return JSON.stringify(message.content);
 }
 
+// Every tool call of the run, from its transcript (a result is the tool message that
+// answers it), with the store's record where there is one (approvals, side effects).
+function toolCalls(data) {
+  const records = new Map(data.tool_calls.map((c) => [c.call_id, c]));
+  const results = new Map();
+  for (const m of data.messages) {
+    if (m.role === "tool") results.set(m.tool_call_id, typeof m.content === "string" ? m.content : JSON.stringify(m.content));
+  }
+  const out = [];
+  for (const m of data.messages) {
+    for (const c of m.tool_calls || []) {
+      const record = records.get(c.id);
+      const fn = c.function || c;
+      out.push({
+        call_id: c.id, name: fn.name, arguments: fn.arguments,
+        result: results.has(c.id) ? results.get(c.id) : record ? record.result : null,
+        reason: record ? record.reason : null,
+        status: record ? record.status : results.has(c.id) ? "done" : "waiting",
+      });
+      records.delete(c.id);
+    }
+  }
+  return out.concat([...records.values()]);
+}
+
 async function run(page, params, id) {
   const tenant = params.get("tenant");
   const suffix = tenant ? `?tenant=${encodeURIComponent(tenant)}` : "";
@@ -349,11 +374,11 @@ async function run(page, params, id) {
       pending.map((call) => h("div", { class: "approval" },
         h("code", {}, `${call.name}(${call.arguments})`),
         h("button", { type: "button", class: "approve", onclick: (e) => { e.target.disabled = true; decide(call, true).catch(fail); } }, "Approve"),
-        h("button", { type: "button", class: "reject", onclick: (e) => { e.target.disabled = true; decide(call, false).catch(fail); } }, "Reject")))) : null,
+        h("button", { type: "button", class: "reject", onclick: (e) => { e.target.disabled = true; decide(call, false).catch(fail); } }, "Reject")))) : "",
     table([
       ["Tool", (r) => r.name], ["Arguments", (r) => h("pre", {}, pretty(r.arguments))],
       ["Result", (r) => h("pre", {}, r.result === null ? (r.reason || "") : pretty(r.result))], ["Status", (r) => r.status],
-    ], data.tool_calls, "Tool calls"),
+    ], toolCalls(data), "Tool calls"),
     table([
       ["Time", (r) => when(r.created)], ["Kind", (r) => r.kind], ["Model", (r) => r.model], ["Deployment", (r) => r.deployment],
       ["Tokens in", (r) => num(r.prompt_tokens), "n"], ["Tokens out", (r) => num(r.completion_tokens), "n"],
@@ -401,11 +426,17 @@ async function limits(page) {
   }
 }
 
-function interval(e) {
+function plain(x) {
+  return x === null || x === undefined ? "—" : Math.abs(x) < 10 ? Number(x).toPrecision(3) : Number(x).toFixed(1);
+}
+
+// An estimate and its interval, each figure in the metric's own format.
+function interval(e, format) {
   if (!e) return "—";
-  const f = (x) => (x === null || x === undefined ? "—" : Math.abs(x) < 10 ? Number(x).toPrecision(3) : Number(x).toFixed(1));
+  const f = format || plain;
   return `${f(e.estimate)} [${f(e.low)}, ${f(e.high)}]`;
 }
+const whole = (x) => (x === null || x === undefined ? "—" : num(Math.round(x)));
 
 async function experiments(page) {
   page.append(h("div", { class: "toolbar" }, h("h1", {}, "Experiments")));
@@ -423,9 +454,9 @@ async function experiments(page) {
       h("p", { class: "muted" }, `metric ${x.metric}, control ${x.control}, ${num(x.crossed_units)} crossed units`),
       table([
         ["Variant", (v) => v.name], ["Units", (v) => num(v.units), "n"], ["Tasks", (v) => num(v.tasks), "n"],
-        ["Success rate", (v) => interval(v.success_rate)], ["Cost / task", (v) => interval(v.cost_per_task_usd)],
-        ["Cost / success", (v) => interval(v.cost_per_success_usd)], ["Tokens / task", (v) => interval(v.tokens_per_task)],
-        ["Latency p50 (s)", (v) => interval(v.latency_p50_s)], ["Latency p95 (s)", (v) => interval(v.latency_p95_s)],
+        ["Success rate", (v) => interval(v.success_rate, pct)], ["Cost / task", (v) => interval(v.cost_per_task_usd, usd)],
+        ["Cost / success", (v) => interval(v.cost_per_success_usd, usd)], ["Tokens / task", (v) => interval(v.tokens_per_task, whole)],
+        ["Latency p50", (v) => interval(v.latency_p50_s, secs)], ["Latency p95", (v) => interval(v.latency_p95_s, secs)],
         ["vs control", (v) => (v.vs_control || []).map((c) => `${c.metric} (${c.kind}): ${interval(c)}`).join("; ") || "—"],
         ["Stopped", (v) => v.stopped || "—"],
       ], x.variants, "Variants: estimate [95% interval]")));
