@@ -198,7 +198,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         "models:\n  - {name: fast, provider: sim, model: sim-fast}\n"
         f"store: {url}\n"
         f"auth:\n  admin_keys: [{ADMIN_KEY}]\n  keys:\n    - {{key: {TENANT_KEY}, tenant: t3}}\n"
-        "tenants:\n  - {name: t3, budget_usd_per_day: 50, budget_usd_per_month: 1000, rpm: 600}\n"
+        "tenants:\n"
+        + "".join(
+            f"  - {{name: t{i}, budget_usd_per_day: {2 + i % 3}, budget_usd_per_month: 40, "
+            "rpm: 600}\n"
+            for i in range(20)
+        )
     )
     server = ChildProcess(
         "areion",

@@ -240,6 +240,11 @@ def test_overview_shows_the_spend_api_figures_and_only_the_tenants_own(served: S
         lines = Path(download.value.path()).read_text().splitlines()
         assert lines[0].startswith("model,calls,")
         assert len(lines) == 1 + len(by_model)
+        _view(page, "#/limits")
+        windows = page.get_by_role("table").filter(has_text="Budget windows")
+        [window] = windows.locator("tbody tr").all_inner_texts()
+        assert window.split("\t")[:3] == ["acme", usd(acme_total["cost_usd"]), usd(5.0)]
+        assert "an admin key sees them" in page.locator("body").inner_text()  # no breakers
         # Runs, a page at a time: the cursor walks the tenant's two runs, newest first.
         _view(page, "#/runs?limit=1")
         first = page.locator("tbody tr").all_inner_texts()

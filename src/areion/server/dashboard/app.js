@@ -31,6 +31,7 @@ function usd(x) {
   return "$" + x.toFixed(a >= 100 ? 2 : a >= 1 ? 4 : 6);
 }
 function num(x) { return x === null || x === undefined ? "—" : Number(x).toLocaleString("en-US"); }
+function compact(x) { return x === null || x === undefined ? "—" : Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 }).format(x); }
 function pct(x) { return x === null || x === undefined ? "—" : (100 * x).toFixed(1) + "%"; }
 function secs(x) { return x === null || x === undefined ? "—" : x < 1 ? (1000 * x).toFixed(0) + " ms" : x.toFixed(2) + " s"; }
 function when(t) { return t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) + "Z" : "—"; }
@@ -59,11 +60,11 @@ async function api(path, options) {
   return body;
 }
 
-function table(columns, rows, caption) {
+function table(columns, rows, caption, empty) {
   const head = h("tr", {}, columns.map(([label, , cls]) => h("th", { scope: "col", class: cls }, label)));
   const body = rows.length
     ? rows.map((row) => h("tr", {}, columns.map(([, cell, cls]) => h("td", { class: cls }, cell(row)))))
-    : [h("tr", {}, h("td", { colspan: String(columns.length), class: "empty" }, "nothing in this range"))];
+    : [h("tr", {}, h("td", { colspan: String(columns.length), class: "empty" }, empty || "nothing in this range"))];
   return h("table", {}, caption ? h("caption", {}, caption) : null, h("thead", {}, head), h("tbody", {}, body));
 }
 
@@ -169,13 +170,14 @@ async function overview(page) {
     h("section", { class: "cards", "aria-label": "Totals" },
       card("Spend in range", usd(t.cost_usd), "spend-range"),
       card("Calls", num(t.calls), "calls", `${t.requests_per_s.toFixed(4)} requests/s`),
-      card("Latency p50 / p95 / p99", `${secs(lat.p50)} / ${secs(lat.p95)} / ${secs(lat.p99)}`, "latency"),
-      card("Exact cache hit rate", pct(data.cache.exact.hit_rate), "cache-exact",
+      card("Latency p50/p95/p99", `${secs(lat.p50)} / ${secs(lat.p95)} / ${secs(lat.p99)}`, "latency"),
+      card("Exact cache hits", pct(data.cache.exact.hit_rate), "cache-exact",
         `${num(data.cache.exact.hits)} hits, ${usd(data.cache.exact.saved_usd)} saved`),
-      card("Semantic cache hit rate", pct(data.cache.semantic.hit_rate), "cache-semantic",
+      card("Semantic cache hits", pct(data.cache.semantic.hit_rate), "cache-semantic",
         `${num(data.cache.semantic.hits)} hits, ${usd(data.cache.semantic.saved_usd)} saved`),
       card("Solver answers", num(data.solver_answers), "solver"),
-      card("Tokens in / out", `${num(t.input_tokens)} / ${num(t.output_tokens)}`, "tokens")),
+      card("Tokens in / out", `${compact(t.input_tokens)} / ${compact(t.output_tokens)}`, "tokens",
+        `${num(t.input_tokens)} / ${num(t.output_tokens)}`)),
     barChart(data.series.map((p) => ({ label: bucketLabel(p.start, data.bucket), values: { cost: p.cost_usd } })),
       ["cost"], `Spend per ${data.bucket}`, usd),
     table([
@@ -199,8 +201,8 @@ async function overview(page) {
         card("Call duration p50 / p95 / p99", `${secs(p.duration_s.p50)} / ${secs(p.duration_s.p95)} / ${secs(p.duration_s.p99)}`),
         card("Cache seconds saved", Object.entries(p.cache_saved_s).map(([k, v]) => `${k}: ${v.toFixed(1)} s`).join(", ") || "0 s")),
       table([["Error kind", (r) => r.kind], ["Count", (r) => num(r.count), "n"], ["Rate", (r) => pct(r.rate), "n"]],
-        errors, "Errors by kind"),
-      table([["Refusal", (r) => r[0]], ["Count", (r) => num(r[1]), "n"]], Object.entries(p.refusals), "Refusals"),
+        errors, "Errors by kind", "none"),
+      table([["Refusal", (r) => r[0]], ["Count", (r) => num(r[1]), "n"]], Object.entries(p.refusals), "Refusals", "none"),
       table([["Route reason", (r) => r[0]], ["Decisions", (r) => num(r[1]), "n"]], Object.entries(p.route_reasons),
         "Route decisions by reason"));
   } else {
@@ -405,7 +407,7 @@ async function limits(page) {
       ["Requests, last minute", (r) => num(r.rpm_used), "n"], ["RPM headroom", (r) => headroom(r.rpm, r.rpm_used), "n"],
       ["Tokens, last minute", (r) => num(r.tpm_used), "n"], ["TPM headroom", (r) => headroom(r.tpm, r.tpm_used), "n"],
       ["Lane weight", (r) => r.weight, "n"],
-    ], data.rates, "Rate limits (from the ledger's last minute)"));
+    ], data.rates, "Rate limits (from the ledger's last minute)", "no tenant configured"));
   if (data.deployments) {
     page.append(
       table([
@@ -420,7 +422,7 @@ async function limits(page) {
         ["In flight", (r) => num(r.in_flight), "n"], ["Max concurrency", (r) => r.max_concurrency === null ? "—" : num(r.max_concurrency), "n"],
       ], data.deployments, "Circuit breakers per deployment"),
       table([["Model", (r) => r.model], ["RPM", (r) => r.rpm ?? "—", "n"], ["TPM", (r) => r.tpm ?? "—", "n"]],
-        data.model_limits, "Model-wide rate limits"));
+        data.model_limits, "Model-wide rate limits", "none configured"));
   } else {
     page.append(h("p", { class: "muted" }, "Lanes and breakers are shared by every tenant: an admin key sees them."));
   }
