@@ -51,6 +51,7 @@ PAGES: list[tuple[str, str]] = [
     ("overview, last day", "#/overview"),
     ("overview, 30 days", "#/overview?range=30d"),
     ("spend by model, 30 days", "#/spend?range=30d"),
+    ("spend by user, last day (ledger)", "#/spend?range=24h&by=user"),
     ("cost per task, 30 days", "#/tasks?range=30d"),
     ("runs, newest", "#/runs"),
     ("runs, paused, agent-3", "#/runs?status=paused&agent=agent-3"),

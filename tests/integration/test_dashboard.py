@@ -256,6 +256,17 @@ def test_overview_shows_the_spend_api_figures_and_only_the_tenants_own(served: S
         second = page.locator("tbody tr").all_inner_texts()
         assert len(second) == 1 and "\tfinished\tresearcher\t" in second[0]
         assert page.locator("#next").count() == 0 and page.locator("#first").count() == 1
+        # By user: read from the ledger itself, so over a day at most (longer ranges are
+        # not offered); the users are the tenant's own.
+        _view(page, "#/spend?range=30d")
+        before = page.evaluate("window.areionView.seq")
+        page.locator("#by").select_option("user")
+        _until(page, f"window.areionView.seq > {before}")
+        assert page.locator("#range").input_value() == "24h"
+        assert page.locator("#range option[value='30d']").is_disabled()
+        rows = page.get_by_role("table").filter(has_text="Spend by user").locator("tbody tr")
+        users = {r.split("\t")[0]: r.split("\t")[1] for r in rows.all_inner_texts()}
+        assert users["alice"] == "3" and "globex-user" not in users
         # The other tenant's run, by its id: not found, and nothing of it shown.
         _view(page, "#/runs/globex-run-1")
         assert "no run" in page.locator("#page [role=alert]").inner_text()
@@ -388,6 +399,7 @@ def test_bad_parameters_are_400s_naming_them(served: Served) -> None:
     for path, param in (
         ("/v1/dashboard/overview?range=2h", "range"),
         ("/v1/dashboard/spend?by=password", "by"),
+        ("/v1/dashboard/spend?by=user&range=7d", "range"),  # the ledger itself: a day at most
         ("/v1/dashboard/runs?status=sleeping", "status"),
         ("/v1/dashboard/runs?cursor=%%%", "cursor"),
         ("/v1/dashboard/runs?limit=0", "limit"),

@@ -45,7 +45,7 @@ from areion.server.admin import bearer_key
 from areion.server.runs import RunsApi, run_json
 from areion.server.schema import clip, json_response, parse_body
 from areion.server.spend import SpendApi
-from areion.store.rollups import SpendQuery, SpendTotals, merge, quantile
+from areion.store.rollups import RAW_DIMENSIONS, SpendQuery, SpendTotals, merge, quantile
 from areion.store.run_pages import RunPageQuery, RunRow
 
 __all__ = ["RANGES", "DashboardApi"]
@@ -379,6 +379,12 @@ class DashboardApi:
         if by not in SPEND_BY:
             raise RequestError(
                 f"by '{clip(by, 20)}' is not one of " + ", ".join(SPEND_BY), param="by"
+            )
+        if by in RAW_DIMENSIONS and until - since > RANGES["24h"] + 1.0:
+            raise RequestError(
+                f"spend by {by} reads the ledger itself ({by} is not kept in the rollups): "
+                "choose a range of a day or less (range=1h or 24h)",
+                param="range",
             )
         bucket = _bucket(until - since)
         found = await self._spend(

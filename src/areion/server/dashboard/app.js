@@ -82,9 +82,11 @@ function setParams(changes) {
   location.hash = "#" + path + (query ? "?" + query : "");
 }
 
-function rangePicker() {
+// `longest`: the last range offered (a view that reads the ledger itself offers a day).
+function rangePicker(longest) {
+  const last = RANGES.findIndex(([value]) => value === longest);
   const select = h("select", { id: "range", "aria-label": "Time range" },
-    RANGES.map(([value, label]) => h("option", { value, selected: value === state.range }, label)));
+    RANGES.map(([value, label], i) => h("option", { value, selected: value === state.range, disabled: last >= 0 && i > last }, label)));
   select.addEventListener("change", () => setParams({ range: select.value }));
   return h("label", { class: "control" }, "Range ", select);
 }
@@ -215,11 +217,16 @@ function csv(rows, columns) {
   return [columns.join(","), ...rows.map((r) => columns.map((c) => quote(r[c])).join(","))].join("\n") + "\n";
 }
 
+// Dimensions the rollups do not keep: the spend page reads them from the ledger, over a day at most.
+const LEDGER_ONLY = ["user"];
+
 async function spend(page) {
+  if (LEDGER_ONLY.includes(state.by) && !["1h", "24h"].includes(state.range)) state.range = "24h";
   const data = await api(`/v1/dashboard/spend?range=${state.range}&by=${state.by}`);
   const by = h("select", { id: "by", "aria-label": "Group by" },
     ["model", "tenant", "key", "route", "agent", "user"].map((v) => h("option", { value: v, selected: v === state.by }, v)));
-  by.addEventListener("change", () => setParams({ by: by.value }));
+  by.addEventListener("change", () => setParams(
+    LEDGER_ONLY.includes(by.value) && !["1h", "24h"].includes(state.range) ? { by: by.value, range: "24h" } : { by: by.value }));
   const columns = [data.by, "calls", "input_tokens", "output_tokens", "cost_usd", "cache_hits", "saved_usd", "latency_p50_s", "latency_p95_s"];
   const download = h("button", { type: "button", id: "csv" }, "Download CSV");
   download.addEventListener("click", () => {
@@ -228,7 +235,8 @@ async function spend(page) {
     document.body.append(a); a.click(); a.remove();
   });
   page.append(
-    h("div", { class: "toolbar" }, h("h1", {}, "Spend"), rangePicker(), h("label", { class: "control" }, "By ", by), download),
+    h("div", { class: "toolbar" }, h("h1", {}, "Spend"), rangePicker(LEDGER_ONLY.includes(data.by) ? "24h" : null),
+      h("label", { class: "control" }, "By ", by), download),
     h("section", { class: "cards" }, card("Spend in range", usd(data.total.cost_usd), "spend-total"),
       card("Calls", num(data.total.calls)), card("Saved by caches", usd(data.total.saved_usd))),
     barChart(data.series.map((p) => ({ label: bucketLabel(p.start, data.bucket), values: p.cost_usd })),
