@@ -387,19 +387,35 @@ class DashboardApi:
                 param="range",
             )
         bucket = _bucket(until - since)
-        found = await self._spend(
-            SpendQuery(group_by=(bucket, by), since=since, until=until, tenant=tenant)
-        )
-        groups: dict[str, SpendTotals] = {}
-        for (_, value), totals in found.items():
-            groups[value] = _sum([groups.get(value, SpendTotals()), totals])
-        ordered = sorted(groups, key=lambda value: (-groups[value].cost_usd, value))
-        shown = ordered[:_SERIES_GROUPS]
         series: dict[int, dict[str, float]] = {}
-        for (start, value), totals in found.items():
-            label = value if value in shown else "other"
-            point = series.setdefault(int(start), {})
-            point[label] = point.get(label, 0.0) + totals.cost_usd
+        groups: dict[str, SpendTotals] = {}
+        if by in RAW_DIMENSIONS:
+            # The ledger's rows by user, and the series (one, of all) from the rollups: a
+            # series per user per hour would read the rows once per latency bucket.
+            by_value, by_time = await asyncio.gather(
+                self._spend(SpendQuery(group_by=(by,), since=since, until=until, tenant=tenant)),
+                self._spend(
+                    SpendQuery(group_by=(bucket,), since=since, until=until, tenant=tenant)
+                ),
+            )
+            groups = {value: totals for (value,), totals in by_value.items()}
+            ordered = sorted(groups, key=lambda value: (-groups[value].cost_usd, value))
+            for (start,), totals in by_time.items():
+                series[int(start)] = {"all": totals.cost_usd}
+            names = ["all"]
+        else:
+            found = await self._spend(
+                SpendQuery(group_by=(bucket, by), since=since, until=until, tenant=tenant)
+            )
+            for (_, value), totals in found.items():
+                groups[value] = _sum([groups.get(value, SpendTotals()), totals])
+            ordered = sorted(groups, key=lambda value: (-groups[value].cost_usd, value))
+            shown = ordered[:_SERIES_GROUPS]
+            for (start, value), totals in found.items():
+                label = value if value in shown else "other"
+                point = series.setdefault(int(start), {})
+                point[label] = point.get(label, 0.0) + totals.cost_usd
+            names = shown + (["other"] if len(ordered) > len(shown) else [])
         return json_response(
             {
                 "object": "dashboard.spend",
@@ -417,7 +433,7 @@ class DashboardApi:
                     }
                     for start in _starts(since, until, bucket)
                 ],
-                "series_names": shown + (["other"] if len(ordered) > len(shown) else []),
+                "series_names": names,
             }
         )
 

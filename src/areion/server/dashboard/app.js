@@ -240,7 +240,7 @@ async function spend(page) {
     h("section", { class: "cards" }, card("Spend in range", usd(data.total.cost_usd), "spend-total"),
       card("Calls", num(data.total.calls)), card("Saved by caches", usd(data.total.saved_usd))),
     barChart(data.series.map((p) => ({ label: bucketLabel(p.start, data.bucket), values: p.cost_usd })),
-      data.series_names, `Spend per ${data.bucket} by ${data.by}`, usd),
+      data.series_names, data.series_names.join() === "all" ? `Spend per ${data.bucket}` : `Spend per ${data.bucket} by ${data.by}`, usd),
     table([
       [data.by, (r) => r[data.by] || "(none)"],
       ["Calls", (r) => num(r.calls), "n"],
