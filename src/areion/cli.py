@@ -1,4 +1,4 @@
-"""The `areion` command: serve, sim, keys, report, eval, train, --version."""
+"""The `areion` command: serve, sim, keys, report, experiments, eval, train, --version."""
 
 from __future__ import annotations
 
@@ -249,6 +249,40 @@ def _print_keys(records: Sequence[Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _experiments_report(args: argparse.Namespace) -> int:
+    return asyncio.run(_experiments_report_command(args))
+
+
+async def _experiments_report_command(args: argparse.Namespace) -> int:
+    import json
+
+    from areion.experiment_report import plot_experiment, render_experiment
+    from areion.store import open_store
+    from areion.telemetry.experiments import Experiments
+    from areion.telemetry.verdicts import Judge
+
+    config, _ = _config(args.config)
+    experiments = Experiments(config.experiments)
+    if experiments.get(args.name) is None:
+        known = ", ".join(c.name for c in experiments.configs) or "none in the config"
+        raise ConfigError(f"no experiment '{args.name}'; experiments: {known}")
+    store = open_store(config.store)
+    try:
+        judge = Judge(store, experiments)
+        found = await judge.report(
+            args.name, carry_out=False, over_time=bool(args.plot or args.json)
+        )
+    finally:
+        await store.aclose()
+    report = found.as_dict()
+    if args.plot:
+        plot_experiment(report, args.plot)
+    print(json.dumps(report) if args.json else render_experiment(report), end="")
+    if args.json:
+        print()
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     return asyncio.run(_report_command(args))
 
@@ -476,6 +510,17 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", metavar="FILE.png", help="also draw spend over time and cost per task"
     )
     report.set_defaults(run=_report)
+
+    experiments = commands.add_parser("experiments", help="A/B experiments' figures and verdicts")
+    verbs = experiments.add_subparsers(dest="action", required=True)
+    shown = verbs.add_parser("report", help="an experiment's variants, intervals and verdict")
+    shown.add_argument("name", help="the experiment (its name in the config)")
+    shown.add_argument("--config", help=f"config file (default: {_DEFAULT_CONFIG} if present)")
+    shown.add_argument("--json", action="store_true", help="print the report as JSON")
+    shown.add_argument(
+        "--plot", metavar="FILE.png", help="the running estimate and interval over time"
+    )
+    shown.set_defaults(run=_experiments_report)
 
     evaluate = commands.add_parser("eval", help="measure a component on labelled data")
     targets = evaluate.add_subparsers(dest="target", required=True)

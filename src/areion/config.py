@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ __all__ = [
     "Config",
     "EmbeddingCacheConfig",
     "ExactCacheConfig",
+    "ExperimentConfig",
     "LedgerConfig",
     "LimitsConfig",
     "MemoryConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "PriceConfig",
     "RetryConfig",
     "RunsConfig",
+    "ScalingConfig",
     "ServerConfig",
     "TenantConfig",
     "TracingConfig",
@@ -399,6 +402,120 @@ class RouteConfig(_Strict):
         return self
 
 
+class ExperimentScope(_Strict):
+    """What an experiment applies to: one agent's runs, or plain calls to a model or route."""
+
+    agent: str | None = None
+    model: str | None = None
+    route: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ExperimentScope:
+        named = [k for k in ("agent", "model", "route") if getattr(self, k)]
+        if len(named) != 1:
+            raise ValueError("applies_to names exactly one of agent, model or route")
+        return self
+
+
+class VariantConfig(_Strict):
+    """One arm of an experiment and what it changes."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Relative share of the units (any scale; 0 sends it no new units).
+    weight: float = Field(ge=0)
+    # Agent experiments: the instructions (a file's text, or given inline) in place of
+    # the agent's own.
+    instructions: str | None = None
+    instructions_file: str | None = None
+    # The model group or route the variant's calls go to instead.
+    model: str | None = None
+    route: str | None = None
+    # Request parameters set on the variant's calls (temperature, max_tokens, ...).
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> VariantConfig:
+        if self.instructions is not None and self.instructions_file is not None:
+            raise ValueError(
+                f"variant {self.name}: give instructions or instructions_file, not both"
+            )
+        if self.model is not None and self.route is not None:
+            raise ValueError(f"variant {self.name}: give model or route, not both")
+        unknown = set(self.params) - _VARIANT_PARAMS
+        if unknown:
+            raise ValueError(
+                f"variant {self.name}: params {sorted(unknown)} cannot be set; "
+                f"known: {sorted(_VARIANT_PARAMS)}"
+            )
+        return self
+
+
+_VARIANT_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "reasoning_effort",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+    }
+)
+
+
+class GuardrailConfig(_Strict):
+    """Bounds a variant must keep against control; a significant breach stops it."""
+
+    max_cost_per_task_ratio: float | None = Field(default=None, gt=1)
+    max_p95_latency_ratio: float | None = Field(default=None, gt=1)
+
+
+class StopConfig(_Strict):
+    """When an experiment may give its verdict."""
+
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_units_per_variant: int = Field(default=200, ge=2)
+    # The smallest difference worth finding: absolute for the success rate, relative
+    # for cost and latency. Below it, a settled interval reads "no difference".
+    min_effect: float | None = Field(default=None, gt=0)
+
+
+class ExperimentConfig(_Strict):
+    """An A/B test: units split between variants by weight, judged against control."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    applies_to: ExperimentScope
+    unit: Literal["session", "user", "run", "request"] = "session"
+    variants: list[VariantConfig] = Field(min_length=2)
+    control: str = "control"
+    metric: Literal["success", "cost", "latency"] = "success"
+    guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    # Once the verdict names a winner, send every unit to it.
+    promote: bool = False
+    # How often a server judges an experiment with guardrails or promotion (and every
+    # replica applies what the last verdict decided).
+    check_every_s: float = Field(default=60.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiments.{self.name}: variant names repeat: {names}")
+        if self.control not in names:
+            raise ValueError(
+                f"experiments.{self.name}: control {self.control!r} is not a variant; "
+                f"variants: {names}"
+            )
+        if not any(v.weight > 0 for v in self.variants):
+            raise ValueError(
+                f"experiments.{self.name}: at least one variant needs a weight above 0"
+            )
+        if self.applies_to.agent is None and self.unit == "run":
+            raise ValueError(f"experiments.{self.name}: unit run is for agent experiments")
+        return self
+
+
 class AgentConfig(_Strict):
     """An agent the server can run, by the import path of an `Agent` object."""
 
@@ -491,6 +608,42 @@ class TracingConfig(_Strict):
         )
 
 
+class ScalingConfig(_Strict):
+    """`areion_desired_replicas`: how many replicas the forecast load needs."""
+
+    enabled: bool = True
+    # Calls one replica should have in flight at most; the signal is the expected calls
+    # in flight (forecast arrival rate x p95 service time) divided by this.
+    target_concurrency_per_replica: float = Field(default=8.0, gt=0)
+    # How far ahead the forecast looks (about the time a new replica takes to serve).
+    horizon_s: float = Field(default=900.0, ge=0, le=86_400)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=100, ge=1)
+    # Days of arrivals the time-of-day profile is learned from (kept in the store).
+    history_days: int = Field(default=14, ge=1, le=90)
+    # The zone whose clock the daily and weekly pattern follows (an IANA name).
+    timezone: str = "UTC"
+    # The service time assumed until this replica has seen calls finish.
+    service_time_s: float = Field(default=1.0, gt=0)
+    # How often each replica adds its arrival counts to the store and reads everyone's.
+    flush_s: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        try:
+            if self.timezone != "UTC":  # needs no time zone database
+                zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"timezone '{self.timezone}' is not a known time zone; use an IANA "
+                "name such as Europe/Paris or UTC (zones other than UTC need the system's "
+                "time zone database, or `pip install tzdata`)"
+            ) from None
+        return self
+
+
 class Config(_Strict):
     """The whole configuration."""
 
@@ -514,7 +667,9 @@ class Config(_Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     lanes: LanesConfig = Field(default_factory=LanesConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     def _check_local(self) -> set[str]:
         """The groups of `provider: local` (embeddings only); none may have deployments of
@@ -612,6 +767,25 @@ class Config(_Strict):
                 raise ValueError(
                     f"limits.models[{i}].model: '{limit.model}' is not a model or route name"
                 )
+        # An agent experiment may name an agent defined in code, not in `agents:`: the
+        # runtime matches it by name when it runs.
+        seen_experiments: set[str] = set()
+        for experiment in self.experiments:
+            where = f"experiments.{experiment.name}"
+            if experiment.name in seen_experiments:
+                raise ValueError(f"{where}: experiment names must be unique")
+            seen_experiments.add(experiment.name)
+            scope = experiment.applies_to
+            if scope.model is not None and scope.model not in groups:
+                raise ValueError(f"{where}.applies_to.model: '{scope.model}' is not a model name")
+            if scope.route is not None and scope.route not in route_names:
+                raise ValueError(f"{where}.applies_to.route: '{scope.route}' is not a route name")
+            for variant in experiment.variants:
+                aimed = variant.model or variant.route
+                if aimed is not None and aimed not in known:
+                    raise ValueError(
+                        f"{where}.variants.{variant.name}: '{aimed}' is not a model or route name"
+                    )
         if not self.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
             # Only the scheme is echoed: a URL may carry a password.
             shown = self.store.partition("://")[0] + "://..." if "://" in self.store else self.store

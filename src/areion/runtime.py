@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -20,7 +21,7 @@ from areion.agent.agent import Agent
 from areion.agent.events import Event
 from areion.agent.loop import RunResult
 from areion.agent.memory import SessionMemory
-from areion.agent.runner import AgentRunner
+from areion.agent.runner import AgentRunner, RunNotFoundError
 from areion.cache.exact import ExactCache
 from areion.cache.plans import PlanCache
 from areion.cache.vectors import EmbeddingCache
@@ -54,10 +55,18 @@ from areion.providers.base import HttpTransport
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.counters import Counters, FailOpenCounters
-from areion.store.records import SessionTurn
+from areion.store.records import OutcomeRecord, SessionTurn
 from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
+from areion.telemetry.experiments import (
+    Assignment,
+    ExperimentNotFoundError,
+    Experiments,
+    OutcomeTargetError,
+)
+from areion.telemetry.scaling import ScalingSignal
+from areion.telemetry.verdicts import ExperimentReport, Judge
 from areion.tokenizer import count_each
 from areion.types import (
     ChatRequest,
@@ -81,6 +90,8 @@ log = logging.getLogger("areion.runtime")
 # A random per-process prefix and a counter: unique across replicas and restarts,
 # without a system call per request.
 _ID_PREFIX = "req_" + os.urandom(8).hex()
+# An experiment's parameters that are fields of `ChatRequest`; the others go in `extra`.
+_REQUEST_FIELDS = frozenset({"temperature", "top_p", "max_tokens"})
 _ID_COUNTER = itertools.count()
 
 
@@ -122,6 +133,9 @@ class CallOptions:
     """The name of that run's agent."""
     session: str | None = None
     """The session the call belongs to."""
+    variant: str | None = None
+    """The experiment variant (`experiment:variant`) the call is served by, when its run
+    was assigned one; a call without one may be assigned one of a plain-call experiment."""
 
 
 class Runtime:
@@ -155,6 +169,8 @@ class Runtime:
         self._counters = counters
         self._warned_shared_down = 0.0
         self.ledger = Ledger(self.store)
+        self.experiments = Experiments(self.config.experiments)
+        self.judge = Judge(self.store, self.experiments, registry=self.metrics.registry)
         self.metrics.ledger_pending.set_function(lambda: self.ledger.pending)
         self._max_pending = self.config.ledger.max_pending_rows
         groups = build_groups(self.config, self.metrics, embedder=lambda: self.embedder)
@@ -190,6 +206,7 @@ class Runtime:
             lease_ttl_s=self.config.runs.lease_ttl_s,
             tracing=self.tracing,
             on_drive=self.metrics.agent_drive,
+            experiments=self.experiments,
         )
         # API keys of the config and the store (the server authenticates with it).
         self.keys = KeyRing(self.config.auth, self.store)
@@ -197,6 +214,14 @@ class Runtime:
         if self.tracing is not None:
             # Outermost: a refused call (429, 402) and a cache hit have their span too.
             stages.append(self.tracing.stage())
+        # First: every arrival counts toward the scaling signal, refused ones included.
+        self.scaling: ScalingSignal | None = None
+        if self.config.scaling.enabled:
+            self.scaling = ScalingSignal(
+                self.config.scaling, self.store, elsewhere=self._in_flight_elsewhere
+            )
+            self.scaling.register(self.metrics.registry)
+            stages.append(self.scaling)
         # Admission first: a cache hit still counts as a request and is reconciled to 0.
         # Always there: a key made in the store later may carry limits or a model list
         # (a call with nothing to check passes straight through).
@@ -392,6 +417,12 @@ class Runtime:
             registry=self.metrics.registry,
         )
 
+    def _in_flight_elsewhere(self) -> int:
+        """Upstream calls the other replicas have in flight, as they last reported."""
+        if self.gateway.fleet is None:
+            return 0
+        return sum(d.remote_outstanding for d in self.gateway.deployments.values())
+
     def _solver(self) -> SolverFn | None:
         if not any(route.solver for route in self.config.routes):
             return None
@@ -473,6 +504,8 @@ class Runtime:
             annotations["agent"] = options.agent
         if options.session:
             annotations["session"] = options.session
+        if options.variant:
+            annotations["variant"] = options.variant
 
     def _start_background(self) -> None:
         """Probes, load reports and notices, in the running loop (once)."""
@@ -480,7 +513,11 @@ class Runtime:
         self.load_probe.start()
         if self.gateway.fleet is not None:
             self.gateway.fleet.start()
+        if self.scaling is not None:
+            self.scaling.start()
         self._listening = asyncio.get_running_loop().create_task(self.shared.start())
+        if self.experiments:
+            self.judge.start(min(c.check_every_s for c in self.experiments.configs))
 
     async def start(self) -> None:
         """Start what runs in the background (the server does it at start; otherwise the
@@ -502,14 +539,51 @@ class Runtime:
         """The answer to `request` in the shape it asks for: a `ChatStream` when
         `request.stream` is set (returned once its first chunk has arrived), else a
         `ChatResponse`."""
-        call = self._begin(request, options)
         model = request.model  # the name asked for; a route retargets the call
+        if not self.experiments or options.variant:
+            call = self._begin(request, options)
+        else:
+            self._admit_model(model, options)  # 404 before a variant changes the name
+            if options.request_id is None:
+                options = dataclasses.replace(options, request_id=new_request_id())
+            assignment = self._assign(request, options)
+            call = self._begin(request, options)
+            if assignment is not None:
+                call.annotations["variant"] = assignment.label
+                if request.model != model:
+                    call.annotations["asked_model"] = model  # what the key's list is checked on
         try:
-            return await self._handler(call)
+            result = await self._handler(call)
         except LimitError as error:
             # Counted here: admission refuses before accounting sees the call.
             self.metrics.refusal(model, error.code)
             raise
+        if "variant" in call.annotations:
+            result.info["experiment"] = call.annotations["variant"]
+        return result
+
+    def _assign(self, request: ChatRequest, options: CallOptions) -> Assignment | None:
+        """The experiment variant of a plain call, applied to `request`: its model or
+        route, its parameters."""
+        assert options.request_id is not None
+        assignment = self.experiments.for_call(
+            request.model,
+            request_id=options.request_id,
+            session=options.session,
+            user=options.user or request.user,
+        )
+        if assignment is None:
+            return None
+        variant = assignment.variant
+        target = variant.model or variant.route
+        if target is not None:
+            request.model = target
+        for name, value in variant.params.items():
+            if name in _REQUEST_FIELDS:
+                setattr(request, name, value)
+            else:
+                request.extra[name] = value
+        return assignment
 
     async def chat(
         self,
@@ -526,6 +600,7 @@ class Runtime:
         run_id: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        variant: str | None = None,
     ) -> ChatResponse:
         """The whole answer to `request` (whose `stream` flag is ignored).
 
@@ -535,6 +610,7 @@ class Runtime:
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
             priority=priority, user=user, run_id=run_id, agent=agent, session=session,
+            variant=variant,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatResponse)
@@ -555,6 +631,7 @@ class Runtime:
         run_id: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        variant: str | None = None,
     ) -> ChatStream:
         """The answer as a `ChatStream`; returns once its first chunk has arrived.
 
@@ -564,16 +641,68 @@ class Runtime:
         options = CallOptions(
             tenant=tenant, request_id=request_id, cache=cache, tier=tier, tags=tags, key=key,
             priority=priority, user=user, run_id=run_id, agent=agent, session=session,
+            variant=variant,
         )  # fmt: skip
         result = await self.answer(request, options)
         assert isinstance(result, ChatStream)
         return result
+
+    # -- experiments --------------------------------------------------------------
+
+    async def experiment_report(self, name: str, *, over_time: bool = False) -> ExperimentReport:
+        """Experiment `name`'s figures and verdict now (what it decides is carried out:
+        a stopped variant's units back to control, a promoted winner for all)."""
+        if self.experiments.get(name) is None:
+            known = ", ".join(c.name for c in self.experiments.configs) or "none configured"
+            raise ExperimentNotFoundError(
+                f"no experiment '{name[:100]}'; experiments: {known}", param="name"
+            )
+        return await self.judge.report(name, over_time=over_time)
+
+    async def record_outcome(
+        self,
+        *,
+        success: bool,
+        tenant: str = "default",
+        run_id: str | None = None,
+        request_id: str | None = None,
+        session: str | None = None,
+        score: float | None = None,
+    ) -> None:
+        """Record whether a task succeeded: an agent run, a call (Areion's request id,
+        `x-request-id` of its answer), or a whole session. Experiments judge success
+        by it; a later outcome for the same target replaces it."""
+        targets = [
+            (k, v) for k, v in (("run", run_id), ("request", request_id), ("session", session)) if v
+        ]
+        if len(targets) != 1:
+            raise RequestError("name exactly one of run_id, request_id or session", param="run_id")
+        kind, target = targets[0]
+        if kind == "run" and await self.store.load_run(target, tenant=tenant) is None:
+            raise RunNotFoundError(f"you have no run '{target[:100]}'", param="run_id")
+        if kind == "request" and not await self.store.has_request(tenant, target):
+            raise OutcomeTargetError(
+                f"you have no call of request id '{target[:100]}' (Areion's x-request-id)",
+                param="request_id",
+            )
+        await self.store.record_outcome(
+            OutcomeRecord(
+                tenant=tenant,
+                kind=kind,  # type: ignore[arg-type]
+                target=target,
+                success=success,
+                score=score,
+                created=time.time(),
+            )
+        )
 
     # -- embeddings ---------------------------------------------------------------
 
     def _embedding_path(self, accounting: Accounting) -> EmbeddingHandler:
         """The embeddings chain: the stages that apply to them, around `Gateway.embed`."""
         stages: list[EmbeddingStage] = [self.admission]
+        if self.scaling is not None:
+            stages.insert(0, self.scaling)
         if self.tracing is not None:
             stages.insert(0, self.tracing.stage())
         self.embedding_cache: EmbeddingCache | None = None
@@ -733,6 +862,7 @@ class Runtime:
         await self.load_probe.aclose()
         if self.gateway.fleet is not None:
             await self.gateway.fleet.aclose()
+        await self.judge.aclose()
         await self.admission.drain()
         if self.exact_cache is not None:
             await self.exact_cache.drain()
@@ -744,6 +874,8 @@ class Runtime:
             await self.agents.plans.aclose()
         await self.ledger.aclose()
         await self.gateway.aclose()
+        if self.scaling is not None:
+            await self.scaling.aclose()
         await self.store.aclose()
         await self.shared.aclose()
         if self.tracing is not None:

@@ -22,6 +22,8 @@ from areion.store.records import (
     ApiKeyRecord,
     CacheEntryRecord,
     Checkpoint,
+    ExperimentState,
+    OutcomeRecord,
     ResponseRecord,
     RunRecord,
     SessionSummary,
@@ -172,6 +174,42 @@ async def test_a_version_1_schema_gains_the_responses_table_and_keeps_its_rows(
         await admin.close()
 
 
+async def test_a_version_2_schema_gains_the_arrivals_table_and_keeps_its_rows(
+    url: str,
+) -> None:
+    import asyncpg
+
+    schema = url.partition("schema=")[2].partition("&")[0]
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        # A database made by the Areion before arrivals were counted.
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        await admin.execute(f'SET search_path = "{schema}"')
+        for migration in MIGRATIONS[:2]:
+            await admin.execute(migration)
+        await admin.execute("CREATE TABLE schema_version (version integer)")
+        await admin.execute("INSERT INTO schema_version VALUES (2)")
+        await admin.execute(
+            "INSERT INTO ledger (request_id, tenant, model, deployment, upstream_model, "
+            "prompt_tokens, completion_tokens, cached_tokens, cost_usd, estimated, latency_s, "
+            "created) VALUES ('old', 'team-a', 'fast', 'd', 'u', 1, 2, 0, 0.5, false, 0.1, 1.0)"
+        )
+    finally:
+        await admin.close()
+    store = PostgresStore(url)
+    try:
+        assert [e.request_id for e in await store.ledger()] == ["old"]
+        await store.add_arrivals({540: 2})
+        assert await store.arrivals(since=0) == {540: 2}
+    finally:
+        await store.aclose()
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        assert await admin.fetchval(f'SELECT version FROM "{schema}".schema_version') == VERSION
+    finally:
+        await admin.close()
+
+
 async def test_a_schema_newer_than_this_areion_is_refused(url: str) -> None:
     import asyncpg
 
@@ -260,6 +298,15 @@ def _every_method(store: Store) -> dict[str, Callable[[], Awaitable[Any]]]:
         "get_response": lambda: store.get_response("t", "resp_1"),
         "spend": lambda: store.spend(SpendQuery(group_by=("tenant",), since=0.0, until=1.0)),
         "run_stats": lambda: store.run_stats(since=0.0, until=1.0),
+        "add_arrivals": lambda: store.add_arrivals({60: 1}),
+        "record_outcome": lambda: store.record_outcome(
+            OutcomeRecord(tenant="t", kind="run", target="r", success=True)
+        ),
+        "has_request": lambda: store.has_request("t", "req_1"),
+        "experiment_units": lambda: store.experiment_units("e", unit="session", runs=True),
+        "experiment_state": lambda: store.experiment_state("e"),
+        "set_experiment_state": lambda: store.set_experiment_state(ExperimentState(name="e")),
+        "arrivals": lambda: store.arrivals(since=0),
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from areion.store import SQLiteStore, Store
+from areion.store.postgres_schema import VERSION
 from areion.store.rollups import DIMENSIONS, SpendQuery, merge
 from areion.types import LedgerEntry
 from tests.pg import fresh_schema
@@ -262,7 +263,7 @@ async def test_a_postgres_schema_at_version_2_migrates() -> None:
                 "NULL, $1::areion_ledger_row[], NULL, NULL)",
                 [late],
             )
-            assert await admin.fetchval("SELECT max(version) FROM schema_version") == 3
+            assert await admin.fetchval("SELECT max(version) FROM schema_version") == VERSION
         finally:
             await admin.close()
         store = PostgresStore(url)

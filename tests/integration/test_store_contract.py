@@ -18,6 +18,8 @@ from areion.store.records import (
     ApiKeyRecord,
     CacheEntryRecord,
     Checkpoint,
+    ExperimentState,
+    OutcomeRecord,
     ResponseRecord,
     RunRecord,
     SessionSummary,
@@ -742,6 +744,22 @@ async def test_responses_outlive_the_store(backend: Backend) -> None:
     assert found is not None and len(found.conversation) == 4
 
 
+# -- arrivals (the scaling signal's history) -------------------------------------------
+
+
+async def test_arrivals_of_every_replica_add_up_per_minute(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    await first.add_arrivals({0: 3, 60: 1})
+    await asyncio.gather(second.add_arrivals({60: 4, 120: 2}), first.add_arrivals({120: 5}))
+    assert await second.arrivals(since=0) == {0: 3, 60: 5, 120: 7}
+    assert await first.arrivals(since=60) == {60: 5, 120: 7}
+    await first.add_arrivals({}, forget_before=120)  # old minutes go
+    assert await second.arrivals(since=0) == {120: 7}
+    await first.aclose()
+    again = backend.open()  # a restarted replica still knows them
+    assert await again.arrivals(since=0) == {120: 7}
+
+
 # -- opening ---------------------------------------------------------------------------
 
 
@@ -771,3 +789,65 @@ async def test_a_closed_store_refuses_work(store: Store) -> None:
         await store.ledger()
     with pytest.raises(RuntimeError, match="closed"):
         await store.append_ledger([_entry("s")])
+
+
+# -- experiments -----------------------------------------------------------------------
+
+
+async def test_an_experiments_units_come_from_its_ledger_rows_runs_and_outcomes(
+    store: Store,
+) -> None:
+    label = "prompt-v2:{}"
+    # Three sessions: s1 (control, two finished runs), s2 (v2, one finished, one failed),
+    # s3 (both variants: a weight changed), and a run of another experiment.
+    runs = [
+        ("r1", "s1", "control", "finished"), ("r2", "s1", "control", "finished"),
+        ("r3", "s2", "v2", "finished"), ("r4", "s2", "v2", "failed"),
+        ("r5", "s3", "control", "finished"), ("r6", "s3", "v2", "finished"),
+        ("r7", "s4", "other", "finished"),
+    ]  # fmt: skip
+    entries = []
+    for n, (run_id, session, variant, status) in enumerate(runs):
+        await store.create_run(_run(run_id, session=session, created=100.0, updated=100.0 + n), [])
+        row = _run(run_id, session=session, status=status, created=100.0, updated=102.0 + n)
+        await store.checkpoint(Checkpoint(run=row))
+        name = "other-exp:a" if variant == "other" else label.format(variant)
+        entries += [
+            _entry(f"{run_id}-0", run_id=run_id, session=session, variant=name, cost_usd=0.25),
+            _entry(f"{run_id}-1", run_id=run_id, session=session, variant=name, cost_usd=0.5),
+        ]
+    await store.append_ledger(entries)
+    # r2's application says it failed; s2 as a whole succeeded (r3 and r4 have no
+    # outcome of their own); another tenant's outcome for r1 changes nothing.
+    await store.record_outcome(
+        OutcomeRecord(tenant="team-a", kind="run", target="r2", success=False)
+    )
+    await store.record_outcome(
+        OutcomeRecord(tenant="team-a", kind="session", target="s2", success=True)
+    )
+    await store.record_outcome(
+        OutcomeRecord(tenant="team-b", kind="run", target="r1", success=False)
+    )
+    rows = await store.experiment_units("prompt-v2", unit="session", runs=True)
+    by_variant = {(r[0], r[1]): r for r in rows}
+    assert len(rows) == 3
+    control = by_variant[("prompt-v2:control", "prompt-v2:control")]
+    assert [float(x) for x in control[2:8]] == [2, 2, 1, 1.5, 2 * 2 * 1540, 2.5]
+    v2 = by_variant[("prompt-v2:v2", "prompt-v2:v2")]
+    assert [float(x) for x in v2[2:5]] == [2, 2, 2]
+    assert ("prompt-v2:control", "prompt-v2:v2") in by_variant  # s3: crossed
+    assert await store.has_request("team-a", "r1-0")
+    assert not await store.has_request("team-b", "r1-0")
+
+
+async def test_an_experiments_state_is_kept(store: Store) -> None:
+    assert await store.experiment_state("e") is None
+    await store.set_experiment_state(
+        ExperimentState(name="e", verdict="stopped by guardrail", stopped=("v2",), updated=5.0)
+    )
+    await store.set_experiment_state(
+        ExperimentState(name="e", verdict="winner: v3", stopped=("v2",), promoted="v3", updated=6.0)
+    )
+    state = await store.experiment_state("e")
+    assert state is not None
+    assert (state.verdict, state.stopped, state.promoted) == ("winner: v3", ("v2",), "v3")

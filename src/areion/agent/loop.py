@@ -69,6 +69,7 @@ class ModelHost(Protocol):
         run_id: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        variant: str | None = None,
     ) -> ChatResponse: ...
 
     async def chat_stream(
@@ -80,6 +81,7 @@ class ModelHost(Protocol):
         run_id: str | None = None,
         agent: str | None = None,
         session: str | None = None,
+        variant: str | None = None,
     ) -> ChatStream: ...
 
     def cognitive_error(self, agent: str, kind: str) -> None: ...
@@ -178,9 +180,13 @@ class RunDriver:
         on_finish: Callable[[RunRecord], Any] | None = None,
         fence: int = 0,
         tracing: Tracing | None = None,
+        variant: str = "",
     ) -> None:
         self.host = host
         self.tracing = tracing
+        self.variant = variant
+        """The experiment variant (`experiment:variant`) the run is served by, if any:
+        booked on every model call and tool cost of the run."""
         """Traces (an `execute_tool` span per tool call), when on."""
         self.fence = fence
         """The driver's fencing token (its lease's): its checkpoints carry it."""
@@ -334,6 +340,7 @@ class RunDriver:
                 run_id=self.run.run_id,
                 agent=self.agent.name,
                 session=self.run.session,
+                variant=self.variant or None,
             )
             message = response.message.to_openai()
             usage = response.usage or Usage()
@@ -391,6 +398,7 @@ class RunDriver:
             run_id=self.run.run_id,
             agent=self.agent.name,
             session=self.run.session,
+            variant=self.variant or None,
         )
         assembler = MessageAssembler()
         async for chunk in stream:
@@ -671,6 +679,7 @@ class RunDriver:
                 run_id=self.run.run_id,
                 agent=self.agent.name,
                 session=self.run.session or "",
+                variant=self.variant,
             )
         )
 

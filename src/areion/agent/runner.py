@@ -22,6 +22,7 @@ from areion.types import Message
 
 if TYPE_CHECKING:
     from areion.cache.plans import PlanCache
+    from areion.telemetry.experiments import Experiments
     from areion.telemetry.tracing import Tracing
 
 __all__ = ["AgentRunner", "RunBusyError", "RunExistsError", "RunNotFoundError", "new_run_id"]
@@ -75,9 +76,11 @@ class AgentRunner:
         lease_ttl_s: float = 15.0,
         tracing: Tracing | None = None,
         on_drive: Callable[[str, str, float], None] | None = None,
+        experiments: Experiments | None = None,
     ) -> None:
         self._host = host
         self._tracing = tracing
+        self._experiments = experiments
         self._on_drive = on_drive  # (agent, status, seconds) after each drive: metrics
         self._store = store
         self._shared = shared
@@ -226,6 +229,16 @@ class AgentRunner:
         resumed: bool,
     ) -> RunResult:
         run = snapshot.run
+        variant = ""
+        if self._experiments:
+            # Found again from the run on every drive (a resume, another replica's
+            # takeover): the same unit gets the same variant.
+            assignment = self._experiments.for_run(
+                agent.name, run_id=run.run_id, session=run.session, user=None
+            )
+            if assignment is not None:
+                agent = assignment.agent(agent)
+                variant = assignment.label
         lease: RunLease | None = None
         if self._shared is not None:
             lease = RunLease(self._shared, f"run:{run.tenant}:{run.run_id}", ttl_s=self.lease_ttl_s)
@@ -246,6 +259,7 @@ class AgentRunner:
             on_finish=self._finished,
             fence=0 if lease is None else lease.fence,
             tracing=self._tracing,
+            variant=variant,
         )
         started = time.perf_counter()
         try:
@@ -273,7 +287,7 @@ class AgentRunner:
         run, agent = driver.run, driver.agent
         with self._tracing.invoke_agent(
             agent=agent.name, model=agent.model, run_id=run.run_id, tenant=run.tenant,
-            session=run.session, resumed=resumed,
+            session=run.session, resumed=resumed, variant=driver.variant,
         ) as span:  # fmt: skip
             result = await driver.drive(resumed=resumed)
             self._tracing.agent_done(

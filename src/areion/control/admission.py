@@ -271,9 +271,12 @@ class Admission:
         """Check the key's model list and the per-request caps, take from the rate buckets
         and reserve in the budget windows (the hold goes in `annotations`), or refuse
         having taken nothing."""
-        if policy.models is not None and request.model not in policy.models:
+        # An experiment's variant may send the call elsewhere: the key is checked on
+        # the name the client asked for.
+        asked = annotations.get("asked_model", request.model)
+        if policy.models is not None and asked not in policy.models:
             raise ModelNotAllowedError(
-                f"key '{policy.key}' may not use model '{request.model}'; it may use: "
+                f"key '{policy.key}' may not use model '{asked}'; it may use: "
                 + ", ".join(sorted(policy.models)),
                 param="model",
             )

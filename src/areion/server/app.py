@@ -29,6 +29,7 @@ from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.completions import CompletionsApi
 from areion.server.dashboard import DashboardApi
 from areion.server.embeddings import EmbeddingsApi
+from areion.server.experiments import ExperimentsApi
 from areion.server.guard import LimitBody
 from areion.server.messages import MessagesApi
 from areion.server.ops import OpsApi
@@ -241,6 +242,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *EmbeddingsApi(runtime, api.identity).routes(),
             *OpsApi(runtime).routes(),
             *SpendApi(runtime, api.identity).routes(),
+            *ExperimentsApi(runtime, api.identity).routes(),
             *runs.routes(),
             *cache.routes(),
             *admin.routes(),

@@ -57,6 +57,7 @@ def call_options(
         key=key,
         priority=request.headers.get("x-areion-priority") or None,
         user=request.headers.get("x-areion-user", "")[:128] or None,
+        session=request.headers.get("x-areion-session", "")[:128] or None,
     )
 
 
@@ -82,6 +83,7 @@ _INFO_HEADERS = {
     "score": "x-areion-cache-score",  # and how sure its verifier was
     "route": "x-areion-route",  # the route asked for
     "route_reason": "x-areion-route-reason",  # why it picked the model it did
+    "experiment": "x-areion-experiment",  # experiment:variant that served the call
 }
 
 

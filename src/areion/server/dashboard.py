@@ -631,7 +631,25 @@ class DashboardApi:
             body["model_limits"] = [
                 {"model": m.model, "rpm": m.rpm, "tpm": m.tpm} for m in config.limits.models
             ]
+            body["scaling"] = self._scaling()
         return json_response(body)
+
+    def _scaling(self) -> dict[str, Any] | None:
+        """`areion_desired_replicas` and what it is made of (None: scaling is off)."""
+        signal = self.runtime.scaling
+        if signal is None:
+            return None
+        desired = signal.desired()
+        forecast = desired.forecast
+        return {
+            "desired_replicas": desired.replicas,
+            "forecast_rate": forecast.rate,
+            "recent_rate": forecast.recent_rate,
+            "level": forecast.level,
+            "history_days": forecast.days,
+            "service_time_p95_s": desired.service_time_s,
+            "in_flight": desired.in_flight,
+        }
 
     def _lanes(self) -> list[dict[str, Any]]:
         out = []

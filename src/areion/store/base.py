@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from areion.store.records import (
@@ -10,6 +10,8 @@ from areion.store.records import (
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ExperimentState,
+    OutcomeRecord,
     ResponseRecord,
     RunRecord,
     RunSnapshot,
@@ -193,6 +195,45 @@ class Store(Protocol):
     async def get_response(self, tenant: str, response_id: str) -> StoredResponse | None:
         """`tenant`'s response of that id, with the conversation through it; None if the
         tenant has none of that id (whoever else has)."""
+        ...
+
+    # -- experiments ------------------------------------------------------------------
+
+    async def record_outcome(self, outcome: OutcomeRecord) -> None:
+        """Keep a task's outcome (a later one for the same target replaces it)."""
+        ...
+
+    async def has_request(self, tenant: str, request_id: str) -> bool:
+        """Whether `tenant`'s ledger has a call of Areion's request id `request_id`."""
+        ...
+
+    async def experiment_units(
+        self, name: str, *, unit: str, runs: bool, since: float = 0.0
+    ) -> list[tuple[Any, ...]]:
+        """The units of experiment `name` seen since `since`, one row per unit (the
+        columns of `store.experiments_sql.UNIT_COLUMNS`): from the ledger rows its
+        variants booked, with the runs (`runs`: agent experiments) and the outcomes."""
+        ...
+
+    async def experiment_state(self, name: str) -> ExperimentState | None:
+        """What the verdict of experiment `name` last changed; None before any."""
+        ...
+
+    async def set_experiment_state(self, state: ExperimentState) -> None:
+        """Record a verdict and what it changes (stopped variants, a promoted winner)."""
+
+    # -- arrivals (the scaling signal's history) ------------------------------------
+
+    async def add_arrivals(
+        self, counts: Mapping[int, int], *, forget_before: int | None = None
+    ) -> None:
+        """Add request arrivals per minute (the Unix time of the minute's start -> how
+        many arrived) to what every replica added; drop minutes before `forget_before`."""
+        ...
+
+    async def arrivals(self, *, since: int) -> dict[int, int]:
+        """Every replica's arrivals per minute, for the minutes starting at `since` or
+        later (minutes nobody saw a request in are absent)."""
         ...
 
     async def aclose(self) -> None:

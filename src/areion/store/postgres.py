@@ -11,13 +11,21 @@ messages and events are stored as the JSON text orjson makes of them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 
 from areion.errors import FencedError
+from areion.store.experiments_sql import (
+    EXPERIMENT_STATE_GET,
+    EXPERIMENT_STATE_PUT,
+    OUTCOME_PUT,
+    REQUEST_EXISTS,
+    numbered,
+    units_query,
+)
 from areion.store.postgres_batch import (
     CACHE,
     CALLS,
@@ -46,6 +54,8 @@ from areion.store.records import (
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ExperimentState,
+    OutcomeRecord,
     ResponseRecord,
     RunRecord,
     RunSnapshot,
@@ -110,6 +120,12 @@ RETURNING {API_KEY_COLUMNS}
 
 # One statement: the previous response is checked by the insert itself (no row
 # returned: the tenant has no such previous response; responses are never deleted).
+_ADD_ARRIVALS = """
+INSERT INTO arrivals (start, count)
+SELECT * FROM unnest($1::bigint[], $2::bigint[])
+ON CONFLICT (start) DO UPDATE SET count = arrivals.count + excluded.count
+"""
+
 _PUT_RESPONSE = """
 INSERT INTO responses (tenant, response_id, previous_response_id, model, created, messages, body)
 SELECT $1, $2, $3, $4, $5, $6, $7
@@ -131,6 +147,12 @@ WITH RECURSIVE chain AS (
 SELECT response_id, previous_response_id, model, created, messages, body
 FROM chain ORDER BY depth DESC
 """
+
+
+_OUTCOME_PUT = numbered(OUTCOME_PUT)
+_REQUEST_EXISTS = numbered(REQUEST_EXISTS)
+_EXPERIMENT_STATE_GET = numbered(EXPERIMENT_STATE_GET)
+_EXPERIMENT_STATE_PUT = numbered(EXPERIMENT_STATE_PUT)
 
 
 class PostgresStore:
@@ -543,6 +565,65 @@ class PostgresStore:
             body=orjson.loads(last[5]),
         )
         return StoredResponse(record=record, conversation=conversation)
+
+    # -- experiments ------------------------------------------------------------------
+
+    async def record_outcome(self, outcome: OutcomeRecord) -> None:
+        await self._fetchval(
+            _OUTCOME_PUT,
+            outcome.tenant, outcome.kind, outcome.target, int(outcome.success), outcome.score,
+            outcome.created,
+        )  # fmt: skip
+
+    async def has_request(self, tenant: str, request_id: str) -> bool:
+        return await self._fetchval(_REQUEST_EXISTS, request_id, tenant) is not None
+
+    async def experiment_units(
+        self, name: str, *, unit: str, runs: bool, since: float = 0.0
+    ) -> list[tuple[Any, ...]]:
+        rows = await self._fetch(
+            numbered(units_query(unit, runs=runs)), f"{name}:", f"{name};", since
+        )
+        return [tuple(row) for row in rows]
+
+    async def experiment_state(self, name: str) -> ExperimentState | None:
+        row = await self._fetchrow(_EXPERIMENT_STATE_GET, name)
+        if row is None:
+            return None
+        return ExperimentState(
+            name=name, stopped=tuple(orjson.loads(row[0])), promoted=row[1], verdict=row[2]
+        )
+
+    async def set_experiment_state(self, state: ExperimentState) -> None:
+        await self._fetchval(
+            _EXPERIMENT_STATE_PUT,
+            state.name, orjson.dumps(list(state.stopped)).decode(), state.promoted,
+            state.verdict, state.updated,
+        )  # fmt: skip
+
+    # -- arrivals ----------------------------------------------------------------------
+
+    async def add_arrivals(
+        self, counts: Mapping[int, int], *, forget_before: int | None = None
+    ) -> None:
+        if not counts and forget_before is None:
+            return
+        starts, added = zip(*sorted(counts.items()), strict=True) if counts else ((), ())
+
+        async def add(connection: Connection) -> None:
+            async with connection.transaction():
+                await connection.execute(_ADD_ARRIVALS, list(starts), list(added))
+                if forget_before is not None:
+                    await connection.execute("DELETE FROM arrivals WHERE start < $1", forget_before)
+
+        # Not sent again: adding is not idempotent (a lost reply would count twice).
+        await self._connector.run(add, again=False)
+
+    async def arrivals(self, *, since: int) -> dict[int, int]:
+        rows = await self._fetch(
+            "SELECT start, count FROM arrivals WHERE start >= $1 ORDER BY start", since
+        )
+        return {int(row[0]): int(row[1]) for row in rows}
 
     async def aclose(self) -> None:
         if self._closed:

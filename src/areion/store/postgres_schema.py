@@ -19,6 +19,7 @@ write at a time so only the bad write's caller hears of it.
 
 from __future__ import annotations
 
+from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
 from areion.store.rollups import HISTOGRAM, rollup_upsert
 
 __all__ = [
@@ -522,6 +523,24 @@ CREATE OR REPLACE FUNCTION areion_write(
 $$;
 """
 
+# Experiments: outcomes posted by applications, each experiment's verdict state, and the
+# ledger's rows of experiments indexed by variant.
+_EXPERIMENTS = EXPERIMENT_TABLES + VARIANT_INDEX + ";\n"
+# Requests that arrived per minute, summed over every replica: what the scaling
+# signal's time-of-day profile is learned from (a migration of its own).
+_ARRIVALS = """
+CREATE TABLE arrivals (
+    start bigint PRIMARY KEY,                       -- Unix time of the minute's start
+    count bigint NOT NULL
+);
+"""
+
 # MIGRATIONS[i] brings a schema at version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_TABLES + _TYPES + _WRITE_FUNCTION, _RESPONSES, _ATTRIBUTION)
+MIGRATIONS: tuple[str, ...] = (
+    _TABLES + _TYPES + _WRITE_FUNCTION,
+    _RESPONSES,
+    _ATTRIBUTION,
+    _ARRIVALS,
+    _EXPERIMENTS,
+)
 VERSION = len(MIGRATIONS)

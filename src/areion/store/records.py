@@ -15,6 +15,8 @@ __all__ = [
     "CacheEntryRecord",
     "CacheTier",
     "Checkpoint",
+    "ExperimentState",
+    "OutcomeRecord",
     "ResponseRecord",
     "RunRecord",
     "RunSnapshot",
@@ -251,3 +253,40 @@ class StoredResponse:
     conversation: list[dict[str, Any]]
     """The messages of every response of its `previous_response_id` chain, oldest
     first, its own last: what a request continuing it starts from."""
+
+
+OutcomeKind = Literal["run", "request", "session"]
+
+
+@dataclass(slots=True, kw_only=True)
+class OutcomeRecord:
+    """Whether a task succeeded, as the application says (`POST /v1/outcomes`)."""
+
+    tenant: str
+    """Whose task."""
+    kind: OutcomeKind
+    """What `target` names: an agent run, a request, or a whole session."""
+    target: str
+    """The run id, Areion's request id, or the session."""
+    success: bool
+    """Whether it succeeded."""
+    score: float | None = None
+    """An optional grade, kept beside."""
+    created: float = 0.0
+    """Unix time it was posted; a later outcome for the same target replaces it."""
+
+
+@dataclass(slots=True, kw_only=True)
+class ExperimentState:
+    """What an experiment's verdict has changed, shared by every replica."""
+
+    name: str
+    """The experiment."""
+    verdict: str = "running"
+    """The last verdict."""
+    stopped: tuple[str, ...] = ()
+    """Variants a guardrail stopped: their units go back to control."""
+    promoted: str | None = None
+    """The winner every unit now gets (`promote: true`)."""
+    updated: float = 0.0
+    """Unix time of the last verdict."""

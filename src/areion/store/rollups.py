@@ -98,36 +98,39 @@ def _floor(expression: str, period: int | str, dialect: Dialect) -> str:
     return f"(floor(({expression}) / {period})::bigint * {period})"
 
 
-def _histogram_sums(bucket: str, sign: str = "", cast: str = "") -> list[str]:
-    """One `sum` per latency bucket: how many rows have `bucket` equal to it."""
-    return [f"{sign}sum(CASE WHEN {bucket} = {i} THEN 1 ELSE 0 END){cast}" for i in range(BUCKETS)]
-
-
 def rollup_upsert(source: str, dialect: Dialect, *, sign: str = "") -> str:
     """The statement adding the rows `source` selects (columns created, tenant, model,
     key_label, route, agent, cache, latency_s, prompt_tokens, completion_tokens,
     cost_usd, saved_usd) to the hour and day rollups; `sign` `-` takes them out."""
     key = ", ".join(ROLLUP_KEY)
     total = "" if dialect == "sqlite" else "::bigint"
+    periods = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
+    # The rows are made once (LIMIT -1 in SQLite, OFFSET 0 in PostgreSQL keep the planner
+    # from inlining them, which would search each row's bucket again in every sum).
+    once = "LIMIT -1" if dialect == "sqlite" else "OFFSET 0"
+    rows = f"SELECT r0.*, {bucket_sql('r0.latency_s')} AS b FROM ({source}) AS r0 {once}"
+    counted = (
+        (f"sum(r.b = {i})" for i in range(BUCKETS))
+        if dialect == "sqlite"
+        else (f"count(*) FILTER (WHERE r.b = {i})" for i in range(BUCKETS))
+    )
     sums = [
-        f"{sign}count(*)",
-        f"{sign}sum(r.prompt_tokens){total}",
-        f"{sign}sum(r.completion_tokens){total}",
-        f"{sign}sum(r.cost_usd)",
-        f"{sign}sum(CASE WHEN r.cache <> '' THEN 1 ELSE 0 END){total}",
-        f"{sign}sum(r.saved_usd)",
-        *_histogram_sums("r.b", sign, total),
+        "count(*)",
+        f"sum(r.prompt_tokens){total}",
+        f"sum(r.completion_tokens){total}",
+        "sum(r.cost_usd)",
+        f"sum(CASE WHEN r.cache <> '' THEN 1 ELSE 0 END){total}",
+        "sum(r.saved_usd)",
+        *counted,
     ]
     added = (*SUMS, *HISTOGRAM)
     updates = ", ".join(f"{c} = spend_rollup.{c} + excluded.{c}" for c in added)
-    periods = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
     # `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
     return (
         f"INSERT INTO spend_rollup (period, period_start, {key}, {', '.join(added)}) "
         f"SELECT p.period, {_floor('r.created', 'p.period', dialect)}, "
-        f"{', '.join('r.' + c for c in ROLLUP_KEY)}, {', '.join(sums)} "
-        f"FROM (SELECT r0.*, {bucket_sql('r0.latency_s')} AS b FROM ({source}) AS r0) AS r, "
-        f"{periods} AS p WHERE true "
+        f"{', '.join('r.' + c for c in ROLLUP_KEY)}, {', '.join(sign + x for x in sums)} "
+        f"FROM ({rows}) AS r, {periods} AS p WHERE true "
         f"GROUP BY {', '.join(str(i) for i in range(1, len(ROLLUP_KEY) + 3))} "
         f"ON CONFLICT (period, period_start, {key}) DO UPDATE SET {updates}"
     )

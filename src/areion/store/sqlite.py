@@ -13,17 +13,26 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
 
 from areion.errors import ConfigError, FencedError
+from areion.store.experiments_sql import (
+    EXPERIMENT_STATE_GET,
+    EXPERIMENT_STATE_PUT,
+    OUTCOME_PUT,
+    REQUEST_EXISTS,
+    units_query,
+)
 from areion.store.records import (
     ApiKeyRecord,
     CacheEntryRecord,
     CacheTier,
     Checkpoint,
+    ExperimentState,
+    OutcomeRecord,
     ResponseRecord,
     RunRecord,
     RunSnapshot,
@@ -36,6 +45,7 @@ from areion.store.rollups import SpendQuery, spend_sql
 from areion.store.run_pages import RunCall, RunPageQuery, RunRow, run_calls_sql, run_page_sql
 from areion.store.sqlite_reader import Reader
 from areion.store.sqlite_schema import (
+    ADD_ARRIVALS,
     API_KEY_COLUMNS,
     CACHE,
     CACHE_ENTRY_COLUMNS,
@@ -560,6 +570,85 @@ class SQLiteStore:
             return db.execute(RESPONSE_CHAIN, (tenant, response_id)).fetchall()
 
         return _stored_response(tenant, await self._read(read))
+
+    # -- experiments ------------------------------------------------------------------
+
+    async def record_outcome(self, outcome: OutcomeRecord) -> None:
+        row = (
+            outcome.tenant, outcome.kind, outcome.target, int(outcome.success), outcome.score,
+            outcome.created,
+        )  # fmt: skip
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(OUTCOME_PUT, row)
+
+        await self._apply(put)
+
+    async def has_request(self, tenant: str, request_id: str) -> bool:
+        def read(db: sqlite3.Connection) -> bool:
+            return db.execute(REQUEST_EXISTS, (request_id, tenant)).fetchone() is not None
+
+        return await self._read(read)
+
+    async def experiment_units(
+        self, name: str, *, unit: str, runs: bool, since: float = 0.0
+    ) -> list[tuple[Any, ...]]:
+        sql = units_query(unit, runs=runs)
+        span = (f"{name}:", f"{name};", since)
+
+        def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in db.execute(sql, span)]
+
+        return await self._read(read)
+
+    async def experiment_state(self, name: str) -> ExperimentState | None:
+        def read(db: sqlite3.Connection) -> Any:
+            return db.execute(EXPERIMENT_STATE_GET, (name,)).fetchone()
+
+        row = await self._read(read)
+        if row is None:
+            return None
+        return ExperimentState(
+            name=name, stopped=tuple(orjson.loads(row[0])), promoted=row[1], verdict=row[2]
+        )
+
+    async def set_experiment_state(self, state: ExperimentState) -> None:
+        row = (
+            state.name, orjson.dumps(list(state.stopped)).decode(), state.promoted,
+            state.verdict, state.updated,
+        )  # fmt: skip
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(EXPERIMENT_STATE_PUT, row)
+
+        await self._apply(put)
+
+    # -- arrivals ----------------------------------------------------------------------
+
+    async def add_arrivals(
+        self, counts: Mapping[int, int], *, forget_before: int | None = None
+    ) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(ADD_ARRIVALS, sorted(counts.items()))
+                if forget_before is not None:
+                    db.execute("DELETE FROM arrivals WHERE start < ?", (forget_before,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        if counts or forget_before is not None:
+            await self._apply(add)
+
+    async def arrivals(self, *, since: int) -> dict[int, int]:
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(
+                "SELECT start, count FROM arrivals WHERE start >= ? ORDER BY start", (since,)
+            ).fetchall()
+
+        return {int(start): int(count) for start, count in await self._read(read)}
 
     async def aclose(self) -> None:
         if self._closed:

@@ -3,9 +3,10 @@
 Every write (a checkpoint, a ledger batch, a cache entry...) is a few JSON
 fragments, one per kind of row. The writer thread joins the fragments of every
 write waiting in its queue into one JSON array per kind and inserts them all with
-ONE statement: an INSERT into a temporary view whose INSTEAD OF trigger fans the
-arrays out into the tables with `json_each`. One statement is one
-`sqlite3_step`, so the writer thread gives up and takes back the GIL once per
+ONE statement: an INSERT into a temporary view whose INSTEAD OF triggers fan the
+arrays out into the tables with `json_each` (the ledger's rows, their rollups and the
+closing of open rows in triggers of their own, which run only when a batch has them).
+One statement is one `sqlite3_step`, so the writer thread gives up and takes back the GIL once per
 batch instead of once per row or per table, and SQLite does the rest in C
 without the GIL. A statement is atomic on its own, so in autocommit mode that
 single statement is also the batch's whole transaction.
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
 from areion.store.rollups import HISTOGRAM, rollup_upsert
 
 __all__ = [
+    "ADD_ARRIVALS",
     "API_KEY_COLUMNS",
     "BATCH_VIEW",
     "CACHE",
@@ -256,6 +259,7 @@ CREATE TABLE IF NOT EXISTS tool_calls (
 TABLES = (
     _LEDGER_TABLES
     + RUN_TABLES
+    + EXPERIMENT_TABLES
     + """
 CREATE TABLE IF NOT EXISTS session_turns (
     tenant TEXT NOT NULL,
@@ -336,6 +340,13 @@ CREATE TABLE IF NOT EXISTS responses (
     body TEXT NOT NULL,            -- JSON object: the response as served
     PRIMARY KEY (tenant, response_id)
 );
+
+-- Requests that arrived per minute, summed over every replica: what the scaling
+-- signal's time-of-day profile is learned from.
+CREATE TABLE IF NOT EXISTS arrivals (
+    start INTEGER NOT NULL PRIMARY KEY,  -- Unix time of the minute's start
+    count INTEGER NOT NULL
+);
 """
 )
 
@@ -372,6 +383,7 @@ def migrate(db: Any) -> None:
             db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {declaration}")
     # Only streams in progress are open: a small index, for closing them.
     db.execute("CREATE INDEX IF NOT EXISTS ledger_open ON ledger (request_id) WHERE open = 1")
+    db.execute(VARIANT_INDEX)
     _fill_rollups(db)
     if not _runs_namespaced(db):
         _namespace_runs(db)
@@ -462,16 +474,6 @@ _ROLLED = (
 )
 
 
-def _json_rolled(row: str) -> str:
-    """The columns `rollup_upsert` reads, from the JSON array of a ledger row."""
-    fields = (
-        (11, "created"), (1, "tenant"), (2, "model"), (18, "key_label"), (19, "route"),
-        (22, "agent"), (12, "cache"), (10, "latency_s"), (5, "prompt_tokens"),
-        (6, "completion_tokens"), (8, "cost_usd"), (13, "saved_usd"),
-    )  # fmt: skip
-    return ", ".join(f"json_extract({row}, '$[{i}]') AS {name}" for i, name in fields)
-
-
 FILL_ROLLUPS = rollup_upsert(f"SELECT {_ROLLED} FROM ledger AS l", "sqlite")
 
 # The open rows a batch closes, beside their closing figures `c`.
@@ -489,6 +491,17 @@ _CLOSING_ROLLED = (
     "json_extract(c.value, '$[6]') AS completion_tokens, "
     "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
 )
+
+# A batch's ledger rows, and what they add to the rollups, read back from the table
+# (cheaper than extracting the JSON again): the statement's own inserts are the last
+# rowids, since a new rowid is one more than the largest and this thread alone writes.
+_JUST_INSERTED = (
+    "FROM ledger AS l WHERE l.rowid > "
+    "(SELECT max(rowid) FROM ledger) - json_array_length(NEW.ledger)"
+)
+_LEDGER_INSERT = f"""INSERT INTO ledger ({LEDGER_COLUMNS})
+    SELECT {_fields("value", _LEDGER_WIDTH)} FROM json_each(NEW.ledger);
+    {rollup_upsert(f"SELECT {_ROLLED} {_JUST_INSERTED}", "sqlite")};"""
 
 # The batch view lives in the connection's temp schema: nothing of it is stored
 # in the file, and other programs reading the database never see it.
@@ -555,10 +568,33 @@ BEGIN
     INSERT INTO session_summaries (tenant, session, first_seq, last_seq, text, tokens)
     SELECT {_fields("value", 6)} FROM json_each(NEW.summaries);
 
-    INSERT INTO ledger ({LEDGER_COLUMNS})
-    SELECT {_fields("value", _LEDGER_WIDTH)} FROM json_each(NEW.ledger);
+    -- Cache values travel as one BLOB; each row says where its bytes are.
+    INSERT INTO tool_cache (key, value, expires)
+    SELECT json_extract(value, '$[0]'),
+           CASE json_extract(value, '$[2]') WHEN 0 THEN x'' ELSE
+               substr(NEW.cache_blob, json_extract(value, '$[1]'), json_extract(value, '$[2]'))
+           END,
+           json_extract(value, '$[3]')
+    FROM json_each(NEW.cache) WHERE true
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires;
 
-    {rollup_upsert(f"SELECT {_json_rolled('value')} FROM json_each(NEW.ledger)", "sqlite")};
+    -- Expired entries are swept lazily, by the batches that put new ones.
+    DELETE FROM tool_cache WHERE NEW.cache IS NOT NULL AND expires <= NEW.now;
+END;
+
+-- The ledger's statements, in triggers of their own that run only for a batch that has
+-- ledger rows (the rollups' statements cost even when they find nothing to do): rows
+-- without closings (what a billed call writes), or closings with or without rows.
+CREATE TEMP TRIGGER IF NOT EXISTS areion_batch_ledger INSTEAD OF INSERT ON areion_batch
+WHEN NEW.ledger IS NOT NULL AND NEW.ledger_close IS NULL
+BEGIN
+    {_LEDGER_INSERT}
+END;
+
+CREATE TEMP TRIGGER IF NOT EXISTS areion_batch_ledger_close INSTEAD OF INSERT ON areion_batch
+WHEN NEW.ledger_close IS NOT NULL
+BEGIN
+    {_LEDGER_INSERT}
 
     -- After the inserts: a stream that opened and closed within one batch closes too.
     -- The rollups trade the open row's figures for the closing's, before the update.
@@ -579,19 +615,6 @@ BEGIN
       AND ledger.request_id = json_extract(c.value, '$[0]')
       AND ledger.tenant = json_extract(c.value, '$[1]')
       AND ledger.deployment = json_extract(c.value, '$[3]');
-
-    -- Cache values travel as one BLOB; each row says where its bytes are.
-    INSERT INTO tool_cache (key, value, expires)
-    SELECT json_extract(value, '$[0]'),
-           CASE json_extract(value, '$[2]') WHEN 0 THEN x'' ELSE
-               substr(NEW.cache_blob, json_extract(value, '$[1]'), json_extract(value, '$[2]'))
-           END,
-           json_extract(value, '$[3]')
-    FROM json_each(NEW.cache) WHERE true
-    ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires;
-
-    -- Expired entries are swept lazily, by the batches that put new ones.
-    DELETE FROM tool_cache WHERE NEW.cache IS NOT NULL AND expires <= NEW.now;
 END;
 """
 
@@ -641,6 +664,11 @@ SELECT '[' || group_concat(json_array(first_seq, last_seq, text, tokens), ',') |
 FROM (SELECT first_seq, last_seq, text, tokens FROM session_summaries
       WHERE tenant = ?1 AND session = ?2 ORDER BY first_seq, rowid)
 """
+
+ADD_ARRIVALS = (
+    "INSERT INTO arrivals (start, count) VALUES (?, ?) "
+    "ON CONFLICT (start) DO UPDATE SET count = count + excluded.count"
+)
 
 CACHE_GET = "SELECT value FROM tool_cache WHERE key = ? AND expires > ?"
 

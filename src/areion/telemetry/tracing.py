@@ -177,6 +177,9 @@ class Tracing:
             "areion.tenant": call.tenant,
             "areion.request_id": call.request_id,
         }
+        variant = call.annotations.get("variant")
+        if variant:
+            attributes["areion.experiment"] = variant
         if request.max_tokens is not None:
             attributes["gen_ai.request.max_tokens"] = request.max_tokens
         if request.temperature is not None:
@@ -306,6 +309,7 @@ class Tracing:
         tenant: str,
         session: str | None,
         resumed: bool,
+        variant: str = "",
     ) -> Iterator[Span]:
         """The span of one run (or resume) of an agent, current while it runs: its model
         and tool calls are its children."""
@@ -319,6 +323,8 @@ class Tracing:
         }
         if session is not None:
             attributes["gen_ai.conversation.id"] = session
+        if variant:
+            attributes["areion.experiment"] = variant
         with self._current(f"invoke_agent {agent}", SpanKind.INTERNAL, attributes) as span:
             yield span
 

@@ -431,6 +431,15 @@ async function limits(page) {
       ], data.deployments, "Circuit breakers per deployment"),
       table([["Model", (r) => r.model], ["RPM", (r) => r.rpm ?? "—", "n"], ["TPM", (r) => r.tpm ?? "—", "n"]],
         data.model_limits, "Model-wide rate limits", "none configured"));
+    const sc = data.scaling;
+    page.append(sc
+      ? h("section", { class: "cards", "aria-label": "Scaling" },
+          card("Desired replicas", num(sc.desired_replicas), "desired-replicas", "areion_desired_replicas"),
+          card("Forecast arrivals", `${sc.forecast_rate.toFixed(2)}/s`, null,
+            `recent ${sc.recent_rate.toFixed(2)}/s, level ${sc.level.toFixed(2)}, ${sc.history_days} days of history`),
+          card("Service time p95", secs(sc.service_time_p95_s)),
+          card("In flight", num(sc.in_flight)))
+      : h("p", { class: "muted" }, "Scaling signal off (scaling.enabled in the config)."));
   } else {
     page.append(h("p", { class: "muted" }, "Lanes and breakers are shared by every tenant: an admin key sees them."));
   }
@@ -455,6 +464,10 @@ async function experiments(page) {
     data = await api("/v1/experiments");
   } catch (error) {
     if (error.status === 404) { page.append(h("p", { id: "no-experiments" }, "no experiments")); return; }
+    if (error.status === 403) {
+      page.append(h("p", { id: "no-experiments", class: "muted" }, "Experiments span every tenant: an admin key sees them."));
+      return;
+    }
     throw error;
   }
   if (!data.data.length) { page.append(h("p", { id: "no-experiments" }, "no experiments")); return; }
