@@ -571,7 +571,7 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.setItem(KEY, key);
     document.getElementById("key").value = "";
     try {
-      await api("/v1/dashboard/overview?range=1h");
+      who((await api("/v1/dashboard/overview?range=1h")).scope);
     } catch (error) {
       sessionStorage.removeItem(KEY);
       document.getElementById("signin-error").textContent = error.message;
