@@ -40,6 +40,7 @@ from areion.store.postgres import PostgresStore
 from areion.store.postgres_pool import postgres_settings
 from areion.store.postgres_schema import MIGRATIONS, VERSION, WRITE
 from areion.store.rollups import SpendQuery
+from areion.store.run_pages import RunPageQuery
 
 
 def _entry(request_id: str, **fields: Any) -> LedgerEntry:
@@ -298,6 +299,8 @@ def _every_method(store: Store) -> dict[str, Callable[[], Awaitable[Any]]]:
         "get_response": lambda: store.get_response("t", "resp_1"),
         "spend": lambda: store.spend(SpendQuery(group_by=("tenant",), since=0.0, until=1.0)),
         "run_stats": lambda: store.run_stats(since=0.0, until=1.0),
+        "run_page": lambda: store.run_page(RunPageQuery(tenant="t")),
+        "run_calls": lambda: store.run_calls("r", tenant="t", since=0.0, until=1.0),
         "add_arrivals": lambda: store.add_arrivals({60: 1}),
         "record_outcome": lambda: store.record_outcome(
             OutcomeRecord(tenant="t", kind="run", target="r", success=True)

@@ -28,6 +28,7 @@ from areion.server.batches import JobsApi
 from areion.server.cache import CacheApi
 from areion.server.calls import answer_headers, call_options, error_headers
 from areion.server.completions import CompletionsApi
+from areion.server.dashboard import DashboardApi
 from areion.server.embeddings import EmbeddingsApi
 from areion.server.experiments import ExperimentsApi
 from areion.server.guard import LimitBody
@@ -206,6 +207,7 @@ def create_app(runtime: Runtime) -> Starlette:
     cache = CacheApi(runtime, api.tenant)
     admin = AdminApi(runtime)
     jobs = JobsApi(runtime, api.identity, agents=runs.agents)
+    dashboard = DashboardApi(runtime, api.identity, runs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -214,6 +216,7 @@ def create_app(runtime: Runtime) -> Starlette:
         jobs.begin()
         yield
         await jobs.aclose()
+        await dashboard.aclose()
         await runs.aclose()
         await runtime.aclose()
 
@@ -258,6 +261,7 @@ def create_app(runtime: Runtime) -> Starlette:
             *cache.routes(),
             *admin.routes(),
             *jobs.routes(),
+            *dashboard.routes(),
         ],
         middleware=middleware,
         exception_handlers={AreionError: _areion_error, HTTPException: _http_error},

@@ -21,6 +21,7 @@ from areion.store.records import (
     ToolCallRecord,
 )
 from areion.store.rollups import SpendQuery
+from areion.store.run_pages import RunCall, RunPageQuery, RunRow
 from areion.types import LedgerEntry
 
 __all__ = ["Store"]
@@ -57,6 +58,17 @@ class Store(Protocol):
     ) -> list[tuple[str, str, float, int]]:
         """(agent, status, cost_usd, steps) of each run created in [since, until), of
         `tenant` if given."""
+        ...
+
+    async def run_page(self, query: RunPageQuery) -> list[RunRow]:
+        """A page of runs (`store.run_pages`): newest (or costliest) first, after the
+        cursor `query.after`, never by offset."""
+        ...
+
+    async def run_calls(
+        self, run_id: str, *, tenant: str, since: float, until: float
+    ) -> list[RunCall]:
+        """`tenant`'s run's ledger rows booked in [since, until], oldest first."""
         ...
 
     # -- agent runs -------------------------------------------------------------

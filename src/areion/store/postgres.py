@@ -65,6 +65,7 @@ from areion.store.records import (
     ToolCallRecord,
 )
 from areion.store.rollups import SpendQuery, spend_sql
+from areion.store.run_pages import RunCall, RunPageQuery, RunRow, run_calls_sql, run_page_sql
 from areion.types import LedgerEntry
 
 __all__ = ["PostgresStore"]
@@ -259,6 +260,18 @@ class PostgresStore:
             "SELECT tenant, sum(cost_usd) FROM ledger WHERE created >= $1 GROUP BY tenant", since
         )
         return {row[0]: float(row[1] or 0.0) for row in rows}
+
+    async def run_page(self, query: RunPageQuery) -> list[RunRow]:
+        sql, args = run_page_sql(query, "postgres")
+        return [RunRow.of(row) for row in await self._fetch(sql, *args)]
+
+    async def run_calls(
+        self, run_id: str, *, tenant: str, since: float, until: float
+    ) -> list[RunCall]:
+        sql, args = run_calls_sql(
+            run_id, tenant=tenant, since=since, until=until, dialect="postgres"
+        )
+        return [RunCall.of(row) for row in await self._fetch(sql, *args)]
 
     # -- agent runs -------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from areion.store.records import (
     ToolCallRecord,
 )
 from areion.store.rollups import SpendQuery, spend_sql
+from areion.store.run_pages import RunCall, RunPageQuery, RunRow, run_calls_sql, run_page_sql
 from areion.store.sqlite_reader import Reader
 from areion.store.sqlite_schema import (
     ADD_ARRIVALS,
@@ -220,6 +221,24 @@ class SQLiteStore:
             ).fetchall()
 
         return {tenant: float(total or 0.0) for tenant, total in await self._read(read)}
+
+    async def run_page(self, query: RunPageQuery) -> list[RunRow]:
+        sql, args = run_page_sql(query, "sqlite")
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(sql, args).fetchall()
+
+        return [RunRow.of(row) for row in await self._read(read)]
+
+    async def run_calls(
+        self, run_id: str, *, tenant: str, since: float, until: float
+    ) -> list[RunCall]:
+        sql, args = run_calls_sql(run_id, tenant=tenant, since=since, until=until, dialect="sqlite")
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(sql, args).fetchall()
+
+        return [RunCall.of(row) for row in await self._read(read)]
 
     # -- agent runs -------------------------------------------------------------------
 
