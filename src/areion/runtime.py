@@ -873,9 +873,12 @@ class Runtime:
 
     async def book_tool(self, entry: LedgerEntry) -> None:
         """Book a tool call's own cost (`@tool(cost_usd=...)`, `ToolResult`): counted in
-        the spend metric and committed to the ledger before the run goes on."""
+        the spend metric, committed to the ledger, and counted in the tenant's budget
+        windows before the run goes on (its next model call is admitted against it)."""
         self.metrics.cost.labels(entry.model, entry.deployment, entry.tenant).inc(entry.cost_usd)
         await self.ledger.write(entry)
+        if entry.cost_usd > 0:
+            await self.admission.charge(entry.tenant, entry.cost_usd)
 
     async def _summarize(self, turns: Sequence[SessionTurn], previous: str | None) -> str:
         model = self.config.memory.summary_model or self.models[0]

@@ -118,3 +118,20 @@ def test_a_tool_cost_must_be_an_amount() -> None:
         tool(cost_usd=-1.0)(lambda: "x")
     with pytest.raises(ValueError, match="finite amount"):
         ToolResult(value="x", cost_usd=float("nan"))
+
+
+async def test_a_tools_cost_counts_against_the_tenants_budget_at_once(make_runtime: Any) -> None:
+    # The first model call (0.00014) and the two tools (0.0025) leave less than the
+    # second call needs: it is refused, and the day's spend stays within the budget.
+    budget = 0.0027
+    rt = make_runtime(
+        search_translate_answer, tenants=[{"name": "acme", "budget_usd_per_day": budget}]
+    )
+    agent = Agent(name="researcher", model="fast", tools=[search, translate])
+    async with rt:
+        result = await rt.run(agent, "find and translate", tenant="acme")
+        await rt.ledger.flush()
+        rows = await rt.store.ledger(tenant="acme")
+    assert result.status != "finished"
+    assert [r.kind for r in rows].count("chat") == 1
+    assert sum(r.cost_usd for r in rows) <= budget

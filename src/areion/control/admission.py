@@ -474,6 +474,13 @@ class Admission:
         usage = _real_usage(stream.usage, stream.info.get("cache"))
         self._settle(admitted, usage, complete=stream.finish_reason is not None)
 
+    async def charge(self, tenant: str, usd: float) -> None:
+        """Count spend made outside a model call (a tool's own cost, already booked in
+        the ledger) in the tenant's budget windows, so the next call's reservation sees
+        it. A window the counters do not know yet starts from the ledger, which holds it."""
+        for window in self._windows.of(tenant, self.clock()):
+            await self._counters.settle(window.key, 0.0, usd)
+
     async def _seed(self, windows: list[BudgetWindow]) -> None:
         """Start windows the counters do not know (new, or forgotten by a restart of
         the shared backend) at the spend the ledger holds for them; one ledger read per
