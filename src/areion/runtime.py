@@ -55,7 +55,7 @@ from areion.providers.base import HttpTransport
 from areion.routing.router import LearnedPolicy, Policy, Router, SolverFn
 from areion.store import Store, open_store
 from areion.store.counters import Counters, FailOpenCounters
-from areion.store.records import OutcomeRecord, SessionTurn
+from areion.store.records import OutcomeKind, OutcomeRecord, SessionTurn
 from areion.store.shared import LocalShared, Shared, open_shared
 from areion.streaming import ChatStream
 from areion.telemetry import Ledger, Metrics
@@ -684,9 +684,12 @@ class Runtime:
         """Record whether a task succeeded: an agent run, a call (Areion's request id,
         `x-request-id` of its answer), or a whole session. Experiments judge success
         by it; a later outcome for the same target replaces it."""
-        targets = [
-            (k, v) for k, v in (("run", run_id), ("request", request_id), ("session", session)) if v
-        ]
+        named: tuple[tuple[OutcomeKind, str | None], ...] = (
+            ("run", run_id),
+            ("request", request_id),
+            ("session", session),
+        )
+        targets = [(k, v) for k, v in named if v]
         if len(targets) != 1:
             raise RequestError("name exactly one of run_id, request_id or session", param="run_id")
         kind, target = targets[0]
@@ -700,7 +703,7 @@ class Runtime:
         await self.store.record_outcome(
             OutcomeRecord(
                 tenant=tenant,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 target=target,
                 success=success,
                 score=score,

@@ -16,6 +16,7 @@ __all__ = [
     "CacheTier",
     "Checkpoint",
     "ExperimentState",
+    "OutcomeKind",
     "OutcomeRecord",
     "ResponseRecord",
     "RunRecord",
