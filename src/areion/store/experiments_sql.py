@@ -9,6 +9,7 @@ rows of experiments). The SQL is written once for both stores; `?` placeholders 
 
 from __future__ import annotations
 
+import itertools
 import re
 
 __all__ = [
@@ -154,5 +155,5 @@ _PLACEHOLDER = re.compile(r"\?")
 
 def numbered(sql: str) -> str:
     """`?` placeholders as PostgreSQL's `$1, $2, ...`."""
-    counter = iter(range(1, 1000))
+    counter = itertools.count(1)
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
