@@ -119,6 +119,24 @@ class Checkpoint:
     is lower than the highest one the run has seen is refused with `FencedError`: the
     run was taken over by another replica. 0: no lease (one process owns the store)."""
 
+    def first_message(self) -> int:
+        """The sequence number of the first added message; ValueError if the delta does
+        not fit its run (fewer messages than it adds, or another run's tool calls)."""
+        run = self.run
+        first = run.message_count - len(self.messages)
+        if first < 0:
+            raise ValueError(
+                f"checkpoint of run {run.run_id!r}: message_count {run.message_count} "
+                f"is less than the {len(self.messages)} messages it adds"
+            )
+        for call in self.tool_calls:
+            if (call.tenant, call.run_id) != (run.tenant, run.run_id):
+                raise ValueError(
+                    f"checkpoint of run {run.run_id!r}: tool call {call.call_id!r} belongs to "
+                    f"run {call.run_id!r} of tenant {call.tenant!r}"
+                )
+        return first
+
 
 @dataclass(slots=True, kw_only=True)
 class RunSnapshot:

@@ -23,7 +23,7 @@ sums, histogram); `merge` adds them up into groups.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,8 +35,10 @@ __all__ = [
     "RAW_DIMENSIONS",
     "ROLLUP_KEY",
     "SUMS",
+    "Dialect",
     "SpendQuery",
     "SpendTotals",
+    "binder",
     "bucket_sql",
     "merge",
     "quantile",
@@ -195,6 +197,16 @@ def _dimension(name: str, source: str, dialect: Dialect) -> str:
     return "s." + DIMENSIONS[name]
 
 
+def binder(args: list[Any], dialect: Dialect) -> Callable[[Any], str]:
+    """A function that appends a value to `args` and gives its placeholder in `dialect`."""
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return "?" if dialect == "sqlite" else f"${len(args)}"
+
+    return arg
+
+
 def spend_sql(
     query: SpendQuery, dialect: Dialect, *, ledger_only: bool = False
 ) -> tuple[str, list[Any]]:
@@ -204,10 +216,7 @@ def spend_sql(
     `ledger_only` reads the raw ledger alone (what a report without rollups reads; for
     `bench/spend.py`'s comparison)."""
     args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return "?" if dialect == "sqlite" else f"${len(args)}"
+    arg = binder(args, dialect)
 
     parts: list[str] = []
     dims = query.group_by

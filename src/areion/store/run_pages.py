@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from areion.store.rollups import Dialect, binder
+
 __all__ = [
     "RUN_CALL_COLUMNS",
     "RUN_ROW_COLUMNS",
@@ -22,7 +24,6 @@ __all__ = [
     "run_page_sql",
 ]
 
-Dialect = Literal["sqlite", "postgres"]
 
 RUN_ROW_COLUMNS = (
     "run_id",
@@ -113,10 +114,7 @@ class RunPageQuery:
 def run_page_sql(query: RunPageQuery, dialect: Dialect) -> tuple[str, list[Any]]:
     """One statement for a page of runs; its rows make `RunRow.of`."""
     args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return "?" if dialect == "sqlite" else f"${len(args)}"
+    arg = binder(args, dialect)
 
     where: list[str] = []
     for column in ("tenant", "status", "agent"):

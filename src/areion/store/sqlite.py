@@ -257,18 +257,7 @@ class SQLiteStore:
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         run = checkpoint.run
-        first = run.message_count - len(checkpoint.messages)
-        if first < 0:
-            raise ValueError(
-                f"checkpoint of run {run.run_id!r}: message_count {run.message_count} "
-                f"is less than the {len(checkpoint.messages)} messages it adds"
-            )
-        for call in checkpoint.tool_calls:
-            if (call.tenant, call.run_id) != (run.tenant, run.run_id):
-                raise ValueError(
-                    f"checkpoint of run {run.run_id!r}: tool call {call.call_id!r} belongs to "
-                    f"run {call.run_id!r} of tenant {call.tenant!r}"
-                )
+        first = checkpoint.first_message()
         parts: list[Part] = [(RUNS, orjson.dumps((*_run_row(run), checkpoint.fence)))]
         if checkpoint.messages:
             parts.append(
