@@ -423,6 +423,21 @@ def _failed(span: Span, error: BaseException) -> None:
     span.set_status(StatusCode.ERROR, message[:500])
 
 
+@contextlib.contextmanager
+def _current_until_error(span: Span) -> Iterator[None]:
+    """`span` current for the block; on an error, failed and ended. On success it is
+    left open: a call's span ends with its answer, which for a stream is later."""
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    except BaseException as error:
+        _failed(span, error)
+        span.end()
+        raise
+    finally:
+        otel_context.detach(token)
+
+
 class TracingStage:
     """The request path's first stage when tracing is on: one `chat {model}` span per
     call (`embeddings {model}` in the embeddings chain), current while the later stages
@@ -437,30 +452,16 @@ class TracingStage:
     ) -> EmbeddingResponse:
         tracing = self._tracing
         span = tracing.start_embedding(call)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
+        with _current_until_error(span):
             response = await call_next(call)
-        except BaseException as error:
-            _failed(span, error)
-            span.end()
-            raise
-        finally:
-            otel_context.detach(token)
         tracing.end_embedding(span, call, response)
         return response
 
     async def handle(self, call: Call, call_next: Handler) -> Result:
         tracing = self._tracing
         span = tracing.start_call(call)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
+        with _current_until_error(span):
             result = await call_next(call)
-        except BaseException as error:
-            _failed(span, error)
-            span.end()
-            raise
-        finally:
-            otel_context.detach(token)
         tracing.end_call(span, call, result)
         return result
 
