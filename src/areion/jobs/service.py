@@ -37,11 +37,12 @@ class NoQueueError(RequestError):
 
 
 def _parse(raw: bytes) -> ChatRequest:
-    # The HTTP boundary's validation, as POST /v1/chat/completions does it. Imported
-    # here: the server imports the jobs, not the other way round.
-    from areion.server.schema import parse_chat_request
+    # The HTTP boundary's validation, as POST /v1/chat/completions does it (the one
+    # `parse_line` the Batches API owns). Imported here: the server imports the jobs,
+    # not the other way round.
+    from areion.server.batches import parse_line
 
-    return parse_chat_request(raw)[0]
+    return parse_line(raw)
 
 
 class Jobs:

@@ -382,23 +382,32 @@ class _Run:
     ) -> None:  # fmt: skip
         lines = await self.queue.pending_lines(self.batch.batch_id, limit=self.worker.max_lines)
         metrics = self.worker.metrics
-        ended: list[Awaitable[bool]] = []
+        ending: list[Awaitable[bool]] = []
+        booked: list[tuple[float, float] | None] = []  # (cost, list price); None if failed
         for result in await client.results(remote, lines):
             line, status, body = result.line, result.status, result.body
             entries: list[LedgerEntry] = []
             request_id = new_request_id()
+            priced: tuple[float, float] | None = None
             if status == 200:
                 entry, listed = batch_entry(
                     deployment, tenant=self.batch.tenant, body=body, submitted=submitted
                 )
                 entries.append(entry)
-                request_id = entry.request_id
-                metrics.saved.labels(self.batch.tenant).inc(listed - entry.cost_usd)
-                deployment.metrics.cost(self.batch.tenant, entry.cost_usd)
+                request_id, priced = entry.request_id, (entry.cost_usd, listed)
             line.status = "done" if status == 200 else "failed"
             line.output = output_line(line, request_id, status, body)
-            ended.append(self._end(line, entries))
-        if not all(await asyncio.gather(*ended)):
+            ending.append(self._end(line, entries))
+            booked.append(priced)
+        ended = await asyncio.gather(*ending)
+        # Counted only for the lines this worker ended: a line ended by another worker
+        # was counted there.
+        for ok, priced in zip(ended, booked, strict=True):
+            if ok and priced is not None:
+                spent, listed = priced
+                metrics.saved.labels(self.batch.tenant).inc(listed - spent)
+                deployment.metrics.cost(self.batch.tenant, spent)
+        if not all(ended):
             self.lost = self.lost or (await self._fenced())
 
     async def _run_line(self, line: LineRecord) -> None:
