@@ -524,3 +524,19 @@ def test_a_budgeted_tenants_batch_is_run_here_within_its_budget(sim: str, tmp_pa
     assert done.request_counts.failed > 0  # the budget ran out before the lines did
     spent = sum(cost for _, _, cost in ledger(db))
     assert 0 < spent <= 0.0004
+
+
+def test_a_tenant_with_a_per_request_cap_has_its_batch_run_here(sim: str, tmp_path: Path) -> None:
+    # Each line is checked against the cap here; a provider's batch would check none.
+    db = tmp_path / "areion.db"
+    settings = config(sim, db, native=True)
+    settings["tenants"] = [{"name": "acme", "max_tokens_per_request": 10_000}]
+    with serve_app(create_app(Runtime(parse_config(settings)))) as url:
+        sdk = client(url)
+        upload = sdk.files.create(file=("q.jsonl", io.BytesIO(jsonl(5))), purpose="batch")
+        batch = sdk.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = wait_done(sdk, batch.id)
+    assert done.request_counts.completed == 5
+    assert sent_to_sim(sim, batch.id) == 0

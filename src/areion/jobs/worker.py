@@ -61,10 +61,20 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _budgeted(tenants: Sequence[TenantConfig], tenant: str) -> bool:
+def _spend_capped(tenants: Sequence[TenantConfig], tenant: str) -> bool:
+    """Whether `tenant` has a budget or a per-request cap: limits a provider's batch (one
+    submission, not admitted line by line) would not check."""
     return any(
         t.name == tenant
-        and (t.budget_usd_per_day is not None or t.budget_usd_per_month is not None)
+        and any(
+            cap is not None
+            for cap in (
+                t.budget_usd_per_day,
+                t.budget_usd_per_month,
+                t.max_usd_per_request,
+                t.max_tokens_per_request,
+            )
+        )
         for t in tenants
     )
 
@@ -305,10 +315,10 @@ class _Run:
         sent = self.batch.native.get("deployment")
         if isinstance(sent, str):
             return runtime.gateway.deployments.get(sent)
-        if _budgeted(runtime.config.all_tenants, self.batch.tenant):
+        if _spend_capped(runtime.config.all_tenants, self.batch.tenant):
             # A provider's batch is one submission, not admitted line by line: a tenant
-            # with a budget has its lines run here, each reserved before it is sent, so
-            # the budget is never exceeded.
+            # with a budget or a per-request cap has its lines run here, each checked
+            # before it is sent, so no limit is passed.
             return None
         lines = await self.queue.pending_lines(self.batch.batch_id, limit=self.worker.max_lines)
         models = {line.body.get("model") for line in lines}
