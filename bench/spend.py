@@ -44,6 +44,8 @@ from _common import (
     fmt,
     free_port,
     run_main,
+    sqlite_bulk_ledger,
+    sqlite_bulk_runs,
     table,
     write_json,
 )
@@ -78,42 +80,17 @@ def _sqlite_fill(path: str, rows: int, end: float) -> float:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
     start = end - SPAN
-    step = SPAN / rows
     db.execute("BEGIN")
-    db.execute(
-        f"""
-        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {rows - 1})
-        INSERT INTO ledger (request_id, tenant, model, deployment, upstream_model,
-            prompt_tokens, completion_tokens, cached_tokens, cost_usd, estimated, latency_s,
-            created, cache, saved_usd, saved_s, open, client_request_id, kind, key_label,
-            route, route_reason, run_id, agent, session, end_user, tags, variant)
-        SELECT printf('r%010d', i), 't' || (i % 20), 'model-' || (i % 6), 'dep-' || (i % 12),
-            'u', 100 + i % 900, 20 + i % 300, 0,
-            CASE WHEN i % 10 = 0 THEN 0 ELSE (100 + i % 900) * 1e-6 END, 0,
-            0.25 * (1 + (abs(random()) % 12)) * (1 + (abs(random()) % 3)),
-            {start} + i * {step}, CASE WHEN i % 10 = 0 THEN 'exact' ELSE '' END,
-            CASE WHEN i % 10 = 0 THEN 0.0005 ELSE 0 END, 0, 0, '', 'chat',
-            'k' || (i % 40), CASE i % 3 WHEN 0 THEN '' WHEN 1 THEN 'auto' ELSE 'cheap' END, '',
-            CASE WHEN i % 4 = 0 THEN 'run-' || (i / 5) ELSE '' END,
-            CASE WHEN i % 4 = 0 THEN 'agent-' || (i % 8) ELSE '' END, '',
-            'user-' || (i % 1000), CASE WHEN i % 7 = 0 THEN '["eu"]' ELSE '[]' END, ''
-        FROM n
-        """
+    sqlite_bulk_ledger(
+        db,
+        rows=rows,
+        start=start,
+        span=SPAN,
+        run_id_sql="'run-' || (i / 5)",
+        tags_sql="CASE WHEN i % 7 = 0 THEN '[\"eu\"]' ELSE '[]' END",
     )
     runs = max(1, rows // 50)
-    db.execute(
-        f"""
-        WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {runs - 1})
-        INSERT INTO runs (run_id, tenant, agent, session, status, input, output, error,
-            pause_reason, steps, prompt_tokens, completion_tokens, cost_usd, message_count,
-            limits, created, updated)
-        SELECT 'run-' || i, 't' || (i % 20), 'agent-' || (i % 8), NULL,
-            CASE WHEN i % 10 = 0 THEN 'failed' WHEN i % 17 = 0 THEN 'paused'
-                 ELSE 'finished' END, 'task', 'done', NULL, NULL, 1 + i % 6, 500, 100,
-            (1 + i % 50) * 1e-4, 4, '{{}}', {start} + i * {SPAN / runs}, {start} + i * {SPAN / runs}
-        FROM n
-        """
-    )
+    sqlite_bulk_runs(db, runs=runs, start=start, span=SPAN, message_count=4, duration_s=0)
     db.execute("COMMIT")
     began = time.perf_counter()
     db.execute("BEGIN")
