@@ -128,6 +128,10 @@ class ChildProcess:
         """User plus system CPU time the process has used so far (Linux only)."""
         return process_cpu_seconds(self.pid)
 
+    def tree_cpu_seconds(self) -> float | None:
+        """The same, summed over the process and its live descendants (workers)."""
+        return process_tree_cpu_seconds(self.pid)
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit within 10 s."""
         if self.process.poll() is None:
@@ -148,6 +152,30 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of `pid` and of every live process descended from it (a server's
+    workers), or None where there is no /proc. A descendant that exits takes its
+    time with it: read the figure while the workers run."""
+    own = process_cpu_seconds(pid)
+    if own is None:
+        return None
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    total, pending = own, list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        total += process_cpu_seconds(child) or 0.0
+        pending += children.get(child, [])
+    return total
 
 
 @contextlib.contextmanager
