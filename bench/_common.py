@@ -98,13 +98,15 @@ def _get_ok(url: str, timeout: float) -> bool:
 class ChildProcess:
     """A server started for the benchmark, its output kept in a log file."""
 
-    def __init__(self, name: str, command: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, command: list[str], log_path: Path, *, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.command = command
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
 
     @property
@@ -154,28 +156,33 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live process descended from it (a server's workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone since the listing
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, pending = [pid], list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        tree.append(child)
+        pending += children.get(child, [])
+    return tree
+
+
 def process_tree_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds of `pid` and of every live process descended from it (a server's
-    workers), or None where there is no /proc. A descendant that exits takes its
-    time with it: read the figure while the workers run."""
+    """CPU seconds of `pid` and its live descendants, or None where there is no /proc.
+    A descendant that exits takes its time with it: read the figure while workers run."""
     own = process_cpu_seconds(pid)
     if own is None:
         return None
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    total, pending = own, list(children.get(pid, []))
-    while pending:
-        child = pending.pop()
-        total += process_cpu_seconds(child) or 0.0
-        pending += children.get(child, [])
-    return total
+    return own + sum(process_cpu_seconds(child) or 0.0 for child in process_tree(pid)[1:])
 
 
 @contextlib.contextmanager

@@ -1,23 +1,31 @@
-"""Criterion 2: the latency the Areion server adds over calling the upstream directly.
+"""The latency a gateway server adds over calling the upstream directly: Areion and peers.
 
-Three processes on loopback: the upstream (`bench/upstream.py`), `areion serve`
-with a config that points at it, and this load generator (one asyncio process,
-aiohttp when installed, else httpx). At each concurrency the load generator sends
-the same chat request, in interleaved rounds, either straight to the upstream
-("direct") or through the Areion server ("areion"), and reports p50/p99 of both,
-their difference and the throughput. Streams are timed to the first `data:` event
-(TTFB) and to the end of the body (TTLB).
+Processes on loopback: the upstream (`bench/upstream.py`); the contenders, each in
+front of it: `areion serve` with one worker (SQLite store), `areion serve --workers 2`
+(PostgreSQL store and Redis `shared`, a schema and prefix of the run's own), and,
+when installed, LiteLLM's proxy and Portkey's gateway (`bench/contenders.py`); and
+this load generator (one asyncio process, aiohttp when installed, else httpx). At
+each concurrency the load generator sends the same chat request, in interleaved
+rounds, straight to the upstream ("direct") and through each contender, and reports
+p50/p99 of each, what each adds over direct, the throughput, the ratio of each
+contender's added latency to Areion's (one worker), and each server's CPU per call
+(its process tree). Streams are timed to the first `data:` event (TTFB) and to the
+end of the body (TTLB). A contender that cannot run here is skipped with a line
+saying why.
 
-    .venv/bin/python bench/server_latency.py            # a few minutes
-    .venv/bin/python bench/server_latency.py --quick
+    .venv/bin/python bench/server_latency.py            # about 5 minutes with both peers
+    .venv/bin/python bench/server_latency.py --quick    # about 1.5 minutes
 
-Criterion: at concurrency 16 (non-streaming) the server adds <= 2 ms p50 and <= 10 ms p99.
+Targets: one worker at concurrency 64 (non-streaming) adds <= 8 ms p50 and keeps
+>= 75% of the direct throughput; criterion 2: at concurrency 16 (non-streaming) the
+server adds <= 2 ms p50 and <= 10 ms p99.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import math
 import sys
@@ -27,24 +35,34 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from _common import (
-    LOOPBACK,
     ChildProcess,
     Summary,
     describe_environment,
     environment,
     fmt,
-    free_port,
+    process_tree,
     run_main,
     table,
     upstream,
     write_json,
 )
+from contenders import (
+    GROUP,
+    UPSTREAM_MODEL,
+    Server,
+    Skipped,
+    areion_config,
+    find_portkey,
+    shared_backends,
+    start_areion,
+    start_litellm,
+    start_portkey,
+)
 
-GROUP = "bench"
-UPSTREAM_MODEL = "bench-model"
+__all__ = ["GROUP", "UPSTREAM_MODEL"]  # re-exported: workers.py and ingress.py take them from here
+
 MESSAGES = [
     {"role": "system", "content": "You are a concise assistant."},
     {"role": "user", "content": "Write one sentence about benchmarks."},
@@ -52,7 +70,15 @@ MESSAGES = [
 TARGET_CONCURRENCY = 16
 TARGET_P50_MS = 2.0
 TARGET_P99_MS = 10.0
+# Issue 19's targets, for one worker at concurrency 64, non-streaming.
+LOAD_CONCURRENCY = 64
+LOAD_P50_MS = 8.0
+LOAD_THROUGHPUT_SHARE = 0.75
 SETTLE_S = 0.06
+AREION = "areion"  # one worker: the reference the ratios divide by
+OPTIONAL = ("areion-2w", "litellm", "portkey")
+
+Headers = dict[str, str] | None
 
 
 class LoadClient:
@@ -60,11 +86,12 @@ class LoadClient:
 
     name = ""
 
-    async def post(self, url: str, body: bytes) -> None:
-        """A non-streamed call, the whole body read."""
+    async def post(self, url: str, body: bytes, headers: Headers = None) -> None:
+        """A non-streamed call, the whole body read; `headers` add to (or replace) the
+        defaults (JSON content type, `authorization: Bearer dummy`)."""
         raise NotImplementedError
 
-    async def post_stream(self, url: str, body: bytes) -> float:
+    async def post_stream(self, url: str, body: bytes, headers: Headers = None) -> float:
         """A streamed call read to the end; returns `perf_counter()` at the first event."""
         raise NotImplementedError
 
@@ -85,15 +112,15 @@ class AiohttpClient(LoadClient):
             headers={"content-type": "application/json", "authorization": "Bearer dummy"},
         )
 
-    async def post(self, url: str, body: bytes) -> None:
-        async with self._session.post(url, data=body) as response:
+    async def post(self, url: str, body: bytes, headers: Headers = None) -> None:
+        async with self._session.post(url, data=body, headers=headers) as response:
             await response.read()
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}")
 
-    async def post_stream(self, url: str, body: bytes) -> float:
+    async def post_stream(self, url: str, body: bytes, headers: Headers = None) -> float:
         first = math.nan
-        async with self._session.post(url, data=body) as response:
+        async with self._session.post(url, data=body, headers=headers) as response:
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}")
             async for line in response.content:
@@ -117,14 +144,14 @@ class HttpxClient(LoadClient):
             headers={"content-type": "application/json", "authorization": "Bearer dummy"},
         )
 
-    async def post(self, url: str, body: bytes) -> None:
-        response = await self._client.post(url, content=body)
+    async def post(self, url: str, body: bytes, headers: Headers = None) -> None:
+        response = await self._client.post(url, content=body, headers=headers)
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}")
 
-    async def post_stream(self, url: str, body: bytes) -> float:
+    async def post_stream(self, url: str, body: bytes, headers: Headers = None) -> float:
         first = math.nan
-        async with self._client.stream("POST", url, content=body) as response:
+        async with self._client.stream("POST", url, content=body, headers=headers) as response:
             if response.status_code != 200:
                 raise RuntimeError(f"HTTP {response.status_code}")
             async for line in response.aiter_lines():
@@ -143,6 +170,11 @@ class Target:
     name: str
     url: str
     model: str
+    headers: tuple[tuple[str, str], ...] = ()
+    """Headers of this target's own (a peer's key or provider routing)."""
+
+    def request_headers(self) -> Headers:
+        return dict(self.headers) or None
 
     def body(self, stream: bool) -> bytes:
         data: dict[str, Any] = {"model": self.model, "messages": MESSAGES}
@@ -173,6 +205,7 @@ async def run_batch(
     timeout_s: float,
 ) -> None:
     body = target.body(stream)
+    headers = target.request_headers()
     remaining = calls
 
     async def worker() -> None:
@@ -182,9 +215,9 @@ async def run_batch(
             started = time.perf_counter()
             try:
                 if stream:
-                    first = await client.post_stream(target.url, body)
+                    first = await client.post_stream(target.url, body, headers)
                 else:
-                    await client.post(target.url, body)
+                    await client.post(target.url, body, headers)
                     first = math.nan
             except Exception as error:
                 samples.errors += 1
@@ -241,6 +274,7 @@ async def measure_cell(
 
 
 def cell_report(results: dict[str, Samples], *, concurrency: int, stream: bool) -> dict[str, Any]:
+    """Each target's figures, and each contender's added latency over `direct`."""
     out: dict[str, Any] = {"concurrency": concurrency, "stream": stream, "targets": {}}
     for name, samples in results.items():
         out["targets"][name] = {
@@ -250,73 +284,140 @@ def cell_report(results: dict[str, Samples], *, concurrency: int, stream: bool) 
             "errors": samples.errors,
             "last_error": samples.last_error,
         }
-    direct, areion = out["targets"]["direct"], out["targets"]["areion"]
-    out["added_ms"] = {
-        "p50": areion["total"]["p50"] - direct["total"]["p50"],
-        "p99": areion["total"]["p99"] - direct["total"]["p99"],
-    }
+    direct = out["targets"]["direct"]
+    for name, target in out["targets"].items():
+        if name == "direct":
+            continue
+        target["added_ms"] = _added(target["total"], direct["total"])
+        target["added_first_event_ms"] = (
+            _added(target["first_event"], direct["first_event"]) if stream else None
+        )
+        target["throughput_share"] = (
+            target["throughput_rps"] / direct["throughput_rps"] if direct["throughput_rps"] else 0
+        )
+    areion = out["targets"][AREION]
+    out["added_ms"] = areion["added_ms"]  # the single-worker figures, as before peers
     if stream:
-        out["added_first_event_ms"] = {
-            "p50": areion["first_event"]["p50"] - direct["first_event"]["p50"],
-            "p99": areion["first_event"]["p99"] - direct["first_event"]["p99"],
-        }
+        out["added_first_event_ms"] = areion["added_first_event_ms"]
     return out
 
 
+def _added(summary: dict[str, float], direct: dict[str, float]) -> dict[str, float]:
+    return {"p50": summary["p50"] - direct["p50"], "p99": summary["p99"] - direct["p99"]}
+
+
 def print_cells(cells: list[dict[str, Any]]) -> None:
-    rows = []
+    rows: list[list[object]] = []
     for cell in cells:
-        direct, areion = cell["targets"]["direct"], cell["targets"]["areion"]
-        rows.append(
-            [
-                cell["concurrency"],
-                "yes" if cell["stream"] else "no",
-                "last byte",
-                direct["total"]["n"],
-                fmt(direct["total"]["p50"]),
-                fmt(areion["total"]["p50"]),
-                f"{cell['added_ms']['p50']:+.2f}",
-                fmt(direct["total"]["p99"]),
-                fmt(areion["total"]["p99"]),
-                f"{cell['added_ms']['p99']:+.2f}",
-                f"{direct['throughput_rps']:.0f}",
-                f"{areion['throughput_rps']:.0f}",
-                direct["errors"] + areion["errors"],
-            ]
-        )
-        if cell["stream"]:
-            first_d, first_a = direct["first_event"], areion["first_event"]
+        for name, target in cell["targets"].items():
+            added, first = target.get("added_ms"), target["first_event"]
+            added_first = target.get("added_first_event_ms")
             rows.append(
                 [
-                    "",
-                    "",
-                    "first event",
-                    "",
-                    fmt(first_d["p50"]),
-                    fmt(first_a["p50"]),
-                    f"{cell['added_first_event_ms']['p50']:+.2f}",
-                    fmt(first_d["p99"]),
-                    fmt(first_a["p99"]),
-                    f"{cell['added_first_event_ms']['p99']:+.2f}",
-                    "",
-                    "",
-                    "",
+                    cell["concurrency"],
+                    "yes" if cell["stream"] else "no",
+                    name,
+                    target["total"]["n"],
+                    fmt(target["total"]["p50"]),
+                    fmt(target["total"]["p99"]),
+                    _signed(added["p50"]) if added else "",
+                    _signed(added["p99"]) if added else "",
+                    fmt(first["p50"]) if first else "",
+                    _signed(added_first["p50"]) if added_first else "",
+                    _signed(added_first["p99"]) if added_first else "",
+                    f"{target['throughput_rps']:.0f}",
+                    f"{target['throughput_share']:.0%}" if added else "",
+                    target["errors"],
                 ]
             )
     headers = [
-        "conc", "stream", "time to", "calls", "direct p50", "areion p50", "added p50",
-        "direct p99", "areion p99", "added p99", "direct rps", "areion rps", "errors",
+        "conc", "stream", "server", "calls", "p50", "p99", "added p50", "added p99",
+        "ttfb p50", "ttfb +p50", "ttfb +p99", "rps", "of direct", "err",
     ]  # fmt: skip
     print(table(headers, rows))
 
 
+def ratios(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each other contender's added latency over Areion's (one worker), per cell; None
+    where Areion's is not above zero (the ratio would mean nothing)."""
+    out = []
+    for cell in cells:
+        areion = cell["targets"][AREION]
+        for name, target in cell["targets"].items():
+            if name in ("direct", AREION):
+                continue
+            row: dict[str, Any] = {
+                "concurrency": cell["concurrency"],
+                "stream": cell["stream"],
+                "server": name,
+                "p50": _ratio(target["added_ms"]["p50"], areion["added_ms"]["p50"]),
+                "p99": _ratio(target["added_ms"]["p99"], areion["added_ms"]["p99"]),
+                "first_event_p50": None,
+                "throughput": _ratio(target["throughput_rps"], areion["throughput_rps"]),
+            }
+            if cell["stream"]:
+                row["first_event_p50"] = _ratio(
+                    target["added_first_event_ms"]["p50"], areion["added_first_event_ms"]["p50"]
+                )
+            out.append(row)
+    return out
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    if math.isnan(value) or math.isnan(reference) or reference <= 0:
+        return None
+    return value / reference
+
+
+def print_ratios(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    table_rows = [
+        [
+            row["concurrency"],
+            "yes" if row["stream"] else "no",
+            row["server"],
+            _times(row["p50"]),
+            _times(row["p99"]),
+            _times(row["first_event_p50"]) if row["stream"] else "",
+            _times(row["throughput"]),
+        ]
+        for row in rows
+    ]
+    headers = ["conc", "stream", "server", "added p50", "added p99", "ttfb +p50", "rps"]
+    print("\neach server against areion (1 worker): its added latency / areion's; rps / areion's")
+    print(table(headers, table_rows))
+
+
+def print_cpu(cpu: dict[str, dict[str, Any]]) -> None:
+    rows = [
+        [
+            name,
+            entry["processes"],
+            entry["calls"],
+            fmt(entry["cpu_s"]),
+            fmt(entry["us_per_call"], 0),
+        ]
+        for name, entry in cpu.items()
+    ]
+    print("\nserver CPU per call (user + system, summed over the process tree; warm-up included)")
+    print(table(["server", "processes", "calls", "cpu s", "us/call"], rows))
+
+
+def _signed(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:+.2f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def verdict(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
-    cell = next(
-        (c for c in cells if c["concurrency"] == TARGET_CONCURRENCY and not c["stream"]), None
-    )
+    """Criterion 2: one worker at concurrency 16, non-streaming."""
+    cell = _cell(cells, TARGET_CONCURRENCY)
     if cell is None:
         return None
-    errors = sum(t["errors"] for t in cell["targets"].values())
+    errors = cell["targets"]["direct"]["errors"] + cell["targets"][AREION]["errors"]
     p50, p99 = cell["added_ms"]["p50"], cell["added_ms"]["p99"]
     return {
         "concurrency": TARGET_CONCURRENCY,
@@ -329,23 +430,35 @@ def verdict(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def write_config(workdir: Path, upstream_url: str) -> Path:
-    path = workdir / "areion-bench.yaml"
-    config = {
-        "models": [
-            {
-                "name": GROUP,
-                "provider": "openai",
-                "model": UPSTREAM_MODEL,
-                "base_url": upstream_url,
-                "api_key": "dummy",
-            }
-        ],
-        "store": f"sqlite:///{workdir / 'areion.db'}",
-        "server": {"access_log": False},
+def load_verdict(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Issue 19: one worker at concurrency 64, non-streaming: added p50 and throughput."""
+    cell = _cell(cells, LOAD_CONCURRENCY)
+    if cell is None:
+        return None
+    areion = cell["targets"][AREION]
+    errors = cell["targets"]["direct"]["errors"] + areion["errors"]
+    p50, share = areion["added_ms"]["p50"], areion["throughput_share"]
+    return {
+        "concurrency": LOAD_CONCURRENCY,
+        "added_p50_ms": p50,
+        "target_p50_ms": LOAD_P50_MS,
+        "p50_met": p50 <= LOAD_P50_MS and errors == 0,
+        "throughput_share": share,
+        "target_throughput_share": LOAD_THROUGHPUT_SHARE,
+        "throughput_met": share >= LOAD_THROUGHPUT_SHARE and errors == 0,
+        "errors": errors,
     }
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+
+
+def _cell(cells: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
+    return next((c for c in cells if c["concurrency"] == concurrency and not c["stream"]), None)
+
+
+def write_config(workdir: Path, upstream_url: str) -> Path:
+    """The single-worker config: SQLite in `workdir`."""
+    return areion_config(
+        workdir, upstream_url, store=f"sqlite:///{workdir / 'areion.db'}", shared=None
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -367,8 +480,92 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
     parser.add_argument("--timeout", type=float, default=120.0, help="cap on one batch, seconds")
+    parser.add_argument(
+        "--without",
+        default="",
+        help=f"comma-separated contenders to leave out, of: {', '.join(OPTIONAL)}",
+    )
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="the 2-worker server's store (a schema of the run's own, dropped after it)",
+    )
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/0",
+        help="the 2-worker server's `shared` (a prefix of the run's own, deleted after it)",
+    )
+    parser.add_argument(
+        "--portkey",
+        metavar="PATH",
+        help="Portkey's gateway package folder or start script (default: $AREION_BENCH_PORTKEY,"
+        " else bench/peers/node_modules/@portkey-ai/gateway)",
+    )
+    parser.add_argument("--node", default="node", help="the Node.js that runs Portkey's gateway")
+    parser.add_argument(
+        "--peer-timeout", type=float, default=120.0, help="seconds a peer may take to start"
+    )
     parser.add_argument("--json", metavar="FILE", help="save the results as JSON")
-    return parser.parse_args()
+    args = parser.parse_args()
+    unknown = {name for name in args.without.split(",") if name.strip()} - set(OPTIONAL)
+    if unknown:
+        parser.error(f"--without: unknown {', '.join(sorted(unknown))}; one of {OPTIONAL}")
+    return args
+
+
+async def start_contenders(
+    args: argparse.Namespace, workdir: Path, upstream_url: str, stack: contextlib.AsyncExitStack
+) -> tuple[list[Server], dict[str, str]]:
+    """Areion (one worker) and every optional contender that can run; the others with
+    the reason each was skipped. Each started server is stopped when `stack` closes."""
+    without = {name.strip() for name in args.without.split(",") if name.strip()}
+    servers: list[Server] = []
+    skipped: dict[str, str] = {}
+
+    def keep(server: Server) -> None:
+        stack.callback(server.process.stop)
+        servers.append(server)
+
+    keep(start_areion(AREION, workdir, write_config(workdir, upstream_url)))
+    for name in OPTIONAL:
+        if name in without:
+            skipped[name] = "left out (--without)"
+            continue
+        print(f"starting {name} ...", flush=True)
+        started = time.perf_counter()
+        try:
+            if name == "areion-2w":
+                store, shared = await stack.enter_async_context(
+                    shared_backends(args.postgres, args.redis)
+                )
+                config = areion_config(workdir, upstream_url, store=store, shared=shared)
+                keep(start_areion(name, workdir, config, workers=2))
+            elif name == "litellm":
+                keep(start_litellm(workdir, upstream_url, ready_timeout=args.peer_timeout))
+            else:
+                script = find_portkey(args.portkey)
+                keep(
+                    start_portkey(
+                        workdir, upstream_url, script=script, node=args.node,
+                        ready_timeout=args.peer_timeout,
+                    )
+                )  # fmt: skip
+        except Skipped as error:
+            skipped[name] = str(error)
+            print(f"{name}: skipped: {error}", flush=True)
+            continue
+        print(f"{name}: ready in {time.perf_counter() - started:.1f} s", flush=True)
+    return servers, skipped
+
+
+async def probe(client: LoadClient, target: Target) -> str | None:
+    """One call of each kind; the error, if either fails."""
+    try:
+        await client.post(target.url, target.body(False), target.request_headers())
+        await client.post_stream(target.url, target.body(True), target.request_headers())
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"[:300]
+    return None
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> int:
@@ -379,88 +576,82 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
     )
     client: LoadClient = AiohttpClient() if client_name == "aiohttp" else HttpxClient()
-    info = environment(["aiohttp", "starlette"])
+    info = environment(["aiohttp", "starlette", "asyncpg", "redis", "litellm"])
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    with upstream(
-        workdir,
-        latency_ms=args.latency_ms,
-        chunks=args.chunks,
-        chunk_interval_ms=args.chunk_interval_ms,
-        jitter_ms=args.latency_jitter_ms,
-    ) as (upstream_process, upstream_url):
-        port = free_port()
-        server = ChildProcess(
-            "areion serve",
-            [
-                sys.executable,
-                "-m",
-                "areion.cli",
-                "serve",
-                "--config",
-                str(write_config(workdir, upstream_url)),
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            workdir / "areion.log",
-        )
-        try:
-            server.wait_ready(f"http://{LOOPBACK}:{port}/healthz")
-            targets = [
-                Target("direct", f"{upstream_url}/chat/completions", UPSTREAM_MODEL),
-                Target("areion", f"http://{LOOPBACK}:{port}/v1/chat/completions", GROUP),
-            ]
-            print(f"machine: {describe_environment(info)}")
-            print(
-                f"setup: 3 processes sharing {info['cpus']} CPUs: upstream (bench/upstream.py, "
-                f"latency {args.latency_ms:g} +/- {args.latency_jitter_ms:g} ms, {args.chunks} "
-                "chunks/stream), `areion serve` "
-                f"(uvicorn defaults), this load generator ({client_name} on {loop_name}); "
-                f"{rounds} interleaved rounds per cell"
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        upstream_process, upstream_url = stack.enter_context(
+            upstream(
+                workdir,
+                latency_ms=args.latency_ms,
+                chunks=args.chunks,
+                chunk_interval_ms=args.chunk_interval_ms,
+                jitter_ms=args.latency_jitter_ms,
             )
-            for target in targets:  # both answer before anything is timed
-                await client.post(target.url, target.body(False))
-                await client.post_stream(target.url, target.body(True))
-            cells = []
-            sent: dict[str, int] = {}
-            server_cpu_before = server.cpu_seconds()
-            upstream_cpu_before = upstream_process.cpu_seconds()
-            started = time.perf_counter()
-            for stream in modes:
-                for concurrency in levels:
-                    print(f"measuring concurrency {concurrency}, stream={stream} ...", flush=True)
-                    results = await measure_cell(
-                        client,
-                        targets,
-                        stream=stream,
-                        concurrency=concurrency,
-                        rounds=rounds,
-                        quick=args.quick,
-                        timeout_s=args.timeout,
-                        sent=sent,
-                    )
-                    cells.append(cell_report(results, concurrency=concurrency, stream=stream))
-            elapsed = time.perf_counter() - started
-            server_cpu = _delta(server_cpu_before, server.cpu_seconds())
-            upstream_cpu = _delta(upstream_cpu_before, upstream_process.cpu_seconds())
-        finally:
-            await client.aclose()
-            server.stop()
+        )
+        servers, skipped = await start_contenders(args, workdir, upstream_url, stack)
+        targets = [Target("direct", f"{upstream_url}/chat/completions", UPSTREAM_MODEL)]
+        running: list[Server] = []
+        for server in servers:  # every contender answers before anything is timed
+            target = Target(server.name, server.url, server.model, server.headers)
+            error = await probe(client, target)
+            if error is not None:
+                if server.name == AREION:
+                    raise RuntimeError(f"areion serve failed its first calls: {error}")
+                skipped[server.name] = f"its first calls failed: {error}"
+                print(f"{server.name}: skipped: its first calls failed: {error}", flush=True)
+                server.process.stop()
+                continue
+            targets.append(target)
+            running.append(server)
+        print(f"machine: {describe_environment(info)}")
+        print(
+            f"setup: {len(targets) + 1} processes sharing {info['cpus']} CPUs: upstream "
+            f"(bench/upstream.py, latency {args.latency_ms:g} +/- {args.latency_jitter_ms:g} ms, "
+            f"{args.chunks} chunks/stream), this load generator ({client_name} on {loop_name}), "
+            + "; ".join(f"{server.name} = {server.note}" for server in running)
+            + f". {rounds} interleaved rounds per cell"
+        )
+        cells = []
+        sent: dict[str, int] = {}
+        cpu_before = {server.name: server.process.tree_cpu_seconds() for server in running}
+        upstream_cpu_before = upstream_process.cpu_seconds()
+        started = time.perf_counter()
+        for stream in modes:
+            for concurrency in levels:
+                print(f"measuring concurrency {concurrency}, stream={stream} ...", flush=True)
+                results = await measure_cell(
+                    client,
+                    targets,
+                    stream=stream,
+                    concurrency=concurrency,
+                    rounds=rounds,
+                    quick=args.quick,
+                    timeout_s=args.timeout,
+                    sent=sent,
+                )
+                cells.append(cell_report(results, concurrency=concurrency, stream=stream))
+        elapsed = time.perf_counter() - started
+        cpu = {
+            server.name: _cpu(server.process, cpu_before[server.name], sent.get(server.name, 0))
+            for server in running
+        }
+        cpu["upstream"] = _cpu(
+            upstream_process, upstream_cpu_before, sum(sent.values()), tree=False
+        )
 
     print()
     print_cells(cells)
-    areion_calls = sent.get("areion", 0)
-    all_calls = areion_calls + sent.get("direct", 0)
-    server_cpu_per_call = server_cpu / areion_calls * 1e6 if server_cpu and areion_calls else None
-    upstream_cpu_per_call = upstream_cpu / all_calls * 1e6 if upstream_cpu and all_calls else None
+    ratio_rows = ratios(cells)
+    print_ratios(ratio_rows)
+    print_cpu(cpu)
+    for name, reason in skipped.items():
+        print(f"not measured: {name}: {reason}")
     print(
-        f"\nmeasured in {elapsed:.0f} s. added = areion - direct, same percentile; "
-        f"rps = completed calls / batch wall time (closed loop). CPU per call: areion server "
-        f"{fmt(server_cpu_per_call, 0)} us, upstream {fmt(upstream_cpu_per_call, 0)} us "
-        "(warm-up calls included)."
+        f"\nmeasured in {elapsed:.0f} s. added = server - direct, same percentile (ttfb: to the "
+        "first `data:` event); rps = completed calls / batch wall time (closed loop); "
+        "`of direct` = rps / direct's rps. A ratio is `-` where areion's own figure is not "
+        "above zero."
     )
     result = verdict(cells)
     if result is None:
@@ -472,6 +663,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             f"criterion 2: server adds p50 {result['added_p50_ms']:+.2f} ms "
             f"(target <= {TARGET_P50_MS:g}), p99 {result['added_p99_ms']:+.2f} ms "
             f"(target <= {TARGET_P99_MS:g}) at concurrency {TARGET_CONCURRENCY} {status}{note}"
+        )
+    load = load_verdict(cells)
+    if load is None:
+        print(f"issue 19 targets: n/a (run with concurrency {LOAD_CONCURRENCY}, non-streaming)")
+    else:
+        note = f" ({load['errors']} call errors!)" if load["errors"] else ""
+        print(
+            f"issue 19 targets, areion (1 worker) at concurrency {LOAD_CONCURRENCY}, "
+            f"non-streaming: adds p50 {load['added_p50_ms']:+.2f} ms (target <= "
+            f"{LOAD_P50_MS:g}) {_met(load['p50_met'])}; throughput "
+            f"{load['throughput_share']:.0%} of direct (target >= "
+            f"{LOAD_THROUGHPUT_SHARE:.0%}) {_met(load['throughput_met'])}{note}"
         )
     if args.json:
         write_json(
@@ -490,19 +693,37 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                     "client": client_name,
                     "loop": loop_name,
                     "quick": args.quick,
+                    "servers": {server.name: server.note for server in running},
                 },
+                "skipped": skipped,
                 "elapsed_s": elapsed,
-                "server_cpu_us_per_call": server_cpu_per_call,
-                "upstream_cpu_us_per_call": upstream_cpu_per_call,
+                "cpu": cpu,
+                "server_cpu_us_per_call": cpu[AREION]["us_per_call"],
+                "upstream_cpu_us_per_call": cpu["upstream"]["us_per_call"],
                 "cells": cells,
+                "ratios_to_areion": ratio_rows,
                 "verdict": result,
+                "load_verdict": load,
             },
         )
     return 0
 
 
-def _delta(before: float | None, after: float | None) -> float | None:
-    return after - before if before is not None and after is not None else None
+def _cpu(
+    process: ChildProcess, before: float | None, calls: int, *, tree: bool = True
+) -> dict[str, Any]:
+    after = process.tree_cpu_seconds() if tree else process.cpu_seconds()
+    seconds = after - before if before is not None and after is not None else None
+    return {
+        "processes": len(process_tree(process.pid)) if tree else 1,
+        "calls": calls,
+        "cpu_s": seconds,
+        "us_per_call": seconds / calls * 1e6 if seconds is not None and calls else None,
+    }
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
 
 
 def main() -> int:
