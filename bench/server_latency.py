@@ -14,7 +14,7 @@ end of the body (TTLB). A contender that cannot run here is skipped with a line
 saying why.
 
     .venv/bin/python bench/server_latency.py            # about 5 minutes with both peers
-    .venv/bin/python bench/server_latency.py --quick    # about 1.5 minutes
+    .venv/bin/python bench/server_latency.py --quick    # about 2 minutes
 
 Targets: one worker at concurrency 64 (non-streaming) adds <= 8 ms p50 and keeps
 >= 75% of the direct throughput; criterion 2: at concurrency 16 (non-streaming) the
