@@ -42,6 +42,8 @@ from _common import (
     describe_environment,
     environment,
     fmt,
+    iqr_half_width,
+    percentile,
     process_tree,
     run_main,
     table,
@@ -192,6 +194,12 @@ class Samples:
     calls: int = 0
     errors: int = 0
     last_error: str = ""
+    round_ends: list[int] = field(default_factory=list)
+    """len(total) after each round: the rounds' own samples, for their spread."""
+
+    def rounds(self) -> list[list[float]]:
+        starts = [0, *self.round_ends[:-1]]
+        return [self.total[start:end] for start, end in zip(starts, self.round_ends, strict=True)]
 
 
 async def run_batch(
@@ -269,6 +277,7 @@ async def measure_cell(
                 client, target, results[target.name], stream=stream, calls=per_round,
                 concurrency=concurrency, timeout_s=timeout_s,
             )  # fmt: skip
+            results[target.name].round_ends.append(len(results[target.name].total))
             await asyncio.sleep(SETTLE_S)
     return results
 
@@ -289,6 +298,7 @@ def cell_report(results: dict[str, Samples], *, concurrency: int, stream: bool) 
         if name == "direct":
             continue
         target["added_ms"] = _added(target["total"], direct["total"])
+        target["added_p50_spread_ms"] = _round_spread(results[name], results["direct"])
         target["added_first_event_ms"] = (
             _added(target["first_event"], direct["first_event"]) if stream else None
         )
@@ -300,6 +310,14 @@ def cell_report(results: dict[str, Samples], *, concurrency: int, stream: bool) 
     if stream:
         out["added_first_event_ms"] = areion["added_first_event_ms"]
     return out
+
+
+def _round_spread(samples: Samples, direct: Samples) -> float:
+    """Half the interquartile range of the rounds' added p50 (each round's p50 minus
+    direct's p50 of the same round): how far the cell's figure can be trusted."""
+    pairs = zip(samples.rounds(), direct.rounds(), strict=False)
+    added = [percentile(own, 50) - percentile(ref, 50) for own, ref in pairs if own and ref]
+    return iqr_half_width(added) * 1000.0
 
 
 def _added(summary: dict[str, float], direct: dict[str, float]) -> dict[str, float]:
@@ -321,6 +339,7 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
                     fmt(target["total"]["p50"]),
                     fmt(target["total"]["p99"]),
                     _signed(added["p50"]) if added else "",
+                    fmt(target["added_p50_spread_ms"]) if added else "",
                     _signed(added["p99"]) if added else "",
                     fmt(first["p50"]) if first else "",
                     _signed(added_first["p50"]) if added_first else "",
@@ -331,7 +350,7 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
                 ]
             )
     headers = [
-        "conc", "stream", "server", "calls", "p50", "p99", "added p50", "added p99",
+        "conc", "stream", "server", "calls", "p50", "p99", "added p50", "+/-", "added p99",
         "ttfb p50", "ttfb +p50", "ttfb +p99", "rps", "of direct", "err",
     ]  # fmt: skip
     print(table(headers, rows))
