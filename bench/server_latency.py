@@ -354,6 +354,13 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
         "ttfb p50", "ttfb +p50", "ttfb +p99", "rps", "of direct", "err",
     ]  # fmt: skip
     print(table(headers, rows))
+    for cell in cells:
+        for name, target in cell["targets"].items():
+            if target["errors"]:
+                print(
+                    f"{name} at concurrency {cell['concurrency']}, stream={cell['stream']}: "
+                    f"{target['errors']} failed calls, the last: {target['last_error']}"
+                )
 
 
 def ratios(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
