@@ -77,6 +77,11 @@ LOAD_CONCURRENCY = 64
 LOAD_P50_MS = 8.0
 LOAD_THROUGHPUT_SHARE = 0.75
 SETTLE_S = 0.06
+# The load generator drops a connection idle this long. Under the 5 s after which the
+# servers close an idle one (uvicorn's default, Areion's `idle_timeout_s`, Node's):
+# with slow peers in the rounds a contender can sit idle about that long, and a call
+# sent on a connection the server is closing fails ("Server disconnected").
+CLIENT_KEEPALIVE_S = 3.0
 AREION = "areion"  # one worker: the reference the ratios divide by
 OPTIONAL = ("areion-2w", "litellm", "portkey")
 
@@ -109,22 +114,24 @@ class AiohttpClient(LoadClient):
 
         self._aiohttp = aiohttp
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1024, limit_per_host=1024),
+            connector=aiohttp.TCPConnector(
+                limit=1024, limit_per_host=1024, keepalive_timeout=CLIENT_KEEPALIVE_S
+            ),
             timeout=aiohttp.ClientTimeout(total=60),
             headers={"content-type": "application/json", "authorization": "Bearer dummy"},
         )
 
     async def post(self, url: str, body: bytes, headers: Headers = None) -> None:
         async with self._session.post(url, data=body, headers=headers) as response:
-            await response.read()
+            content = await response.read()
             if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}")
+                raise _status_error(response.status, content)
 
     async def post_stream(self, url: str, body: bytes, headers: Headers = None) -> float:
         first = math.nan
         async with self._session.post(url, data=body, headers=headers) as response:
             if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}")
+                raise _status_error(response.status, await response.read())
             async for line in response.content:
                 if math.isnan(first) and line.startswith(b"data:"):
                     first = time.perf_counter()
@@ -142,20 +149,24 @@ class HttpxClient(LoadClient):
 
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(60.0, connect=5.0),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=1024),
+            limits=httpx.Limits(
+                max_connections=1024,
+                max_keepalive_connections=1024,
+                keepalive_expiry=CLIENT_KEEPALIVE_S,
+            ),
             headers={"content-type": "application/json", "authorization": "Bearer dummy"},
         )
 
     async def post(self, url: str, body: bytes, headers: Headers = None) -> None:
         response = await self._client.post(url, content=body, headers=headers)
         if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}")
+            raise _status_error(response.status_code, response.content)
 
     async def post_stream(self, url: str, body: bytes, headers: Headers = None) -> float:
         first = math.nan
         async with self._client.stream("POST", url, content=body, headers=headers) as response:
             if response.status_code != 200:
-                raise RuntimeError(f"HTTP {response.status_code}")
+                raise _status_error(response.status_code, await response.aread())
             async for line in response.aiter_lines():
                 if math.isnan(first) and line.startswith("data:"):
                     first = time.perf_counter()
@@ -163,6 +174,11 @@ class HttpxClient(LoadClient):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _status_error(status: int, content: bytes) -> RuntimeError:
+    """An answer other than 200, with the start of its body (the server's reason)."""
+    return RuntimeError(f"HTTP {status}: {content[:200].decode(errors='replace')}")
 
 
 @dataclass(frozen=True)
