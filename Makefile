@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,22 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed-dev
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python bench/overhead.py
+# The peers the benches measure beside Areion, each installed apart from the dev venv:
+# LiteLLM (the bench extra) in a venv of its own, since it pins openai < 3 and the dev
+# extra's Agents SDK needs openai 3; Portkey's gateway from npm, as pinned in bench/peers.
+PEERS := bench/peers
+$(PEERS)/litellm/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS)/litellm
+	$(PEERS)/litellm/bin/python -m pip install --quiet -e ".[bench]"
+	touch $@
+
+$(PEERS)/node_modules/.package-lock.json: $(PEERS)/package.json $(PEERS)/package-lock.json
+	npm ci --prefix $(PEERS)
+
+bench-peers: $(PEERS)/litellm/.installed $(PEERS)/node_modules/.package-lock.json
+
+bench: $(VENV)/.installed-dev bench-peers
+	$(PEERS)/litellm/bin/python bench/overhead.py
 	$(BIN)/python bench/server_latency.py
 
 clean:

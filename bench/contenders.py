@@ -6,7 +6,10 @@ that would install what is missing) when it cannot run here. Peers:
 
 - `litellm`: LiteLLM's proxy (`litellm[proxy]`, the `bench` extra), started as
   `python -m litellm.proxy.proxy_cli` with a master key and one model pointing at
-  the upstream; its logging at ERROR (so no access log, as Areion's is off).
+  the upstream; its logging at ERROR (so no access log, as Areion's is off). It runs
+  on its own interpreter: `--litellm-python`, else $AREION_BENCH_LITELLM_PYTHON, else
+  the venv `make bench-peers` makes in bench/peers/litellm, else this one. Its own
+  venv because LiteLLM pins openai < 3 and the dev extra's Agents SDK needs openai 3.
 - `portkey`: Portkey's gateway (npm `@portkey-ai/gateway`, pinned by
   `bench/peers/package.json`), run with node through `bench/peers/loopback.mjs`
   so it listens on 127.0.0.1 only; called with `x-portkey-provider: openai` and
@@ -16,7 +19,6 @@ that would install what is missing) when it cannot run here. Peers:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -35,6 +37,7 @@ UPSTREAM_MODEL = "bench-model"
 LITELLM_KEY = "sk-areion-bench"
 PEERS_DIR = BENCH_DIR / "peers"
 PORTKEY_ENV = "AREION_BENCH_PORTKEY"  # the gateway's package folder, or its start script
+LITELLM_PYTHON_ENV = "AREION_BENCH_LITELLM_PYTHON"  # the interpreter with litellm[proxy]
 PORTKEY_PACKAGE = Path("node_modules") / "@portkey-ai" / "gateway"
 PORTKEY_SCRIPT = Path("build") / "start-server.js"
 
@@ -141,13 +144,26 @@ async def shared_backends(postgres: str, redis: str) -> AsyncIterator[tuple[str,
                 await connection.close()
 
 
-def start_litellm(workdir: Path, upstream_url: str, *, ready_timeout: float) -> Server:
-    if importlib.util.find_spec("litellm") is None:
-        raise Skipped("litellm is not installed (pip install -e '.[bench]')")
-    missing = [name for name in ("fastapi", "backoff", "apscheduler") if not _has(name)]
-    if missing:
+def find_litellm_python(option: str | None) -> str:
+    """The interpreter that runs LiteLLM's proxy (see the module's docstring)."""
+    given = option or os.environ.get(LITELLM_PYTHON_ENV)
+    if given:
+        return given
+    own = PEERS_DIR / "litellm" / "bin" / "python"
+    return str(own) if own.is_file() else sys.executable
+
+
+def start_litellm(workdir: Path, upstream_url: str, *, python: str, ready_timeout: float) -> Server:
+    probe = subprocess.run(
+        [python, "-c", "import litellm.proxy.proxy_cli, fastapi, backoff, apscheduler"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
         raise Skipped(
-            f"litellm's proxy extra is missing ({', '.join(missing)}): pip install -e '.[bench]'"
+            f"litellm's proxy is not installed for {python}: {_last_line(probe.stderr)}"
+            " (make bench-peers)"
         )
     config = workdir / "litellm.yaml"
     config.write_text(
@@ -176,7 +192,7 @@ def start_litellm(workdir: Path, upstream_url: str, *, ready_timeout: float) -> 
     }
     process = ChildProcess(
         "litellm proxy",
-        [sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
+        [python, "-m", "litellm.proxy.proxy_cli", "--config", str(config),
          "--host", LOOPBACK, "--port", str(port)],
         workdir / "litellm.log",
         env=env,
@@ -237,10 +253,6 @@ def start_portkey(
         ),
         note=f"Portkey gateway {_package_version(script)} on node {version}",
     )
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def _last_line(text: str) -> str:

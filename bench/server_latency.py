@@ -56,6 +56,7 @@ from contenders import (
     Server,
     Skipped,
     areion_config,
+    find_litellm_python,
     find_portkey,
     shared_backends,
     start_areion,
@@ -545,6 +546,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--node", default="node", help="the Node.js that runs Portkey's gateway")
     parser.add_argument(
+        "--litellm-python",
+        metavar="PATH",
+        help="the Python with litellm[proxy] (default: $AREION_BENCH_LITELLM_PYTHON, else"
+        " bench/peers/litellm/bin/python from `make bench-peers`, else this one)",
+    )
+    parser.add_argument(
         "--peer-timeout", type=float, default=120.0, help="seconds a peer may take to start"
     )
     parser.add_argument("--json", metavar="FILE", help="save the results as JSON")
@@ -583,7 +590,12 @@ async def start_contenders(
                 config = areion_config(workdir, upstream_url, store=store, shared=shared)
                 keep(start_areion(name, workdir, config, workers=2))
             elif name == "litellm":
-                keep(start_litellm(workdir, upstream_url, ready_timeout=args.peer_timeout))
+                python = find_litellm_python(args.litellm_python)
+                keep(
+                    start_litellm(
+                        workdir, upstream_url, python=python, ready_timeout=args.peer_timeout
+                    )
+                )
             else:
                 script = find_portkey(args.portkey)
                 keep(
