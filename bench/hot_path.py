@@ -73,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
     parser.add_argument("--profile", metavar="FILE", help="py-spy record the server to FILE")
     parser.add_argument("--format", default="flamegraph", help="py-spy's --format")
+    parser.add_argument("--strace", metavar="FILE", help="count the server's system calls (strace -c)")
     parser.add_argument(
         "--callgrind",
         metavar="DIR",
@@ -112,6 +113,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             )
             batch = {"stream": args.stream, "concurrency": args.concurrency, "timeout_s": 600.0}
             await run_batch(client, target, Samples(), calls=args.warm_up, **batch)  # type: ignore[arg-type]
+            if args.strace:
+                spy = subprocess.Popen(
+                    ["strace", "-c", "-f", "-o", args.strace, "-p", str(server.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                time.sleep(1.0)
             if args.profile:
                 py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
                 spy = subprocess.Popen(

@@ -6,8 +6,9 @@
   protocol with deadlines for a request's headers and body, an idle timeout from the
   moment a connection opens, and a cap on open connections. uvicorn alone only times
   out a connection idle after a response: a socket that never sends a byte, or never
-  finishes its headers or body, would stay open for good. It also sends a response's
-  head with its first body bytes, in one write (`_Corked`).
+  finishes its headers or body, would stay open for good. It also writes less often
+  (`_Corked`): a response's head with its first body bytes, and a stream's events
+  written in one turn of the event loop, each in one send.
 """
 
 from __future__ import annotations
@@ -188,35 +189,58 @@ class _Guarded(HttpToolsProtocol):
 
 
 class _Corked:
-    """A connection's transport as its requests' cycles see it: a response's head (its
-    status line and headers, one write) waits for the body's first write and leaves
-    with it, in one send. uvicorn writes them apart: two system calls per answer, and
-    two segments the client wakes up for. A head whose body is late (a stream's first
-    event still on its way) leaves at the loop's next turn on its own."""
+    """A connection's transport as its requests' cycles see it, writing less often:
 
-    __slots__ = ("_held", "_loop", "_transport")
+    - a response's head (its status line and headers, one write) waits for the body's
+      first write and leaves with it, in one send; uvicorn writes them apart: two
+      system calls per answer, and two segments the client wakes up for;
+    - after a send, what else is written in the same turn of the event loop (the
+      events of a stream whose upstream sent them together) waits for the turn's end
+      and leaves in one send, instead of one system call an event.
+
+    Nothing waits past the loop's next turn: a head whose body is late (a stream's
+    first event still on its way) leaves then on its own."""
+
+    __slots__ = ("_buffer", "_head", "_loop", "_scheduled", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: bytes | None = None
+        self._buffer: list[bytes] | None = None
+        """What waits for the turn's end; None: a write now goes out at once."""
+        self._head: bytes | None = None
+        self._scheduled = False
 
     def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
+        if self._buffer is not None:
+            self._buffer.append(data)
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
         elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
-            self._held = data
-            self._loop.call_soon(self.flush)
+            self._head = data
+            self._schedule()
+            return
         else:
             self._transport.write(data)
+        self._buffer = []  # the rest of this turn's writes wait for its end
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held)
+        self._scheduled = False
+        buffer, head = self._buffer, self._head
+        self._buffer = self._head = None
+        if head is not None:
+            self._transport.write(head)
+        if buffer:
+            self._transport.write(b"".join(buffer))
 
     def close(self) -> None:
         self.flush()
