@@ -20,8 +20,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import uuid
 from pathlib import Path
+
+import yaml
 
 from _common import LOOPBACK, ChildProcess, free_port, run_main, upstream
 from server_latency import GROUP, AiohttpClient, Samples, Target, run_batch, write_config
@@ -73,7 +75,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
     parser.add_argument("--profile", metavar="FILE", help="py-spy record the server to FILE")
     parser.add_argument("--format", default="flamegraph", help="py-spy's --format")
-    parser.add_argument("--strace", metavar="FILE", help="count the server's system calls (strace -c)")
+    parser.add_argument("--rate", type=int, default=200, help="py-spy's samples per second")
+    parser.add_argument(
+        "--postgres", metavar="DSN", help="a PostgreSQL store (a schema of the run's own)"
+    )
+    parser.add_argument("--redis", metavar="URL", help="Redis `shared` (a prefix of the run's own)")
+    parser.add_argument("--workers", type=int, default=1, help="--workers (needs both above)")
+    parser.add_argument(
+        "--strace", metavar="FILE", help="count the server's system calls (strace -c)"
+    )
     parser.add_argument(
         "--callgrind",
         metavar="DIR",
@@ -84,24 +94,114 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def write_shared_config(workdir: Path, upstream_url: str, args: argparse.Namespace) -> Path:
+    """`server_latency`'s config with the store and shared state asked for."""
+    path = write_config(workdir, upstream_url)
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if args.postgres:
+        config["store"] = f"{args.postgres}?schema={SCHEMA}"
+    if args.redis:
+        config["shared"] = f"{args.redis}?prefix=areion-hot-path:{uuid.uuid4().hex}:"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+SCHEMA = f"areion_hot_path_{uuid.uuid4().hex[:10]}"
+
+
+def backend_counts(args: argparse.Namespace) -> tuple[int, int]:
+    """Redis commands processed and PostgreSQL transactions committed so far (0 for a
+    backend not in use), server-wide: run nothing else against them meanwhile."""
+    commands = commits = 0
+    if args.redis:
+        out = subprocess.run(
+            ["redis-cli", "-u", args.redis, "info", "stats"], capture_output=True, text=True
+        ).stdout
+        for line in out.splitlines():
+            if line.startswith("total_commands_processed:"):
+                commands = int(line.split(":")[1])
+    if args.postgres:
+        out = subprocess.run(
+            ["psql", args.postgres, "-Atc",
+             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"],
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        commits = int(out.strip() or 0)
+    return commands, commits
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its children (the workers of `--workers N`)."""
+    total = 0.0
+    for child in [pid, *_children(pid)]:
+        total += sum(thread_cpu_seconds(child).values())
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in map(int, kids):
+            found += [kid, *_children(kid)]
+    return found
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> int:
+    try:
+        return await _run(args, workdir)
+    finally:
+        if args.postgres:
+            _drop_schema(args.postgres)
+
+
+def _drop_schema(dsn: str) -> None:
+    drop = f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE'
+    subprocess.run(["psql", dsn, "-qc", drop], capture_output=True)
+
+
+def _callgrind_wrapper(directory: str | None) -> list[str]:
+    """The valgrind command line the server runs under, if asked for."""
+    if not directory:
+        return []
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+        f"--callgrind-out-file={Path(directory).resolve()}/callgrind.out.%p",
+    ]  # fmt: skip
+
+
+def _watch(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
+    """strace or py-spy attached to the server, if asked for."""
+    if args.strace:
+        command = ["strace", "-c", "-f", "-o", args.strace, "-p", str(pid)]
+    elif args.profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        command = [
+            py_spy, "record", "--pid", str(pid), "--output", args.profile,
+            "--format", args.format, "--rate", str(args.rate), "--nonblocking",
+        ]  # fmt: skip
+    else:
+        return None
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _run(args: argparse.Namespace, workdir: Path) -> int:
     client = AiohttpClient()
     with upstream(workdir, latency_ms=args.latency_ms, chunks=args.chunks) as (_, upstream_url):
         port = free_port()
-        wrapper: list[str] = []
-        if args.callgrind:
-            Path(args.callgrind).mkdir(parents=True, exist_ok=True)
-            wrapper = [
-                "valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-                f"--callgrind-out-file={Path(args.callgrind).resolve()}/callgrind.out.%p",
-            ]  # fmt: skip
+        wrapper = _callgrind_wrapper(args.callgrind)
         server = ChildProcess(
             "areion serve",
             [
                 *wrapper,
                 sys.executable, "-m", "areion.cli", "serve",
-                "--config", str(write_config(workdir, upstream_url)),
+                "--config", str(write_shared_config(workdir, upstream_url, args)),
                 "--host", LOOPBACK, "--port", str(port), "--log-level", "warning",
+                "--workers", str(args.workers),
             ],
             workdir / "areion.log",
         )  # fmt: skip
@@ -113,25 +213,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             )
             batch = {"stream": args.stream, "concurrency": args.concurrency, "timeout_s": 600.0}
             await run_batch(client, target, Samples(), calls=args.warm_up, **batch)  # type: ignore[arg-type]
-            if args.strace:
-                spy = subprocess.Popen(
-                    ["strace", "-c", "-f", "-o", args.strace, "-p", str(server.pid)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-                time.sleep(1.0)
-            if args.profile:
-                py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                spy = subprocess.Popen(
-                    [py_spy, "record", "--pid", str(server.pid), "--output", args.profile,
-                     "--format", args.format, "--rate", "200", "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-                time.sleep(1.0)
+            spy = _watch(args, server.pid)
+            if spy is not None:
+                await asyncio.sleep(1.0)  # attached before the calls
             per_call = []
             for _ in range(args.repeat):
                 samples = Samples()
-                before = server.cpu_seconds() or 0.0
+                workers_before = {
+                    pid: sum(thread_cpu_seconds(pid).values()) for pid in _children(server.pid)
+                }
+                before = process_tree_cpu_seconds(server.pid)
                 threads_before = thread_cpu_seconds(server.pid)
+                counts_before = backend_counts(args)
                 if args.callgrind:
                     callgrind_control("--zero", server.pid)
                     callgrind_control("--instr=on", server.pid)
@@ -143,16 +236,30 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                         f"instructions per call: {instructions / args.calls:,.0f} "
                         f"(event loop {main / args.calls:,.0f})"
                     )
-                used = (server.cpu_seconds() or 0.0) - before
+                used = process_tree_cpu_seconds(server.pid) - before
                 threads = thread_cpu_seconds(server.pid)
                 main = threads.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
+                counts = backend_counts(args)
+                if args.workers > 1:
+                    shares = [
+                        sum(thread_cpu_seconds(pid).values()) - spent
+                        for pid, spent in workers_before.items()
+                    ]
+                    print("CPU seconds of each worker: " + ", ".join(f"{s:.2f}" for s in shares))
+                if args.redis or args.postgres:
+                    print(
+                        f"per call: {(counts[0] - counts_before[0]) / args.calls:.2f} Redis "
+                        f"commands, {(counts[1] - counts_before[1]) / args.calls:.2f} "
+                        "PostgreSQL commits"
+                    )
                 per_call.append(used / args.calls * 1e6)
                 rps = len(samples.total) / samples.wall_s
+                loop_us, other_us = main / args.calls * 1e6, (used - main) / args.calls * 1e6
                 print(
                     f"{args.calls} calls, c={args.concurrency}, stream={args.stream}: "
-                    f"server CPU {per_call[-1]:.0f} us/call (event loop {main / args.calls * 1e6:.0f}, "
-                    f"other threads {(used - main) / args.calls * 1e6:.0f}), {rps:.0f} req/s, "
-                    f"{samples.errors} errors",
+                    f"server CPU {per_call[-1]:.0f} us/call (event loop {loop_us:.0f}, "
+                    f"other threads {other_us:.0f}), {rps:.0f} req/s, "
+                    f"{samples.errors} errors {samples.last_error}",
                     flush=True,
                 )
             print(f"median CPU per call: {sorted(per_call)[len(per_call) // 2]:.0f} us")

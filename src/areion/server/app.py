@@ -102,8 +102,10 @@ class _ChatRoute:
         self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in _CHAT_PATHS or (
-            scope["method"] != "POST"
+        if (
+            scope["type"] != "http"
+            or scope["path"] not in _CHAT_PATHS
+            or (scope["method"] != "POST")
         ):
             await self.app(scope, receive, send)
             return
