@@ -70,13 +70,14 @@ class _Stale(Exception):
 class Response:
     """An answer whose status line and headers have arrived."""
 
-    __slots__ = ("_conn", "headers", "status")
+    __slots__ = ("_conn", "_sent", "headers", "status")
 
     def __init__(self, status: int, headers: dict[str, str], conn: _Connection) -> None:
         self.status = status
         self.headers = headers
         """By lower-case name (the last of a repeated one)."""
         self._conn = conn
+        self._sent = conn.sent  # which of the connection's requests this answers
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -85,7 +86,8 @@ class Response:
     def close(self) -> None:
         """Done with the answer: a connection whose answer was not read to its end is
         closed, not reused."""
-        self._conn.abandon()
+        if self._conn.sent == self._sent:  # not since reused for another request
+            self._conn.abandon()
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The body's lines as they arrive, each with its b"\\n" (the last may lack one)."""
@@ -118,6 +120,8 @@ class _Connection(asyncio.Protocol):
         self.closed: BaseException | None = None
         self.pooled = False
         """Back in the pool: the answer was read whole."""
+        self.sent = 0
+        """Requests sent on it so far."""
         self.idle_since = 0.0
         self.reused = False
         # The current answer.
@@ -219,6 +223,7 @@ class _Connection(asyncio.Protocol):
     def send(self, head: bytes, body: bytes) -> None:
         assert self.transport is not None
         self.pooled = False
+        self.sent += 1
         self._headers = {}
         self._head_done = self._done = self._received = self._keep_alive = False
         self._chunks = []
