@@ -106,6 +106,11 @@ class _Guarded(HttpToolsProtocol):
         # uvicorn types it an int; it only ever reaches loop.call_later.
         self.timeout_keep_alive = self.settings.idle_timeout_s  # type: ignore[assignment]
         self._deadline: asyncio.TimerHandle | None = None
+        # The deadline in force (loop time) and what it is for; None: none. The timer
+        # is moved only when it would fire late: a request's deadlines cost no timer
+        # operation while one armed earlier is still due before them.
+        self._due = 0.0
+        self._part: Literal["headers", "body"] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -133,7 +138,7 @@ class _Guarded(HttpToolsProtocol):
         self._arm("body")
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._part = None  # its timer, if still set, finds no deadline when it fires
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
@@ -141,19 +146,36 @@ class _Guarded(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def _arm(self, part: Literal["headers", "body"]) -> None:
-        self._disarm()
         seconds = (
             self.settings.header_timeout_s if part == "headers" else self.settings.body_timeout_s
         )
-        self._deadline = self.loop.call_later(seconds, self._late, part)
+        self._due = due = self.loop.time() + seconds
+        self._part = part
+        deadline = self._deadline
+        if deadline is None or deadline.when() > due:
+            if deadline is not None:
+                deadline.cancel()
+            self._deadline = self.loop.call_at(due, self._check)
 
     def _disarm(self) -> None:
+        self._part = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
-    def _late(self, part: Literal["headers", "body"]) -> None:
+    def _check(self) -> None:
+        """The timer fired: the deadline in force has passed, or was moved later."""
         self._deadline = None
+        part = self._part
+        if part is None:
+            return
+        if self.loop.time() < self._due:
+            self._deadline = self.loop.call_at(self._due, self._check)
+            return
+        self._part = None
+        self._late(part)
+
+    def _late(self, part: Literal["headers", "body"]) -> None:
         if self.transport.is_closing():
             return
         if part == "body" and self.pipeline:
