@@ -74,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         log_level=args.log_level,
         access_log=False,  # Areion's own request line replaces uvicorn's (server/access.py)
+        proxy_headers=False,  # Areion reads no client address: no X-Forwarded-* rewriting
         loop="auto",
         # httptools with deadlines for headers, bodies and idle sockets and a connection cap
         http=guarded_protocol(config.server),
@@ -114,6 +115,7 @@ def _serve_workers(
         port=port,
         log_level=args.log_level,
         access_log=False,
+        proxy_headers=False,
         loop="auto",
         http="areion.server.worker:protocol",
         timeout_graceful_shutdown=10,

@@ -6,12 +6,14 @@ within a generous bound and never asserts that anything took at least some time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
 import logging
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -178,3 +180,108 @@ def test_the_connection_stays_usable_after_a_413() -> None:
         connection.request("GET", "/healthz")
         assert connection.getresponse().status == 200 and connection.sock is sock
         connection.close()
+
+
+# --- fewer writes ------------------------------------------------------------------------
+
+
+async def _until(event: threading.Event) -> bytes:
+    """b"" once `event` is set; b"late" if it is not within BOUND_S (the client never
+    got what it waited for), which then goes in the body and fails the test."""
+    deadline = time.monotonic() + BOUND_S
+    while not event.is_set():
+        if time.monotonic() > deadline:
+            return b"late"
+        await asyncio.sleep(0.005)
+    return b""
+
+
+def _raw_app(seen: dict[str, threading.Event]) -> Any:
+    """A bare ASGI app: `/burst` writes its head, waits until the client has it, writes
+    two parts of a chunked body in one turn of the loop, then waits until the client
+    has both before it writes the last; other paths answer a small fixed body."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] != "/burst":
+            body = scope["path"].encode()
+            headers = [(b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        late = await _until(seen["head"])
+        await send({"type": "http.response.body", "body": late + b"one.", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two.", "more_body": True})
+        late = await _until(seen["both"])
+        await send({"type": "http.response.body", "body": late + b"three.", "more_body": False})
+
+    return app
+
+
+def test_writes_held_for_a_turn_of_the_loop_still_leave_without_a_later_write() -> None:
+    # The head and the parts written in one turn are held to go out together; nothing
+    # may wait for a write that only comes once the client has read what was held.
+    seen = {"head": threading.Event(), "both": threading.Event()}
+    config = parse_config({"models": [{"name": "m", "provider": "sim"}]})
+    with serve_app(_raw_app(seen), http=guarded_protocol(config.server)) as url:
+        sock = _connect(urlsplit(url).port or 0)
+        with sock:
+            sock.sendall(b"GET /burst HTTP/1.1\r\nhost: x\r\n\r\n")
+            received = b""
+            for part, until in ((b"\r\n\r\n", "head"), (b"two.\r\n", "both")):
+                while part not in received:
+                    chunk = sock.recv(65536)
+                    assert chunk, received
+                    received += chunk
+                seen[until].set()
+            while not received.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"4\r\none.\r\n4\r\ntwo.\r\n6\r\nthree.\r\n0\r\n\r\n"
+
+
+def test_pipelined_answers_keep_their_order_and_bytes() -> None:
+    config = parse_config({"models": [{"name": "m", "provider": "sim"}]})
+    events = {"head": threading.Event(), "both": threading.Event()}
+    with serve_app(_raw_app(events), http=guarded_protocol(config.server)) as url:
+        sock = _connect(urlsplit(url).port or 0)
+        with sock:
+            sock.sendall(b"".join(f"GET /{n} HTTP/1.1\r\nhost: x\r\n\r\n".encode() for n in "abc"))
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 3 or not received.endswith(b"/c"):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+    answers = received.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert [answer.rpartition(b"\r\n\r\n")[2] for answer in answers] == [b"/a", b"/b", b"/c"]
+
+
+def test_a_streamed_chat_answer_arrives_whole_on_the_guarded_protocol() -> None:
+    with _serve(**LONG) as (url, _):
+        body = json.dumps(
+            {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        with httpx.Client(base_url=url, timeout=BOUND_S) as client:
+            response = client.post(CHAT, content=body)
+            plain = client.post(CHAT, content=_chat_body())
+    assert response.status_code == 200
+    events = [line for line in response.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    text = "".join(
+        choice["delta"].get("content") or ""
+        for event in events[:-1]
+        for choice in json.loads(event[6:])["choices"]
+    )
+    assert text
+    assert plain.status_code == 200
+    assert plain.json()["choices"][0]["message"]["content"]

@@ -30,6 +30,7 @@ from areion.errors import (
     RequestError,
     UpstreamError,
 )
+from areion.providers.http1 import ConnectError, ConnectTimeoutError, Http1Pool
 from areion.redact import redact
 from areion.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamChunk
 
@@ -73,55 +74,54 @@ class EmbeddingProvider(Protocol):
 
 
 class HttpTransport:
-    """One deployment's pooled HTTP connections (aiohttp), opened on first use.
+    """One deployment's pooled HTTP connections (`providers.http1`), opened on first use.
 
-    aiohttp rather than httpx on the hot path: measured in `bench/`, httpx's pool
-    spends most of a call's CPU in its own bookkeeping under concurrency, and it
-    was most of the server's added latency. The session belongs to the event loop
-    that first used it; a transport used from a new loop opens a new session.
+    Neither httpx nor aiohttp on the hot path: measured in `bench/`, httpx's pool
+    spent most of a call's CPU in its own bookkeeping under concurrency, and
+    aiohttp about 100 us a call, a quarter of the server's; `http1` does what a
+    deployment's calls need for a third of that. The pool belongs to the event loop
+    that first used it; a transport used from a new loop opens a new pool.
     """
 
     def __init__(self, config: ModelConfig, *, deployment: str) -> None:
         self.deployment = deployment
         # What this deployment is sent, and so what its answers might echo back.
         self.secrets = credentials(config)
-        # sock_read bounds each wait for bytes: the wait for an answer to start, and
-        # the longest stall between stream chunks. The total timeout is the gateway's.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=config.connect_timeout,
-            sock_connect=config.connect_timeout,
-            sock_read=config.first_byte_timeout,
-        )
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The read timeout bounds each wait for bytes: the wait for an answer to start,
+        # and the longest stall between stream chunks. The total timeout is the gateway's.
+        self._connect_timeout = config.connect_timeout
+        self._read_timeout = config.first_byte_timeout
+        self._pool: Http1Pool | None = None
         self.propagate: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None
         """Adds the trace context to a request's headers (set when tracing is on)."""
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _open(self) -> Http1Pool:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=True
+        pool = self._pool
+        if pool is None or pool.loop is not loop or pool.closed:
+            pool = self._pool = Http1Pool(
+                loop, connect_timeout=self._connect_timeout, read_timeout=self._read_timeout
             )
-            self._loop = loop
-        return self._session
+        return pool
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
         """POST and return the body of a 200 answer; any other answer raises."""
         if self.propagate is not None:
             headers = self.propagate(headers)
         try:
-            async with self._open().post(url, data=body, headers=headers) as response:
+            response = await self._open().post(url, body, headers)
+            try:
                 content = await response.read()
-                if response.status != 200:
-                    raise self._status_error(response, content)
-                return content
-        except (aiohttp.ClientError, TimeoutError) as error:
+            except BaseException:
+                response.close()
+                raise
+        except _TRANSPORT_ERRORS as error:
             raise error_from_transport(
                 error, deployment=self.deployment, secrets=self.secrets
             ) from None
+        if response.status != 200:
+            raise self._status_error(response.status, response.headers, content)
+        return content
 
     async def post_lines(
         self, url: str, body: bytes, headers: Mapping[str, str]
@@ -130,24 +130,28 @@ class HttpTransport:
         if self.propagate is not None:
             headers = self.propagate(headers)
         try:
-            async with self._open().post(url, data=body, headers=headers) as response:
+            response = await self._open().post(url, body, headers)
+            try:
                 if response.status != 200:
-                    raise self._status_error(response, await response.read())
+                    content = await response.read()
+                    raise self._status_error(response.status, response.headers, content)
                 # Read to the very end even after the stream's last event, so the
                 # connection goes back to the pool instead of being closed.
-                async for line in response.content:
+                async for line in response.lines():
                     yield line
-        except (aiohttp.ClientError, TimeoutError) as error:
+            finally:
+                response.close()  # closes the connection unless the answer was read whole
+        except _TRANSPORT_ERRORS as error:
             raise error_from_transport(
                 error, deployment=self.deployment, secrets=self.secrets
             ) from None
 
-    def _status_error(self, response: aiohttp.ClientResponse, content: bytes) -> AreionError:
+    def _status_error(self, status: int, headers: Mapping[str, str], content: bytes) -> AreionError:
         return error_from_status(
-            response.status,
+            status,
             error_detail(content),
             deployment=self.deployment,
-            retry_after=retry_after_of(response.headers),
+            retry_after=retry_after_of(headers),
             secrets=self.secrets,
         )
 
@@ -156,11 +160,16 @@ class HttpTransport:
         return redact(text, self.secrets)
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
+        if self._pool is not None:
             # A RuntimeError means its event loop is gone, and the sockets went with it.
             with contextlib.suppress(RuntimeError):
-                await self._session.close()
-        self._session = None
+                self._pool.close()
+        self._pool = None
+
+
+# What a call's transport may raise below HTTP: OSError covers a refused or broken
+# connection, ValueError a header that cannot be sent.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
 
 
 def credentials(config: ModelConfig) -> tuple[str, ...]:
@@ -257,7 +266,7 @@ def error_from_transport(
 ) -> AreionError:
     """The error for a failure below HTTP (connect, timeout, broken connection); the
     library's description is redacted like an upstream's text."""
-    if isinstance(error, aiohttp.ConnectionTimeoutError):
+    if isinstance(error, aiohttp.ConnectionTimeoutError | ConnectTimeoutError):
         return ProviderTimeoutError(f"deployment {deployment}: connect timed out")
     if isinstance(error, TimeoutError):
         return ProviderTimeoutError(
@@ -265,6 +274,9 @@ def error_from_transport(
         )
     if isinstance(error, aiohttp.ClientConnectorError):
         reason = redact(str(error.os_error), secrets)
+        return UpstreamError(f"deployment {deployment}: cannot connect ({reason})")
+    if isinstance(error, ConnectError):
+        reason = redact(str(error.cause), secrets)
         return UpstreamError(f"deployment {deployment}: cannot connect ({reason})")
     return UpstreamError(
         f"deployment {deployment}: {type(error).__name__}: {redact(str(error), secrets)}"

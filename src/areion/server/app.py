@@ -26,7 +26,7 @@ from areion.server.access import AccessLog, note
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.batches import JobsApi
 from areion.server.cache import CacheApi
-from areion.server.calls import answer_headers, call_options, error_headers
+from areion.server.calls import answer_headers, call_options, error_headers, request_headers
 from areion.server.completions import CompletionsApi
 from areion.server.dashboard import DashboardApi
 from areion.server.embeddings import EmbeddingsApi
@@ -57,7 +57,7 @@ _IDENTITY = "areion.identity"
 def _presented_key(scope: Scope) -> str | None:
     """The key of `Authorization: Bearer <key>`, else of `x-api-key: <key>` (how the
     Anthropic SDKs send theirs)."""
-    headers = dict(scope["headers"])
+    headers = request_headers(scope)
     key = bearer_key(headers.get(b"authorization", b"").decode("latin-1"))
     return key or headers.get(b"x-api-key", b"").decode("latin-1").strip() or None
 
@@ -85,6 +85,36 @@ class _Authenticate:
             except AuthenticationError as error:
                 scope[_IDENTITY] = error
         await self.app(scope, receive, send)
+
+
+_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+
+class _ChatRoute:
+    """`POST /v1/chat/completions` (and `/chat/completions`), the hot path, straight to
+    its handler: past Starlette's exception middleware, router and request-response
+    wrappers, which cost a chat call more than its own validation does. An
+    `AreionError` is answered as the app's handler answers it; anything else goes on
+    to `_Contain`, as from any route."""
+
+    def __init__(self, app: ASGIApp, api: _Api) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] not in _CHAT_PATHS
+            or (scope["method"] != "POST")
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await self.api.chat_completions(Request(scope, receive))
+        except AreionError as error:
+            note(scope, error=error.code)
+            response = error_response(error)
+        await response(scope, receive, send)
 
 
 class _Api:
@@ -238,6 +268,7 @@ def create_app(runtime: Runtime) -> Starlette:
             },
         ),
         Middleware(_Authenticate, keys=runtime.keys),
+        Middleware(_ChatRoute, api=api),
     ]
     if runtime.tracing is not None:
         from areion.telemetry.tracing import ContinueTrace

@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from areion.control.limits import RateReport
 from areion.errors import (
@@ -32,7 +33,25 @@ from areion.server.access import note
 from areion.streaming import ChatStream
 from areion.types import ChatResponse
 
-__all__ = ["answer_headers", "call_options", "error_headers", "info_headers"]
+__all__ = [
+    "answer_headers",
+    "call_options",
+    "error_headers",
+    "info_headers",
+    "request_headers",
+]
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name, the first of a repeated one, made
+    once per request: a Starlette `Headers` lookup scans them all, every time."""
+    found: dict[bytes, bytes] | None = scope.get(_HEADERS)
+    if found is None:
+        found = scope[_HEADERS] = dict(reversed(scope["headers"]))
+    return found
+
+
+_HEADERS = "areion.headers"
 
 
 def call_options(
@@ -44,21 +63,44 @@ def call_options(
     request id and model go on the request's log line."""
     # Areion's own id names the call (ledger, cache feedback): a client's id is its
     # own choice, and another tenant could choose the same one. It is kept beside.
-    tags = [t.strip() for t in request.headers.get("x-areion-tags", "").split(",")]
+    scope = request.scope
+    headers = request_headers(scope)
     request_id = new_request_id()
-    note(request.scope, request_id=request_id, model=model)
+    note(scope, request_id=request_id, model=model)
+    if not _OPTION_HEADERS.intersection(headers):  # the common call: none of them
+        return CallOptions(tenant=tenant, request_id=request_id, key=key)
+    tags = [t.strip() for t in _header(headers, b"x-areion-tags").split(",")]
     return CallOptions(
         tenant=tenant,
         request_id=request_id,
-        client_request_id=request.headers.get("x-request-id", "")[:128],
-        cache=request.headers.get("x-areion-cache"),
-        tier=request.headers.get("x-areion-tier") or None,
+        client_request_id=_header(headers, b"x-request-id")[:128],
+        cache=headers[b"x-areion-cache"].decode("latin-1")
+        if b"x-areion-cache" in headers
+        else None,
+        tier=_header(headers, b"x-areion-tier") or None,
         tags=[t for t in tags if t],
         key=key,
-        priority=request.headers.get("x-areion-priority") or None,
-        user=request.headers.get("x-areion-user", "")[:128] or None,
-        session=request.headers.get("x-areion-session", "")[:128] or None,
+        priority=_header(headers, b"x-areion-priority") or None,
+        user=_header(headers, b"x-areion-user")[:128] or None,
+        session=_header(headers, b"x-areion-session")[:128] or None,
     )
+
+
+_OPTION_HEADERS = frozenset(
+    {
+        b"x-areion-tags",
+        b"x-request-id",
+        b"x-areion-cache",
+        b"x-areion-tier",
+        b"x-areion-priority",
+        b"x-areion-user",
+        b"x-areion-session",
+    }
+)
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str:
+    return headers.get(name, b"").decode("latin-1")
 
 
 def answer_headers(answer: ChatResponse | ChatStream, options: CallOptions) -> dict[str, str]:

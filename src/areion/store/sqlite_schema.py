@@ -513,7 +513,11 @@ CREATE TEMP VIEW IF NOT EXISTS areion_batch
      ledger_close, cache, cache_blob, now)
 AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
 
+-- Only for a batch with more than ledger rows: a billed call's batch (ledger rows
+-- alone) skips its statements, each of which costs even when it finds nothing to do.
 CREATE TEMP TRIGGER IF NOT EXISTS areion_batch_write INSTEAD OF INSERT ON areion_batch
+WHEN COALESCE(NEW.new_runs, NEW.runs, NEW.messages, NEW.events, NEW.tool_calls, NEW.turns,
+              NEW.summaries, NEW.cache) IS NOT NULL
 BEGIN
     INSERT INTO runs ({", ".join(_RUN_COLUMNS)})
     SELECT {_fields("value", len(_RUN_COLUMNS))} FROM json_each(NEW.new_runs);

@@ -1,0 +1,276 @@
+"""The server's CPU per call, alone: what `areion serve` spends on one chat completion.
+
+`bench/server_latency.py` times the server against the upstream; this script only
+counts the server process's CPU seconds (user + system, from /proc) over a fixed
+number of calls at one concurrency, warm-up excluded, so a change on the hot path can
+be compared on a shared, noisy machine: CPU time moves far less with the load than
+latency does. With `--profile FILE` it also records the server under load with
+py-spy (a dev tool: `pip install py-spy`), as a flame graph or speedscope file.
+
+    .venv/bin/python bench/hot_path.py                       # non-streamed, c=64
+    .venv/bin/python bench/hot_path.py --stream --calls 3000
+    .venv/bin/python bench/hot_path.py --profile /tmp/areion.svg
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import yaml
+
+from _common import LOOPBACK, ChildProcess, free_port, run_main, upstream
+from server_latency import GROUP, AiohttpClient, Samples, Target, run_batch, write_config
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of `pid`, by thread id (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+
+def callgrind_dump(pid: int, directory: Path) -> tuple[int, int]:
+    """Dump the counts so far; the instructions (Ir) in the new dump: the main thread's
+    (the event loop's) and all threads'."""
+    before = set(directory.iterdir())
+    callgrind_control("--dump", pid)
+    main = total = 0
+    for path in set(directory.iterdir()) - before:
+        count = 0
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                count = max(count, int(line.split()[1]))
+        total += count
+        if path.name.endswith("-01"):
+            main = count
+    return main, total
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=4000, help="calls measured (after warm-up)")
+    parser.add_argument("--warm-up", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--stream", action="store_true", help="streamed calls")
+    parser.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="upstream model latency")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements, each of --calls")
+    parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy record the server to FILE")
+    parser.add_argument("--format", default="flamegraph", help="py-spy's --format")
+    parser.add_argument("--rate", type=int, default=200, help="py-spy's samples per second")
+    parser.add_argument(
+        "--postgres", metavar="DSN", help="a PostgreSQL store (a schema of the run's own)"
+    )
+    parser.add_argument("--redis", metavar="URL", help="Redis `shared` (a prefix of the run's own)")
+    parser.add_argument("--workers", type=int, default=1, help="--workers (needs both above)")
+    parser.add_argument(
+        "--strace", metavar="FILE", help="count the server's system calls (strace -c)"
+    )
+    parser.add_argument(
+        "--callgrind",
+        metavar="DIR",
+        help="run the server under valgrind's callgrind and count the instructions of the "
+        "measured calls (each run's profile is written to DIR); slow, but steady on a busy "
+        "machine",
+    )
+    return parser.parse_args()
+
+
+def write_shared_config(workdir: Path, upstream_url: str, args: argparse.Namespace) -> Path:
+    """`server_latency`'s config with the store and shared state asked for."""
+    path = write_config(workdir, upstream_url)
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if args.postgres:
+        config["store"] = f"{args.postgres}?schema={SCHEMA}"
+    if args.redis:
+        config["shared"] = f"{args.redis}?prefix=areion-hot-path:{uuid.uuid4().hex}:"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+SCHEMA = f"areion_hot_path_{uuid.uuid4().hex[:10]}"
+
+
+def backend_counts(args: argparse.Namespace) -> tuple[int, int]:
+    """Redis commands processed and PostgreSQL transactions committed so far (0 for a
+    backend not in use), server-wide: run nothing else against them meanwhile."""
+    commands = commits = 0
+    if args.redis:
+        out = subprocess.run(
+            ["redis-cli", "-u", args.redis, "info", "stats"], capture_output=True, text=True
+        ).stdout
+        for line in out.splitlines():
+            if line.startswith("total_commands_processed:"):
+                commands = int(line.split(":")[1])
+    if args.postgres:
+        out = subprocess.run(
+            ["psql", args.postgres, "-Atc",
+             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"],
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        commits = int(out.strip() or 0)
+    return commands, commits
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its children (the workers of `--workers N`)."""
+    total = 0.0
+    for child in [pid, *_children(pid)]:
+        total += sum(thread_cpu_seconds(child).values())
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in map(int, kids):
+            found += [kid, *_children(kid)]
+    return found
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> int:
+    try:
+        return await _run(args, workdir)
+    finally:
+        if args.postgres:
+            _drop_schema(args.postgres)
+
+
+def _drop_schema(dsn: str) -> None:
+    drop = f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE'
+    subprocess.run(["psql", dsn, "-qc", drop], capture_output=True)
+
+
+def _callgrind_wrapper(directory: str | None) -> list[str]:
+    """The valgrind command line the server runs under, if asked for."""
+    if not directory:
+        return []
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+        f"--callgrind-out-file={Path(directory).resolve()}/callgrind.out.%p",
+    ]  # fmt: skip
+
+
+def _watch(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
+    """strace or py-spy attached to the server, if asked for."""
+    if args.strace:
+        command = ["strace", "-c", "-f", "-o", args.strace, "-p", str(pid)]
+    elif args.profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        command = [
+            py_spy, "record", "--pid", str(pid), "--output", args.profile,
+            "--format", args.format, "--rate", str(args.rate), "--nonblocking",
+        ]  # fmt: skip
+    else:
+        return None
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _run(args: argparse.Namespace, workdir: Path) -> int:
+    client = AiohttpClient()
+    with upstream(workdir, latency_ms=args.latency_ms, chunks=args.chunks) as (_, upstream_url):
+        port = free_port()
+        wrapper = _callgrind_wrapper(args.callgrind)
+        server = ChildProcess(
+            "areion serve",
+            [
+                *wrapper,
+                sys.executable, "-m", "areion.cli", "serve",
+                "--config", str(write_shared_config(workdir, upstream_url, args)),
+                "--host", LOOPBACK, "--port", str(port), "--log-level", "warning",
+                "--workers", str(args.workers),
+            ],
+            workdir / "areion.log",
+        )  # fmt: skip
+        target = Target("areion", f"http://{LOOPBACK}:{port}/v1/chat/completions", GROUP)
+        spy: subprocess.Popen[bytes] | None = None
+        try:
+            server.wait_ready(
+                f"http://{LOOPBACK}:{port}/healthz", timeout=300.0 if args.callgrind else 30.0
+            )
+            batch = {"stream": args.stream, "concurrency": args.concurrency, "timeout_s": 600.0}
+            await run_batch(client, target, Samples(), calls=args.warm_up, **batch)  # type: ignore[arg-type]
+            spy = _watch(args, server.pid)
+            if spy is not None:
+                await asyncio.sleep(1.0)  # attached before the calls
+            per_call = []
+            for _ in range(args.repeat):
+                samples = Samples()
+                workers_before = {
+                    pid: sum(thread_cpu_seconds(pid).values()) for pid in _children(server.pid)
+                }
+                before = process_tree_cpu_seconds(server.pid)
+                threads_before = thread_cpu_seconds(server.pid)
+                counts_before = backend_counts(args)
+                if args.callgrind:
+                    callgrind_control("--zero", server.pid)
+                    callgrind_control("--instr=on", server.pid)
+                await run_batch(client, target, samples, calls=args.calls, **batch)  # type: ignore[arg-type]
+                if args.callgrind:
+                    callgrind_control("--instr=off", server.pid)
+                    main, instructions = callgrind_dump(server.pid, Path(args.callgrind))
+                    print(
+                        f"instructions per call: {instructions / args.calls:,.0f} "
+                        f"(event loop {main / args.calls:,.0f})"
+                    )
+                used = process_tree_cpu_seconds(server.pid) - before
+                threads = thread_cpu_seconds(server.pid)
+                main = threads.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
+                counts = backend_counts(args)
+                if args.workers > 1:
+                    shares = [
+                        sum(thread_cpu_seconds(pid).values()) - spent
+                        for pid, spent in workers_before.items()
+                    ]
+                    print("CPU seconds of each worker: " + ", ".join(f"{s:.2f}" for s in shares))
+                if args.redis or args.postgres:
+                    print(
+                        f"per call: {(counts[0] - counts_before[0]) / args.calls:.2f} Redis "
+                        f"commands, {(counts[1] - counts_before[1]) / args.calls:.2f} "
+                        "PostgreSQL commits"
+                    )
+                per_call.append(used / args.calls * 1e6)
+                rps = len(samples.total) / samples.wall_s
+                loop_us, other_us = main / args.calls * 1e6, (used - main) / args.calls * 1e6
+                print(
+                    f"{args.calls} calls, c={args.concurrency}, stream={args.stream}: "
+                    f"server CPU {per_call[-1]:.0f} us/call (event loop {loop_us:.0f}, "
+                    f"other threads {other_us:.0f}), {rps:.0f} req/s, "
+                    f"{samples.errors} errors {samples.last_error}",
+                    flush=True,
+                )
+            print(f"median CPU per call: {sorted(per_call)[len(per_call) // 2]:.0f} us")
+        finally:
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes its file
+                spy.wait(timeout=60)
+            await client.aclose()
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(run, parse_args()))
