@@ -139,6 +139,7 @@ class SemanticCache:
     ) -> None:
         self.embedder = embedder  # shared: its owner closes it
         self.verifier = verifier or SemanticVerifier.load()
+        self.verifier.prepare()  # its pair model, if any: built now, not on a lookup
         threshold = self.verifier.threshold_for(max_wrong_hit_rate)
         if math.isinf(threshold):
             raise ConfigError(

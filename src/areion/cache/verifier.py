@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,7 @@ __all__ = [
     "AdaptiveThreshold",
     "Calibration",
     "EntryStats",
+    "PairScorer",
     "SemanticVerifier",
     "design_row",
     "guards",
@@ -532,33 +533,59 @@ class _Model:
     bias: float
 
 
+class PairScorer(Protocol):
+    """A second opinion on one pair: log-odds that `candidate` asks what `query` asks."""
+
+    def logit(self, query: str, candidate: str) -> float: ...
+
+
+def _model_of(model: dict[str, Any]) -> _Model:
+    return _Model(
+        mean=np.asarray(model["mean"], dtype=np.float64),
+        scale=np.asarray(model["scale"], dtype=np.float64),
+        weights=np.asarray(model["weights"], dtype=np.float64),
+        bias=float(model["bias"]),
+    )
+
+
 class SemanticVerifier:
     """Decides whether a cached question answers a new one.
 
     `score()` is the probability that serving the candidate's answer is right (0 when
     a hard guard vetoes); `accept()` compares it with a threshold, by default the one
     for `DEFAULT_MAX_WRONG_HIT_RATE`.
+
+    Two stages when the parameters have a `final` model: the cheap logistic model
+    (`model`) scores every candidate; a candidate under its `gate` scores 0, and the
+    best one over it is read again by the pair model (`pair_model.PairModel`, or the
+    `pair` given), whose logit joins the cheap features in the `final` logistic model:
+    its probability is the score. One pair-model run per lookup at most. A candidate
+    worded exactly as the query keeps its cheap score (nothing to read again).
     """
 
-    __slots__ = ("_calibration", "_default", "_model", "meta")
+    __slots__ = ("_calibration", "_default", "_final", "_gate", "_model", "_pair", "meta")
 
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], *, pair: PairScorer | None = None) -> None:
         names = tuple(params["features"])
         if names != FEATURES:
             raise ValueError(
                 f"verifier parameters are for features {names}, this code computes {FEATURES}:"
                 " re-run `python -m areion.cache.calibrate` to retrain them"
             )
-        model = params["model"]
-        self._model = _Model(
-            mean=np.asarray(model["mean"], dtype=np.float64),
-            scale=np.asarray(model["scale"], dtype=np.float64),
-            weights=np.asarray(model["weights"], dtype=np.float64),
-            bias=float(model["bias"]),
-        )
+        self._model = _model_of(params["model"])
         width = len(design_row([0.0] * len(FEATURES)))
-        if not len(self._model.weights) == len(self._model.mean) == len(self._model.scale) == width:
-            raise ValueError("verifier parameters: weights, mean and scale do not fit the features")
+        final = params.get("final")
+        self._final = None if final is None else _model_of(final)
+        self._gate = float(params.get("gate", 0.0))
+        self._pair = pair
+        for model, size in ((self._model, width), (self._final, width + 1)):
+            if (
+                model is not None
+                and not len(model.weights) == len(model.mean) == len(model.scale) == size
+            ):
+                raise ValueError(
+                    "verifier parameters: weights, mean and scale do not fit the features"
+                )
         table = params["calibration"]
         self._calibration = Calibration(
             thresholds=tuple(float(t) for t in table["thresholds"]),
@@ -587,12 +614,39 @@ class SemanticVerifier:
         """The threshold for `DEFAULT_MAX_WRONG_HIT_RATE`."""
         return self._default
 
+    @property
+    def two_stage(self) -> bool:
+        """Whether a pair model reads the best candidate again (see the class doc)."""
+        return self._final is not None
+
+    def prepare(self) -> None:
+        """Load the pair model now rather than on the first lookup that needs it."""
+        if self._final is not None:
+            self._pair_scorer()
+
+    def _pair_scorer(self) -> PairScorer:
+        if self._pair is None:
+            from areion.cache.pair_model import PairModel
+
+            self._pair = PairModel.shared()
+        return self._pair
+
     def score(self, query: str, candidate: str, cosine: float) -> float:
         """Probability that `candidate`'s cached answer is a correct answer to `query`."""
         q, c = _Text.of(query), _Text.of(candidate)
         if _guards(q, c):
             return 0.0
-        return self._probability(design_row(_raw(q, c, cosine)))
+        row = design_row(_raw(q, c, cosine))
+        cheap = _probability(self._model, row)
+        if self._final is None or q.tokens == c.tokens:
+            return cheap
+        if cheap < self._gate:
+            return 0.0
+        return self._second(query, candidate, row)
+
+    def _second(self, query: str, candidate: str, row: list[float]) -> float:
+        assert self._final is not None
+        return _probability(self._final, [*row, self._pair_scorer().logit(query, candidate)])
 
     def best(
         self, query: str, candidates: Iterable[tuple[T, str, float, float]]
@@ -600,21 +654,32 @@ class SemanticVerifier:
         """The best match for `query` among `candidates`, nearest first, each (item, its
         text, cosine, threshold): the item scoring highest among those that reach their
         threshold, with its cosine and score; None if none does. The search stops at the
-        first cosine under `MIN_COSINE`."""
+        first cosine under `MIN_COSINE`. With two stages, only the candidate the cheap
+        model ranks first (over its gate) is read by the pair model."""
+        q = _Text.of(query)
         best: tuple[T, float, float] | None = None
+        # With two stages: (cheap score, item, text, cosine, threshold, design row).
+        top: tuple[float, T, str, float, float, list[float]] | None = None
         for item, text, cosine, threshold in candidates:
             if cosine < MIN_COSINE:
                 break
-            score = self.score(query, text, cosine)
+            c = _Text.of(text)
+            if _guards(q, c):
+                continue
+            row = design_row(_raw(q, c, cosine))
+            score = _probability(self._model, row)
+            if self._final is not None and q.tokens != c.tokens:
+                if score >= self._gate and (top is None or score > top[0]):
+                    top = (score, item, text, cosine, threshold, row)
+                continue
+            if score >= threshold and (best is None or score > best[2]):
+                best = (item, cosine, score)
+        if top is not None:
+            _, item, text, cosine, threshold, row = top
+            score = self._second(query, text, row)
             if score >= threshold and (best is None or score > best[2]):
                 best = (item, cosine, score)
         return best
-
-    def _probability(self, row: list[float]) -> float:
-        m = self._model
-        z = float((np.asarray(row) - m.mean) / m.scale @ m.weights) + m.bias
-        # Clipped so a wild feature value cannot overflow exp().
-        return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
     def accept(
         self, query: str, candidate: str, cosine: float, *, threshold: float | None = None
@@ -644,6 +709,12 @@ class SemanticVerifier:
             if table.precision_lower(index, duplicate_share) >= 1.0 - max_wrong_hit_rate:
                 return threshold
         return math.inf
+
+
+def _probability(m: _Model, row: list[float]) -> float:
+    z = float((np.asarray(row) - m.mean) / m.scale @ m.weights) + m.bias
+    # Clipped so a wild feature value cannot overflow exp().
+    return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
 
 @dataclass(slots=True, kw_only=True)
