@@ -329,8 +329,8 @@ def _eval_cache(args: argparse.Namespace) -> int:
     for path in files:
         if not path.is_file():
             raise ConfigError(f"--pairs: no file {path}")
-    verifier = SemanticVerifier.load()
     config, _ = _config(args.config)
+    verifier = SemanticVerifier.load(kind=config.cache.semantic.verifier)
     rate = args.max_wrong_hit_rate
     if rate is None:  # the configured setting, if a config sets one
         rate = config.cache.semantic.max_wrong_hit_rate

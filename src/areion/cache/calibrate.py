@@ -73,6 +73,10 @@ _L2 = 0.01
 # at most where thresholds are chosen, and spares the pair model most misses.
 GATE = 0.1
 _MIN_CLASS = 10
+# A threshold must be vouched for by at least this many hits (a share of the pairs,
+# with a floor): see `Calibration.min_hits`.
+_MIN_HITS_SHARE = 0.01
+_MIN_HITS_FLOOR = 30
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -260,6 +264,7 @@ def _table(scores: Floats, labels: Floats) -> dict[str, Any]:
         "wrong_hits": [int(np.sum((scores >= t) & ~positive)) for t in grid],
         "duplicates": int(positive.sum()),
         "non_duplicates": int((~positive).sum()),
+        "min_hits": max(_MIN_HITS_FLOOR, round(_MIN_HITS_SHARE * len(labels))),
     }
 
 

@@ -223,7 +223,7 @@ class SemanticCache:
         # Later stages embedding the same text with the same model (a learned route) reuse it.
         call.annotations["embedding"] = (self.embedder, question, vector)
         if control != "refresh":
-            found = self._lookup(call.tenant, partition, question, vector)
+            found = await self._lookup(call.tenant, partition, question, vector)
             if found is not None:
                 return self._serve(call, *found)
         self._hit_server.miss()
@@ -265,7 +265,7 @@ class SemanticCache:
         self._entries.move_to_end(entry.id)
         return entry, score
 
-    def _lookup(
+    async def _lookup(
         self, tenant: str, partition: str, question: str, vector: Any
     ) -> tuple[_Entry, float] | None:
         now = time.time()
@@ -280,7 +280,13 @@ class SemanticCache:
                     continue
                 yield entry, entry.question, cosine, self.thresholds.threshold(entry.id)
 
-        found = self.verifier.best(question, candidates())
+        shortlist = self.verifier.first_stage(question, candidates())
+        if shortlist.settled:
+            found = shortlist.found
+        else:  # the pair model's run (~2.5 ms of CPU) goes off the loop, as the embedder's
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, self.verifier.second_stage, question, shortlist
+            )
         if found is None:
             return None
         entry, _, score = found

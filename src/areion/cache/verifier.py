@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,11 +41,13 @@ __all__ = [
     "FEATURES",
     "GUARDS",
     "MIN_COSINE",
+    "SHIPPED",
     "AdaptiveThreshold",
     "Calibration",
     "EntryStats",
     "PairScorer",
     "SemanticVerifier",
+    "Shortlist",
     "design_row",
     "guards",
     "raw_features",
@@ -60,6 +62,9 @@ __all__ = [
 # human-labelled pairs even near-identical questions are labelled "different"
 # several percent of the time.
 DEFAULT_MAX_WRONG_HIT_RATE = 0.15
+
+# The shipped parameters, by kind (see `SemanticVerifier.load`).
+SHIPPED = {"pair": "data/verifier.json", "lexical": "data/verifier_lexical.json"}
 
 # Candidates below this cosine are not worth scoring: on the calibration pairs no
 # duplicate scored under it. The caches search their nearest few and stop here.
@@ -506,6 +511,10 @@ class Calibration:
     """Duplicate pairs in the calibration set (the denominator of recall)."""
     non_duplicates: int
     """Non-duplicate pairs in the calibration set."""
+    min_hits: int = 0
+    """Rows with fewer hits than this vouch for nothing: at the top of the table a
+    few dozen pairs can all be right by luck, and a rate vouched for by them did not
+    hold on held-out pairs (one wrong in 18 at 0.05)."""
 
     def rates(self, index: int, duplicate_share: float | None = None) -> tuple[float, float]:
         """(precision, recall) at `thresholds[index]` for traffic with that share of
@@ -531,6 +540,30 @@ class _Model:
     scale: Floats
     weights: Floats
     bias: float
+
+
+@dataclass(slots=True, frozen=True)
+class _Pending(Generic[T]):
+    cheap: float
+    item: T
+    text: str
+    cosine: float
+    threshold: float
+    row: list[float]
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class Shortlist(Generic[T]):
+    """What `SemanticVerifier.first_stage` found: the best candidate served on its cheap
+    score (the same words as the query), and the one left for the pair model."""
+
+    found: tuple[T, float, float] | None
+    pending: _Pending[T] | None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing is left for the pair model: `found` is the answer."""
+        return self.pending is None
 
 
 class PairScorer(Protocol):
@@ -593,15 +626,20 @@ class SemanticVerifier:
             wrong_hits=tuple(int(n) for n in table["wrong_hits"]),
             duplicates=int(table["duplicates"]),
             non_duplicates=int(table["non_duplicates"]),
+            min_hits=int(table.get("min_hits", 0)),
         )
         self.meta: dict[str, Any] = dict(params.get("meta", {}))
         self._default = self.threshold_for(DEFAULT_MAX_WRONG_HIT_RATE)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> SemanticVerifier:
-        """The verifier from `path`, by default the parameters shipped with Areion."""
+    def load(cls, path: Path | None = None, *, kind: str = "pair") -> SemanticVerifier:
+        """The verifier from `path`, by default the parameters shipped with Areion:
+        `kind` "pair" (two stages, `data/verifier.json`) or "lexical" (the cheap model
+        alone, `data/verifier_lexical.json`: no pair-model run on a lookup)."""
         if path is None:
-            text = importlib.resources.files("areion.cache").joinpath("data/verifier.json")
+            if kind not in SHIPPED:
+                raise ValueError(f"verifier kind must be one of {sorted(SHIPPED)}, got {kind!r}")
+            text = importlib.resources.files("areion.cache").joinpath(SHIPPED[kind])
             return cls(json.loads(text.read_text(encoding="utf-8")))
         return cls(json.loads(path.read_text(encoding="utf-8")))
 
@@ -656,10 +694,15 @@ class SemanticVerifier:
         threshold, with its cosine and score; None if none does. The search stops at the
         first cosine under `MIN_COSINE`. With two stages, only the candidate the cheap
         model ranks first (over its gate) is read by the pair model."""
+        return self.second_stage(query, self.first_stage(query, candidates))
+
+    def first_stage(
+        self, query: str, candidates: Iterable[tuple[T, str, float, float]]
+    ) -> Shortlist[T]:
+        """The cheap part of `best()`: guards and the cheap model on every candidate."""
         q = _Text.of(query)
-        best: tuple[T, float, float] | None = None
-        # With two stages: (cheap score, item, text, cosine, threshold, design row).
-        top: tuple[float, T, str, float, float, list[float]] | None = None
+        found: tuple[T, float, float] | None = None
+        pending: _Pending[T] | None = None
         for item, text, cosine, threshold in candidates:
             if cosine < MIN_COSINE:
                 break
@@ -669,17 +712,21 @@ class SemanticVerifier:
             row = design_row(_raw(q, c, cosine))
             score = _probability(self._model, row)
             if self._final is not None and q.tokens != c.tokens:
-                if score >= self._gate and (top is None or score > top[0]):
-                    top = (score, item, text, cosine, threshold, row)
+                if score >= self._gate and (pending is None or score > pending.cheap):
+                    pending = _Pending(score, item, text, cosine, threshold, row)
                 continue
-            if score >= threshold and (best is None or score > best[2]):
-                best = (item, cosine, score)
-        if top is not None:
-            _, item, text, cosine, threshold, row = top
-            score = self._second(query, text, row)
-            if score >= threshold and (best is None or score > best[2]):
-                best = (item, cosine, score)
-        return best
+            if score >= threshold and (found is None or score > found[2]):
+                found = (item, cosine, score)
+        return Shortlist(found=found, pending=pending)
+
+    def second_stage(self, query: str, shortlist: Shortlist[T]) -> tuple[T, float, float] | None:
+        """The rest of `best()`: the pair model on the pending candidate, if any."""
+        found, pending = shortlist.found, shortlist.pending
+        if pending is not None:
+            score = self._second(query, pending.text, pending.row)
+            if score >= pending.threshold and (found is None or score > found[2]):
+                found = (pending.item, pending.cosine, score)
+        return found
 
     def accept(
         self, query: str, candidate: str, cosine: float, *, threshold: float | None = None
@@ -692,7 +739,8 @@ class SemanticVerifier:
         self, max_wrong_hit_rate: float, *, duplicate_share: float | None = None
     ) -> float:
         """The lowest score threshold whose cross-validated precision, less a 95% margin,
-        is at least 1 - `max_wrong_hit_rate`; `math.inf` (accept nothing) if none is.
+        is at least 1 - `max_wrong_hit_rate`, among those with at least the table's
+        `min_hits` hits; `math.inf` (accept nothing) if none is.
 
         `duplicate_share`: the share of looked-up candidates that are true duplicates
         in the traffic at hand, if known; by default the calibration set's, whose
@@ -706,6 +754,8 @@ class SemanticVerifier:
         # A lower threshold only admits more hits; the first row that qualifies is the
         # most useful one. Monotone: a looser rate can only qualify more rows.
         for index, threshold in enumerate(table.thresholds):
+            if table.true_hits[index] + table.wrong_hits[index] < table.min_hits:
+                break  # rows only get smaller from here
             if table.precision_lower(index, duplicate_share) >= 1.0 - max_wrong_hit_rate:
                 return threshold
         return math.inf
