@@ -2,7 +2,11 @@
 
     python -m areion.cache.calibrate --pairs ../shared/data/cache/quora_pairs_val.csv \\
         ../shared/data/cache/quora_pairs_train.csv \\
-        --out src/areion/cache/data/verifier.json [--folds 5] [--embeddings /tmp/emb.npz]
+        --out src/areion/cache/data/verifier_lexical.json [--folds 5] [--embeddings /tmp/emb.npz]
+
+    # the two-stage verifier: first `python -m areion.cache.train_pair ... --out-dir /tmp/pair`
+    python -m areion.cache.calibrate --pairs (the same two) --folds 3 \\
+        --pair-scores /tmp/pair/oof.npz --out src/areion/cache/data/verifier.json
 
 The pairs file is a CSV with `question1`, `question2` and `is_duplicate` (0/1). Each
 pair is (query = question2, candidate = question1, their cosine); the model learns
@@ -13,6 +17,9 @@ normalized texts (a question that repeats across pairs, on either side, never si
 in two folds). The calibration table is built from out-of-fold scores, and the
 figures printed for each wrong-hit rate come from nested cross-validation: for each
 held-out fold, the model *and* its threshold are chosen from the other folds alone.
+With the pair model, its logits are out-of-fold too (`train_pair` uses the same
+folds), and in the nested loop the models for fold k learn from logits of pair models
+that never saw fold k either.
 
 `evaluate_pairs()` is the product's protocol (`areion eval cache`): cache every
 question1, look up every question2, and judge the entry the cache picks by what the
@@ -313,7 +320,7 @@ def _nested(
         seen = (
             data
             if data.inner is None
-            else _with_pair(data, np.where(held, data.pair, data.inner[k]))
+            else _with_pair(data, np.asarray(np.where(held, data.pair, data.inner[k]), float))
         )
         model = _fit(seen, ~held)
         inner = _out_of_fold(_subset(seen, ~held), folds[~held])

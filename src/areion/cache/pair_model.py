@@ -193,12 +193,12 @@ class PairModel:
         return network_logit(self._net, a, b, pair_features(a, b))
 
 
-def _softmax(x: Floats, axis: int) -> Floats:
+def _softmax(x: npt.NDArray[Any], axis: int) -> Floats:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return np.asarray(e / e.sum(axis=axis, keepdims=True), dtype=np.float32)
 
 
-def word_pieces(states: Floats) -> Floats:
+def word_pieces(states: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """Word-piece states: [CLS] and [SEP] dropped (kept if nothing else is left)."""
     return states[1:-1] if len(states) > 2 else states
 
@@ -215,9 +215,9 @@ def network_logit(
     beta = _softmax(e, 1) @ b  # for each query piece, the candidate's aligned to it
     alpha = _softmax(e, 0).T @ a
 
-    def compare(x: Floats, y: Floats) -> Floats:
+    def compare(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> npt.NDArray[Any]:
         joined = np.concatenate([x, y, x - y, x * y], axis=1)
-        return np.maximum(joined @ net["cmp_w"] + net["cmp_b"], 0.0)
+        return np.asarray(np.maximum(joined @ net["cmp_w"] + net["cmp_b"], 0.0))
 
     va, vb = compare(a, beta), compare(b, alpha)
     pooled = np.concatenate([va.mean(0), va.max(0), vb.mean(0), vb.max(0)])
