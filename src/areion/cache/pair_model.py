@@ -10,9 +10,13 @@ its last layer's token states) on the query and the candidate together, and read
   the share under 0.7 and 0.85, for each side;
 - the two sentence vectors (mean-pooled, as the embedder's): |u - v| and u * v.
 
-A small network (one hidden layer of 128, ~100k weights, shipped in
-`data/pair_model.safetensors`, 0.2 MB) turns these into a logit, fine-tuned on the
-labelled Quora pairs by `python -m areion.cache.train_pair`; the verifier's logistic
+A small network turns these into a logit, together with a learned comparison of the
+word pieces themselves: each side's pieces (projected to 64 dimensions) are
+soft-aligned with the other side's, each is compared with what it aligned to
+([x, y, x - y, x * y] -> 64, ReLU), and the comparisons are pooled (mean and max, both
+sides) into one hidden layer of 128 (decomposable attention, Parikh et al. 2016, on
+frozen MiniLM states; ~175k weights in `data/pair_model.safetensors`, 0.7 MB). It is
+trained on the labelled Quora pairs by `python -m areion.cache.train_pair`; the verifier's logistic
 model takes that logit as one more feature, and its calibration table is built from
 out-of-fold scores as before. The transformer is frozen: nothing of it is shipped, and
 no torch is needed at run time (numpy does the network).

@@ -6,9 +6,10 @@
                 ../shared/data/cache/quora_pairs_train.csv \\
         --out-dir /tmp/pair [--folds 3] [--seed 0]
 
-1. Encodes every pair with the runtime's own code (`pair_model.PairModel.features`:
+1. Encodes every pair with the runtime's own code (`pair_model.PairModel.states`:
    the installed MiniLM in 8-bit on ONNX Runtime) and keeps the features in
-   `features.npz` (reused when the pairs are the same; ~3 ms a pair).
+   `states.npz` (token states and features, ~1.3 GB; reused when the pairs are the
+   same; ~5-8 ms a pair on a busy machine).
 2. Splits the pairs into `--folds` groups with `calibrate.group_folds` (a question,
    on either side of any pair, never sits in two folds; the same assignment
    `calibrate --pair-scores` checks), trains the network on all folds but one and
