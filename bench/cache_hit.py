@@ -17,11 +17,12 @@ are reported per outcome, one request at a time (`--concurrency 1`) and under lo
 A semantic hit on a paraphrase asked for the first time is `hit-semantic`; one asked
 before is `hit-semantic again` (the embedder may remember its vector: `embed_memo`).
 
-`--variants` runs the same load against one server per embedder setting, one after
+`--variants` runs the same load against one server per cache.semantic setting, one after
 the other in this run, so their figures compare side by side:
 
     .venv/bin/python bench/cache_hit.py --quick \
         --variants "embed_sessions=1,embed_memo=0;embed_sessions=2,embed_memo=0;embed_sessions=2"
+    .venv/bin/python bench/cache_hit.py --quick --variants "verifier=lexical;verifier=pair"
 Every seed question is padded with `--entries` filler entries (other questions) in the
 same partition first, so the search runs over a realistic index, not a handful.
 
@@ -235,7 +236,8 @@ def variants(text: str) -> list[dict[str, Any]]:
         settings: dict[str, Any] = {}
         for item in filter(None, (x.strip() for x in part.split(","))):
             key, _, value = item.partition("=")
-            settings[key.strip()] = int(value)
+            value = value.strip()
+            settings[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
         out.append(settings)
     return out
 

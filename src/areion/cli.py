@@ -321,42 +321,85 @@ async def _report_command(args: argparse.Namespace) -> int:
 
 def _eval_cache(args: argparse.Namespace) -> int:
     import json
+    import tempfile
 
     from areion.cache.calibrate import evaluate_pairs
     from areion.cache.embedding import MiniLMEmbedder
     from areion.cache.verifier import SemanticVerifier
 
-    pairs = Path(args.pairs)
-    if not pairs.is_file():
-        raise ConfigError(f"--pairs: no file {pairs}")
-    verifier = SemanticVerifier.load()
+    files = [Path(name) for name in args.pairs]
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(f"--pairs: no file {path}")
     config, _ = _config(args.config)
+    verifier = SemanticVerifier.load(kind=config.cache.semantic.verifier)
     rate = args.max_wrong_hit_rate
     if rate is None:  # the configured setting, if a config sets one
         rate = config.cache.semantic.max_wrong_hit_rate
-    if rate is not None and not 0 < rate < 1:
-        raise ConfigError(f"--max-wrong-hit-rate must be between 0 and 1, got {rate}")
+    for value in (rate, *(args.rates or ())):
+        if value is not None and not 0 < value < 1:
+            flag = "--max-wrong-hit-rate" if value == rate else "--rates"
+            raise ConfigError(f"{flag} must be between 0 and 1, got {value}")
     threshold = verifier.threshold_for(rate) if rate is not None else None
     if threshold is not None and math.isinf(threshold):
         raise ConfigError(
             f"max wrong-hit rate {rate}: stricter than the verifier's calibration vouches for"
         )
+    trained_on = str(verifier.meta.get("trained_on", ""))
     embedder = MiniLMEmbedder(quantized=config.cache.semantic.embed_quantized)
+    keys = ("precision", "recall", "hits", "wrong_hits", "pairs", "unjudged_hits")
+    out: list[dict[str, Any]] = []
     try:
-        result = evaluate_pairs(pairs, verifier, embedder, threshold=threshold)
+        with tempfile.TemporaryDirectory() as scratch:
+            for n, path in enumerate(files):
+                vectors = Path(scratch) / f"{n}.npz"  # embedded once, for every setting
+                result = evaluate_pairs(
+                    path, verifier, embedder, threshold=threshold, embeddings=vectors
+                )
+                summary: dict[str, Any] = {key: result[key] for key in keys}
+                summary["file"] = path.name
+                summary["in_sample"] = path.name in trained_on
+                summary["settings"] = []
+                for setting in args.rates or ():
+                    limit = verifier.threshold_for(setting)
+                    row: dict[str, Any] = {"max_wrong_hit_rate": setting}
+                    if math.isinf(limit):  # nothing vouched for: the cache serves nothing
+                        row |= {"hits": 0, "wrong_hits": 0, "wrong_hit_rate": 0.0, "recall": 0.0}
+                    else:
+                        found = evaluate_pairs(
+                            path, verifier, embedder, threshold=limit, embeddings=vectors
+                        )
+                        row |= {
+                            "hits": found["hits"],
+                            "wrong_hits": found["wrong_hits"],
+                            "wrong_hit_rate": 1.0 - found["precision"],
+                            "recall": found["recall"],
+                        }
+                    row["within"] = row["wrong_hit_rate"] <= setting
+                    summary["settings"].append(row)
+                out.append(summary)
     finally:
         embedder.close()
-    keys = ("precision", "recall", "hits", "wrong_hits", "pairs", "unjudged_hits")
-    summary = {key: result[key] for key in keys}
     if args.json:
-        print(json.dumps(summary))
-    else:
+        print(json.dumps(out[0] if len(out) == 1 else out))
+        return 0
+    for summary in out:
+        note = (
+            " (IN-SAMPLE: the shipped verifier was trained on it)" if summary["in_sample"] else ""
+        )
         print(
-            f"pairs {summary['pairs']}: hits {summary['hits']}, wrong hits "
-            f"{summary['wrong_hits']}, precision {summary['precision']:.3f}, recall "
+            f"{summary['file']}{note}: pairs {summary['pairs']}: hits {summary['hits']}, "
+            f"wrong hits {summary['wrong_hits']}, precision {summary['precision']:.3f}, recall "
             f"{summary['recall']:.3f} ({summary['unjudged_hits']} hits on questions the "
             "labels say nothing of, as to the query, left out)"
         )
+        for row in summary["settings"]:
+            verdict = "within" if row["within"] else "ABOVE"
+            print(
+                f"  max wrong-hit rate {row['max_wrong_hit_rate']:.2f}: hits {row['hits']}, "
+                f"wrong {row['wrong_hits']} ({row['wrong_hit_rate']:.3f}, {verdict} the "
+                f"setting), recall {row['recall']:.3f}"
+            )
     return 0
 
 
@@ -536,7 +579,17 @@ def _parser() -> argparse.ArgumentParser:
         "cache", help="semantic cache precision and recall on question pairs"
     )
     cache.add_argument(
-        "--pairs", required=True, help="CSV with question1,question2,is_duplicate columns"
+        "--pairs",
+        required=True,
+        nargs="+",
+        help="CSV(s) with question1,question2,is_duplicate columns, each measured alone",
+    )
+    cache.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        help="also measure these max wrong-hit rates: the observed wrong-hit rate of each,"
+        " beside the setting (a rate the calibration cannot vouch for serves nothing)",
     )
     cache.add_argument(
         "--max-wrong-hit-rate",

@@ -334,6 +334,10 @@ class SemanticCacheConfig(_Strict):
     # 8-bit integer products in the embedder: a short query ~3x faster on CPU, vectors
     # within cosine 0.995 of float32 ones; the shipped verifier is calibrated on these.
     embed_quantized: bool = True
+    # "pair": the verifier reads the best candidate again with the pair model (MiniLM
+    # token states, ~2 ms a lookup): more hits at the same wrong-hit rate. "lexical": the
+    # cheap model alone, calibrated on its own.
+    verifier: Literal["pair", "lexical"] = "pair"
 
 
 class PlanCacheConfig(_Strict):

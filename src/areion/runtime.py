@@ -255,12 +255,13 @@ class Runtime:
         semantic = self.config.cache.semantic
         if semantic.enabled:
             from areion.cache.semantic import SemanticCache
-            from areion.cache.verifier import DEFAULT_MAX_WRONG_HIT_RATE
+            from areion.cache.verifier import DEFAULT_MAX_WRONG_HIT_RATE, SemanticVerifier
 
             self.semantic_cache = SemanticCache(
                 self.metrics,
                 self.ledger,
                 self.embedder,
+                verifier=SemanticVerifier.load(kind=semantic.verifier),
                 max_wrong_hit_rate=semantic.max_wrong_hit_rate or DEFAULT_MAX_WRONG_HIT_RATE,
                 ttl_s=semantic.ttl_s,
                 any_temperature=semantic.any_temperature,

@@ -277,6 +277,21 @@ def test_eval_cache_prints_the_figures(tmp_path: Path) -> None:
     assert figures["pairs"] == 3
     assert figures["hits"] == 1 and figures["wrong_hits"] == 0
     assert figures["precision"] == 1.0 and figures["recall"] == 1.0
+    # Each setting beside its observed wrong-hit rate; one the calibration cannot
+    # vouch for (0.05 on the shipped verifier) serves nothing.
+    result = subprocess.run(
+        [*AREION, "eval", "cache", "--pairs", str(pairs), "--json", "--rates", "0.05", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    strict, loose = json.loads(result.stdout)["settings"]
+    assert strict == {
+        "max_wrong_hit_rate": 0.05, "hits": 0, "wrong_hits": 0, "wrong_hit_rate": 0.0,
+        "recall": 0.0, "within": True,
+    }  # fmt: skip
+    assert loose["hits"] == 1 and loose["within"]
 
 
 def test_eval_cache_measures_the_configured_setting(tmp_path: Path) -> None:

@@ -34,7 +34,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BertConfig", "EncoderGraph", "build_encoder", "read_safetensors"]
+__all__ = [
+    "TOKEN_STATES",
+    "BertConfig",
+    "EncoderGraph",
+    "build_encoder",
+    "read_safetensors",
+    "with_token_states",
+    "write_safetensors",
+]
 
 OPSET = 17
 
@@ -57,6 +65,8 @@ MASK_FILTER = -10000.0
 
 # Initializers at most this many elements stay inside the protobuf (shapes, scalars).
 _INLINE_MAX = 16
+# The last layer's token states, an output only in `with_token_states`.
+TOKEN_STATES = "token_states"
 _EXTERNAL_LOCATION = "areion-in-memory"
 
 
@@ -318,6 +328,7 @@ def build_encoder(
     mask_bias = g.op("Unsqueeze", bias, g.ints("axes_1_2", [1, 2]))
     for layer in range(config.num_layers):
         x = _layer(g, x, mask_bias, w, f"encoder.layer.{layer}.", config, quantized)
+    x = g.op("Identity", x, output=TOKEN_STATES)  # named: see with_token_states
 
     # Mean over the real tokens, sum(x * mask) / max(count, 1e-9), as sentence-transformers.
     axis1 = g.ints("axis_1", [1])
@@ -349,3 +360,46 @@ def build_encoder(
     return EncoderGraph(
         model=bytes(model.SerializeToString()), weights=g.external, dim=config.hidden_size
     )
+
+
+def with_token_states(graph: EncoderGraph) -> EncoderGraph:
+    """The same encoder, sharing `graph`'s weight arrays, with a second output:
+    `token_states` [batch, seq, hidden], the last layer's state of every token."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(graph.model)
+    model.graph.output.append(
+        helper.make_tensor_value_info(TOKEN_STATES, TensorProto.FLOAT, ["batch", "seq", graph.dim])
+    )
+    return EncoderGraph(
+        model=bytes(model.SerializeToString()), weights=graph.weights, dim=graph.dim
+    )
+
+
+_DTYPE_NAMES = {np.dtype(v).str: k for k, v in _DTYPES.items()}
+
+
+def write_safetensors(
+    path: Path, tensors: dict[str, npt.NDArray[Any]], metadata: dict[str, str] | None = None
+) -> None:
+    """Write `tensors` as a .safetensors file (what `read_safetensors` reads)."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        kind = _DTYPE_NAMES.get(array.dtype.newbyteorder("<").str)
+        if kind is None:
+            raise ValueError(f"tensor {name!r}: dtype {array.dtype} cannot be stored")
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {
+            "dtype": kind,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data then starts 8-byte aligned
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks))

@@ -2,7 +2,11 @@
 
     python -m areion.cache.calibrate --pairs ../shared/data/cache/quora_pairs_val.csv \\
         ../shared/data/cache/quora_pairs_train.csv \\
-        --out src/areion/cache/data/verifier.json [--folds 5] [--embeddings /tmp/emb.npz]
+        --out src/areion/cache/data/verifier_lexical.json [--folds 5] [--embeddings /tmp/emb.npz]
+
+    # the two-stage verifier: first `python -m areion.cache.train_pair ... --out-dir /tmp/pair`
+    python -m areion.cache.calibrate --pairs (the same two) --folds 3 \\
+        --pair-scores /tmp/pair/oof.npz --out src/areion/cache/data/verifier.json
 
 The pairs file is a CSV with `question1`, `question2` and `is_duplicate` (0/1). Each
 pair is (query = question2, candidate = question1, their cosine); the model learns
@@ -13,6 +17,9 @@ normalized texts (a question that repeats across pairs, on either side, never si
 in two folds). The calibration table is built from out-of-fold scores, and the
 figures printed for each wrong-hit rate come from nested cross-validation: for each
 held-out fold, the model *and* its threshold are chosen from the other folds alone.
+With the pair model, its logits are out-of-fold too (`train_pair` uses the same
+folds), and in the nested loop the models for fold k learn from logits of pair models
+that never saw fold k either.
 
 `evaluate_pairs()` is the product's protocol (`areion eval cache`): cache every
 question1, look up every question2, and judge the entry the cache picks by what the
@@ -60,12 +67,23 @@ __all__ = [
 Floats = npt.NDArray[np.float64]
 Vectors = npt.NDArray[np.float32]
 
+# Recalls at which the out-of-fold precision is reported.
+_REPORT_RECALLS = (0.25, 0.35, 0.5)
 # Wrong-hit rates reported; the default's row is marked.
 _REPORT_RATES = (0.02, 0.05, 0.08, 0.10, 0.15, 0.20)
 # Rows of the calibration table: enough resolution where thresholds are chosen,
 # few enough that the JSON stays a few KB.
 _TABLE_ROWS = 160
 _L2 = 0.01
+# Two stages: candidates the cheap model scores under this are not read by the pair
+# model (and not served). On the calibration pairs it costs a few duplicates of recall
+# at most where thresholds are chosen, and spares the pair model most misses.
+GATE = 0.1
+_MIN_CLASS = 10
+# A threshold must be vouched for by at least this many hits (a share of the pairs,
+# with a floor): see `Calibration.min_hits`.
+_MIN_HITS_SHARE = 0.01
+_MIN_HITS_FLOOR = 30
 
 
 @dataclass(slots=True, kw_only=True, frozen=True)
@@ -169,29 +187,68 @@ class _Data:
     labels: Floats
     vetoed: npt.NDArray[np.bool_]
     cosines: Floats
+    same: npt.NDArray[np.bool_]  # the same words: the cheap score stands
+    pair: Floats | None = None  # the pair model's out-of-fold logits
+    # inner[k]: logits from pair models that never saw fold k (nested CV), if known
+    inner: Floats | None = None
 
 
-def _data(pairs: Sequence[Pair], cosines: Floats) -> _Data:
-    rows = [
-        design_row(raw_features(p.question2, p.question1, float(c)))
-        for p, c in zip(pairs, cosines, strict=True)
-    ]
+def _data(
+    pairs: Sequence[Pair],
+    cosines: Floats,
+    pair: Floats | None = None,
+    inner: Floats | None = None,
+) -> _Data:
+    rows = np.asarray(
+        [
+            design_row(raw_features(p.question2, p.question1, float(c)))
+            for p, c in zip(pairs, cosines, strict=True)
+        ],
+        dtype=np.float64,
+    )
     return _Data(
-        rows=np.asarray(rows, dtype=np.float64),
+        rows=rows,
         labels=np.asarray([p.duplicate for p in pairs], dtype=np.float64),
         vetoed=np.asarray([bool(guards(p.question2, p.question1)) for p in pairs]),
         cosines=np.asarray(cosines, dtype=np.float64),
+        same=rows[:, FEATURES.index("same_text")] > 0.5,
+        pair=pair,
+        inner=inner,
     )
 
 
-def _fit(data: _Data, mask: npt.NDArray[np.bool_]) -> _Logistic:
+@dataclass(slots=True, kw_only=True, frozen=True)
+class _Stack:
+    """The cheap model, and with a pair model the final one (see SemanticVerifier)."""
+
+    cheap: _Logistic
+    final: _Logistic | None
+    gate: float
+
+
+def _fit(data: _Data, mask: npt.NDArray[np.bool_], gate: float = GATE) -> _Stack:
     # Vetoed pairs are never scored by the model, so it learns from the others only.
     keep = mask & ~data.vetoed
-    return fit_logistic(data.rows[keep], data.labels[keep])
+    cheap = fit_logistic(data.rows[keep], data.labels[keep])
+    if data.pair is None:
+        return _Stack(cheap=cheap, final=None, gate=0.0)
+    # The final model learns from what reaches it: candidates over the gate, not the
+    # same words (from every such pair if that leaves too few of either kind).
+    second = keep & ~data.same & (cheap.predict(data.rows) >= gate)
+    positives = int(data.labels[second].sum())
+    if min(positives, int(second.sum()) - positives) < _MIN_CLASS:
+        second = keep & ~data.same
+    final = fit_logistic(np.c_[data.rows[second], data.pair[second]], data.labels[second])
+    return _Stack(cheap=cheap, final=final, gate=gate)
 
 
-def _scores(model: _Logistic, data: _Data, mask: npt.NDArray[np.bool_]) -> Floats:
-    return np.where(data.vetoed[mask], 0.0, model.predict(data.rows[mask]))
+def _scores(model: _Stack, data: _Data, mask: npt.NDArray[np.bool_]) -> Floats:
+    scores = model.cheap.predict(data.rows[mask])
+    if model.final is not None and data.pair is not None:
+        final = model.final.predict(np.c_[data.rows[mask], data.pair[mask]])
+        second = np.where(scores < model.gate, 0.0, final)
+        scores = np.where(data.same[mask], scores, second)
+    return np.where(data.vetoed[mask], 0.0, scores)
 
 
 def _out_of_fold(data: _Data, folds: npt.NDArray[np.int64]) -> Floats:
@@ -214,24 +271,28 @@ def _table(scores: Floats, labels: Floats) -> dict[str, Any]:
         "wrong_hits": [int(np.sum((scores >= t) & ~positive)) for t in grid],
         "duplicates": int(positive.sum()),
         "non_duplicates": int((~positive).sum()),
+        "min_hits": max(_MIN_HITS_FLOOR, round(_MIN_HITS_SHARE * len(labels))),
     }
 
 
-def _params(model: _Logistic, table: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+def _logistic_params(model: _Logistic) -> dict[str, Any]:
     return {
-        "features": list(FEATURES),
-        "model": {
-            "mean": [round(float(v), 6) for v in model.mean],
-            "scale": [round(float(v), 6) for v in model.scale],
-            "weights": [round(float(v), 6) for v in model.weights],
-            "bias": round(model.bias, 6),
-        },
-        "calibration": table,
-        "meta": meta,
+        "mean": [round(float(v), 6) for v in model.mean],
+        "scale": [round(float(v), 6) for v in model.scale],
+        "weights": [round(float(v), 6) for v in model.weights],
+        "bias": round(model.bias, 6),
     }
 
 
-def _verifier(model: _Logistic, table: dict[str, Any]) -> SemanticVerifier:
+def _params(model: _Stack, table: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {"features": list(FEATURES), "model": _logistic_params(model.cheap)}
+    if model.final is not None:
+        params["final"] = _logistic_params(model.final)
+        params["gate"] = model.gate
+    return {**params, "calibration": table, "meta": meta}
+
+
+def _verifier(model: _Stack, table: dict[str, Any]) -> SemanticVerifier:
     return SemanticVerifier(_params(model, table, {}))
 
 
@@ -254,8 +315,15 @@ def _nested(
     worst = dict.fromkeys(rates, 1.0)
     for k in np.unique(folds):
         held = folds == k
-        model = _fit(data, ~held)
-        inner = _out_of_fold(_subset(data, ~held), folds[~held])
+        # Trained and calibrated on the other folds with pair logits from pair models
+        # that never saw fold k either (when known); scored with the out-of-fold ones.
+        seen = (
+            data
+            if data.inner is None
+            else _with_pair(data, np.asarray(np.where(held, data.pair, data.inner[k]), float))
+        )
+        model = _fit(seen, ~held)
+        inner = _out_of_fold(_subset(seen, ~held), folds[~held])
         verifier = _verifier(model, _table(inner, data.labels[~held]))
         scores = _scores(model, data, held)
         for rate in rates:
@@ -277,12 +345,33 @@ def _nested(
     return out
 
 
+def _precision_at_recall(scores: Floats, labels: Floats, recall: float) -> float:
+    """Precision of the highest-scoring pairs that reach `recall` of the duplicates."""
+    order = np.argsort(-scores, kind="stable")
+    found = np.cumsum(labels[order])
+    n = min(int(np.searchsorted(found, recall * labels.sum())) + 1, len(order))
+    return float(labels[order][:n].mean())
+
+
 def _subset(data: _Data, mask: npt.NDArray[np.bool_]) -> _Data:
     return _Data(
         rows=data.rows[mask],
         labels=data.labels[mask],
         vetoed=data.vetoed[mask],
         cosines=data.cosines[mask],
+        same=data.same[mask],
+        pair=None if data.pair is None else data.pair[mask],
+    )
+
+
+def _with_pair(data: _Data, pair: Floats) -> _Data:
+    return _Data(
+        rows=data.rows,
+        labels=data.labels,
+        vetoed=data.vetoed,
+        cosines=data.cosines,
+        same=data.same,
+        pair=pair,
     )
 
 
@@ -293,14 +382,20 @@ def train(
     folds: int = 5,
     seed: int = 0,
     sources: Sequence[str] | None = None,
+    pair_logits: Floats | None = None,
+    pair_inner: Floats | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the verifier's parameters, a report of cross-validated figures); `sources`
-    names each pair's file, for held-out figures per file."""
+    names each pair's file, for held-out figures per file. `pair_logits`: the pair
+    model's out-of-fold logit of each pair (folds from `group_folds` with the same
+    `folds` and `seed`), making a two-stage verifier; `pair_inner` [folds, pairs]:
+    logits from pair models that saw neither fold k nor the pair's own (nested CV)."""
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    data = _data(pairs, cosines)
+    data = _data(pairs, cosines, pair_logits, pair_inner)
     fold_of = group_folds(pairs, folds, seed=seed)
-    table = _table(_out_of_fold(data, fold_of), data.labels)
+    out_of_fold = _out_of_fold(data, fold_of)
+    table = _table(out_of_fold, data.labels)
     nested = _nested(
         data, fold_of, _REPORT_RATES, None if sources is None else np.asarray(sources, dtype=str)
     )
@@ -314,6 +409,8 @@ def train(
         "folds": folds,
         "seed": seed,
         "default_max_wrong_hit_rate": DEFAULT_MAX_WRONG_HIT_RATE,
+        "pair_model": pair_logits is not None,
+        "pair_logits_nested": pair_inner is not None,
         "nested_cv_at_default": {
             k: v if isinstance(v, int) else round(float(v), 4)
             for k, v in default.items()
@@ -321,7 +418,13 @@ def train(
         },
     }
     params = _params(_fit(data, np.ones(len(pairs), dtype=bool)), table, meta)
-    report = {"nested": nested, "baseline": baseline, "vetoed": int(data.vetoed.sum())}
+    curve = {r: _precision_at_recall(out_of_fold, data.labels, r) for r in _REPORT_RECALLS}
+    report = {
+        "nested": nested,
+        "baseline": baseline,
+        "vetoed": int(data.vetoed.sum()),
+        "out_of_fold_curve": curve,
+    }
     return params, report
 
 
@@ -517,6 +620,10 @@ def _print_report(report: dict[str, Any], params: dict[str, Any]) -> None:
     print("plain cosine (in-sample, no model):")
     for t, (precision, recall) in report["baseline"].items():
         print(f"  cosine >= {t:.2f}: precision {precision:.3f} recall {recall:.3f}")
+    curve = ", ".join(
+        f"recall {r:.2f}: precision {p:.3f}" for r, p in report["out_of_fold_curve"].items()
+    )
+    print(f"out-of-fold scores (grouped {params['meta']['folds']}-fold), {curve}")
     print(f"nested {params['meta']['folds']}-fold cross-validation (grouped), verifier:")
     for rate, row in report["nested"].items():
         mark = "  <- default" if rate == DEFAULT_MAX_WRONG_HIT_RATE else ""
@@ -562,6 +669,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--eval", action="store_true", help="then run evaluate_pairs on the same file"
     )
+    parser.add_argument(
+        "--pair-scores",
+        type=Path,
+        help="oof.npz from `python -m areion.cache.train_pair` (same pairs, folds, seed):"
+        " a two-stage verifier with the pair model",
+    )
     args = parser.parse_args(argv)
 
     from areion.cache.embedding import MiniLMEmbedder
@@ -572,12 +685,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = [path.name for path, some in files for _ in some]
     texts = _texts(pairs)
     vectors = _embed_texts(embedder, texts, args.embeddings)
+    pair_logits = pair_inner = None
+    if args.pair_scores is not None:
+        with np.load(args.pair_scores, allow_pickle=False) as stored:
+            expected = group_folds(pairs, args.folds, seed=args.seed)
+            if stored["folds"].shape != expected.shape or np.any(stored["folds"] != expected):
+                parser.error(f"{args.pair_scores}: made with other pairs, folds or seed")
+            pair_logits = np.asarray(stored["logits"], dtype=np.float64)
+            inner = np.asarray(stored["inner"], dtype=np.float64)
+            # Nested logits for every pair outside each fold, or none at all.
+            pair_inner = None if np.isnan(inner).sum() > len(pairs) * args.folds / 2 else inner
     params, report = train(
         pairs,
         _pair_cosines(pairs, vectors, texts),
         folds=args.folds,
         seed=args.seed,
         sources=sources if len(files) > 1 else None,
+        pair_logits=pair_logits,
+        pair_inner=pair_inner,
     )
     params["meta"]["trained_on"] = " + ".join(path.name for path in args.pairs)
     params["meta"]["embeddings"] = "float32" if args.float32 else "int8"

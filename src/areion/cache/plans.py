@@ -370,7 +370,9 @@ class PlanCache:
         if verifier is None:
             from areion.cache.verifier import SemanticVerifier
 
-            verifier = SemanticVerifier.load()
+            # The cheap verifier: a plan is advice, not an answer, and the lookup runs
+            # inline, so no pair-model run on it.
+            verifier = SemanticVerifier.load(kind="lexical")
         self.verifier = verifier
         threshold = self.verifier.threshold_for(max_wrong_hit_rate)
         if math.isinf(threshold):

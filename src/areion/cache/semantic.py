@@ -139,6 +139,7 @@ class SemanticCache:
     ) -> None:
         self.embedder = embedder  # shared: its owner closes it
         self.verifier = verifier or SemanticVerifier.load()
+        self.verifier.prepare()  # its pair model, if any: built now, not on a lookup
         threshold = self.verifier.threshold_for(max_wrong_hit_rate)
         if math.isinf(threshold):
             raise ConfigError(
@@ -222,7 +223,7 @@ class SemanticCache:
         # Later stages embedding the same text with the same model (a learned route) reuse it.
         call.annotations["embedding"] = (self.embedder, question, vector)
         if control != "refresh":
-            found = self._lookup(call.tenant, partition, question, vector)
+            found = await self._lookup(call.tenant, partition, question, vector)
             if found is not None:
                 return self._serve(call, *found)
         self._hit_server.miss()
@@ -264,7 +265,7 @@ class SemanticCache:
         self._entries.move_to_end(entry.id)
         return entry, score
 
-    def _lookup(
+    async def _lookup(
         self, tenant: str, partition: str, question: str, vector: Any
     ) -> tuple[_Entry, float] | None:
         now = time.time()
@@ -279,7 +280,13 @@ class SemanticCache:
                     continue
                 yield entry, entry.question, cosine, self.thresholds.threshold(entry.id)
 
-        found = self.verifier.best(question, candidates())
+        shortlist = self.verifier.first_stage(question, candidates())
+        if shortlist.settled:
+            found = shortlist.found
+        else:  # the pair model's run (~2.5 ms of CPU) goes off the loop, as the embedder's
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, self.verifier.second_stage, question, shortlist
+            )
         if found is None:
             return None
         entry, _, score = found

@@ -6,10 +6,14 @@ Quora pairs no cosine threshold is both safe and useful. `SemanticVerifier` scor
 a (query, candidate, cosine) triple with a small logistic model over the cosine and
 lexical evidence, and vetoes outright the differences the data shows are almost
 never the same question: different numbers, one side negated, a named entity
-swapped for another.
+swapped for another. By default a second stage reads the candidate the cheap model
+ranks first again: the pair model (`pair_model`: MiniLM's token states of both texts,
+compared by a small network) gives a logit that a final logistic model combines with
+the cheap features, one pair-model run per lookup.
 
-The model's parameters and a calibration table live in `data/verifier.json`, made
-by `python -m areion.cache.calibrate` (see that module) from cosines of the 8-bit
+The models' parameters and a calibration table live in `data/verifier.json` (two
+stages) and `data/verifier_lexical.json` (the cheap model alone), made by
+`python -m areion.cache.calibrate` (see that module) from cosines of the 8-bit
 embedder (`cache.semantic.embed_quantized`, the default). The table holds, for each
 score threshold, the hits and wrong hits that the K-fold cross-validated models made
 at it, so the product's setting is a maximum wrong-hit rate and `threshold_for()`
@@ -31,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,10 +45,13 @@ __all__ = [
     "FEATURES",
     "GUARDS",
     "MIN_COSINE",
+    "SHIPPED",
     "AdaptiveThreshold",
     "Calibration",
     "EntryStats",
+    "PairScorer",
     "SemanticVerifier",
+    "Shortlist",
     "design_row",
     "guards",
     "raw_features",
@@ -52,13 +59,17 @@ __all__ = [
 ]
 
 # The product default, as a rate on traffic like the calibration pairs (Quora pairs:
-# MeanCache's hard look-alike negatives and QQP's natural ones, 41k in all). 0.15 is the
-# strictest rate at which the cache still serves a third of the duplicates (grouped
-# nested cross-validation: recall 0.34, 14% of hits wrong; on each file alone, never
-# above the setting); at 0.10 it serves one in eight. 0.05 finds nothing: on those
-# human-labelled pairs even near-identical questions are labelled "different"
-# several percent of the time.
+# MeanCache's hard look-alike negatives and QQP's natural ones, 41k in all). At 0.15 the
+# two-stage verifier serves 43% of the duplicates (grouped nested cross-validation, 14%
+# of hits wrong; on each file alone, never above the setting), the lexical one 34%; at
+# 0.10, 17% and 13%. 0.05 finds nothing: on those human-labelled pairs even
+# near-identical questions are labelled "different" several percent of the time, and
+# the few top-scoring pairs that seem to vouch for it did not hold out of sample
+# (`Calibration.min_hits`).
 DEFAULT_MAX_WRONG_HIT_RATE = 0.15
+
+# The shipped parameters, by kind (see `SemanticVerifier.load`).
+SHIPPED = {"pair": "data/verifier.json", "lexical": "data/verifier_lexical.json"}
 
 # Candidates below this cosine are not worth scoring: on the calibration pairs no
 # duplicate scored under it. The caches search their nearest few and stop here.
@@ -505,6 +516,10 @@ class Calibration:
     """Duplicate pairs in the calibration set (the denominator of recall)."""
     non_duplicates: int
     """Non-duplicate pairs in the calibration set."""
+    min_hits: int = 0
+    """Rows with fewer hits than this vouch for nothing: at the top of the table a
+    few dozen pairs can all be right by luck, and a rate vouched for by them did not
+    hold on held-out pairs (one wrong in 18 at 0.05)."""
 
     def rates(self, index: int, duplicate_share: float | None = None) -> tuple[float, float]:
         """(precision, recall) at `thresholds[index]` for traffic with that share of
@@ -532,33 +547,83 @@ class _Model:
     bias: float
 
 
+@dataclass(slots=True, frozen=True)
+class _Pending(Generic[T]):
+    cheap: float
+    item: T
+    text: str
+    cosine: float
+    threshold: float
+    row: list[float]
+
+
+@dataclass(slots=True, kw_only=True, frozen=True)
+class Shortlist(Generic[T]):
+    """What `SemanticVerifier.first_stage` found: the best candidate served on its cheap
+    score (the same words as the query), and the one left for the pair model."""
+
+    found: tuple[T, float, float] | None
+    pending: _Pending[T] | None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing is left for the pair model: `found` is the answer."""
+        return self.pending is None
+
+
+class PairScorer(Protocol):
+    """A second opinion on one pair: log-odds that `candidate` asks what `query` asks."""
+
+    def logit(self, query: str, candidate: str) -> float: ...
+
+
+def _model_of(model: dict[str, Any]) -> _Model:
+    return _Model(
+        mean=np.asarray(model["mean"], dtype=np.float64),
+        scale=np.asarray(model["scale"], dtype=np.float64),
+        weights=np.asarray(model["weights"], dtype=np.float64),
+        bias=float(model["bias"]),
+    )
+
+
 class SemanticVerifier:
     """Decides whether a cached question answers a new one.
 
     `score()` is the probability that serving the candidate's answer is right (0 when
     a hard guard vetoes); `accept()` compares it with a threshold, by default the one
     for `DEFAULT_MAX_WRONG_HIT_RATE`.
+
+    Two stages when the parameters have a `final` model: the cheap logistic model
+    (`model`) scores every candidate; a candidate under its `gate` scores 0, and the
+    best one over it is read again by the pair model (`pair_model.PairModel`, or the
+    `pair` given), whose logit joins the cheap features in the `final` logistic model:
+    its probability is the score. One pair-model run per lookup at most. A candidate
+    worded exactly as the query keeps its cheap score (nothing to read again).
     """
 
-    __slots__ = ("_calibration", "_default", "_model", "meta")
+    __slots__ = ("_calibration", "_default", "_final", "_gate", "_model", "_pair", "meta")
 
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], *, pair: PairScorer | None = None) -> None:
         names = tuple(params["features"])
         if names != FEATURES:
             raise ValueError(
                 f"verifier parameters are for features {names}, this code computes {FEATURES}:"
                 " re-run `python -m areion.cache.calibrate` to retrain them"
             )
-        model = params["model"]
-        self._model = _Model(
-            mean=np.asarray(model["mean"], dtype=np.float64),
-            scale=np.asarray(model["scale"], dtype=np.float64),
-            weights=np.asarray(model["weights"], dtype=np.float64),
-            bias=float(model["bias"]),
-        )
+        self._model = _model_of(params["model"])
         width = len(design_row([0.0] * len(FEATURES)))
-        if not len(self._model.weights) == len(self._model.mean) == len(self._model.scale) == width:
-            raise ValueError("verifier parameters: weights, mean and scale do not fit the features")
+        final = params.get("final")
+        self._final = None if final is None else _model_of(final)
+        self._gate = float(params.get("gate", 0.0))
+        self._pair = pair
+        for model, size in ((self._model, width), (self._final, width + 1)):
+            if (
+                model is not None
+                and not len(model.weights) == len(model.mean) == len(model.scale) == size
+            ):
+                raise ValueError(
+                    "verifier parameters: weights, mean and scale do not fit the features"
+                )
         table = params["calibration"]
         self._calibration = Calibration(
             thresholds=tuple(float(t) for t in table["thresholds"]),
@@ -566,15 +631,20 @@ class SemanticVerifier:
             wrong_hits=tuple(int(n) for n in table["wrong_hits"]),
             duplicates=int(table["duplicates"]),
             non_duplicates=int(table["non_duplicates"]),
+            min_hits=int(table.get("min_hits", 0)),
         )
         self.meta: dict[str, Any] = dict(params.get("meta", {}))
         self._default = self.threshold_for(DEFAULT_MAX_WRONG_HIT_RATE)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> SemanticVerifier:
-        """The verifier from `path`, by default the parameters shipped with Areion."""
+    def load(cls, path: Path | None = None, *, kind: str = "pair") -> SemanticVerifier:
+        """The verifier from `path`, by default the parameters shipped with Areion:
+        `kind` "pair" (two stages, `data/verifier.json`) or "lexical" (the cheap model
+        alone, `data/verifier_lexical.json`: no pair-model run on a lookup)."""
         if path is None:
-            text = importlib.resources.files("areion.cache").joinpath("data/verifier.json")
+            if kind not in SHIPPED:
+                raise ValueError(f"verifier kind must be one of {sorted(SHIPPED)}, got {kind!r}")
+            text = importlib.resources.files("areion.cache").joinpath(SHIPPED[kind])
             return cls(json.loads(text.read_text(encoding="utf-8")))
         return cls(json.loads(path.read_text(encoding="utf-8")))
 
@@ -587,12 +657,39 @@ class SemanticVerifier:
         """The threshold for `DEFAULT_MAX_WRONG_HIT_RATE`."""
         return self._default
 
+    @property
+    def two_stage(self) -> bool:
+        """Whether a pair model reads the best candidate again (see the class doc)."""
+        return self._final is not None
+
+    def prepare(self) -> None:
+        """Load the pair model now rather than on the first lookup that needs it."""
+        if self._final is not None:
+            self._pair_scorer()
+
+    def _pair_scorer(self) -> PairScorer:
+        if self._pair is None:
+            from areion.cache.pair_model import PairModel
+
+            self._pair = PairModel.shared()
+        return self._pair
+
     def score(self, query: str, candidate: str, cosine: float) -> float:
         """Probability that `candidate`'s cached answer is a correct answer to `query`."""
         q, c = _Text.of(query), _Text.of(candidate)
         if _guards(q, c):
             return 0.0
-        return self._probability(design_row(_raw(q, c, cosine)))
+        row = design_row(_raw(q, c, cosine))
+        cheap = _probability(self._model, row)
+        if self._final is None or q.tokens == c.tokens:
+            return cheap
+        if cheap < self._gate:
+            return 0.0
+        return self._second(query, candidate, row)
+
+    def _second(self, query: str, candidate: str, row: list[float]) -> float:
+        assert self._final is not None
+        return _probability(self._final, [*row, self._pair_scorer().logit(query, candidate)])
 
     def best(
         self, query: str, candidates: Iterable[tuple[T, str, float, float]]
@@ -600,21 +697,41 @@ class SemanticVerifier:
         """The best match for `query` among `candidates`, nearest first, each (item, its
         text, cosine, threshold): the item scoring highest among those that reach their
         threshold, with its cosine and score; None if none does. The search stops at the
-        first cosine under `MIN_COSINE`."""
-        best: tuple[T, float, float] | None = None
+        first cosine under `MIN_COSINE`. With two stages, only the candidate the cheap
+        model ranks first (over its gate) is read by the pair model."""
+        return self.second_stage(query, self.first_stage(query, candidates))
+
+    def first_stage(
+        self, query: str, candidates: Iterable[tuple[T, str, float, float]]
+    ) -> Shortlist[T]:
+        """The cheap part of `best()`: guards and the cheap model on every candidate."""
+        q = _Text.of(query)
+        found: tuple[T, float, float] | None = None
+        pending: _Pending[T] | None = None
         for item, text, cosine, threshold in candidates:
             if cosine < MIN_COSINE:
                 break
-            score = self.score(query, text, cosine)
-            if score >= threshold and (best is None or score > best[2]):
-                best = (item, cosine, score)
-        return best
+            c = _Text.of(text)
+            if _guards(q, c):
+                continue
+            row = design_row(_raw(q, c, cosine))
+            score = _probability(self._model, row)
+            if self._final is not None and q.tokens != c.tokens:
+                if score >= self._gate and (pending is None or score > pending.cheap):
+                    pending = _Pending(score, item, text, cosine, threshold, row)
+                continue
+            if score >= threshold and (found is None or score > found[2]):
+                found = (item, cosine, score)
+        return Shortlist(found=found, pending=pending)
 
-    def _probability(self, row: list[float]) -> float:
-        m = self._model
-        z = float((np.asarray(row) - m.mean) / m.scale @ m.weights) + m.bias
-        # Clipped so a wild feature value cannot overflow exp().
-        return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
+    def second_stage(self, query: str, shortlist: Shortlist[T]) -> tuple[T, float, float] | None:
+        """The rest of `best()`: the pair model on the pending candidate, if any."""
+        found, pending = shortlist.found, shortlist.pending
+        if pending is not None:
+            score = self._second(query, pending.text, pending.row)
+            if score >= pending.threshold and (found is None or score > found[2]):
+                found = (pending.item, pending.cosine, score)
+        return found
 
     def accept(
         self, query: str, candidate: str, cosine: float, *, threshold: float | None = None
@@ -627,7 +744,8 @@ class SemanticVerifier:
         self, max_wrong_hit_rate: float, *, duplicate_share: float | None = None
     ) -> float:
         """The lowest score threshold whose cross-validated precision, less a 95% margin,
-        is at least 1 - `max_wrong_hit_rate`; `math.inf` (accept nothing) if none is.
+        is at least 1 - `max_wrong_hit_rate`, among those with at least the table's
+        `min_hits` hits; `math.inf` (accept nothing) if none is.
 
         `duplicate_share`: the share of looked-up candidates that are true duplicates
         in the traffic at hand, if known; by default the calibration set's, whose
@@ -641,9 +759,17 @@ class SemanticVerifier:
         # A lower threshold only admits more hits; the first row that qualifies is the
         # most useful one. Monotone: a looser rate can only qualify more rows.
         for index, threshold in enumerate(table.thresholds):
+            if table.true_hits[index] + table.wrong_hits[index] < table.min_hits:
+                break  # rows only get smaller from here
             if table.precision_lower(index, duplicate_share) >= 1.0 - max_wrong_hit_rate:
                 return threshold
         return math.inf
+
+
+def _probability(m: _Model, row: list[float]) -> float:
+    z = float((np.asarray(row) - m.mean) / m.scale @ m.weights) + m.bias
+    # Clipped so a wild feature value cannot overflow exp().
+    return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
 
 @dataclass(slots=True, kw_only=True)
