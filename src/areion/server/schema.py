@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 import pydantic_core
@@ -15,7 +15,7 @@ from pydantic_core import ErrorDetails
 from starlette.responses import Response
 
 from areion.errors import RequestError
-from areion.types import ChatRequest, Message, ToolCall
+from areion.types import ChatRequest, Message, Role, ToolCall
 
 __all__ = [
     "clip",
@@ -279,7 +279,7 @@ def _plain_chat(value: dict[str, Any]) -> tuple[ChatRequest, bool] | None:
             or not (name is None or type(name) is str)
         ):
             return None
-        out.append(Message(role=role, content=content, name=name))
+        out.append(Message(role=cast(Role, role), content=content, name=name))
     request = ChatRequest(
         model=model,
         messages=out,
