@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from areion.errors import RequestError
+from areion.server import schema
 from areion.server.schema import parse_chat_request
 from areion.types import ToolCall
 
@@ -398,3 +401,79 @@ def test_tool_message_must_answer_a_call_just_asked() -> None:
     assert _rejected(_answering("call_2", ASKED)).param == "messages[1].role"
     later = {"role": "user", "content": "and?"}
     assert _rejected(_answering("call_1", ASKED, later)).param == "messages[2].role"
+
+
+# Bodies near the common shape, valid and not: each must read as `_Body` reads it, or
+# fail with the same error.
+_ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(-1, 3, allow_nan=False),
+    st.sampled_from(["", "fast", "tool", "critic"]),
+    st.just([]),
+    st.just({}),
+    st.just([{"type": "text", "text": "hi"}]),
+)
+_ROLES = st.sampled_from(["system", "developer", "user", "assistant"])
+
+
+def _or_odd(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`values`, or one time in ten an odd value."""
+    return st.integers(0, 9).flatmap(lambda pick: values if pick else _ODD)
+
+
+_MESSAGE = _or_odd(
+    st.fixed_dictionaries(
+        {"role": _or_odd(_ROLES)},
+        optional={
+            "content": _or_odd(st.one_of(st.text(max_size=3), st.none())),
+            "name": _or_odd(st.text(max_size=3)),
+            "tool_call_id": st.just("call_1"),
+        },
+    )
+)
+_BODY = st.fixed_dictionaries(
+    {"model": _or_odd(st.just("fast")), "messages": _or_odd(st.lists(_MESSAGE, max_size=3))},
+    optional={
+        "stream": _or_odd(st.booleans()),
+        "max_tokens": _or_odd(st.sampled_from([0, 1, 7])),
+        "temperature": _or_odd(st.sampled_from([-0.1, 0.0, 0.7, 2.0, 2.1])),
+        "top_p": _or_odd(st.sampled_from([-0.1, 0.0, 0.5, 1.0, 1.1])),
+        "user": _or_odd(st.text(max_size=3)),
+        "stream_options": _or_odd(st.sampled_from([{}, {"include_usage": True}])),
+        "n": st.integers(1, 2),
+    },
+)
+
+
+def _outcome(read: Any, value: dict[str, Any]) -> Any:
+    try:
+        return read(value)
+    except RequestError as error:
+        return (error.message, error.param)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=_BODY)
+def test_a_plain_body_reads_as_the_full_validation_reads_it(value: dict[str, Any]) -> None:
+    plain = schema._plain_chat(value)
+    event("plain" if plain is not None else "validated")
+    if plain is not None:
+        assert plain == _outcome(schema._validated_chat, value)
+    assert _outcome(lambda v: schema.parse_chat_request(json.dumps(v).encode()), value) == (
+        _outcome(schema._validated_chat, value)
+    )
+
+
+def test_the_common_body_takes_the_plain_reading() -> None:
+    body = {
+        "model": "fast",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        "temperature": 0.5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    assert schema._plain_chat(body) == schema._validated_chat(body)
+    assert schema._plain_chat(body) is not None

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from areion.errors import ConfigError
 from areion.store import SQLiteStore, Store, open_store
-from areion.store.sqlite import sqlite_path
+from areion.store.sqlite import _ledger_tuple, sqlite_path
+from areion.store.sqlite_schema import LEDGER_ROWS, TURNS
+from areion.store.sqlite_thread import Job
 from areion.types import LedgerEntry
 
 
@@ -198,3 +202,43 @@ async def test_cache_entries_are_numbered_followed_and_dropped_per_tenant(tmp_pa
         assert [e.tenant for e in await store.cache_entries("semantic")] == ["a"]
     finally:
         await store.aclose()
+
+
+def _rows(path: Path, sql: str) -> list[Any]:
+    with sqlite3.connect(path) as db:
+        return sorted(db.execute(sql).fetchall(), key=repr)
+
+
+async def test_ledger_rows_land_alike_alone_and_in_a_batch_with_other_writes(
+    tmp_path: Path,
+) -> None:
+    """A billed call's rows (bound as parameters) and the same rows in a batch with other
+    writes (which goes as JSON, and replays write by write when one fails) make the same
+    ledger rows and rollups."""
+    entries = [
+        _entry("a", tags=("x", "é"), key_label="k", route="r", end_user="u", created=7_200.5),
+        _entry("b", cost_usd=0, latency_s=3, estimated=True, created=90_000.0),
+    ]
+    alone = SQLiteStore(str(tmp_path / "alone.db"))
+    await alone.append_ledger(entries)
+    await alone.aclose()
+
+    mixed = SQLiteStore(str(tmp_path / "mixed.db"))
+    writer = mixed._writer  # its batch handled here, on the test's thread
+    loop = asyncio.get_running_loop()
+    rows = [_ledger_tuple(e) for e in entries]
+    turn = orjson.dumps(["t", "s", 0, "user", "hi", 1])
+    bad = orjson.dumps(["t", "s", 0, "user", "again", 1])  # the same seq: fails
+    jobs = [
+        Job(loop, loop.create_future(), parts=[(LEDGER_ROWS, rows[:1])]),
+        Job(loop, loop.create_future(), parts=[(TURNS, turn)]),
+        Job(loop, loop.create_future(), parts=[(LEDGER_ROWS, rows[1:])]),
+        Job(loop, loop.create_future(), parts=[(TURNS, bad)]),
+    ]
+    writer._handle(jobs)
+    assert [job.error is None for job in jobs] == [True, True, True, False]
+    await mixed.aclose()
+
+    for sql in ("SELECT * FROM ledger", "SELECT * FROM spend_rollup"):
+        assert _rows(tmp_path / "alone.db", sql) == _rows(tmp_path / "mixed.db", sql)
+    assert len(_rows(tmp_path / "alone.db", "SELECT * FROM spend_rollup")) == 4

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -115,6 +116,28 @@ class _ChatRoute:
             note(scope, error=error.code)
             response = error_response(error)
         await response(scope, receive, send)
+
+
+class _Server(Starlette):
+    """Starlette, whose outermost layer (`ServerErrorMiddleware`, which wraps every
+    `send` of every request to learn whether the answer has started) a chat call skips:
+    `_Contain` inside it already answers any error before the answer starts, and after
+    that the outer layer only re-raises, as uvicorn then sees the error anyway."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _Front(super().build_middleware_stack())
+
+
+class _Front:
+    def __init__(self, outer: ASGIApp) -> None:
+        self.outer = outer
+        self.inner = outer.app if isinstance(outer, ServerErrorMiddleware) else outer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in _CHAT_PATHS:
+            await self.inner(scope, receive, send)
+        else:
+            await self.outer(scope, receive, send)
 
 
 class _Api:
@@ -275,7 +298,7 @@ def create_app(runtime: Runtime) -> Starlette:
 
         # Outermost: a caller's traceparent is the parent of everything its request does.
         middleware.insert(0, Middleware(ContinueTrace, tracing=runtime.tracing))
-    return Starlette(
+    return _Server(
         routes=[
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),

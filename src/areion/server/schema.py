@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 import pydantic_core
@@ -15,7 +15,7 @@ from pydantic_core import ErrorDetails
 from starlette.responses import Response
 
 from areion.errors import RequestError
-from areion.types import ChatRequest, Message, ToolCall
+from areion.types import ChatRequest, Message, Role, ToolCall
 
 __all__ = [
     "clip",
@@ -233,6 +233,65 @@ def _check_conversation(messages: list[_Message]) -> None:
             )
 
 
+_PLAIN_KEYS = frozenset(
+    {"model", "messages", "stream", "max_tokens", "temperature", "top_p", "user", "stream_options"}
+)
+_PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+
+
+def _plain_chat(value: dict[str, Any]) -> tuple[ChatRequest, bool] | None:
+    """The common body (text messages, the usual parameters, every value plainly valid)
+    as `_Body` reads it, without pydantic; None for anything else, which `_Body` then
+    validates (so every error is its own)."""
+    if not _PLAIN_KEYS.issuperset(value):
+        return None
+    model = value.get("model")
+    messages = value.get("messages")
+    if type(model) is not str or not model or type(messages) is not list or not messages:
+        return None
+    stream = value.get("stream", False)
+    max_tokens = value.get("max_tokens")
+    temperature = value.get("temperature")
+    top_p = value.get("top_p")
+    user = value.get("user")
+    options = value.get("stream_options")
+    if (
+        type(stream) is not bool
+        or not (max_tokens is None or (type(max_tokens) is int and max_tokens >= 1))
+        or not (temperature is None or (type(temperature) is float and 0 <= temperature <= 2))
+        or not (top_p is None or (type(top_p) is float and 0 <= top_p <= 1))
+        or not (user is None or type(user) is str)
+        or not (options is None or type(options) is dict)
+    ):
+        return None
+    out: list[Message] = []
+    for message in messages:
+        if type(message) is not dict or not _PLAIN_MESSAGE_KEYS.issuperset(message):
+            return None
+        role = message.get("role")
+        content = message.get("content")
+        name = message.get("name")
+        if (
+            type(role) is not str
+            or role not in _PLAIN_ROLES
+            or not (content is None or type(content) is str)
+            or not (name is None or type(name) is str)
+        ):
+            return None
+        out.append(Message(role=cast(Role, role), content=content, name=name))
+    request = ChatRequest(
+        model=model,
+        messages=out,
+        stream=stream,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        user=user,
+    )
+    return request, bool(options and options.get("include_usage"))
+
+
 def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     """A `ChatRequest` from a JSON body, and whether the client asked for stream usage.
 
@@ -240,8 +299,15 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     """
     if not raw.strip():
         raise RequestError("the request body is empty; send a JSON chat completion request")
+    value = json_object(raw)
+    plain = _plain_chat(value)
+    return plain if plain is not None else _validated_chat(value)
+
+
+def _validated_chat(value: dict[str, Any]) -> tuple[ChatRequest, bool]:
+    """`parse_chat_request` of any body, by `_Body`."""
     try:
-        body = _Body.model_validate(json_object(raw))
+        body = _Body.model_validate(value)
     except ValidationError as error:
         raise invalid_parameter(error, _param) from None
     _check_conversation(body.messages)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,10 @@ from areion.store.sqlite_schema import (
     BATCH_VIEW,
     CACHE,
     JSON_KINDS,
+    LEDGER,
+    LEDGER_ROLLUP,
+    LEDGER_ROWS,
+    LEDGER_VALUES,
     TABLES,
     WRITE_BATCH,
     migrate,
@@ -109,8 +114,12 @@ class Writer(DbThread):
     def _commit(self, writes: list[Job]) -> None:
         try:
             db = self._connect()
-            # One statement, in autocommit mode: the batch's whole transaction.
-            db.execute(WRITE_BATCH, _merge(writes, self._clock()))
+            rows = _ledger_only(writes)
+            if rows is not None:
+                _write_ledger(db, rows)
+            else:
+                # One statement, in autocommit mode: the batch's whole transaction.
+                db.execute(WRITE_BATCH, _merge(writes, self._clock()))
         except Exception as exc:
             if len(writes) == 1:
                 writes[0].error = exc
@@ -165,6 +174,36 @@ def _set_wal(db: sqlite3.Connection, *, within_s: float = 10.0) -> None:
             time.sleep(0.01)  # the writer thread's own time: nothing else waits on it
 
 
+def _ledger_only(writes: Sequence[Job]) -> list[tuple[Any, ...]] | None:
+    """The ledger rows of a batch that writes nothing else, else None."""
+    rows: list[tuple[Any, ...]] = []
+    for job in writes:
+        for kind, payload in job.parts:
+            if kind != LEDGER_ROWS:
+                return None
+            rows += payload
+    return rows
+
+
+def _write_ledger(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Ledger rows and their rollups, in one transaction: the rows bound as parameters
+    of multi-row inserts (32, 16... 1 rows), then the rollups of the rows just inserted
+    (the last `len(rows)` rowids: one writer inserts them, in order)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        at = 0
+        for size, sql in LEDGER_VALUES.items():  # largest first
+            while len(rows) - at >= size:
+                db.execute(sql, tuple(itertools.chain.from_iterable(rows[at : at + size])))
+                at += size
+        db.execute(LEDGER_ROLLUP, (len(rows),))
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+
+
 def _merge(writes: Sequence[Job], now: float) -> list[Any]:
     """The WRITE_BATCH parameters of some writes: one JSON array per kind; cache entries
     that expired by `now` are swept."""
@@ -179,6 +218,8 @@ def _merge(writes: Sequence[Job], now: float) -> list[Any]:
                 cache_rows.append((key, offset, len(value), expires))
                 blobs.append(value)
                 offset += len(value)
+            elif kind == LEDGER_ROWS:  # in a batch with other writes: as JSON
+                buckets[LEDGER].append(orjson.dumps(payload)[1:-1])
             else:
                 buckets[kind].append(payload)
     params: list[Any] = [b"[" + b",".join(b) + b"]" if b else None for b in buckets]
