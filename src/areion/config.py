@@ -334,10 +334,13 @@ class SemanticCacheConfig(_Strict):
     # 8-bit integer products in the embedder: a short query ~3x faster on CPU, vectors
     # within cosine 0.995 of float32 ones; the shipped verifier is calibrated on these.
     embed_quantized: bool = True
-    # "pair": the verifier reads the best candidate again with the pair model (MiniLM
-    # token states, ~2 ms a lookup): more hits at the same wrong-hit rate. "lexical": the
-    # cheap model alone, calibrated on its own.
-    verifier: Literal["pair", "lexical"] = "pair"
+    # "lexical" (the default): the cheap logistic model alone, calibrated on its own.
+    # "pair": the verifier reads the best candidate again with the pair model (a second
+    # MiniLM run over query and candidate, ~2.6 ms of CPU a lookup): about a quarter more
+    # hits at the same wrong-hit rate, for a semantic hit about twice as slow (bench/
+    # cache_hit.py: 3.6 -> 6.6 ms p50 one at a time, and the embedder's queue doubled
+    # under load), which is why it is not the default.
+    verifier: Literal["pair", "lexical"] = "lexical"
 
 
 class PlanCacheConfig(_Strict):

@@ -75,10 +75,13 @@ def _ask(text: str) -> ChatRequest:
     return ChatRequest(model="fast", messages=[Message(role="user", content=text)], temperature=0)
 
 
-async def _served(url: str, tmp_path: Path, pairs: list[tuple[str, str]]) -> list[str | None]:
+async def _served(
+    url: str, tmp_path: Path, pairs: list[tuple[str, str]], verifier: str = "lexical"
+) -> list[str | None]:
     """For each (cached, asked) pair, in a tenant of its own: the cache result of `asked`
     once `cached` has been answered."""
-    async with Runtime(_config(url, tmp_path)) as runtime:
+    config = _config(url, tmp_path, semantic={"enabled": True, "verifier": verifier})
+    async with Runtime(config) as runtime:
         results: list[str | None] = []
         for n, (cached, asked) in enumerate(pairs):
             first = await runtime.chat(_ask(cached), tenant=f"t{n}")
@@ -94,10 +97,13 @@ def test_the_set_is_a_few_hundred_pairs_of_every_kind() -> None:
     assert all(row["cached"] != row["asked"] for row in pairs)
 
 
-def test_no_lookalike_is_served_from_the_semantic_cache(upstream_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("verifier", ["lexical", "pair"])
+def test_no_lookalike_is_served_from_the_semantic_cache(
+    upstream_url: str, tmp_path: Path, verifier: str
+) -> None:
     pairs = _pairs()
     results = asyncio.run(
-        _served(upstream_url, tmp_path, [(row["cached"], row["asked"]) for row in pairs])
+        _served(upstream_url, tmp_path, [(row["cached"], row["asked"]) for row in pairs], verifier)
     )
     served = [
         f"{row['kind']}: {row['cached']!r} served for {row['asked']!r}"
@@ -107,10 +113,10 @@ def test_no_lookalike_is_served_from_the_semantic_cache(upstream_url: str, tmp_p
     assert served == []
 
 
-def test_paraphrases_are_still_served(upstream_url: str, tmp_path: Path) -> None:
-    assert asyncio.run(_served(upstream_url, tmp_path, PARAPHRASES)) == ["hit-semantic"] * len(
-        PARAPHRASES
-    )
+@pytest.mark.parametrize("verifier", ["lexical", "pair"])
+def test_paraphrases_are_still_served(upstream_url: str, tmp_path: Path, verifier: str) -> None:
+    served = asyncio.run(_served(upstream_url, tmp_path, PARAPHRASES, verifier))
+    assert served == ["hit-semantic"] * len(PARAPHRASES)
 
 
 async def _runs_for_repeats(url: str, tmp_path: Path) -> tuple[list[str | None], int]:

@@ -109,7 +109,8 @@ def test_safetensors_round_trip(tmp_path: Path) -> None:
 
 
 def test_the_shipped_verifier_has_two_stages_and_a_lexical_one() -> None:
-    assert SemanticVerifier.load().two_stage
+    assert SemanticVerifier.load(kind="pair").two_stage
     assert not SemanticVerifier.load(kind="lexical").two_stage
+    assert not SemanticVerifier.load().two_stage  # the default: no second MiniLM run
     with pytest.raises(ValueError, match="kind"):
         SemanticVerifier.load(kind="other")

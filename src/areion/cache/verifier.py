@@ -637,10 +637,11 @@ class SemanticVerifier:
         self._default = self.threshold_for(DEFAULT_MAX_WRONG_HIT_RATE)
 
     @classmethod
-    def load(cls, path: Path | None = None, *, kind: str = "pair") -> SemanticVerifier:
+    def load(cls, path: Path | None = None, *, kind: str = "lexical") -> SemanticVerifier:
         """The verifier from `path`, by default the parameters shipped with Areion:
-        `kind` "pair" (two stages, `data/verifier.json`) or "lexical" (the cheap model
-        alone, `data/verifier_lexical.json`: no pair-model run on a lookup)."""
+        `kind` "lexical" (the cheap model alone, `data/verifier_lexical.json`: no
+        pair-model run on a lookup; `cache.semantic.verifier`'s default) or "pair" (two
+        stages, `data/verifier.json`)."""
         if path is None:
             if kind not in SHIPPED:
                 raise ValueError(f"verifier kind must be one of {sorted(SHIPPED)}, got {kind!r}")
