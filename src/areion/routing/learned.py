@@ -260,6 +260,7 @@ def _spend(oof: Array, scores: Array, costs: Array) -> float:
     ]
     return float(np.mean(spend))
 
+
 def _unit(vectors: npt.NDArray[np.floating[Any]]) -> Array:
     x = np.asarray(vectors, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
