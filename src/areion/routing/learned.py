@@ -31,7 +31,7 @@ strongest candidate (route reason `out_of_domain`). A prompt is out of domain wh
   centroids of the training embeddings is below the `_DOMAIN_QUANTILE` quantile of
   the same similarity of out-of-fold training prompts (same folds as the
   calibration: by task when there are enough tasks, so prompts of unseen tasks of
-  the same family still count as in domain), or
+  the same family still count as in domain), and below `_SIMILAR`, or
 - at least `_FORMAT_OUTSIDE` of its format statistics (lines, code, choices,
   few-shot answers) fall outside the range the middle 99% of training prompts
   span: a zero-shot multiple-choice router asked few-shot or free-form questions.
@@ -108,8 +108,12 @@ _SELECTION_TARGETS = (0.90, 0.95, 0.97)
 _FOLDS = 5
 _Q_GRID = tuple(round(0.50 + 0.01 * i, 2) for i in range(51))
 # The domain check (see the module's docstring).
-_CENTROIDS = 48
+_CENTROIDS = 32
 _DOMAIN_QUANTILE = 0.01
+# MiniLM similarity at which a prompt shares its topic with a training cluster: the
+# threshold never exceeds it, so that a router trained on a few templates does not
+# reject new wordings of them (the check is for prompts of another kind).
+_SIMILAR = 0.5
 _FORMAT_STATISTICS = ("log_lines", "code", "choices", "shots")
 _FORMAT_RANGE = (0.005, 0.995)
 _FORMAT_OUTSIDE = 2
@@ -358,11 +362,12 @@ def fit_domain(
         train = np.setdiff1d(np.arange(len(x)), fold)
         if not len(train) or not len(fold):
             continue
-        held[fold] = (x[fold] @ _kmeans(x[train], _CENTROIDS, seed).T).max(axis=1)
+        k = min(_CENTROIDS, max(1, len(train) // 8))
+        held[fold] = (x[fold] @ _kmeans(x[train], k, seed).T).max(axis=1)
     stats = np.array([_format_statistics(p) for p in prompts], dtype=np.float64)
     return Domain(
-        centroids=_kmeans(x, _CENTROIDS, seed),
-        min_similarity=float(np.quantile(held, _DOMAIN_QUANTILE)),
+        centroids=_kmeans(x, min(_CENTROIDS, max(1, len(x) // 8)), seed),
+        min_similarity=min(float(np.quantile(held, _DOMAIN_QUANTILE)), _SIMILAR),
         low=np.quantile(stats, _FORMAT_RANGE[0], axis=0),
         high=np.quantile(stats, _FORMAT_RANGE[1], axis=0),
     )
