@@ -173,10 +173,9 @@ class HeldoutReport:
                 if s.strong_calls_without_fallback is not None
                 else ""
             )
-            verdict = "PASS" if s.passes(t) else "FAIL"
             lines.append(
                 f"{s.label[:34]:34} {s.quality:8.1%} {s.cost:7.1%} {s.strong_calls:7.1%} "
-                f"{s.out_of_domain:6.1%} {qw:>9} {sw:>9}  {verdict}"
+                f"{s.out_of_domain:6.1%} {qw:>9} {sw:>9}  {'PASS' if s.passes(t) else 'FAIL'}"
             )
         m = self.summary()
 
