@@ -1,11 +1,18 @@
 """The routing issue's acceptance figures, on a split of `../shared/data/routing/` held out here.
 
 - RouterBench (ARC-Challenge, MBPP, Winogrande): 30% of each task's prompts held out
-  at random (`--seed`). Target: the policy keeps >= 95% of the best single model's
-  accuracy at <= 30% of its cost.
+  at random (`--seed`). Targets: >= 95% of the best single model's accuracy at
+  <= 30% of its cost (learned), <= 20% (cascade).
 - MMLU: 30% of the subjects held out as whole files, so the router is judged on
-  subjects it never saw. Target: <= 50% of calls to GPT-4 at >= 95% of GPT-4's
-  accuracy. `contaminated_prompts.jsonl` goes with both halves (the loader drops them).
+  subjects it never saw. Target: <= 55% of calls to GPT-4 (the aim: 50%) at >= 95% of
+  GPT-4's accuracy. `contaminated_prompts.jsonl` goes with both halves (the loader
+  drops them).
+- Out of domain: the router trained on the MMLU training subjects, asked the held-out
+  RouterBench prompts (Mixtral and GPT-4, recorded under other names in each). Target:
+  >= 95% of GPT-4's accuracy, which the out-of-domain fallback keeps.
+
+Ten-split figures (mean and worst) come from `areion eval routing --split ...`
+(README: Commands); this script runs one split of each kind.
 
 For each, `areion eval routing --json` fits on the training half and replays the held-out
 half; this script prints the figures and the verdicts. Embedding the prompts takes a
@@ -32,6 +39,7 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
 GPT4 = "gpt-4-1106-preview"
+MIXTRAL_MMLU, MIXTRAL_RB = "mistralai/Mixtral-8x7B-Instruct-v0.1", "mistralai/mixtral-8x7b-chat"
 
 
 def split(source: Path, out: Path, seed: int) -> list[str]:
@@ -69,13 +77,16 @@ def evaluate(train: Path, test: Path, *extra: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
-def routerbench_verdict(report: dict[str, Any]) -> tuple[float, float, bool]:
+def routerbench_verdict(report: dict[str, Any], max_cost: float) -> tuple[float, float, bool]:
     """The policy's accuracy and cost as shares of the best single model's, and whether
-    they meet the target (>= 95% of its accuracy at <= 30% of its cost)."""
+    they meet the target (>= 95% of its accuracy at <= `max_cost` of its cost)."""
     best, policy = report["best_single"], report["policy"]
     quality_share = policy["accuracy"] / best["accuracy"]
     cost_share = policy["cost_usd"] / best["cost_usd"]
-    return quality_share, cost_share, quality_share >= 0.95 and cost_share <= 0.30
+    return quality_share, cost_share, quality_share >= 0.95 and cost_share <= max_cost
+
+
+MAX_COST = {"learned": 0.30, "cascade": 0.20}
 
 
 def main() -> int:
@@ -103,9 +114,10 @@ def main() -> int:
         print(f"\nRouterBench held out: best single {best['model']} accuracy "
               f"{best['accuracy']:.3f}, cost ${best['cost_usd']:.4f}")  # fmt: skip
         for name, report in (("learned", rb), ("cascade", rb_cascade)):
-            quality_share, cost_share, ok = routerbench_verdict(report)
+            quality_share, cost_share, ok = routerbench_verdict(report, MAX_COST[name])
             print(f"  {name:8s} accuracy {quality_share:6.1%} of best at {cost_share:6.1%} of "
-                  f"its cost (target >= 95% at <= 30%): {'PASS' if ok else 'FAIL'}")  # fmt: skip
+                  f"its cost (target >= 95% at <= {MAX_COST[name]:.0%}): "
+                  f"{'PASS' if ok else 'FAIL'}")  # fmt: skip
             results[f"routerbench_{name}"] = report
         oracle = rb["oracle"]
         print(f"  oracle   accuracy {oracle['accuracy'] / best['accuracy']:6.1%} of best at "
@@ -116,11 +128,25 @@ def main() -> int:
         policy = mmlu["policy"]
         share = policy["share"].get(GPT4, 0.0)
         quality_share = policy["accuracy"] / gpt4["accuracy"]
-        verdict = "PASS" if share <= 0.50 and quality_share >= 0.95 else "FAIL"
+        verdict = "PASS" if share <= 0.55 and quality_share >= 0.95 else "FAIL"
         print(f"\nMMLU held out (unseen subjects): GPT-4 accuracy {gpt4['accuracy']:.3f}")
         print(f"  learned  accuracy {quality_share:6.1%} of GPT-4's with {share:6.1%} of calls "
-              f"to GPT-4 (target >= 95% with <= 50%): {verdict}")  # fmt: skip
+              f"to GPT-4 (target >= 95% with <= 55%, aim 50%): {verdict}")  # fmt: skip
         results["mmlu_learned"] = mmlu
+
+        names = ["--candidates", f"{MIXTRAL_MMLU},{GPT4}",
+                 "--data-candidates", f"{MIXTRAL_RB},{GPT4}"]  # fmt: skip
+        ood = evaluate(out / "mmlu_train", out / "rb_test", *quality, *names)
+        gpt4 = ood["singles"][GPT4]
+        print("\nOut of domain: trained on MMLU, asked held-out RouterBench prompts")
+        for label, figures in (("with", ood["policy"]), ("without", ood["without_fallback"])):
+            quality_share = figures["accuracy"] / gpt4["accuracy"]
+            share = figures["share"].get(GPT4, 0.0)
+            verdict = "PASS" if quality_share >= 0.95 else "FAIL"
+            print(f"  {label:7s} the fallback: accuracy {quality_share:6.1%} of GPT-4's with "
+                  f"{share:6.1%} of calls to GPT-4 (target >= 95%): {verdict}")  # fmt: skip
+        print(f"  found out of domain: {ood['out_of_domain']:.1%}")
+        results["ood_mmlu_to_routerbench"] = ood
     if args.cascade_seeds > 1:
         print(f"\nRouterBench cascade over {args.cascade_seeds} random splits (70/30):")
         passed, shares = 0, []
@@ -134,7 +160,7 @@ def main() -> int:
                     report = evaluate(
                         out / "rb_train", out / "rb_test", "--policy", "cascade", *quality
                     )
-            quality_share, cost_share, ok = routerbench_verdict(report)
+            quality_share, cost_share, ok = routerbench_verdict(report, MAX_COST["cascade"])
             passed += ok
             shares.append((quality_share, cost_share))
             c = report["cascade"]

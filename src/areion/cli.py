@@ -450,7 +450,14 @@ def _eval_routing(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--plot needs matplotlib, which is not installed: pip install matplotlib"
             )
-    train = load_outcomes(args.train)
+    if args.split is None and not args.train:
+        raise ConfigError(
+            "eval routing needs --train (data to fit on), or --split to hold out part of --data"
+        )
+    if args.split is not None and args.train:
+        raise ConfigError("--split holds out part of --data to fit on the rest: drop --train")
+    if args.split is not None and args.plot:
+        raise ConfigError("--plot draws one fit: drop --split")
     data = load_outcomes(args.data)
     embedder = None
     if args.policy == "learned":
@@ -458,12 +465,33 @@ def _eval_routing(args: argparse.Namespace) -> int:
 
         embedder = MiniLMEmbedder()
     try:
+        if args.split is not None:
+            from areion.routing.heldout import Targets, evaluate_heldout
+
+            targets = Targets(
+                quality=args.target_quality,
+                max_cost=args.max_cost,
+                max_strong_calls=args.max_strong_calls,
+            )
+            heldout = evaluate_heldout(
+                data,
+                mode=args.split,
+                count=args.splits,
+                seed=args.seed,
+                policy=args.policy,
+                targets=targets,
+                candidates=_candidates(args.candidates),
+                embedder=embedder,
+            )
+            print(json.dumps(heldout.to_json()) if args.json else heldout.text())
+            return 0
         report = evaluate_routing(
-            train,
+            load_outcomes(args.train),
             data,
             policy=args.policy,
             target_quality=args.target_quality,
             candidates=_candidates(args.candidates),
+            data_candidates=_candidates(args.data_candidates),
             embedder=embedder,
         )
     finally:
@@ -605,7 +633,7 @@ def _parser() -> argparse.ArgumentParser:
         "routing", help="replay a routing policy against recorded model outcomes"
     )
     routing.add_argument(
-        "--train", required=True, action="append", help="outcome CSV file or folder to fit on"
+        "--train", action="append", help="outcome CSV file or folder to fit on (or --split)"
     )
     routing.add_argument(
         "--data", required=True, action="append", help="outcome CSV file or folder to replay"
@@ -615,6 +643,28 @@ def _parser() -> argparse.ArgumentParser:
     routing.add_argument(
         "--candidates",
         help="comma-separated models (default: all; cascade: first,second,...,strongest)",
+    )
+    routing.add_argument(
+        "--data-candidates",
+        help="learned: the models of --data that stand for --candidates, in the same order "
+        "(data recorded under other names)",
+    )
+    routing.add_argument(
+        "--split",
+        choices=["random", "groups", "leave-one-out"],
+        help="instead of --train: fit on part of --data, replay the rest, per split: random "
+        "(30%% of each task's prompts held out), groups (30%% of the tasks/subjects held "
+        "out whole), leave-one-out (each task held out once: out of domain)",
+    )
+    routing.add_argument("--splits", type=int, default=10, help="random/groups splits (10)")
+    routing.add_argument("--seed", type=int, default=0, help="seed of the first split")
+    routing.add_argument(
+        "--max-cost", type=float, help="--split target: most cost, as a share of the strong model's"
+    )
+    routing.add_argument(
+        "--max-strong-calls",
+        type=float,
+        help="--split target: most calls to the strong (most accurate) model, as a share",
     )
     routing.add_argument("--json", action="store_true", help="print one JSON object")
     routing.add_argument("--plot", help="write the cost/quality curve to this PNG file")

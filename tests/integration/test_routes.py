@@ -310,7 +310,7 @@ def test_learned_route_sends_easy_prompts_cheap_and_hard_ones_strong(
                     }
                 ],
                 "store": f"sqlite:///{tmp_path / 'learned.db'}",
-                "auth": {"keys": [{"key": KEY, "tenant": "acme"}]},
+                "auth": {"keys": [{"key": KEY, "tenant": "acme"}], "metrics_keys": [METRICS_KEY]},
                 "cache": {"semantic": {"enabled": True}},
             }
         )
@@ -329,3 +329,27 @@ def test_learned_route_sends_easy_prompts_cheap_and_hard_ones_strong(
         # The strong model is a reasoning model: the route set its effort.
         assert upstreams["strong"].requests[-1]["reasoning_effort"] in ("low", "medium", "high")
         assert "reasoning_effort" not in upstreams["small"].requests[-1]
+        # A few-shot multiple-choice prompt is unlike every one-line training prompt: the
+        # router's guess there is not evidence, so the strongest candidate answers.
+        far = fleet.ask(content=FEW_SHOT)
+        assert far.headers["x-areion-route-reason"] == "out_of_domain"
+        assert far.headers["x-areion-model"].startswith("strong/")
+        metrics = httpx.get(fleet.base + "/metrics", headers=SCRAPE).text
+        assert (
+            'areion_route_decisions_total{model="strong",reason="out_of_domain",route="auto"} 1.0'
+            in metrics
+        )
+        assert 'areion_route_decisions_total{model="small",reason="learned",route="auto"}' in (
+            metrics
+        )
+
+
+FEW_SHOT = """Which planet is the largest?
+A) Mars
+B) Jupiter
+Answer: B
+
+Which gas do plants take in?
+A) Oxygen
+B) Carbon dioxide
+Answer:"""

@@ -125,3 +125,24 @@ def test_eval_routing_errors_exit_2(
         args = ["eval", "routing", "--train", str(train), "--data", str(train)]
         assert main([*args, "--plot", str(tmp_path / "c.png")]) == 2
         assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_eval_routing_splits(data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    train, _ = data
+    args = ["eval", "routing", "--data", str(train), "--policy", "cascade", "--json"]
+    assert main([*args, "--split", "random", "--splits", "3", "--max-cost", "1.1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["label"] for s in report["splits"]] == ["seed 0", "seed 1", "seed 2"]
+    assert report["targets"] == {"quality": 0.95, "max_cost": 1.1, "max_strong_calls": None}
+    for split in report["splits"]:
+        # With two models the cascade asks both every time: the strong one's answer is
+        # kept when they disagree, and the cheap one's (also right) when they agree.
+        assert split["quality"] == 1.0 and split["cost"] == pytest.approx(1.05)
+        assert split["passes"]
+    assert main([*args, "--split", "leave-one-out"]) == 0
+    labels = [s["label"] for s in json.loads(capsys.readouterr().out)["splits"]]
+    assert labels == ["held out: easy", "held out: hard"]
+    assert main([*args, "--split", "random", "--train", str(train)]) == 2
+    assert "drop --train" in capsys.readouterr().err
+    assert main(["eval", "routing", "--data", str(train)]) == 2
+    assert "needs --train" in capsys.readouterr().err

@@ -137,3 +137,90 @@ def test_embedding_text_keeps_the_end_of_long_prompts() -> None:
     long = "example " * 400 + "the question that matters?"
     assert embedding_text(long).endswith("the question that matters?")
     assert len(embedding_text(long)) <= 1200
+
+
+def _clustered(n: int = 300, seed: int = 3) -> tuple[OutcomeTable, np.ndarray]:
+    """Prompts whose vectors lie near +e0 (easy) or -e0 (hard), one line each."""
+    rng = np.random.default_rng(seed)
+    hard = rng.random(n) < 0.5
+    vectors = rng.normal(scale=0.2, size=(n, DIM))
+    vectors[:, 0] = np.where(hard, -1.0, 1.0)
+    cheap = np.where(hard, rng.random(n) < 0.1, rng.random(n) < 0.95).astype(float)
+    table = OutcomeTable(
+        models=["cheap", "strong"],
+        prompts=[f"question {i}?" for i in range(n)],
+        groups=["hard" if h else "easy" for h in hard],
+        scores=np.stack([cheap, np.ones(n)], axis=1),
+        costs=np.tile([0.001, 0.02], (n, 1)),
+    )
+    return table, vectors.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clustered() -> LearnedRouter:
+    table, vectors = _clustered()
+    return train_router(table, vectors)
+
+
+def _along(axis: int) -> np.ndarray:
+    vector = np.zeros(DIM, dtype=np.float32)
+    vector[axis] = 1.0
+    return vector
+
+
+def test_a_prompt_far_from_the_training_prompts_goes_to_the_strongest(
+    clustered: LearnedRouter,
+) -> None:
+    router = clustered
+    easy = router.decide("question 1001?", _along(0), 0.95)
+    assert easy.candidate == "cheap" and not easy.out_of_domain
+    # +e5 is orthogonal to every training prompt: the classifiers never saw its like.
+    far = router.decide("question 1002?", _along(5), 0.95)
+    assert far.out_of_domain and far.candidate == "strong"
+    assert set(far.scores) == {"cheap", "strong"}
+
+
+def test_a_prompt_of_another_format_goes_to_the_strongest(clustered: LearnedRouter) -> None:
+    """Zero-shot one-line training prompts; a few-shot multiple-choice prompt that embeds
+    close to them is still out of domain: its lines, choices and shots are off the range."""
+    few_shot = "\n".join(
+        ["Q: pick one", "A) x", "B) y", "Answer: A", "", "Q: pick again", "A) x", "B) y", "Answer:"]
+    )
+    decision = clustered.decide(few_shot, _along(0), 0.95)
+    assert decision.out_of_domain and decision.candidate == "strong"
+    chosen, outside = clustered.route_many(
+        ["question 7?", few_shot], np.stack([_along(0), _along(0)]), 0.95
+    )
+    assert outside.tolist() == [False, True]
+    assert [clustered.candidates[int(c)] for c in chosen] == ["cheap", "strong"]
+    chosen, _ = clustered.route_many(
+        ["question 7?", few_shot], np.stack([_along(0), _along(0)]), 0.95, fallback=False
+    )
+    assert [clustered.candidates[int(c)] for c in chosen] == ["cheap", "cheap"]
+
+
+def test_held_out_training_like_prompts_are_in_domain(clustered: LearnedRouter) -> None:
+    table, vectors = _clustered(n=200, seed=11)
+    assert clustered.out_of_domain(table.prompts, vectors).mean() <= 0.05
+
+
+def test_the_domain_survives_the_router_file(tmp_path: Path, clustered: LearnedRouter) -> None:
+    path = tmp_path / "router.json"
+    clustered.save(path)
+    loaded = LearnedRouter.load(path)
+    assert loaded.domain is not None and clustered.domain is not None
+    assert loaded.domain.min_similarity == pytest.approx(clustered.domain.min_similarity)
+    assert loaded.candidates[loaded.strongest] == "strong"
+    assert loaded.decide("question 1002?", _along(5), 0.95).out_of_domain
+    # A version 2 file (before the domain check) still loads and never falls back.
+    document = json.loads(path.read_text())
+    document["version"] = 2
+    del document["domain"], document["strongest"]
+    path.write_text(json.dumps(document))
+    old = LearnedRouter.load(path)
+    assert old.domain is None
+    assert not old.decide("question 1002?", _along(5), 0.95).out_of_domain
+    document["version"] = 1
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match="retrain"):
+        LearnedRouter.load(path)

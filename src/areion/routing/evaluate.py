@@ -119,6 +119,12 @@ class RoutingReport:
     """The policy over `CURVE_TARGETS` (learned only)."""
     cascade: Cascade | None = None
     """The cascade fitted on the training data (cascade only)."""
+    out_of_domain: float = 0.0
+    """Share of prompts the learned router found unlike its training data (they went
+    to the strongest candidate, route reason `out_of_domain`)."""
+    without_fallback: CurvePoint | None = None
+    """The learned policy at `target_quality` had it routed out-of-domain prompts
+    like the others (learned only)."""
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` document."""
@@ -149,6 +155,16 @@ class RoutingReport:
                 for s in self.singles
             },
             "prompts": self.prompts,
+            "out_of_domain": self.out_of_domain,
+            "without_fallback": (
+                {
+                    "accuracy": self.without_fallback.accuracy,
+                    "cost_usd": round_usd(self.without_fallback.cost_usd),
+                    "share": self.without_fallback.share,
+                }
+                if self.without_fallback
+                else None
+            ),
             "cascade": self.cascade.to_json() if self.cascade else None,
             "curve": [
                 {
@@ -176,6 +192,9 @@ class RoutingReport:
             return f"{name[:34]:34} {accuracy:9.4f} {cost:10.4f} {quality:8.1%} {spend:13.1%}"
 
         lines.append(row(f"policy ({self.policy})", self.accuracy, self.cost_usd))
+        if self.without_fallback is not None:
+            w = self.without_fallback
+            lines.append(row("  without out-of-domain fallback", w.accuracy, w.cost_usd))
         lines.append(row("random at equal cost", self.random.accuracy, self.random.cost_usd))
         lines.append(row("oracle", self.oracle.accuracy, self.oracle.cost_usd))
         for single in sorted(self.singles, key=lambda s: s.cost_usd):
@@ -188,6 +207,8 @@ class RoutingReport:
                 f"cannot compare -> {c.unverified}, disagreed -> {c.strong}"
             )
         lines.append("share: " + ", ".join(f"{m} {s:.1%}" for m, s in self.share.items() if s))
+        if self.policy == "learned":
+            lines.append(f"out of domain (sent to the strongest): {self.out_of_domain:.1%}")
         if self.curve:
             lines.append("curve (target: accuracy vs best, cost vs best, share of best):")
             for p in self.curve:
@@ -407,15 +428,31 @@ def evaluate_routing(
     candidates: Sequence[str] | None = None,
     embedder: MiniLMEmbedder | None = None,
     router: LearnedRouter | None = None,
+    data_candidates: Sequence[str] | None = None,
+    train_vectors: npt.NDArray[np.float32] | None = None,
+    data_vectors: npt.NDArray[np.float32] | None = None,
 ) -> RoutingReport:
     """Fit `policy` on `train`, replay every prompt of `data` through it.
 
     Prompts of `data` lacking a score or cost for a candidate are left out.
     `router`: a trained router to use instead of fitting one (learned only).
+    `data_candidates`: the models of `data` that stand for `candidates` (same order),
+    for data recorded under other names (learned only).
+    `train_vectors`, `data_vectors`: the prompts' `embed_prompts` vectors, when known.
     """
     if not 0 < target_quality <= 1:
         raise ConfigError(f"--target-quality must be in (0, 1], got {target_quality}")
     cascade: Cascade | None = None
+    rename: dict[str, str] = {}
+    if data_candidates is not None:
+        if policy != "learned" or candidates is None or len(candidates) != len(data_candidates):
+            raise ConfigError(
+                "--data-candidates needs --candidates of the same length (learned policy)"
+            )
+        rename = {
+            train.models[train.model_index(a)]: data.models[data.model_index(b)]
+            for a, b in zip(candidates, data_candidates, strict=True)
+        }
     if policy == "learned":
         names = list(router.candidates) if router else list(candidates or train.models)
     elif policy == "cascade":
@@ -423,12 +460,14 @@ def evaluate_routing(
         names = list(candidates or train.models)
     else:
         raise ConfigError(f"unknown routing policy {policy!r}: use learned or cascade")
-    names = [data.models[data.model_index(n)] for n in names]
+    names = [data.models[data.model_index(_to_data(train, rename, n))] for n in names]
     table = data.complete(names)
     if not len(table):
         raise ConfigError("no evaluation prompt has outcomes for every candidate")
     rows = np.arange(len(table))
     curve: list[CurvePoint] = []
+    out_of_domain = 0.0
+    without_fallback: CurvePoint | None = None
     if policy == "learned":
         from areion.routing.learned import embed_prompts, train_router
 
@@ -437,12 +476,24 @@ def evaluate_routing(
 
             embedder = MiniLMEmbedder()
         if router is None:
-            router = train_router(train, embed_prompts(train.prompts, embedder), candidates=names)
-        columns = [table.model_index(c) for c in router.candidates]
+            vectors = (
+                train_vectors
+                if train_vectors is not None
+                else embed_prompts(train.prompts, embedder)
+            )
+            router = train_router(train, vectors, candidates=[_back(rename, n) for n in names])
+        columns = [table.model_index(rename.get(c, c)) for c in router.candidates]
+        if data_vectors is not None:
+            known = {id(p): i for i, p in enumerate(data.prompts)}
+            vectors = data_vectors[[known[id(p)] for p in table.prompts]]
+        else:
+            vectors = embed_prompts(table.prompts, embedder)
         table = table.select(rows, [table.models[c] for c in columns])
-        features = router.features(table.prompts, embed_prompts(table.prompts, embedder))
+        features = router.features(table.prompts, vectors)
+        outside = router.out_of_domain(table.prompts, vectors)
+        strongest = router.strongest % len(router.candidates)
         for q in sorted({*CURVE_TARGETS, target_quality}):
-            picked = router.choose_many(features, q)
+            picked = np.where(outside, strongest, router.choose_many(features, q))
             curve.append(
                 CurvePoint(
                     target_quality=q,
@@ -451,9 +502,17 @@ def evaluate_routing(
                     share=_share(table.models, picked),
                 )
             )
-        chosen = router.choose_many(features, target_quality)
+        learned = router.choose_many(features, target_quality)
+        chosen = np.where(outside, strongest, learned)
         accuracy = float(table.scores[rows, chosen].mean())
         cost = float(table.costs[rows, chosen].sum())
+        out_of_domain = float(outside.mean())
+        without_fallback = CurvePoint(
+            target_quality=target_quality,
+            accuracy=float(table.scores[rows, learned].mean()),
+            cost_usd=float(table.costs[rows, learned].sum()),
+            share=_share(table.models, learned),
+        )
     else:
         assert cascade is not None
         chosen, spent = replay_cascade(table, cascade)
@@ -474,7 +533,24 @@ def evaluate_routing(
         oracle=oracle(table),
         curve=curve,
         cascade=cascade,
+        out_of_domain=out_of_domain,
+        without_fallback=without_fallback,
     )
+
+
+def _to_data(train: OutcomeTable, rename: dict[str, str], name: str) -> str:
+    """The evaluation data's name of candidate `name`."""
+    if not rename:
+        return name
+    return rename.get(train.models[train.model_index(name)], name)
+
+
+def _back(rename: dict[str, str], name: str) -> str:
+    """The training model that `name` of the evaluation data stands for."""
+    for train_name, data_name in rename.items():
+        if data_name == name:
+            return train_name
+    return name
 
 
 def plot_curve(report: RoutingReport, path: str | Path) -> None:

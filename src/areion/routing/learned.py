@@ -21,8 +21,25 @@ and its t does not map to the aggregate quality a route asks for. With two
 candidates (MMLU) the two rules tie. The L2 strength is strong (1e3-1e4 on
 standardized features): weaker penalties fit better by log-loss but route worse.
 
+Out of domain. The classifiers say nothing useful about prompts unlike their
+training data: trained on MMLU and asked RouterBench's few-shot prompts, the router
+kept 86% of GPT-4's accuracy at a 95% target. So the router also keeps what its
+training prompts looked like, and a prompt that looks unlike them goes to the
+strongest candidate (route reason `out_of_domain`). A prompt is out of domain when
+
+- its embedding's cosine similarity to the nearest of up to `_CENTROIDS` k-means
+  centroids of the training embeddings is below the `_DOMAIN_QUANTILE` quantile of
+  the same similarity of out-of-fold training prompts (same folds as the
+  calibration: by task when there are enough tasks, so prompts of unseen tasks of
+  the same family still count as in domain), and below `_SIMILAR`, or
+- at least `_FORMAT_OUTSIDE` of its format statistics (lines, code, choices,
+  few-shot answers) fall outside the range the middle 99% of training prompts
+  span: a zero-shot multiple-choice router asked few-shot or free-form questions.
+
 The router file is JSON: weights as base64 float32, the feature normalization,
-the candidates and their costs, the calibration table and training metadata.
+the candidates and their costs, the calibration table, the domain (centroids as
+base64 float16, the similarity threshold, the format ranges) and training metadata.
+Version 2 files (no domain) still load; they never report out of domain.
 """
 
 from __future__ import annotations
@@ -49,14 +66,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
+    "Decision",
+    "Domain",
     "LearnedRouter",
     "embed_prompts",
     "embedding_text",
+    "fit_domain",
     "prompt_statistics",
     "train_router",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (2, 3)
 
 Array = npt.NDArray[np.float64]
 
@@ -86,6 +107,16 @@ _L2_GRID = (300.0, 1000.0, 3000.0, 10000.0)
 _SELECTION_TARGETS = (0.90, 0.95, 0.97)
 _FOLDS = 5
 _Q_GRID = tuple(round(0.50 + 0.01 * i, 2) for i in range(51))
+# The domain check (see the module's docstring).
+_CENTROIDS = 32
+_DOMAIN_QUANTILE = 0.01
+# MiniLM similarity at which a prompt shares its topic with a training cluster: the
+# threshold never exceeds it, so that a router trained on a few templates does not
+# reject new wordings of them (the check is for prompts of another kind).
+_SIMILAR = 0.5
+_FORMAT_STATISTICS = ("log_lines", "code", "choices", "shots")
+_FORMAT_RANGE = (0.005, 0.995)
+_FORMAT_OUTSIDE = 2
 
 
 def embedding_text(prompt: str) -> str:
@@ -234,6 +265,127 @@ def _spend(oof: Array, scores: Array, costs: Array) -> float:
     return float(np.mean(spend))
 
 
+def _unit(vectors: npt.NDArray[np.floating[Any]]) -> Array:
+    x = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    out: Array = x / np.where(norms > 0, norms, 1.0)
+    return out
+
+
+def _kmeans(x: Array, k: int, seed: int, iterations: int = 20) -> Array:
+    """Spherical k-means: `k` unit centroids of the unit rows of `x`."""
+    rng = np.random.default_rng(seed)
+    k = max(1, min(k, len(x)))
+    centroids = x[rng.choice(len(x), k, replace=False)].copy()
+    for _ in range(iterations):
+        nearest = np.argmax(x @ centroids.T, axis=1)
+        for j in range(k):
+            members = nearest == j
+            if members.any():
+                centroids[j] = x[members].mean(axis=0)
+        centroids = _unit(centroids)
+    return centroids
+
+
+@dataclass(slots=True, kw_only=True)
+class Domain:
+    """What the training prompts looked like: a prompt unlike them is out of domain."""
+
+    centroids: Array
+    """[k, dim]: unit k-means centroids of the training embeddings."""
+    min_similarity: float
+    """Below this cosine similarity to the nearest centroid a prompt is out of domain."""
+    low: Array
+    """Per format statistic (`_FORMAT_STATISTICS`), the low end of the training range."""
+    high: Array
+    """Per format statistic, the high end of the training range."""
+
+    def similarity(self, vectors: npt.NDArray[np.floating[Any]]) -> Array:
+        """Per row, the cosine similarity to the nearest centroid."""
+        out: Array = (_unit(np.atleast_2d(vectors)) @ self.centroids.T).max(axis=1)
+        return out
+
+    def outside(self, prompts: Sequence[str], vectors: npt.NDArray[np.floating[Any]]) -> Array:
+        """Per prompt, True when it is out of domain."""
+        stats = np.array([_format_statistics(p) for p in prompts], dtype=np.float64)
+        stats = stats.reshape(len(prompts), len(_FORMAT_STATISTICS))
+        margin = 1e-9
+        off = ((stats < self.low - margin) | (stats > self.high + margin)).sum(axis=1)
+        out: Array = (self.similarity(vectors) < self.min_similarity) | (off >= _FORMAT_OUTSIDE)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The `domain` object of the router file."""
+        return {
+            "centroids": base64.b64encode(self.centroids.astype("<f2").tobytes()).decode("ascii"),
+            "centroids_shape": list(self.centroids.shape),
+            "min_similarity": self.min_similarity,
+            "format_statistics": list(_FORMAT_STATISTICS),
+            "low": [float(v) for v in self.low],
+            "high": [float(v) for v in self.high],
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Domain:
+        """The inverse of `to_json()`; KeyError/ValueError/TypeError when damaged."""
+        if document["format_statistics"] != list(_FORMAT_STATISTICS):
+            raise ValueError("the domain uses other format statistics: retrain the router")
+        shape = tuple(int(v) for v in document["centroids_shape"])
+        raw = np.frombuffer(base64.b64decode(document["centroids"]), dtype="<f2")
+        return cls(
+            centroids=raw.astype(np.float64).reshape(shape),
+            min_similarity=float(document["min_similarity"]),
+            low=np.array([float(v) for v in document["low"]]),
+            high=np.array([float(v) for v in document["high"]]),
+        )
+
+
+_FORMAT_COLUMNS = [_STATISTICS.index(name) for name in _FORMAT_STATISTICS]
+
+
+def _format_statistics(prompt: str) -> list[float]:
+    stats = prompt_statistics(prompt)
+    return [stats[i] for i in _FORMAT_COLUMNS]
+
+
+def fit_domain(
+    prompts: Sequence[str],
+    vectors: npt.NDArray[np.floating[Any]],
+    folds: Sequence[npt.NDArray[np.int64]],
+    seed: int = 0,
+) -> Domain:
+    """The domain of training prompts: centroids of all of them; the similarity
+    threshold from out-of-fold similarities (centroids fitted without the fold)."""
+    x = _unit(vectors)
+    held = np.zeros(len(x))
+    for fold in folds:
+        train = np.setdiff1d(np.arange(len(x)), fold)
+        if not len(train) or not len(fold):
+            continue
+        k = min(_CENTROIDS, max(1, len(train) // 8))
+        held[fold] = (x[fold] @ _kmeans(x[train], k, seed).T).max(axis=1)
+    stats = np.array([_format_statistics(p) for p in prompts], dtype=np.float64)
+    return Domain(
+        centroids=_kmeans(x, min(_CENTROIDS, max(1, len(x) // 8)), seed),
+        min_similarity=min(float(np.quantile(held, _DOMAIN_QUANTILE)), _SIMILAR),
+        low=np.quantile(stats, _FORMAT_RANGE[0], axis=0),
+        high=np.quantile(stats, _FORMAT_RANGE[1], axis=0),
+    )
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Decision:
+    """The router's choice for one prompt."""
+
+    candidate: str
+    """The candidate to call."""
+    scores: dict[str, float]
+    """Every candidate's predicted success."""
+    out_of_domain: bool = False
+    """True when the prompt looked unlike the training data and `candidate` is the
+    strongest one for that reason."""
+
+
 @dataclass(slots=True, kw_only=True)
 class LearnedRouter:
     """Per-candidate success classifiers and the calibrated cost/quality trade-off."""
@@ -252,6 +404,10 @@ class LearnedRouter:
     """[target_quality, lam_safe, lam_cheap, p_cheap] rows, target_quality ascending."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Training data, sizes, held-out figures: for people, not for routing."""
+    domain: Domain | None = None
+    """What the training prompts looked like; None: every prompt is in domain."""
+    strongest: int = -1
+    """Index of the candidate out-of-domain prompts go to (the most accurate)."""
 
     @property
     def _relative_costs(self) -> Array:
@@ -307,6 +463,30 @@ class LearnedRouter:
             self.predict(features), self._relative_costs, self._lams(features, target_quality)
         )
 
+    def out_of_domain(
+        self, prompts: Sequence[str], vectors: npt.NDArray[np.floating[Any]]
+    ) -> npt.NDArray[np.bool_]:
+        """Per prompt (embedded to `vectors`), True when it is unlike the training data."""
+        if self.domain is None:
+            return np.zeros(len(prompts), dtype=bool)
+        return np.asarray(self.domain.outside(prompts, vectors), dtype=bool)
+
+    def route_many(
+        self,
+        prompts: Sequence[str],
+        vectors: npt.NDArray[np.floating[Any]],
+        target_quality: float,
+        *,
+        fallback: bool = True,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Per prompt, the chosen candidate's index and whether it was out of domain
+        (`fallback`: then the strongest candidate is chosen)."""
+        chosen = self.choose_many(self.features(prompts, vectors), target_quality)
+        outside = self.out_of_domain(prompts, vectors)
+        if fallback:
+            chosen = np.where(outside, self.strongest % len(self.candidates), chosen)
+        return chosen, outside
+
     def choose(
         self,
         prompt: str | Array,
@@ -316,27 +496,37 @@ class LearnedRouter:
     ) -> tuple[str, dict[str, float]]:
         """The candidate for one prompt (text, or a row of `features()`) and every
         candidate's predicted success. Text is embedded with `embedder` (default: a
-        MiniLM embedder created on first use)."""
+        MiniLM embedder created on first use) and checked against the domain; a row
+        of features cannot be."""
         if isinstance(prompt, str):
             vectors = (embedder or _default_embedder()).embed_sync([embedding_text(prompt)])
-            row = self.features([prompt], vectors)
-        else:
-            row = np.atleast_2d(prompt)
-        return self._decide(row, target_quality)
+            decision = self.decide(prompt, vectors, target_quality)
+            return decision.candidate, decision.scores
+        decision = self._decide(np.atleast_2d(prompt), target_quality, outside=False)
+        return decision.candidate, decision.scores
 
-    async def route(
-        self, prompt: str, embedder: Embedder, target_quality: float
-    ) -> tuple[str, dict[str, float]]:
-        """`choose()` for the request path: embeds with the runtime's shared embedder."""
+    async def route(self, prompt: str, embedder: Embedder, target_quality: float) -> Decision:
+        """`decide()` for the request path: embeds with the runtime's shared embedder."""
         vectors = await embedder.embed([embedding_text(prompt)])
-        return self._decide(self.features([prompt], vectors), target_quality)
+        return self.decide(prompt, vectors, target_quality)
 
-    def _decide(self, row: Array, target_quality: float) -> tuple[str, dict[str, float]]:
+    def decide(
+        self, prompt: str, vector: npt.NDArray[np.floating[Any]], target_quality: float
+    ) -> Decision:
+        """The decision for one prompt whose `embedding_text` embeds to `vector`."""
+        vectors = np.reshape(np.asarray(vector), (1, -1))
+        outside = bool(self.out_of_domain([prompt], vectors)[0])
+        return self._decide(self.features([prompt], vectors), target_quality, outside=outside)
+
+    def _decide(self, row: Array, target_quality: float, *, outside: bool) -> Decision:
         probabilities = self.predict(row)
+        scores = {c: float(p) for c, p in zip(self.candidates, probabilities[0], strict=True)}
+        if outside:
+            strongest = self.candidates[self.strongest % len(self.candidates)]
+            return Decision(candidate=strongest, scores=scores, out_of_domain=True)
         lams = self._lams(row, target_quality)
         index = int(_choose(probabilities, self._relative_costs, lams)[0])
-        scores = {c: float(p) for c, p in zip(self.candidates, probabilities[0], strict=True)}
-        return self.candidates[index], scores
+        return Decision(candidate=self.candidates[index], scores=scores)
 
     def save(self, path: str | Path) -> None:
         """Write the router file (JSON)."""
@@ -352,6 +542,8 @@ class LearnedRouter:
             "weights": _encode(self.weights),
             "weights_shape": list(self.weights.shape),
             "calibration": self.calibration,
+            "strongest": self.strongest % len(self.candidates),
+            "domain": self.domain.to_json() if self.domain is not None else None,
             "metadata": self.metadata,
         }
         Path(path).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
@@ -368,10 +560,11 @@ class LearnedRouter:
             raise ConfigError(
                 f"{file} is not an Areion router file (train one: areion train router)"
             )
-        if document.get("version") != FORMAT_VERSION:
+        if document.get("version") not in _READABLE_VERSIONS:
             raise ConfigError(
                 f"router file {file} has format version {document.get('version')}; this "
-                f"Areion reads version {FORMAT_VERSION}: retrain it with areion train router"
+                f"Areion reads versions {', '.join(map(str, _READABLE_VERSIONS))}: retrain it "
+                "with areion train router"
             )
         if document.get("statistics") != list(_STATISTICS):
             raise ConfigError(f"router file {file} uses other prompt statistics: retrain it")
@@ -385,6 +578,8 @@ class LearnedRouter:
                 weights=_decode(document["weights"]).reshape(shape),
                 calibration=[[float(v) for v in row[:4]] for row in document["calibration"]],
                 metadata=dict(document.get("metadata") or {}),
+                domain=Domain.from_json(document["domain"]) if document.get("domain") else None,
+                strongest=int(document.get("strongest", -1)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"router file {file} is damaged: {error}") from None
@@ -472,6 +667,9 @@ def train_router(
     assert best is not None
     weights = _fit_all(x, scores, best[0])
     calibration, best_accuracy = _calibrate(best_oof, scores, relative)
+    domain = fit_domain(prompts, np.asarray(vectors)[rows], folds, seed)
+    accuracy = scores.mean(axis=0)
+    strongest = int(max(range(len(names)), key=lambda j: (accuracy[j], mean_cost[j] * -1)))
     return LearnedRouter(
         candidates=names,
         costs_usd=[float(c) for c in mean_cost],
@@ -479,6 +677,8 @@ def train_router(
         scale=sigma,
         weights=weights,
         calibration=calibration,
+        domain=domain,
+        strongest=strongest,
         metadata={
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sources": list(table.sources),
@@ -487,6 +687,7 @@ def train_router(
             "l2": best[0],
             "cv_cost_at_targets": round(best[1], 5),
             "best_single_accuracy": round(best_accuracy, 5),
+            "domain_min_similarity": round(domain.min_similarity, 5),
             "accuracy": {
                 n: round(float(a), 5) for n, a in zip(names, scores.mean(axis=0), strict=True)
             },

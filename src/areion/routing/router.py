@@ -9,7 +9,9 @@ request to a route it
    - `rules`: the first rule whose conditions all hold (tier and tag headers, prompt
      length, tools, a response format), else the strongest candidate;
    - `learned`: the difficulty model (`areion train router`) picks the cheapest
-     candidate expected to keep `target_quality` of the best one's quality;
+     candidate expected to keep `target_quality` of the best one's quality; a prompt
+     unlike the router's training data goes to the strongest candidate instead
+     (reason `out_of_domain`): the router's predictions hold only where it was trained;
    - `cascade`: the two cheapest candidates answer at once; the cheaper's answer is
      kept if it passes the checks (valid JSON for the requested schema, the two
      agree); when the two cannot be compared (programs, long prose) the route's
@@ -164,12 +166,12 @@ class LearnedPolicy:
         embedder = self._embedder()
         known = call.annotations.get("embedding")  # (embedder, text, vector), from L2
         if known is not None and known[0] is embedder and known[1] == embedding_text(text):
-            row = self.router.features([text], known[2].reshape(1, -1))
-            name, scores = self.router.choose(row, self.target_quality)
+            decision = self.router.decide(text, known[2], self.target_quality)
         else:
-            name, scores = await self.router.route(text, embedder, self.target_quality)
-        difficulty = 1.0 - scores.get(self.router.candidates[0], 0.0)
-        return Pick(self.mapping[name], "learned", difficulty)
+            decision = await self.router.route(text, embedder, self.target_quality)
+        difficulty = 1.0 - decision.scores.get(self.router.candidates[0], 0.0)
+        reason = "out_of_domain" if decision.out_of_domain else "learned"
+        return Pick(self.mapping[decision.candidate], reason, difficulty)
 
 
 class LatencyWatch:

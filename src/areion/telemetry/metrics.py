@@ -219,7 +219,8 @@ class Metrics:
         self.route_decisions = Counter(
             "areion_route_decisions",
             "Routing decisions, by route, chosen model and reason (rule, default, learned, "
-            "cascade_accept, cascade_escalate, degraded, solver).",
+            "out_of_domain, cascade_accept, cascade_unverified, cascade_escalate, degraded, "
+            "solver).",
             ("route", "model", "reason"),
             registry=self.registry,
         )
