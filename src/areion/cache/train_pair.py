@@ -112,7 +112,7 @@ def _network(hidden: int, width: int) -> Any:
     import torch
     from torch import nn
 
-    class Network(nn.Module):
+    class Network(nn.Module):  # type: ignore[misc,unused-ignore]  # Any without torch
         def __init__(self) -> None:
             super().__init__()
             self.proj = nn.Linear(hidden, PROJECT)
