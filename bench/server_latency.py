@@ -9,16 +9,17 @@ each concurrency the load generator sends the same chat request, in interleaved
 rounds, straight to the upstream ("direct") and through each contender, and reports
 p50/p99 of each, what each adds over direct, the throughput, the ratio of each
 contender's added latency to Areion's (one worker), and each server's CPU per call
-(its process tree). Streams are timed to the first `data:` event (TTFB) and to the
-end of the body (TTLB). A contender that cannot run here is skipped with a line
-saying why.
+(its process tree): per cell (`cpu us`: over its timed batches, each with the settle
+after it) and over the whole run, warm-ups included. Streams are timed to the first
+`data:` event (TTFB) and to the end of the body (TTLB). A contender that cannot run
+here is skipped with a line saying why.
 
     .venv/bin/python bench/server_latency.py            # about 5 minutes with both peers
     .venv/bin/python bench/server_latency.py --quick    # about 2 minutes
 
-Targets: one worker at concurrency 64 (non-streaming) adds <= 8 ms p50 and keeps
->= 75% of the direct throughput; criterion 2: at concurrency 16 (non-streaming) the
-server adds <= 2 ms p50 and <= 10 ms p99.
+Targets: one worker at concurrency 64 (non-streaming) adds <= 8 ms p50, keeps
+>= 75% of the direct throughput and spends <= 200 us of CPU per call; criterion 2: at
+concurrency 16 (non-streaming) the server adds <= 2 ms p50 and <= 10 ms p99.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import importlib.util
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,7 @@ TARGET_P99_MS = 10.0
 LOAD_CONCURRENCY = 64
 LOAD_P50_MS = 8.0
 LOAD_THROUGHPUT_SHARE = 0.75
+LOAD_CPU_US = 200.0  # server CPU per call there
 SETTLE_S = 0.06
 # The load generator drops a connection idle this long. Under the 5 s after which the
 # servers close an idle one (uvicorn's default, Areion's `idle_timeout_s`, Node's):
@@ -191,6 +194,8 @@ class Target:
     model: str
     headers: tuple[tuple[str, str], ...] = ()
     """Headers of this target's own (a peer's key or provider routing)."""
+    cpu: Callable[[], float | None] | None = field(default=None, compare=False)
+    """The CPU seconds its server has used so far (its process tree); None for direct."""
 
     def request_headers(self) -> Headers:
         return dict(self.headers) or None
@@ -213,6 +218,9 @@ class Samples:
     last_error: str = ""
     round_ends: list[int] = field(default_factory=list)
     """len(total) after each round: the rounds' own samples, for their spread."""
+    cpu_s: float | None = None
+    """The server's CPU seconds over the timed batches, each with the settle after it
+    (where the work a batch left behind, such as ledger writes, lands)."""
 
     def rounds(self) -> list[list[float]]:
         starts = [0, *self.round_ends[:-1]]
@@ -290,12 +298,17 @@ async def measure_cell(
     for round_index in range(rounds):
         shift = round_index % len(targets)
         for target in targets[shift:] + targets[:shift]:
+            samples = results[target.name]
+            cpu_before = target.cpu() if target.cpu else None
             await run_batch(
-                client, target, results[target.name], stream=stream, calls=per_round,
+                client, target, samples, stream=stream, calls=per_round,
                 concurrency=concurrency, timeout_s=timeout_s,
             )  # fmt: skip
-            results[target.name].round_ends.append(len(results[target.name].total))
+            samples.round_ends.append(len(samples.total))
             await asyncio.sleep(SETTLE_S)
+            cpu_after = target.cpu() if target.cpu else None
+            if cpu_before is not None and cpu_after is not None:
+                samples.cpu_s = (samples.cpu_s or 0.0) + cpu_after - cpu_before
     return results
 
 
@@ -309,6 +322,11 @@ def cell_report(results: dict[str, Samples], *, concurrency: int, stream: bool) 
             "throughput_rps": len(samples.total) / samples.wall_s if samples.wall_s else 0.0,
             "errors": samples.errors,
             "last_error": samples.last_error,
+            "cpu_us_per_call": (
+                samples.cpu_s / samples.calls * 1e6
+                if samples.cpu_s is not None and samples.calls
+                else None
+            ),
         }
     direct = out["targets"]["direct"]
     for name, target in out["targets"].items():
@@ -363,12 +381,13 @@ def print_cells(cells: list[dict[str, Any]]) -> None:
                     _signed(added_first["p99"]) if added_first else "",
                     f"{target['throughput_rps']:.0f}",
                     f"{target['throughput_share']:.0%}" if added else "",
+                    fmt(target["cpu_us_per_call"], 0),
                     target["errors"],
                 ]
             )
     headers = [
         "conc", "stream", "server", "calls", "p50", "p99", "added p50", "+/-", "added p99",
-        "ttfb p50", "ttfb +p50", "ttfb +p99", "rps", "of direct", "err",
+        "ttfb p50", "ttfb +p50", "ttfb +p99", "rps", "of direct", "cpu us", "err",
     ]  # fmt: skip
     print(table(headers, rows))
     for cell in cells:
@@ -481,7 +500,11 @@ def load_verdict(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
     areion = cell["targets"][AREION]
     errors = cell["targets"]["direct"]["errors"] + areion["errors"]
     p50, share = areion["added_ms"]["p50"], areion["throughput_share"]
+    cpu = areion["cpu_us_per_call"]
     return {
+        "cpu_us_per_call": cpu,
+        "target_cpu_us_per_call": LOAD_CPU_US,
+        "cpu_met": cpu is not None and cpu <= LOAD_CPU_US,
         "concurrency": LOAD_CONCURRENCY,
         "added_p50_ms": p50,
         "target_p50_ms": LOAD_P50_MS,
@@ -647,7 +670,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         targets = [Target("direct", f"{upstream_url}/chat/completions", UPSTREAM_MODEL)]
         running: list[Server] = []
         for server in servers:  # every contender answers before anything is timed
-            target = Target(server.name, server.url, server.model, server.headers)
+            target = Target(
+                server.name, server.url, server.model, server.headers,
+                cpu=server.process.tree_cpu_seconds,
+            )  # fmt: skip
             error = await probe(client, target)
             if error is not None:
                 if server.name == AREION:
@@ -728,7 +754,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             f"non-streaming: adds p50 {load['added_p50_ms']:+.2f} ms (target <= "
             f"{LOAD_P50_MS:g}) {_met(load['p50_met'])}; throughput "
             f"{load['throughput_share']:.0%} of direct (target >= "
-            f"{LOAD_THROUGHPUT_SHARE:.0%}) {_met(load['throughput_met'])}{note}"
+            f"{LOAD_THROUGHPUT_SHARE:.0%}) {_met(load['throughput_met'])}; server CPU "
+            f"{fmt(load['cpu_us_per_call'], 0)} us per call (target <= {LOAD_CPU_US:g}) "
+            f"{_met(load['cpu_met'])}{note}"
         )
     if args.json:
         write_json(
