@@ -42,6 +42,8 @@ from areion.cache.bert_onnx import write_safetensors
 from areion.cache.calibrate import Pair, group_folds, read_pairs
 from areion.cache.pair_model import PairModel, network_logit, pair_features, word_pieces
 
+__all__ = ["Encoded", "encode", "fit", "main"]
+
 Floats = npt.NDArray[np.float32]
 
 PROJECT = 64  # width of the projected token states
