@@ -144,9 +144,6 @@ class _Connection(asyncio.Protocol):
             self._fail(DisconnectedError(f"the answer is not valid HTTP/1.1 ({error})"))
             self._close()
 
-    def eof_received(self) -> bool | None:
-        return None  # close the transport
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self._done:
@@ -166,12 +163,6 @@ class _Connection(asyncio.Protocol):
             error = DisconnectedError("the upstream closed the connection mid-answer")
         self.closed = error
         self._fail(error)
-
-    def pause_writing(self) -> None:
-        pass  # a request body is written whole: the transport buffers it
-
-    def resume_writing(self) -> None:
-        pass
 
     # -- parser callbacks -----------------------------------------------------------
 
