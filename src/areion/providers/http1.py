@@ -159,6 +159,11 @@ class _Connection(asyncio.Protocol):
         # it closed while idle is found closed when taken, before a request is written.
         if exc is not None:
             error: BaseException = DisconnectedError(f"the connection broke: {exc}")
+        elif not self._head_done:
+            error = DisconnectedError(
+                "the upstream closed the connection before answering (the request is not"
+                " sent again: the upstream may have acted on it)"
+            )
         else:
             error = DisconnectedError("the upstream closed the connection mid-answer")
         self.closed = error
