@@ -121,9 +121,38 @@ async def test_a_connection_the_upstream_closed_while_idle_is_replaced(
     for _ in range(3):
         response = await pool.post(upstream.url, b"{}", {})
         assert await response.read() == b"ok"
-        await asyncio.sleep(0.05)  # the close arrives (or not: either way the call works)
+        await _idle_closed(pool)  # the close arrives before the next call takes it
     pool.close()
     assert upstream.connections == 3
+
+
+async def test_a_request_the_upstream_read_and_left_unanswered_is_not_sent_again(
+    serve: Callable[[Handler], Awaitable[Upstream]],
+) -> None:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            writer.write(_answer(b"ok"))
+            return True
+        return False  # read the second request (it may have acted on it), then closed
+
+    upstream = await serve(handler)
+    pool = _pool()
+    response = await pool.post(upstream.url, b"{}", {})
+    assert await response.read() == b"ok"
+    with pytest.raises(DisconnectedError):
+        await pool.post(upstream.url, b"{}", {})
+    pool.close()
+    assert (upstream.connections, len(upstream.requests)) == (1, 2)
+
+
+async def _idle_closed(pool: Http1Pool) -> None:
+    """Until every idle connection of `pool` has seen its close (a bounded wait for an
+    event, not a timing: the close is already on its way)."""
+    for _ in range(1000):
+        idle = [conn for conns in pool._idle.values() for conn in conns]
+        if all(conn.transport is None for conn in idle):
+            return
+        await asyncio.sleep(0.01)
 
 
 async def test_chunked_gzip_and_read_to_close_bodies(

@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
-import aiohttp
 import orjson
 
 from areion.config import ModelConfig
@@ -169,7 +168,7 @@ class HttpTransport:
 
 # What a call's transport may raise below HTTP: OSError covers a refused or broken
 # connection, ValueError a header that cannot be sent.
-_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
+_TRANSPORT_ERRORS = (TimeoutError, OSError, ValueError)
 
 
 def credentials(config: ModelConfig) -> tuple[str, ...]:
@@ -266,15 +265,12 @@ def error_from_transport(
 ) -> AreionError:
     """The error for a failure below HTTP (connect, timeout, broken connection); the
     library's description is redacted like an upstream's text."""
-    if isinstance(error, aiohttp.ConnectionTimeoutError | ConnectTimeoutError):
+    if isinstance(error, ConnectTimeoutError):
         return ProviderTimeoutError(f"deployment {deployment}: connect timed out")
     if isinstance(error, TimeoutError):
         return ProviderTimeoutError(
             f"deployment {deployment}: no answer within the first-byte timeout"
         )
-    if isinstance(error, aiohttp.ClientConnectorError):
-        reason = redact(str(error.os_error), secrets)
-        return UpstreamError(f"deployment {deployment}: cannot connect ({reason})")
     if isinstance(error, ConnectError):
         reason = redact(str(error.cause), secrets)
         return UpstreamError(f"deployment {deployment}: cannot connect ({reason})")

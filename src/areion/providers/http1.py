@@ -62,11 +62,6 @@ class DisconnectedError(ConnectionError):
     """The connection broke, or the upstream closed it, before the answer was whole."""
 
 
-class _Stale(Exception):
-    """A reused connection closed before a byte of the answer: the upstream had closed
-    it while idle, and never saw the request. It is tried again on a new one."""
-
-
 class Response:
     """An answer whose status line and headers have arrived."""
 
@@ -123,14 +118,12 @@ class _Connection(asyncio.Protocol):
         self.sent = 0
         """Requests sent on it so far."""
         self.idle_since = 0.0
-        self.reused = False
         # The current answer.
         self._waiter: asyncio.Future[None] | None = None
         self._headers: dict[str, str] = {}
         self._head_done = False
         self._done = False
         self._keep_alive = False
-        self._received = False
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
@@ -144,16 +137,12 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
         self._last_data = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
             self._fail(DisconnectedError(f"the answer is not valid HTTP/1.1 ({error})"))
             self._close()
-
-    def eof_received(self) -> bool | None:
-        return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -165,20 +154,20 @@ class _Connection(asyncio.Protocol):
             self._done = True  # an answer with neither length nor chunks ends here
             self._wake()
             return
-        if not self._received and self.reused:
-            error: BaseException = _Stale()
-        elif exc is not None:
-            error = DisconnectedError(f"the connection broke: {exc}")
+        # A connection closed before a byte of the answer is not tried again: the
+        # upstream may have read the request and acted on it (a call billed twice). One
+        # it closed while idle is found closed when taken, before a request is written.
+        if exc is not None:
+            error: BaseException = DisconnectedError(f"the connection broke: {exc}")
+        elif not self._head_done:
+            error = DisconnectedError(
+                "the upstream closed the connection before answering (the request is not"
+                " sent again: the upstream may have acted on it)"
+            )
         else:
             error = DisconnectedError("the upstream closed the connection mid-answer")
         self.closed = error
         self._fail(error)
-
-    def pause_writing(self) -> None:
-        pass  # a request body is written whole: the transport buffers it
-
-    def resume_writing(self) -> None:
-        pass
 
     # -- parser callbacks -----------------------------------------------------------
 
@@ -225,7 +214,7 @@ class _Connection(asyncio.Protocol):
         self.pooled = False
         self.sent += 1
         self._headers = {}
-        self._head_done = self._done = self._received = self._keep_alive = False
+        self._head_done = self._done = self._keep_alive = False
         self._chunks = []
         self._buffered = 0
         self._decoder = None
@@ -413,17 +402,7 @@ class Http1Pool:
         if target is None:
             target = self._targets[url] = _Target(url)
         head = _head(target.prefix, body, headers)
-        conn = self._take(target.key)
-        if conn is not None:
-            conn.send(head, body)
-            try:
-                return await conn.head()
-            except _Stale:
-                pass  # tried again, once, on a new connection
-            except BaseException:
-                conn.abandon()
-                raise
-        conn = await self._connect(target)
+        conn = self._take(target.key) or await self._connect(target)
         conn.send(head, body)
         try:
             return await conn.head()
@@ -442,7 +421,6 @@ class Http1Pool:
             if now - conn.idle_since > self.keepalive_s:
                 conn.abandon()
                 continue
-            conn.reused = True
             return conn
         return None
 

@@ -657,22 +657,12 @@ class SQLiteStore:
 
 def _ledger_rows(entries: Sequence[LedgerEntry]) -> bytes:
     """The rows of `entries` as a JSON fragment (an array without its brackets)."""
-    return orjson.dumps(
-        [
-            (
-                e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
-                e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,
-                int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
-                int(e.open), e.client_request_id, e.kind, e.key_label, e.route,
-                e.route_reason, e.run_id, e.agent, e.session, e.end_user, e.tags, e.variant,
-            )
-            for e in entries
-        ]
-    )[1:-1]  # fmt: skip
+    return orjson.dumps([_ledger_tuple(e) for e in entries])[1:-1]
 
 
 def _ledger_tuple(e: LedgerEntry) -> tuple[Any, ...]:
-    """The columns of `e`'s ledger row (its tags as JSON text, as the JSON path stores them)."""
+    """The columns of `e`'s ledger row, its tags as JSON text (what the JSON path's
+    `json_extract` makes of them too)."""
     return (
         e.request_id, e.tenant, e.model, e.deployment, e.upstream_model,
         e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd,

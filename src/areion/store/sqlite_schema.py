@@ -498,16 +498,19 @@ _CLOSING_ROLLED = (
     "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
 )
 
+
 # A batch's ledger rows, and what they add to the rollups, read back from the table
 # (cheaper than extracting the JSON again): the statement's own inserts are the last
 # rowids, since a new rowid is one more than the largest and this thread alone writes.
-_JUST_INSERTED = (
-    "FROM ledger AS l WHERE l.rowid > "
-    "(SELECT max(rowid) FROM ledger) - json_array_length(NEW.ledger)"
-)
+def _rollup_inserted(count: str) -> str:
+    """The rollups' upsert of the last `count` (an SQL expression) ledger rows."""
+    just_inserted = f"FROM ledger AS l WHERE l.rowid > (SELECT max(rowid) FROM ledger) - {count}"
+    return rollup_upsert(f"SELECT {_ROLLED} {just_inserted}", "sqlite")
+
+
 _LEDGER_INSERT = f"""INSERT INTO ledger ({LEDGER_COLUMNS})
     SELECT {_fields("value", _LEDGER_WIDTH)} FROM json_each(NEW.ledger);
-    {rollup_upsert(f"SELECT {_ROLLED} {_JUST_INSERTED}", "sqlite")};"""
+    {_rollup_inserted("json_array_length(NEW.ledger)")};"""
 
 # The batch view lives in the connection's temp schema: nothing of it is stored
 # in the file, and other programs reading the database never see it.
@@ -651,10 +654,7 @@ LEDGER_VALUES = {
 }
 
 
-LEDGER_ROLLUP = rollup_upsert(
-    f"SELECT {_ROLLED} FROM ledger AS l WHERE l.rowid > (SELECT max(rowid) FROM ledger) - ?1",
-    "sqlite",
-)
+LEDGER_ROLLUP = _rollup_inserted("?1")
 
 # Reads build their JSON in SQL, so a whole transcript comes back as one value:
 # one step of the statement (one GIL hand-off) instead of one per row.
