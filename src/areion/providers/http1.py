@@ -37,7 +37,10 @@ __all__ = [
     "Response",
 ]
 
-_KEEPALIVE_S = 30.0  # an idle connection older than this is not reused
+# An idle connection older than this is not reused: under the 5 s after which uvicorn
+# and Node close an idle keep-alive connection, so a request is rarely written into a
+# connection the upstream is closing (which now fails the call rather than resend it).
+_KEEPALIVE_S = 4.0
 _HIGH_WATER = 1 << 20  # a stream's unread bytes past which the socket is not read
 _USER_AGENT = f"areion/{__version__}"
 
