@@ -6,10 +6,11 @@ Quora pairs no cosine threshold is both safe and useful. `SemanticVerifier` scor
 a (query, candidate, cosine) triple with a small logistic model over the cosine and
 lexical evidence, and vetoes outright the differences the data shows are almost
 never the same question: different numbers, one side negated, a named entity
-swapped for another. By default a second stage reads the candidate the cheap model
-ranks first again: the pair model (`pair_model`: MiniLM's token states of both texts,
-compared by a small network) gives a logit that a final logistic model combines with
-the cheap features, one pair-model run per lookup.
+swapped for another. That cheap model is the default (`verifier: lexical`). With
+`verifier: pair`, a second stage reads the candidate the cheap model ranks first
+again: the pair model (`pair_model`: MiniLM's token states of both texts, compared by
+a small network) gives a logit that a final logistic model combines with the cheap
+features, one pair-model run per lookup.
 
 The models' parameters and a calibration table live in `data/verifier.json` (two
 stages) and `data/verifier_lexical.json` (the cheap model alone), made by
