@@ -6,7 +6,7 @@
 
     # the two-stage verifier: first `python -m areion.cache.train_pair ... --out-dir /tmp/pair`
     python -m areion.cache.calibrate --pairs (the same two) --folds 3 \\
-        --pair-scores /tmp/pair/oof.npz --out src/areion/cache/data/verifier.json
+        --pair-scores /tmp/pair/oof.npz --out src/areion/cache/data/verifier_pair.json
 
 The pairs file is a CSV with `question1`, `question2` and `is_duplicate` (0/1). Each
 pair is (query = question2, candidate = question1, their cosine); the model learns
@@ -660,7 +660,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="embed in float32 (default: 8-bit, as cache.semantic.embed_quantized)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="where to write verifier.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="where to write the verifier (data/verifier_lexical.json or verifier_pair.json)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed (0)")
     parser.add_argument(
