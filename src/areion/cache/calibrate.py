@@ -60,6 +60,7 @@ __all__ = [
     "group_folds",
     "main",
     "normalize",
+    "precision_at_recall",
     "read_pairs",
     "train",
 ]
@@ -345,7 +346,9 @@ def _nested(
     return out
 
 
-def _precision_at_recall(scores: Floats, labels: Floats, recall: float) -> float:
+def precision_at_recall(
+    scores: npt.NDArray[np.floating[Any]], labels: npt.NDArray[np.floating[Any]], recall: float
+) -> float:
     """Precision of the highest-scoring pairs that reach `recall` of the duplicates."""
     order = np.argsort(-scores, kind="stable")
     found = np.cumsum(labels[order])
@@ -418,7 +421,7 @@ def train(
         },
     }
     params = _params(_fit(data, np.ones(len(pairs), dtype=bool)), table, meta)
-    curve = {r: _precision_at_recall(out_of_fold, data.labels, r) for r in _REPORT_RECALLS}
+    curve = {r: precision_at_recall(out_of_fold, data.labels, r) for r in _REPORT_RECALLS}
     report = {
         "nested": nested,
         "baseline": baseline,
