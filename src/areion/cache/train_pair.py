@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from areion.cache.bert_onnx import write_safetensors
-from areion.cache.calibrate import Pair, group_folds, read_pairs
+from areion.cache.calibrate import Pair, group_folds, precision_at_recall, read_pairs
 from areion.cache.pair_model import PairModel, network_logit, pair_features, word_pieces
 
 __all__ = ["Encoded", "encode", "fit", "main"]
@@ -213,13 +213,6 @@ def _score(
     return out
 
 
-def _precision_at(logits: npt.NDArray[np.float64], labels: Floats, recall: float) -> float:
-    order = np.argsort(-logits, kind="stable")
-    found = np.cumsum(labels[order])
-    n = int(np.searchsorted(found, recall * labels.sum())) + 1
-    return float(labels[order][:n].mean())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m areion.cache.train_pair", description=__doc__.split("\n\n")[0]
@@ -251,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         oof[held] = _score(net, data, everything[held])
         print(
             f"fold {k}: held-out precision at recall 0.35 "
-            f"{_precision_at(oof[held], labels[held], 0.35):.3f} "
+            f"{precision_at_recall(oof[held], labels[held], 0.35):.3f} "
             f"({time.monotonic() - began:.0f} s)",
             flush=True,
         )
@@ -264,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             part = folds == j
             net = fit(data, everything[train], labels, seed=args.seed + 10 * k + j)
             inner[k, part] = _score(net, data, everything[part])
-    print(f"out-of-fold precision at recall 0.35: {_precision_at(oof, labels, 0.35):.3f}")
+    print(f"out-of-fold precision at recall 0.35: {precision_at_recall(oof, labels, 0.35):.3f}")
     np.savez(args.out_dir / "oof.npz", logits=oof, inner=inner, folds=folds, seed=args.seed)
     net = fit(data, everything, labels, seed=args.seed)
     meta = {

@@ -6,12 +6,13 @@ Quora pairs no cosine threshold is both safe and useful. `SemanticVerifier` scor
 a (query, candidate, cosine) triple with a small logistic model over the cosine and
 lexical evidence, and vetoes outright the differences the data shows are almost
 never the same question: different numbers, one side negated, a named entity
-swapped for another. By default a second stage reads the candidate the cheap model
-ranks first again: the pair model (`pair_model`: MiniLM's token states of both texts,
-compared by a small network) gives a logit that a final logistic model combines with
-the cheap features, one pair-model run per lookup.
+swapped for another. That cheap model is the default (`verifier: lexical`). With
+`verifier: pair`, a second stage reads the candidate the cheap model ranks first
+again: the pair model (`pair_model`: MiniLM's token states of both texts, compared by
+a small network) gives a logit that a final logistic model combines with the cheap
+features, one pair-model run per lookup.
 
-The models' parameters and a calibration table live in `data/verifier.json` (two
+The models' parameters and a calibration table live in `data/verifier_pair.json` (two
 stages) and `data/verifier_lexical.json` (the cheap model alone), made by
 `python -m areion.cache.calibrate` (see that module) from cosines of the 8-bit
 embedder (`cache.semantic.embed_quantized`, the default). The table holds, for each
@@ -69,7 +70,7 @@ __all__ = [
 DEFAULT_MAX_WRONG_HIT_RATE = 0.15
 
 # The shipped parameters, by kind (see `SemanticVerifier.load`).
-SHIPPED = {"pair": "data/verifier.json", "lexical": "data/verifier_lexical.json"}
+SHIPPED = {"pair": "data/verifier_pair.json", "lexical": "data/verifier_lexical.json"}
 
 # Candidates below this cosine are not worth scoring: on the calibration pairs no
 # duplicate scored under it. The caches search their nearest few and stop here.
@@ -641,7 +642,7 @@ class SemanticVerifier:
         """The verifier from `path`, by default the parameters shipped with Areion:
         `kind` "lexical" (the cheap model alone, `data/verifier_lexical.json`: no
         pair-model run on a lookup; `cache.semantic.verifier`'s default) or "pair" (two
-        stages, `data/verifier.json`)."""
+        stages, `data/verifier_pair.json`)."""
         if path is None:
             if kind not in SHIPPED:
                 raise ValueError(f"verifier kind must be one of {sorted(SHIPPED)}, got {kind!r}")
