@@ -345,7 +345,8 @@ def _eval_cache(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"max wrong-hit rate {rate}: stricter than the verifier's calibration vouches for"
         )
-    trained_on = str(verifier.meta.get("trained_on", ""))
+    # calibrate writes the file names joined by " + "
+    trained_on = set(str(verifier.meta.get("trained_on", "")).split(" + "))
     embedder = MiniLMEmbedder(quantized=config.cache.semantic.embed_quantized)
     keys = ("precision", "recall", "hits", "wrong_hits", "pairs", "unjudged_hits")
     out: list[dict[str, Any]] = []
