@@ -491,9 +491,8 @@ def evaluate_routing(
         table = table.select(rows, [table.models[c] for c in columns])
         features = router.features(table.prompts, vectors)
         outside = router.out_of_domain(table.prompts, vectors)
-        strongest = router.strongest % len(router.candidates)
         for q in sorted({*CURVE_TARGETS, target_quality}):
-            picked = np.where(outside, strongest, router.choose_many(features, q))
+            picked = np.where(outside, router.strongest, router.choose_many(features, q))
             curve.append(
                 CurvePoint(
                     target_quality=q,
@@ -503,7 +502,7 @@ def evaluate_routing(
                 )
             )
         learned = router.choose_many(features, target_quality)
-        chosen = np.where(outside, strongest, learned)
+        chosen = np.where(outside, router.strongest, learned)
         accuracy = float(table.scores[rows, chosen].mean())
         cost = float(table.costs[rows, chosen].sum())
         out_of_domain = float(outside.mean())

@@ -411,7 +411,13 @@ class LearnedRouter:
     domain: Domain | None = None
     """What the training prompts looked like; None: every prompt is in domain."""
     strongest: int = -1
-    """Index of the candidate out-of-domain prompts go to (the most accurate)."""
+    """Index of the candidate out-of-domain prompts go to (the most accurate); negative
+    counts from the end, as in a list, and is made positive on creation."""
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            raise ValueError("a router needs at least one candidate")
+        self.strongest %= len(self.candidates)
 
     @property
     def _relative_costs(self) -> Array:
@@ -490,7 +496,7 @@ class LearnedRouter:
         chosen = self.choose_many(self.features(prompts, vectors), target_quality)
         outside = self.out_of_domain(prompts, vectors)
         if fallback:
-            chosen = np.where(outside, self.strongest % len(self.candidates), chosen)
+            chosen = np.where(outside, self.strongest, chosen)
         return chosen, outside
 
     def choose(
@@ -530,7 +536,7 @@ class LearnedRouter:
         probabilities = self.predict(row)
         scores = {c: float(p) for c, p in zip(self.candidates, probabilities[0], strict=True)}
         if outside:
-            strongest = self.candidates[self.strongest % len(self.candidates)]
+            strongest = self.candidates[self.strongest]
             return Decision(candidate=strongest, scores=scores, out_of_domain=True)
         lams = self._lams(row, target_quality)
         index = int(_choose(probabilities, self._relative_costs, lams)[0])
@@ -550,7 +556,7 @@ class LearnedRouter:
             "weights": _encode(self.weights),
             "weights_shape": list(self.weights.shape),
             "calibration": self.calibration,
-            "strongest": self.strongest % len(self.candidates),
+            "strongest": self.strongest,
             "domain": self.domain.to_json() if self.domain is not None else None,
             "metadata": self.metadata,
         }
