@@ -471,23 +471,23 @@ def evaluate_routing(
     if policy == "learned":
         from areion.routing.learned import embed_prompts, train_router
 
-        if embedder is None:
-            from areion.cache.embedding import MiniLMEmbedder
+        def embed(prompts: Sequence[str]) -> npt.NDArray[np.float32]:
+            nonlocal embedder
+            if embedder is None:  # loaded only when some prompts come without vectors
+                from areion.cache.embedding import MiniLMEmbedder
 
-            embedder = MiniLMEmbedder()
+                embedder = MiniLMEmbedder()
+            return embed_prompts(prompts, embedder)
+
         if router is None:
-            vectors = (
-                train_vectors
-                if train_vectors is not None
-                else embed_prompts(train.prompts, embedder)
-            )
+            vectors = train_vectors if train_vectors is not None else embed(train.prompts)
             router = train_router(train, vectors, candidates=[_back(rename, n) for n in names])
         columns = [table.model_index(rename.get(c, c)) for c in router.candidates]
         if data_vectors is not None:
             known = {id(p): i for i, p in enumerate(data.prompts)}
             vectors = data_vectors[[known[id(p)] for p in table.prompts]]
         else:
-            vectors = embed_prompts(table.prompts, embedder)
+            vectors = embed(table.prompts)
         table = table.select(rows, [table.models[c] for c in columns])
         features = router.features(table.prompts, vectors)
         outside = router.out_of_domain(table.prompts, vectors)
