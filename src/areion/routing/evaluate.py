@@ -461,7 +461,8 @@ def evaluate_routing(
     else:
         raise ConfigError(f"unknown routing policy {policy!r}: use learned or cascade")
     names = [data.models[data.model_index(_to_data(train, rename, n))] for n in names]
-    table = data.complete(names)
+    kept = data.complete_rows(names)
+    table = data.select(kept, names)
     if not len(table):
         raise ConfigError("no evaluation prompt has outcomes for every candidate")
     rows = np.arange(len(table))
@@ -483,11 +484,7 @@ def evaluate_routing(
             vectors = train_vectors if train_vectors is not None else embed(train.prompts)
             router = train_router(train, vectors, candidates=[_back(rename, n) for n in names])
         columns = [table.model_index(rename.get(c, c)) for c in router.candidates]
-        if data_vectors is not None:
-            known = {id(p): i for i, p in enumerate(data.prompts)}
-            vectors = data_vectors[[known[id(p)] for p in table.prompts]]
-        else:
-            vectors = embed(table.prompts)
+        vectors = data_vectors[kept] if data_vectors is not None else embed(table.prompts)
         table = table.select(rows, [table.models[c] for c in columns])
         features = router.features(table.prompts, vectors)
         outside = router.out_of_domain(table.prompts, vectors)
