@@ -281,10 +281,11 @@ def _unit(vectors: npt.NDArray[np.floating[Any]]) -> Array:
     return out
 
 
-def _kmeans(x: Array, k: int, seed: int, iterations: int = 20) -> Array:
-    """Spherical k-means: `k` unit centroids of the unit rows of `x`."""
+def _kmeans(x: Array, seed: int, iterations: int = 20) -> Array:
+    """Spherical k-means: unit centroids of the unit rows of `x`, one per 8 rows, at
+    least 1 and at most `_CENTROIDS`."""
     rng = np.random.default_rng(seed)
-    k = max(1, min(k, len(x)))
+    k = min(_CENTROIDS, max(1, len(x) // 8))
     centroids = x[rng.choice(len(x), k, replace=False)].copy()
     for _ in range(iterations):
         nearest = np.argmax(x @ centroids.T, axis=1)
@@ -366,11 +367,10 @@ def fit_domain(
         train = np.setdiff1d(np.arange(len(x)), fold)
         if not len(train) or not len(fold):
             continue
-        k = min(_CENTROIDS, max(1, len(train) // 8))
-        held[fold] = (x[fold] @ _kmeans(x[train], k, seed).T).max(axis=1)
+        held[fold] = (x[fold] @ _kmeans(x[train], seed).T).max(axis=1)
     stats = _statistics(prompts)[:, _FORMAT_COLUMNS]
     return Domain(
-        centroids=_kmeans(x, min(_CENTROIDS, max(1, len(x) // 8)), seed),
+        centroids=_kmeans(x, seed),
         min_similarity=min(float(np.quantile(held, _DOMAIN_QUANTILE)), _SIMILAR),
         low=np.quantile(stats, _FORMAT_RANGE[0], axis=0),
         high=np.quantile(stats, _FORMAT_RANGE[1], axis=0),
