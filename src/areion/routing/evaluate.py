@@ -461,6 +461,7 @@ def evaluate_routing(
     else:
         raise ConfigError(f"unknown routing policy {policy!r}: use learned or cascade")
     names = [data.models[data.model_index(_to_data(train, rename, n))] for n in names]
+    back = {data_name: train_name for train_name, data_name in rename.items()}
     kept = data.complete_rows(names)
     table = data.select(kept, names)
     if not len(table):
@@ -482,7 +483,7 @@ def evaluate_routing(
 
         if router is None:
             vectors = train_vectors if train_vectors is not None else embed(train.prompts)
-            router = train_router(train, vectors, candidates=[_back(rename, n) for n in names])
+            router = train_router(train, vectors, candidates=[back.get(n, n) for n in names])
         columns = [table.model_index(rename.get(c, c)) for c in router.candidates]
         vectors = data_vectors[kept] if data_vectors is not None else embed(table.prompts)
         table = table.select(rows, [table.models[c] for c in columns])
@@ -539,14 +540,6 @@ def _to_data(train: OutcomeTable, rename: dict[str, str], name: str) -> str:
     if not rename:
         return name
     return rename.get(train.models[train.model_index(name)], name)
-
-
-def _back(rename: dict[str, str], name: str) -> str:
-    """The training model that `name` of the evaluation data stands for."""
-    for train_name, data_name in rename.items():
-        if data_name == name:
-            return train_name
-    return name
 
 
 def plot_curve(report: RoutingReport, path: str | Path) -> None:
