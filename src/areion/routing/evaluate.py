@@ -489,27 +489,25 @@ def evaluate_routing(
         table = table.select(rows, [table.models[c] for c in columns])
         features = router.features(table.prompts, vectors)
         outside = router.out_of_domain(table.prompts, vectors)
+
+        def point(q: float, picked: Indices) -> CurvePoint:
+            return CurvePoint(
+                target_quality=q,
+                accuracy=float(table.scores[rows, picked].mean()),
+                cost_usd=float(table.costs[rows, picked].sum()),
+                share=_share(table.models, picked),
+            )
+
         for q in sorted({*CURVE_TARGETS, target_quality}):
-            picked = np.where(outside, router.strongest, router.choose_many(features, q))
             curve.append(
-                CurvePoint(
-                    target_quality=q,
-                    accuracy=float(table.scores[rows, picked].mean()),
-                    cost_usd=float(table.costs[rows, picked].sum()),
-                    share=_share(table.models, picked),
-                )
+                point(q, np.where(outside, router.strongest, router.choose_many(features, q)))
             )
         learned = router.choose_many(features, target_quality)
         chosen = np.where(outside, router.strongest, learned)
         accuracy = float(table.scores[rows, chosen].mean())
         cost = float(table.costs[rows, chosen].sum())
         out_of_domain = float(outside.mean())
-        without_fallback = CurvePoint(
-            target_quality=target_quality,
-            accuracy=float(table.scores[rows, learned].mean()),
-            cost_usd=float(table.costs[rows, learned].sum()),
-            share=_share(table.models, learned),
-        )
+        without_fallback = point(target_quality, learned)
     else:
         assert cascade is not None
         chosen, spent = replay_cascade(table, cascade)
