@@ -3,9 +3,10 @@
 Measured here, in-process, one prompt at a time (`time.perf_counter` around each):
 
     load        `LearnedRouter.load(file)`: the file `areion train router` writes
-    decide      features + the per-candidate classifiers + the choice, the prompt's
-                embedding given: what a route pays when the semantic cache has just
-                embedded the same text (the runtime reuses that vector)
+    decide      `LearnedRouter.decide`: features, the out-of-domain check, the
+                per-candidate classifiers and the choice, the prompt's embedding
+                given: what a route pays when the semantic cache has just embedded
+                the same text (the runtime reuses that vector)
     short       embed + decide for short chat prompts (Quora questions, ~60 characters)
     medium      embed + decide for prompts of 200-600 characters
     long        embed + decide for the shared RouterBench prompts (few-shot, code tasks;
@@ -98,13 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def decide_given(vector: Any) -> Callable[[str], object]:
         def run(text: str) -> object:
-            return router.choose(router.features([text], vector), 0.95)
+            return router.decide(text, vector, 0.95)
 
         return run
 
     def route(text: str) -> object:
         vector = embedder.embed_sync([embedding_text(text)])
-        return router.choose(router.features([text], vector), 0.95)
+        return router.decide(text, vector, 0.95)
 
     vector = embedder.embed_sync([short[0]])
     for text in short[:20]:  # warm up the embedder's session

@@ -123,9 +123,14 @@ class OutcomeTable:
 
     def complete(self, models: Sequence[str] | None = None) -> OutcomeTable:
         """The rows where every one of `models` (default all) has a score and a cost."""
-        table = self if models is None else self.select(np.arange(len(self)), models)
-        known = ~(np.isnan(table.scores).any(axis=1) | np.isnan(table.costs).any(axis=1))
-        return table.select(np.flatnonzero(known))
+        return self.select(self.complete_rows(models), models)
+
+    def complete_rows(self, models: Sequence[str] | None = None) -> npt.NDArray[np.int64]:
+        """Indices of the rows `complete(models)` keeps."""
+        cols = [self.model_index(m) for m in models] if models is not None else slice(None)
+        scores, costs = self.scores[:, cols], self.costs[:, cols]
+        known = ~(np.isnan(scores).any(axis=1) | np.isnan(costs).any(axis=1))
+        return np.flatnonzero(known)
 
 
 def load_outcomes(paths: str | Path | Sequence[str | Path]) -> OutcomeTable:

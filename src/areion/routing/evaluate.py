@@ -461,7 +461,9 @@ def evaluate_routing(
     else:
         raise ConfigError(f"unknown routing policy {policy!r}: use learned or cascade")
     names = [data.models[data.model_index(_to_data(train, rename, n))] for n in names]
-    table = data.complete(names)
+    back = {data_name: train_name for train_name, data_name in rename.items()}
+    kept = data.complete_rows(names)
+    table = data.select(kept, names)
     if not len(table):
         raise ConfigError("no evaluation prompt has outcomes for every candidate")
     rows = np.arange(len(table))
@@ -471,48 +473,41 @@ def evaluate_routing(
     if policy == "learned":
         from areion.routing.learned import embed_prompts, train_router
 
-        if embedder is None:
-            from areion.cache.embedding import MiniLMEmbedder
+        def embed(prompts: Sequence[str]) -> npt.NDArray[np.float32]:
+            nonlocal embedder
+            if embedder is None:  # loaded only when some prompts come without vectors
+                from areion.cache.embedding import MiniLMEmbedder
 
-            embedder = MiniLMEmbedder()
+                embedder = MiniLMEmbedder()
+            return embed_prompts(prompts, embedder)
+
         if router is None:
-            vectors = (
-                train_vectors
-                if train_vectors is not None
-                else embed_prompts(train.prompts, embedder)
-            )
-            router = train_router(train, vectors, candidates=[_back(rename, n) for n in names])
+            vectors = train_vectors if train_vectors is not None else embed(train.prompts)
+            router = train_router(train, vectors, candidates=[back.get(n, n) for n in names])
         columns = [table.model_index(rename.get(c, c)) for c in router.candidates]
-        if data_vectors is not None:
-            known = {id(p): i for i, p in enumerate(data.prompts)}
-            vectors = data_vectors[[known[id(p)] for p in table.prompts]]
-        else:
-            vectors = embed_prompts(table.prompts, embedder)
+        vectors = data_vectors[kept] if data_vectors is not None else embed(table.prompts)
         table = table.select(rows, [table.models[c] for c in columns])
         features = router.features(table.prompts, vectors)
         outside = router.out_of_domain(table.prompts, vectors)
-        strongest = router.strongest % len(router.candidates)
+
+        def point(q: float, picked: Indices) -> CurvePoint:
+            return CurvePoint(
+                target_quality=q,
+                accuracy=float(table.scores[rows, picked].mean()),
+                cost_usd=float(table.costs[rows, picked].sum()),
+                share=_share(table.models, picked),
+            )
+
         for q in sorted({*CURVE_TARGETS, target_quality}):
-            picked = np.where(outside, strongest, router.choose_many(features, q))
             curve.append(
-                CurvePoint(
-                    target_quality=q,
-                    accuracy=float(table.scores[rows, picked].mean()),
-                    cost_usd=float(table.costs[rows, picked].sum()),
-                    share=_share(table.models, picked),
-                )
+                point(q, np.where(outside, router.strongest, router.choose_many(features, q)))
             )
         learned = router.choose_many(features, target_quality)
-        chosen = np.where(outside, strongest, learned)
+        chosen = np.where(outside, router.strongest, learned)
         accuracy = float(table.scores[rows, chosen].mean())
         cost = float(table.costs[rows, chosen].sum())
         out_of_domain = float(outside.mean())
-        without_fallback = CurvePoint(
-            target_quality=target_quality,
-            accuracy=float(table.scores[rows, learned].mean()),
-            cost_usd=float(table.costs[rows, learned].sum()),
-            share=_share(table.models, learned),
-        )
+        without_fallback = point(target_quality, learned)
     else:
         assert cascade is not None
         chosen, spent = replay_cascade(table, cascade)
@@ -543,14 +538,6 @@ def _to_data(train: OutcomeTable, rename: dict[str, str], name: str) -> str:
     if not rename:
         return name
     return rename.get(train.models[train.model_index(name)], name)
-
-
-def _back(rename: dict[str, str], name: str) -> str:
-    """The training model that `name` of the evaluation data stands for."""
-    for train_name, data_name in rename.items():
-        if data_name == name:
-            return train_name
-    return name
 
 
 def plot_curve(report: RoutingReport, path: str | Path) -> None:

@@ -37,6 +37,14 @@ SplitMode = Literal["random", "groups", "leave-one-out"]
 Indices = npt.NDArray[np.int64]
 
 
+def _at_least(value: float, target: float) -> bool:
+    return value >= target - 1e-12  # a figure equal to its target, but for rounding, meets it
+
+
+def _at_most(value: float, target: float | None) -> bool:
+    return target is None or value <= target + 1e-12
+
+
 @dataclass(slots=True, frozen=True, kw_only=True)
 class Targets:
     """What a policy must reach, relative to the most accurate candidate (`strong`)."""
@@ -71,12 +79,9 @@ class SplitFigures:
     def passes(self, targets: Targets) -> bool:
         """Does this split meet every target?"""
         return (
-            self.quality >= targets.quality - 1e-12
-            and (targets.max_cost is None or self.cost <= targets.max_cost + 1e-12)
-            and (
-                targets.max_strong_calls is None
-                or self.strong_calls <= targets.max_strong_calls + 1e-12
-            )
+            _at_least(self.quality, targets.quality)
+            and _at_most(self.cost, targets.max_cost)
+            and _at_most(self.strong_calls, targets.max_strong_calls)
         )
 
 
@@ -102,9 +107,9 @@ def _figures(label: str, report: RoutingReport) -> SplitFigures:
 class HeldoutReport:
     """Every split's figures and their summary against the targets."""
 
-    mode: str
+    mode: SplitMode
     """The split mode."""
-    policy: str
+    policy: Policy
     """The routing policy."""
     targets: Targets
     """What each split should reach."""
@@ -184,17 +189,17 @@ class HeldoutReport:
 
         lines.append(
             f"quality: mean {m['quality_mean']:.1%}, worst {m['quality_worst']:.1%} "
-            f"(target >= {t.quality:.0%}: {verdict(m['quality_worst'] >= t.quality - 1e-12)})"
+            f"(target >= {t.quality:.0%}: {verdict(_at_least(m['quality_worst'], t.quality))})"
         )
         cost_target = (
-            f" (target <= {t.max_cost:.0%}: {verdict(m['cost_worst'] <= t.max_cost + 1e-12)})"
+            f" (target <= {t.max_cost:.0%}: {verdict(_at_most(m['cost_worst'], t.max_cost))})"
             if t.max_cost is not None
             else ""
         )
         lines.append(f"cost: mean {m['cost_mean']:.1%}, worst {m['cost_worst']:.1%}{cost_target}")
         strong_target = (
             f" (target <= {t.max_strong_calls:.0%}: "
-            f"{verdict(m['strong_calls_worst'] <= t.max_strong_calls + 1e-12)})"
+            f"{verdict(_at_most(m['strong_calls_worst'], t.max_strong_calls))})"
             if t.max_strong_calls is not None
             else ""
         )

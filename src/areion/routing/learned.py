@@ -144,9 +144,18 @@ def prompt_statistics(prompt: str) -> list[float]:
     ]
 
 
-def _features(prompts: Sequence[str], vectors: npt.NDArray[np.floating[Any]]) -> Array:
+def _statistics(prompts: Sequence[str]) -> Array:
+    """[prompts, `_STATISTICS`]: `prompt_statistics` of each prompt."""
     stats = np.array([prompt_statistics(p) for p in prompts], dtype=np.float64)
-    stats = stats.reshape(len(prompts), len(_STATISTICS))
+    out: Array = stats.reshape(len(prompts), len(_STATISTICS))
+    return out
+
+
+def _features(prompts: Sequence[str], vectors: npt.NDArray[np.floating[Any]]) -> Array:
+    return _raw_features(_statistics(prompts), vectors)
+
+
+def _raw_features(stats: Array, vectors: npt.NDArray[np.floating[Any]]) -> Array:
     return np.hstack([np.asarray(vectors, dtype=np.float64), stats])
 
 
@@ -272,10 +281,11 @@ def _unit(vectors: npt.NDArray[np.floating[Any]]) -> Array:
     return out
 
 
-def _kmeans(x: Array, k: int, seed: int, iterations: int = 20) -> Array:
-    """Spherical k-means: `k` unit centroids of the unit rows of `x`."""
+def _kmeans(x: Array, seed: int, iterations: int = 20) -> Array:
+    """Spherical k-means: unit centroids of the unit rows of `x`, one per 8 rows, at
+    least 1 and at most `_CENTROIDS`."""
     rng = np.random.default_rng(seed)
-    k = max(1, min(k, len(x)))
+    k = min(_CENTROIDS, max(1, len(x) // 8))
     centroids = x[rng.choice(len(x), k, replace=False)].copy()
     for _ in range(iterations):
         nearest = np.argmax(x @ centroids.T, axis=1)
@@ -305,10 +315,10 @@ class Domain:
         out: Array = (_unit(np.atleast_2d(vectors)) @ self.centroids.T).max(axis=1)
         return out
 
-    def outside(self, prompts: Sequence[str], vectors: npt.NDArray[np.floating[Any]]) -> Array:
-        """Per prompt, True when it is out of domain."""
-        stats = np.array([_format_statistics(p) for p in prompts], dtype=np.float64)
-        stats = stats.reshape(len(prompts), len(_FORMAT_STATISTICS))
+    def outside(self, stats: Array, vectors: npt.NDArray[np.floating[Any]]) -> Array:
+        """Per prompt (its row of `_statistics` and its embedding), True when it is out
+        of domain."""
+        stats = np.atleast_2d(stats)[:, _FORMAT_COLUMNS]
         margin = 1e-9
         off = ((stats < self.low - margin) | (stats > self.high + margin)).sum(axis=1)
         out: Array = (self.similarity(vectors) < self.min_similarity) | (off >= _FORMAT_OUTSIDE)
@@ -343,11 +353,6 @@ class Domain:
 _FORMAT_COLUMNS = [_STATISTICS.index(name) for name in _FORMAT_STATISTICS]
 
 
-def _format_statistics(prompt: str) -> list[float]:
-    stats = prompt_statistics(prompt)
-    return [stats[i] for i in _FORMAT_COLUMNS]
-
-
 def fit_domain(
     prompts: Sequence[str],
     vectors: npt.NDArray[np.floating[Any]],
@@ -362,11 +367,10 @@ def fit_domain(
         train = np.setdiff1d(np.arange(len(x)), fold)
         if not len(train) or not len(fold):
             continue
-        k = min(_CENTROIDS, max(1, len(train) // 8))
-        held[fold] = (x[fold] @ _kmeans(x[train], k, seed).T).max(axis=1)
-    stats = np.array([_format_statistics(p) for p in prompts], dtype=np.float64)
+        held[fold] = (x[fold] @ _kmeans(x[train], seed).T).max(axis=1)
+    stats = _statistics(prompts)[:, _FORMAT_COLUMNS]
     return Domain(
-        centroids=_kmeans(x, min(_CENTROIDS, max(1, len(x) // 8)), seed),
+        centroids=_kmeans(x, seed),
         min_similarity=min(float(np.quantile(held, _DOMAIN_QUANTILE)), _SIMILAR),
         low=np.quantile(stats, _FORMAT_RANGE[0], axis=0),
         high=np.quantile(stats, _FORMAT_RANGE[1], axis=0),
@@ -407,7 +411,13 @@ class LearnedRouter:
     domain: Domain | None = None
     """What the training prompts looked like; None: every prompt is in domain."""
     strongest: int = -1
-    """Index of the candidate out-of-domain prompts go to (the most accurate)."""
+    """Index of the candidate out-of-domain prompts go to (the most accurate); negative
+    counts from the end, as in a list, and is made positive on creation."""
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            raise ValueError("a router needs at least one candidate")
+        self.strongest %= len(self.candidates)
 
     @property
     def _relative_costs(self) -> Array:
@@ -443,7 +453,9 @@ class LearnedRouter:
 
     def features(self, prompts: Sequence[str], vectors: npt.NDArray[np.floating[Any]]) -> Array:
         """Standardized features of prompts whose `embedding_text` embeds to `vectors`."""
-        raw = _features(prompts, vectors)
+        return self._standardized(_raw_features(_statistics(prompts), vectors))
+
+    def _standardized(self, raw: Array) -> Array:
         if raw.shape[1] != self.mean.shape[0]:
             raise ConfigError(
                 f"embeddings have {raw.shape[1] - len(_STATISTICS)} dimensions; this router "
@@ -469,7 +481,7 @@ class LearnedRouter:
         """Per prompt (embedded to `vectors`), True when it is unlike the training data."""
         if self.domain is None:
             return np.zeros(len(prompts), dtype=bool)
-        return np.asarray(self.domain.outside(prompts, vectors), dtype=bool)
+        return np.asarray(self.domain.outside(_statistics(prompts), vectors), dtype=bool)
 
     def route_many(
         self,
@@ -484,7 +496,7 @@ class LearnedRouter:
         chosen = self.choose_many(self.features(prompts, vectors), target_quality)
         outside = self.out_of_domain(prompts, vectors)
         if fallback:
-            chosen = np.where(outside, self.strongest % len(self.candidates), chosen)
+            chosen = np.where(outside, self.strongest, chosen)
         return chosen, outside
 
     def choose(
@@ -515,14 +527,16 @@ class LearnedRouter:
     ) -> Decision:
         """The decision for one prompt whose `embedding_text` embeds to `vector`."""
         vectors = np.reshape(np.asarray(vector), (1, -1))
-        outside = bool(self.out_of_domain([prompt], vectors)[0])
-        return self._decide(self.features([prompt], vectors), target_quality, outside=outside)
+        stats = _statistics([prompt])  # once, for the domain check and the features
+        outside = self.domain is not None and bool(self.domain.outside(stats, vectors)[0])
+        row = self._standardized(_raw_features(stats, vectors))
+        return self._decide(row, target_quality, outside=outside)
 
     def _decide(self, row: Array, target_quality: float, *, outside: bool) -> Decision:
         probabilities = self.predict(row)
         scores = {c: float(p) for c, p in zip(self.candidates, probabilities[0], strict=True)}
         if outside:
-            strongest = self.candidates[self.strongest % len(self.candidates)]
+            strongest = self.candidates[self.strongest]
             return Decision(candidate=strongest, scores=scores, out_of_domain=True)
         lams = self._lams(row, target_quality)
         index = int(_choose(probabilities, self._relative_costs, lams)[0])
@@ -542,7 +556,7 @@ class LearnedRouter:
             "weights": _encode(self.weights),
             "weights_shape": list(self.weights.shape),
             "calibration": self.calibration,
-            "strongest": self.strongest % len(self.candidates),
+            "strongest": self.strongest,
             "domain": self.domain.to_json() if self.domain is not None else None,
             "metadata": self.metadata,
         }
