@@ -22,6 +22,7 @@ sums, histogram); `merge` adds them up into groups.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "LATENCY_EDGES",
     "RAW_DIMENSIONS",
     "ROLLUP_KEY",
+    "ROLLUP_VALUES",
     "SUMS",
     "Dialect",
     "SpendQuery",
@@ -42,6 +44,7 @@ __all__ = [
     "bucket_sql",
     "merge",
     "quantile",
+    "rolled_up",
     "rollup_upsert",
     "segments",
     "spend_sql",
@@ -125,17 +128,57 @@ def rollup_upsert(source: str, dialect: Dialect, *, sign: str = "") -> str:
         "sum(r.saved_usd)",
         *counted,
     ]
-    added = (*SUMS, *HISTOGRAM)
-    updates = ", ".join(f"{c} = spend_rollup.{c} + excluded.{c}" for c in added)
     # `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
     return (
-        f"INSERT INTO spend_rollup (period, period_start, {key}, {', '.join(added)}) "
+        f"INSERT INTO spend_rollup (period, period_start, {key}, {', '.join(_ADDED)}) "
         f"SELECT p.period, {_floor('r.created', 'p.period', dialect)}, "
         f"{', '.join('r.' + c for c in ROLLUP_KEY)}, {', '.join(sign + x for x in sums)} "
         f"FROM ({rows}) AS r, {periods} AS p WHERE true "
         f"GROUP BY {', '.join(str(i) for i in range(1, len(ROLLUP_KEY) + 3))} "
-        f"ON CONFLICT (period, period_start, {key}) DO UPDATE SET {updates}"
+        f"{_ADD_ON_CONFLICT}"
     )
+
+
+_ADDED = (*SUMS, *HISTOGRAM)
+_ADD_ON_CONFLICT = (
+    f"ON CONFLICT (period, period_start, {', '.join(ROLLUP_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = spend_rollup.{c} + excluded.{c}" for c in _ADDED)
+)
+
+ROLLUP_VALUES = (
+    f"INSERT INTO spend_rollup (period, period_start, {', '.join(ROLLUP_KEY)}, "
+    f"{', '.join(_ADDED)}) VALUES ({', '.join('?' * (2 + len(ROLLUP_KEY) + len(_ADDED)))}) "
+    + _ADD_ON_CONFLICT
+)
+"""The statement adding one rollup row's figures, given as parameters (`rolled_up`)."""
+
+
+def rolled_up(rows: Iterable[Sequence[Any]], at: Sequence[int]) -> list[tuple[Any, ...]]:
+    """The `ROLLUP_VALUES` parameters of new ledger rows: what they add to the hour and
+    day rollups, summed here (SQLite reading the rows back to group them cost the
+    writer more). `at` gives each row's position of created, latency_s, the
+    `ROLLUP_KEY` columns, then prompt_tokens, completion_tokens, cost_usd and
+    saved_usd. Periods and buckets are those `rollup_upsert` computes in SQL."""
+    created, latency, *rest = at
+    key_at, (prompt, completion, cost, saved) = rest[: len(ROLLUP_KEY)], rest[len(ROLLUP_KEY) :]
+    cache = key_at[ROLLUP_KEY.index("cache")]
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        bucket = 6 + bisect.bisect_right(LATENCY_EDGES, row[latency])
+        dims = tuple(row[i] for i in key_at)
+        for period in (HOUR, DAY):
+            key = (period, int(row[created] / period) * period, *dims)
+            sums = groups.get(key)
+            if sums is None:
+                sums = groups[key] = [0, 0, 0, 0.0, 0, 0.0, *([0] * BUCKETS)]
+            sums[0] += 1
+            sums[1] += row[prompt]
+            sums[2] += row[completion]
+            sums[3] += row[cost]
+            sums[4] += row[cache] != ""
+            sums[5] += row[saved]
+            sums[bucket] += 1
+    return [(*key, *sums) for key, sums in groups.items()]
 
 
 @dataclass(slots=True, kw_only=True)

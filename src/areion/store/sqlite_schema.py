@@ -18,7 +18,7 @@ from typing import Any
 
 from areion.jobs.schema import SQLITE_TABLES as JOB_TABLES
 from areion.store.experiments_sql import EXPERIMENT_TABLES, VARIANT_INDEX
-from areion.store.rollups import HISTOGRAM, rollup_upsert
+from areion.store.rollups import HISTOGRAM, ROLLUP_KEY, rollup_upsert
 
 __all__ = [
     "ADD_ARRIVALS",
@@ -34,7 +34,7 @@ __all__ = [
     "LEDGER",
     "LEDGER_CLOSE",
     "LEDGER_COLUMNS",
-    "LEDGER_ROLLUP",
+    "LEDGER_ROLLED_AT",
     "LEDGER_ROWS",
     "LEDGER_VALUES",
     "LOAD_RUN",
@@ -654,7 +654,14 @@ LEDGER_VALUES = {
 }
 
 
-LEDGER_ROLLUP = _rollup_inserted("?1")
+# Where `rolled_up` finds what it sums in a row of LEDGER_VALUES' parameters.
+LEDGER_ROLLED_AT = tuple(
+    [column.strip() for column in LEDGER_COLUMNS.split(",")].index(name)
+    for name in (
+        "created", "latency_s", *ROLLUP_KEY,
+        "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
+    )
+)  # fmt: skip
 
 # Reads build their JSON in SQL, so a whole transcript comes back as one value:
 # one step of the statement (one GIL hand-off) instead of one per row.

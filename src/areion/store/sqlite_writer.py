@@ -21,13 +21,14 @@ from typing import Any, TypeVar
 
 import orjson
 
+from areion.store.rollups import ROLLUP_VALUES, rolled_up
 from areion.store.sqlite_checkpointer import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
 from areion.store.sqlite_schema import (
     BATCH_VIEW,
     CACHE,
     JSON_KINDS,
     LEDGER,
-    LEDGER_ROLLUP,
+    LEDGER_ROLLED_AT,
     LEDGER_ROWS,
     LEDGER_VALUES,
     TABLES,
@@ -187,8 +188,8 @@ def _ledger_only(writes: Sequence[Job]) -> list[tuple[Any, ...]] | None:
 
 def _write_ledger(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Ledger rows and their rollups, in one transaction: the rows bound as parameters
-    of multi-row inserts (32, 16... 1 rows), then the rollups of the rows just inserted
-    (the last `len(rows)` rowids: one writer inserts them, in order)."""
+    of multi-row inserts (32, 16... 1 rows), then what they add to the rollups, summed
+    here (`rolled_up`)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         at = 0
@@ -196,7 +197,7 @@ def _write_ledger(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
             while len(rows) - at >= size:
                 db.execute(sql, tuple(itertools.chain.from_iterable(rows[at : at + size])))
                 at += size
-        db.execute(LEDGER_ROLLUP, (len(rows),))
+        db.executemany(ROLLUP_VALUES, rolled_up(rows, LEDGER_ROLLED_AT))
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
