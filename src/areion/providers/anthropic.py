@@ -393,18 +393,19 @@ class AnthropicProvider:
         body = orjson.dumps(request_body(request, self.model, stream=True))
         state = _StreamState(model=self.model, created=int(time.time()))
         data_lines: list[str] = []
-        async for raw in self._http.post_lines(self._url, body, self._headers):
-            if state.done:
-                continue  # read to the end, so the connection is reused
-            line = raw.decode("utf-8").rstrip("\r\n")
-            if line.startswith("data:"):
-                data_lines.append(line[5:].strip())
-                continue
-            if line or not data_lines:
-                continue  # `event:` lines repeat the type the data carries
-            payload, data_lines = "\n".join(data_lines), []
-            for chunk in self._chunks(payload, state):
-                yield chunk
+        async for raws in self._http.post_lines(self._url, body, self._headers):
+            for raw in raws:
+                if state.done:
+                    break  # read to the end, so the connection is reused
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if line.startswith("data:"):
+                    data_lines.append(line[5:].strip())
+                    continue
+                if line or not data_lines:
+                    continue  # `event:` lines repeat the type the data carries
+                payload, data_lines = "\n".join(data_lines), []
+                for chunk in self._chunks(payload, state):
+                    yield chunk
         if data_lines and not state.done:
             for chunk in self._chunks("\n".join(data_lines), state):
                 yield chunk

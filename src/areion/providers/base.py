@@ -124,8 +124,9 @@ class HttpTransport:
 
     async def post_lines(
         self, url: str, body: bytes, headers: Mapping[str, str]
-    ) -> AsyncIterator[bytes]:
-        """POST and yield the lines of a 200 answer as they arrive (a stream)."""
+    ) -> AsyncIterator[list[bytes]]:
+        """POST and yield the lines of a 200 answer as they arrive (a stream), those of
+        each read together (`Response.lines`)."""
         if self.propagate is not None:
             headers = self.propagate(headers)
         try:
@@ -136,8 +137,8 @@ class HttpTransport:
                     raise self._status_error(response.status, response.headers, content)
                 # Read to the very end even after the stream's last event, so the
                 # connection goes back to the pool instead of being closed.
-                async for line in response.lines():
-                    yield line
+                async for lines in response.lines():
+                    yield lines
             finally:
                 response.close()  # closes the connection unless the answer was read whole
         except _TRANSPORT_ERRORS as error:

@@ -87,8 +87,11 @@ class Response:
         if self._conn.sent == self._sent:  # not since reused for another request
             self._conn.abandon()
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """The body's lines as they arrive, each with its b"\\n" (the last may lack one)."""
+    async def lines(self) -> AsyncIterator[list[bytes]]:
+        """The body's lines as they arrive, split at b"\\n" (which they lose; a b"\\r"
+        before it stays), the complete lines of each read together: a stream's consumer
+        takes an event's lines (an SSE event is two or more) in one step, not one each.
+        The last line may have had no b"\\n"."""
         conn = self._conn
         rest = b""
         while True:
@@ -97,13 +100,12 @@ class Response:
                 break
             if rest:
                 data = rest + data
-            start = 0
-            while (end := data.find(b"\n", start)) >= 0:
-                yield data[start : end + 1]
-                start = end + 1
-            rest = data[start:]
+            end = data.rfind(b"\n")
+            if end >= 0:
+                yield data[:end].split(b"\n")
+            rest = data[end + 1 :]
         if rest:
-            yield rest
+            yield [rest]
 
 
 class _Connection(asyncio.Protocol):

@@ -185,15 +185,16 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         body = orjson.dumps(request_body(request, self.model, stream=True))
         done = False
-        async for line in self._http.post_lines(self._url, body, self._headers):
-            if done or not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                done = True  # keep reading to the end, so the connection is reused
-                continue
-            for chunk in self._chunks(payload):
-                yield chunk
+        async for lines in self._http.post_lines(self._url, body, self._headers):
+            for line in lines:
+                if done or not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True  # keep reading to the end, so the connection is reused
+                    continue
+                for chunk in self._chunks(payload):
+                    yield chunk
 
     def _chunks(self, payload: bytes) -> list[StreamChunk]:
         try:

@@ -103,11 +103,7 @@ class _ChatRoute:
         self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] not in _CHAT_PATHS
-            or (scope["method"] != "POST")
-        ):
+        if not _chat_call(scope):
             await self.app(scope, receive, send)
             return
         try:
@@ -115,7 +111,16 @@ class _ChatRoute:
         except AreionError as error:
             note(scope, error=error.code)
             response = error_response(error)
+        scope[_ANSWERING] = True  # see `_Contain`
         await response(scope, receive, send)
+
+
+def _chat_call(scope: Scope) -> bool:
+    """Whether `_ChatRoute` answers the request."""
+    return scope["type"] == "http" and scope["path"] in _CHAT_PATHS and scope["method"] == "POST"
+
+
+_ANSWERING = "areion.answering"  # set once `_ChatRoute` has its answer and sends it
 
 
 class _Server(Starlette):
@@ -240,12 +245,16 @@ class _Contain:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        # A chat call's sends (one per event of a stream) are not watched: its answer is
+        # taken to have started once `_ChatRoute` sends it. An error in between (none is
+        # known) would then be left to uvicorn, which answers 500 and closes.
+        chat = _chat_call(scope)
         try:
-            await self.app(scope, receive, watched)
+            await self.app(scope, receive, send if chat else watched)
         except ClientDisconnect:
             return  # the client left (or was timed out) mid-request: nobody to answer
         except Exception:
-            if started:
+            if started or (chat and scope.get(_ANSWERING, False)):
                 raise
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             note(scope, error="internal_error")
