@@ -27,7 +27,13 @@ from areion.server.access import AccessLog, note
 from areion.server.admin import AdminApi, bearer_key
 from areion.server.batches import JobsApi
 from areion.server.cache import CacheApi
-from areion.server.calls import answer_headers, call_options, error_headers, request_headers
+from areion.server.calls import (
+    answer_headers,
+    body,
+    call_options,
+    error_headers,
+    request_headers,
+)
 from areion.server.completions import CompletionsApi
 from areion.server.dashboard import DashboardApi
 from areion.server.embeddings import EmbeddingsApi
@@ -165,7 +171,7 @@ class _Api:
 
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.identity(request)
-        chat, include_usage = parse_chat_request(await request.body())
+        chat, include_usage = parse_chat_request(await body(request))
         options = call_options(request, tenant, key, chat.model)
         response = await self.runtime.answer(chat, options)
         headers = answer_headers(response, options)

@@ -103,7 +103,7 @@ class Ledger:
     def close(self, entry: LedgerEntry) -> None:
         """Buffer the real figures of an open row (the same request, tenant and
         deployment), which then stops being open."""
-        self._closing.append(dataclasses.replace(entry, open=False))
+        self._closing.append(dataclasses.replace(entry, open=False) if entry.open else entry)
         self._poke()
 
     def _poke(self) -> None:
