@@ -1,8 +1,10 @@
 """The latency a gateway server adds over calling the upstream directly: Areion and peers.
 
 Processes on loopback: the upstream (`bench/upstream.py`); the contenders, each in
-front of it: `areion serve` with one worker (SQLite store), `areion serve --workers 2`
-(PostgreSQL store and Redis `shared`, a schema and prefix of the run's own), and,
+front of it: `areion serve` with one worker (SQLite store), with one worker on the
+PostgreSQL store and Redis `shared` ("areion-pg"), and with two on them
+(`--workers 2`, "areion-2w"; each a schema and prefix of its own), so that what a
+second worker adds is measured on the same backends; and,
 when installed, LiteLLM's proxy and Portkey's gateway (`bench/contenders.py`); and
 this load generator (one asyncio process, aiohttp when installed, else httpx). At
 each concurrency the load generator sends the same chat request, in interleaved
@@ -87,7 +89,7 @@ SETTLE_S = 0.06
 # sent on a connection the server is closing fails ("Server disconnected").
 CLIENT_KEEPALIVE_S = 3.0
 AREION = "areion"  # one worker: the reference the ratios divide by
-OPTIONAL = ("areion-2w", "litellm", "portkey")
+OPTIONAL = ("areion-pg", "areion-2w", "litellm", "portkey")
 
 Headers = dict[str, str] | None
 
@@ -451,6 +453,45 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
     print(table(headers, table_rows))
 
 
+def workers_scaling(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell, what the second worker adds on the same backends: areion-2w's
+    throughput over areion-pg's (one worker on PostgreSQL and Redis), and each one's
+    added p50. Empty unless both ran."""
+    rows = []
+    for cell in cells:
+        one, two = cell["targets"].get("areion-pg"), cell["targets"].get("areion-2w")
+        if one is None or two is None or not one["throughput_rps"]:
+            continue
+        rows.append(
+            {
+                "concurrency": cell["concurrency"],
+                "stream": cell["stream"],
+                "rps_ratio": two["throughput_rps"] / one["throughput_rps"],
+                "one_added_p50_ms": one["added_ms"]["p50"],
+                "two_added_p50_ms": two["added_ms"]["p50"],
+            }
+        )
+    return rows
+
+
+def print_workers(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    table_rows = [
+        [
+            row["concurrency"],
+            "yes" if row["stream"] else "no",
+            _times(row["rps_ratio"]),
+            _signed(row["one_added_p50_ms"]),
+            _signed(row["two_added_p50_ms"]),
+        ]
+        for row in rows
+    ]
+    headers = ["conc", "stream", "rps 2w / 1w", "1w added p50", "2w added p50"]
+    print("\ntwo workers against one, both on PostgreSQL + Redis (areion-2w / areion-pg)")
+    print(table(headers, table_rows))
+
+
 def print_cpu(cpu: dict[str, dict[str, Any]]) -> None:
     rows = [
         [
@@ -606,12 +647,12 @@ async def start_contenders(
         print(f"starting {name} ...", flush=True)
         started = time.perf_counter()
         try:
-            if name == "areion-2w":
+            if name in ("areion-pg", "areion-2w"):  # each with a schema and prefix of its own
                 store, shared = await stack.enter_async_context(
                     shared_backends(args.postgres, args.redis)
                 )
                 config = areion_config(workdir, upstream_url, store=store, shared=shared)
-                keep(start_areion(name, workdir, config, workers=2))
+                keep(start_areion(name, workdir, config, workers=2 if name == "areion-2w" else 1))
             elif name == "litellm":
                 python = find_litellm_python(args.litellm_python)
                 keep(
@@ -724,6 +765,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     print_cells(cells)
     ratio_rows = ratios(cells)
     print_ratios(ratio_rows)
+    scaling = workers_scaling(cells)
+    print_workers(scaling)
     print_cpu(cpu)
     for name, reason in skipped.items():
         print(f"not measured: {name}: {reason}")
@@ -784,6 +827,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                 "upstream_cpu_us_per_call": cpu["upstream"]["us_per_call"],
                 "cells": cells,
                 "ratios_to_areion": ratio_rows,
+                "workers_scaling": scaling,
                 "verdict": result,
                 "load_verdict": load,
             },
