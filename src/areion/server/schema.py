@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import orjson
 import pydantic_core
@@ -257,7 +257,12 @@ def _check_conversation(messages: list[_Message]) -> None:
 _PLAIN_KEYS = frozenset(
     {"model", "messages", "stream", "max_tokens", "temperature", "top_p", "user", "stream_options"}
 )
-_PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
+_PLAIN_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "developer",
+    "user": "user",
+    "assistant": "assistant",
+}
 _PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})
 
 
@@ -291,16 +296,16 @@ def _plain_chat(value: dict[str, Any]) -> tuple[ChatRequest, bool] | None:
         if type(message) is not dict or not _PLAIN_MESSAGE_KEYS.issuperset(message):
             return None
         role = message.get("role")
+        role = _PLAIN_ROLES.get(role) if type(role) is str else None
         content = message.get("content")
         name = message.get("name")
         if (
-            type(role) is not str
-            or role not in _PLAIN_ROLES
+            role is None
             or not (content is None or type(content) is str)
             or not (name is None or type(name) is str)
         ):
             return None
-        out.append(Message(role=cast(Role, role), content=content, name=name))
+        out.append(Message(role=role, content=content, name=name))
     request = ChatRequest(
         model=model,
         messages=out,
