@@ -70,3 +70,48 @@ def test_genai_histograms_carry_the_conventions_attributes() -> None:
         (name, "embeddings" if name == "gen_ai_operation_name" else value) for name, value in tokens
     )
     assert ("gen_ai_client_token_usage_count", embeddings) in found
+
+
+def test_bound_children_count_as_prometheus_clients_own_methods_do() -> None:
+    """The call path's `BoundCounter`/`BoundHistogram` reach into prometheus_client's
+    children; the same observations through the public methods give the same text."""
+    amounts = [0.0, 0.01, 0.0100001, 0.3, 0.64, 5.12, 81.92, 1e9, 12, 16, 3]
+    fast, slow = Metrics(models=["fast"]), Metrics(models=["fast"])
+    bound = fast.for_deployment("fast", "fast/a", provider="openai")
+    slow.for_deployment("fast", "fast/a", provider="openai")  # the same series, at zero
+    for amount in amounts:
+        bound.chat.duration.observe(amount)
+        bound.chat.ttft.observe(amount)
+        bound.chat.input_tokens.observe(amount)
+        bound.ok.inc()
+        bound.output_tokens.inc(amount)
+        bound.cost("acme", amount)
+        slow.duration.labels("chat", "openai", "fast", "fast/a").observe(amount)
+        slow.ttft.labels("chat", "openai", "fast", "fast/a").observe(amount)
+        slow.token_usage.labels("chat", "openai", "fast", "fast/a", "input").observe(amount)
+        slow.requests.labels("fast", "fast/a", "ok").inc()
+        slow.tokens.labels("fast", "fast/a", "output").inc(amount)
+        slow.cost.labels("fast", "fast/a", slow.tenant("acme")).inc(amount)
+
+    def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = metrics.exposition().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    fast_samples, slow_samples = samples(fast), samples(slow)
+    assert fast_samples == slow_samples
+    assert fast_samples[
+        (
+            "gen_ai_client_operation_duration_seconds_count",
+            (
+                ("deployment", "fast/a"),
+                ("gen_ai_operation_name", "chat"),
+                ("gen_ai_provider_name", "openai"),
+                ("gen_ai_request_model", "fast"),
+            ),
+        )
+    ] == len(amounts)

@@ -14,11 +14,20 @@ a new series: LiteLLM leaked memory that way. No metric has a path or key label.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["OTHER", "DeploymentMetrics", "LabelValues", "Metrics", "OperationMetrics"]
+__all__ = [
+    "OTHER",
+    "BoundCounter",
+    "BoundHistogram",
+    "DeploymentMetrics",
+    "LabelValues",
+    "Metrics",
+    "OperationMetrics",
+]
 
 OTHER = "other"
 """The label value of everything beyond a label's bound."""
@@ -281,6 +290,42 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class BoundCounter:
+    """A counter's label child, for the call path: `inc` adds to its value directly.
+
+    The child's own `inc` checks that the metric is a child and the amount not negative
+    (Areion's amounts never are) in three more calls; a model call makes four
+    increments and three observations. The value object is prometheus_client's own,
+    so the exposition, the registry and multiprocess mode are unchanged
+    (tests/unit/test_metrics.py checks both ways agree)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, child: Counter) -> None:
+        self._value = child._value
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._value.inc(amount)
+
+
+class BoundHistogram:
+    """A histogram's label child, for the call path: `observe` finds the bucket by
+    bisection (the child's own walks the bounds in Python) and adds to the child's sum
+    and bucket values directly."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._sum = child._sum
+        self._buckets = child._buckets
+        self._bounds = child._upper_bounds  # ascending, the last +Inf
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        # The first bound at or above `amount`, as the child's `observe` picks it.
+        self._buckets[bisect.bisect_left(self._bounds, amount)].inc(1)
+
+
 class OperationMetrics:
     """The GenAI histograms' children of one operation (chat, embeddings) on one
     deployment."""
@@ -289,10 +334,10 @@ class OperationMetrics:
 
     def __init__(self, metrics: Metrics, operation: str, labels: tuple[str, str, str]) -> None:
         genai = (operation, *labels)
-        self.duration = metrics.duration.labels(*genai)
-        self.ttft = metrics.ttft.labels(*genai)
-        self.input_tokens = metrics.token_usage.labels(*genai, "input")
-        self.output_tokens = metrics.token_usage.labels(*genai, "output")
+        self.duration = BoundHistogram(metrics.duration.labels(*genai))
+        self.ttft = BoundHistogram(metrics.ttft.labels(*genai))
+        self.input_tokens = BoundHistogram(metrics.token_usage.labels(*genai, "input"))
+        self.output_tokens = BoundHistogram(metrics.token_usage.labels(*genai, "output"))
 
 
 class DeploymentMetrics:
@@ -323,10 +368,10 @@ class DeploymentMetrics:
     ) -> None:
         self._metrics = metrics
         self._labels = (model, deployment)
-        self.ok = metrics.requests.labels(model, deployment, "ok")
-        self.input_tokens = metrics.tokens.labels(model, deployment, "input")
-        self.output_tokens = metrics.tokens.labels(model, deployment, "output")
-        self.cached_tokens = metrics.tokens.labels(model, deployment, "cached_input")
+        self.ok = BoundCounter(metrics.requests.labels(model, deployment, "ok"))
+        self.input_tokens = BoundCounter(metrics.tokens.labels(model, deployment, "input"))
+        self.output_tokens = BoundCounter(metrics.tokens.labels(model, deployment, "output"))
+        self.cached_tokens = BoundCounter(metrics.tokens.labels(model, deployment, "cached_input"))
         self.retries = metrics.retries.labels(model, deployment)
         genai = (provider, model, deployment)
         self.chat = OperationMetrics(metrics, "chat", genai)
@@ -334,13 +379,13 @@ class DeploymentMetrics:
         self.embeddings = OperationMetrics(metrics, "embeddings", genai) if embeds else self.chat
         """Those of its embeddings calls (a deployment that cannot embed: never used)."""
         self.errors_by_kind: dict[str, Counter] = {}
-        self._cost: dict[str, Counter] = {}
+        self._cost: dict[str, BoundCounter] = {}
 
     def cost(self, tenant: str, amount: float) -> None:
         child = self._cost.get(tenant)
         if child is None:
             label = self._metrics.tenant(tenant)
-            child = self._metrics.cost.labels(*self._labels, label)
+            child = BoundCounter(self._metrics.cost.labels(*self._labels, label))
             if label != OTHER:  # the cache is as bounded as the label
                 self._cost[tenant] = child
         child.inc(amount)
