@@ -238,7 +238,8 @@ class OpenAIProvider:
                     finish_reason=item.get("finish_reason"),
                 )
             )
-        usage = parse_usage(data.get("usage"))
+        raw_usage = data.get("usage")  # on the last chunk only, if at all
+        usage = parse_usage(raw_usage) if raw_usage else None
         if usage is not None:
             if chunks:
                 chunks[-1].usage = usage

@@ -43,21 +43,22 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         note(scope, stream=self.stream)  # its cost and cache outcome, once it has ended
-        gone = asyncio.Event()
+        gone = False  # a plain flag: it is read before and after every event
 
         async def listen() -> None:
+            nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
-            gone.set()
+            gone = True
 
         listener = asyncio.get_running_loop().create_task(listen())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for data in self.events:
-                if gone.is_set():
+                if gone:
                     return
                 await send({"type": "http.response.body", "body": data, "more_body": True})
-            if not gone.is_set():
+            if not gone:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             listener.cancel()
