@@ -100,10 +100,10 @@ class Response:
                 break
             if rest:
                 data = rest + data
-            end = data.rfind(b"\n")
-            if end >= 0:
-                yield data[:end].split(b"\n")
-            rest = data[end + 1 :]
+            lines = data.split(b"\n")
+            rest = lines.pop()  # after the last b"\n": part of a line still to come
+            if lines:
+                yield lines
         if rest:
             yield [rest]
 
