@@ -634,8 +634,8 @@ def train_router(
     """Fit a router on `table` whose prompts embed to `vectors` (`embed_prompts`).
 
     Rows where a candidate has no score or cost are left out. The L2 strength is
-    chosen by cross-validated log-loss; the cost weights are calibrated on the
-    out-of-fold predictions of the chosen fit.
+    the one whose out-of-fold routing reaches `_SELECTION_TARGETS` cheapest; the
+    cost weights are calibrated on the out-of-fold predictions of that fit.
     """
     started = time.perf_counter()
     names = list(candidates) if candidates else list(table.models)
