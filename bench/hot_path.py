@@ -42,6 +42,12 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     return out
 
 
+def kernel_cpu_seconds(pid: int) -> float:
+    """System (kernel) CPU seconds of `pid`, all its threads (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
 
@@ -224,6 +230,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                 }
                 before = process_tree_cpu_seconds(server.pid)
                 threads_before = thread_cpu_seconds(server.pid)
+                kernel_before = kernel_cpu_seconds(server.pid)
                 counts_before = backend_counts(args)
                 if args.callgrind:
                     callgrind_control("--zero", server.pid)
@@ -238,6 +245,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                     )
                 used = process_tree_cpu_seconds(server.pid) - before
                 threads = thread_cpu_seconds(server.pid)
+                kernel_us = (kernel_cpu_seconds(server.pid) - kernel_before) / args.calls * 1e6
                 main = threads.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
                 counts = backend_counts(args)
                 if args.workers > 1:
@@ -258,7 +266,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                 print(
                     f"{args.calls} calls, c={args.concurrency}, stream={args.stream}: "
                     f"server CPU {per_call[-1]:.0f} us/call (event loop {loop_us:.0f}, "
-                    f"other threads {other_us:.0f}), {rps:.0f} req/s, "
+                    f"other threads {other_us:.0f}; in the kernel {kernel_us:.0f}), {rps:.0f} req/s, "
                     f"{samples.errors} errors {samples.last_error}",
                     flush=True,
                 )
