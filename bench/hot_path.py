@@ -266,7 +266,8 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                 print(
                     f"{args.calls} calls, c={args.concurrency}, stream={args.stream}: "
                     f"server CPU {per_call[-1]:.0f} us/call (event loop {loop_us:.0f}, "
-                    f"other threads {other_us:.0f}; in the kernel {kernel_us:.0f}), {rps:.0f} req/s, "
+                    f"other threads {other_us:.0f}; in the kernel {kernel_us:.0f}), "
+                    f"{rps:.0f} req/s, "
                     f"{samples.errors} errors {samples.last_error}",
                     flush=True,
                 )
