@@ -16,7 +16,8 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -172,6 +173,26 @@ def _missing(what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what}; CI must provide it")
     pytest.skip(what)
+
+
+def missing_embedding_model(error: Exception) -> NoReturn:
+    """Fail in CI, where the embedding model must be installed; skip on a machine
+    without it. `error` is the `ModelNotInstalledError` that found it missing."""
+    from areion.cache.embedding import INSTALL_HINT
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must install the embedding model: {error}")
+    pytest.skip(f"embedding model not installed ({INSTALL_HINT})")
+
+
+def require_embedding_model() -> Path:
+    """The installed embedding model's directory (`missing_embedding_model` if none)."""
+    from areion.cache.embedding import ModelNotInstalledError, model_dir
+
+    try:
+        return model_dir()
+    except ModelNotInstalledError as exc:
+        missing_embedding_model(exc)
 
 
 def require_redis(url: str = REDIS_URL) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from typing import Any
 import pytest
 
 from areion import Runtime
-from areion.cache.embedding import INSTALL_HINT, ModelNotInstalledError, model_dir
 from areion.config import parse_config
 from areion.types import ChatRequest, Message
 from tests.scripted import Behaviour, ScriptedUpstream
-from tests.support import serve_app
+from tests.support import require_embedding_model, serve_app
 
 pytest.importorskip("onnxruntime", reason="needs the semantic extra: pip install -e '.[dev]'")
 
@@ -47,12 +45,7 @@ def _pairs() -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def upstream_url() -> Iterator[str]:
-    try:
-        model_dir()
-    except ModelNotInstalledError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must install the embedding model: {exc}")
-        pytest.skip(f"embedding model not installed ({INSTALL_HINT})")
+    require_embedding_model()
     scripted = ScriptedUpstream()
     scripted.default = Behaviour(text="An answer to the first question.")
     with serve_app(scripted.app) as url:

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import json
 import math
-import os
 import struct
 import time
 from pathlib import Path
@@ -27,13 +26,13 @@ import pytest
 from areion.cache import embedding as embedding_module
 from areion.cache.bert_onnx import BertConfig, build_encoder, read_safetensors
 from areion.cache.embedding import (
-    INSTALL_HINT,
     Embedder,
     MiniLMEmbedder,
     ModelNotInstalledError,
     encoder_graph,
     model_dir,
 )
+from tests.support import require_embedding_model
 
 SENTENCES = [
     "hi",
@@ -47,12 +46,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def model_path() -> Path:
-    try:
-        return model_dir()
-    except ModelNotInstalledError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must install the embedding model: {exc}")
-        pytest.skip(f"embedding model not installed ({INSTALL_HINT})")
+    return require_embedding_model()
 
 
 @pytest.fixture(scope="module")

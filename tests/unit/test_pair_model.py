@@ -7,28 +7,23 @@ the encoder skip locally and fail in CI (CI=true), where it must be installed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from areion.cache.bert_onnx import read_safetensors, write_safetensors
-from areion.cache.embedding import INSTALL_HINT, MiniLMEmbedder, ModelNotInstalledError, model_dir
+from areion.cache.embedding import MiniLMEmbedder
 from areion.cache.pair_model import PAIR_FEATURES, PairModel, network_logit, pair_features
 from areion.cache.verifier import SemanticVerifier
+from tests.support import require_embedding_model
 
 pytest.importorskip("onnxruntime", reason="needs the semantic extra: pip install -e '.[dev]'")
 
 
 @pytest.fixture(scope="module")
 def pair_model() -> PairModel:
-    try:
-        model_dir()
-    except ModelNotInstalledError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must install the embedding model: {exc}")
-        pytest.skip(f"embedding model not installed ({INSTALL_HINT})")
+    require_embedding_model()
     return PairModel.shared()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from areion.cache.calibrate import (
     read_pairs,
     train,
 )
-from areion.cache.embedding import INSTALL_HINT, ModelNotInstalledError
+from areion.cache.embedding import ModelNotInstalledError
 from areion.cache.verifier import (
     DEFAULT_MAX_WRONG_HIT_RATE,
     FEATURES,
@@ -34,6 +33,7 @@ from areion.cache.verifier import (
     raw_features,
     wilson_bounds,
 )
+from tests.support import missing_embedding_model
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,7 @@ def verifier() -> SemanticVerifier:
     try:
         shipped.prepare()
     except ModelNotInstalledError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must install the embedding model: {exc}")
-        pytest.skip(f"embedding model not installed ({INSTALL_HINT})")
+        missing_embedding_model(exc)
     return shipped
 
 
