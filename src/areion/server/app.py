@@ -145,7 +145,7 @@ class _Front:
         self.inner = outer.app if isinstance(outer, ServerErrorMiddleware) else outer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in _CHAT_PATHS:
+        if _chat_call(scope):
             await self.inner(scope, receive, send)
         else:
             await self.outer(scope, receive, send)

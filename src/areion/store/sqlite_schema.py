@@ -498,19 +498,16 @@ _CLOSING_ROLLED = (
     "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
 )
 
-
-# A batch's ledger rows, and what they add to the rollups, read back from the table
+# A JSON batch's ledger rows, and what they add to the rollups, read back from the table
 # (cheaper than extracting the JSON again): the statement's own inserts are the last
 # rowids, since a new rowid is one more than the largest and this thread alone writes.
-def _rollup_inserted(count: str) -> str:
-    """The rollups' upsert of the last `count` (an SQL expression) ledger rows."""
-    just_inserted = f"FROM ledger AS l WHERE l.rowid > (SELECT max(rowid) FROM ledger) - {count}"
-    return rollup_upsert(f"SELECT {_ROLLED} {just_inserted}", "sqlite")
-
-
+_JUST_INSERTED = (
+    "FROM ledger AS l WHERE l.rowid > "
+    "(SELECT max(rowid) FROM ledger) - json_array_length(NEW.ledger)"
+)
 _LEDGER_INSERT = f"""INSERT INTO ledger ({LEDGER_COLUMNS})
     SELECT {_fields("value", _LEDGER_WIDTH)} FROM json_each(NEW.ledger);
-    {_rollup_inserted("json_array_length(NEW.ledger)")};"""
+    {rollup_upsert(f"SELECT {_ROLLED} {_JUST_INSERTED}", "sqlite")};"""
 
 # The batch view lives in the connection's temp schema: nothing of it is stored
 # in the file, and other programs reading the database never see it.
@@ -640,9 +637,9 @@ WRITE_BATCH = (
 )
 
 # A batch of ledger rows and nothing else (what billed calls write) is written without
-# JSON: the rows bound as parameters of multi-row inserts, then the rollups of the rows
-# just inserted, in one transaction. Taking 27 fields out of each row's JSON cost SQLite
-# several times what the insert itself does.
+# JSON: the rows bound as parameters of multi-row inserts, then what they add to the
+# rollups, summed by the writer (`rollups.rolled_up`), in one transaction. Taking 27
+# fields out of each row's JSON cost SQLite several times what the insert itself does.
 _LEDGER_ROW = "(" + ", ".join("?" * _LEDGER_WIDTH) + ")"
 
 
