@@ -164,12 +164,14 @@ def rolled_up(rows: Iterable[Sequence[Any]], at: Sequence[int]) -> list[tuple[An
     cache = key_at[ROLLUP_KEY.index("cache")]
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
-        bucket = 6 + bisect.bisect_right(LATENCY_EDGES, row[latency])
+        bucket = len(SUMS) + bisect.bisect_right(LATENCY_EDGES, row[latency])
         dims = tuple(row[i] for i in key_at)
         for period in (HOUR, DAY):
             key = (period, int(row[created] / period) * period, *dims)
             sums = groups.get(key)
             if sums is None:
+                # In the order of SUMS (calls, tokens in and out, cost, hits, saved),
+                # then the histogram.
                 sums = groups[key] = [0, 0, 0, 0.0, 0, 0.0, *([0] * BUCKETS)]
             sums[0] += 1
             sums[1] += row[prompt]
