@@ -4,7 +4,10 @@
 counts the server process's CPU seconds (user + system, from /proc) over a fixed
 number of calls at one concurrency, warm-up excluded, so a change on the hot path can
 be compared on a shared, noisy machine: CPU time moves far less with the load than
-latency does. With `--profile FILE` it also records the server under load with
+latency does. It still moves (measured: ~225 us a call with other work on the cores,
+~265 quiet, as the ledger writer's batches shrink when it has a core to itself), so
+compare trees side by side in one run, alternated. It prints the event loop's and the
+kernel's shares apart. With `--profile FILE` it also records the server under load with
 py-spy (a dev tool: `pip install py-spy`), as a flame graph or speedscope file.
 
     .venv/bin/python bench/hot_path.py                       # non-streamed, c=64
