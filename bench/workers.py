@@ -15,17 +15,18 @@ The saturation part makes the server the bottleneck: wrk (`bench/_wrk.py`, a few
 CPU per request) keeps `--connections` keep-alive connections busy against the lean
 upstream (`bench/upstream.py --raw`, `--saturate-latency-ms`), in interleaved rounds of
 `--duration` seconds: 1 worker, 2 workers, and 1 worker on SQLite as a reference. It
-reports the median requests/s of each, the ratio 2 workers / 1, the server's CPU per
-call (its process tree, a settle after each round included), each worker's share, and
-the cores every other process used meanwhile (upstream, wrk, PostgreSQL, Redis, the
-idle servers, and the rest of the machine), so that the reader sees where the two
-cores went. Without wrk it is skipped with a line saying so.
+reports the median requests/s of each, the ratio 2 workers / 1 (the median of the
+rounds' ratios: a round's two runs are close in time, so drift in the machine's other
+work falls on both), the server's CPU per call (its process tree, a settle after each
+round included), each worker's share, and the cores every other process used meanwhile
+(upstream, wrk, PostgreSQL, Redis, the idle servers, and the rest of the machine), so
+that the reader sees where the two cores went. Without wrk it is skipped with a line saying so.
 
     .venv/bin/python bench/workers.py              # both parts, about 4 minutes
     .venv/bin/python bench/workers.py --saturate   # the saturation part alone, under 3
     .venv/bin/python bench/workers.py --quick      # both, short
     --postgres postgresql://postgres@127.0.0.1:5432/test  --redis redis://127.0.0.1:6379/0
-    --connections 128  --duration 8  --rounds 5  --saturate-latency-ms 2  --no-sqlite
+    --connections 128  --duration 5  --rounds 8  --saturate-latency-ms 2  --no-sqlite
 """
 
 from __future__ import annotations
@@ -61,12 +62,15 @@ from _common import (
 from _wrk import WrkResult, find_wrk, run_wrk, write_script
 from server_latency import GROUP, UPSTREAM_MODEL, AiohttpClient, Target, measure_cell
 
-# After each saturation round, before the CPU is read: the ledger rows a round leaves
-# behind are written within it, so their cost is in the round's figure.
+# After each saturation round, before the server's CPU per call is read: the ledger rows
+# a round leaves behind are written within it, so their cost is in the figure. The cores
+# each process used are read when wrk ends, so that the idle settle does not dilute them.
 SETTLE_S = 0.25
 WARM_UP_S = 2.0
 # Processes of the backends, by the name the kernel gives them (/proc/PID/comm).
 BACKENDS = {"postgres": "postgres", "redis": "redis-server"}
+# Whose CPU a saturation round reports; "rest" is the machine's busy time minus these.
+GROUPS = ("server", "upstream", "wrk", "postgres", "redis", "idle servers")
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,8 +85,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
     parser.add_argument("--saturate", action="store_true", help="only the saturation part (wrk)")
     parser.add_argument("--connections", type=int, default=128, help="wrk's connections")
-    parser.add_argument("--duration", type=float, help="seconds per round (default 8, quick 4)")
-    parser.add_argument("--rounds", type=int, help="saturation rounds (default 5, quick 2)")
+    parser.add_argument("--duration", type=float, help="seconds per round (default 5, quick 3)")
+    parser.add_argument("--rounds", type=int, help="saturation rounds (default 8, quick 2)")
     parser.add_argument(
         "--saturate-latency-ms", type=float, default=2.0, help="the lean upstream's latency"
     )
@@ -358,8 +362,8 @@ def cpu_spent(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, Any]:
 async def saturation_part(
     args: argparse.Namespace, workdir: Path, wrk: str, store: str, shared: str
 ) -> dict[str, Any]:
-    rounds = args.rounds or (2 if args.quick else 5)
-    duration = args.duration or (4.0 if args.quick else 8.0)
+    rounds = args.rounds or (2 if args.quick else 8)
+    duration = args.duration or (3.0 if args.quick else 5.0)
     script = write_script(
         workdir / "chat.lua",
         body=Target("areion", "", GROUP).body(stream=False),
@@ -426,10 +430,11 @@ async def _saturate(
             run_wrk, wrk, contender.url, script, connections=args.connections,
             duration_s=seconds, threads=args.wrk_threads,
         )  # fmt: skip
-        await asyncio.sleep(SETTLE_S)
         spent = cpu_spent(before, CpuSnapshot.take(trees, workers))
         spent["idle servers"] = sum(_tree_cpu(process) for process in idle) - idle_before
         spent["wrk"] = result.cpu_s
+        await asyncio.sleep(SETTLE_S)
+        spent["server_with_settle"] = _tree_cpu(contender.process) - before.trees["server"]
         return result, spent
 
     for contender in contenders:  # connections, pools and caches warm; not counted
@@ -440,9 +445,12 @@ async def _saturate(
         for contender in contenders[shift:] + contenders[:shift]:
             result, spent = await measure(contender, duration)
             per_round[contender.name].append({**result.to_dict(), "cpu_s": spent})
+            rest = _rest(spent)
             print(
                 f"  round {index + 1} {contender.name}: {result.rps:.0f} req/s, "
-                f"p50 {result.latency_ms['p50']:.1f} ms, {result.error_count} errors",
+                f"p50 {result.latency_ms['p50']:.1f} ms, {result.error_count} errors; cores: "
+                f"server {spent['server'] / spent['wall_s']:.2f}"
+                + ("" if rest is None else f", rest {rest / spent['wall_s']:.2f}"),
                 flush=True,
             )
     summary = {name: _summarize(samples) for name, samples in per_round.items()}
@@ -452,10 +460,18 @@ async def _saturate(
         if one["rps"]
     ]
     one_rps, two_rps = summary["workers=1"]["rps"], summary["workers=2"]["rps"]
-    ratio = two_rps / one_rps if one_rps else None
-    _print_saturation(summary, ratio, ratios)
-    return {"contenders": summary, "ratio_2w_1w": ratio, "round_ratios": ratios,
-            "rounds": per_round}  # fmt: skip
+    of_medians = two_rps / one_rps if one_rps else None
+    ratio = statistics.median(ratios) if ratios else None
+    _print_saturation(summary, ratio, ratios, of_medians)
+    return {"contenders": summary, "ratio_2w_1w": ratio, "ratio_of_medians": of_medians,
+            "round_ratios": ratios, "rounds": per_round}  # fmt: skip
+
+
+def _rest(spent: dict[str, Any]) -> float | None:
+    """The machine's busy CPU seconds that none of the named processes used."""
+    if "machine" not in spent:
+        return None
+    return float(spent["machine"] - sum(spent[group] for group in GROUPS))
 
 
 def _summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -470,7 +486,11 @@ def _summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": median([s["latency_ms"]["p99"] for s in samples]),
         "errors": sum(sum(s["errors"].values()) for s in samples),
         "server_us_per_call": median(
-            [s["cpu_s"]["server"] / s["requests"] * 1e6 for s in samples if s["requests"]]
+            [
+                s["cpu_s"]["server_with_settle"] / s["requests"] * 1e6
+                for s in samples
+                if s["requests"]
+            ]
         ),
     }
     groups = ["server", "upstream", "wrk", "postgres", "redis", "idle servers"]
@@ -496,7 +516,10 @@ def _summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _print_saturation(
-    summary: dict[str, dict[str, Any]], ratio: float | None, ratios: list[float]
+    summary: dict[str, dict[str, Any]],
+    ratio: float | None,
+    ratios: list[float],
+    of_medians: float | None,
 ) -> None:
     print()
     headers = ["server", "req/s", "p50 ms", "p99 ms", "err", "server us/call"]
@@ -507,10 +530,10 @@ def _print_saturation(
     ]  # fmt: skip
     print(table(headers, rows))
     print(
-        "\ncores used while each server was loaded (CPU seconds / wall seconds of the round"
-        " and its settle, median of the rounds):"
+        "\ncores used while each server was loaded (CPU seconds / wall seconds of the wrk run,"
+        " median of the rounds):"
     )
-    groups = ["server", "upstream", "wrk", "postgres", "redis", "idle servers", "rest", "machine"]
+    groups = [*GROUPS, "rest", "machine"]
     present = [g for g in groups if all(g in s["cores"] for s in summary.values())]
     rows = [[name, *(fmt(s["cores"][g]) for g in present)] for name, s in summary.items()]
     print(table(["load on", *present], rows))
@@ -526,8 +549,8 @@ def _print_saturation(
     if ratio is not None:
         spread = ", ".join(f"{value:.2f}" for value in ratios)
         print(
-            f"saturated: 2 workers serve {ratio:.2f}x the requests per second of 1 "
-            f"(medians; round by round: {spread})"
+            f"saturated: 2 workers serve {ratio:.2f}x the requests per second of 1 (median"
+            f" of the rounds' ratios: {spread}; ratio of the medians {fmt(of_medians)})"
         )
     one, two = summary["workers=1"]["cores"]["server"], summary["workers=2"]["cores"]["server"]
     print(f"the server's cores: {one:.2f} with 1 worker, {two:.2f} with 2")
