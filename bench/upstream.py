@@ -16,9 +16,10 @@ a finish chunk, a usage chunk when `stream_options.include_usage` is set, then
 
 `--raw` serves the same routes and answers from a plain `asyncio.Protocol` with
 httptools' parser on uvloop instead (keep-alive, Content-Length; a stream chunked, its
-events back to back), the latency a `loop.call_later`: several times less CPU per call
-than uvicorn's ASGI cycle, for the saturation runs where the server under test, not
-the upstream, must be what runs out of CPU (`bench/workers.py`).
+events back to back), the latency a `loop.call_later`: about a third of the CPU per
+call of uvicorn's ASGI cycle (measured once, under wrk), for the saturation runs where
+the server under test, not the upstream, must be what runs out of CPU
+(`bench/workers.py`).
 """
 
 from __future__ import annotations
