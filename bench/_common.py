@@ -193,8 +193,10 @@ def upstream(
     chunks: int = 8,
     chunk_interval_ms: float = 0.0,
     jitter_ms: float = 0.0,
+    raw: bool = False,
 ) -> Iterator[tuple[ChildProcess, str]]:
-    """Run `bench/upstream.py` on a free loopback port; yields it and its `/v1` base URL."""
+    """Run `bench/upstream.py` on a free loopback port; yields it and its `/v1` base URL.
+    `raw`: its lean mode (`--raw`: a plain protocol on uvloop instead of uvicorn)."""
     port = free_port()
     command = [
         sys.executable,
@@ -211,6 +213,7 @@ def upstream(
         str(chunk_interval_ms),
         "--latency-jitter-ms",
         str(jitter_ms),
+        *(["--raw"] if raw else []),
     ]
     child = ChildProcess("upstream", command, workdir / "upstream.log")
     try:
