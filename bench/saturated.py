@@ -12,6 +12,7 @@ runs beside this one, in rotating rounds, each server on a SQLite file of its ow
     .venv/bin/python bench/saturated.py
     .venv/bin/python bench/saturated.py --against /tmp/old/src --rounds 6
     .venv/bin/python bench/saturated.py --stream
+    .venv/bin/python bench/saturated.py --stream --chunks 16 --chunk-interval-ms 2
 
 It prints, per tree, the median over the rounds of requests per second and of the
 server's CPU per call (process CPU seconds, all threads, user + system, over the calls
@@ -68,6 +69,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=2.0, help="upstream model latency")
     parser.add_argument("--stream", action="store_true", help="streamed calls")
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
+    parser.add_argument(
+        "--chunk-interval-ms",
+        type=float,
+        default=0.0,
+        help="pause between a stream's content chunks, so that each arrives on its own "
+        "(served by the uvicorn upstream: the lean one sends them back to back)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,7 +131,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     script = write_script(
         workdir / "call.lua", body=orjson.dumps(body), headers={"content-type": "application/json"}
     )
-    with upstream(workdir, latency_ms=args.latency_ms, chunks=args.chunks, raw=True) as (_, url):
+    spaced = args.chunk_interval_ms > 0
+    with upstream(
+        workdir,
+        latency_ms=args.latency_ms,
+        chunks=args.chunks,
+        chunk_interval_ms=args.chunk_interval_ms,
+        raw=not spaced,
+    ) as (_, url):
         servers = [start(workdir, url, tree, index) for index, tree in enumerate(trees)]
         try:
             for server in servers:  # connections, pools and caches warm; not counted
@@ -147,7 +162,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     print()
     print(
         f"saturated by wrk ({args.connections} connections, upstream {args.latency_ms:g} ms, "
-        f"{'streamed' if args.stream else 'not streamed'}), median of {args.rounds} rounds "
+        f"{f'streamed, {args.chunks} chunks' if args.stream else 'not streamed'}"
+        f"{f' {args.chunk_interval_ms:g} ms apart' if args.stream and spaced else ''}), "
+        f"median of {args.rounds} rounds "
         f"of {args.duration:g} s; {describe_environment(environment())}"
     )
     rows = [
