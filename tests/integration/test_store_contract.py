@@ -80,18 +80,13 @@ def batches(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[
     """The number of writes in each transaction the store commits."""
     sizes: list[int] = []
     if backend.kind == "sqlite":
-        commit, commit_turn = sqlite_writer.Writer._commit, sqlite_writer.Writer._commit_turn
+        commit = sqlite_writer.Writer._commit
 
         def counting(self: sqlite_writer.Writer, writes: list[Any]) -> None:
             sizes.append(len(writes))
             commit(self, writes)
 
-        def counting_turn(self: sqlite_writer.Writer) -> None:  # billed rows, on the loop
-            sizes.append(len(self._turn))
-            commit_turn(self)
-
         monkeypatch.setattr(sqlite_writer.Writer, "_commit", counting)
-        monkeypatch.setattr(sqlite_writer.Writer, "_commit_turn", counting_turn)
     else:
         from areion.store import postgres_batch
 

@@ -597,9 +597,7 @@ async def test_a_failing_write_does_not_lose_the_rest_of_its_batch(
     release.set()
     results = await writes
     await held
-    # The billed row is not among them: it is committed on the event loop, past the
-    # busy thread (see `sqlite_writer`).
-    assert batches == [16]
+    assert batches == [17]
 
     errors = [(i, type(r).__name__) for i, r in enumerate(results) if r is not None]
     assert errors == [(10, "ValueError"), (11, "ValueError"), (13, "ValueError")]

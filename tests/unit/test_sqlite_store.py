@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import orjson
 import pytest
 
 from areion.errors import ConfigError
-from areion.store import SQLiteStore, Store, open_store, sqlite_checkpointer, sqlite_writer
+from areion.store import SQLiteStore, Store, open_store
 from areion.store.sqlite import _ledger_tuple, sqlite_path
 from areion.store.sqlite_schema import LEDGER_ROWS, TURNS
 from areion.store.sqlite_thread import Job
@@ -221,7 +220,6 @@ async def test_ledger_rows_land_alike_alone_and_in_a_batch_with_other_writes(
         _entry("b", cost_usd=0, latency_s=3, estimated=True, created=90_000.0),
     ]
     alone = SQLiteStore(str(tmp_path / "alone.db"))
-    await alone.ledger()  # opened: the billed rows are committed on the event loop
     await alone.append_ledger(entries)
     await alone.aclose()
 
@@ -244,93 +242,3 @@ async def test_ledger_rows_land_alike_alone_and_in_a_batch_with_other_writes(
     for sql in ("SELECT * FROM ledger", "SELECT * FROM spend_rollup"):
         assert _rows(tmp_path / "alone.db", sql) == _rows(tmp_path / "mixed.db", sql)
     assert len(_rows(tmp_path / "alone.db", "SELECT * FROM spend_rollup")) == 4
-
-
-# -- billed rows, committed on the event loop ----------------------------------------
-
-
-@pytest.fixture
-def thread_commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of writes in each transaction the writer's thread commits."""
-    sizes: list[int] = []
-    commit = sqlite_writer.Writer._commit
-
-    def counting(self: sqlite_writer.Writer, writes: list[Any]) -> None:
-        sizes.append(len(writes))
-        commit(self, writes)
-
-    monkeypatch.setattr(sqlite_writer.Writer, "_commit", counting)
-    return sizes
-
-
-async def test_billed_rows_do_not_wait_for_a_busy_writer_thread(
-    store: SQLiteStore, thread_commits: list[int]
-) -> None:
-    await store.ledger()  # opens the database
-    loop = asyncio.get_running_loop()
-    started, release = asyncio.Event(), threading.Event()
-
-    def block(db: sqlite3.Connection) -> None:  # the thread busy (an agent's checkpoint, say)
-        loop.call_soon_threadsafe(started.set)
-        release.wait(10)
-
-    held = asyncio.ensure_future(store._writer.read(block))
-    await started.wait()
-    try:
-        await asyncio.gather(*(store.append_ledger([_entry(f"r{i}")]) for i in range(5)))
-        assert thread_commits == []
-    finally:
-        release.set()
-        await held
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT count(*) FROM ledger").fetchone() == (5,)
-
-
-async def test_billed_rows_wait_out_a_lock_on_the_thread_not_on_the_loop(
-    store: SQLiteStore, thread_commits: list[int]
-) -> None:
-    await store.ledger()
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process's write in progress
-    try:
-        pending = asyncio.ensure_future(store.append_ledger([_entry("r")]))
-        ticks = 0
-        while ticks < 50:  # the loop is not blocked meanwhile
-            await asyncio.sleep(0)
-            ticks += 1
-        assert not pending.done()
-    finally:
-        other.execute("COMMIT")
-        other.close()
-    await asyncio.wait_for(pending, 30)
-    assert thread_commits == [1]  # the thread waited for the lock
-    assert [e.request_id for e in await store.ledger()] == ["r"]
-    await store.append_ledger([_entry("s")])  # and the next row is the loop's again
-    assert thread_commits == [1]
-
-
-async def test_billed_rows_go_to_the_thread_while_the_wal_is_long(
-    tmp_path: Path, thread_commits: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past the writer's backstop size, rows go to the thread, whose commit runs the
-    backstop checkpoint and so starts the WAL over: the loop never checkpoints."""
-    monkeypatch.setattr(sqlite_checkpointer, "WRITER_AUTOCHECKPOINT_PAGES", 8)
-    store = SQLiteStore(str(tmp_path / "areion.db"))
-    try:
-        await store.ledger()
-        checkpointer = store._writer._checkpointer
-        assert checkpointer is not None and not checkpointer.behind
-        written = 0
-        while not checkpointer.behind:  # the checkpointer finds the WAL past 8 pages
-            assert written < 100_000
-            await asyncio.gather(
-                *(store.append_ledger([_entry(f"r{written + i}")]) for i in range(4))
-            )
-            written += 4
-            await asyncio.sleep(0.001)
-        assert thread_commits == []  # until then, all committed on the loop
-        await store.append_ledger([_entry("late")])
-        assert thread_commits == [1]
-        assert len(await store.ledger(limit=200_000)) == written + 1
-    finally:
-        await store.aclose()

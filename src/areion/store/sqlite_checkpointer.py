@@ -10,10 +10,7 @@ A passive checkpoint cannot rewind the WAL while writes keep landing, so the
 writer keeps SQLite's own checkpoint as a backstop at a larger size
 (`WRITER_AUTOCHECKPOINT_PAGES`): by then this thread has copied nearly every
 page, the backstop copies the few recent ones, and the next write starts the
-WAL over. The file therefore stays bounded under sustained load. Billed ledger rows
-are committed on the event loop by a connection that never checkpoints (see
-`sqlite_writer`); while the WAL is past the backstop's size (`behind`), they go to the
-writer's thread again, whose next commit runs the backstop there.
+WAL over. The file therefore stays bounded under sustained load.
 """
 
 from __future__ import annotations
@@ -41,9 +38,6 @@ class Checkpointer:
         self.path = path
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.behind = False
-        """Whether the WAL has grown past the writer's backstop (or this thread has
-        stopped checkpointing), as of the last checkpoint."""
         self._thread = threading.Thread(
             target=self._main, name="areion-sqlite-checkpoint", daemon=True
         )
@@ -64,7 +58,6 @@ class Checkpointer:
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error:
-            self.behind = True
             return  # the writer's own backstop checkpoints still bound the WAL
         try:
             db.execute("PRAGMA synchronous=NORMAL")
@@ -78,10 +71,8 @@ class Checkpointer:
                 frames = 0
                 with contextlib.suppress(sqlite3.Error):
                     _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                self.behind = frames >= WRITER_AUTOCHECKPOINT_PAGES
                 # Let writes accumulate before the next one; `stop` cuts this short.
                 if frames < _BUSY_FRAMES and self._stop.wait(_PAUSE_S):
                     return
         finally:
-            self.behind = True
             db.close()

@@ -1,7 +1,6 @@
 """A thread that owns one SQLite connection and serves jobs from the event loop.
 
-sqlite3 can block (on a lock, a checkpoint, a long read), so statements run here, off
-the event loop; the one exception, billed ledger rows, is `Writer`'s. Callers put a job
+sqlite3 blocks, so statements never run on the event loop. Callers put a job
 on a queue and await a future. The thread blocks on the queue (an idle thread
 answers a lone job at once, with no timer), then drains every job already
 waiting and handles them together; `Writer` commits the writes among them as

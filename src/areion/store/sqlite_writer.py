@@ -6,18 +6,6 @@ if that fails, the batch is replayed one write at a time, each in its own
 SAVEPOINT inside one transaction, so only the faulty write's caller gets the
 error and the others still commit. Reads queued here (the schema check before
 the first read, an in-memory database's reads) run after the batch commits.
-
-A billed call's ledger rows, the one write on every model call's path, skip the
-thread once it has opened the database: they are committed on the event loop, by a
-connection of the loop's own, all the rows of one turn of the loop in one
-transaction. Handing them to the thread cost more than the commit: the queue's
-wake-up, the GIL passed back and forth around every statement, and the loop's
-wake-up to resolve the callers. The loop never waits on that connection: it does not
-wait for a lock (busy timeout 0: a batch that finds the database locked, or fails in
-any way, goes to the thread, which waits for the lock and isolates a faulty write),
-never checkpoints (the checkpointer does, on its own thread) and never syncs
-(synchronous=NORMAL in WAL mode). What it does is write the batch's pages to the
-WAL, which is the OS's page cache: tens of microseconds.
 """
 
 from __future__ import annotations
@@ -63,78 +51,13 @@ class Writer(DbThread):
         super().__init__(path)
         self._checkpointer: Checkpointer | None = None
         self._clock = clock  # when cache entries are swept as expired
-        # Billed rows committed on the loop (`_commit_turn`): that loop, its
-        # connection, the rows of the current turn.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._local: sqlite3.Connection | None = None
-        self._turn: list[Job] = []
 
     async def write(self, parts: Sequence[Part], size: int) -> None:
         """Commit one write; returns once it is durable."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        job = Job(loop, future, parts=parts, size=size)
-        if self._here(loop, parts):
-            if not self._turn:
-                loop.call_soon(self._commit_turn)
-            self._turn.append(job)
-        else:
-            self._submit(job)
+        self._submit(Job(loop, future, parts=parts, size=size))
         await future
-
-    async def stop(self) -> None:
-        if self._turn:  # rows a caller awaits, due to commit later in this turn
-            self._commit_turn()
-        if self._local is not None:
-            self._local.close()
-            self._local = None
-        await super().stop()
-
-    # -- billed rows, on the event loop -------------------------------------------------
-
-    def _here(self, loop: asyncio.AbstractEventLoop, parts: Sequence[Part]) -> bool:
-        """Whether this write is committed on the loop: ledger rows alone, once the
-        thread has made the schema and while the checkpointer keeps up (so a file, not
-        an in-memory database), from the loop that committed the first such batch."""
-        if len(parts) != 1 or parts[0][0] != LEDGER_ROWS:
-            return False
-        checkpointer = self._checkpointer
-        if checkpointer is None or checkpointer.behind:
-            return False
-        if self._loop is None:
-            self._loop = loop
-        return self._loop is loop
-
-    def _commit_turn(self) -> None:
-        """Commit the ledger rows written during this turn of the loop, in one
-        transaction; if that fails, hand them to the thread."""
-        jobs, self._turn = self._turn, []
-        try:
-            db = self._local or self._open_local()
-            _write_ledger(db, list(itertools.chain.from_iterable(job.parts[0][1] for job in jobs)))
-        except Exception:
-            # Most often another connection's write lock: the thread waits it out.
-            for job in jobs:
-                self._submit(job)
-            return
-        self._written()
-        for job in jobs:
-            if not job.future.done():  # a caller cancelled meanwhile
-                job.future.set_result(None)
-
-    def _open_local(self) -> sqlite3.Connection:
-        # timeout=0: a locked database raises at once rather than block the loop.
-        db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")
-            # Never a checkpoint inside a commit on the loop: the thread's backstop
-            # serves while the checkpointer is `behind`.
-            db.execute("PRAGMA wal_autocheckpoint=0")
-        except BaseException:
-            db.close()
-            raise
-        self._local = db
-        return db
 
     async def apply(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on the read-write connection, between batches, in autocommit mode.
