@@ -96,6 +96,7 @@ class Server:
             "rps": statistics.median(r["rps"] for r in self.rounds),
             "cpu_us_per_call": statistics.median(r["cpu_us_per_call"] for r in self.rounds),
             "p50_ms": statistics.median(r["p50_ms"] for r in self.rounds),
+            "p99_ms": statistics.median(r["p99_ms"] for r in self.rounds),
             "errors": sum(r["errors"] for r in self.rounds),
             "rounds": self.rounds,
         }
@@ -151,7 +152,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                     print(
                         f"  round {index + 1} {server.tree}: {last['rps']:.0f} req/s, "
                         f"server {last['cpu_us_per_call']:.0f} us/call, "
-                        f"p50 {last['p50_ms']:.1f} ms, {last['errors']} errors",
+                        f"p50 {last['p50_ms']:.1f} ms, p99 {last['p99_ms']:.1f} ms, "
+                        f"{last['errors']} errors",
                         flush=True,
                     )
         finally:
@@ -170,12 +172,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     rows = [
         [
             s["tree"], f"{s['rps']:.0f}", f"{s['cpu_us_per_call']:.0f}", fmt(s["p50_ms"], 1),
-            s["errors"], fmt(s["cpu_us_per_call"] / first["cpu_us_per_call"]),
+            fmt(s["p99_ms"], 1), s["errors"], fmt(s["cpu_us_per_call"] / first["cpu_us_per_call"]),
             fmt(s["rps"] / first["rps"]),
         ]
         for s in summaries
     ]  # fmt: skip
-    headers = ["tree", "req/s", "CPU us/call", "p50 ms", "errors", "CPU vs first", "req/s vs first"]
+    headers = ["tree", "req/s", "CPU us/call", "p50 ms", "p99 ms", "errors"]
+    headers += ["CPU vs first", "req/s vs first"]
     print(table(headers, rows))
     if args.json:
         results = {"args": vars(args), "environment": environment(), "trees": summaries}
@@ -195,6 +198,7 @@ async def _round(
         "rps": result.rps,
         "cpu_us_per_call": spent / max(result.requests, 1) * 1e6,
         "p50_ms": result.latency_ms["p50"],
+        "p99_ms": result.latency_ms["p99"],
         "errors": result.error_count,
     }
 
