@@ -54,6 +54,7 @@ bench-peers: $(PEERS)/litellm/.installed $(PEERS)/node_modules/.package-lock.jso
 bench: $(VENV)/.installed-dev bench-peers
 	$(PEERS)/litellm/bin/python bench/overhead.py
 	$(BIN)/python bench/server_latency.py
+	$(BIN)/python bench/saturated.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
