@@ -801,6 +801,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             f"{fmt(load['cpu_us_per_call'], 0)} us per call (target <= {LOAD_CPU_US:g}) "
             f"{_met(load['cpu_met'])}{note}"
         )
+        print(
+            "  (this load generator and the upstream share the cores with the server, and "
+            "count in its CPU per call; bench/saturated.py measures it where the server "
+            "is the bottleneck)"
+        )
     if args.json:
         write_json(
             args.json,
