@@ -802,9 +802,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             f"{_met(load['cpu_met'])}{note}"
         )
         print(
-            "  (this load generator and the upstream share the cores with the server, and "
-            "count in its CPU per call; bench/saturated.py measures it where the server "
-            "is the bottleneck)"
+            "  (this load generator and the upstream share the machine's cores with the "
+            "server; bench/saturated.py measures its CPU per call where the server is the "
+            "bottleneck)"
         )
     if args.json:
         write_json(
