@@ -43,7 +43,13 @@ from areion.server.messages import MessagesApi
 from areion.server.ops import OpsApi
 from areion.server.responses import ResponsesApi
 from areion.server.runs import RunsApi
-from areion.server.schema import clip, error_body, json_response, parse_chat_request
+from areion.server.schema import (
+    JsonAnswer,
+    clip,
+    error_body,
+    json_response,
+    parse_chat_request,
+)
 from areion.server.spend import SpendApi
 from areion.server.sse import EventStream, chat_events
 from areion.streaming import ChatStream
@@ -169,7 +175,7 @@ class _Api:
     def tenant(self, request: Request) -> str:
         return self.identity(request)[0]
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, request: Request) -> Response | JsonAnswer:
         tenant, key = self.identity(request)
         chat, include_usage = parse_chat_request(await body(request))
         options = call_options(request, tenant, key, chat.model)
@@ -177,7 +183,7 @@ class _Api:
         headers = answer_headers(response, options)
         if isinstance(response, ChatStream):
             return EventStream(response, chat_events(response, include_usage), headers=headers)
-        return json_response(response.to_openai(), headers=headers)
+        return JsonAnswer(response.to_openai(), headers)
 
     async def models(self, request: Request) -> Response:
         _, key = self.identity(request)

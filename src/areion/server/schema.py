@@ -13,6 +13,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from areion.errors import RequestError
 from areion.types import ChatRequest, Message, Role, ToolCall
@@ -127,6 +128,29 @@ def json_response(
     return Response(
         orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
     )
+
+
+class JsonAnswer:
+    """A chat call's JSON answer, sent as Starlette's `Response` sends one, with its
+    headers encoded in one pass: `Response` normalizes each header through a mutable
+    header list (case, content-length, charset), which these headers, all of them
+    lowercase names this server sets, do not need."""
+
+    __slots__ = ("body", "raw_headers")
+
+    status_code = 200
+
+    def __init__(self, data: object, headers: dict[str, str]) -> None:
+        self.body = body = orjson.dumps(data)
+        self.raw_headers = [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+            *[(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()],
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def error_body(
