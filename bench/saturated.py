@@ -80,6 +80,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.against = [str(Path(tree).resolve()) for tree in args.against]
+    for tree in args.against:
+        # Else the server would import the installed areion: this tree, measured twice.
+        if not (Path(tree) / "areion" / "__init__.py").is_file():
+            parser.error(f"--against {tree}: no areion package there (give a tree's src)")
     return args
 
 
