@@ -138,8 +138,6 @@ class JsonAnswer:
 
     __slots__ = ("body", "raw_headers")
 
-    status_code = 200
-
     def __init__(self, data: object, headers: dict[str, str]) -> None:
         self.body = body = orjson.dumps(data)
         self.raw_headers = [
