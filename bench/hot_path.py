@@ -28,7 +28,16 @@ from pathlib import Path
 
 import yaml
 
-from _common import LOOPBACK, ChildProcess, free_port, run_main, upstream
+from _common import (
+    LOOPBACK,
+    ChildProcess,
+    free_port,
+    process_cpu_seconds,
+    process_tree,
+    process_tree_cpu_seconds,
+    run_main,
+    upstream,
+)
 from server_latency import GROUP, AiohttpClient, Samples, Target, run_batch, write_config
 
 
@@ -139,26 +148,6 @@ def backend_counts(args: argparse.Namespace) -> tuple[int, int]:
     return commands, commits
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of `pid` and its children (the workers of `--workers N`)."""
-    total = 0.0
-    for child in [pid, *_children(pid)]:
-        total += sum(thread_cpu_seconds(child).values())
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            kids = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for kid in map(int, kids):
-            found += [kid, *_children(kid)]
-    return found
-
-
 async def run(args: argparse.Namespace, workdir: Path) -> int:
     try:
         return await _run(args, workdir)
@@ -229,9 +218,9 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
             for _ in range(args.repeat):
                 samples = Samples()
                 workers_before = {
-                    pid: sum(thread_cpu_seconds(pid).values()) for pid in _children(server.pid)
+                    pid: process_cpu_seconds(pid) or 0.0 for pid in process_tree(server.pid)[1:]
                 }
-                before = process_tree_cpu_seconds(server.pid)
+                before = process_tree_cpu_seconds(server.pid) or 0.0
                 threads_before = thread_cpu_seconds(server.pid)
                 kernel_before = kernel_cpu_seconds(server.pid)
                 counts_before = backend_counts(args)
@@ -246,14 +235,14 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                         f"instructions per call: {instructions / args.calls:,.0f} "
                         f"(event loop {main / args.calls:,.0f})"
                     )
-                used = process_tree_cpu_seconds(server.pid) - before
+                used = (process_tree_cpu_seconds(server.pid) or 0.0) - before
                 threads = thread_cpu_seconds(server.pid)
                 kernel_us = (kernel_cpu_seconds(server.pid) - kernel_before) / args.calls * 1e6
                 main = threads.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
                 counts = backend_counts(args)
                 if args.workers > 1:
                     shares = [
-                        sum(thread_cpu_seconds(pid).values()) - spent
+                        (process_cpu_seconds(pid) or 0.0) - spent
                         for pid, spent in workers_before.items()
                     ]
                     print("CPU seconds of each worker: " + ", ".join(f"{s:.2f}" for s in shares))

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,16 +37,15 @@ from _common import (
     describe_environment,
     environment,
     fmt,
-    free_port,
+    process_tree_cpu_seconds,
     run_main,
     table,
     upstream,
     write_json,
 )
 from _wrk import find_wrk, run_wrk, write_script
-from hot_path import process_tree_cpu_seconds
 from server_latency import GROUP
-from workers import write_config
+from workers import serve, write_config
 
 THIS_TREE = str(Path(__file__).resolve().parent.parent / "src")
 WARM_UP_S = 2.0
@@ -109,16 +106,7 @@ class Server:
 def start(workdir: Path, upstream_url: str, tree: str, index: int) -> Server:
     name = f"tree{index}"
     config = write_config(workdir, upstream_url, f"sqlite:///{workdir / name}.db", None, name)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": tree}
-    process = ChildProcess(
-        f"areion serve ({tree})",
-        [sys.executable, "-m", "areion.cli", "serve", "--config", str(config), "--host",
-         LOOPBACK, "--port", str(port), "--log-level", "warning"],
-        workdir / f"{name}.log",
-        env=env,
-    )  # fmt: skip
-    process.wait_ready(f"http://{LOOPBACK}:{port}/healthz")
+    process, port = serve(workdir, config, 1, name, src=tree)
     return Server(tree, process, f"http://{LOOPBACK}:{port}/v1/chat/completions")
 
 
@@ -193,11 +181,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
 async def _round(
     wrk: str, server: Server, script: Path, args: argparse.Namespace, seconds: float
 ) -> dict[str, Any]:
-    before = process_tree_cpu_seconds(server.process.pid)
+    before = process_tree_cpu_seconds(server.process.pid) or 0.0
     result = await asyncio.to_thread(
         run_wrk, wrk, server.url, script, connections=args.connections, duration_s=seconds
     )
-    spent = process_tree_cpu_seconds(server.process.pid) - before
+    spent = (process_tree_cpu_seconds(server.process.pid) or 0.0) - before
     return {
         "rps": result.rps,
         "cpu_us_per_call": spent / max(result.requests, 1) * 1e6,

@@ -115,13 +115,18 @@ def write_config(
     return path
 
 
-def serve(workdir: Path, config: Path, workers: int, name: str) -> tuple[ChildProcess, int]:
+def serve(
+    workdir: Path, config: Path, workers: int, name: str, *, src: str | None = None
+) -> tuple[ChildProcess, int]:
+    """`areion serve` on a free port, ready; `src`: the areion of that tree's src instead
+    of the installed one."""
     port = free_port()
     process = ChildProcess(
-        f"areion serve --workers {workers}",
+        f"areion serve --workers {workers}" + (f" ({src})" if src else ""),
         [sys.executable, "-m", "areion.cli", "serve", "--config", str(config), "--host",
          LOOPBACK, "--port", str(port), "--log-level", "warning", "--workers", str(workers)],
         workdir / f"areion-{name}.log",
+        env={**os.environ, "PYTHONPATH": src} if src else None,
     )  # fmt: skip
     process.wait_ready(f"http://{LOOPBACK}:{port}/healthz")
     return process, port
