@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import uvicorn
 
@@ -131,6 +132,20 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def wait_for_prometheus(url: str, timeout: float = 60.0) -> None:
+    """Wait until the Prometheus at `url` answers queries: it listens, and answers 503,
+    before its storage is open."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise RuntimeError(f"Prometheus at {url} was not ready after {timeout}s")
 
 
 async def gather_limited(coros: list[Any], limit: int) -> list[Any]:

@@ -29,7 +29,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.scripted import Behaviour, ScriptedUpstream
-from tests.support import _missing, free_port, serve_app, wait_for_port
+from tests.support import _missing, free_port, serve_app, wait_for_port, wait_for_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "areion.json"
@@ -164,21 +164,9 @@ class Prometheus:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
-    def ready(self, deadline: float) -> None:
-        """Wait until Prometheus answers queries: it listens (and answers 503) before
-        its storage is open."""
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=10).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(0.2)
-        pytest.fail(f"Prometheus was not ready by the deadline; its log: {self.log.name}")
-
     def scraped_after(self, moment: float, deadline: float) -> None:
         """Wait until a scrape of Areion started after `moment` has landed."""
-        self.ready(deadline)
+        wait_for_prometheus(self.url, timeout=max(deadline - time.time(), 1.0))
         while time.time() < deadline:
             try:
                 # The sample's own time: timestamp() of a plain selector (of an

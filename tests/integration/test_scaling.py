@@ -33,7 +33,7 @@ from tests.support import (
     prefixed,
     require_redis,
     serve_app,
-    wait_for_port,
+    wait_for_prometheus,
 )
 
 NOON = 1_772_452_800.0  # Monday 2 March 2026, 12:00 UTC: a minute's start
@@ -234,7 +234,7 @@ def prometheus(binary: str, target: str, folder: Path) -> Iterator[int]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for_port(port, timeout=60)
+        wait_for_prometheus(f"http://127.0.0.1:{port}")
         yield port
     finally:
         process.terminate()
