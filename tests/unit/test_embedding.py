@@ -459,3 +459,49 @@ async def test_a_long_prompt_in_a_batch_of_short_queries(embedder: Any) -> None:
     alone = np.stack([embedder.embed_sync([text])[0] for text in texts])
     results = await asyncio.gather(*(embedder.embed([text]) for text in texts))
     np.testing.assert_allclose(np.concatenate(results), alone, atol=1e-5)
+
+
+def test_the_8_bit_products_are_exact_on_every_cpu() -> None:
+    """uint8 activations 255 against int8 weights 127, pair after pair: a kernel that
+    adds two such products in 16 bits saturates (ONNX Runtime's fast one on x86 without
+    VNNI) and would make a text's vector, and a cosine judged against calibrated
+    thresholds, depend on the machine. The session computes them exactly."""
+    from onnx import TensorProto, helper
+
+    from areion.cache.bert_onnx import OPSET, EncoderGraph, _Graph, _quantized_matmul
+    from areion.cache.embedding import encoder_session
+
+    rows, inner, columns = 2, 64, 24  # several weights each: some live outside the model
+    generator = np.random.default_rng(7)
+    x = np.ones((rows, inner), dtype=np.float32)
+    x[1] = generator.uniform(0.5, 1.0, inner)  # another row: other activations
+    weight = np.full((inner, columns), 0.05, dtype=np.float32)
+    weight[:, 1::2] *= -1  # negative columns saturate too
+    weight[::3, 2] = 0.01  # a column of smaller values beside the extremes
+    g = _Graph()
+    _quantized_matmul(g, "x", weight, "w")
+    g.nodes[-1].output[0] = "y"
+    float32 = TensorProto.FLOAT
+    model = helper.make_model(
+        helper.make_graph(
+            g.nodes, "product",
+            [helper.make_tensor_value_info("x", float32, [rows, inner])],
+            [helper.make_tensor_value_info("y", float32, [rows, columns])],
+            initializer=g.initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+    )  # fmt: skip
+    model.ir_version = 8
+    graph = EncoderGraph(model=model.SerializeToString(), weights=g.external, dim=columns)
+    (got,) = encoder_session(graph, threads=1).run(["y"], {"x": x})
+
+    # The same integers in numpy: DynamicQuantizeLinear (a range including 0, its zero
+    # point), the weight per column in [-127, 127], products summed in 64 bits.
+    low, high = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    x_scale = np.float32((high - low) / 255)
+    x_zero = np.clip(np.round(-low / x_scale), 0, 255)
+    x_q = np.clip(np.round(x / x_scale) + x_zero, 0, 255).astype(np.int64)
+    w_scale = np.abs(weight).max(axis=0) / 127.0
+    w_q = np.clip(np.round(weight / w_scale), -127, 127).astype(np.int64)
+    exact = ((x_q - x_zero.astype(np.int64)) @ w_q).astype(np.float32) * (x_scale * w_scale)
+    np.testing.assert_allclose(got, exact, rtol=1e-5)
