@@ -166,7 +166,6 @@ class Prometheus:
 
     def scraped_after(self, moment: float, deadline: float) -> None:
         """Wait until a scrape of Areion started after `moment` has landed."""
-        wait_for_prometheus(self.url, timeout=max(deadline - time.time(), 1.0))
         while time.time() < deadline:
             try:
                 # The sample's own time: timestamp() of a plain selector (of an
@@ -213,6 +212,7 @@ def test_every_dashboard_expression_returns_data_from_a_real_prometheus(
     try:
         wait_for_port(port, timeout=60)
         prometheus = Prometheus(tmp_path, f"127.0.0.1:{port}")
+        wait_for_prometheus(prometheus.url, timeout=max(deadline - time.time(), 1.0))
         prometheus.scraped_after(0.0, deadline)  # up before the load: rates have a start
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=30) as http:

@@ -468,7 +468,7 @@ def test_the_8_bit_products_are_exact_on_every_cpu() -> None:
     thresholds, depend on the machine. The session computes them exactly."""
     from onnx import TensorProto, helper
 
-    from areion.cache.bert_onnx import OPSET, EncoderGraph, _Graph, _quantized_matmul
+    from areion.cache.bert_onnx import EncoderGraph, _Graph, _quantized_matmul
     from areion.cache.embedding import encoder_session
 
     rows, inner, columns = 2, 64, 24  # several weights each: some live outside the model
@@ -482,17 +482,12 @@ def test_the_8_bit_products_are_exact_on_every_cpu() -> None:
     _quantized_matmul(g, "x", weight, "w")
     g.nodes[-1].output[0] = "y"
     float32 = TensorProto.FLOAT
-    model = helper.make_model(
-        helper.make_graph(
-            g.nodes, "product",
-            [helper.make_tensor_value_info("x", float32, [rows, inner])],
-            [helper.make_tensor_value_info("y", float32, [rows, columns])],
-            initializer=g.initializers,
-        ),
-        opset_imports=[helper.make_opsetid("", OPSET)],
-    )  # fmt: skip
-    model.ir_version = 8
-    graph = EncoderGraph(model=model.SerializeToString(), weights=g.external, dim=columns)
+    model = g.serialized(
+        "product",
+        [helper.make_tensor_value_info("x", float32, [rows, inner])],
+        [helper.make_tensor_value_info("y", float32, [rows, columns])],
+    )
+    graph = EncoderGraph(model=model, weights=g.external, dim=columns)
     (got,) = encoder_session(graph, threads=1).run(["y"], {"x": x})
 
     # The same integers in numpy: DynamicQuantizeLinear (a range including 0, its zero

@@ -211,6 +211,20 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), names))
         return names
 
+    def serialized(self, name: str, inputs: list[Any], outputs: list[Any]) -> bytes:
+        """The model of these nodes and initializers, `inputs` to `outputs` (value infos);
+        its large weights stay in `external`."""
+        from onnx import helper
+
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.initializers)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="areion"
+        )
+        # IR version 8 is the one that goes with opset 17; newer onnx releases stamp a
+        # higher default than some runtimes accept.
+        model.ir_version = 8
+        return bytes(model.SerializeToString())
+
     def scalar(self, name: str, value: float) -> str:
         return self.const(name, np.array(value, dtype=np.float32))
 
@@ -341,25 +355,15 @@ def build_encoder(
     g.op("Div", mean, g.op("Max", norm, g.scalar("norm_floor", 1e-12)), output="embeddings")
 
     int64, float32 = TensorProto.INT64, TensorProto.FLOAT
-    graph = helper.make_graph(
-        g.nodes,
+    model = g.serialized(
         "sentence_encoder",
         [
             helper.make_tensor_value_info("input_ids", int64, ["batch", "seq"]),
             helper.make_tensor_value_info("attention_mask", int64, ["batch", "seq"]),
         ],
         [helper.make_tensor_value_info("embeddings", float32, ["batch", config.hidden_size])],
-        initializer=g.initializers,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="areion"
-    )
-    # IR version 8 is the one that goes with opset 17; newer onnx releases stamp a
-    # higher default than some runtimes accept.
-    model.ir_version = 8
-    return EncoderGraph(
-        model=bytes(model.SerializeToString()), weights=g.external, dim=config.hidden_size
-    )
+    return EncoderGraph(model=model, weights=g.external, dim=config.hidden_size)
 
 
 def with_token_states(graph: EncoderGraph) -> EncoderGraph:
