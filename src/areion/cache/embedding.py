@@ -150,8 +150,8 @@ def encoder_session(graph: EncoderGraph, threads: int) -> Any:
     # uint8 x int8 kernel adds pairs of products in 16 bits and saturates, so a text's
     # vector (and a pair's cosine, against thresholds calibrated on exact products)
     # would depend on the machine. This takes its exact kernel there (on a 2-core AVX2
-    # machine: 2.94 vs 2.80 ms a short query, 5.35 vs 4.5 ms a pair-model lookup); with
-    # VNNI the fast kernel is exact and nothing changes.
+    # machine: 2.7-2.9 ms a short query either way, 5.35 vs 4.5 ms a pair-model
+    # lookup); with VNNI the fast kernel is exact and nothing changes.
     options.add_session_config_entry("session.x64quantprecision", "1")
     graph.attach(options)
     return ort.InferenceSession(graph.model, options, providers=["CPUExecutionProvider"])
