@@ -7,7 +7,8 @@ be compared on a shared, noisy machine: CPU time moves far less with the load th
 latency does. It still moves (measured: ~225 us a call with other work on the cores,
 ~265 quiet, as the ledger writer's batches shrink when it has a core to itself), so
 compare trees side by side in one run, alternated. It prints the event loop's and the
-kernel's shares apart. With `--profile FILE` it also records the server under load with
+kernel's shares apart, and the context switches of the event loop and of the other
+threads per call. With `--profile FILE` it also records the server under load with
 py-spy (a dev tool: `pip install py-spy`), as a flame graph or speedscope file.
 
     .venv/bin/python bench/hot_path.py                       # non-streamed, c=64
@@ -51,6 +52,18 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
         except OSError:
             continue
         out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def context_switches(pid: int) -> dict[int, int]:
+    """Context switches (voluntary and not) of each thread of `pid`, by thread id (Linux)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        out[int(task.name)] = sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
     return out
 
 
@@ -223,6 +236,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                 before = process_tree_cpu_seconds(server.pid) or 0.0
                 threads_before = thread_cpu_seconds(server.pid)
                 kernel_before = kernel_cpu_seconds(server.pid)
+                switches_before = context_switches(server.pid)
                 counts_before = backend_counts(args)
                 if args.callgrind:
                     callgrind_control("--zero", server.pid)
@@ -239,6 +253,12 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                 threads = thread_cpu_seconds(server.pid)
                 kernel_us = (kernel_cpu_seconds(server.pid) - kernel_before) / args.calls * 1e6
                 main = threads.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
+                switches = context_switches(server.pid)
+                loop_switches = switches.get(server.pid, 0) - switches_before.get(server.pid, 0)
+                other_switches = (
+                    sum(n - switches_before.get(tid, 0) for tid, n in switches.items())
+                    - loop_switches
+                )
                 counts = backend_counts(args)
                 if args.workers > 1:
                     shares = [
@@ -259,6 +279,8 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                     f"{args.calls} calls, c={args.concurrency}, stream={args.stream}: "
                     f"server CPU {per_call[-1]:.0f} us/call (event loop {loop_us:.0f}, "
                     f"other threads {other_us:.0f}; in the kernel {kernel_us:.0f}), "
+                    f"context switches {loop_switches / args.calls:.2f} + "
+                    f"{other_switches / args.calls:.2f}/call, "
                     f"{rps:.0f} req/s, "
                     f"{samples.errors} errors {samples.last_error}",
                     flush=True,

@@ -9,19 +9,26 @@ one transaction.
 Futures are resolved with one `call_soon_threadsafe` per batch and event loop,
 not one per job: each such call wakes the loop through its self-pipe, and each
 is a GIL hand-off between the thread and the loop.
+
+Under load a writer holds a batch of writes a moment for those about to arrive
+(`Pacer`, group commit as PostgreSQL's `commit_delay` does it): a transaction's
+fixed costs (the thread's wake-up, the pages it writes, the loop's wake-up) are
+then shared by several writes, not paid by each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["DbThread", "Job", "Part", "ReadWork"]
+__all__ = ["DbThread", "Job", "Pacer", "Part", "ReadWork"]
 
 T = TypeVar("T")
 
@@ -66,17 +73,65 @@ class Job:
             self.error = exc
 
 
+class Pacer:
+    """Whether a batch of writes just taken waits `delay` seconds for more.
+
+    It waits only while writes arrive faster than one per `delay` (smoothed over the
+    last batches), so that at least one more is expected to share the transaction; a
+    batch with a read in it is never held. Each held write waits at most `delay` more,
+    and only under load."""
+
+    __slots__ = ("_clock", "_last", "_rate", "_sleep", "delay")
+
+    def __init__(
+        self,
+        delay: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.delay = delay
+        self._clock = clock
+        self._sleep = sleep
+        self._last: float | None = None  # when the last batch was taken
+        self._rate = 0.0  # writes a second, smoothed
+
+    def hold(self, jobs: Sequence[Job]) -> bool:
+        """Wait, on the thread, if more writes are due to join the batch `jobs`;
+        whether it waited."""
+        if self._rate * self.delay < 1.0 or any(job.read is not None for job in jobs):
+            return False
+        self._sleep(self.delay)
+        return True
+
+    def taken(self, jobs: Sequence[Job]) -> None:
+        """Count a batch, as it is handled: its writes since the last batch's."""
+        now = self._clock()
+        if self._last is not None:
+            writes = sum(job.read is None for job in jobs)
+            # Every job is in one batch, and the intervals between batches tile time;
+            # an interval weighs by its length, so the rate is that of the last ~50 ms.
+            elapsed = max(now - self._last, 1e-6)
+            weight = 1.0 - math.exp(-elapsed / _MEMORY_S)
+            self._rate += weight * (writes / elapsed - self._rate)
+        self._last = now
+
+
+_MEMORY_S = 0.05  # how far back the rate looks (the time constant of its average)
+
+
 class DbThread:
     """Runs jobs on one connection, on one daemon thread started on first use."""
 
     name = "areion-sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, pacer: Pacer | None = None) -> None:
         self.path = path
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._carry: Job | None = None
+        self._pacer = pacer
 
     # -- event-loop side ------------------------------------------------------------
 
@@ -148,26 +203,38 @@ class DbThread:
             self._close()
 
     def _take(self) -> tuple[list[Job], bool]:
-        """Block for one job, then drain whatever else is already waiting."""
+        """Block for one job, then drain whatever else is already waiting (held a
+        moment for more, under load: `Pacer`)."""
         first = self._carry or self._queue.get()
         self._carry = None
         if first is None:
             return [], True
         jobs = [first]
-        size = first.size
+        stop = self._drain(jobs)
+        if self._pacer is not None:
+            room = self._carry is None and len(jobs) < _MAX_BATCH_JOBS
+            if not stop and room and self._pacer.hold(jobs):
+                stop = self._drain(jobs)
+            self._pacer.taken(jobs)
+        return jobs, stop
+
+    def _drain(self, jobs: list[Job]) -> bool:
+        """Add the jobs waiting to `jobs`, within the batch's bounds; whether the thread
+        is to stop after them."""
+        size = sum(job.size for job in jobs)
         while len(jobs) < _MAX_BATCH_JOBS:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
-                return jobs, True
+                return True
             if size + job.size > _MAX_BATCH_BYTES:
                 self._carry = job
                 break
             jobs.append(job)
             size += job.size
-        return jobs, False
+        return False
 
 
 def _resolve(jobs: list[Job]) -> None:

@@ -35,11 +35,17 @@ from areion.store.sqlite_schema import (
     WRITE_BATCH,
     migrate,
 )
-from areion.store.sqlite_thread import DbThread, Job, Part
+from areion.store.sqlite_thread import DbThread, Job, Pacer, Part
 
 __all__ = ["Writer"]
 
 T = TypeVar("T")
+
+# Under load, how long a batch of writes waits for those about to arrive (`Pacer`). At
+# 64 concurrent chat calls, commits shared by ~3 calls cut the server's CPU per call by
+# ~12% (`bench/hot_path.py`: 230 vs 262 us), for at most 1 ms more before each answer;
+# 2 ms saved ~3% more for 1 ms more.
+COMMIT_DELAY_S = 0.001
 
 
 class Writer(DbThread):
@@ -48,7 +54,7 @@ class Writer(DbThread):
     name = "areion-sqlite-writer"
 
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(path)
+        super().__init__(path, pacer=Pacer(COMMIT_DELAY_S))
         self._checkpointer: Checkpointer | None = None
         self._clock = clock  # when cache entries are swept as expired
 
