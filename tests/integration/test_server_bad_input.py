@@ -234,6 +234,35 @@ def test_a_500_leaves_the_connection_usable(url: str) -> None:
     connection.close()
 
 
+def test_a_bug_on_the_chat_route_is_a_500_on_a_connection_that_stays_usable(
+    tmp_path: Path,
+) -> None:
+    """The chat route answers its own unexpected errors, as `_Contain` does for the
+    others: a logged 500 in OpenAI's shape, and the connection goes on."""
+    upstream = ScriptedUpstream()
+    with serve_app(upstream.app) as upstream_url:
+        runtime = Runtime(_config(upstream_url, tmp_path))
+        answer = runtime.answer
+
+        async def buggy(request: Any, options: Any) -> Any:
+            if request.user == "trip":
+                raise RuntimeError("a bug, not the client's fault")
+            return await answer(request, options)
+
+        runtime.answer = buggy  # type: ignore[method-assign]
+        with serve_app(create_app(runtime)) as base:
+            connection = _connection(base)
+            body = json.dumps({"model": "fast", "messages": HI, "user": "trip"}).encode()
+            status, data = _exchange(connection, "POST", "/v1/chat/completions", body)
+            assert status == 500
+            error = json.loads(data)["error"]
+            assert (error["type"], error["code"]) == ("server_error", "internal_error")
+            assert "a bug" not in error["message"]
+            body = json.dumps({"model": "fast", "messages": HI}).encode()
+            assert _exchange(connection, "POST", "/v1/chat/completions", body)[0] == 200
+            connection.close()
+
+
 @pytest.mark.parametrize(
     "raw",
     [

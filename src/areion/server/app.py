@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -38,7 +38,7 @@ from areion.server.completions import CompletionsApi
 from areion.server.dashboard import DashboardApi
 from areion.server.embeddings import EmbeddingsApi
 from areion.server.experiments import ExperimentsApi
-from areion.server.guard import LimitBody
+from areion.server.guard import LimitBody, capped_body
 from areion.server.messages import MessagesApi
 from areion.server.ops import OpsApi
 from areion.server.responses import ResponsesApi
@@ -103,58 +103,55 @@ class _Authenticate:
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 
 
-class _ChatRoute:
-    """`POST /v1/chat/completions` (and `/chat/completions`), the hot path, straight to
-    its handler: past Starlette's exception middleware, router and request-response
-    wrappers, which cost a chat call more than its own validation does. An
-    `AreionError` is answered as the app's handler answers it; anything else goes on
-    to `_Contain`, as from any route."""
+class _ChatCall:
+    """`POST /v1/chat/completions` (and `/chat/completions`), the hot path, in one ASGI
+    layer: what `_Contain`, `LimitBody`, `_Authenticate` and the route do for any other
+    request, it does for a chat call without their frames, closures and `Request`
+    objects, which every resumption of the call's task would pass through again. Only
+    the middleware the config asks for (the access log, the trace context) wraps it."""
 
-    def __init__(self, app: ASGIApp, api: _Api) -> None:
-        self.app = app
+    def __init__(self, api: _Api, keys: KeyRing, max_body_bytes: int) -> None:
         self.api = api
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _chat_call(scope):
-            await self.app(scope, receive, send)
-            return
+        answering = False
         try:
-            response = await self.api.chat_completions(Request(scope, receive))
-        except AreionError as error:
-            note(scope, error=error.code)
-            response = error_response(error)
-        scope[_ANSWERING] = True  # see `_Contain`
-        await response(scope, receive, send)
-
-
-def _chat_call(scope: Scope) -> bool:
-    """Whether `_ChatRoute` answers the request."""
-    return scope["type"] == "http" and scope["path"] in _CHAT_PATHS and scope["method"] == "POST"
-
-
-_ANSWERING = "areion.answering"  # set once `_ChatRoute` has its answer and sends it
+            try:
+                identity = scope[_IDENTITY] = await self.keys.identify(_presented_key(scope))
+                raw = await capped_body(scope, receive, self.max_body_bytes)
+                response = await self.api.chat(scope, identity.tenant, identity.key, raw)
+            except AreionError as error:
+                note(scope, error=error.code)
+                response = error_response(error)
+            answering = True
+            await response(scope, receive, send)
+        except ClientDisconnect:
+            return  # the client left (or was timed out) mid-request: nobody to answer
+        except Exception:
+            if answering:  # cut short: uvicorn closes the connection
+                raise
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            note(scope, error="internal_error")
+            body = error_body("internal error", type="server_error", code="internal_error")
+            await json_response(body, 500)(scope, receive, send)
 
 
 class _Server(Starlette):
-    """Starlette, whose outermost layer (`ServerErrorMiddleware`, which wraps every
-    `send` of every request to learn whether the answer has started) a chat call skips:
-    `_Contain` inside it already answers any error before the answer starts, and after
-    that the outer layer only re-raises, as uvicorn then sees the error anyway."""
+    """Starlette, but for a chat call, which goes straight to `_ChatCall` (wrapped in
+    the middleware the config asks for) past Starlette's own layers."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return _Front(super().build_middleware_stack())
-
-
-class _Front:
-    def __init__(self, outer: ASGIApp) -> None:
-        self.outer = outer
-        self.inner = outer.app if isinstance(outer, ServerErrorMiddleware) else outer
+    def __init__(self, *, chat: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._chat = chat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _chat_call(scope):
-            await self.inner(scope, receive, send)
-        else:
-            await self.outer(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] in _CHAT_PATHS and scope["method"] == "POST":
+            scope["app"] = self
+            await self._chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 class _Api:
@@ -177,8 +174,14 @@ class _Api:
 
     async def chat_completions(self, request: Request) -> Response | JsonAnswer:
         tenant, key = self.identity(request)
-        chat, include_usage = parse_chat_request(await body(request))
-        options = call_options(request, tenant, key, chat.model)
+        return await self.chat(request.scope, tenant, key, await body(request))
+
+    async def chat(
+        self, scope: Scope, tenant: str, key: str | None, raw: bytes
+    ) -> Response | JsonAnswer:
+        """The answer to the chat completion request `raw` of `tenant`."""
+        chat, include_usage = parse_chat_request(raw)
+        options = call_options(scope, tenant, key, chat.model)
         response = await self.runtime.answer(chat, options)
         headers = answer_headers(response, options)
         if isinstance(response, ChatStream):
@@ -257,16 +260,12 @@ class _Contain:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        # A chat call's sends (one per event of a stream) are not watched: its answer is
-        # taken to have started once `_ChatRoute` sends it. An error in between (none is
-        # known) would then be left to uvicorn, which answers 500 and closes.
-        chat = _chat_call(scope)
         try:
-            await self.app(scope, receive, send if chat else watched)
+            await self.app(scope, receive, watched)
         except ClientDisconnect:
             return  # the client left (or was timed out) mid-request: nobody to answer
         except Exception:
-            if started or (chat and scope.get(_ANSWERING, False)):
+            if started:
                 raise
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             note(scope, error="internal_error")
@@ -302,7 +301,7 @@ def create_app(runtime: Runtime) -> Starlette:
         Middleware(_Contain),
         Middleware(
             LimitBody,
-            max_bytes=runtime.config.server.max_body_bytes,
+            max_bytes=server.max_body_bytes,
             # An upload's cap, plus room for its multipart framing.
             paths={
                 "/v1/files": (
@@ -312,14 +311,18 @@ def create_app(runtime: Runtime) -> Starlette:
             },
         ),
         Middleware(_Authenticate, keys=runtime.keys),
-        Middleware(_ChatRoute, api=api),
     ]
+    chat: ASGIApp = _ChatCall(api, runtime.keys, server.max_body_bytes)
+    if server.access_log:
+        chat = AccessLog(chat, format=server.log_format)
     if runtime.tracing is not None:
         from areion.telemetry.tracing import ContinueTrace
 
         # Outermost: a caller's traceparent is the parent of everything its request does.
         middleware.insert(0, Middleware(ContinueTrace, tracing=runtime.tracing))
+        chat = ContinueTrace(chat, tracing=runtime.tracing)
     return _Server(
+        chat=chat,
         routes=[
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),

@@ -69,7 +69,7 @@ async def body(request: Request) -> bytes:
 
 
 def call_options(
-    request: Request, tenant: str, key: str | None, model: str | None = None
+    request: Request | Scope, tenant: str, key: str | None, model: str | None = None
 ) -> CallOptions:
     """The options of a model call of `model` asked for by `request`, from tenant
     `tenant` with the key labelled `key`: a new request id of Areion's own, and the
@@ -77,7 +77,7 @@ def call_options(
     request id and model go on the request's log line."""
     # Areion's own id names the call (ledger, cache feedback): a client's id is its
     # own choice, and another tenant could choose the same one. It is kept beside.
-    scope = request.scope
+    scope = request.scope if isinstance(request, Request) else request
     headers = request_headers(scope)
     request_id = new_request_id()
     note(scope, request_id=request_id, model=model)
