@@ -223,6 +223,30 @@ async def test_an_upstream_that_never_answers_times_out(
     pool.close()
 
 
+async def test_a_reused_connection_times_out_on_its_own_read_deadline(
+    serve: Callable[[Handler], Awaitable[Upstream]],
+) -> None:
+    """The read timer of the first answer stays armed in the pool; the second answer's
+    wait still ends at its own deadline, not never."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            return True
+        await reader.read()  # the second request: no answer, until the client gives up
+        return False
+
+    upstream = await serve(handler)
+    pool = _pool(read_timeout=0.2)
+    response = await pool.post(upstream.url, b"{}", {})
+    assert await response.read() == b"ok"
+    with pytest.raises(ReadTimeoutError):
+        await pool.post(upstream.url, b"{}", {})
+    assert upstream.connections == 1  # the second request went on the pooled connection
+    pool.close()
+
+
 async def test_a_connection_cut_mid_answer_is_an_error(
     serve: Callable[[Handler], Awaitable[Upstream]],
 ) -> None:

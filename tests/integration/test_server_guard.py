@@ -87,6 +87,20 @@ def test_a_connection_that_never_sends_is_closed() -> None:
         assert _until_closed(sock) == b""
 
 
+def test_a_connection_idle_after_its_answers_is_closed() -> None:
+    """The idle timer armed when the connection opened is moved, not left to close it
+    mid-use, and still closes it once it is idle past its answers."""
+    request = b"GET /healthz HTTP/1.1\r\nhost: areion\r\n\r\n"
+    with _serve(**{**LONG, "idle_timeout_s": 0.5}) as (_, port), _connect(port) as sock:
+        for _ in range(2):
+            sock.sendall(request)
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+                reply += sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200 ")
+        assert _until_closed(sock) == b""
+
+
 def test_unfinished_headers_are_answered_408_and_closed() -> None:
     with _serve(**{**LONG, "header_timeout_s": 0.5}) as (_, port), _connect(port) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: areion\r\n")

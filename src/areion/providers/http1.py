@@ -255,10 +255,10 @@ class _Connection(asyncio.Protocol):
         return b""
 
     def _finished(self) -> None:
-        """The answer is whole: the connection goes back to the pool if it may."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """The answer is whole: the connection goes back to the pool if it may. Its read
+        timer stays armed there (`abandon` cancels it): the next answer's wait finds it
+        due sooner than its own deadline and it moves then, rather than a timer made
+        and cancelled for every call."""
         self.pool.release(self)
 
     def reusable(self) -> bool:

@@ -134,6 +134,11 @@ class _Guarded(HttpToolsProtocol):
         # operation while one armed earlier is still due before them.
         self._due = 0.0
         self._part: Literal["headers", "body"] | None = None
+        # Since when the connection is idle (loop time); None: a request is under way.
+        # The idle timer (uvicorn's `timeout_keep_alive_task`) is likewise left armed
+        # when a request comes and moved when it fires early, not made anew for every
+        # response and cancelled by the next request's first bytes, as uvicorn does.
+        self._idle_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,13 +147,50 @@ class _Guarded(HttpToolsProtocol):
             self._reply(503, "the server has too many open connections; retry later")
             return
         # uvicorn starts its idle timer only once a response is sent.
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn's: on every read, and when a response completes.
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the idle timer (`_idle`).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:  # the next request, read while this one was answered
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle()
+
+    def _idle(self) -> None:
+        """The connection is idle from now: closed if it stays so `idle_timeout_s`."""
+        self._idle_since = now = self.loop.time()
+        if self.timeout_keep_alive_task is None:  # else it fires sooner, and moves then
+            self.timeout_keep_alive_task = self.loop.call_at(
+                now + self.timeout_keep_alive, self._check_idle
+            )
+
+    def _check_idle(self) -> None:
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None:
+            return  # busy: armed again when the connection is next idle
+        due = since + self.timeout_keep_alive
+        if self.loop.time() < due:
+            self.timeout_keep_alive_task = self.loop.call_at(due, self._check_idle)
+            return
+        self.timeout_keep_alive_handler()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
