@@ -1,13 +1,15 @@
-"""The circuit breaker's state machine and retry backoff, with explicit clocks."""
+"""The circuit breaker's state machine and retry backoff, with explicit clocks; call
+deadlines."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 
 import pytest
 
-from areion.gateway.resilience import BreakerState, CircuitBreaker, backoff_delay
+from areion.gateway.resilience import BreakerState, CircuitBreaker, Deadline, backoff_delay
 
 
 def _breaker(threshold: int = 3, reset: float = 10.0) -> CircuitBreaker:
@@ -160,3 +162,60 @@ def test_backoff_is_reproducible_with_a_seed() -> None:
 def test_zero_base_means_no_wait() -> None:
     rng = random.Random(0)
     assert all(backoff_delay(a, base=0.0, cap=2.0, rng=rng) == 0.0 for a in range(10))
+
+
+# --- Deadline ----------------------------------------------------------------------------
+
+
+async def test_a_deadline_that_passes_cancels_the_work_and_says_it_was_its_own() -> None:
+    deadline = Deadline(0.01)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(30)
+    assert deadline.end()
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # taken back: the task goes on
+    assert not deadline.end()  # once
+    await asyncio.sleep(0)
+
+
+async def test_a_deadline_ended_in_time_never_fires() -> None:
+    deadline = Deadline(0.02)
+    assert not deadline.end()
+    await asyncio.sleep(0.1)  # would be cancelled, had the timer been left
+
+
+async def test_a_cancellation_from_elsewhere_is_not_the_deadlines() -> None:
+    async def guarded() -> str:
+        deadline = Deadline(30)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return "timed out" if deadline.end() else "cancelled"
+        finally:
+            deadline.end()
+        return "done"
+
+    task = asyncio.create_task(guarded())
+    await asyncio.sleep(0)
+    task.cancel()
+    assert await task == "cancelled"
+
+
+async def test_a_deadline_and_another_cancellation_together_propagate_the_other() -> None:
+    async def guarded() -> str:
+        deadline = Deadline(0.01)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # the deadline has fired by now: cancelled twice
+            return "?"
+        finally:
+            raised_by_deadline = deadline.end()
+            assert not raised_by_deadline
+        return "done"
+
+    task = asyncio.create_task(guarded())
+    await asyncio.sleep(0)
+    task.cancel()  # cancelled from outside first; the deadline fires while it is handled
+    with pytest.raises(asyncio.CancelledError):
+        await task

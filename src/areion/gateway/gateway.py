@@ -29,7 +29,7 @@ from areion.errors import (
 )
 from areion.gateway.deployments import Deployment, ModelGroup, pick_deployment
 from areion.gateway.fleet import Fleet
-from areion.gateway.resilience import backoff_delay
+from areion.gateway.resilience import Deadline, backoff_delay
 from areion.gateway.spend import Claim, OutputGuard, SpendHold
 from areion.providers import EmbeddingProvider
 from areion.streaming import ChatStream
@@ -253,15 +253,18 @@ class Gateway:
         """One call answered whole, within the deployment's total timeout (and its capped
         slot over the replicas)."""
         holder = await self._take_slot(deployment)
+        deadline = Deadline(deployment.config.total_timeout)
         try:
-            async with asyncio.timeout(deployment.config.total_timeout):
-                return await make()
-        except TimeoutError:
-            raise ProviderTimeoutError(
-                f"deployment {deployment.id} did not answer within its total timeout "
-                f"({deployment.config.total_timeout}s)"
-            ) from None
+            return await make()
+        except (asyncio.CancelledError, TimeoutError) as error:
+            if deadline.end() or isinstance(error, TimeoutError):
+                raise ProviderTimeoutError(
+                    f"deployment {deployment.id} did not answer within its total timeout "
+                    f"({deployment.config.total_timeout}s)"
+                ) from None
+            raise
         finally:
+            deadline.end()
             if holder is not None:
                 await self._give_slot(deployment, holder)
 
@@ -283,14 +286,18 @@ class Gateway:
         ) -> tuple[AsyncIterator[StreamChunk], StreamChunk, str | None]:
             holder = await self._take_slot(deployment)  # held until the stream ends
             iterator = deployment.provider.stream(request).__aiter__()
+            deadline = Deadline(deployment.config.first_byte_timeout)
             try:
-                async with asyncio.timeout(deployment.config.first_byte_timeout):
-                    first = await anext(iterator)
+                first = await anext(iterator)
             except BaseException as error:
+                fired = deadline.end()  # before any other await, as asyncio.timeout would
+                timed_out = isinstance(error, TimeoutError) or (
+                    fired and isinstance(error, asyncio.CancelledError)
+                )
                 await _close(iterator)
                 if holder is not None:
                     await self._give_slot(deployment, holder)
-                if isinstance(error, TimeoutError):
+                if timed_out:
                     raise ProviderTimeoutError(
                         f"deployment {deployment.id} sent no first chunk within "
                         f"{deployment.config.first_byte_timeout}s"
@@ -300,6 +307,7 @@ class Gateway:
                         f"deployment {deployment.id} sent an empty stream"
                     ) from None
                 raise
+            deadline.end()
             return iterator, first, holder
 
         claim = hold.claim() if hold is not None else None
