@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=False,  # Areion's own request line replaces uvicorn's (server/access.py)
         proxy_headers=False,  # Areion reads no client address: no X-Forwarded-* rewriting
+        server_header=False,  # no `server: uvicorn` on every answer, naming what serves it
         loop="auto",
         # httptools with deadlines for headers, bodies and idle sockets and a connection cap
         http=guarded_protocol(config.server),
@@ -116,6 +117,7 @@ def _serve_workers(
         log_level=args.log_level,
         access_log=False,
         proxy_headers=False,
+        server_header=False,
         loop="auto",
         http="areion.server.worker:protocol",
         timeout_graceful_shutdown=10,
