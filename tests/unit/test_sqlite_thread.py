@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from areion.store.sqlite_thread import DbThread, Job, Pacer
@@ -78,42 +77,41 @@ async def _submit(thread: DbThread, name: str) -> asyncio.Future[Any]:
     return future
 
 
-def _blocking_sleep() -> tuple[Callable[[float], None], threading.Event, threading.Event]:
-    """A sleep that says when it starts and ends only when released."""
-    started, released = threading.Event(), threading.Event()
+class _Held:
+    """A recording thread whose pacer has seen `writes` writes every `every` seconds,
+    and whose sleep says when it starts and ends only when released."""
 
-    def sleep(seconds: float) -> None:
-        started.set()
-        assert released.wait(10)
+    def __init__(self, *, writes: int, every: float) -> None:
+        self.started, self.released = threading.Event(), threading.Event()
+        clock = _Clock()
+        pacer = Pacer(0.001, clock=clock, sleep=self._sleep)
+        _paced(pacer, clock, batches=200, writes=writes, every=every)
+        self.thread = _Recorder(pacer)
 
-    return sleep, started, released
+    def _sleep(self, seconds: float) -> None:
+        self.started.set()
+        assert self.released.wait(10)
 
 
 async def test_a_held_write_is_committed_with_those_that_arrive_while_it_waits() -> None:
-    clock = _Clock()
-    sleep, started, released = _blocking_sleep()
-    pacer = Pacer(0.001, clock=clock, sleep=sleep)
-    _paced(pacer, clock, batches=200, writes=4, every=0.001)
-    thread = _Recorder(pacer)
+    held = _Held(writes=4, every=0.001)
+    thread = held.thread
 
     first = await _submit(thread, "a")
-    assert await asyncio.to_thread(started.wait, 10)  # the thread holds "a"
+    assert await asyncio.to_thread(held.started.wait, 10)  # the thread holds "a"
     later = [await _submit(thread, name) for name in ("b", "c")]
-    released.set()
+    held.released.set()
     await asyncio.gather(first, *later)
     assert thread.batches == [["a", "b", "c"]]
     await thread.stop()
 
 
 async def test_a_write_at_a_low_rate_is_handled_at_once() -> None:
-    clock = _Clock()
-    sleep, started, _ = _blocking_sleep()
-    pacer = Pacer(0.001, clock=clock, sleep=sleep)
-    _paced(pacer, clock, batches=20, writes=1, every=0.05)
-    thread = _Recorder(pacer)
+    held = _Held(writes=1, every=0.05)
+    thread = held.thread
 
     await (await _submit(thread, "a"))
     await (await _submit(thread, "b"))
     assert thread.batches == [["a"], ["b"]]
-    assert not started.is_set()
+    assert not held.started.is_set()
     await thread.stop()
