@@ -29,7 +29,6 @@ from areion.server.batches import JobsApi
 from areion.server.cache import CacheApi
 from areion.server.calls import (
     answer_headers,
-    body,
     call_options,
     error_headers,
     request_headers,
@@ -121,7 +120,7 @@ class _ChatCall:
             try:
                 identity = scope[_IDENTITY] = await self.keys.identify(_presented_key(scope))
                 raw = await capped_body(scope, receive, self.max_body_bytes)
-                response = await self.api.chat(scope, identity.tenant, identity.key, raw)
+                response = await self.api.answer_chat(scope, identity.tenant, identity.key, raw)
             except AreionError as error:
                 note(scope, error=error.code)
                 response = error_response(error)
@@ -132,10 +131,16 @@ class _ChatCall:
         except Exception:
             if answering:  # cut short: uvicorn closes the connection
                 raise
-            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            note(scope, error="internal_error")
-            body = error_body("internal error", type="server_error", code="internal_error")
-            await json_response(body, 500)(scope, receive, send)
+            await _internal_error(scope, receive, send)
+
+
+async def _internal_error(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to an error no handler took, before the answer started: logged, and a
+    500 in OpenAI's shape on a connection that stays usable (`_Contain`)."""
+    log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+    note(scope, error="internal_error")
+    body = error_body("internal error", type="server_error", code="internal_error")
+    await json_response(body, 500)(scope, receive, send)
 
 
 class _Server(Starlette):
@@ -172,11 +177,7 @@ class _Api:
     def tenant(self, request: Request) -> str:
         return self.identity(request)[0]
 
-    async def chat_completions(self, request: Request) -> Response | JsonAnswer:
-        tenant, key = self.identity(request)
-        return await self.chat(request.scope, tenant, key, await body(request))
-
-    async def chat(
+    async def answer_chat(
         self, scope: Scope, tenant: str, key: str | None, raw: bytes
     ) -> Response | JsonAnswer:
         """The answer to the chat completion request `raw` of `tenant`."""
@@ -267,10 +268,7 @@ class _Contain:
         except Exception:
             if started:
                 raise
-            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            note(scope, error="internal_error")
-            body = error_body("internal error", type="server_error", code="internal_error")
-            await json_response(body, 500)(scope, receive, send)
+            await _internal_error(scope, receive, send)
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -312,7 +310,8 @@ def create_app(runtime: Runtime) -> Starlette:
         ),
         Middleware(_Authenticate, keys=runtime.keys),
     ]
-    chat: ASGIApp = _ChatCall(api, runtime.keys, server.max_body_bytes)
+    chat_call = _ChatCall(api, runtime.keys, server.max_body_bytes)
+    chat: ASGIApp = chat_call
     if server.access_log:
         chat = AccessLog(chat, format=server.log_format)
     if runtime.tracing is not None:
@@ -324,8 +323,10 @@ def create_app(runtime: Runtime) -> Starlette:
     return _Server(
         chat=chat,
         routes=[
-            Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
-            Route("/chat/completions", api.chat_completions, methods=["POST"]),
+            # Their POSTs go to `_ChatCall` before routing (`_Server`); the routes answer
+            # other methods 405.
+            Route("/v1/chat/completions", chat_call, methods=["POST"]),
+            Route("/chat/completions", chat_call, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
             *ResponsesApi(runtime, api.identity).routes(),
             Route("/v1/models/{model:path}", api.model, methods=["GET"]),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
 from starlette.types import Scope
 
 from areion.control.limits import RateReport
@@ -35,7 +34,6 @@ from areion.types import ChatResponse
 
 __all__ = [
     "answer_headers",
-    "body",
     "call_options",
     "error_headers",
     "info_headers",
@@ -55,29 +53,15 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
 _HEADERS = "areion.headers"
 
 
-async def body(request: Request) -> bytes:
-    """The request's body, as `request.body()` reads it, straight from its `receive`
-    (Starlette's reads through an async generator, which costs a chat call more)."""
-    parts: list[bytes] = []
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def call_options(
-    request: Request | Scope, tenant: str, key: str | None, model: str | None = None
+    scope: Scope, tenant: str, key: str | None, model: str | None = None
 ) -> CallOptions:
-    """The options of a model call of `model` asked for by `request`, from tenant
+    """The options of a model call of `model` asked for by the request of `scope`, from tenant
     `tenant` with the key labelled `key`: a new request id of Areion's own, and the
     client's id, cache control, tier, tags, priority and end user from its headers. The
     request id and model go on the request's log line."""
     # Areion's own id names the call (ledger, cache feedback): a client's id is its
     # own choice, and another tenant could choose the same one. It is kept beside.
-    scope = request.scope if isinstance(request, Request) else request
     headers = request_headers(scope)
     request_id = new_request_id()
     note(scope, request_id=request_id, model=model)

@@ -150,7 +150,7 @@ class CompletionsApi:
         tenant, key = self._identity(request)
         body, prompts = _parse(await request.body())
         chats = _chats(body, prompts)
-        base = call_options(request, tenant, key, chats[0].model)
+        base = call_options(request.scope, tenant, key, chats[0].model)
         assert base.request_id is not None
         # One model call per prompt, each with its own id in the ledger.
         options = [base] + [

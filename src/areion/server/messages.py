@@ -82,7 +82,7 @@ class MessagesApi:
     async def _create(self, request: Request) -> Response:
         tenant, key = self._identity(request)
         chat = parse_messages_request(await request.body(), self._targets)
-        options = call_options(request, tenant, key, chat.model)
+        options = call_options(request.scope, tenant, key, chat.model)
         answer = await self.runtime.answer(chat, options)
         assert options.request_id is not None
         headers = {**answer_headers(answer, options), "request-id": options.request_id}

@@ -78,7 +78,7 @@ class ResponsesApi:
                 raise _not_found(asked.previous_response_id, param="previous_response_id")
             history = [Message.from_openai(message) for message in previous.conversation]
         chat = asked.chat_request(history)
-        options = call_options(request, tenant, key, chat.model)
+        options = call_options(request.scope, tenant, key, chat.model)
         answer = await self.runtime.answer(chat, options)
         shape = ResponseShape(
             response_id=new_id("resp"), created_at=int(time.time()), echo=asked.echo
