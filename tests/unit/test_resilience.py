@@ -189,8 +189,8 @@ async def test_a_cancellation_from_elsewhere_is_not_the_deadlines() -> None:
         deadline = Deadline(30)
         try:
             await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            return "timed out" if deadline.end() else "cancelled"
+        except asyncio.CancelledError as error:
+            return "timed out" if deadline.caused(error) else "cancelled"
         finally:
             deadline.end()
         return "done"

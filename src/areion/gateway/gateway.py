@@ -257,7 +257,7 @@ class Gateway:
         try:
             return await make()
         except (asyncio.CancelledError, TimeoutError) as error:
-            if deadline.end() or isinstance(error, TimeoutError):
+            if deadline.caused(error) or isinstance(error, TimeoutError):
                 raise ProviderTimeoutError(
                     f"deployment {deployment.id} did not answer within its total timeout "
                     f"({deployment.config.total_timeout}s)"
@@ -290,10 +290,8 @@ class Gateway:
             try:
                 first = await anext(iterator)
             except BaseException as error:
-                fired = deadline.end()  # before any other await, as asyncio.timeout would
-                timed_out = isinstance(error, TimeoutError) or (
-                    fired and isinstance(error, asyncio.CancelledError)
-                )
+                # Ended before any other await, as asyncio.timeout's exit would be.
+                timed_out = deadline.caused(error) or isinstance(error, TimeoutError)
                 await _close(iterator)
                 if holder is not None:
                     await self._give_slot(deployment, holder)

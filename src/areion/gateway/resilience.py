@@ -20,8 +20,8 @@ class Deadline:
         deadline = Deadline(5.0)
         try:
             return await work()
-        except asyncio.CancelledError:
-            if deadline.end():
+        except asyncio.CancelledError as error:
+            if deadline.caused(error):
                 raise TimeoutError from None
             raise
         finally:
@@ -58,6 +58,11 @@ class Deadline:
             return False
         self._fired = False  # taken back once
         return self._task.uncancel() <= self._cancelling
+
+    def caused(self, error: BaseException) -> bool:
+        """`end()`, and whether `error`, raised by the guarded work, is this deadline's
+        cancellation (and no one else's)."""
+        return self.end() and isinstance(error, asyncio.CancelledError)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
