@@ -77,7 +77,7 @@ async def _submit(thread: DbThread, name: str) -> asyncio.Future[Any]:
     return future
 
 
-class _Held:
+class _PacedThread:
     """A recording thread whose pacer has seen `writes` writes every `every` seconds,
     and whose sleep says when it starts and ends only when released."""
 
@@ -94,24 +94,24 @@ class _Held:
 
 
 async def test_a_held_write_is_committed_with_those_that_arrive_while_it_waits() -> None:
-    held = _Held(writes=4, every=0.001)
-    thread = held.thread
+    paced = _PacedThread(writes=4, every=0.001)
+    thread = paced.thread
 
     first = await _submit(thread, "a")
-    assert await asyncio.to_thread(held.started.wait, 10)  # the thread holds "a"
+    assert await asyncio.to_thread(paced.started.wait, 10)  # the thread holds "a"
     later = [await _submit(thread, name) for name in ("b", "c")]
-    held.released.set()
+    paced.released.set()
     await asyncio.gather(first, *later)
     assert thread.batches == [["a", "b", "c"]]
     await thread.stop()
 
 
 async def test_a_write_at_a_low_rate_is_handled_at_once() -> None:
-    held = _Held(writes=1, every=0.05)
-    thread = held.thread
+    paced = _PacedThread(writes=1, every=0.05)
+    thread = paced.thread
 
     await (await _submit(thread, "a"))
     await (await _submit(thread, "b"))
     assert thread.batches == [["a"], ["b"]]
-    assert not held.started.is_set()
+    assert not paced.started.is_set()
     await thread.stop()
