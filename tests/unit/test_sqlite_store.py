@@ -14,7 +14,7 @@ import pytest
 from areion.errors import ConfigError
 from areion.store import SQLiteStore, Store, open_store
 from areion.store.sqlite import _ledger_tuple, sqlite_path
-from areion.store.sqlite_schema import LEDGER_ROWS, TURNS
+from areion.store.sqlite_schema import LEDGER_CLOSINGS, LEDGER_ROWS, TURNS
 from areion.store.sqlite_thread import Job
 from areion.types import LedgerEntry
 
@@ -242,3 +242,64 @@ async def test_ledger_rows_land_alike_alone_and_in_a_batch_with_other_writes(
     for sql in ("SELECT * FROM ledger", "SELECT * FROM spend_rollup"):
         assert _rows(tmp_path / "alone.db", sql) == _rows(tmp_path / "mixed.db", sql)
     assert len(_rows(tmp_path / "alone.db", "SELECT * FROM spend_rollup")) == 4
+
+
+async def test_closings_land_alike_alone_and_in_a_batch_with_other_writes(tmp_path: Path) -> None:
+    """Streams' closings (bound as parameters) and the same closings in a batch with
+    other writes (which goes as JSON) give open rows the same real figures and trade
+    the same amounts in the rollups: one row opened and closed in one write, one closed
+    in a later write (into another hour), one never closed, and closings that find no
+    open row (another tenant's, an unknown request, a row closed already)."""
+    opened = [
+        _entry(name, open=True, estimated=True, cost_usd=0.5, latency_s=0.0, created=100.0)
+        for name in ("s1", "s2", "s3")
+    ]
+    closings = [
+        _entry("s1", completion_tokens=7, cost_usd=0.01, latency_s=0.4, created=100.4),
+        _entry("s2", completion_tokens=9, cost_usd=0.02, latency_s=3.0, created=3_700.0),
+        _entry("s2", tenant="team-b", cost_usd=1.0, created=3_700.0),
+        _entry("nobody", cost_usd=1.0, created=3_700.0),
+    ]
+    again = _entry("s1", cost_usd=1.0, created=9_000.0)
+
+    alone = SQLiteStore(str(tmp_path / "alone.db"))
+    await alone.append_ledger(opened, closing=closings[:1])
+    await alone.append_ledger([], closing=closings[1:])
+    await alone.append_ledger([], closing=[again])
+    await alone.aclose()
+
+    mixed = SQLiteStore(str(tmp_path / "mixed.db"))
+    writer = mixed._writer  # its batches handled here, on the test's thread
+    loop = asyncio.get_running_loop()
+
+    def job(*parts: Any) -> Job:
+        return Job(loop, loop.create_future(), parts=list(parts))
+
+    def rows(entries: list[LedgerEntry]) -> list[Any]:
+        return [_ledger_tuple(e) for e in entries]
+
+    def turn(seq: int) -> Job:
+        return job((TURNS, orjson.dumps(["t", "s", seq, "user", "hi", 1])))
+
+    batches = [
+        [job((LEDGER_ROWS, rows(opened)), (LEDGER_CLOSINGS, rows(closings[:1]))), turn(0)],
+        [turn(1), job((LEDGER_CLOSINGS, rows(closings[1:])))],
+        [job((LEDGER_CLOSINGS, rows([again]))), turn(2)],
+    ]
+    for batch in batches:
+        writer._handle(batch)
+        assert [j.error for j in batch] == [None, None]
+    await mixed.aclose()
+
+    for sql in ("SELECT * FROM ledger", "SELECT * FROM spend_rollup"):
+        assert _rows(tmp_path / "alone.db", sql) == _rows(tmp_path / "mixed.db", sql)
+    ledger = {row[0]: row for row in _rows(tmp_path / "alone.db", "SELECT * FROM ledger")}
+    assert ledger["s1"][8] == 0.01 and ledger["s1"][15] == 0  # closed once, not again
+    assert ledger["s2"][11] == 3_700.0 and ledger["s3"][15] == 1
+    assert "nobody" not in ledger
+    (hours,) = _rows(
+        tmp_path / "alone.db",
+        "SELECT group_concat(period_start || ':' || calls || ':' || round(cost_usd, 4)) "
+        "FROM (SELECT * FROM spend_rollup WHERE period = 3600 ORDER BY period_start)",
+    )
+    assert hours == ("0:2:0.51,3600:1:0.02",)

@@ -52,8 +52,7 @@ from areion.store.sqlite_schema import (
     CACHE_GET,
     EVENTS,
     FENCED_RUN,
-    LEDGER,
-    LEDGER_CLOSE,
+    LEDGER_CLOSINGS,
     LEDGER_COLUMNS,
     LEDGER_ROWS,
     LOAD_RUN,
@@ -132,19 +131,15 @@ class SQLiteStore:
     async def append_ledger(
         self, entries: Sequence[LedgerEntry], *, closing: Sequence[LedgerEntry] = ()
     ) -> None:
-        if entries and not closing:
-            # A billed call's write: rows the writer binds as parameters (no JSON).
-            rows = [_ledger_tuple(e) for e in entries]
-            await self._write([(LEDGER_ROWS, rows)], _ROW_BYTES * len(rows))
-            return
+        # Rows and closings the writer binds as parameters (no JSON), in one write: one
+        # transaction inserts and closes them all, or none.
         parts: list[Part] = []
         if entries:
-            parts.append((LEDGER, _ledger_rows(entries)))
+            parts.append((LEDGER_ROWS, [_ledger_tuple(e) for e in entries]))
         if closing:
-            parts.append((LEDGER_CLOSE, _ledger_rows(closing)))
+            parts.append((LEDGER_CLOSINGS, [_ledger_tuple(e) for e in closing]))
         if parts:
-            # One write: one statement inserts and closes them all, or none.
-            await self._write(parts, _size(parts))
+            await self._write(parts, _ROW_BYTES * (len(entries) + len(closing)))
 
     async def ledger(
         self, *, tenant: str | None = None, request_id: str | None = None, limit: int = 1000

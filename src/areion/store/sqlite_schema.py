@@ -33,6 +33,8 @@ __all__ = [
     "JSON_KINDS",
     "LEDGER",
     "LEDGER_CLOSE",
+    "LEDGER_CLOSE_VALUES",
+    "LEDGER_CLOSINGS",
     "LEDGER_COLUMNS",
     "LEDGER_ROLLED_AT",
     "LEDGER_ROWS",
@@ -41,6 +43,7 @@ __all__ = [
     "LOAD_TOOL_CALLS",
     "MESSAGES",
     "NEW_RUNS",
+    "OPEN_LEDGER_ROWS",
     "PUT_RESPONSE",
     "RESPONSE_CHAIN",
     "RUNS",
@@ -70,6 +73,7 @@ LEDGER_CLOSE = 8  # [ledger row]               the real figures of an open row
 JSON_KINDS = 9
 CACHE = 9  # (key, value, expires): merged by the writer, values go as one BLOB
 LEDGER_ROWS = 10  # [ledger row tuple]: a billed call's rows, bound as parameters (below)
+LEDGER_CLOSINGS = 11  # [ledger row tuple]: the real figures of open rows, bound likewise
 
 UNKNOWN_RUN = "areion: checkpoint of a run that does not exist for its tenant"
 FENCED_RUN = "areion: checkpoint with a fence lower than the run has seen"
@@ -636,10 +640,11 @@ WRITE_BATCH = (
     + f", CAST(?{JSON_KINDS + 1} AS TEXT), ?{JSON_KINDS + 2}, ?{JSON_KINDS + 3})"
 )
 
-# A batch of ledger rows and nothing else (what billed calls write) is written without
-# JSON: the rows bound as parameters of multi-row inserts, then what they add to the
-# rollups, summed by the writer (`rollups.rolled_up`), in one transaction. Taking 27
-# fields out of each row's JSON cost SQLite several times what the insert itself does.
+# A batch of ledger rows and closings and nothing else (what billed calls and streams
+# write) is written without JSON: the rows bound as parameters of multi-row inserts,
+# the closings as parameters of an update, then what both change in the rollups,
+# summed by the writer (`rollups.rolled_up`), in one transaction. Taking 27 fields out
+# of each row's JSON cost SQLite several times what the insert itself does.
 _LEDGER_ROW = "(" + ", ".join("?" * _LEDGER_WIDTH) + ")"
 
 
@@ -650,6 +655,21 @@ LEDGER_VALUES = {
     for rows in (32, 16, 8, 4, 2, 1)
 }
 
+
+# The open rows among some request ids (a JSON array of them), whole: the writer
+# matches them to their closings by request id, tenant and deployment, as the batch
+# view's `_CLOSED` does.
+OPEN_LEDGER_ROWS = (
+    f"SELECT {LEDGER_COLUMNS} FROM ledger "
+    "WHERE open = 1 AND request_id IN (SELECT value FROM json_each(?))"
+)
+
+# An open row's real figures, from its closing (the batch view's UPDATE, bound).
+LEDGER_CLOSE_VALUES = (
+    "UPDATE ledger SET prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, "
+    "cost_usd = ?, estimated = ?, latency_s = ?, created = ?, open = 0 "
+    "WHERE open = 1 AND request_id = ? AND tenant = ? AND deployment = ?"
+)
 
 # Where `rolled_up` finds what it sums in a row of LEDGER_VALUES' parameters.
 LEDGER_ROLLED_AT = tuple(

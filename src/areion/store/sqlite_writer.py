@@ -28,9 +28,14 @@ from areion.store.sqlite_schema import (
     CACHE,
     JSON_KINDS,
     LEDGER,
+    LEDGER_CLOSE,
+    LEDGER_CLOSE_VALUES,
+    LEDGER_CLOSINGS,
+    LEDGER_COLUMNS,
     LEDGER_ROLLED_AT,
     LEDGER_ROWS,
     LEDGER_VALUES,
+    OPEN_LEDGER_ROWS,
     TABLES,
     WRITE_BATCH,
     migrate,
@@ -121,9 +126,9 @@ class Writer(DbThread):
     def _commit(self, writes: list[Job]) -> None:
         try:
             db = self._connect()
-            rows = _ledger_only(writes)
-            if rows is not None:
-                _write_ledger(db, rows)
+            ledger = _ledger_only(writes)
+            if ledger is not None:
+                _write_ledger(db, *ledger)
             else:
                 # One statement, in autocommit mode: the batch's whole transaction.
                 db.execute(WRITE_BATCH, _merge(writes, self._clock()))
@@ -181,21 +186,29 @@ def _set_wal(db: sqlite3.Connection, *, within_s: float = 10.0) -> None:
             time.sleep(0.01)  # the writer thread's own time: nothing else waits on it
 
 
-def _ledger_only(writes: Sequence[Job]) -> list[tuple[Any, ...]] | None:
-    """The ledger rows of a batch that writes nothing else, else None."""
+def _ledger_only(
+    writes: Sequence[Job],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None:
+    """The ledger rows and closings of a batch that writes nothing else, else None."""
     rows: list[tuple[Any, ...]] = []
+    closings: list[tuple[Any, ...]] = []
     for job in writes:
         for kind, payload in job.parts:
-            if kind != LEDGER_ROWS:
+            if kind == LEDGER_ROWS:
+                rows += payload
+            elif kind == LEDGER_CLOSINGS:
+                closings += payload
+            else:
                 return None
-            rows += payload
-    return rows
+    return rows, closings
 
 
-def _write_ledger(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Ledger rows and their rollups, in one transaction: the rows bound as parameters
-    of multi-row inserts (32, 16... 1 rows), then what they add to the rollups, summed
-    here (`rolled_up`)."""
+def _write_ledger(
+    db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], closings: Sequence[tuple[Any, ...]]
+) -> None:
+    """Ledger rows, closings and what they change in the rollups, in one transaction:
+    the rows bound as parameters of multi-row inserts (32, 16... 1 rows), the closings
+    after them (`_close`), then the rollups' changes, summed here (`rolled_up`)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         at = 0
@@ -203,12 +216,62 @@ def _write_ledger(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
             while len(rows) - at >= size:
                 db.execute(sql, tuple(itertools.chain.from_iterable(rows[at : at + size])))
                 at += size
-        db.executemany(ROLLUP_VALUES, rolled_up(rows, LEDGER_ROLLED_AT))
+        if closings:
+            taken, closed = _close(db, closings)
+            changes = rolled_up([*rows, *closed], LEDGER_ROLLED_AT, taken=taken)
+        else:
+            changes = rolled_up(rows, LEDGER_ROLLED_AT)
+        db.executemany(ROLLUP_VALUES, changes)
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
+
+
+_COLUMNS = [column.strip() for column in LEDGER_COLUMNS.split(",")]
+# A closing's figures that replace its open row's, by position in a ledger row, in the
+# order LEDGER_CLOSE_VALUES sets them.
+_CLOSED_AT = tuple(
+    _COLUMNS.index(name)
+    for name in (
+        "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "estimated",
+        "latency_s", "created",
+    )
+)  # fmt: skip
+# The row's identity, which a closing must match, in the order LEDGER_CLOSE_VALUES
+# names it.
+_IDENTITY_AT = tuple(_COLUMNS.index(name) for name in ("request_id", "tenant", "deployment"))
+
+
+def _close(
+    db: sqlite3.Connection, closings: Sequence[tuple[Any, ...]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Give the open rows `closings` name their real figures, as the batch view does:
+    a closing without an open row (never written, or closed already) changes nothing.
+    Returns the open rows as they were and as they are now, for the rollups to trade
+    the one for the other."""
+    ids = orjson.dumps([closing[0] for closing in closings]).decode()
+    opened: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for row in db.execute(OPEN_LEDGER_ROWS, (ids,)).fetchall():
+        opened.setdefault(tuple(row[i] for i in _IDENTITY_AT), []).append(row)
+    taken: list[tuple[Any, ...]] = []
+    closed: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    for closing in closings:
+        identity = tuple(closing[i] for i in _IDENTITY_AT)
+        found = opened.pop(identity, None)  # a second closing of it finds it closed
+        if not found:
+            continue
+        for row in found:
+            now = list(row)
+            for i in _CLOSED_AT:
+                now[i] = closing[i]
+            taken.append(row)
+            closed.append(tuple(now))
+        updates.append((*(closing[i] for i in _CLOSED_AT), *identity))
+    db.executemany(LEDGER_CLOSE_VALUES, updates)
+    return taken, closed
 
 
 def _merge(writes: Sequence[Job], now: float) -> list[Any]:
@@ -227,6 +290,8 @@ def _merge(writes: Sequence[Job], now: float) -> list[Any]:
                 offset += len(value)
             elif kind == LEDGER_ROWS:  # in a batch with other writes: as JSON
                 buckets[LEDGER].append(orjson.dumps(payload)[1:-1])
+            elif kind == LEDGER_CLOSINGS:
+                buckets[LEDGER_CLOSE].append(orjson.dumps(payload)[1:-1])
             else:
                 buckets[kind].append(payload)
     params: list[Any] = [b"[" + b",".join(b) + b"]" if b else None for b in buckets]
