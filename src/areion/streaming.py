@@ -96,6 +96,11 @@ class ChatStream:
         """Call `finisher(stream, error)` once, when the stream ends, fails or is closed."""
         self._finishers.append(finisher)
 
+    @property
+    def finished(self) -> bool:
+        """Whether the stream has ended, failed or been closed (its finishers have run)."""
+        return self._finished
+
     def _finish(self, error: BaseException | None) -> None:
         if self._finished:
             return

@@ -53,18 +53,21 @@ class EventStream(Response):
             gone = True
 
         listener = asyncio.get_running_loop().create_task(listen())
+        ended = False  # the events ran out, which leaves nothing to close
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for data in self.events:
                 if gone:
                     return
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+            ended = True
             if not gone:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             listener.cancel()
-            # Shielded: a server shutting down must still close the upstream and book it.
-            await asyncio.shield(self._close())
+            if not (ended and self.stream.finished):
+                # Shielded: a server shutting down must still close the upstream and book it.
+                await asyncio.shield(self._close())
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
 
