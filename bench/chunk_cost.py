@@ -46,7 +46,13 @@ def parse_args() -> argparse.Namespace:
         help="another tree's src directory, measured beside this one (repeatable)",
     )
     parser.add_argument("--low", type=int, default=4, help="content chunks of the short streams")
-    parser.add_argument("--high", type=int, default=20, help="content chunks of the long streams")
+    parser.add_argument(
+        "--high",
+        type=int,
+        default=68,
+        help="content chunks of the long streams (many more than --low: a chunk costs a few "
+        "us of CPU, and a call's CPU moves by tens of us from one run to the next)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=2000, help="streamed calls per run")
     parser.add_argument("--concurrency", type=int, default=64)
@@ -104,7 +110,7 @@ def main() -> int:
             per_chunk = (high - low) / (args.high - args.low)
             print(
                 f"round {round_no + 1}, {tree}: {low:,.0f} / {high:,.0f} {unit} per call at "
-                f"{args.low} / {args.high} chunks: {per_chunk:,.0f} per chunk",
+                f"{args.low} / {args.high} chunks: {per_chunk:,.1f} per chunk",
                 flush=True,
             )
     rows = []
@@ -118,7 +124,7 @@ def main() -> int:
             tree,
             f"{statistics.median(low for low, _, _, _ in runs[tree]):,.0f}",
             f"{statistics.median(high for _, high, _, _ in runs[tree]):,.0f}",
-            f"{per_chunk:,.0f}",
+            f"{per_chunk:,.1f}",
         ]
         if args.callgrind:
             loop = statistics.median(
