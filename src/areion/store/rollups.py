@@ -145,46 +145,48 @@ _ADD_ON_CONFLICT = (
     + ", ".join(f"{c} = spend_rollup.{c} + excluded.{c}" for c in _ADDED)
 )
 
-ROLLUP_VALUES = (
-    f"INSERT INTO spend_rollup (period, period_start, {', '.join(ROLLUP_KEY)}, "
-    f"{', '.join(_ADDED)}) VALUES ({', '.join('?' * (2 + len(ROLLUP_KEY) + len(_ADDED)))}) "
-    + _ADD_ON_CONFLICT
-)
-"""The statement adding one rollup row's figures, given as parameters (`rolled_up`)."""
+_ROLLUP_ROW = "(" + ", ".join("?" * (2 + len(ROLLUP_KEY) + len(_ADDED))) + ")"
+
+ROLLUP_VALUES = {
+    rows: (
+        f"INSERT INTO spend_rollup (period, period_start, {', '.join(ROLLUP_KEY)}, "
+        f"{', '.join(_ADDED)}) VALUES {', '.join([_ROLLUP_ROW] * rows)} {_ADD_ON_CONFLICT}"
+    )
+    for rows in (16, 8, 4, 2, 1)
+}
+"""The statements adding 16, 8... 1 rollup rows' figures, given as parameters
+(`rolled_up`), by the number of rows (16 rows are 656 parameters, under the 999 of old
+builds). The rows of one statement are of distinct rollup rows, as `rolled_up` groups
+them."""
 
 
-def rolled_up(
-    rows: Iterable[Sequence[Any]], at: Sequence[int], *, taken: Iterable[Sequence[Any]] = ()
-) -> list[tuple[Any, ...]]:
+def rolled_up(rows: Iterable[Sequence[Any]], at: Sequence[int]) -> list[tuple[Any, ...]]:
     """The `ROLLUP_VALUES` parameters of new ledger rows: what they add to the hour and
     day rollups, summed here (SQLite reading the rows back to group them cost the
-    writer more), less what the rows `taken` out of them had added (an open row whose
-    closing replaces its figures). `at` gives each row's position of created,
-    latency_s, the `ROLLUP_KEY` columns, then prompt_tokens, completion_tokens,
-    cost_usd and saved_usd. Periods and buckets are those `rollup_upsert` computes in
-    SQL."""
+    writer more). `at` gives each row's position of created, latency_s, the
+    `ROLLUP_KEY` columns, then prompt_tokens, completion_tokens, cost_usd and
+    saved_usd. Periods and buckets are those `rollup_upsert` computes in SQL."""
     created, latency, *rest = at
     key_at, (prompt, completion, cost, saved) = rest[: len(ROLLUP_KEY)], rest[len(ROLLUP_KEY) :]
     cache = key_at[ROLLUP_KEY.index("cache")]
     groups: dict[tuple[Any, ...], list[Any]] = {}
-    for sign, some in ((1, rows), (-1, taken)):
-        for row in some:
-            bucket = len(SUMS) + bisect.bisect_right(LATENCY_EDGES, row[latency])
-            dims = tuple(row[i] for i in key_at)
-            for period in (HOUR, DAY):
-                key = (period, int(row[created] / period) * period, *dims)
-                sums = groups.get(key)
-                if sums is None:
-                    # In the order of SUMS (calls, tokens in and out, cost, hits, saved),
-                    # then the histogram.
-                    sums = groups[key] = [0, 0, 0, 0.0, 0, 0.0, *([0] * BUCKETS)]
-                sums[0] += sign
-                sums[1] += sign * row[prompt]
-                sums[2] += sign * row[completion]
-                sums[3] += sign * row[cost]
-                sums[4] += sign * (row[cache] != "")
-                sums[5] += sign * row[saved]
-                sums[bucket] += sign
+    for row in rows:
+        bucket = len(SUMS) + bisect.bisect_right(LATENCY_EDGES, row[latency])
+        dims = tuple(row[i] for i in key_at)
+        for period in (HOUR, DAY):
+            key = (period, int(row[created] / period) * period, *dims)
+            sums = groups.get(key)
+            if sums is None:
+                # In the order of SUMS (calls, tokens in and out, cost, hits, saved),
+                # then the histogram.
+                sums = groups[key] = [0, 0, 0, 0.0, 0, 0.0, *([0] * BUCKETS)]
+            sums[0] += 1
+            sums[1] += row[prompt]
+            sums[2] += row[completion]
+            sums[3] += row[cost]
+            sums[4] += row[cache] != ""
+            sums[5] += row[saved]
+            sums[bucket] += 1
     return [(*key, *sums) for key, sums in groups.items()]
 
 

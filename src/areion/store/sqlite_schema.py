@@ -27,13 +27,14 @@ __all__ = [
     "CACHE",
     "CACHE_ENTRY_COLUMNS",
     "CACHE_GET",
+    "CLOSE_LEDGER",
+    "CLOSING_AT",
     "EVENTS",
     "FENCED_RUN",
     "FILL_ROLLUPS",
     "JSON_KINDS",
     "LEDGER",
     "LEDGER_CLOSE",
-    "LEDGER_CLOSE_VALUES",
     "LEDGER_CLOSINGS",
     "LEDGER_COLUMNS",
     "LEDGER_ROLLED_AT",
@@ -43,7 +44,6 @@ __all__ = [
     "LOAD_TOOL_CALLS",
     "MESSAGES",
     "NEW_RUNS",
-    "OPEN_LEDGER_ROWS",
     "PUT_RESPONSE",
     "RESPONSE_CHAIN",
     "RUNS",
@@ -486,21 +486,83 @@ _ROLLED = (
 
 FILL_ROLLUPS = rollup_upsert(f"SELECT {_ROLLED} FROM ledger AS l", "sqlite")
 
-# The open rows a batch closes, beside their closing figures `c`.
-_CLOSED = (
-    "FROM json_each(NEW.ledger_close) AS c JOIN ledger AS l ON l.open = 1 "
-    "AND l.request_id = json_extract(c.value, '$[0]') "
-    "AND l.tenant = json_extract(c.value, '$[1]') "
-    "AND l.deployment = json_extract(c.value, '$[3]')"
+
+def _closing(source: str) -> str:
+    """What closings (a JSON array of ledger rows, `source`) do, as statements: the
+    rollups trade their open rows' figures for the closings' (with the open rows'
+    dimensions), then the open rows take the closings' figures. A closing finds its
+    open row by request id, tenant and deployment; one that finds none changes nothing.
+    For the batch view's trigger (`NEW.ledger_close`) and for the writer, which binds
+    the closings as one parameter in a batch of ledger writes (`CLOSE_LEDGER`)."""
+    closed = (
+        f"FROM json_each({source}) AS c JOIN ledger AS l ON l.open = 1 "
+        "AND l.request_id = json_extract(c.value, '$[0]') "
+        "AND l.tenant = json_extract(c.value, '$[1]') "
+        "AND l.deployment = json_extract(c.value, '$[3]')"
+    )
+    closing_rolled = (
+        "json_extract(c.value, '$[11]') AS created, l.tenant, l.model, l.key_label, l.route, "
+        "l.agent, l.cache, json_extract(c.value, '$[10]') AS latency_s, "
+        "json_extract(c.value, '$[5]') AS prompt_tokens, "
+        "json_extract(c.value, '$[6]') AS completion_tokens, "
+        "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
+    )
+    return f"""{rollup_upsert(f"SELECT {_ROLLED} {closed}", "sqlite", sign="-")};
+    {rollup_upsert(f"SELECT {closing_rolled} {closed}", "sqlite")};
+    UPDATE ledger SET
+        prompt_tokens = json_extract(c.value, '$[5]'),
+        completion_tokens = json_extract(c.value, '$[6]'),
+        cached_tokens = json_extract(c.value, '$[7]'),
+        cost_usd = json_extract(c.value, '$[8]'),
+        estimated = json_extract(c.value, '$[9]'),
+        latency_s = json_extract(c.value, '$[10]'),
+        created = json_extract(c.value, '$[11]'),
+        open = 0
+    FROM json_each({source}) AS c
+    WHERE ledger.open = 1
+      AND ledger.request_id = json_extract(c.value, '$[0]')
+      AND ledger.tenant = json_extract(c.value, '$[1]')
+      AND ledger.deployment = json_extract(c.value, '$[3]');"""
+
+
+# What of a closing the writer binds, in a row of `CLOSE_LEDGER`'s parameters, and where
+# each is in a ledger row.
+_CLOSING_FIELDS = (
+    "request_id", "tenant", "deployment", "prompt_tokens", "completion_tokens",
+    "cached_tokens", "cost_usd", "estimated", "latency_s", "created",
+)  # fmt: skip
+CLOSING_AT = tuple(
+    [column.strip() for column in LEDGER_COLUMNS.split(",")].index(name) for name in _CLOSING_FIELDS
 )
-# A closing's real figures, with the open row's dimensions.
-_CLOSING_ROLLED = (
-    "json_extract(c.value, '$[11]') AS created, l.tenant, l.model, l.key_label, l.route, "
-    "l.agent, l.cache, json_extract(c.value, '$[10]') AS latency_s, "
-    "json_extract(c.value, '$[5]') AS prompt_tokens, "
-    "json_extract(c.value, '$[6]') AS completion_tokens, "
-    "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
-)
+
+
+def _closing_values(rows: int) -> tuple[str, str, str]:
+    """`_closing`'s statements for `rows` closings bound as parameters (`CLOSING_AT`'s
+    fields of each), the values a table `c` of each statement: no JSON to take apart."""
+    row = "(" + ", ".join("?" * len(_CLOSING_FIELDS)) + ")"
+    values = f"WITH c ({', '.join(_CLOSING_FIELDS)}) AS (VALUES {', '.join([row] * rows)}) "
+    closed = (
+        "FROM c JOIN ledger AS l ON l.open = 1 AND l.request_id = c.request_id "
+        "AND l.tenant = c.tenant AND l.deployment = c.deployment"
+    )
+    closing_rolled = (
+        "c.created AS created, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, "
+        "c.latency_s AS latency_s, c.prompt_tokens AS prompt_tokens, "
+        "c.completion_tokens AS completion_tokens, c.cost_usd AS cost_usd, l.saved_usd"
+    )
+    figures = ", ".join(f"{name} = c.{name}" for name in _CLOSING_FIELDS[3:])
+    return (
+        values + rollup_upsert(f"SELECT {_ROLLED} {closed}", "sqlite", sign="-"),
+        values + rollup_upsert(f"SELECT {closing_rolled} {closed}", "sqlite"),
+        values + f"UPDATE ledger SET {figures}, open = 0 FROM c WHERE ledger.open = 1 "
+        "AND ledger.request_id = c.request_id AND ledger.tenant = c.tenant "
+        "AND ledger.deployment = c.deployment",
+    )
+
+
+# The writer's closings in a batch of ledger writes, by number of closings (32, 16...
+# 1: a batch's are a few of them; 32 are 320 parameters).
+CLOSE_LEDGER = {rows: _closing_values(rows) for rows in (32, 16, 8, 4, 2, 1)}
 
 # A JSON batch's ledger rows, and what they add to the rollups, read back from the table
 # (cheaper than extracting the JSON again): the statement's own inserts are the last
@@ -612,23 +674,7 @@ BEGIN
 
     -- After the inserts: a stream that opened and closed within one batch closes too.
     -- The rollups trade the open row's figures for the closing's, before the update.
-    {rollup_upsert(f"SELECT {_ROLLED} {_CLOSED}", "sqlite", sign="-")};
-    {rollup_upsert(f"SELECT {_CLOSING_ROLLED} {_CLOSED}", "sqlite")};
-
-    UPDATE ledger SET
-        prompt_tokens = json_extract(c.value, '$[5]'),
-        completion_tokens = json_extract(c.value, '$[6]'),
-        cached_tokens = json_extract(c.value, '$[7]'),
-        cost_usd = json_extract(c.value, '$[8]'),
-        estimated = json_extract(c.value, '$[9]'),
-        latency_s = json_extract(c.value, '$[10]'),
-        created = json_extract(c.value, '$[11]'),
-        open = 0
-    FROM json_each(NEW.ledger_close) AS c
-    WHERE ledger.open = 1
-      AND ledger.request_id = json_extract(c.value, '$[0]')
-      AND ledger.tenant = json_extract(c.value, '$[1]')
-      AND ledger.deployment = json_extract(c.value, '$[3]');
+    {_closing("NEW.ledger_close")}
 END;
 """
 
@@ -641,8 +687,8 @@ WRITE_BATCH = (
 )
 
 # A batch of ledger rows and closings and nothing else (what billed calls and streams
-# write) is written without JSON: the rows bound as parameters of multi-row inserts,
-# the closings as parameters of an update, then what both change in the rollups,
+# write) is written without the batch view: the rows bound as parameters of multi-row
+# inserts, then the closings (`CLOSE_LEDGER`), then what the rows add to the rollups,
 # summed by the writer (`rollups.rolled_up`), in one transaction. Taking 27 fields out
 # of each row's JSON cost SQLite several times what the insert itself does.
 _LEDGER_ROW = "(" + ", ".join("?" * _LEDGER_WIDTH) + ")"
@@ -650,26 +696,14 @@ _LEDGER_ROW = "(" + ", ".join("?" * _LEDGER_WIDTH) + ")"
 
 # Statements of 32, 16... 1 rows, so a batch of any size is a few of them (each kept
 # prepared by the connection); 32 rows are 864 parameters, under the 999 of old builds.
+# Each statement is one step, and each step gives up the GIL, which the writer thread
+# then waits to take back from a busy event loop (up to the interpreter's switch
+# interval, 5 ms): a batch's latency is in its statements more than in its rows.
 LEDGER_VALUES = {
     rows: f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES " + ", ".join([_LEDGER_ROW] * rows)
     for rows in (32, 16, 8, 4, 2, 1)
 }
 
-
-# The open rows among some request ids (a JSON array of them), whole: the writer
-# matches them to their closings by request id, tenant and deployment, as the batch
-# view's `_CLOSED` does.
-OPEN_LEDGER_ROWS = (
-    f"SELECT {LEDGER_COLUMNS} FROM ledger "
-    "WHERE open = 1 AND request_id IN (SELECT value FROM json_each(?))"
-)
-
-# An open row's real figures, from its closing (the batch view's UPDATE, bound).
-LEDGER_CLOSE_VALUES = (
-    "UPDATE ledger SET prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, "
-    "cost_usd = ?, estimated = ?, latency_s = ?, created = ?, open = 0 "
-    "WHERE open = 1 AND request_id = ? AND tenant = ? AND deployment = ?"
-)
 
 # Where `rolled_up` finds what it sums in a row of LEDGER_VALUES' parameters.
 LEDGER_ROLLED_AT = tuple(

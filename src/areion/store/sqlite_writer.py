@@ -26,16 +26,15 @@ from areion.store.sqlite_checkpointer import WRITER_AUTOCHECKPOINT_PAGES, Checkp
 from areion.store.sqlite_schema import (
     BATCH_VIEW,
     CACHE,
+    CLOSE_LEDGER,
+    CLOSING_AT,
     JSON_KINDS,
     LEDGER,
     LEDGER_CLOSE,
-    LEDGER_CLOSE_VALUES,
     LEDGER_CLOSINGS,
-    LEDGER_COLUMNS,
     LEDGER_ROLLED_AT,
     LEDGER_ROWS,
     LEDGER_VALUES,
-    OPEN_LEDGER_ROWS,
     TABLES,
     WRITE_BATCH,
     migrate,
@@ -206,22 +205,24 @@ def _ledger_only(
 def _write_ledger(
     db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], closings: Sequence[tuple[Any, ...]]
 ) -> None:
-    """Ledger rows, closings and what they change in the rollups, in one transaction:
-    the rows bound as parameters of multi-row inserts (32, 16... 1 rows), the closings
-    after them (`_close`), then the rollups' changes, summed here (`rolled_up`)."""
+    """Ledger rows, closings and what they change in the rollups, in one transaction,
+    all bound as parameters: the rows in multi-row inserts (32, 16... 1 rows), the
+    closings after them (`CLOSE_LEDGER`: the rollups trade their open rows' figures for
+    theirs, then the open rows take them), then what the rows add to the rollups,
+    summed here (`rolled_up`; 16, 8... 1 rollup rows a statement)."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        at = 0
-        for size, sql in LEDGER_VALUES.items():  # largest first
-            while len(rows) - at >= size:
-                db.execute(sql, tuple(itertools.chain.from_iterable(rows[at : at + size])))
-                at += size
+        _in_pieces(db, LEDGER_VALUES, rows)
         if closings:
-            taken, closed = _close(db, closings)
-            changes = rolled_up([*rows, *closed], LEDGER_ROLLED_AT, taken=taken)
-        else:
-            changes = rolled_up(rows, LEDGER_ROLLED_AT)
-        db.executemany(ROLLUP_VALUES, changes)
+            at = 0
+            for size, statements in CLOSE_LEDGER.items():  # largest first
+                while len(closings) - at >= size:
+                    piece = closings[at : at + size]
+                    params = tuple(closing[i] for closing in piece for i in CLOSING_AT)
+                    for statement in statements:
+                        db.execute(statement, params)
+                    at += size
+        _in_pieces(db, ROLLUP_VALUES, rolled_up(rows, LEDGER_ROLLED_AT))
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
@@ -229,49 +230,16 @@ def _write_ledger(
         raise
 
 
-_COLUMNS = [column.strip() for column in LEDGER_COLUMNS.split(",")]
-# A closing's figures that replace its open row's, by position in a ledger row, in the
-# order LEDGER_CLOSE_VALUES sets them.
-_CLOSED_AT = tuple(
-    _COLUMNS.index(name)
-    for name in (
-        "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "estimated",
-        "latency_s", "created",
-    )
-)  # fmt: skip
-# The row's identity, which a closing must match, in the order LEDGER_CLOSE_VALUES
-# names it.
-_IDENTITY_AT = tuple(_COLUMNS.index(name) for name in ("request_id", "tenant", "deployment"))
-
-
-def _close(
-    db: sqlite3.Connection, closings: Sequence[tuple[Any, ...]]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Give the open rows `closings` name their real figures, as the batch view does:
-    a closing without an open row (never written, or closed already) changes nothing.
-    Returns the open rows as they were and as they are now, for the rollups to trade
-    the one for the other."""
-    ids = orjson.dumps([closing[0] for closing in closings]).decode()
-    opened: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
-    for row in db.execute(OPEN_LEDGER_ROWS, (ids,)).fetchall():
-        opened.setdefault(tuple(row[i] for i in _IDENTITY_AT), []).append(row)
-    taken: list[tuple[Any, ...]] = []
-    closed: list[tuple[Any, ...]] = []
-    updates: list[tuple[Any, ...]] = []
-    for closing in closings:
-        identity = tuple(closing[i] for i in _IDENTITY_AT)
-        found = opened.pop(identity, None)  # a second closing of it finds it closed
-        if not found:
-            continue
-        for row in found:
-            now = list(row)
-            for i in _CLOSED_AT:
-                now[i] = closing[i]
-            taken.append(row)
-            closed.append(tuple(now))
-        updates.append((*(closing[i] for i in _CLOSED_AT), *identity))
-    db.executemany(LEDGER_CLOSE_VALUES, updates)
-    return taken, closed
+def _in_pieces(
+    db: sqlite3.Connection, statements: dict[int, str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """`rows` through `statements` (the statement of each number of rows, largest first):
+    as many of the largest as they fill, then of the next..."""
+    at = 0
+    for size, sql in statements.items():
+        while len(rows) - at >= size:
+            db.execute(sql, tuple(itertools.chain.from_iterable(rows[at : at + size])))
+            at += size
 
 
 def _merge(writes: Sequence[Job], now: float) -> list[Any]:
