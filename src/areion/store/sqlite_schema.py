@@ -486,44 +486,21 @@ _ROLLED = (
 
 FILL_ROLLUPS = rollup_upsert(f"SELECT {_ROLLED} FROM ledger AS l", "sqlite")
 
-
-def _closing(source: str) -> str:
-    """What closings (a JSON array of ledger rows, `source`) do, as statements: the
-    rollups trade their open rows' figures for the closings' (with the open rows'
-    dimensions), then the open rows take the closings' figures. A closing finds its
-    open row by request id, tenant and deployment; one that finds none changes nothing.
-    For the batch view's trigger (`NEW.ledger_close`) and for the writer, which binds
-    the closings as one parameter in a batch of ledger writes (`CLOSE_LEDGER`)."""
-    closed = (
-        f"FROM json_each({source}) AS c JOIN ledger AS l ON l.open = 1 "
-        "AND l.request_id = json_extract(c.value, '$[0]') "
-        "AND l.tenant = json_extract(c.value, '$[1]') "
-        "AND l.deployment = json_extract(c.value, '$[3]')"
-    )
-    closing_rolled = (
-        "json_extract(c.value, '$[11]') AS created, l.tenant, l.model, l.key_label, l.route, "
-        "l.agent, l.cache, json_extract(c.value, '$[10]') AS latency_s, "
-        "json_extract(c.value, '$[5]') AS prompt_tokens, "
-        "json_extract(c.value, '$[6]') AS completion_tokens, "
-        "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
-    )
-    return f"""{rollup_upsert(f"SELECT {_ROLLED} {closed}", "sqlite", sign="-")};
-    {rollup_upsert(f"SELECT {closing_rolled} {closed}", "sqlite")};
-    UPDATE ledger SET
-        prompt_tokens = json_extract(c.value, '$[5]'),
-        completion_tokens = json_extract(c.value, '$[6]'),
-        cached_tokens = json_extract(c.value, '$[7]'),
-        cost_usd = json_extract(c.value, '$[8]'),
-        estimated = json_extract(c.value, '$[9]'),
-        latency_s = json_extract(c.value, '$[10]'),
-        created = json_extract(c.value, '$[11]'),
-        open = 0
-    FROM json_each({source}) AS c
-    WHERE ledger.open = 1
-      AND ledger.request_id = json_extract(c.value, '$[0]')
-      AND ledger.tenant = json_extract(c.value, '$[1]')
-      AND ledger.deployment = json_extract(c.value, '$[3]');"""
-
+# The open rows a batch closes, beside their closing figures `c`.
+_CLOSED = (
+    "FROM json_each(NEW.ledger_close) AS c JOIN ledger AS l ON l.open = 1 "
+    "AND l.request_id = json_extract(c.value, '$[0]') "
+    "AND l.tenant = json_extract(c.value, '$[1]') "
+    "AND l.deployment = json_extract(c.value, '$[3]')"
+)
+# A closing's real figures, with the open row's dimensions.
+_CLOSING_ROLLED = (
+    "json_extract(c.value, '$[11]') AS created, l.tenant, l.model, l.key_label, l.route, "
+    "l.agent, l.cache, json_extract(c.value, '$[10]') AS latency_s, "
+    "json_extract(c.value, '$[5]') AS prompt_tokens, "
+    "json_extract(c.value, '$[6]') AS completion_tokens, "
+    "json_extract(c.value, '$[8]') AS cost_usd, l.saved_usd"
+)
 
 # What of a closing the writer binds, in a row of `CLOSE_LEDGER`'s parameters, and where
 # each is in a ledger row.
@@ -537,8 +514,9 @@ CLOSING_AT = tuple(
 
 
 def _closing_values(rows: int) -> tuple[str, str, str]:
-    """`_closing`'s statements for `rows` closings bound as parameters (`CLOSING_AT`'s
-    fields of each), the values a table `c` of each statement: no JSON to take apart."""
+    """The batch view's closing statements (`_CLOSED`, `_CLOSING_ROLLED`, its UPDATE) for
+    `rows` closings bound as parameters (`CLOSING_AT`'s fields of each), the rows of a
+    table `c` in each statement: no JSON to take apart."""
     row = "(" + ", ".join("?" * len(_CLOSING_FIELDS)) + ")"
     values = f"WITH c ({', '.join(_CLOSING_FIELDS)}) AS (VALUES {', '.join([row] * rows)}) "
     closed = (
@@ -674,7 +652,23 @@ BEGIN
 
     -- After the inserts: a stream that opened and closed within one batch closes too.
     -- The rollups trade the open row's figures for the closing's, before the update.
-    {_closing("NEW.ledger_close")}
+    {rollup_upsert(f"SELECT {_ROLLED} {_CLOSED}", "sqlite", sign="-")};
+    {rollup_upsert(f"SELECT {_CLOSING_ROLLED} {_CLOSED}", "sqlite")};
+
+    UPDATE ledger SET
+        prompt_tokens = json_extract(c.value, '$[5]'),
+        completion_tokens = json_extract(c.value, '$[6]'),
+        cached_tokens = json_extract(c.value, '$[7]'),
+        cost_usd = json_extract(c.value, '$[8]'),
+        estimated = json_extract(c.value, '$[9]'),
+        latency_s = json_extract(c.value, '$[10]'),
+        created = json_extract(c.value, '$[11]'),
+        open = 0
+    FROM json_each(NEW.ledger_close) AS c
+    WHERE ledger.open = 1
+      AND ledger.request_id = json_extract(c.value, '$[0]')
+      AND ledger.tenant = json_extract(c.value, '$[1]')
+      AND ledger.deployment = json_extract(c.value, '$[3]');
 END;
 """
 
