@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -212,17 +212,15 @@ def _write_ledger(
     summed here (`rolled_up`; 16, 8... 1 rollup rows a statement)."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        _in_pieces(db, LEDGER_VALUES, rows)
-        if closings:
-            at = 0
-            for size, statements in CLOSE_LEDGER.items():  # largest first
-                while len(closings) - at >= size:
-                    piece = closings[at : at + size]
-                    params = tuple(closing[i] for closing in piece for i in CLOSING_AT)
-                    for statement in statements:
-                        db.execute(statement, params)
-                    at += size
-        _in_pieces(db, ROLLUP_VALUES, rolled_up(rows, LEDGER_ROLLED_AT))
+        for piece in _pieces(rows, LEDGER_VALUES):
+            db.execute(LEDGER_VALUES[len(piece)], tuple(itertools.chain.from_iterable(piece)))
+        for piece in _pieces(closings, CLOSE_LEDGER):
+            params = tuple(closing[i] for closing in piece for i in CLOSING_AT)
+            for statement in CLOSE_LEDGER[len(piece)]:
+                db.execute(statement, params)
+        changes = rolled_up(rows, LEDGER_ROLLED_AT)
+        for piece in _pieces(changes, ROLLUP_VALUES):
+            db.execute(ROLLUP_VALUES[len(piece)], tuple(itertools.chain.from_iterable(piece)))
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
@@ -230,15 +228,13 @@ def _write_ledger(
         raise
 
 
-def _in_pieces(
-    db: sqlite3.Connection, statements: dict[int, str], rows: Sequence[Sequence[Any]]
-) -> None:
-    """`rows` through `statements` (the statement of each number of rows, largest first):
-    as many of the largest as they fill, then of the next..."""
+def _pieces(rows: Sequence[T], sizes: Iterable[int]) -> Iterator[Sequence[T]]:
+    """`rows` in pieces of the `sizes` there are statements for (largest first, down to
+    1): as many of the largest as they fill, then of the next..."""
     at = 0
-    for size, sql in statements.items():
+    for size in sizes:
         while len(rows) - at >= size:
-            db.execute(sql, tuple(itertools.chain.from_iterable(rows[at : at + size])))
+            yield rows[at : at + size]
             at += size
 
 
