@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import importlib.metadata
@@ -29,6 +30,31 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
 # ---------------------------------------------------------------- statistics
+
+
+THIS_TREE = str(Path(__file__).resolve().parent.parent / "src")
+"""This checkout's source tree, the first of those a bench with `--against` measures."""
+
+
+def add_against(parser: argparse.ArgumentParser) -> None:
+    """`--against SRC`: another tree measured beside this one (repeatable)."""
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="SRC",
+        help="another tree's src directory, measured beside this one (repeatable)",
+    )
+
+
+def trees(parser: argparse.ArgumentParser, against: Sequence[str]) -> list[str]:
+    """This tree, then those of `--against` (resolved), each checked to hold the areion
+    package: else the server would import the installed one, this tree measured twice."""
+    resolved = [str(Path(tree).resolve()) for tree in against]
+    for tree in resolved:
+        if not (Path(tree) / "areion" / "__init__.py").is_file():
+            parser.error(f"--against {tree}: no areion package there (give a tree's src)")
+    return [THIS_TREE, *resolved]
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -26,11 +26,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
-from _common import table
+from _common import add_against, table, trees
 
 HOT_PATH = Path(__file__).resolve().parent / "hot_path.py"
-THIS_TREE = str(Path(__file__).resolve().parent.parent / "src")
 
 _CPU = re.compile(r"median CPU per call: (\d+) us")
 _INSTRUCTIONS = re.compile(r"instructions per call: ([\d,]+) \(event loop ([\d,]+)\)")
@@ -38,13 +38,7 @@ _INSTRUCTIONS = re.compile(r"instructions per call: ([\d,]+) \(event loop ([\d,]
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--against",
-        action="append",
-        default=[],
-        metavar="SRC",
-        help="another tree's src directory, measured beside this one (repeatable)",
-    )
+    add_against(parser)
     parser.add_argument("--low", type=int, default=4, help="content chunks of the short streams")
     parser.add_argument(
         "--high",
@@ -62,10 +56,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.high <= args.low:
         parser.error("--high must be more chunks than --low")
-    args.against = [str(Path(tree).resolve()) for tree in args.against]
-    for tree in args.against:
-        if not (Path(tree) / "areion").is_dir():
-            parser.error(f"--against {tree}: no areion package there (give a tree's src)")
+    args.trees = trees(parser, args.against)
     return args
 
 
@@ -95,55 +86,60 @@ def measure(tree: str, chunks: int, args: argparse.Namespace) -> tuple[float, fl
     return float(found[1]), None
 
 
+class Round(NamedTuple):
+    """One tree's two runs in a round: the per-call figures at --low and --high chunks
+    (CPU us, or instructions), and the event loop's instructions (None without
+    --callgrind)."""
+
+    low: float
+    high: float
+    loop_low: float | None
+    loop_high: float | None
+
+
 def main() -> int:
     args = parse_args()
-    trees = [THIS_TREE, *args.against]
     unit = "instructions" if args.callgrind else "us CPU"
-    # per tree: per round, (low, high, loop low, loop high)
-    runs: dict[str, list[tuple[float, float, float | None, float | None]]] = {t: [] for t in trees}
+    spread = args.high - args.low
+    runs: dict[str, list[Round]] = {tree: [] for tree in args.trees}
     for round_no in range(args.rounds):
-        order = trees if round_no % 2 == 0 else trees[::-1]
-        for tree in order:
-            low, loop_low = measure(tree, args.low, args)
-            high, loop_high = measure(tree, args.high, args)
-            runs[tree].append((low, high, loop_low, loop_high))
-            per_chunk = (high - low) / (args.high - args.low)
+        for tree in args.trees if round_no % 2 == 0 else args.trees[::-1]:
+            (low, loop_low), (high, loop_high) = (
+                measure(tree, chunks, args) for chunks in (args.low, args.high)
+            )
+            run = Round(low, high, loop_low, loop_high)
+            runs[tree].append(run)
             print(
-                f"round {round_no + 1}, {tree}: {low:,.0f} / {high:,.0f} {unit} per call at "
-                f"{args.low} / {args.high} chunks: {per_chunk:,.1f} per chunk",
+                f"round {round_no + 1}, {tree}: {run.low:,.0f} / {run.high:,.0f} {unit} per "
+                f"call at {args.low} / {args.high} chunks: "
+                f"{(run.high - run.low) / spread:,.1f} per chunk",
                 flush=True,
             )
-    rows = []
-    first: float | None = None
-    for tree in trees:
-        spread = args.high - args.low
-        per_chunk = statistics.median((high - low) / spread for low, high, _, _ in runs[tree])
-        if first is None:
-            first = per_chunk
-        row = [
-            tree,
-            f"{statistics.median(low for low, _, _, _ in runs[tree]):,.0f}",
-            f"{statistics.median(high for _, high, _, _ in runs[tree]):,.0f}",
-            f"{per_chunk:,.1f}",
-        ]
-        if args.callgrind:
-            loop = statistics.median(
-                (high - low) / spread
-                for _, _, low, high in runs[tree]
-                if low is not None and high is not None
-            )
-            row.append(f"{loop:,.0f}")
-        row.append(f"{per_chunk / first:.2f}x")
-        rows.append(row)
     head = [
         "tree",
         f"{unit} per call, {args.low} chunks",
         f"{unit} per call, {args.high} chunks",
         f"{unit} per chunk",
+        *(["event loop's per chunk"] if args.callgrind else []),
+        "per chunk / first",
     ]
-    if args.callgrind:
-        head.append("event loop's per chunk")
-    head.append("per chunk / first")
+    rows = []
+    first = None
+    for tree, rounds in runs.items():
+        per_chunk = statistics.median((run.high - run.low) / spread for run in rounds)
+        first = per_chunk if first is None else first
+        row = [
+            tree,
+            f"{statistics.median(run.low for run in rounds):,.0f}",
+            f"{statistics.median(run.high for run in rounds):,.0f}",
+            f"{per_chunk:,.1f}",
+        ]
+        if args.callgrind:
+            loop = statistics.median(
+                (run.loop_high or 0.0) - (run.loop_low or 0.0) for run in rounds
+            )
+            row.append(f"{loop / spread:,.0f}")
+        rows.append([*row, f"{per_chunk / first:.2f}x"])
     print()
     print(table(head, rows))
     return 0

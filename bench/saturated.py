@@ -34,12 +34,14 @@ import orjson
 from _common import (
     LOOPBACK,
     ChildProcess,
+    add_against,
     describe_environment,
     environment,
     fmt,
     process_tree_cpu_seconds,
     run_main,
     table,
+    trees,
     upstream,
     write_json,
 )
@@ -47,19 +49,12 @@ from _wrk import find_wrk, run_wrk, write_script
 from server_latency import GROUP
 from workers import serve, write_config
 
-THIS_TREE = str(Path(__file__).resolve().parent.parent / "src")
 WARM_UP_S = 2.0
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--against",
-        action="append",
-        default=[],
-        metavar="SRC",
-        help="another tree's src directory, measured beside this one (repeatable)",
-    )
+    add_against(parser)
     parser.add_argument("--connections", type=int, default=128, help="wrk's connections")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of each round")
     parser.add_argument("--rounds", type=int, default=6)
@@ -76,11 +71,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.against = [str(Path(tree).resolve()) for tree in args.against]
-    for tree in args.against:
-        # Else the server would import the installed areion: this tree, measured twice.
-        if not (Path(tree) / "areion" / "__init__.py").is_file():
-            parser.error(f"--against {tree}: no areion package there (give a tree's src)")
+    args.trees = trees(parser, args.against)
     return args
 
 
@@ -115,7 +106,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     if wrk is None:
         print("skipped: wrk is not installed (Debian: apt-get install wrk)")
         return 0
-    trees = [THIS_TREE, *args.against]
     body = {
         "model": GROUP,
         "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
@@ -132,7 +122,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         chunk_interval_ms=args.chunk_interval_ms,
         raw=not spaced,
     ) as (_, url):
-        servers = [start(workdir, url, tree, index) for index, tree in enumerate(trees)]
+        servers = [start(workdir, url, tree, index) for index, tree in enumerate(args.trees)]
         try:
             for server in servers:  # connections, pools and caches warm; not counted
                 await _round(wrk, server, script, args, WARM_UP_S)

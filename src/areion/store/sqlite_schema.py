@@ -123,6 +123,7 @@ LEDGER_COLUMNS = (
     "route_reason, run_id, agent, session, end_user, tags, variant"
 )
 _LEDGER_WIDTH = 27  # columns of a ledger row, and fields of its JSON array
+_LEDGER_NAMES = [column.strip() for column in LEDGER_COLUMNS.split(",")]
 
 # Columns added after the first release of the ledger table: (name, declaration).
 # A database made before them gets them on open (see `migrate`).
@@ -508,9 +509,7 @@ _CLOSING_FIELDS = (
     "request_id", "tenant", "deployment", "prompt_tokens", "completion_tokens",
     "cached_tokens", "cost_usd", "estimated", "latency_s", "created",
 )  # fmt: skip
-CLOSING_AT = tuple(
-    [column.strip() for column in LEDGER_COLUMNS.split(",")].index(name) for name in _CLOSING_FIELDS
-)
+CLOSING_AT = tuple(_LEDGER_NAMES.index(name) for name in _CLOSING_FIELDS)
 
 
 def _closing_values(rows: int) -> tuple[str, str, str]:
@@ -701,7 +700,7 @@ LEDGER_VALUES = {
 
 # Where `rolled_up` finds what it sums in a row of LEDGER_VALUES' parameters.
 LEDGER_ROLLED_AT = tuple(
-    [column.strip() for column in LEDGER_COLUMNS.split(",")].index(name)
+    _LEDGER_NAMES.index(name)
     for name in (
         "created", "latency_s", *ROLLUP_KEY,
         "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
