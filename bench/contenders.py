@@ -2,7 +2,9 @@
 
 Each `start_*` runs one server on a free loopback port in front of the same upstream
 and returns it as a `Server`, or raises `Skipped` with the reason (and the command
-that would install what is missing) when it cannot run here. Peers:
+that would install what is missing) when it cannot run here. `floor` is no peer but
+Areion's HTTP stack alone (`floor_server.py`), the part of a call's cost no change to
+Areion's own work can cut. Peers:
 
 - `litellm`: LiteLLM's proxy (`litellm[proxy]`, the `bench` extra), started as
   `python -m litellm.proxy.proxy_cli` with a master key and one model pointing at
@@ -221,6 +223,28 @@ def find_portkey(option: str | None) -> Path:
         how = f"{given} has no {PORTKEY_SCRIPT}" if given else "not installed"
         raise Skipped(f"{how} (npm install --prefix bench/peers)")
     return script
+
+
+def start_floor(workdir: Path, upstream_url: str) -> Server:
+    """Areion's HTTP stack alone (`bench/floor_server.py`): what a call costs before any
+    of Areion's own work."""
+    port = free_port()
+    process = ChildProcess(
+        "http floor",
+        [
+            sys.executable, str(BENCH_DIR / "floor_server.py"),
+            "--host", LOOPBACK, "--port", str(port), "--upstream", upstream_url,
+        ],
+        workdir / "floor.log",
+    )  # fmt: skip
+    process.wait_ready(f"http://{LOOPBACK}:{port}/healthz")
+    return Server(
+        name="floor",
+        process=process,
+        url=f"http://{LOOPBACK}:{port}/v1/chat/completions",
+        model=UPSTREAM_MODEL,
+        note="Areion's HTTP stack forwarding each call, nothing else (bench/floor_server.py)",
+    )
 
 
 def start_portkey(

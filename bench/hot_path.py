@@ -10,8 +10,11 @@ compare trees side by side in one run, alternated. It prints the event loop's an
 kernel's shares apart, and the context switches of the event loop and of the other
 threads per call. With `--profile FILE` it also records the server under load with
 py-spy (a dev tool: `pip install py-spy`), as a flame graph or speedscope file.
+`--floor` measures `bench/floor_server.py` instead: Areion's HTTP stack forwarding each
+call with none of Areion's work, what every call costs before that work starts.
 
     .venv/bin/python bench/hot_path.py                       # non-streamed, c=64
+    .venv/bin/python bench/hot_path.py --floor               # the HTTP stack alone
     .venv/bin/python bench/hot_path.py --stream --calls 3000
     .venv/bin/python bench/hot_path.py --profile /tmp/areion.svg
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from _common import (
+    BENCH_DIR,
     LOOPBACK,
     ChildProcess,
     free_port,
@@ -104,6 +108,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="upstream model latency")
     parser.add_argument("--repeat", type=int, default=3, help="measurements, each of --calls")
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure bench/floor_server.py (Areion's HTTP stack alone) instead of areion serve",
+    )
     parser.add_argument("--profile", metavar="FILE", help="py-spy record the server to FILE")
     parser.add_argument("--format", default="flamegraph", help="py-spy's --format")
     parser.add_argument("--rate", type=int, default=200, help="py-spy's samples per second")
@@ -205,17 +214,21 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
     with upstream(workdir, latency_ms=args.latency_ms, chunks=args.chunks) as (_, upstream_url):
         port = free_port()
         wrapper = _callgrind_wrapper(args.callgrind)
-        server = ChildProcess(
-            "areion serve",
-            [
-                *wrapper,
+        if args.floor:
+            name = "the HTTP floor"
+            command = [
+                sys.executable, str(BENCH_DIR / "floor_server.py"),
+                "--host", LOOPBACK, "--port", str(port), "--upstream", upstream_url,
+            ]  # fmt: skip
+        else:
+            name = "areion serve"
+            command = [
                 sys.executable, "-m", "areion.cli", "serve",
                 "--config", str(write_shared_config(workdir, upstream_url, args)),
                 "--host", LOOPBACK, "--port", str(port), "--log-level", "warning",
                 "--workers", str(args.workers),
-            ],
-            workdir / "areion.log",
-        )  # fmt: skip
+            ]  # fmt: skip
+        server = ChildProcess(name, [*wrapper, *command], workdir / "server.log")
         target = Target("areion", f"http://{LOOPBACK}:{port}/v1/chat/completions", GROUP)
         spy: subprocess.Popen[bytes] | None = None
         try:

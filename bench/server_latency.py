@@ -64,6 +64,7 @@ from contenders import (
     find_portkey,
     shared_backends,
     start_areion,
+    start_floor,
     start_litellm,
     start_portkey,
 )
@@ -89,7 +90,7 @@ SETTLE_S = 0.06
 # sent on a connection the server is closing fails ("Server disconnected").
 CLIENT_KEEPALIVE_S = 3.0
 AREION = "areion"  # one worker: the reference the ratios divide by
-OPTIONAL = ("areion-pg", "areion-2w", "litellm", "portkey")
+OPTIONAL = ("floor", "areion-pg", "areion-2w", "litellm", "portkey")
 
 Headers = dict[str, str] | None
 
@@ -647,7 +648,9 @@ async def start_contenders(
         print(f"starting {name} ...", flush=True)
         started = time.perf_counter()
         try:
-            if name in ("areion-pg", "areion-2w"):  # each with a schema and prefix of its own
+            if name == "floor":
+                keep(start_floor(workdir, upstream_url))
+            elif name in ("areion-pg", "areion-2w"):  # each with a schema and prefix of its own
                 store, shared = await stack.enter_async_context(
                     shared_backends(args.postgres, args.redis)
                 )
