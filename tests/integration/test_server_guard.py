@@ -302,3 +302,55 @@ def test_a_streamed_chat_answer_arrives_whole_on_the_guarded_protocol() -> None:
     assert text
     assert plain.status_code == 200
     assert plain.json()["choices"][0]["message"]["content"]
+
+
+# --- a chat answer written whole (no middleware between it and the connection) ---------
+
+
+def _answers(received: bytes) -> list[tuple[dict[bytes, bytes], bytes]]:
+    """The answers in `received`, each its headers by lower-case name and its body, as
+    their content-length frames them."""
+    answers = []
+    while received:
+        head, _, rest = received.partition(b"\r\n\r\n")
+        status, *lines = head.split(b"\r\n")
+        assert status == b"HTTP/1.1 200 OK", head
+        headers = dict(line.lower().split(b": ", 1) for line in lines)
+        length = int(headers[b"content-length"])
+        answers.append((headers, rest[:length]))
+        received = rest[length:]
+    return answers
+
+
+def test_pipelined_chat_answers_written_whole_keep_order_and_framing() -> None:
+    """Without an access log, a chat answer leaves in one write past uvicorn's messages:
+    each still framed by its length, dated, in the order asked, on a connection kept
+    open until the client's `connection: close`, which the last answer repeats."""
+    body = _chat_body()
+    requests = [
+        f"POST {CHAT} HTTP/1.1\r\nhost: areion\r\ncontent-type: application/json\r\n"
+        f"x-request-id: {name}\r\n{close}content-length: {len(body)}\r\n\r\n".encode()
+        + body
+        for name, close in (("a", ""), ("b", ""), ("c", "connection: close\r\n"))
+    ]
+    with _serve(**LONG, access_log=False) as (_, port), _connect(port) as sock:
+        sock.sendall(b"".join(requests))
+        answers = _answers(_until_closed(sock))
+    assert [headers[b"x-client-request-id"] for headers, _ in answers] == [b"a", b"b", b"c"]
+    for headers, content in answers:
+        assert headers[b"content-type"] == b"application/json" and b"date" in headers
+        assert json.loads(content)["choices"][0]["message"]["content"]
+    assert [headers.get(b"connection") for headers, _ in answers] == [None, None, b"close"]
+
+
+def test_an_http_1_0_chat_answer_written_whole_closes_the_connection() -> None:
+    body = _chat_body()
+    request = (
+        f"POST {CHAT} HTTP/1.0\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with _serve(**LONG, access_log=False) as (_, port), _connect(port) as sock:
+        sock.sendall(request)
+        [(headers, content)] = _answers(_until_closed(sock))
+    assert headers[b"connection"] == b"close"
+    assert json.loads(content)["object"] == "chat.completion"

@@ -289,6 +289,8 @@ def test_tool_call_without_arguments() -> None:
     [
         ({"seed": 2**64 + 1}, "seed"),
         ({"max_tokens": 2**64}, "max_tokens"),
+        ({"max_tokens": 2**63}, "max_tokens"),  # a plain body's own check, at its bound
+        ({"stream_options": {"include_usage": True, "x": 2**64}}, "stream_options.x"),
         ({"seed": -(2**63) - 1}, "seed"),
         ({"logit_bias": {"50256": 2**70}}, "logit_bias.50256"),
         (
@@ -318,6 +320,8 @@ def test_integers_beyond_64_bits_name_the_field(fields: dict[str, Any], param: s
         (b'"temperature": Infinity', "temperature"),
         (b'"response_format": {"type": "json_object", "x": [-Infinity]}', "response_format.x[0]"),
         (b'"top_p": 1e999', "top_p"),
+        (b'"temperature": 1e999', "temperature"),
+        (b'"stream_options": {"include_usage": true, "x": NaN}', "stream_options.x"),
     ],
 )
 def test_nan_and_infinity_are_refused(raw: bytes, param: str) -> None:

@@ -25,6 +25,7 @@ from areion.errors import AreionError, AuthenticationError, UnknownModelError
 from areion.runtime import Runtime
 from areion.server.access import AccessLog, note
 from areion.server.admin import AdminApi, bearer_key
+from areion.server.answer import JsonAnswer
 from areion.server.batches import JobsApi
 from areion.server.cache import CacheApi
 from areion.server.calls import (
@@ -43,7 +44,6 @@ from areion.server.ops import OpsApi
 from areion.server.responses import ResponsesApi
 from areion.server.runs import RunsApi
 from areion.server.schema import (
-    JsonAnswer,
     clip,
     error_body,
     json_response,

@@ -20,13 +20,18 @@ from typing import Any, ClassVar, Literal
 import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from areion.config import ServerConfig
 from areion.errors import RequestError
 from areion.server.schema import error_body
 
-__all__ = ["BodyTooLargeError", "LimitBody", "guarded_protocol"]
+__all__ = ["BodyTooLargeError", "LimitBody", "guarded_protocol", "send_whole"]
 
 
 class BodyTooLargeError(RequestError):
@@ -275,6 +280,49 @@ class _Guarded(HttpToolsProtocol):
         self.transport.close()
 
 
+def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    """Answer `status` with `headers` (lowercase names, with the content length) and all
+    of `body` in one write, as uvicorn's cycle writes the two messages of a response, when
+    `send` is the cycle's own on a guarded connection (no middleware between); False,
+    having done nothing, for any other `send`, or a connection uvicorn would wait on.
+
+    uvicorn's `send` takes each header apart (case, framing, two searches for bytes a
+    header may not hold), and its connection then writes the head and the body in two
+    system calls, or holds the head for the turn's end (`_Corked`). Here the head is
+    the cycle's default headers and `headers`, their values searched once together for
+    the bytes uvicorn refuses, and the answer leaves at once."""
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle:
+        return False
+    corked: object = cycle.transport  # the guarded protocol's `_Corked`, typed a Transport
+    if (
+        type(corked) is not _Corked
+        or cycle.response_started
+        or cycle.flow.write_paused
+        or cycle.scope["method"] == "HEAD"
+    ):
+        return False  # uvicorn's path: its errors, its wait for the client to read, HEAD
+    if cycle.disconnected:
+        return True  # as uvicorn's send: nobody to write to
+    if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
+        return False  # uvicorn's send refuses it, as it should be
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    head = [STATUS_LINE[status]]
+    for name, value in (*cycle.default_headers, *headers):
+        head += (name, b": ", value, b"\r\n")
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head += (b"\r\n", body)
+    corked.write_whole(b"".join(head))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        corked.close()
+    cycle.on_response()
+    return True
+
+
 class _Corked:
     """A connection's transport as its requests' cycles see it, writing less often:
 
@@ -328,6 +376,13 @@ class _Corked:
             self._transport.write(head)
         if buffer:
             self._transport.write(b"".join(buffer))
+
+    def write_whole(self, data: bytes) -> None:
+        """A whole response: out now, unless writes of this turn wait (then after them)."""
+        if self._buffer is None and self._head is None:
+            self._transport.write(data)
+        else:
+            self.write(data)
 
     def close(self) -> None:
         self.flush()

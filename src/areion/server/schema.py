@@ -13,7 +13,6 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from areion.errors import RequestError
 from areion.types import ChatRequest, Message, Role, ToolCall
@@ -130,27 +129,6 @@ def json_response(
     )
 
 
-class JsonAnswer:
-    """A chat call's JSON answer, sent as Starlette's `Response` sends one, with its
-    headers encoded in one pass: `Response` normalizes each header through a mutable
-    header list (case, content-length, charset), which these headers, all of them
-    lowercase names this server sets, do not need."""
-
-    __slots__ = ("body", "raw_headers")
-
-    def __init__(self, data: object, headers: dict[str, str]) -> None:
-        self.body = body = orjson.dumps(data)
-        self.raw_headers = [
-            (b"content-length", b"%d" % len(body)),
-            (b"content-type", b"application/json"),
-            *[(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()],
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.body})
-
-
 def error_body(
     message: str, *, type: str, code: str | None, param: str | None = None
 ) -> dict[str, object]:
@@ -164,15 +142,26 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 def json_object(raw: bytes) -> dict[str, Any]:
     """`raw` parsed as a JSON object with only numbers an upstream can take."""
+    value = _any_object(raw)
+    _refuse_bad_numbers(value)
+    return value
+
+
+def _any_object(raw: bytes) -> dict[str, Any]:
+    """`raw` parsed as a JSON object, its numbers not checked yet (`_refuse_bad_numbers`)."""
     try:
         value = pydantic_core.from_json(raw)
     except ValueError as error:
         raise RequestError(f"the request body is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise RequestError("the request body must be a JSON object")
+    return value
+
+
+def _refuse_bad_numbers(value: Any) -> None:
+    """Refuses a number in parsed JSON `value` that `_check_numbers` refuses, naming it."""
     if not _plain_numbers(value):
         _check_numbers(value, "")  # raises, naming the first bad number's parameter
-    return value
 
 
 def _plain_numbers(root: Any) -> bool:
@@ -289,9 +278,9 @@ _PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})
 
 
 def _plain_chat(value: dict[str, Any]) -> tuple[ChatRequest, bool] | None:
-    """The common body (text messages, the usual parameters, every value plainly valid)
-    as `_Body` reads it, without pydantic; None for anything else, which `_Body` then
-    validates (so every error is its own)."""
+    """The common body (text messages, the usual parameters, every value plainly valid,
+    every number too) as `_Body` reads it, without pydantic; None for anything else,
+    which `_refuse_bad_numbers` and `_Body` then validate (so every error is its own)."""
     if not _PLAIN_KEYS.issuperset(value):
         return None
     model = value.get("model")
@@ -304,13 +293,15 @@ def _plain_chat(value: dict[str, Any]) -> tuple[ChatRequest, bool] | None:
     top_p = value.get("top_p")
     user = value.get("user")
     options = value.get("stream_options")
+    # Every number the body may hold is checked here as `_refuse_bad_numbers` would: within
+    # its range (which no NaN is in), or, in `stream_options`, by it.
     if (
         type(stream) is not bool
-        or not (max_tokens is None or (type(max_tokens) is int and max_tokens >= 1))
+        or not (max_tokens is None or (type(max_tokens) is int and 1 <= max_tokens < _INT64))
         or not (temperature is None or (type(temperature) is float and 0 <= temperature <= 2))
         or not (top_p is None or (type(top_p) is float and 0 <= top_p <= 1))
         or not (user is None or type(user) is str)
-        or not (options is None or type(options) is dict)
+        or not (options is None or (type(options) is dict and _plain_numbers(options)))
     ):
         return None
     out: list[Message] = []
@@ -347,9 +338,12 @@ def parse_chat_request(raw: bytes) -> tuple[ChatRequest, bool]:
     """
     if not raw.strip():
         raise RequestError("the request body is empty; send a JSON chat completion request")
-    value = json_object(raw)
-    plain = _plain_chat(value)
-    return plain if plain is not None else _validated_chat(value)
+    value = _any_object(raw)
+    plain = _plain_chat(value)  # numbers checked by it: no walk over the whole body
+    if plain is not None:
+        return plain
+    _refuse_bad_numbers(value)
+    return _validated_chat(value)
 
 
 def _validated_chat(value: dict[str, Any]) -> tuple[ChatRequest, bool]:
