@@ -144,19 +144,19 @@ class Accounting:
     ) -> LedgerEntry:
         """Count the call in metrics and in its budget hold; its ledger row."""
         metrics = deployment.metrics
-        if ok:
-            metrics.ok.inc()
         entry = _entry(call, deployment, usage, amount)
-        genai = metrics.embeddings if isinstance(call, EmbeddingCall) else metrics.chat
-        genai.duration.observe(entry.latency_s)
-        genai.input_tokens.observe(usage.prompt_tokens)
-        if not isinstance(call, EmbeddingCall):  # an embedding has no output tokens
-            genai.output_tokens.observe(usage.completion_tokens)
-        metrics.input_tokens.inc(usage.prompt_tokens)
-        metrics.output_tokens.inc(usage.completion_tokens)
-        if usage.cached_tokens:
-            metrics.cached_tokens.inc(usage.cached_tokens)
-        metrics.cost(call.tenant, amount)
+        embedding = isinstance(call, EmbeddingCall)
+        metrics.answered(
+            metrics.embeddings if embedding else metrics.chat,
+            latency_s=entry.latency_s,
+            prompt_tokens=usage.prompt_tokens,
+            # An embedding has no output tokens.
+            completion_tokens=None if embedding else usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            tenant=call.tenant,
+            amount=amount,
+            ok=ok,
+        )
         hold = call.annotations.get("hold")
         if hold is not None:
             hold.book(amount)

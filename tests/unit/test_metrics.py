@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from areion.telemetry import metrics as metrics_module
 from areion.telemetry.metrics import OTHER, LabelValues, Metrics
 
 
@@ -70,6 +72,69 @@ def test_genai_histograms_carry_the_conventions_attributes() -> None:
         (name, "embeddings" if name == "gen_ai_operation_name" else value) for name, value in tokens
     )
     assert ("gen_ai_client_token_usage_count", embeddings) in found
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.exposition().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+@pytest.mark.parametrize("plain_values", [True, False], ids=["floats", "value-methods"])
+def test_an_answered_call_counts_as_prometheus_clients_own_methods_do(
+    plain_values: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`answered` adds to the values' floats (or, in multiprocess mode, calls their own
+    methods): the same text as the public methods, for chat and embeddings calls, failed
+    ones, cached tokens and a tenant seen for the first time."""
+    monkeypatch.setattr(metrics_module, "_PLAIN_VALUES", plain_values)
+    fast, slow = Metrics(models=["fast"]), Metrics(models=["fast"])
+    bound = fast.for_deployment("fast", "fast/a", provider="openai", embeds=True)
+    slow.for_deployment("fast", "fast/a", provider="openai", embeds=True)
+    calls = [
+        ("chat", 0.0123, 12, 30, 0, "acme", 0.5, True),
+        ("chat", 81.92, 4096, 1, 1024, "acme", 1e-9, True),
+        ("chat", 0.3, 3, 0, 0, "zeta", 0.0, False),
+        ("embeddings", 0.02, 16, None, 0, "acme", 0.25, True),
+    ]
+    for operation, latency, prompt, completion, cached, tenant, amount, ok in calls:
+        bound.answered(
+            bound.chat if operation == "chat" else bound.embeddings,
+            latency_s=latency,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            tenant=tenant,
+            amount=amount,
+            ok=ok,
+        )
+        genai = (operation, "openai", "fast", "fast/a")
+        if ok:
+            slow.requests.labels("fast", "fast/a", "ok").inc()
+        slow.duration.labels(*genai).observe(latency)
+        slow.token_usage.labels(*genai, "input").observe(prompt)
+        slow.tokens.labels("fast", "fast/a", "input").inc(prompt)
+        if completion is not None:
+            slow.token_usage.labels(*genai, "output").observe(completion)
+            slow.tokens.labels("fast", "fast/a", "output").inc(completion)
+        if cached:
+            slow.tokens.labels("fast", "fast/a", "cached_input").inc(cached)
+        slow.cost.labels("fast", "fast/a", slow.tenant(tenant)).inc(amount)
+    answered = _samples(fast)
+    assert answered == _samples(slow)
+    assert (
+        answered[
+            (
+                "areion_requests_total",
+                (("deployment", "fast/a"), ("model", "fast"), ("outcome", "ok")),
+            )
+        ]
+        == 3
+    )
 
 
 def test_bound_children_count_as_prometheus_clients_own_methods_do() -> None:

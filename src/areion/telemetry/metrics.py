@@ -18,6 +18,7 @@ import bisect
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 
 __all__ = [
     "OTHER",
@@ -290,6 +291,13 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# prometheus_client keeps each child's value as a float behind a lock (`MutexValue`),
+# unless it runs in multiprocess mode (a value in a shared file). The call path adds to
+# the float itself (`DeploymentMetrics.answered`): the lock guards updates made from
+# several threads, and every update of a deployment's children is the event loop's.
+_PLAIN_VALUES = prometheus_values.ValueClass is prometheus_values.MutexValue
+
+
 class BoundCounter:
     """A counter's label child, for the call path: `inc` adds to its value directly.
 
@@ -380,6 +388,74 @@ class DeploymentMetrics:
         """Those of its embeddings calls (a deployment that cannot embed: never used)."""
         self.errors_by_kind: dict[str, Counter] = {}
         self._cost: dict[str, BoundCounter] = {}
+
+    def answered(
+        self,
+        operation: OperationMetrics,
+        *,
+        latency_s: float,
+        prompt_tokens: int,
+        completion_tokens: int | None,
+        cached_tokens: int,
+        tenant: str,
+        amount: float,
+        ok: bool = True,
+    ) -> None:
+        """Count one answered call: `ok` in the requests, its duration and tokens in
+        `operation`'s histograms (`completion_tokens` None: an operation without output
+        tokens) and the token counters, `amount` in `tenant`'s cost.
+
+        One frame for what the children's `inc` and `observe` do in twenty, each taking
+        its value's lock: the values' floats are added to directly (`_PLAIN_VALUES`)."""
+        if not _PLAIN_VALUES:
+            self._answered_by_the_children(
+                operation, latency_s, prompt_tokens, completion_tokens, cached_tokens, ok
+            )
+            self.cost(tenant, amount)
+            return
+        if ok:
+            self.ok._value._value += 1
+        histogram = operation.duration
+        histogram._sum._value += latency_s
+        histogram._buckets[bisect.bisect_left(histogram._bounds, latency_s)]._value += 1
+        histogram = operation.input_tokens
+        histogram._sum._value += prompt_tokens
+        histogram._buckets[bisect.bisect_left(histogram._bounds, prompt_tokens)]._value += 1
+        self.input_tokens._value._value += prompt_tokens
+        if completion_tokens is not None:
+            histogram = operation.output_tokens
+            histogram._sum._value += completion_tokens
+            bucket = bisect.bisect_left(histogram._bounds, completion_tokens)
+            histogram._buckets[bucket]._value += 1
+            self.output_tokens._value._value += completion_tokens
+        if cached_tokens:
+            self.cached_tokens._value._value += cached_tokens
+        child = self._cost.get(tenant)
+        if child is None:
+            self.cost(tenant, amount)  # binds the tenant's child
+        else:
+            child._value._value += amount
+
+    def _answered_by_the_children(
+        self,
+        operation: OperationMetrics,
+        latency_s: float,
+        prompt_tokens: int,
+        completion_tokens: int | None,
+        cached_tokens: int,
+        ok: bool,
+    ) -> None:
+        """`answered`, but for the cost, through the children's values' own methods."""
+        if ok:
+            self.ok.inc()
+        operation.duration.observe(latency_s)
+        operation.input_tokens.observe(prompt_tokens)
+        self.input_tokens.inc(prompt_tokens)
+        if completion_tokens is not None:
+            operation.output_tokens.observe(completion_tokens)
+            self.output_tokens.inc(completion_tokens)
+        if cached_tokens:
+            self.cached_tokens.inc(cached_tokens)
 
     def cost(self, tenant: str, amount: float) -> None:
         child = self._cost.get(tenant)
