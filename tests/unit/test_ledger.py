@@ -9,6 +9,7 @@ from pathlib import Path
 
 from areion.store import SQLiteStore
 from areion.telemetry import Ledger
+from areion.telemetry.ledger import attribution
 from areion.types import LedgerEntry
 
 
@@ -208,3 +209,32 @@ def test_pending_rows_are_written_without_a_running_loop(tmp_path: Path) -> None
     asyncio.run(record())  # its loop is gone, and the row with it unless flushed
     ledger.flush_blocking()
     assert _read(path) == [("req-1", 0.000_027, 20, 0)]
+
+
+_ATTRIBUTION = {
+    "key": ("key_label", "ci-key"),
+    "route": ("route", "auto"),
+    "route_reason": ("route_reason", "rule:short"),
+    "run_id": ("run_id", "run_1"),
+    "agent": ("agent", "triage"),
+    "session": ("session", "s-1"),
+    "user": ("end_user", "u-1"),
+    "tags": ("tags", ("a", "b")),
+    "variant": ("variant", "exp:b"),
+}
+
+
+def test_each_attribution_reaches_the_row_and_a_plain_call_keeps_the_defaults() -> None:
+    """Every annotation `attribution` reads lands in its field, alone or with others; a
+    call with none of them (only other stages' notes) books the row's defaults."""
+    plain = _entry(1)
+    assert attribution({"hold": object(), "priority": 1}, None) == {}
+    for annotation, (field, value) in _ATTRIBUTION.items():
+        row = dataclasses.replace(plain, **attribution({"hold": None, annotation: value}, None))
+        assert getattr(row, field) == value, annotation
+        others = {name: getattr(plain, name) for name, _ in _ATTRIBUTION.values() if name != field}
+        assert {name: getattr(row, name) for name in others} == others
+    row = dataclasses.replace(plain, **attribution({}, "body-user"))
+    assert row.end_user == "body-user"
+    both = attribution({"user": "header-user"}, "body-user")
+    assert both["end_user"] == "header-user"

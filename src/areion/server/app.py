@@ -119,7 +119,7 @@ class _ChatCall:
         try:
             try:
                 identity = scope[_IDENTITY] = await self.keys.identify(_presented_key(scope))
-                raw = await capped_body(scope, receive, self.max_body_bytes)
+                raw = await capped_body(request_headers(scope), receive, self.max_body_bytes)
                 response = await self.api.answer_chat(scope, identity.tenant, identity.key, raw)
             except AreionError as error:
                 note(scope, error=error.code)

@@ -21,7 +21,6 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import (
-    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
@@ -46,11 +45,15 @@ def _content_length(scope: Scope) -> int | None:
     its bytes are counted all the same)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+            return _length(value)
     return None
+
+
+def _length(value: bytes | None) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 class LimitBody:
@@ -89,11 +92,12 @@ class LimitBody:
         await self.app(scope, capped, send)
 
 
-async def capped_body(scope: Scope, receive: Receive, cap: int) -> bytes:
+async def capped_body(headers: dict[bytes, bytes], receive: Receive, cap: int) -> bytes:
     """The request's body, read straight from `receive` and refused as `LimitBody`
     refuses it past `cap` (`server.max_body_bytes`): for the chat route, which reads
-    its body without the middleware."""
-    declared = _content_length(scope)
+    its body without the middleware. `headers`: the request's, by lower-case name, the
+    first of a repeated one (`calls.request_headers`)."""
+    declared = _length(headers.get(b"content-length"))
     if declared is not None and declared > cap:
         raise _too_large(cap, "server.max_body_bytes")
     parts: list[bytes] = []
@@ -280,17 +284,18 @@ class _Guarded(HttpToolsProtocol):
         self.transport.close()
 
 
-def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
-    """Answer `status` with `headers` (lowercase names, with the content length) and all
-    of `body` in one write, as uvicorn's cycle writes the two messages of a response, when
-    `send` is the cycle's own on a guarded connection (no middleware between); False,
-    having done nothing, for any other `send`, or a connection uvicorn would wait on.
+def send_whole(send: Send, status: int, lines: bytes, body: bytes) -> bool:
+    """Answer `status` with the header `lines` (each `name: value\\r\\n`, lowercase
+    names, the content length among them; values the caller has checked for the bytes
+    uvicorn refuses in a header) and all of `body` in one write, as uvicorn's cycle writes
+    the two messages of a response, when `send` is the cycle's own on a guarded
+    connection (no middleware between); False, having done nothing, for any other
+    `send`, or a connection uvicorn would wait on.
 
     uvicorn's `send` takes each header apart (case, framing, two searches for bytes a
     header may not hold), and its connection then writes the head and the body in two
     system calls, or holds the head for the turn's end (`_Corked`). Here the head is
-    the cycle's default headers and `headers`, their values searched once together for
-    the bytes uvicorn refuses, and the answer leaves at once."""
+    the cycle's default headers and `lines`, and the answer leaves at once."""
     cycle = getattr(send, "__self__", None)
     if type(cycle) is not RequestResponseCycle:
         return False
@@ -304,13 +309,12 @@ def send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body
         return False  # uvicorn's path: its errors, its wait for the client to read, HEAD
     if cycle.disconnected:
         return True  # as uvicorn's send: nobody to write to
-    if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
-        return False  # uvicorn's send refuses it, as it should be
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
     head = [STATUS_LINE[status]]
-    for name, value in (*cycle.default_headers, *headers):
+    for name, value in cycle.default_headers:  # the date, and any configured in uvicorn
         head += (name, b": ", value, b"\r\n")
+    head.append(lines)
     if not cycle.keep_alive:
         head.append(b"connection: close\r\n")
     head += (b"\r\n", body)

@@ -41,7 +41,10 @@ log = logging.getLogger("areion.ledger")
 
 def attribution(annotations: Mapping[str, Any], user: str | None) -> dict[str, Any]:
     """A call's attribution fields of `LedgerEntry`, from what the request path noted
-    (`Call.annotations`) and the request's own `user` field (the header's wins)."""
+    (`Call.annotations`) and the request's own `user` field (the header's wins); none
+    for a call with no attribution, whose fields keep their defaults."""
+    if user is None and annotations.keys().isdisjoint(_ATTRIBUTED):
+        return {}
     get = annotations.get
     return {
         "key_label": get("key") or "",
@@ -54,6 +57,12 @@ def attribution(annotations: Mapping[str, Any], user: str | None) -> dict[str, A
         "tags": get("tags") or (),
         "variant": get("variant") or "",
     }
+
+
+# The annotations `attribution` reads.
+_ATTRIBUTED = frozenset(
+    ("key", "route", "route_reason", "run_id", "agent", "session", "user", "tags", "variant")
+)
 
 
 class Ledger:
