@@ -264,6 +264,48 @@ async def test_a_connection_cut_mid_answer_is_an_error(
     pool.close()
 
 
+async def test_each_request_carries_its_own_headers_and_length(
+    serve: Callable[[Handler], Awaitable[Upstream]],
+) -> None:
+    """A target's header lines are kept from one request to the next while its headers
+    stay the same (a deployment's do), and made anew when they change, even in place."""
+
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(_answer(b"ok"))
+        return True
+
+    upstream = await serve(handler)
+    pool = _pool()
+    headers = {"authorization": "Bearer one", "content-type": "application/json"}
+    sent = [
+        (b'{"a": 1}', headers),
+        (b"{}", headers),
+        (b'{"b": 22}', {**headers, "traceparent": "00-abc-def-01"}),
+        (b"{}", headers),
+    ]
+    for body, with_headers in sent:
+        assert await (await pool.post(upstream.url, body, with_headers)).read() == b"ok"
+    headers["authorization"] = "Bearer two"  # the same dict, changed
+    assert await (await pool.post(upstream.url, b"[]", headers)).read() == b"ok"
+    pool.close()
+
+    def fields(head: bytes) -> dict[str, str]:
+        lines = head.decode().split("\r\n")[1:]
+        return dict(line.split(": ", 1) for line in lines if line)
+
+    seen = [fields(head) for head, _ in upstream.requests]
+    assert [(s["authorization"], s.get("traceparent")) for s in seen] == [
+        ("Bearer one", None),
+        ("Bearer one", None),
+        ("Bearer one", "00-abc-def-01"),
+        ("Bearer one", None),
+        ("Bearer two", None),
+    ]
+    bodies = [body for _, body in upstream.requests]
+    assert bodies == [b'{"a": 1}', b"{}", b'{"b": 22}', b"{}", b"[]"]
+    assert [int(s["content-length"]) for s in seen] == [len(b) for b in bodies]
+
+
 async def test_refused_connections_and_header_injection_are_errors(
     serve: Callable[[Handler], Awaitable[Upstream]],
 ) -> None:

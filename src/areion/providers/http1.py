@@ -350,7 +350,7 @@ class _Inflate:
 class _Target:
     """A URL, taken apart once."""
 
-    __slots__ = ("key", "prefix", "ssl")
+    __slots__ = ("headers", "key", "lines", "prefix", "ssl")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -369,6 +369,17 @@ class _Target:
             f"POST {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: {_USER_AGENT}\r\n"
             "accept: */*\r\n"
         ).encode("latin-1")
+        # The header lines last sent to it, and the headers they were made of: a
+        # deployment sends the same ones on every call.
+        self.headers: dict[str, str] = {}
+        self.lines = b""
+
+    def head(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        """The request's head: the request line, `headers` and the length of `body`."""
+        if headers != self.headers:
+            self.lines = _lines(headers)
+            self.headers = dict(headers)
+        return b"%bcontent-length: %d\r\n%b\r\n" % (self.prefix, len(body), self.lines)
 
 
 _SSL_CONTEXT: ssl.SSLContext | None = None
@@ -406,7 +417,7 @@ class Http1Pool:
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = _Target(url)
-        head = _head(target.prefix, body, headers)
+        head = target.head(body, headers)
         conn = self._take(target.key) or await self._connect(target)
         conn.send(head, body)
         try:
@@ -467,11 +478,10 @@ class Http1Pool:
         self._idle.clear()
 
 
-def _head(prefix: bytes, body: bytes, headers: Mapping[str, str]) -> bytes:
-    parts = [prefix, b"content-length: ", str(len(body)).encode(), b"\r\n"]
+def _lines(headers: Mapping[str, str]) -> bytes:
+    parts = []
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} has a line break")
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-    parts.append(b"\r\n")
     return b"".join(parts)

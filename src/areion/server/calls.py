@@ -114,7 +114,8 @@ def answer_headers(answer: ChatResponse | ChatStream, options: CallOptions) -> d
     else:
         headers["x-areion-cost-usd"] = usd_text(answer.cost_usd or 0.0)
         headers["x-areion-cache"] = answer.cache or "miss"
-    headers.update(info_headers(answer.info))
+    if answer.info:
+        headers.update(info_headers(answer.info))
     return headers
 
 
@@ -129,6 +130,8 @@ _INFO_HEADERS = {
 
 def info_headers(info: dict[str, Any]) -> dict[str, str]:
     """Response headers for what the request path noted about the call."""
+    if not info:  # a plain call noted nothing
+        return {}
     headers = {header: str(info[key]) for key, header in _INFO_HEADERS.items() if key in info}
     report = info.get("ratelimit")
     if isinstance(report, RateReport):

@@ -664,7 +664,7 @@ def _ledger_tuple(e: LedgerEntry) -> tuple[Any, ...]:
         int(e.estimated), e.latency_s, e.created, e.cache, e.saved_usd, e.saved_s,
         int(e.open), e.client_request_id, e.kind, e.key_label, e.route,
         e.route_reason, e.run_id, e.agent, e.session, e.end_user,
-        orjson.dumps(e.tags).decode(), e.variant,
+        orjson.dumps(e.tags).decode() if e.tags else "[]", e.variant,
     )  # fmt: skip
 
 
