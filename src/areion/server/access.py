@@ -30,7 +30,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from areion.control.keys import Identity
 from areion.pricing import usd_text
 
-__all__ = ["ACCESS_LOGGER", "AccessLog", "LogFormat", "configure_access_log", "note"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "AccessLog",
+    "LogFormat",
+    "configure_access_log",
+    "inner_send",
+    "note",
+    "sent_past",
+]
 
 ACCESS_LOGGER = "areion.access"
 """The logger of the request lines."""
@@ -38,6 +46,8 @@ ACCESS_LOGGER = "areion.access"
 LogFormat = Literal["text", "json"]
 
 _RECORD = "areion.access"  # the scope key of a request's record
+_WRAPS = "areion.access.wraps"  # the scope key of (the log's send, the send it wraps)
+_SENT = "areion.sent"  # the record's key of the status of an answer sent past the log
 _IDENTITY = "areion.identity"  # set by the app's authentication middleware
 _QUIET = ("/healthz", "/metrics")
 _ANSWER_HEADERS = {
@@ -46,6 +56,7 @@ _ANSWER_HEADERS = {
     b"x-areion-cost-usd": "cost_usd",
     b"x-areion-cache": "cache",
 }
+_ANSWER_FIELDS = {name.decode(): field for name, field in _ANSWER_HEADERS.items()}
 _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\"\\]")
 _CLIP = 200
 
@@ -58,6 +69,24 @@ def note(scope: Scope, **fields: Any) -> None:
     record = scope.get(_RECORD)
     if record is not None:
         record.update(fields)
+
+
+def inner_send(scope: Scope, send: Send) -> Send | None:
+    """The send that `send` passes messages on to, when `send` is the request log's own;
+    else None. An answer written past the log, to it, tells the log (`sent_past`)."""
+    wraps = scope.get(_WRAPS)
+    return wraps[1] if wraps is not None and wraps[0] is send else None
+
+
+def sent_past(scope: Scope, status: int, headers: dict[str, str]) -> None:
+    """The answer of the request in `scope` was written whole past the log's send: its
+    `status` and `headers` (by lower-case name), as the log's send would have seen them."""
+    record = scope[_RECORD]
+    record[_SENT] = status
+    for name, field in _ANSWER_FIELDS.items():
+        value = headers.get(name)
+        if value is not None and field not in record:
+            record[field] = value
 
 
 def _clean(value: object) -> str:
@@ -95,6 +124,7 @@ class AccessLog:
                 ended = True
             await send(message)
 
+        scope[_WRAPS] = (watched, send)
         try:
             await self.app(scope, receive, watched)
         except BaseException:
@@ -102,6 +132,9 @@ class AccessLog:
             record.setdefault("error", "interrupted")
             self._write(scope, record, status or 500, started)
             raise
+        sent = record.pop(_SENT, None)
+        if sent is not None:  # written whole past `watched` (`sent_past`)
+            status, ended = sent, True
         if not ended:
             record.setdefault("error", "client_disconnected")
         # 499 (nginx's "client closed request") when the client left before any answer.

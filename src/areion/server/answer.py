@@ -4,8 +4,8 @@ It is sent as Starlette's `Response` sends one, with its headers encoded in one 
 `Response` normalizes each header through a mutable header list (case,
 content-length, charset), which these headers, all of them lowercase names this
 server sets, do not need. Under `areion serve`, with no middleware between it and
-the connection, it leaves in one write (`guard.send_whole`) instead of two ASGI
-messages.
+the connection but the request log (which it then tells, `access.sent_past`), it
+leaves in one write (`guard.send_whole`) instead of two ASGI messages.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from areion.server.access import inner_send, sent_past
 from areion.server.guard import send_whole
 
 __all__ = ["JsonAnswer"]
@@ -52,6 +53,10 @@ class JsonAnswer:
                 lines.encode("latin-1"),
             )
             if send_whole(send, 200, head, body):
+                return
+            inner = inner_send(scope, send)  # past the request log, which is told
+            if inner is not None and send_whole(inner, 200, head, body):
+                sent_past(scope, 200, headers)
                 return
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": body})
