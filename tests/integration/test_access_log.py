@@ -177,3 +177,19 @@ async def test_text_lines_by_default_and_none_when_turned_off(
             assert f"request_id={answer.headers['x-request-id']} " in line
             assert " status=200 " in line and " tenant=acme key=team-a model=fast " in line
             assert " deployment=fast/gpt-test " in line and " cache=miss " in line
+
+
+async def test_a_line_is_written_as_it_reads_percent_signs_and_all(
+    upstream: tuple[ScriptedUpstream, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line is logged as made, never taken for a format string: a path or client id
+    holding `%s` or `%(x)s` comes out as sent."""
+    _, upstream_url = upstream
+    caplog.set_level(logging.INFO, logger="areion.access")
+    runtime = Runtime(parse_config(config(upstream_url)))
+    with serve_app(create_app(runtime)) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            answer = await http.get("/v1/%25s%25d", headers={"x-request-id": "%(name)s-%s"})
+    assert answer.status_code == 404
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "areion.access"]
+    assert " path=/v1/%s%d " in line and "client_request_id=%(name)s-%s" in line

@@ -178,8 +178,10 @@ class AccessLog:
         if self.format == "json":
             line = orjson.dumps(fields).decode()
         else:
-            line = " ".join(f"{name}={'-' if v is None else v}" for name, v in fields.items())
-        log.info(line)
+            line = " ".join([f"{name}={'-' if v is None else v}" for name, v in fields.items()])
+        # `log.info`, but for the frames logging walks to find the caller (file, line and
+        # function: this one, every time), which no request line shows.
+        log.handle(log.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, line, (), None))
 
 
 def _utc(now: float) -> str:
