@@ -543,8 +543,12 @@ def load_verdict(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
     errors = cell["targets"]["direct"]["errors"] + areion["errors"]
     p50, share = areion["added_ms"]["p50"], areion["throughput_share"]
     cpu = areion["cpu_us_per_call"]
+    floor = cell["targets"].get("floor")
     return {
         "cpu_us_per_call": cpu,
+        # Areion's HTTP stack alone, in the same cell: the part no change to Areion's own
+        # work can cut.
+        "floor_cpu_us_per_call": None if floor is None else floor["cpu_us_per_call"],
         "target_cpu_us_per_call": LOAD_CPU_US,
         "cpu_met": cpu is not None and cpu <= LOAD_CPU_US,
         "concurrency": LOAD_CONCURRENCY,
@@ -804,6 +808,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             f"{fmt(load['cpu_us_per_call'], 0)} us per call (target <= {LOAD_CPU_US:g}) "
             f"{_met(load['cpu_met'])}{note}"
         )
+        if load["floor_cpu_us_per_call"] is not None:
+            print(
+                f"  (the HTTP floor, Areion's HTTP stack alone, spent "
+                f"{fmt(load['floor_cpu_us_per_call'], 0)} us per call in the same cell)"
+            )
         print(
             "  (this load generator and the upstream share the machine's cores with the "
             "server; bench/saturated.py measures its CPU per call where the server is the "
