@@ -9,6 +9,8 @@
   finishes its headers or body, would stay open for good. It also writes less often
   (`_Corked`): a response's head with its first body bytes, and a stream's events
   written in one turn of the event loop, each in one send.
+- `send_whole`: a whole answer (a chat call's JSON) written at once on such a
+  connection, past uvicorn's two ASGI messages and their per-header work.
 """
 
 from __future__ import annotations
