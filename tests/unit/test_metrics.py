@@ -158,16 +158,7 @@ def test_bound_children_count_as_prometheus_clients_own_methods_do() -> None:
         slow.tokens.labels("fast", "fast/a", "output").inc(amount)
         slow.cost.labels("fast", "fast/a", slow.tenant("acme")).inc(amount)
 
-    def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = metrics.exposition().decode()
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if not sample.name.endswith("_created")
-        }
-
-    fast_samples, slow_samples = samples(fast), samples(slow)
+    fast_samples, slow_samples = _samples(fast), _samples(slow)
     assert fast_samples == slow_samples
     assert fast_samples[
         (

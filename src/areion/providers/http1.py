@@ -348,7 +348,7 @@ class _Inflate:
 
 
 class _Target:
-    """A URL, taken apart once."""
+    """A URL, taken apart once, and the header lines last sent to it (`head`)."""
 
     __slots__ = ("headers", "key", "lines", "prefix", "ssl")
 

@@ -114,8 +114,7 @@ def answer_headers(answer: ChatResponse | ChatStream, options: CallOptions) -> d
     else:
         headers["x-areion-cost-usd"] = usd_text(answer.cost_usd or 0.0)
         headers["x-areion-cache"] = answer.cache or "miss"
-    if answer.info:
-        headers.update(info_headers(answer.info))
+    headers.update(info_headers(answer.info))
     return headers
 
 

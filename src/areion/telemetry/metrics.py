@@ -407,10 +407,17 @@ class DeploymentMetrics:
 
         One frame for what the children's `inc` and `observe` do in twenty, each taking
         its value's lock: the values' floats are added to directly (`_PLAIN_VALUES`)."""
-        if not _PLAIN_VALUES:
-            self._answered_by_the_children(
-                operation, latency_s, prompt_tokens, completion_tokens, cached_tokens, ok
-            )
+        if not _PLAIN_VALUES:  # the same, through the children's own methods
+            if ok:
+                self.ok.inc()
+            operation.duration.observe(latency_s)
+            operation.input_tokens.observe(prompt_tokens)
+            self.input_tokens.inc(prompt_tokens)
+            if completion_tokens is not None:
+                operation.output_tokens.observe(completion_tokens)
+                self.output_tokens.inc(completion_tokens)
+            if cached_tokens:
+                self.cached_tokens.inc(cached_tokens)
             self.cost(tenant, amount)
             return
         if ok:
@@ -435,27 +442,6 @@ class DeploymentMetrics:
             self.cost(tenant, amount)  # binds the tenant's child
         else:
             child._value._value += amount
-
-    def _answered_by_the_children(
-        self,
-        operation: OperationMetrics,
-        latency_s: float,
-        prompt_tokens: int,
-        completion_tokens: int | None,
-        cached_tokens: int,
-        ok: bool,
-    ) -> None:
-        """`answered`, but for the cost, through the children's values' own methods."""
-        if ok:
-            self.ok.inc()
-        operation.duration.observe(latency_s)
-        operation.input_tokens.observe(prompt_tokens)
-        self.input_tokens.inc(prompt_tokens)
-        if completion_tokens is not None:
-            operation.output_tokens.observe(completion_tokens)
-            self.output_tokens.inc(completion_tokens)
-        if cached_tokens:
-            self.cached_tokens.inc(cached_tokens)
 
     def cost(self, tenant: str, amount: float) -> None:
         child = self._cost.get(tenant)
