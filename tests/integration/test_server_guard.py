@@ -354,3 +354,69 @@ def test_an_http_1_0_chat_answer_written_whole_closes_the_connection() -> None:
         [(headers, content)] = _answers(_until_closed(sock))
     assert headers[b"connection"] == b"close"
     assert json.loads(content)["object"] == "chat.completion"
+
+
+def _chat_request(body: bytes, *headers: str) -> bytes:
+    lines = "".join(f"{header}\r\n" for header in headers)
+    return (
+        f"POST {CHAT} HTTP/1.1\r\nhost: areion\r\ncontent-type: application/json\r\n"
+        f"{lines}content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[dict[bytes, bytes], bytes]]:
+    """The next `count` answers on `sock`, read as their content-length frames them."""
+    received = b""
+    while True:
+        try:
+            answers = _answers(received)
+        except (ValueError, KeyError):
+            answers = []  # a head not whole yet
+        if len(answers) == count and all(
+            len(content) == int(headers[b"content-length"]) for headers, content in answers
+        ):
+            return answers
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        received += chunk
+
+
+def test_a_chat_body_arriving_in_pieces_is_read_whole() -> None:
+    body = _chat_body("pieces")
+    request = _chat_request(body, "x-request-id: pieces")
+    with _serve(**LONG, access_log=False) as (_, port), _connect(port) as sock:
+        sock.sendall(request[:-20])
+        time.sleep(0.2)  # the call's task is waiting for the rest (or not: either way)
+        sock.sendall(request[-20:])
+        [(headers, content)] = _read_answers(sock, 1)
+    assert headers[b"x-client-request-id"] == b"pieces"
+    assert json.loads(content)["object"] == "chat.completion"
+
+
+def test_a_body_past_the_read_buffer_then_a_pipelined_call_are_both_answered() -> None:
+    """A body past uvicorn's 64 KiB read buffer, whole when its call reads it, with a
+    request pipelined behind it: both are read whole and answered in order."""
+    big, small = _chat_body("x" * 100_000), _chat_body("after")
+    with _serve(**LONG, access_log=False) as (_, port), _connect(port) as sock:
+        sock.sendall(
+            _chat_request(big, "x-request-id: big") + _chat_request(small, "x-request-id: small")
+        )
+        answers = _read_answers(sock, 2)
+    assert [headers[b"x-client-request-id"] for headers, _ in answers] == [b"big", b"small"]
+
+
+def test_a_client_expecting_100_continue_is_told_to_send_its_body() -> None:
+    body = _chat_body()
+    request = _chat_request(body, "expect: 100-continue  ", "x-request-id: trailing \t")
+    head, _, _ = request.partition(b"\r\n\r\n")
+    with _serve(**LONG, access_log=False) as (_, port), _connect(port) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        [(headers, content)] = _read_answers(sock, 1)
+    # A header value's trailing whitespace is not part of it (RFC 9110, 5.5).
+    assert headers[b"x-client-request-id"] == b"trailing"
+    assert json.loads(content)["object"] == "chat.completion"
