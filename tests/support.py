@@ -79,9 +79,10 @@ def run_virtual(main: Coroutine[Any, Any, Any]) -> Any:
         loop.close()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -92,17 +93,22 @@ class _ThreadServer(uvicorn.Server):
 
 @contextlib.contextmanager
 def serve_app(
-    app: Any, *, port: int | None = None, shutdown_timeout: float | None = None, **options: Any
+    app: Any,
+    *,
+    port: int | None = None,
+    shutdown_timeout: float | None = None,
+    host: str = "127.0.0.1",
+    **options: Any,
 ) -> Iterator[str]:
-    """Serve an ASGI app on 127.0.0.1 in a background thread; yields its base URL.
+    """Serve an ASGI app on `host` (loopback) in a background thread; yields its base URL.
 
     `shutdown_timeout`: cancel requests still running this long after the test is done
     with the server (by default they are waited for). `options` go to uvicorn
     (`http=guarded_protocol(...)`, as `areion serve` runs)."""
-    port = port or free_port()
+    port = port or free_port(host)
     config = uvicorn.Config(
         app,
-        host="127.0.0.1",
+        host=host,
         port=port,
         log_level="critical" if shutdown_timeout is not None else "warning",
         lifespan="on",
@@ -118,7 +124,7 @@ def serve_app(
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{f'[{host}]' if ':' in host else host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

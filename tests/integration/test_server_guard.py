@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from areion import Runtime
-from areion.config import parse_config
+from areion.config import ServerConfig, parse_config
 from areion.server import create_app
 from areion.server.guard import guarded_protocol
 from tests.support import serve_app
@@ -420,3 +420,29 @@ def test_a_client_expecting_100_continue_is_told_to_send_its_body() -> None:
     # A header value's trailing whitespace is not part of it (RFC 9110, 5.5).
     assert headers[b"x-client-request-id"] == b"trailing"
     assert json.loads(content)["object"] == "chat.completion"
+
+
+async def _addresses(scope: Any, receive: Any, send: Any) -> None:
+    """An app answering a request's `client` and `server`, as its scope gives them."""
+    if scope["type"] != "http":
+        return
+    body = json.dumps({"client": scope["client"], "server": scope["server"]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_request_knows_its_client_and_server_addresses(host: str) -> None:
+    settings = ServerConfig(**LONG)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with serve_app(_addresses, host=host, http=guarded_protocol(settings)) as url:
+        port = urlsplit(url).port
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(BOUND_S)
+            sock.connect((host, port))
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: areion\r\nconnection: close\r\n\r\n")
+            reply = _until_closed(sock)
+            mine = sock.getsockname()
+    seen = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert seen == {"client": [host, mine[1]], "server": [host, port]}

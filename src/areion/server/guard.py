@@ -24,7 +24,8 @@ import httptools
 import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl, service_unavailable
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -185,7 +186,29 @@ class _Guarded(HttpToolsProtocol):
         self._upgrading = False  # the request being read asks for a WebSocket
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's, with the addresses the transport has already: uvicorn asks its
+        # socket for them, which under uvloop makes two socket objects and five system
+        # calls a connection.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        sockname = transport.get_extra_info("sockname")
+        peername = transport.get_extra_info("peername")
+        # As uvicorn's: (host, port) of an IP socket, (path, None) of a Unix one here,
+        # and no client address for a Unix socket's peer.
+        self.server = (
+            (str(sockname[0]), int(sockname[1]))
+            if isinstance(sockname, tuple | list)
+            else (sockname, None)
+            if isinstance(sockname, str)
+            else None
+        )
+        self.client = (
+            (str(peername[0]), int(peername[1])) if isinstance(peername, tuple | list) else None
+        )
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", _prefix(self.client))
         self._corked = _Corked(transport, self.loop)
         if len(self.connections) > self.settings.max_connections:
             self._reply(503, "the server has too many open connections; retry later")
@@ -381,6 +404,10 @@ class _Guarded(HttpToolsProtocol):
         )
         self.transport.write(head.encode() + body)
         self.transport.close()
+
+
+def _prefix(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]} - " if client else ""
 
 
 def send_whole(send: Send, status: int, lines: bytes, body: bytes) -> bool:
