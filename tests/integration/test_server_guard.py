@@ -21,6 +21,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from areion import Runtime
 from areion.config import ServerConfig, parse_config
@@ -434,7 +437,7 @@ async def _addresses(scope: Any, receive: Any, send: Any) -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_a_request_knows_its_client_and_server_addresses(host: str) -> None:
-    settings = ServerConfig(**LONG)
+    settings = ServerConfig.model_validate(LONG)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with serve_app(_addresses, host=host, http=guarded_protocol(settings)) as url:
         port = urlsplit(url).port
@@ -446,3 +449,28 @@ def test_a_request_knows_its_client_and_server_addresses(host: str) -> None:
             mine = sock.getsockname()
     seen = json.loads(reply.partition(b"\r\n\r\n")[2])
     assert seen == {"client": [host, mine[1]], "server": [host, port]}
+
+
+def test_a_guarded_connection_starts_with_every_attribute_uvicorns_has() -> None:
+    """The guarded protocol's constructor stands in for uvicorn's: it sets every
+    attribute uvicorn's own sets, to the same values (a uvicorn that adds one fails
+    here, not in a connection)."""
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        config = uvicorn.Config(_addresses, lifespan="off")
+        config.load()
+        state = ServerState()
+        settings = ServerConfig.model_validate(LONG)
+        theirs = HttpToolsProtocol(config=config, server_state=state, app_state={"a": 1})
+        ours = guarded_protocol(settings)(config=config, server_state=state, app_state={"a": 1})
+        return vars(theirs), vars(ours)
+
+    theirs, ours = asyncio.run(both())
+    assert set(theirs) <= set(ours)
+    for name, value in theirs.items():
+        if name == "parser":
+            assert type(ours[name]) is type(value)
+        elif name == "timeout_keep_alive":
+            assert ours[name] == LONG["idle_timeout_s"]  # the guard's idle timeout
+        else:
+            assert ours[name] == value, name

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import http
+import logging
+from collections import deque
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote
 
@@ -24,6 +26,7 @@ import httptools
 import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import Config
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl, service_unavailable
 from uvicorn.protocols.http.httptools_impl import (
@@ -31,12 +34,17 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.server import ServerState
 
 from areion.config import ServerConfig
 from areion.errors import RequestError
 from areion.server.schema import error_body
 
 __all__ = ["BodyTooLargeError", "LimitBody", "guarded_protocol", "send_whole"]
+
+
+_ERROR_LOG = logging.getLogger("uvicorn.error")
+_ACCESS_LOG = logging.getLogger("uvicorn.access")
 
 
 class BodyTooLargeError(RequestError):
@@ -168,10 +176,48 @@ class _Guarded(HttpToolsProtocol):
     settings: ClassVar[ServerConfig]
     _seconds: ClassVar[dict[str, float]]  # each deadline's time (`settings`), by part
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # uvicorn types it an int; it only ever reaches loop.call_later.
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's (the same attributes: a test holds them to it), but for its two
+        # loggers, looked up here once for every connection: `logging.getLogger` takes
+        # logging's module lock, twice a connection.
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = _ERROR_LOG
+        self.access_logger = _ACCESS_LOG
+        self.access_log = _ACCESS_LOG.hasHandlers()
+        self.parser = httptools.HttpRequestParser(self)
+        # A response to the first of pipelined requests, as uvicorn asks of httptools.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.ws_protocol_class = config.ws_protocol_class
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task = None
+        # uvicorn types it an int; it only ever reaches loop.call_at.
         self.timeout_keep_alive = self.settings.idle_timeout_s  # type: ignore[assignment]
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.transport = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]
+        self.server = None
+        self.client = None
+        self.scheme = None
+        self.pipeline = deque()
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
+        self.expect_100_continue = False
+        self.cycle = None  # type: ignore[assignment]
         self._deadline: asyncio.TimerHandle | None = None
         # The deadline in force (loop time) and what it is for; None: none. The timer
         # is moved only when it would fire late: a request's deadlines cost no timer
