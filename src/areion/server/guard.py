@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import logging
 from collections import deque
@@ -195,8 +196,10 @@ class _Guarded(HttpToolsProtocol):
         self.access_logger = _ACCESS_LOG
         self.access_log = _ACCESS_LOG.hasHandlers()
         self.parser = httptools.HttpRequestParser(self)
-        # A response to the first of pipelined requests, as uvicorn asks of httptools.
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        # As uvicorn asks of httptools: a request that asks to close the connection is
+        # still answered when bytes follow it. httptools before 0.6.3 has no leniencies.
+        with contextlib.suppress(AttributeError):
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.ws_protocol_class = config.ws_protocol_class
         self.root_path = config.root_path
         self.asgi_version = config.asgi_version
