@@ -225,18 +225,19 @@ def find_portkey(option: str | None) -> Path:
     return script
 
 
+def floor_command(port: int, upstream_url: str) -> list[str]:
+    """The command line of `bench/floor_server.py` on `port`, in front of `upstream_url`."""
+    return [
+        sys.executable, str(BENCH_DIR / "floor_server.py"),
+        "--host", LOOPBACK, "--port", str(port), "--upstream", upstream_url,
+    ]  # fmt: skip
+
+
 def start_floor(workdir: Path, upstream_url: str) -> Server:
     """Areion's HTTP stack alone (`bench/floor_server.py`): what a call costs before any
     of Areion's own work."""
     port = free_port()
-    process = ChildProcess(
-        "http floor",
-        [
-            sys.executable, str(BENCH_DIR / "floor_server.py"),
-            "--host", LOOPBACK, "--port", str(port), "--upstream", upstream_url,
-        ],
-        workdir / "floor.log",
-    )  # fmt: skip
+    process = ChildProcess("http floor", floor_command(port, upstream_url), workdir / "floor.log")
     process.wait_ready(f"http://{LOOPBACK}:{port}/healthz")
     return Server(
         name="floor",

@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from areion.config import ServerConfig
 from areion.providers.http1 import Http1Pool
 from areion.server.guard import guarded_protocol
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from areion.server.worker import freeze_startup_heap
 
 _JSON = [(b"content-type", b"application/json")]
 _EVENTS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -43,7 +38,7 @@ class Floor:
         self.headers = {"content-type": "application/json", "authorization": "Bearer floor"}
         self.pool: Http1Pool | None = None
 
-    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await receive()  # startup
             await send({"type": "lifespan.startup.complete"})
@@ -89,9 +84,7 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="the upstream's base URL (…/v1)")
     args = parser.parse_args()
     # As `areion serve` sets up its process (cli.py), so the comparison is like for like.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    freeze_startup_heap()
     uvicorn.run(
         Floor(args.upstream),
         host=args.host,

@@ -33,7 +33,6 @@ from pathlib import Path
 import yaml
 
 from _common import (
-    BENCH_DIR,
     LOOPBACK,
     ChildProcess,
     free_port,
@@ -43,6 +42,7 @@ from _common import (
     run_main,
     upstream,
 )
+from contenders import floor_command
 from server_latency import GROUP, AiohttpClient, Samples, Target, run_batch, write_config
 
 
@@ -216,10 +216,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
         wrapper = _callgrind_wrapper(args.callgrind)
         if args.floor:
             name = "the HTTP floor"
-            command = [
-                sys.executable, str(BENCH_DIR / "floor_server.py"),
-                "--host", LOOPBACK, "--port", str(port), "--upstream", upstream_url,
-            ]  # fmt: skip
+            command = floor_command(port, upstream_url)
         else:
             name = "areion serve"
             command = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import ipaddress
 import logging
 import math
@@ -38,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     from areion.server import create_app
     from areion.server.access import configure_access_log
     from areion.server.guard import guarded_protocol
+    from areion.server.worker import freeze_startup_heap
 
     config, source = _config(args.config)
     if args.log_format is not None:
@@ -62,12 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     configure_access_log(args.log_level)
     app = create_app(runtime)
-    # This process is the server's own: everything built so far lives as long as it
-    # does. Freezing it keeps collections to per-request garbage, and collecting young
-    # objects less often cuts pauses (p99 latency) at a small cost in memory.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    freeze_startup_heap()
     uvicorn.run(
         app,
         host=host,

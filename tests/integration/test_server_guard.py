@@ -368,20 +368,23 @@ def _chat_request(body: bytes, *headers: str) -> bytes:
 
 
 def _read_answers(sock: socket.socket, count: int) -> list[tuple[dict[bytes, bytes], bytes]]:
-    """The next `count` answers on `sock`, read as their content-length frames them."""
+    """The next `count` answers on `sock`, each taken once its whole head and the body
+    its content-length frames have arrived, however the bytes come in."""
+    answers: list[tuple[dict[bytes, bytes], bytes]] = []
     received = b""
-    while True:
-        try:
-            answers = _answers(received)
-        except (ValueError, KeyError):
-            answers = []  # a head not whole yet
-        if len(answers) == count and all(
-            len(content) == int(headers[b"content-length"]) for headers, content in answers
-        ):
-            return answers
+    while len(answers) < count:
+        head, found, rest = received.partition(b"\r\n\r\n")
+        if found:
+            [(headers, _)] = _answers(head + found)
+            length = int(headers[b"content-length"])
+            if len(rest) >= length:
+                answers.append((headers, rest[:length]))
+                received = rest[length:]
+                continue
         chunk = sock.recv(65536)
         assert chunk, "the server closed the connection"
         received += chunk
+    return answers
 
 
 def test_a_chat_body_arriving_in_pieces_is_read_whole() -> None:

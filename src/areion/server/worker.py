@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from areion.config import Config, load_config
 
 # and `protocol`, made on first access
-__all__ = ["CONFIG_ENV", "LOG_FORMAT_ENV", "LOG_LEVEL_ENV", "app"]
+__all__ = ["CONFIG_ENV", "LOG_FORMAT_ENV", "LOG_LEVEL_ENV", "app", "freeze_startup_heap"]
 
 CONFIG_ENV = "AREION_WORKER_CONFIG"
 LOG_FORMAT_ENV = "AREION_WORKER_LOG_FORMAT"
@@ -43,11 +43,18 @@ def app() -> Starlette:
 
     configure_access_log(os.environ.get(LOG_LEVEL_ENV, "info"))
     application = create_app(Runtime(_config()))
-    # As in `areion serve`: what is built lives as long as the process.
+    freeze_startup_heap()
+    return application
+
+
+def freeze_startup_heap() -> None:
+    """For a process that is a server's own, once its app is built: everything built so
+    far lives as long as the process. Freezing it keeps collections to per-request
+    garbage, and collecting young objects less often cuts pauses (p99 latency) at a
+    small cost in memory."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    return application
 
 
 def __getattr__(name: str) -> object:
