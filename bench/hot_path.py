@@ -9,7 +9,11 @@ latency does. It still moves (measured: ~225 us a call with other work on the co
 compare trees side by side in one run, alternated. It prints the event loop's and the
 kernel's shares apart, and the context switches of the event loop and of the other
 threads per call. With `--profile FILE` it also records the server under load with
-py-spy (a dev tool: `pip install py-spy`), as a flame graph or speedscope file.
+py-spy (a dev tool: `pip install py-spy`), as a flame graph or speedscope file; with
+`--perf FILE`, with Linux perf, whose CPU-clock samples also show the kernel's share and
+each thread's (the ledger writer's wake-ups, the loopback TCP stack). `--round N` sends
+the calls in rounds of N, `--idle` seconds apart, as the full bench does: each round
+then opens new client and upstream connections, and runs on cold caches.
 `--floor` measures `bench/floor_server.py` instead: Areion's HTTP stack forwarding each
 call with none of Areion's work, what every call costs before that work starts.
 
@@ -17,6 +21,7 @@ call with none of Areion's work, what every call costs before that work starts.
     .venv/bin/python bench/hot_path.py --floor               # the HTTP stack alone
     .venv/bin/python bench/hot_path.py --stream --calls 3000
     .venv/bin/python bench/hot_path.py --profile /tmp/areion.svg
+    .venv/bin/python bench/hot_path.py --calls 2560 --round 256 --repeat 1   # bench rounds
 """
 
 from __future__ import annotations
@@ -107,6 +112,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="upstream model latency")
     parser.add_argument("--repeat", type=int, default=3, help="measurements, each of --calls")
+    parser.add_argument(
+        "--round",
+        type=int,
+        metavar="N",
+        help="send each measurement's calls in rounds of N, --idle seconds apart (the "
+        "full bench's pattern: server_latency.py's rounds)",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=5.5,
+        help="seconds between rounds (past 3 s the load generator opens new connections, "
+        "past 5 s the upstream has closed the server's; default 5.5)",
+    )
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
     parser.add_argument(
         "--floor",
@@ -123,6 +142,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="--workers (needs both above)")
     parser.add_argument(
         "--strace", metavar="FILE", help="count the server's system calls (strace -c)"
+    )
+    parser.add_argument(
+        "--perf",
+        metavar="FILE",
+        help="record the server with Linux perf (CPU clock, call graphs, kernel included) "
+        "to FILE; read it with `perf report -i FILE --sort pid,dso`",
     )
     parser.add_argument(
         "--callgrind",
@@ -170,6 +195,13 @@ def backend_counts(args: argparse.Namespace) -> tuple[int, int]:
     return commands, commits
 
 
+def rounds(calls: int, size: int | None) -> list[int]:
+    """`calls` in rounds of `size` (the last one shorter); one round if no size."""
+    if not size:
+        return [calls]
+    return [min(size, calls - start) for start in range(0, calls, size)]
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> int:
     try:
         return await _run(args, workdir)
@@ -195,9 +227,20 @@ def _callgrind_wrapper(directory: str | None) -> list[str]:
 
 
 def _watch(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
-    """strace or py-spy attached to the server, if asked for."""
+    """strace, perf or py-spy attached to the server, if asked for."""
+    for tool, package, asked in (
+        ("strace", "strace", args.strace),
+        ("perf", "linux-perf", args.perf),
+    ):
+        if asked and shutil.which(tool) is None:
+            raise SystemExit(f"--{tool} needs {tool} on PATH (Debian: apt-get install {package})")
     if args.strace:
         command = ["strace", "-c", "-f", "-o", args.strace, "-p", str(pid)]
+    elif args.perf:
+        command = [
+            "perf", "record", "--event", "cpu-clock", "--freq", "999", "--call-graph", "fp",
+            "--pid", str(pid), "--output", args.perf,
+        ]  # fmt: skip
     elif args.profile:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         command = [
@@ -251,7 +294,10 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
                 if args.callgrind:
                     callgrind_control("--zero", server.pid)
                     callgrind_control("--instr=on", server.pid)
-                await run_batch(client, target, samples, calls=args.calls, **batch)  # type: ignore[arg-type]
+                for i, calls in enumerate(rounds(args.calls, args.round)):
+                    if i:
+                        await asyncio.sleep(args.idle)
+                    await run_batch(client, target, samples, calls=calls, **batch)  # type: ignore[arg-type]
                 if args.callgrind:
                     callgrind_control("--instr=off", server.pid)
                     main, instructions = callgrind_dump(server.pid, Path(args.callgrind))
