@@ -12,8 +12,10 @@ threads per call. With `--profile FILE` it also records the server under load wi
 py-spy (a dev tool: `pip install py-spy`), as a flame graph or speedscope file; with
 `--perf FILE`, with Linux perf, whose CPU-clock samples also show the kernel's share and
 each thread's (the ledger writer's wake-ups, the loopback TCP stack). `--round N` sends
-the calls in rounds of N, `--idle` seconds apart, as the full bench does: each round
-then opens new client and upstream connections, and runs on cold caches.
+the calls in rounds of N, `--idle` seconds apart, as the full bench does: each round but
+the first (which follows the warm-up at once) then opens new client and upstream
+connections; `--client-keepalive` keeps the client's instead, to tell idle from new
+connections.
 `--floor` measures `bench/floor_server.py` instead: Areion's HTTP stack forwarding each
 call with none of Areion's work, what every call costs before that work starts.
 
@@ -48,7 +50,15 @@ from _common import (
     upstream,
 )
 from contenders import floor_command
-from server_latency import GROUP, AiohttpClient, Samples, Target, run_batch, write_config
+from server_latency import (
+    CLIENT_KEEPALIVE_S,
+    GROUP,
+    AiohttpClient,
+    Samples,
+    Target,
+    run_batch,
+    write_config,
+)
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -122,9 +132,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--idle",
         type=float,
-        default=5.5,
-        help="seconds between rounds (past 3 s the load generator opens new connections, "
-        "past 5 s the upstream has closed the server's; default 5.5)",
+        help="seconds between rounds (past the load generator's keep-alive it opens new "
+        "connections, past 5 s the upstream has closed the server's; default 5.5)",
+    )
+    parser.add_argument(
+        "--client-keepalive",
+        type=float,
+        default=CLIENT_KEEPALIVE_S,
+        metavar="S",
+        help=f"how long the load generator keeps an idle connection (default "
+        f"{CLIENT_KEEPALIVE_S:g} s, as server_latency.py's)",
     )
     parser.add_argument("--uvloop", action="store_true", help="run the load generator on uvloop")
     parser.add_argument(
@@ -156,7 +173,12 @@ def parse_args() -> argparse.Namespace:
         "measured calls (each run's profile is written to DIR); slow, but steady on a busy "
         "machine",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.idle is not None and args.round is None:
+        parser.error("--idle needs --round")
+    if args.idle is None:
+        args.idle = 5.5
+    return args
 
 
 def write_shared_config(workdir: Path, upstream_url: str, args: argparse.Namespace) -> Path:
@@ -253,7 +275,7 @@ def _watch(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None
 
 
 async def _run(args: argparse.Namespace, workdir: Path) -> int:
-    client = AiohttpClient()
+    client = AiohttpClient(keepalive_s=args.client_keepalive)
     with upstream(workdir, latency_ms=args.latency_ms, chunks=args.chunks) as (_, upstream_url):
         port = free_port()
         wrapper = _callgrind_wrapper(args.callgrind)

@@ -116,13 +116,13 @@ class LoadClient:
 class AiohttpClient(LoadClient):
     name = "aiohttp"
 
-    def __init__(self) -> None:
+    def __init__(self, *, keepalive_s: float = CLIENT_KEEPALIVE_S) -> None:
         import aiohttp
 
         self._aiohttp = aiohttp
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=1024, limit_per_host=1024, keepalive_timeout=CLIENT_KEEPALIVE_S
+                limit=1024, limit_per_host=1024, keepalive_timeout=keepalive_s
             ),
             timeout=aiohttp.ClientTimeout(total=60),
             headers={"content-type": "application/json", "authorization": "Bearer dummy"},
