@@ -18,12 +18,17 @@ connections; `--client-keepalive` keeps the client's instead, to tell idle from 
 connections.
 `--floor` measures `bench/floor_server.py` instead: Areion's HTTP stack forwarding each
 call with none of Areion's work, what every call costs before that work starts.
+`--against SRC` measures another tree's `src` (an older checkout's) beside this one: each
+round runs this script once per tree, alternating which goes first, and the end gives
+each tree's median and its ratio to this tree's, the before-and-after of a change
+measured in one run on one machine.
 
     .venv/bin/python bench/hot_path.py                       # non-streamed, c=64
     .venv/bin/python bench/hot_path.py --floor               # the HTTP stack alone
     .venv/bin/python bench/hot_path.py --stream --calls 3000
     .venv/bin/python bench/hot_path.py --profile /tmp/areion.svg
     .venv/bin/python bench/hot_path.py --calls 2560 --round 256 --repeat 1   # bench rounds
+    git worktree add /tmp/old <rev> && .venv/bin/python bench/hot_path.py --against /tmp/old/src
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import uuid
@@ -42,11 +49,14 @@ import yaml
 from _common import (
     LOOPBACK,
     ChildProcess,
+    add_against,
     free_port,
     process_cpu_seconds,
     process_tree,
     process_tree_cpu_seconds,
     run_main,
+    table,
+    trees,
     upstream,
 )
 from contenders import floor_command
@@ -173,12 +183,63 @@ def parse_args() -> argparse.Namespace:
         "measured calls (each run's profile is written to DIR); slow, but steady on a busy "
         "machine",
     )
+    add_against(parser)
     args = parser.parse_args()
     if args.idle is not None and args.round is None:
         parser.error("--idle needs --round")
+    if args.against:
+        alone = [f"--{name}" for name in _ALONE if getattr(args, name)]
+        if alone:
+            parser.error(f"{alone[0]} watches or replaces one server: not with --against")
+    args.trees = trees(parser, args.against)
     if args.idle is None:
         args.idle = 5.5
     return args
+
+
+_ALONE = ("floor", "profile", "perf", "strace", "callgrind")
+"""Options that watch or replace one server, which `--against` does not combine with."""
+
+_MEDIAN = re.compile(r"median CPU per call: (\d+) us")
+
+
+def against(args: argparse.Namespace) -> int:
+    """Each tree measured by a run of this script of its own (its `src` first on the
+    server's PYTHONPATH), `--repeat` rounds, the trees' order alternating; each tree's
+    median and its ratio to this tree's."""
+    command = [
+        sys.executable, __file__, "--calls", str(args.calls), "--warm-up", str(args.warm_up),
+        "--concurrency", str(args.concurrency), "--chunks", str(args.chunks),
+        "--latency-ms", str(args.latency_ms), "--client-keepalive", str(args.client_keepalive),
+        "--workers", str(args.workers), "--repeat", "1",
+    ]  # fmt: skip
+    for flag, value in (
+        ("--round", args.round),
+        ("--idle", args.idle if args.round else None),
+        ("--postgres", args.postgres),
+        ("--redis", args.redis),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    command += ["--stream"] * args.stream + ["--uvloop"] * args.uvloop
+    per_call: dict[str, list[float]] = {tree: [] for tree in args.trees}
+    for round_no in range(args.repeat):
+        for tree in args.trees if round_no % 2 == 0 else args.trees[::-1]:
+            env = {**os.environ, "PYTHONPATH": tree}
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            found = _MEDIAN.search(out.stdout)
+            if out.returncode != 0 or found is None:
+                raise SystemExit(f"hot_path.py failed for {tree}:\n{out.stdout}\n{out.stderr}")
+            per_call[tree].append(float(found[1]))
+            print(f"round {round_no + 1}, {tree}: {found[1]} us/call", flush=True)
+    first = statistics.median(per_call[args.trees[0]])
+    rows = [
+        [tree, f"{statistics.median(values):.0f}", f"{statistics.median(values) / first:.2f}x"]
+        for tree, values in per_call.items()
+    ]
+    print()
+    print(table(["tree", "median CPU us/call", "to the first"], rows))
+    return 0
 
 
 def write_shared_config(workdir: Path, upstream_url: str, args: argparse.Namespace) -> Path:
@@ -374,4 +435,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(run, parse_args()))
+    arguments = parse_args()
+    if arguments.against:
+        raise SystemExit(against(arguments))
+    raise SystemExit(run_main(run, arguments))
