@@ -19,20 +19,14 @@ slower, but the same on a busy machine from one run to the next.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
-from pathlib import Path
 from typing import NamedTuple
 
 from _common import add_against, table, trees
+from hot_path import MEDIAN_CPU, run_tree
 
-HOT_PATH = Path(__file__).resolve().parent / "hot_path.py"
-
-_CPU = re.compile(r"median CPU per call: (\d+) us")
 _INSTRUCTIONS = re.compile(r"instructions per call: ([\d,]+) \(event loop ([\d,]+)\)")
 
 
@@ -64,25 +58,22 @@ def measure(tree: str, chunks: int, args: argparse.Namespace) -> tuple[float, fl
     """One `hot_path.py` run of `tree` at `chunks` content chunks a stream: CPU seconds
     per call in us (or instructions, with --callgrind), and the event loop's
     instructions (None without --callgrind)."""
-    command = [
-        sys.executable, str(HOT_PATH), "--stream", "--chunks", str(chunks),
+    options = [
+        "--stream", "--chunks", str(chunks),
         "--calls", str(args.calls), "--concurrency", str(args.concurrency), "--repeat", "1",
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="areion-chunk-cost-") as directory:
         if args.callgrind:
-            command += ["--warm-up", "200", "--callgrind", directory]
-        env = {**os.environ, "PYTHONPATH": tree}
-        out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"hot_path.py failed for {tree}:\n{out.stdout}\n{out.stderr}")
+            options += ["--warm-up", "200", "--callgrind", directory]
+        out = run_tree(tree, options)
     if args.callgrind:
-        found = _INSTRUCTIONS.search(out.stdout)
+        found = _INSTRUCTIONS.search(out)
         if found is None:
-            raise SystemExit(f"no instruction count in hot_path.py's output:\n{out.stdout}")
+            raise SystemExit(f"no instruction count in hot_path.py's output:\n{out}")
         return float(found[1].replace(",", "")), float(found[2].replace(",", ""))
-    found = _CPU.search(out.stdout)
+    found = MEDIAN_CPU.search(out)
     if found is None:
-        raise SystemExit(f"no CPU figure in hot_path.py's output:\n{out.stdout}")
+        raise SystemExit(f"no CPU figure in hot_path.py's output:\n{out}")
     return float(found[1]), None
 
 

@@ -19,7 +19,8 @@ connections.
 `--floor` measures `bench/floor_server.py` instead: Areion's HTTP stack forwarding each
 call with none of Areion's work, what every call costs before that work starts.
 `--against SRC` measures another tree's `src` (an older checkout's) beside this one: each
-round runs this script once per tree, alternating which goes first, and the end gives
+of `--repeat` measurements runs this script once per tree, alternating which goes first
+(one server per run), and the end gives
 each tree's median and its ratio to this tree's, the before-and-after of a change
 measured in one run on one machine.
 
@@ -200,15 +201,28 @@ def parse_args() -> argparse.Namespace:
 _ALONE = ("floor", "profile", "perf", "strace", "callgrind")
 """Options that watch or replace one server, which `--against` does not combine with."""
 
-_MEDIAN = re.compile(r"median CPU per call: (\d+) us")
+MEDIAN_CPU = re.compile(r"median CPU per call: (\d+) us")
+"""The figure a run of this script ends with (CPU us per call, the median of its runs)."""
+
+
+def run_tree(tree: str, options: list[str]) -> str:
+    """What a run of this script with `options` prints, `tree` (a source tree's `src`)
+    first on its PYTHONPATH, so that the server it starts runs that tree's code; exits,
+    naming the tree, if the run fails."""
+    command = [sys.executable, str(Path(__file__).resolve()), *options]
+    env = {**os.environ, "PYTHONPATH": tree}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"hot_path.py failed for {tree}:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
 
 
 def against(args: argparse.Namespace) -> int:
-    """Each tree measured by a run of this script of its own (its `src` first on the
-    server's PYTHONPATH), `--repeat` rounds, the trees' order alternating; each tree's
-    median and its ratio to this tree's."""
-    command = [
-        sys.executable, __file__, "--calls", str(args.calls), "--warm-up", str(args.warm_up),
+    """Each tree measured by a run of this script of its own (`run_tree`), `--repeat`
+    times, the trees' order alternating; each tree's median and its ratio to this
+    tree's."""
+    options = [
+        "--calls", str(args.calls), "--warm-up", str(args.warm_up),
         "--concurrency", str(args.concurrency), "--chunks", str(args.chunks),
         "--latency-ms", str(args.latency_ms), "--client-keepalive", str(args.client_keepalive),
         "--workers", str(args.workers), "--repeat", "1",
@@ -220,23 +234,20 @@ def against(args: argparse.Namespace) -> int:
         ("--redis", args.redis),
     ):
         if value is not None:
-            command += [flag, str(value)]
-    command += ["--stream"] * args.stream + ["--uvloop"] * args.uvloop
+            options += [flag, str(value)]
+    options += ["--stream"] * args.stream + ["--uvloop"] * args.uvloop
     per_call: dict[str, list[float]] = {tree: [] for tree in args.trees}
-    for round_no in range(args.repeat):
-        for tree in args.trees if round_no % 2 == 0 else args.trees[::-1]:
-            env = {**os.environ, "PYTHONPATH": tree}
-            out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-            found = _MEDIAN.search(out.stdout)
-            if out.returncode != 0 or found is None:
-                raise SystemExit(f"hot_path.py failed for {tree}:\n{out.stdout}\n{out.stderr}")
+    for run_no in range(args.repeat):
+        for tree in args.trees if run_no % 2 == 0 else args.trees[::-1]:
+            out = run_tree(tree, options)
+            found = MEDIAN_CPU.search(out)
+            if found is None:
+                raise SystemExit(f"no CPU figure in hot_path.py's output for {tree}:\n{out}")
             per_call[tree].append(float(found[1]))
-            print(f"round {round_no + 1}, {tree}: {found[1]} us/call", flush=True)
-    first = statistics.median(per_call[args.trees[0]])
-    rows = [
-        [tree, f"{statistics.median(values):.0f}", f"{statistics.median(values) / first:.2f}x"]
-        for tree, values in per_call.items()
-    ]
+            print(f"measurement {run_no + 1}, {tree}: {found[1]} us/call", flush=True)
+    medians = {tree: statistics.median(values) for tree, values in per_call.items()}
+    first = medians[args.trees[0]]
+    rows = [[tree, f"{median:.0f}", f"{median / first:.2f}x"] for tree, median in medians.items()]
     print()
     print(table(["tree", "median CPU us/call", "to the first"], rows))
     return 0
