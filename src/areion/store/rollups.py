@@ -160,12 +160,15 @@ builds). The rows of one statement are of distinct rollup rows, as `rolled_up` g
 them."""
 
 
-def rolled_up(rows: Iterable[Sequence[Any]], at: Sequence[int]) -> list[tuple[Any, ...]]:
+def rolled_up(
+    rows: Iterable[Sequence[Any]], at: Sequence[int], *, taken: bool = False
+) -> list[tuple[Any, ...]]:
     """The `ROLLUP_VALUES` parameters of new ledger rows: what they add to the hour and
     day rollups, summed here (SQLite reading the rows back to group them cost the
-    writer more). `at` gives each row's position of created, latency_s, the
-    `ROLLUP_KEY` columns, then prompt_tokens, completion_tokens, cost_usd and
-    saved_usd. Periods and buckets are those `rollup_upsert` computes in SQL."""
+    writer more); `taken`: what taking them out subtracts, negated. `at` gives each
+    row's position of created, latency_s, the `ROLLUP_KEY` columns, then prompt_tokens,
+    completion_tokens, cost_usd and saved_usd. Periods and buckets are those
+    `rollup_upsert` computes in SQL."""
     created, latency, *rest = at
     key_at, (prompt, completion, cost, saved) = rest[: len(ROLLUP_KEY)], rest[len(ROLLUP_KEY) :]
     cache = key_at[ROLLUP_KEY.index("cache")]
@@ -187,6 +190,8 @@ def rolled_up(rows: Iterable[Sequence[Any]], at: Sequence[int]) -> list[tuple[An
             sums[4] += row[cache] != ""
             sums[5] += row[saved]
             sums[bucket] += 1
+    if taken:
+        return [(*key, *(-x for x in sums)) for key, sums in groups.items()]
     return [(*key, *sums) for key, sums in groups.items()]
 
 

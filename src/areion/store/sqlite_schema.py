@@ -27,6 +27,7 @@ __all__ = [
     "CACHE",
     "CACHE_ENTRY_COLUMNS",
     "CACHE_GET",
+    "CLOSED_AT",
     "CLOSE_LEDGER",
     "CLOSING_AT",
     "EVENTS",
@@ -512,25 +513,34 @@ _CLOSING_FIELDS = (
 CLOSING_AT = tuple(_LEDGER_NAMES.index(name) for name in _CLOSING_FIELDS)
 
 
-def _closing_values(rows: int) -> tuple[str, str, str]:
-    """The batch view's closing statements (`_CLOSED`, `_CLOSING_ROLLED`, its UPDATE) for
-    `rows` closings bound as parameters (`CLOSING_AT`'s fields of each), the rows of a
-    table `c` in each statement: no JSON to take apart."""
+# The columns of a row that `rollups.rolled_up` sums, in the order of `CLOSED_AT`: of
+# the open row a closing finds (`l`), then the same with the closing's figures (`c`).
+_OPENED_FIELDS = (
+    "l.created, l.latency_s, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, "
+    "l.prompt_tokens, l.completion_tokens, l.cost_usd, l.saved_usd"
+)
+_CLOSING_FIELDS_ROLLED = (
+    "c.created, c.latency_s, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, "
+    "c.prompt_tokens, c.completion_tokens, c.cost_usd, l.saved_usd"
+)
+CLOSED_AT = tuple(range(12))
+"""Where `rolled_up` finds created, latency_s, the rollup key, tokens in and out, cost and
+saved in each half of a `CLOSE_LEDGER` select's row."""
+
+
+def _closing_values(rows: int) -> tuple[str, str]:
+    """For `rows` closings bound as parameters (`CLOSING_AT`'s fields of each, the rows of
+    a table `c`): the select of the open rows they close, each beside its closing's
+    figures (`CLOSED_AT`, twice), and the UPDATE that closes them. No JSON to take
+    apart, and the writer sums what the rollups trade (`rolled_up`): SQLite's grouping
+    of a few rows, in the batch view's way, cost the writer several times more."""
     row = "(" + ", ".join("?" * len(_CLOSING_FIELDS)) + ")"
     values = f"WITH c ({', '.join(_CLOSING_FIELDS)}) AS (VALUES {', '.join([row] * rows)}) "
-    closed = (
-        "FROM c JOIN ledger AS l ON l.open = 1 AND l.request_id = c.request_id "
-        "AND l.tenant = c.tenant AND l.deployment = c.deployment"
-    )
-    closing_rolled = (
-        "c.created AS created, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, "
-        "c.latency_s AS latency_s, c.prompt_tokens AS prompt_tokens, "
-        "c.completion_tokens AS completion_tokens, c.cost_usd AS cost_usd, l.saved_usd"
-    )
     figures = ", ".join(f"{name} = c.{name}" for name in _CLOSING_FIELDS[3:])
     return (
-        values + rollup_upsert(f"SELECT {_ROLLED} {closed}", "sqlite", sign="-"),
-        values + rollup_upsert(f"SELECT {closing_rolled} {closed}", "sqlite"),
+        values + f"SELECT {_OPENED_FIELDS}, {_CLOSING_FIELDS_ROLLED} FROM c JOIN ledger AS l "
+        "ON l.open = 1 AND l.request_id = c.request_id AND l.tenant = c.tenant "
+        "AND l.deployment = c.deployment",
         values + f"UPDATE ledger SET {figures}, open = 0 FROM c WHERE ledger.open = 1 "
         "AND ledger.request_id = c.request_id AND ledger.tenant = c.tenant "
         "AND ledger.deployment = c.deployment",

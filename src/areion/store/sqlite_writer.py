@@ -27,6 +27,7 @@ from areion.store.sqlite_schema import (
     BATCH_VIEW,
     CACHE,
     CLOSE_LEDGER,
+    CLOSED_AT,
     CLOSING_AT,
     JSON_KINDS,
     LEDGER,
@@ -207,25 +208,37 @@ def _write_ledger(
 ) -> None:
     """Ledger rows, closings and what they change in the rollups, in one transaction,
     all bound as parameters: the rows in multi-row inserts (32, 16... 1 rows), the
-    closings after them (`CLOSE_LEDGER`: the rollups trade their open rows' figures for
-    theirs, then the open rows take them), then what the rows add to the rollups,
-    summed here (`rolled_up`; 16, 8... 1 rollup rows a statement)."""
+    closings after them (`CLOSE_LEDGER`: the open rows each closes are read, then take
+    its figures), then the rollups, summed here (`rolled_up`; 16, 8... 1 rollup rows a
+    statement): they trade the open rows' figures for their closings', as the batch
+    view does, then add the new rows'."""
     db.execute("BEGIN IMMEDIATE")
     try:
         for piece in _pieces(rows, LEDGER_VALUES):
             db.execute(LEDGER_VALUES[len(piece)], tuple(itertools.chain.from_iterable(piece)))
+        closed: list[tuple[Any, ...]] = []
         for piece in _pieces(closings, CLOSE_LEDGER):
             params = tuple(closing[i] for closing in piece for i in CLOSING_AT)
-            for statement in CLOSE_LEDGER[len(piece)]:
-                db.execute(statement, params)
-        changes = rolled_up(rows, LEDGER_ROLLED_AT)
-        for piece in _pieces(changes, ROLLUP_VALUES):
-            db.execute(ROLLUP_VALUES[len(piece)], tuple(itertools.chain.from_iterable(piece)))
+            select, update = CLOSE_LEDGER[len(piece)]
+            found = db.execute(select, params).fetchall()
+            if found:
+                closed += found
+                db.execute(update, params)
+        if closed:
+            opened = [row[: len(CLOSED_AT)] for row in closed]
+            _add_to_rollups(db, rolled_up(opened, CLOSED_AT, taken=True))
+            _add_to_rollups(db, rolled_up([row[len(CLOSED_AT) :] for row in closed], CLOSED_AT))
+        _add_to_rollups(db, rolled_up(rows, LEDGER_ROLLED_AT))
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
+
+
+def _add_to_rollups(db: sqlite3.Connection, changes: Sequence[tuple[Any, ...]]) -> None:
+    for piece in _pieces(changes, ROLLUP_VALUES):
+        db.execute(ROLLUP_VALUES[len(piece)], tuple(itertools.chain.from_iterable(piece)))
 
 
 def _pieces(rows: Sequence[T], sizes: Iterable[int]) -> Iterator[Sequence[T]]:
