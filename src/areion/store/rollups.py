@@ -156,8 +156,9 @@ ROLLUP_VALUES = {
 }
 """The statements adding 16, 8... 1 rollup rows' figures, given as parameters
 (`rolled_up`), by the number of rows (16 rows are 656 parameters, under the 999 of old
-builds). The rows of one statement are of distinct rollup rows, as `rolled_up` groups
-them."""
+builds). One `rolled_up` list's rows are of distinct rollup rows; the SQLite writer puts
+a few lists in one statement, whose upsert takes its rows one by one, in order.
+(PostgreSQL refuses a statement that updates one row twice.)"""
 
 
 def rolled_up(

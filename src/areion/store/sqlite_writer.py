@@ -224,21 +224,24 @@ def _write_ledger(
             if found:
                 closed += found
                 db.execute(update, params)
+        changes = rolled_up(rows, LEDGER_ROLLED_AT)
         if closed:
-            opened = [row[: len(CLOSED_AT)] for row in closed]
-            _add_to_rollups(db, rolled_up(opened, CLOSED_AT, taken=True))
-            _add_to_rollups(db, rolled_up([row[len(CLOSED_AT) :] for row in closed], CLOSED_AT))
-        _add_to_rollups(db, rolled_up(rows, LEDGER_ROLLED_AT))
+            # In this order, as the batch view adds them: a rollup row that several of
+            # one statement's rows change takes each change in turn (SQLite's upsert
+            # handles a statement's rows one by one).
+            width = len(CLOSED_AT)
+            changes = [
+                *rolled_up([row[:width] for row in closed], CLOSED_AT, taken=True),
+                *rolled_up([row[width:] for row in closed], CLOSED_AT),
+                *changes,
+            ]
+        for piece in _pieces(changes, ROLLUP_VALUES):
+            db.execute(ROLLUP_VALUES[len(piece)], tuple(itertools.chain.from_iterable(piece)))
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
-
-
-def _add_to_rollups(db: sqlite3.Connection, changes: Sequence[tuple[Any, ...]]) -> None:
-    for piece in _pieces(changes, ROLLUP_VALUES):
-        db.execute(ROLLUP_VALUES[len(piece)], tuple(itertools.chain.from_iterable(piece)))
 
 
 def _pieces(rows: Sequence[T], sizes: Iterable[int]) -> Iterator[Sequence[T]]:
