@@ -27,9 +27,9 @@ __all__ = [
     "CACHE",
     "CACHE_ENTRY_COLUMNS",
     "CACHE_GET",
-    "CLOSED_AT",
     "CLOSE_LEDGER",
     "CLOSING_AT",
+    "CLOSING_ROLLED_AT",
     "EVENTS",
     "FENCED_RUN",
     "FILL_ROLLUPS",
@@ -45,6 +45,7 @@ __all__ = [
     "LOAD_TOOL_CALLS",
     "MESSAGES",
     "NEW_RUNS",
+    "OPENED_AT",
     "PUT_RESPONSE",
     "RESPONSE_CHAIN",
     "RUNS",
@@ -479,11 +480,14 @@ _RUNS_UPSERT = _upsert(
     also="fence = max(runs.fence, excluded.fence)",
 )
 
-# The columns `rollup_upsert` reads, from a ledger row `l`.
-_ROLLED = (
-    "l.created, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, l.latency_s, "
-    "l.prompt_tokens, l.completion_tokens, l.cost_usd, l.saved_usd"
-)
+# What `rollups.rolled_up` sums of a ledger row, in the order it takes them.
+_ROLLED_UP = (
+    "created", "latency_s", *ROLLUP_KEY,
+    "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
+)  # fmt: skip
+
+# The columns `rollup_upsert` reads (by name), from a ledger row `l`.
+_ROLLED = ", ".join(f"l.{name}" for name in _ROLLED_UP)
 
 
 FILL_ROLLUPS = rollup_upsert(f"SELECT {_ROLLED} FROM ledger AS l", "sqlite")
@@ -513,32 +517,27 @@ _CLOSING_FIELDS = (
 CLOSING_AT = tuple(_LEDGER_NAMES.index(name) for name in _CLOSING_FIELDS)
 
 
-# The columns of a row that `rollups.rolled_up` sums, in the order of `CLOSED_AT`: of
-# the open row a closing finds (`l`), then the same with the closing's figures (`c`).
-_OPENED_FIELDS = (
-    "l.created, l.latency_s, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, "
-    "l.prompt_tokens, l.completion_tokens, l.cost_usd, l.saved_usd"
-)
-_CLOSING_FIELDS_ROLLED = (
-    "c.created, c.latency_s, l.tenant, l.model, l.key_label, l.route, l.agent, l.cache, "
-    "c.prompt_tokens, c.completion_tokens, c.cost_usd, l.saved_usd"
-)
-CLOSED_AT = tuple(range(12))
-"""Where `rolled_up` finds created, latency_s, the rollup key, tokens in and out, cost and
-saved in each half of a `CLOSE_LEDGER` select's row."""
+OPENED_AT = tuple(range(len(_ROLLED_UP)))
+"""Where `rolled_up` finds its fields of the open row in a `CLOSE_LEDGER` select's row."""
+CLOSING_ROLLED_AT = tuple(range(len(_ROLLED_UP), 2 * len(_ROLLED_UP)))
+"""Where it finds them with the closing's figures instead (the open row's dimensions and
+saved_usd, the closing's time, latency, tokens and cost)."""
 
 
 def _closing_values(rows: int) -> tuple[str, str]:
     """For `rows` closings bound as parameters (`CLOSING_AT`'s fields of each, the rows of
     a table `c`): the select of the open rows they close, each beside its closing's
-    figures (`CLOSED_AT`, twice), and the UPDATE that closes them. No JSON to take
-    apart, and the writer sums what the rollups trade (`rolled_up`): SQLite's grouping
-    of a few rows, in the batch view's way, cost the writer several times more."""
+    figures (`OPENED_AT`, `CLOSING_ROLLED_AT`), and the UPDATE that closes them. No JSON
+    to take apart, and the writer sums what the rollups trade (`rolled_up`): SQLite's
+    grouping of a few rows, in the batch view's way, cost the writer several times more."""
     row = "(" + ", ".join("?" * len(_CLOSING_FIELDS)) + ")"
     values = f"WITH c ({', '.join(_CLOSING_FIELDS)}) AS (VALUES {', '.join([row] * rows)}) "
     figures = ", ".join(f"{name} = c.{name}" for name in _CLOSING_FIELDS[3:])
+    closing = ", ".join(
+        f"c.{name}" if name in _CLOSING_FIELDS[3:] else f"l.{name}" for name in _ROLLED_UP
+    )
     return (
-        values + f"SELECT {_OPENED_FIELDS}, {_CLOSING_FIELDS_ROLLED} FROM c JOIN ledger AS l "
+        values + f"SELECT {_ROLLED}, {closing} FROM c JOIN ledger AS l "
         "ON l.open = 1 AND l.request_id = c.request_id AND l.tenant = c.tenant "
         "AND l.deployment = c.deployment",
         values + f"UPDATE ledger SET {figures}, open = 0 FROM c WHERE ledger.open = 1 "
@@ -709,13 +708,7 @@ LEDGER_VALUES = {
 
 
 # Where `rolled_up` finds what it sums in a row of LEDGER_VALUES' parameters.
-LEDGER_ROLLED_AT = tuple(
-    _LEDGER_NAMES.index(name)
-    for name in (
-        "created", "latency_s", *ROLLUP_KEY,
-        "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
-    )
-)  # fmt: skip
+LEDGER_ROLLED_AT = tuple(_LEDGER_NAMES.index(name) for name in _ROLLED_UP)
 
 # Reads build their JSON in SQL, so a whole transcript comes back as one value:
 # one step of the statement (one GIL hand-off) instead of one per row.

@@ -27,8 +27,8 @@ from areion.store.sqlite_schema import (
     BATCH_VIEW,
     CACHE,
     CLOSE_LEDGER,
-    CLOSED_AT,
     CLOSING_AT,
+    CLOSING_ROLLED_AT,
     JSON_KINDS,
     LEDGER,
     LEDGER_CLOSE,
@@ -36,6 +36,7 @@ from areion.store.sqlite_schema import (
     LEDGER_ROLLED_AT,
     LEDGER_ROWS,
     LEDGER_VALUES,
+    OPENED_AT,
     TABLES,
     WRITE_BATCH,
     migrate,
@@ -210,8 +211,7 @@ def _write_ledger(
     all bound as parameters: the rows in multi-row inserts (32, 16... 1 rows), the
     closings after them (`CLOSE_LEDGER`: the open rows each closes are read, then take
     its figures), then the rollups, summed here (`rolled_up`; 16, 8... 1 rollup rows a
-    statement): they trade the open rows' figures for their closings', as the batch
-    view does, then add the new rows'."""
+    statement): the open rows' figures out, their closings' in, then the new rows'."""
     db.execute("BEGIN IMMEDIATE")
     try:
         for piece in _pieces(rows, LEDGER_VALUES):
@@ -226,13 +226,12 @@ def _write_ledger(
                 db.execute(update, params)
         changes = rolled_up(rows, LEDGER_ROLLED_AT)
         if closed:
-            # In this order, as the batch view adds them: a rollup row that several of
-            # one statement's rows change takes each change in turn (SQLite's upsert
-            # handles a statement's rows one by one).
-            width = len(CLOSED_AT)
+            # The open rows' figures out before the closings' in, as the batch view
+            # trades them; one statement may change a rollup row more than once (SQLite's
+            # upsert takes a statement's rows one by one, in order).
             changes = [
-                *rolled_up([row[:width] for row in closed], CLOSED_AT, taken=True),
-                *rolled_up([row[width:] for row in closed], CLOSED_AT),
+                *rolled_up(closed, OPENED_AT, taken=True),
+                *rolled_up(closed, CLOSING_ROLLED_AT),
                 *changes,
             ]
         for piece in _pieces(changes, ROLLUP_VALUES):
